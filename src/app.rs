@@ -1,0 +1,243 @@
+//! Wiring: config → upstreams and policies → gateway → listeners, and the
+//! `check` command. Everything `main` needs, nothing it has to know.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use indexmap::IndexMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, ServeArgs};
+use crate::config::{self, ApprovalConfig, AuditConfig, Config, Credential, UpstreamConfig};
+use crate::gateway::{Gateway, UpstreamRuntime};
+use crate::upstream::UpstreamSpec;
+use crate::{policy, reload};
+
+/// Logs to stderr (stdout belongs to the protocol in stdio mode); `RUST_LOG` filters.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("airlock=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args, false).await,
+        Command::Stdio(args) => serve(args, true).await,
+        Command::Check { files } => Ok(check(&files)),
+    }
+}
+
+/// Builds the config from `--config`, or quick mode from `--policy` and the command.
+fn build_config(args: &ServeArgs, stdio: bool) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            if !args.upstream_command.is_empty() {
+                bail!("--config and an upstream command (after --) cannot be combined");
+            }
+            let mut config = config::load(path)?;
+            if stdio && let Some(name) = &args.upstream {
+                config.upstreams.retain(|u| &u.name == name);
+                if config.upstreams.is_empty() {
+                    bail!("--upstream {name}: no [[upstream]] with that name in {}", path.display());
+                }
+            }
+            config
+        }
+        None => quick_config(args)?,
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+        if config.quick {
+            config.public_url = format!("http://{listen}");
+        }
+    }
+    if let Some(audit) = &args.audit {
+        config.audit.path = audit.clone();
+    }
+    Ok(config)
+}
+
+fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let spec = match (&args.url, args.upstream_command.split_first()) {
+        (Some(url), _) => UpstreamSpec::Http { url: url.clone(), headers: Vec::new() },
+        (None, Some((command, rest))) => UpstreamSpec::Stdio {
+            command: command.clone(),
+            args: rest.to_vec(),
+            env: Vec::new(),
+        },
+        (None, None) => bail!(
+            "no upstream: give a server command after `--` (e.g. `airlock serve --policy p.json -- npx -y @modelcontextprotocol/server-everything`), --url, or --config"
+        ),
+    };
+    let listen: SocketAddr = config::DEFAULT_LISTEN.parse().expect("default listen address");
+    let approvers = match std::env::var("AIRLOCK_APPROVER_TOKEN") {
+        Ok(token) if token.len() >= 16 => vec![Credential { name: "approver".into(), token }],
+        Ok(_) => bail!("AIRLOCK_APPROVER_TOKEN must be at least 16 characters"),
+        Err(_) => Vec::new(),
+    };
+    Ok(Config {
+        listen,
+        public_url: format!("http://{listen}"),
+        max_body_bytes: config::DEFAULT_MAX_BODY,
+        session_idle_timeout: std::time::Duration::from_secs(3600),
+        upstream_timeout: None,
+        allowed_origins: Vec::new(),
+        allowed_hosts: Vec::new(),
+        upstreams: vec![UpstreamConfig {
+            name: "default".into(),
+            spec,
+            policy: args.policy.clone(),
+        }],
+        approvers,
+        agents: Vec::new(),
+        audit: AuditConfig {
+            path: PathBuf::from("airlock.db"),
+            redact: config::default_redact(),
+        },
+        approval: ApprovalConfig::default(),
+        quick: true,
+    })
+}
+
+async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
+    let config = build_config(&args, stdio)?;
+    let shutdown = CancellationToken::new();
+    let mut upstreams = IndexMap::new();
+    for up in &config.upstreams {
+        let on_reload: reload::OnReload = Arc::new(|_: &str| {});
+        if up.policy.is_none() {
+            tracing::warn!(upstream = %up.name, "no policy given: every tool is allowed");
+        }
+        let policy = reload::watch_policy(&up.name, up.policy.clone(), shutdown.clone(), on_reload)?;
+        let runtime = UpstreamRuntime::new(up.name.clone(), up.spec.clone(), policy)
+            .with_context(|| format!("upstream `{}`", up.name))?;
+        upstreams.insert(up.name.clone(), runtime);
+    }
+    let gw = Gateway::new(config, upstreams, Default::default(), shutdown);
+    spawn_signal_handler(gw.shutdown.clone());
+    tokio::spawn(gw.clone().reap_idle_sessions());
+
+    let router = crate::server::router(gw.clone());
+    let listener = tokio::net::TcpListener::bind(gw.config.listen).await;
+    let http = match listener {
+        Ok(listener) => {
+            let addr = listener.local_addr()?;
+            announce(&gw, addr, stdio);
+            let shutdown = gw.shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            }))
+        }
+        Err(e) if stdio => {
+            tracing::warn!("dashboard not available: cannot listen on {}: {e}", gw.config.listen);
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", gw.config.listen)),
+    };
+
+    if stdio {
+        let upstream = gw.upstreams[0].clone();
+        crate::stdio_agent::run(gw.clone(), upstream).await?;
+        gw.shutdown.cancel();
+    } else {
+        gw.shutdown.cancelled().await;
+    }
+    finish(&gw).await;
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints where to connect; the only line on stdout in serve mode is the first.
+fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
+    if stdio {
+        tracing::info!("dashboard at http://{addr}/");
+        return;
+    }
+    let paths: Vec<String> = if gw.config.quick {
+        vec![format!("http://{addr}/mcp")]
+    } else {
+        gw.upstreams.keys().map(|n| format!("http://{addr}/mcp/{n}")).collect()
+    };
+    // The first line is machine-readable (tests and scripts wait for it).
+    println!("airlock listening on http://{addr}");
+    for p in paths {
+        println!("  MCP endpoint: {p}");
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+}
+
+/// Graceful end: close every session and shared child so no process is orphaned.
+async fn finish(gw: &Gateway) {
+    let ids: Vec<String> = gw.sessions.iter().map(|s| s.id.clone()).collect();
+    let closing = ids.iter().map(|id| gw.close_session(id));
+    futures::future::join_all(closing).await;
+    futures::future::join_all(gw.upstreams.values().map(|u| u.close_shared())).await;
+}
+
+/// `airlock check`: validates each file; 0 when all are valid.
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        let is_config = file.extension().is_some_and(|e| e == "toml");
+        let result = if is_config { check_config(file) } else { check_policy(file) };
+        match result {
+            Ok(summary) => println!("ok: {}: {summary}", file.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn check_policy(file: &Path) -> Result<String, String> {
+    let policy = policy::load_file(file).map_err(|e| e.to_string())?;
+    for warning in policy::lint(&policy) {
+        eprintln!("warning: {}: {warning}", file.display());
+    }
+    Ok(format!(
+        "{} rule(s), default {}",
+        policy.rules().len(),
+        policy.default.as_str()
+    ))
+}
+
+fn check_config(file: &Path) -> Result<String, String> {
+    let config = config::load(file).map_err(|e| e.to_string())?;
+    for up in &config.upstreams {
+        if let Some(path) = &up.policy {
+            check_policy(path).map_err(|e| format!("upstream `{}`: {e}", up.name))?;
+        }
+    }
+    Ok(format!("{} upstream(s), {} approver(s)", config.upstreams.len(), config.approvers.len()))
+}

@@ -1,0 +1,59 @@
+//! Command-line interface (clap). `main` parses, `app` runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "airlock",
+    version,
+    about = "An MCP gateway that puts a human in the loop",
+    long_about = "Airlock sits between AI agents and MCP servers. Every tools/call meets a policy: \
+allowed, denied with a reason, rate-limited, hidden, or held until a human approves it.\n\n\
+Quick start:\n  airlock serve --policy policies/everything.json -- npx -y @modelcontextprotocol/server-everything"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve agents over Streamable HTTP (at /mcp, or /mcp/{upstream} with --config).
+    Serve(ServeArgs),
+    /// Serve one agent over stdio (for clients that spawn their servers, e.g. Claude Desktop).
+    Stdio(ServeArgs),
+    /// Validate policy files and configs; prints errors with file:line:column and warnings.
+    Check {
+        /// Policy files (.json) or configs (.toml).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Full configuration (airlock.toml); excludes --policy, --url and an upstream command.
+    #[arg(long, conflicts_with_all = ["policy", "url"])]
+    pub config: Option<PathBuf>,
+    /// Policy for the single upstream of quick mode (default: allow everything).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080, or `listen` from the config].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Audit database [default: airlock.db, or `[audit] path` from the config].
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+    /// Streamable HTTP upstream URL (quick mode), instead of a command.
+    #[arg(long, conflicts_with = "upstream_command")]
+    pub url: Option<String>,
+    /// With --config in stdio mode: which [[upstream]] to serve [default: the first].
+    #[arg(long, requires = "config")]
+    pub upstream: Option<String>,
+    /// The upstream server command (quick mode), after `--`.
+    #[arg(last = true, value_name = "UPSTREAM COMMAND")]
+    pub upstream_command: Vec<String>,
+}

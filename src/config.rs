@@ -1,0 +1,512 @@
+//! Configuration: `airlock.toml` (serde `RawConfig` → validated [`Config`]),
+//! or the quick mode built from command-line flags.
+//!
+//! Secrets never live in the TOML: tokens and header values come from
+//! environment variables (`*_env`) or files (`*_file`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::upstream::UpstreamSpec;
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read config: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Base of links in notifications; defaults to `http://{listen}`.
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    pub session_idle_timeout: Duration,
+    /// Per-call limit on how long the upstream may take to answer (None: no limit).
+    pub upstream_timeout: Option<Duration>,
+    /// Extra `Origin` values accepted besides loopback ones and `public_url`'s.
+    pub allowed_origins: Vec<String>,
+    /// Extra `Host` values accepted besides loopback names and `public_url`'s host.
+    pub allowed_hosts: Vec<String>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub approvers: Vec<Credential>,
+    pub agents: Vec<Credential>,
+    pub audit: AuditConfig,
+    pub approval: ApprovalConfig,
+    /// Quick mode (`serve --policy … -- cmd`): one upstream served at `/mcp`.
+    pub quick: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub spec: UpstreamSpec,
+    /// None: allow everything (and say so at start-up).
+    pub policy: Option<PathBuf>,
+}
+
+/// A named secret token (approver or agent).
+#[derive(Clone)]
+pub struct Credential {
+    pub name: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({}, [secret])", self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    /// Argument keys stored as `"[redacted]"`.
+    pub redact: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalConfig {
+    /// How often a held call with a progressToken gets `notifications/progress`.
+    pub progress_interval: Duration,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        ApprovalConfig {
+            progress_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    public_url: Option<String>,
+    max_body_bytes: Option<usize>,
+    session_idle_timeout: Option<u64>,
+    upstream_timeout: Option<u64>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    approver: Vec<RawCredential>,
+    #[serde(default)]
+    agent: Vec<RawCredential>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    approval: RawApproval,
+    /// Read by the Slack notifier (see docs/slack.md); kept raw here.
+    #[allow(dead_code)]
+    slack: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: IndexMap<String, String>,
+    url: Option<String>,
+    /// Non-secret headers sent upstream as written.
+    #[serde(default)]
+    headers: IndexMap<String, String>,
+    /// Header name → environment variable holding its value.
+    #[serde(default)]
+    headers_env: IndexMap<String, String>,
+    policy: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    name: String,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    /// Used by Slack-app mode to map Slack users to approvers.
+    #[allow(dead_code)]
+    slack_user_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<PathBuf>,
+    #[serde(default)]
+    redact: Option<Vec<String>>,
+    on_error: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    progress_interval: Option<f64>,
+}
+
+/// Reads and validates a config file. Relative paths in it are relative to its folder.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &file, base, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text; `env` looks up environment variables (injectable for tests).
+pub fn parse(
+    text: &str,
+    file: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or((1, 1));
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            column,
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+    let invalid = |needle: &str, nth: usize, message: String| {
+        let (line, column) = locate(text, needle, nth);
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+
+    let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            0,
+            format!("listen: `{listen_text}` is not an address like 127.0.0.1:8080"),
+        )
+    })?;
+    let public_url = raw
+        .public_url
+        .unwrap_or_else(|| format!("http://{listen}"))
+        .trim_end_matches('/')
+        .to_owned();
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        return Err(invalid(
+            "public_url",
+            0,
+            format!("public_url: `{public_url}` must start with http:// or https://"),
+        ));
+    }
+
+    if raw.upstream.is_empty() {
+        return Err(invalid("", 0, "no [[upstream]] is configured".into()));
+    }
+    let mut names = HashSet::new();
+    let mut upstreams = Vec::new();
+    for (i, up) in raw.upstream.into_iter().enumerate() {
+        let err = |m: String| invalid("[[upstream]]", i, m);
+        if up.name.is_empty()
+            || !up
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(format!(
+                "upstream.name `{}` must be non-empty and use only letters, digits, `-` and `_` (it becomes the URL path /mcp/{{name}})",
+                up.name
+            )));
+        }
+        if !names.insert(up.name.clone()) {
+            return Err(err(format!("upstream.name `{}` is used twice", up.name)));
+        }
+        let spec = match (up.command, up.url) {
+            (Some(command), None) => UpstreamSpec::Stdio {
+                command,
+                args: up.args,
+                env: up.env.into_iter().collect(),
+            },
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(err(format!(
+                        "upstream `{}`: url `{url}` must start with http:// or https://",
+                        up.name
+                    )));
+                }
+                let mut headers: Vec<(String, String)> = up.headers.into_iter().collect();
+                for (header, var) in up.headers_env {
+                    let value = env(&var).ok_or_else(|| {
+                        err(format!(
+                            "upstream `{}`: headers_env.{header} names environment variable `{var}`, which is not set",
+                            up.name
+                        ))
+                    })?;
+                    headers.push((header, value));
+                }
+                UpstreamSpec::Http { url, headers }
+            }
+            (Some(_), Some(_)) => {
+                return Err(err(format!(
+                    "upstream `{}` sets both `command` and `url`; choose one",
+                    up.name
+                )));
+            }
+            (None, None) => {
+                return Err(err(format!(
+                    "upstream `{}` needs `command` (a stdio server) or `url` (a Streamable HTTP server)",
+                    up.name
+                )));
+            }
+        };
+        upstreams.push(UpstreamConfig {
+            name: up.name,
+            spec,
+            policy: up.policy.map(|p| base.join(p)),
+        });
+    }
+
+    let approvers = credentials(raw.approver, "approver", text, file, base, env)?;
+    let agents = credentials(raw.agent, "agent", text, file, base, env)?;
+
+    if let Some(on_error) = &raw.audit.on_error
+        && on_error != "fail_closed"
+        && on_error != "allow"
+    {
+        return Err(invalid(
+            "on_error",
+            0,
+            format!("audit.on_error must be \"fail_closed\" or \"allow\", got `{on_error}`"),
+        ));
+    }
+    let progress_interval = raw.approval.progress_interval.unwrap_or(10.0);
+    if !(0.05..=3600.0).contains(&progress_interval) {
+        return Err(invalid(
+            "progress_interval",
+            0,
+            format!("approval.progress_interval must be between 0.05 and 3600 seconds, got {progress_interval}"),
+        ));
+    }
+
+    Ok(Config {
+        listen,
+        public_url,
+        max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        session_idle_timeout: Duration::from_secs(raw.session_idle_timeout.unwrap_or(3600)),
+        upstream_timeout: raw.upstream_timeout.filter(|s| *s > 0).map(Duration::from_secs),
+        allowed_origins: raw.allowed_origins,
+        allowed_hosts: raw.allowed_hosts,
+        upstreams,
+        approvers,
+        agents,
+        audit: AuditConfig {
+            path: base.join(raw.audit.path.unwrap_or_else(|| PathBuf::from("airlock.db"))),
+            redact: raw.audit.redact.unwrap_or_else(default_redact),
+        },
+        approval: ApprovalConfig {
+            progress_interval: Duration::from_secs_f64(progress_interval),
+        },
+        quick: false,
+    })
+}
+
+/// Argument keys redacted in the audit history unless the config says otherwise.
+pub fn default_redact() -> Vec<String> {
+    ["password", "token", "secret"].map(String::from).to_vec()
+}
+
+fn credentials(
+    raw: Vec<RawCredential>,
+    table: &str,
+    text: &str,
+    file: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Credential>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, c) in raw.into_iter().enumerate() {
+        let err = |message: String| {
+            let (line, column) = locate(text, &format!("[[{table}]]"), i);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        if c.name.is_empty() {
+            return Err(err(format!("{table}.name must not be empty")));
+        }
+        let token = match (c.token_env, c.token_file) {
+            (Some(var), None) => env(&var).ok_or_else(|| {
+                err(format!(
+                    "{table} `{}`: token_env names environment variable `{var}`, which is not set",
+                    c.name
+                ))
+            })?,
+            (None, Some(path)) => {
+                let path = base.join(path);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        err(format!(
+                            "{table} `{}`: cannot read token_file {}: {e}",
+                            c.name,
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+            _ => {
+                return Err(err(format!(
+                    "{table} `{}` needs exactly one of token_env or token_file",
+                    c.name
+                )));
+            }
+        };
+        if token.len() < 16 {
+            return Err(err(format!(
+                "{table} `{}`: the token must be at least 16 characters",
+                c.name
+            )));
+        }
+        out.push(Credential {
+            name: c.name,
+            token,
+        });
+    }
+    Ok(out)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Line and column of the `nth` occurrence of `needle` (start of file when absent).
+fn locate(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    if needle.is_empty() {
+        return (1, 1);
+    }
+    text.match_indices(needle)
+        .nth(nth)
+        .map(|(i, _)| line_col(text, i))
+        .unwrap_or((1, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "ALICE" => Some("alice-token-0123456789".into()),
+            "AUTH" => Some("Bearer xyz".into()),
+            _ => None,
+        }
+    }
+
+    fn parse_ok(text: &str) -> Config {
+        parse(text, "a.toml", Path::new("/etc/airlock"), &env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, "a.toml", Path::new("/etc/airlock"), &env)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_design_example_loads() {
+        let c = parse_ok(
+            r#"
+listen = "127.0.0.1:9090"
+[[upstream]]
+name = "everything"
+command = "npx"
+args = ["-y", "@modelcontextprotocol/server-everything"]
+env = { LOG_LEVEL = "warn" }
+policy = "policies/everything.json"
+[[upstream]]
+name = "remote"
+url = "http://127.0.0.1:3001/mcp"
+headers_env = { Authorization = "AUTH" }
+[[approver]]
+name = "alice"
+token_env = "ALICE"
+[audit]
+path = "audit.db"
+redact = ["password"]
+"#,
+        );
+        assert_eq!(c.listen.port(), 9090);
+        assert_eq!(c.public_url, "http://127.0.0.1:9090");
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams[0].policy.as_deref(), Some(Path::new("/etc/airlock/policies/everything.json")));
+        let UpstreamSpec::Http { headers, .. } = &c.upstreams[1].spec else { panic!() };
+        assert_eq!(headers, &[("Authorization".to_owned(), "Bearer xyz".to_owned())]);
+        assert_eq!(c.approvers[0].name, "alice");
+        assert_eq!(c.audit.path, Path::new("/etc/airlock/audit.db"));
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let e = parse_err("listen = \"127.0.0.1:1\"\n[[upstream]]\nname = \"a\"\ncommand = \"x\"\npolcy = \"p.json\"\n");
+        assert!(e.starts_with("a.toml:5:"), "{e}");
+        assert!(e.contains("polcy"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_entry() {
+        let both = parse_err("[[upstream]]\nname = \"a\"\ncommand = \"x\"\nurl = \"http://h\"\n");
+        assert!(both.contains("sets both `command` and `url`"), "{both}");
+        let none = parse_err("[[upstream]]\nname = \"a\"\n");
+        assert!(none.contains("needs `command`"), "{none}");
+        let dup = parse_err("[[upstream]]\nname = \"a\"\ncommand = \"x\"\n[[upstream]]\nname = \"a\"\ncommand = \"y\"\n");
+        assert!(dup.starts_with("a.toml:4:") && dup.contains("used twice"), "{dup}");
+        let var = parse_err("[[upstream]]\nname = \"a\"\ncommand = \"x\"\n[[approver]]\nname = \"bob\"\ntoken_env = \"NOPE\"\n");
+        assert!(var.contains("`NOPE`, which is not set"), "{var}");
+        let listen = parse_err("listen = \"nowhere\"\n[[upstream]]\nname = \"a\"\ncommand = \"x\"\n");
+        assert!(listen.starts_with("a.toml:1:") && listen.contains("not an address"), "{listen}");
+        let bad_name = parse_err("[[upstream]]\nname = \"a/b\"\ncommand = \"x\"\n");
+        assert!(bad_name.contains("only letters, digits"), "{bad_name}");
+        let empty = parse_err("listen = \"127.0.0.1:1\"\n");
+        assert!(empty.contains("no [[upstream]]"), "{empty}");
+    }
+}

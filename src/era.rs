@@ -1,0 +1,246 @@
+//! The two MCP protocol eras, as far as the gateway needs to tell them apart.
+//!
+//! Handshake era (2025-06-18, 2025-11-25): `initialize` + `Mcp-Session-Id`.
+//! Stateless era (2026-07-28): every request carries
+//! `_meta["io.modelcontextprotocol/protocolVersion"]`, and on HTTP mirrors
+//! method and name into headers that must agree with the body. See
+//! `docs/protocol.md`.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderMap, HeaderValue};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::jsonrpc::Message;
+
+pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+pub const METHOD_HEADER: &str = "mcp-method";
+pub const NAME_HEADER: &str = "mcp-name";
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    Handshake,
+    Stateless,
+}
+
+/// The parts of `params` the gateway reads; everything else stays raw.
+#[derive(Deserialize, Default)]
+pub struct ParamsPeek<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub arguments: Option<&'a RawValue>,
+    #[serde(rename = "_meta", borrow, default)]
+    pub meta: Option<MetaPeek<'a>>,
+    /// Only present on `initialize` (handshake era).
+    #[serde(rename = "clientInfo", default)]
+    pub client_info: Option<ClientInfo>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct MetaPeek<'a> {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion", default)]
+    pub protocol_version: Option<String>,
+    #[serde(rename = "io.modelcontextprotocol/clientInfo", default)]
+    pub client_info: Option<ClientInfo>,
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities", borrow, default)]
+    pub client_capabilities: Option<&'a RawValue>,
+    #[serde(rename = "progressToken", borrow, default)]
+    pub progress_token: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct ClientInfo {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+impl ClientInfo {
+    pub fn label(&self) -> String {
+        if self.version.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.name, self.version)
+        }
+    }
+}
+
+/// Reads the peek of a request's params (an empty peek when absent).
+pub fn peek(message: &Message) -> ParamsPeek<'_> {
+    message.params::<ParamsPeek<'_>>().unwrap_or_default()
+}
+
+/// The stateless-era protocol version a request declares, if any.
+pub fn stateless_version<'p>(peek: &'p ParamsPeek<'_>) -> Option<&'p str> {
+    peek.meta.as_ref()?.protocol_version.as_deref()
+}
+
+/// The value `Mcp-Name` must carry for this request, if the method has one.
+fn expected_name<'p>(method: &str, peek: &'p ParamsPeek<'_>) -> Option<&'p str> {
+    match method {
+        "tools/call" | "prompts/get" => peek.name.as_deref(),
+        "resources/read" => peek.uri.as_deref(),
+        _ => None,
+    }
+}
+
+/// Checks the stateless-era HTTP headers against the body.
+///
+/// Returns the HeaderMismatch message (`-32020`) on the first disagreement.
+/// The body is the source of truth: the policy later reads the body only.
+pub fn check_headers(message: &Message, peek: &ParamsPeek<'_>, headers: &HeaderMap) -> Result<(), String> {
+    let method = message.method().unwrap_or_default();
+    let version = stateless_version(peek).unwrap_or_default();
+    compare(headers, PROTOCOL_VERSION_HEADER, "MCP-Protocol-Version", version)?;
+    compare(headers, METHOD_HEADER, "Mcp-Method", method)?;
+    if let Some(name) = expected_name(method, peek) {
+        compare(headers, NAME_HEADER, "Mcp-Name", name)?;
+    }
+    Ok(())
+}
+
+fn compare(headers: &HeaderMap, key: &str, shown: &str, body: &str) -> Result<(), String> {
+    let Some(raw) = headers.get(key) else {
+        return Err(format!("Header mismatch: required header {shown} is missing"));
+    };
+    let Some(value) = decode_header_value(raw) else {
+        return Err(format!("Header mismatch: {shown} header value is not valid"));
+    };
+    if value != body {
+        return Err(format!(
+            "Header mismatch: {shown} header value '{value}' does not match body value '{body}'"
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a header value, including the `=?base64?…?=` form for values that
+/// are not plain visible ASCII.
+pub fn decode_header_value(raw: &HeaderValue) -> Option<Cow<'_, str>> {
+    let text = raw.to_str().ok()?;
+    match text.strip_prefix("=?base64?").and_then(|t| t.strip_suffix("?=")) {
+        Some(encoded) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+            String::from_utf8(bytes).ok().map(Cow::Owned)
+        }
+        None => Some(Cow::Borrowed(text)),
+    }
+}
+
+/// Encodes a value for a header, using the base64 form when needed.
+pub fn encode_header_value(value: &str) -> Option<HeaderValue> {
+    let plain = !value.is_empty()
+        && value.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+        && value.trim() == value
+        && !(value.starts_with("=?base64?") && value.ends_with("?="));
+    if plain {
+        HeaderValue::from_str(value).ok()
+    } else {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
+        HeaderValue::from_str(&format!("=?base64?{encoded}?=")).ok()
+    }
+}
+
+/// Sets the stateless-era headers from the body (for agents that sent none,
+/// i.e. stdio agents talking to an HTTP upstream).
+pub fn derive_headers(message: &Message, out: &mut HeaderMap) {
+    if !message.is_request() {
+        return;
+    }
+    let peek = peek(message);
+    let Some(version) = stateless_version(&peek) else {
+        return;
+    };
+    let method = message.method().unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(version) {
+        out.insert(PROTOCOL_VERSION_HEADER, v);
+    }
+    if let Some(v) = encode_header_value(method) {
+        out.insert(METHOD_HEADER, v);
+    }
+    if let Some(v) = expected_name(method, &peek).and_then(encode_header_value) {
+        out.insert(NAME_HEADER, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(s: &str) -> Message {
+        Message::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+
+    #[test]
+    fn matching_headers_pass() {
+        let m = msg(CALL);
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        assert_eq!(check_headers(&m, &peek(&m), &h), Ok(()));
+    }
+
+    #[test]
+    fn a_name_header_that_disagrees_with_the_body_is_a_mismatch() {
+        let m = msg(CALL);
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "safe_tool"),
+        ]);
+        let e = check_headers(&m, &peek(&m), &h).unwrap_err();
+        assert_eq!(e, "Header mismatch: Mcp-Name header value 'safe_tool' does not match body value 'echo'");
+    }
+
+    #[test]
+    fn missing_headers_are_mismatches() {
+        let m = msg(CALL);
+        let e = check_headers(&m, &peek(&m), &headers(&[("mcp-method", "tools/call")])).unwrap_err();
+        assert!(e.contains("MCP-Protocol-Version is missing"), "{e}");
+        let h = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")]);
+        let e = check_headers(&m, &peek(&m), &h).unwrap_err();
+        assert!(e.contains("Mcp-Name is missing"), "{e}");
+    }
+
+    #[test]
+    fn base64_names_are_decoded_before_comparing() {
+        let m = msg(&CALL.replace("\"echo\"", "\"Hello, 世界\""));
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?SGVsbG8sIOS4lueVjA==?="),
+        ]);
+        assert_eq!(check_headers(&m, &peek(&m), &h), Ok(()));
+        assert_eq!(encode_header_value("Hello, 世界").unwrap(), "=?base64?SGVsbG8sIOS4lueVjA==?=");
+        assert_eq!(encode_header_value("echo").unwrap(), "echo");
+    }
+
+    #[test]
+    fn derived_headers_mirror_the_body() {
+        let mut h = HeaderMap::new();
+        derive_headers(&msg(CALL), &mut h);
+        assert_eq!(h["mcp-protocol-version"], "2026-07-28");
+        assert_eq!(h["mcp-method"], "tools/call");
+        assert_eq!(h["mcp-name"], "echo");
+    }
+}

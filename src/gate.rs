@@ -1,0 +1,240 @@
+//! The interception: `tools/call` enforcement and `tools/list` filtering.
+//!
+//! Everything here is synchronous and allocation-light: it runs on the hot
+//! path of every allowed call. It decides; the caller forwards or answers.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::era::Era;
+use crate::jsonrpc::{self, Id, Message};
+use crate::policy::{Action, Approval, Policy, Verdict};
+
+/// What the gate decided about one `tools/call`.
+pub enum CallDecision {
+    /// Forward the original bytes upstream.
+    Allow { rule: String },
+    /// Answer the agent with a refusal; the call never reaches the upstream.
+    Refuse(Refusal),
+    /// The tool is hidden: answer exactly as the upstream answers an unknown tool.
+    Hidden,
+    /// A human must decide first.
+    NeedsApproval {
+        rule: String,
+        reason: Option<String>,
+        approval: Approval,
+    },
+}
+
+/// A policy refusal, ready to become a `CallToolResult`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Machine-readable outcome: `denied`, `rate_limited`, `approval_denied`, …
+    pub decision: &'static str,
+    pub rule: String,
+    pub reason: String,
+    /// Shown to the agent; names the outcome and the reason.
+    pub text: String,
+    pub retry_after: Option<Duration>,
+}
+
+/// Decides a `tools/call` for `tool` by an agent session keyed `session`.
+pub fn decide_call(policy: &Policy, tool: &str, session: &str) -> CallDecision {
+    let verdict = policy.decide(tool);
+    let rule = verdict.rule_name().to_owned();
+    let (action, reason, rate, approval) = match verdict {
+        Verdict::Hidden => return CallDecision::Hidden,
+        Verdict::Default(action) => (action, None, None, Approval::default()),
+        Verdict::Rule(r) => (r.action, r.reason.clone(), r.rate_limit.as_ref(), r.approval),
+    };
+    match action {
+        Action::Deny => {
+            let reason = reason.unwrap_or_else(|| match verdict {
+                Verdict::Default(_) => "no rule allows this tool (policy default: deny)".into(),
+                _ => format!("denied by policy rule `{rule}`"),
+            });
+            CallDecision::Refuse(Refusal {
+                decision: "denied",
+                text: format!("Airlock denied this call to `{tool}`: {reason} (rule `{rule}`)."),
+                rule,
+                reason,
+                retry_after: None,
+            })
+        }
+        Action::Allow | Action::RequireApproval => {
+            if let Some(limit) = rate
+                && let Err(wait) = limit.check(session)
+            {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let reason = format!(
+                    "at most {} calls per {} s per session",
+                    limit.max,
+                    limit.window.as_secs()
+                );
+                return CallDecision::Refuse(Refusal {
+                    decision: "rate_limited",
+                    text: format!(
+                        "Airlock rate-limited this call to `{tool}`: {reason} (rule `{rule}`). Retry in {secs} s."
+                    ),
+                    rule,
+                    reason,
+                    retry_after: Some(Duration::from_secs(secs)),
+                });
+            }
+            if action == Action::Allow {
+                CallDecision::Allow { rule }
+            } else {
+                CallDecision::NeedsApproval {
+                    rule,
+                    reason,
+                    approval,
+                }
+            }
+        }
+    }
+}
+
+/// The `CallToolResult` (`isError: true`) that tells the agent about a refusal.
+pub fn refusal_response(id: &Id, refusal: &Refusal, era: Era) -> Message {
+    let mut meta = json!({
+        "airlock.decision": refusal.decision,
+        "airlock.reason": refusal.reason,
+        "airlock.rule": refusal.rule,
+    });
+    if let Some(wait) = refusal.retry_after {
+        meta["airlock.retry_after_s"] = json!(wait.as_secs());
+    }
+    let mut result = json!({
+        "content": [{ "type": "text", "text": refusal.text }],
+        "isError": true,
+        "_meta": meta,
+    });
+    if era == Era::Stateless {
+        result["resultType"] = json!("complete");
+    }
+    jsonrpc::result_response(id, result)
+}
+
+/// The note appended to the description of tools that need approval.
+pub const APPROVAL_NOTE: &str =
+    "[Airlock: a human must approve each call to this tool; the call waits for their decision.]";
+
+#[derive(Deserialize)]
+struct ListPeek<'a> {
+    #[serde(borrow)]
+    tools: Vec<ToolPeek<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolPeek<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+/// Filters a `tools/list` response: drops tools the agent may not see and
+/// notes the ones that need approval. Returns the message untouched (same
+/// bytes) when nothing changes.
+pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
+    let Some(list) = response.result::<ListPeek<'_>>() else {
+        return response; // an error, or not a list: pass through
+    };
+    let changes = list.tools.iter().any(|t| {
+        !policy.lists(&t.name) || policy.decide(&t.name).action() == Some(Action::RequireApproval)
+    });
+    if !changes {
+        return response;
+    }
+    let Ok(mut value) = serde_json::from_str::<Value>(response.text()) else {
+        return response;
+    };
+    if let Some(tools) = value
+        .pointer_mut("/result/tools")
+        .and_then(Value::as_array_mut)
+    {
+        tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(|n| policy.lists(n)));
+        for tool in tools.iter_mut() {
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+            if policy.decide(name).action() == Some(Action::RequireApproval) {
+                let described = match tool.get("description").and_then(Value::as_str) {
+                    Some(d) if !d.is_empty() => format!("{d}\n\n{APPROVAL_NOTE}"),
+                    _ => APPROVAL_NOTE.to_owned(),
+                };
+                tool["description"] = Value::String(described);
+            }
+        }
+    }
+    Message::from_value(&value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_str;
+    use bytes::Bytes;
+
+    fn policy() -> Policy {
+        parse_str(
+            r#"{"version":"1","default":"deny","hide":["secret_tool"],"rules":{
+                "echo":{"action":"allow"},
+                "add":{"action":"allow","rate_limit":{"max":1,"window":60}},
+                "delete_*":{"action":"require_approval","reason":"destructive"},
+                "crash":{"action":"deny","reason":"it breaks things"}}}"#,
+            "t.json",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn denied_call_names_the_tool_rule_and_reason() {
+        let CallDecision::Refuse(r) = decide_call(&policy(), "crash", "s") else { panic!() };
+        assert_eq!(r.decision, "denied");
+        assert_eq!(r.text, "Airlock denied this call to `crash`: it breaks things (rule `crash`).");
+        let CallDecision::Refuse(d) = decide_call(&policy(), "other", "s") else { panic!() };
+        assert!(d.text.contains("no rule allows this tool (policy default: deny)"), "{}", d.text);
+    }
+
+    #[test]
+    fn rate_limited_call_says_when_to_retry() {
+        let p = policy();
+        assert!(matches!(decide_call(&p, "add", "s"), CallDecision::Allow { .. }));
+        let CallDecision::Refuse(r) = decide_call(&p, "add", "s") else { panic!() };
+        assert_eq!(r.decision, "rate_limited");
+        assert!(r.text.contains("Retry in 60 s."), "{}", r.text);
+        let m = refusal_response(&Id::from_raw("4"), &r, Era::Stateless);
+        let v: Value = serde_json::from_str(m.text()).unwrap();
+        assert_eq!(v["result"]["isError"], true);
+        assert_eq!(v["result"]["_meta"]["airlock.decision"], "rate_limited");
+        assert_eq!(v["result"]["_meta"]["airlock.retry_after_s"], 60);
+        assert_eq!(v["result"]["resultType"], "complete");
+    }
+
+    #[test]
+    fn hidden_and_approval_decisions() {
+        assert!(matches!(decide_call(&policy(), "secret_tool", "s"), CallDecision::Hidden));
+        let CallDecision::NeedsApproval { rule, reason, .. } = decide_call(&policy(), "delete_x", "s") else {
+            panic!()
+        };
+        assert_eq!((rule.as_str(), reason.as_deref()), ("delete_*", Some("destructive")));
+    }
+
+    #[test]
+    fn list_filter_drops_hidden_and_unallowed_tools_and_notes_approval() {
+        let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echo"},{"name":"secret_tool"},{"name":"delete_record","description":"Deletes"},{"name":"other"}],"ttlMs":5}}"#;
+        let out = filter_tools_list(&policy(), Message::parse(Bytes::from(raw)).unwrap());
+        let v: Value = serde_json::from_str(out.text()).unwrap();
+        let names: Vec<&str> = v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["echo", "delete_record"]);
+        assert!(v["result"]["tools"][1]["description"].as_str().unwrap().ends_with(APPROVAL_NOTE));
+        assert_eq!(v["result"]["ttlMs"], 5, "other result fields are kept");
+    }
+
+    #[test]
+    fn list_filter_keeps_the_original_bytes_when_nothing_changes() {
+        let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo",  "description":"Echo"}]}}"#;
+        let out = filter_tools_list(&policy(), Message::parse(Bytes::from(raw)).unwrap());
+        assert_eq!(out.text(), raw);
+    }
+}

@@ -1,0 +1,411 @@
+//! The gateway's shared state and the forwarding of one agent message.
+//!
+//! [`Gateway`] is a cheap-to-clone handle. Both agent transports (HTTP in
+//! `http_agent`, stdio in `stdio_agent`) call [`Gateway::forward`], which runs
+//! the policy on `tools/call`, marks `tools/list` answers for filtering, and
+//! passes everything else through untouched.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use dashmap::DashMap;
+use indexmap::IndexMap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::era::{self, Era};
+use crate::gate::{self, CallDecision};
+use crate::hold::Holds;
+use crate::jsonrpc::{self, Id, Message, code};
+use crate::policy::Policy;
+use crate::upstream::http::{HttpSession, HttpUpstream};
+use crate::upstream::stdio::StdioChild;
+use crate::upstream::{Link, Reply, ReplyBody, UpstreamError, UpstreamSpec};
+
+/// Longest line a stdio upstream may write (one JSON-RPC message).
+const MAX_STDIO_LINE: usize = 64 * 1024 * 1024;
+
+/// Cheap-to-clone handle to everything the gateway shares.
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
+    /// Handshake-era sessions by the `Mcp-Session-Id` Airlock issued.
+    pub sessions: DashMap<String, Arc<Session>>,
+    pub holds: Holds,
+    /// Cancelled on SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+    /// How each upstream answers a call to an unknown tool, per era (see `hidden_answer`).
+    unknown_tool: DashMap<(String, bool), UnknownToolAnswer>,
+    started: Instant,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// One configured upstream: how to reach it and its live policy.
+pub struct UpstreamRuntime {
+    pub name: String,
+    pub spec: UpstreamSpec,
+    policy: watch::Receiver<Arc<Policy>>,
+    http: Option<Arc<HttpUpstream>>,
+    /// The child shared by stateless-era requests (stdio upstreams), spawned lazily.
+    shared_child: Mutex<Option<Arc<StdioChild>>>,
+    /// The session-less HTTP session used by stateless-era requests.
+    stateless_http: Option<Arc<HttpSession>>,
+}
+
+impl UpstreamRuntime {
+    pub fn new(
+        name: String,
+        spec: UpstreamSpec,
+        policy: watch::Receiver<Arc<Policy>>,
+    ) -> Result<Arc<UpstreamRuntime>, UpstreamError> {
+        let http = match &spec {
+            UpstreamSpec::Http { .. } => Some(HttpUpstream::new(&spec)?),
+            UpstreamSpec::Stdio { .. } => None,
+        };
+        let stateless_http = http.as_ref().map(|h| h.session());
+        Ok(Arc::new(UpstreamRuntime {
+            name,
+            spec,
+            policy,
+            http,
+            shared_child: Mutex::new(None),
+            stateless_http,
+        }))
+    }
+
+    /// The policy in force now (a reload swaps it for the next call).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.borrow().clone()
+    }
+
+    /// A fresh upstream connection for one handshake-era agent session.
+    pub fn session_link(&self) -> Result<Link, UpstreamError> {
+        match &self.http {
+            Some(http) => Ok(Link::Http(http.session())),
+            None => Ok(Link::Stdio(StdioChild::spawn(&self.spec, false, MAX_STDIO_LINE)?)),
+        }
+    }
+
+    /// The connection stateless-era requests share; a dead child is replaced.
+    pub fn stateless_link(&self) -> Result<Link, UpstreamError> {
+        if let Some(session) = &self.stateless_http {
+            return Ok(Link::Http(session.clone()));
+        }
+        let mut shared = self.shared_child.lock().expect("shared child lock");
+        match shared.as_ref() {
+            Some(child) if !child.is_dead() => Ok(Link::Stdio(child.clone())),
+            _ => {
+                let child = StdioChild::spawn(&self.spec, true, MAX_STDIO_LINE)?;
+                *shared = Some(child.clone());
+                Ok(Link::Stdio(child))
+            }
+        }
+    }
+
+    /// Ends the shared child, if any (shutdown).
+    pub async fn close_shared(&self) {
+        let child = self.shared_child.lock().expect("shared child lock").take();
+        if let Some(child) = child {
+            child.shutdown().await;
+        }
+    }
+}
+
+/// A handshake-era agent session and its own upstream connection.
+pub struct Session {
+    pub id: String,
+    pub upstream: Arc<UpstreamRuntime>,
+    pub link: Link,
+    /// Who the agent is: its configured name, else its `clientInfo`.
+    pub agent: String,
+    /// Milliseconds since gateway start of the last message (idle reaping).
+    last_seen: AtomicU64,
+    /// Requests still being answered; a busy session is never reaped.
+    pub in_flight: AtomicUsize,
+}
+
+impl Session {
+    pub fn touch(&self, gateway: &Gateway) {
+        self.last_seen
+            .store(gateway.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self, gateway: &Gateway) -> Duration {
+        let now = gateway.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_seen.load(Ordering::Relaxed)))
+    }
+}
+
+/// Who is calling and over which connection; built per message by the transports.
+pub struct CallContext {
+    pub upstream: Arc<UpstreamRuntime>,
+    pub link: Link,
+    pub era: Era,
+    /// The rate-limit and audit key of the agent session (see docs/protocol.md).
+    pub session_key: String,
+    pub agent: String,
+}
+
+/// A reply plus what still has to be done to it on the way to the agent.
+pub struct Exchange {
+    pub reply: Reply,
+    /// Set for `tools/list`: filter the response with this policy.
+    pub list_filter: Option<Arc<Policy>>,
+}
+
+impl Exchange {
+    fn plain(reply: Reply) -> Exchange {
+        Exchange {
+            reply,
+            list_filter: None,
+        }
+    }
+
+    /// A message the gateway answers itself, with the era's HTTP status.
+    pub fn answer(message: Message, era: Era) -> Exchange {
+        let status = match era {
+            Era::Stateless => stateless_status(&message),
+            Era::Handshake => 200,
+        };
+        Exchange::plain(Reply {
+            status,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Json(message),
+        })
+    }
+}
+
+/// The HTTP status a 2026-07-28 server gives a JSON-RPC answer.
+pub fn stateless_status(message: &Message) -> u16 {
+    match jsonrpc::error_code(message) {
+        Some(code::METHOD_NOT_FOUND) => 404,
+        Some(code::INVALID_PARAMS | code::INVALID_REQUEST | code::PARSE_ERROR) => 400,
+        Some(-32022..=-32020) => 400,
+        _ => 200,
+    }
+}
+
+/// An upstream's answer to a call for a tool it does not have, with the
+/// probe's tool name left as a placeholder.
+#[derive(Clone)]
+struct UnknownToolAnswer {
+    status: u16,
+    text: String,
+}
+
+const PROBE_TOOL: &str = "airlock-unknown-tool-probe-3f9c";
+
+impl Gateway {
+    pub fn new(
+        config: Config,
+        upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
+        holds: Holds,
+        shutdown: CancellationToken,
+    ) -> Gateway {
+        Gateway(Arc::new(Inner {
+            config,
+            upstreams,
+            sessions: DashMap::new(),
+            holds,
+            shutdown,
+            unknown_tool: DashMap::new(),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Registers a new handshake-era session with its own upstream connection.
+    pub fn open_session(&self, upstream: &Arc<UpstreamRuntime>, agent: String) -> Result<Arc<Session>, UpstreamError> {
+        let link = upstream.session_link()?;
+        let session = Arc::new(Session {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            upstream: upstream.clone(),
+            link,
+            agent,
+            last_seen: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        });
+        session.touch(self);
+        self.sessions.insert(session.id.clone(), session.clone());
+        Ok(session)
+    }
+
+    /// Ends a session: forgets it and ends its upstream connection.
+    pub async fn close_session(&self, id: &str) -> bool {
+        let Some((_, session)) = self.sessions.remove(id) else {
+            return false;
+        };
+        session.link.close().await;
+        true
+    }
+
+    /// Closes sessions idle longer than the configured timeout; runs until shutdown.
+    pub async fn reap_idle_sessions(self) {
+        let timeout = self.config.session_idle_timeout;
+        let mut tick = tokio::time::interval(timeout.min(Duration::from_secs(30)).max(Duration::from_millis(100)));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let idle: Vec<String> = self
+                .sessions
+                .iter()
+                .filter(|s| s.in_flight.load(Ordering::Relaxed) == 0 && s.idle_for(&self) >= timeout)
+                .map(|s| s.id.clone())
+                .collect();
+            for id in idle {
+                tracing::info!(session = %id, "closing idle session");
+                self.close_session(&id).await;
+            }
+            for upstream in self.upstreams.values() {
+                upstream.policy().forget_idle();
+            }
+        }
+    }
+
+    /// Forwards one request after the policy has had its say.
+    pub async fn forward(
+        &self,
+        ctx: &CallContext,
+        message: Message,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Exchange, UpstreamError> {
+        match message.method() {
+            Some("tools/call") => self.forward_call(ctx, message, headers).await,
+            Some("tools/list") => {
+                let policy = ctx.upstream.policy();
+                let reply = ctx.link.request(message, headers).await?;
+                Ok(Exchange {
+                    reply,
+                    list_filter: Some(policy),
+                })
+            }
+            _ => Ok(Exchange::plain(ctx.link.request(message, headers).await?)),
+        }
+    }
+
+    async fn forward_call(
+        &self,
+        ctx: &CallContext,
+        message: Message,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Exchange, UpstreamError> {
+        let id = message.id().cloned().unwrap_or_else(Id::null);
+        let peek = era::peek(&message);
+        let Some(tool) = peek.name.as_deref() else {
+            // No tool name: let the upstream answer the malformed call.
+            return Ok(Exchange::plain(ctx.link.request(message, headers).await?));
+        };
+        let policy = ctx.upstream.policy();
+        match gate::decide_call(&policy, tool, &ctx.session_key) {
+            CallDecision::Allow { .. } => {
+                drop(peek);
+                Ok(Exchange::plain(ctx.link.request(message, headers).await?))
+            }
+            CallDecision::Refuse(refusal) => {
+                Ok(Exchange::answer(gate::refusal_response(&id, &refusal, ctx.era), ctx.era))
+            }
+            CallDecision::Hidden => {
+                let tool = tool.to_owned();
+                drop(peek);
+                Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
+            }
+            CallDecision::NeedsApproval { rule, reason, approval } => {
+                let tool = tool.to_owned();
+                let arguments = peek.arguments.map(|a| a.get().to_owned());
+                drop(peek);
+                crate::hold::hold_call(self, ctx, message, headers, tool, arguments, rule, reason, approval).await
+            }
+        }
+    }
+
+    /// Answers a call to a hidden tool exactly as the upstream answers a call
+    /// to a tool it does not have. The upstream's answer is learnt once per
+    /// upstream and era by calling a tool name that cannot exist (with no
+    /// arguments); the hidden tool's name and arguments never reach it.
+    async fn hidden_answer(
+        &self,
+        ctx: &CallContext,
+        message: &Message,
+        tool: &str,
+        headers: Option<&HeaderMap>,
+    ) -> Exchange {
+        let id = message.id().cloned().unwrap_or_else(Id::null);
+        let key = (ctx.upstream.name.clone(), ctx.era == Era::Stateless);
+        let known = self.unknown_tool.get(&key).map(|a| a.clone());
+        let answer = match known {
+            Some(answer) => Some(answer),
+            None => {
+                let learnt = probe_unknown_tool(ctx, message, headers).await;
+                if let Some(a) = &learnt {
+                    self.unknown_tool.insert(key, a.clone());
+                }
+                learnt
+            }
+        };
+        let escaped = serde_json::to_string(tool).unwrap_or_default();
+        let escaped = &escaped[1..escaped.len() - 1];
+        match answer.and_then(|a| {
+            let text = a.text.replace(PROBE_TOOL, escaped);
+            Message::parse(bytes::Bytes::from(text)).ok().map(|m| (a.status, m))
+        }) {
+            Some((status, m)) => Exchange::plain(Reply {
+                status,
+                headers: HeaderMap::new(),
+                body: ReplyBody::Json(m.with_id(&id)),
+            }),
+            None => Exchange::answer(
+                jsonrpc::error_response(&id, code::INVALID_PARAMS, &format!("Unknown tool: {tool}")),
+                ctx.era,
+            ),
+        }
+    }
+}
+
+/// Calls a tool name that cannot exist and keeps the upstream's answer.
+async fn probe_unknown_tool(
+    ctx: &CallContext,
+    message: &Message,
+    headers: Option<&HeaderMap>,
+) -> Option<UnknownToolAnswer> {
+    let mut value: serde_json::Value = serde_json::from_str(message.text()).ok()?;
+    let params = value.get_mut("params")?.as_object_mut()?;
+    params.insert("name".into(), PROBE_TOOL.into());
+    params.insert("arguments".into(), serde_json::json!({}));
+    if let Some(meta) = params.get_mut("_meta").and_then(|m| m.as_object_mut()) {
+        meta.remove("progressToken");
+    }
+    let probe = Message::from_value(&value);
+    let probe_headers = headers.map(|h| {
+        let mut h = h.clone();
+        h.insert(era::NAME_HEADER, axum::http::HeaderValue::from_static(PROBE_TOOL));
+        h
+    });
+    let reply = ctx.link.request(probe, probe_headers.as_ref()).await.ok()?;
+    let answer = match reply.body {
+        ReplyBody::Json(m) => m,
+        ReplyBody::Stream(mut rx) => loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.ok()??;
+            if event.message.kind() == jsonrpc::Kind::Response {
+                break event.message;
+            }
+        },
+        _ => return None,
+    };
+    Some(UnknownToolAnswer {
+        status: reply.status,
+        text: answer.text().to_owned(),
+    })
+}

@@ -1,0 +1,456 @@
+//! The agent side over Streamable HTTP: `/mcp` and `/mcp/{upstream}`.
+//!
+//! Per request: check `Origin`/`Host` (DNS-rebinding protection), the agent's
+//! token (when `[[agent]]` is configured), content type and size, then frame
+//! the body and tell the eras apart: a `Mcp-Session-Id` or an `initialize`
+//! means the handshake era; a request whose `_meta` carries a protocol
+//! version is the stateless era, whose mirrored headers must match the body.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+
+use crate::auth;
+use crate::era::{self, Era};
+use crate::gate;
+use crate::gateway::{CallContext, Exchange, Gateway, Session, UpstreamRuntime};
+use crate::jsonrpc::{self, Id, Kind, Message, code};
+use crate::upstream::{Event, ReplyBody, UpstreamError};
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+pub fn routes() -> Router<Gateway> {
+    Router::new()
+        .route("/mcp", post(post_default).get(get_default).delete(delete_default))
+        .route("/mcp/{upstream}", post(post_named).get(get_named).delete(delete_named))
+}
+
+/// A JSON-RPC error as an HTTP response (id `null` unless known).
+pub fn rpc_error(status: StatusCode, id: Option<&Id>, code: i64, message: &str) -> Response {
+    let body = jsonrpc::error_response(id.unwrap_or(&Id::null()), code, message);
+    (status, [(header::CONTENT_TYPE, "application/json")], body.raw().clone()).into_response()
+}
+
+fn default_upstream(gw: &Gateway) -> Result<Arc<UpstreamRuntime>, Response> {
+    if gw.upstreams.len() == 1 {
+        Ok(gw.upstreams[0].clone())
+    } else {
+        Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::INVALID_REQUEST,
+            "several upstreams are configured: use /mcp/{name}",
+        ))
+    }
+}
+
+fn named_upstream(gw: &Gateway, name: &str) -> Result<Arc<UpstreamRuntime>, Response> {
+    gw.upstreams.get(name).cloned().ok_or_else(|| {
+        rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::INVALID_REQUEST,
+            &format!("no upstream named `{name}` is configured"),
+        )
+    })
+}
+
+async fn post_default(State(gw): State<Gateway>, ConnectInfo(addr): ConnectInfo<SocketAddr>, request: Request) -> Response {
+    match default_upstream(&gw) {
+        Ok(up) => handle_post(gw, up, addr, request).await,
+        Err(r) => r,
+    }
+}
+
+async fn post_named(
+    State(gw): State<Gateway>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    match named_upstream(&gw, &name) {
+        Ok(up) => handle_post(gw, up, addr, request).await,
+        Err(r) => r,
+    }
+}
+
+async fn get_default(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    match default_upstream(&gw) {
+        Ok(up) => handle_get(gw, up, headers).await,
+        Err(r) => r,
+    }
+}
+
+async fn get_named(State(gw): State<Gateway>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match named_upstream(&gw, &name) {
+        Ok(up) => handle_get(gw, up, headers).await,
+        Err(r) => r,
+    }
+}
+
+async fn delete_default(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    match default_upstream(&gw) {
+        Ok(up) => handle_delete(gw, up, headers).await,
+        Err(r) => r,
+    }
+}
+
+async fn delete_named(State(gw): State<Gateway>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match named_upstream(&gw, &name) {
+        Ok(up) => handle_delete(gw, up, headers).await,
+        Err(r) => r,
+    }
+}
+
+/// Origin, Host and agent token checks shared by POST, GET and DELETE.
+/// Returns the authenticated agent's name, if agents are configured.
+fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    if let Err(why) = auth::check_origin_and_host(&gw.config, headers) {
+        return Err(rpc_error(StatusCode::FORBIDDEN, None, code::UPSTREAM_ERROR, &format!("Forbidden: {why}")));
+    }
+    if gw.config.agents.is_empty() {
+        return Ok(None);
+    }
+    match auth::bearer(headers).and_then(|t| auth::find_credential(&gw.config.agents, t)) {
+        Some(agent) => Ok(Some(agent.name.clone())),
+        None => {
+            let mut response = rpc_error(
+                StatusCode::UNAUTHORIZED,
+                None,
+                code::UPSTREAM_ERROR,
+                "Unauthorized: this gateway needs an agent token (Authorization: Bearer …)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"airlock\""));
+            Err(response)
+        }
+    }
+}
+
+/// The agent's headers as they may go upstream: without its Airlock token.
+fn upstream_headers(gw: &Gateway, headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    if !gw.config.agents.is_empty() {
+        out.remove(header::AUTHORIZATION);
+    }
+    out
+}
+
+async fn read_body(gw: &Gateway, request: Request) -> Result<Bytes, Response> {
+    let limit = gw.config.max_body_bytes;
+    axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
+        rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            code::INVALID_REQUEST,
+            &format!("request body exceeds the {limit}-byte limit"),
+        )
+    })
+}
+
+async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAddr, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let agent = match admit(&gw, &headers) {
+        Ok(agent) => agent,
+        Err(response) => return response,
+    };
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return rpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            code::INVALID_REQUEST,
+            "Unsupported Media Type: Content-Type must be application/json",
+        );
+    }
+    let body = match read_body(&gw, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let message = match Message::parse(body) {
+        Ok(m) => m,
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
+    };
+    let forwarded = upstream_headers(&gw, &headers);
+
+    if let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+        let session = match find_session(&gw, &upstream, sid).await {
+            Ok(s) => s,
+            Err(response) => return response,
+        };
+        let ctx = CallContext {
+            upstream,
+            link: session.link.clone(),
+            era: Era::Handshake,
+            session_key: session.id.clone(),
+            agent: session.agent.clone(),
+        };
+        return dispatch(&gw, &ctx, message, &forwarded, Some(session), None).await;
+    }
+
+    if message.method() == Some("initialize") {
+        let peek = era::peek(&message);
+        let who = agent
+            .clone()
+            .or_else(|| peek.client_info.as_ref().map(|c| c.label()))
+            .unwrap_or_else(|| format!("unknown@{}", addr.ip()));
+        drop(peek);
+        let session = match gw.open_session(&upstream, who) {
+            Ok(s) => s,
+            Err(e) => return upstream_failure(message.id(), &e, Era::Handshake),
+        };
+        let ctx = CallContext {
+            upstream,
+            link: session.link.clone(),
+            era: Era::Handshake,
+            session_key: session.id.clone(),
+            agent: session.agent.clone(),
+        };
+        let sid = session.id.clone();
+        let response = dispatch(&gw, &ctx, message, &forwarded, Some(session), Some(&sid)).await;
+        if !response.status().is_success() {
+            gw.close_session(&sid).await;
+        }
+        return response;
+    }
+
+    // No session and no initialize: this must be a stateless-era request.
+    if message.kind() != Kind::Request {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::UPSTREAM_ERROR,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+    }
+    let peek = era::peek(&message);
+    if era::stateless_version(&peek).is_none() {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            message.id(),
+            code::UPSTREAM_ERROR,
+            "Bad Request: Mcp-Session-Id header is required (or, for protocol 2026-07-28 and later, params._meta[\"io.modelcontextprotocol/protocolVersion\"])",
+        );
+    }
+    if let Err(mismatch) = era::check_headers(&message, &peek, &headers) {
+        return rpc_error(StatusCode::BAD_REQUEST, message.id(), code::HEADER_MISMATCH, &mismatch);
+    }
+    let who = agent.clone().or_else(|| peek.meta.as_ref()?.client_info.as_ref().map(|c| c.label()));
+    drop(peek);
+    let session_key = match &agent {
+        Some(name) => format!("agent:{name}"),
+        None => format!("{}@{}", who.as_deref().unwrap_or("unknown"), addr.ip()),
+    };
+    let link = match upstream.stateless_link() {
+        Ok(link) => link,
+        Err(e) => return upstream_failure(message.id(), &e, Era::Stateless),
+    };
+    let ctx = CallContext {
+        upstream,
+        link,
+        era: Era::Stateless,
+        agent: who.unwrap_or_else(|| format!("unknown@{}", addr.ip())),
+        session_key,
+    };
+    dispatch(&gw, &ctx, message, &forwarded, None, None).await
+}
+
+async fn find_session(gw: &Gateway, upstream: &UpstreamRuntime, sid: &str) -> Result<Arc<Session>, Response> {
+    let found = gw.sessions.get(sid).map(|s| s.clone());
+    match found {
+        Some(session) if session.upstream.name == upstream.name => {
+            if session.link.is_dead() {
+                gw.close_session(sid).await;
+                return Err(rpc_error(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    code::SESSION_NOT_FOUND,
+                    "Session not found: its upstream server exited; start a new session",
+                ));
+            }
+            session.touch(gw);
+            Ok(session)
+        }
+        _ => Err(rpc_error(StatusCode::NOT_FOUND, None, code::SESSION_NOT_FOUND, "Session not found")),
+    }
+}
+
+/// An upstream failure as the agent sees it: a JSON-RPC error naming the cause.
+fn upstream_failure(id: Option<&Id>, error: &UpstreamError, era: Era) -> Response {
+    let status = match era {
+        Era::Stateless => StatusCode::BAD_GATEWAY,
+        Era::Handshake => StatusCode::OK,
+    };
+    rpc_error(status, id, code::UPSTREAM_ERROR, &error.to_string())
+}
+
+/// Forwards one message within a context and turns the answer into a response.
+async fn dispatch(
+    gw: &Gateway,
+    ctx: &CallContext,
+    message: Message,
+    headers: &HeaderMap,
+    session: Option<Arc<Session>>,
+    new_session_id: Option<&str>,
+) -> Response {
+    let id = message.id().cloned();
+    let busy = session.map(InFlight::new);
+    let result = match message.kind() {
+        Kind::Request => gw.forward(ctx, message, Some(headers)).await,
+        Kind::Notification | Kind::Response => {
+            if let Some(handled) = crate::hold::intercept_notification(gw, ctx, &message) {
+                Ok(handled)
+            } else {
+                ctx.link.notify(message, Some(headers)).await.map(|reply| Exchange { reply, list_filter: None })
+            }
+        }
+    };
+    match result {
+        Ok(exchange) => to_response(exchange, new_session_id, ctx.era, busy),
+        Err(e) => {
+            tracing::warn!(upstream = %ctx.upstream.name, "upstream failure: {e}");
+            upstream_failure(id.as_ref(), &e, ctx.era)
+        }
+    }
+}
+
+/// Counts a session's in-flight request until its response is fully sent.
+struct InFlight(Arc<Session>);
+
+impl InFlight {
+    fn new(session: Arc<Session>) -> InFlight {
+        session.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(session)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn to_response(exchange: Exchange, new_session_id: Option<&str>, era: Era, busy: Option<InFlight>) -> Response {
+    let Exchange { reply, list_filter } = exchange;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = match reply.body {
+        ReplyBody::Empty => status.into_response(),
+        ReplyBody::Json(message) => {
+            let message = match &list_filter {
+                Some(policy) => gate::filter_tools_list(policy, message),
+                None => message,
+            };
+            let status = if era == Era::Stateless && reply.status == 200 {
+                // A stdio upstream has no status of its own; use the era's.
+                StatusCode::from_u16(crate::gateway::stateless_status(&message)).unwrap_or(status)
+            } else {
+                status
+            };
+            (status, [(header::CONTENT_TYPE, "application/json")], message.raw().clone()).into_response()
+        }
+        ReplyBody::Other { content_type, bytes } => {
+            (status, [(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+        ReplyBody::Stream(rx) => {
+            let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |event| {
+                let _busy = &busy;
+                let event = match &list_filter {
+                    Some(policy) if event.message.kind() == Kind::Response => Event {
+                        message: gate::filter_tools_list(policy, event.message),
+                        id: event.id,
+                    },
+                    _ => event,
+                };
+                Ok::<_, Infallible>(sse_frame(&event))
+            });
+            let mut r = Response::new(Body::from_stream(events));
+            *r.status_mut() = status;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            r
+        }
+    };
+    for (name, value) in &reply.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    if let Some(sid) = new_session_id
+        && let Ok(v) = HeaderValue::from_str(sid)
+    {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// One SSE frame; multi-line data is split into several `data:` lines.
+fn sse_frame(event: &Event) -> Bytes {
+    let text = event.message.text();
+    let mut out = String::with_capacity(text.len() + 32);
+    if let Some(id) = &event.id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    out.push_str("event: message\n");
+    for line in text.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: HeaderMap) -> Response {
+    if let Err(response) = admit(&gw, &headers) {
+        return response;
+    }
+    let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        // Only handshake-era sessions have a standalone stream.
+        let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    };
+    let session = match find_session(&gw, &upstream, sid).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let forwarded = upstream_headers(&gw, &headers);
+    match session.link.listen(Some(&forwarded)).await {
+        Ok(reply) => to_response(Exchange { reply, list_filter: None }, None, Era::Handshake, None),
+        Err(e) => rpc_error(StatusCode::BAD_GATEWAY, None, code::UPSTREAM_ERROR, &e.to_string()),
+    }
+}
+
+async fn handle_delete(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: HeaderMap) -> Response {
+    if let Err(response) = admit(&gw, &headers) {
+        return response;
+    }
+    let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::UPSTREAM_ERROR,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+    };
+    if let Err(response) = find_session(&gw, &upstream, sid).await {
+        return response;
+    }
+    gw.close_session(sid).await;
+    StatusCode::OK.into_response()
+}

@@ -1,0 +1,319 @@
+//! JSON-RPC 2.0 framing: the few typed bits the gateway reads, the rest kept raw.
+//!
+//! A [`Message`] keeps the exact bytes it arrived as. The gateway reads the
+//! envelope (`jsonrpc`, `id`, `method`) once and peeks into `params` only for
+//! the methods it polices; everything else is forwarded byte for byte.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Standard JSON-RPC error codes, plus the MCP ones the gateway produces.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Airlock: the upstream server failed (exited, unreachable, timed out).
+    pub const UPSTREAM_ERROR: i64 = -32000;
+    /// MCP handshake era: the session id is unknown or ended.
+    pub const SESSION_NOT_FOUND: i64 = -32001;
+    /// MCP 2026-07-28: an HTTP header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+}
+
+/// A request or response id, kept as its raw JSON text (`1`, `"abc"`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Id(Arc<str>);
+
+impl Id {
+    /// The raw JSON text of the id.
+    pub fn raw(&self) -> &str {
+        &self.0
+    }
+
+    /// Builds an id from JSON text that is already known to be valid.
+    pub fn from_raw(raw: &str) -> Id {
+        Id(Arc::from(raw))
+    }
+
+    /// The JSON `null` id used in errors about unreadable requests.
+    pub fn null() -> Id {
+        Id::from_raw("null")
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of JSON-RPC message this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+/// One JSON-RPC message: its original bytes plus the envelope fields.
+#[derive(Clone)]
+pub struct Message {
+    raw: Bytes,
+    kind: Kind,
+    id: Option<Id>,
+    method: Option<Arc<str>>,
+}
+
+/// Why a body is not a JSON-RPC message; each maps to a standard code.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("parse error: body is not valid UTF-8")]
+    NotUtf8,
+    #[error("parse error: {0}")]
+    NotJson(String),
+    #[error("invalid request: JSON-RPC batches (arrays) are not supported by MCP")]
+    Batch,
+    #[error("invalid request: expected a JSON object")]
+    NotObject,
+    #[error("invalid request: `jsonrpc` must be \"2.0\"")]
+    BadVersion,
+    #[error("invalid request: `id` must be a string or an integer")]
+    BadId,
+    #[error("invalid request: message has neither `method` nor `result`/`error`")]
+    NoMethod,
+}
+
+impl FrameError {
+    /// The JSON-RPC error code for this framing problem.
+    pub fn code(&self) -> i64 {
+        match self {
+            FrameError::NotUtf8 | FrameError::NotJson(_) => code::PARSE_ERROR,
+            _ => code::INVALID_REQUEST,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+impl Message {
+    /// Reads one message from raw bytes, checking only the envelope.
+    pub fn parse(raw: Bytes) -> Result<Message, FrameError> {
+        let text = std::str::from_utf8(&raw).map_err(|_| FrameError::NotUtf8)?;
+        match text.trim_start().as_bytes().first() {
+            Some(b'[') => return Err(FrameError::Batch),
+            Some(b'{') => {}
+            Some(_) => {
+                // Valid JSON but not an object is an invalid request; invalid JSON a parse error.
+                return match serde_json::from_str::<&RawValue>(text) {
+                    Ok(_) => Err(FrameError::NotObject),
+                    Err(e) => Err(FrameError::NotJson(e.to_string())),
+                };
+            }
+            None => return Err(FrameError::NotJson("empty body".into())),
+        }
+        let env: Envelope<'_> =
+            serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
+        if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+            return Err(FrameError::BadVersion);
+        }
+        let id = match env.id {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => {
+                let first = raw.get().as_bytes()[0];
+                if first != b'"' && first != b'-' && !first.is_ascii_digit() {
+                    return Err(FrameError::BadId);
+                }
+                Some(Id::from_raw(raw.get()))
+            }
+        };
+        let kind = match (&env.method, id.is_some()) {
+            (Some(_), true) => Kind::Request,
+            (Some(_), false) => Kind::Notification,
+            (None, _) if env.result.is_some() || env.error.is_some() => Kind::Response,
+            (None, _) => return Err(FrameError::NoMethod),
+        };
+        let method = env.method.map(|m| Arc::from(m.as_ref()));
+        Ok(Message {
+            raw,
+            kind,
+            id,
+            method,
+        })
+    }
+
+    /// Builds a message from a JSON value the gateway made itself.
+    pub fn from_value(value: &serde_json::Value) -> Message {
+        let raw = Bytes::from(serde_json::to_vec(value).expect("a Value always serialises"));
+        Message::parse(raw).expect("gateway-built messages are valid JSON-RPC")
+    }
+
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    pub fn text(&self) -> &str {
+        // Checked to be UTF-8 in `parse`.
+        std::str::from_utf8(&self.raw).unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn id(&self) -> Option<&Id> {
+        self.id.as_ref()
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    pub fn is_request(&self) -> bool {
+        self.kind == Kind::Request
+    }
+
+    /// Deserialises `params` into a borrowed peek type; `None` when absent or unreadable.
+    pub fn params<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
+        #[derive(Deserialize)]
+        struct P<T> {
+            params: Option<T>,
+        }
+        serde_json::from_str::<P<T>>(self.text()).ok()?.params
+    }
+
+    /// Deserialises `result` into a peek type; `None` when absent or unreadable.
+    pub fn result<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
+        #[derive(Deserialize)]
+        struct R<T> {
+            result: Option<T>,
+        }
+        serde_json::from_str::<R<T>>(self.text()).ok()?.result
+    }
+
+    /// The same message with another id; only the top-level object is rewritten,
+    /// nested values stay as their original text.
+    pub fn with_id(&self, id: &Id) -> Message {
+        let fields: indexmap_like::Fields<'_> =
+            serde_json::from_str(self.text()).expect("parsed once already");
+        let mut out = String::with_capacity(self.raw.len() + 16);
+        out.push('{');
+        let mut first = true;
+        for (key, value) in fields.0 {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&serde_json::to_string(&key).expect("a string serialises"));
+            out.push(':');
+            out.push_str(if key == "id" { id.raw() } else { value.get() });
+        }
+        out.push('}');
+        Message {
+            raw: Bytes::from(out),
+            kind: self.kind,
+            id: Some(id.clone()),
+            method: self.method.clone(),
+        }
+    }
+}
+
+mod indexmap_like {
+    //! An ordered list of top-level fields with raw values, for id rewriting.
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+
+    pub struct Fields<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+    impl<'de> serde::Deserialize<'de> for Fields<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Fields<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                        out.push((k, v));
+                    }
+                    Ok(Fields(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.text();
+        let shown = if text.len() > 200 { &text[..text.floor_char_boundary(200)] } else { text };
+        write!(f, "Message({shown})")
+    }
+}
+
+/// A JSON-RPC error response for `id` (use [`Id::null`] when the id is unknown).
+pub fn error_response(id: &Id, code: i64, message: &str) -> Message {
+    error_response_with_data(id, code, message, None)
+}
+
+/// A JSON-RPC error response carrying structured `data`.
+pub fn error_response_with_data(
+    id: &Id,
+    code: i64,
+    message: &str,
+    data: Option<serde_json::Value>,
+) -> Message {
+    let mut error = serde_json::json!({ "code": code, "message": message });
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    let id: serde_json::Value = serde_json::from_str(id.raw()).unwrap_or(serde_json::Value::Null);
+    Message::from_value(&serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": error }))
+}
+
+/// A JSON-RPC success response for `id` with the given result.
+pub fn result_response(id: &Id, result: serde_json::Value) -> Message {
+    let id: serde_json::Value = serde_json::from_str(id.raw()).unwrap_or(serde_json::Value::Null);
+    Message::from_value(&serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result }))
+}
+
+/// The JSON-RPC error code of a response, if it is an error.
+pub fn error_code(msg: &Message) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct E {
+        error: Option<EC>,
+    }
+    #[derive(Deserialize)]
+    struct EC {
+        code: i64,
+    }
+    if msg.kind() != Kind::Response {
+        return None;
+    }
+    serde_json::from_str::<E>(msg.text()).ok()?.error.map(|e| e.code)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,51 @@
+use super::*;
+
+fn parse(s: &str) -> Result<Message, FrameError> {
+    Message::parse(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+#[test]
+fn request_notification_and_response_are_told_apart() {
+    let req = parse(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{}}"#).unwrap();
+    assert_eq!(req.kind(), Kind::Request);
+    assert_eq!(req.id().unwrap().raw(), "7");
+    assert_eq!(req.method(), Some("tools/call"));
+    let note = parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+    assert_eq!(note.kind(), Kind::Notification);
+    let resp = parse(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap();
+    assert_eq!(resp.kind(), Kind::Response);
+    assert_eq!(resp.id().unwrap().raw(), "\"a\"");
+}
+
+#[test]
+fn malformed_bodies_get_the_standard_codes() {
+    assert_eq!(parse("{not json").unwrap_err().code(), code::PARSE_ERROR);
+    assert_eq!(parse("").unwrap_err().code(), code::PARSE_ERROR);
+    assert_eq!(parse("[]").unwrap_err(), FrameError::Batch);
+    assert_eq!(parse("42").unwrap_err(), FrameError::NotObject);
+    assert_eq!(parse(r#"{"id":1,"method":"x"}"#).unwrap_err(), FrameError::BadVersion);
+    assert_eq!(parse(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).unwrap_err(), FrameError::BadVersion);
+    assert_eq!(parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).unwrap_err(), FrameError::BadId);
+    assert_eq!(parse(r#"{"jsonrpc":"2.0","id":1}"#).unwrap_err(), FrameError::NoMethod);
+    let bad_utf8 = Message::parse(Bytes::from_static(b"{\"a\":\"\xff\"}"));
+    assert_eq!(bad_utf8.unwrap_err(), FrameError::NotUtf8);
+}
+
+#[test]
+fn with_id_rewrites_only_the_id_and_keeps_everything_else_verbatim() {
+    let original = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"b":1,  "a":[1, 2]},"x-extra":true}"#;
+    let msg = parse(original).unwrap();
+    let moved = msg.with_id(&Id::from_raw("\"airlock-9\""));
+    assert_eq!(
+        moved.text(),
+        r#"{"jsonrpc":"2.0","id":"airlock-9","method":"m","params":{"b":1,  "a":[1, 2]},"x-extra":true}"#
+    );
+    assert_eq!(moved.id().unwrap().raw(), "\"airlock-9\"");
+}
+
+#[test]
+fn error_response_echoes_the_id() {
+    let e = error_response(&Id::from_raw("\"x\""), code::INVALID_PARAMS, "nope");
+    assert_eq!(e.text(), r#"{"jsonrpc":"2.0","id":"x","error":{"code":-32602,"message":"nope"}}"#);
+    assert_eq!(error_code(&e), Some(-32602));
+}

@@ -1,0 +1,41 @@
+//! Airlock: an MCP gateway that puts a human in the loop.
+//!
+//! # Layout
+//!
+//! - [`cli`], [`app`]: flags and wiring (`main` only parses and calls `app::run`).
+//! - [`config`]: `airlock.toml` → validated [`config::Config`].
+//! - [`policy`]: PolicyLayer-style JSON, compiled once; [`reload`] swaps it live.
+//! - [`jsonrpc`]: message framing; the few typed bits the gateway reads.
+//! - [`era`]: handshake era vs stateless (2026-07-28) era: detection, header checks.
+//! - [`http_agent`], [`stdio_agent`]: the agent side (Streamable HTTP, stdio).
+//! - [`upstream`]: the server side (stdio child, Streamable HTTP).
+//! - [`gateway`]: shared state, sessions, and the forwarding of one message.
+//! - [`gate`]: the interception — `tools/call` decisions, `tools/list` filtering.
+//! - [`hold`]: calls waiting for a human.
+//! - [`auth`]: Origin/Host checks and constant-time token lookup.
+//! - [`server`]: the HTTP routes.
+//!
+//! # The path of one `tools/call`
+//!
+//! `http_agent` reads and frames the body, finds the session (or checks the
+//! stateless-era headers against the body), and calls `Gateway::forward`.
+//! `gate::decide_call` matches the tool against the live policy: allowed calls
+//! go to the upstream `Link` as their original bytes; refusals are answered
+//! with a `CallToolResult` (`isError: true`); held calls wait in `hold`.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod era;
+pub mod gate;
+pub mod gateway;
+pub mod hold;
+pub mod http_agent;
+pub mod jsonrpc;
+pub mod policy;
+pub mod reload;
+pub mod server;
+pub mod stdio_agent;
+pub mod upstream;

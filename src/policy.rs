@@ -1,0 +1,236 @@
+//! The policy engine: PolicyLayer-style JSON, compiled once, evaluated per call.
+//!
+//! A [`Policy`] is immutable once built. Matching order for a tool name:
+//! 1. `hide` (exact or glob) → [`Verdict::Hidden`];
+//! 2. a rule whose key is exactly the name;
+//! 3. the most specific matching glob rule: most literal characters, then
+//!    fewest wildcards, then the one written first in the file;
+//! 4. `default`.
+//!
+//! Rate-limit state lives in the compiled rule (a keyed `governor` limiter),
+//! so a reload that keeps a rule's key and limit keeps its counters.
+
+mod load;
+mod lint;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::GlobSet;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+pub use load::{LoadError, load_file, parse_str};
+pub use lint::lint;
+
+/// What a rule (or the default) does with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::RequireApproval => "require_approval",
+        }
+    }
+}
+
+/// What a timed-out approval turns into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Allow,
+    Deny,
+}
+
+/// Approval settings of a `require_approval` rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Approval {
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+impl Default for Approval {
+    fn default() -> Self {
+        Approval {
+            timeout: Duration::from_secs(300),
+            on_timeout: OnTimeout::Deny,
+        }
+    }
+}
+
+/// `rate_limit {max, window}` as written, plus its live limiter.
+#[derive(Clone)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+    /// Keyed by agent session; shared with the rule's successor across reloads.
+    limiter: Arc<DefaultKeyedRateLimiter<String>>,
+}
+
+impl RateLimit {
+    fn new(max: u32, window: Duration) -> RateLimit {
+        let quota = quota_for(max, window);
+        RateLimit {
+            max,
+            window,
+            limiter: Arc::new(RateLimiter::keyed(quota)),
+        }
+    }
+
+    /// Takes one call from `session`'s budget, or says how long until one is free.
+    pub fn check(&self, session: &str) -> Result<(), Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        // `check_key` needs an owned key only when the session is new; the
+        // dashmap lookup itself borrows.
+        match self.limiter.check_key(&session.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+        }
+    }
+
+    /// Drops state for sessions whose budget is full again (called by the reaper).
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+    }
+}
+
+/// `max` calls in a burst, refilled at `max` per `window` (GCRA, see docs/policy.md).
+fn quota_for(max: u32, window: Duration) -> Quota {
+    let max = std::num::NonZeroU32::new(max.max(1)).expect("max is at least 1");
+    let period = window / max.get();
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .expect("period is non-zero")
+        .allow_burst(max)
+}
+
+/// One compiled rule.
+#[derive(Clone)]
+pub struct Rule {
+    /// The key as written in `rules` (exact name or glob).
+    pub key: String,
+    pub action: Action,
+    pub reason: Option<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub approval: Approval,
+}
+
+/// The outcome of matching a tool name.
+#[derive(Clone, Copy)]
+pub enum Verdict<'a> {
+    /// Listed in `hide`: the tool does not exist as far as the agent knows.
+    Hidden,
+    /// Decided by a rule.
+    Rule(&'a Rule),
+    /// No rule names the tool; `default` applies.
+    Default(Action),
+}
+
+impl Verdict<'_> {
+    /// The action this verdict leads to (before rate limits).
+    pub fn action(&self) -> Option<Action> {
+        match self {
+            Verdict::Hidden => None,
+            Verdict::Rule(rule) => Some(rule.action),
+            Verdict::Default(action) => Some(*action),
+        }
+    }
+
+    /// The rule key for audit and messages (`default` when none matched).
+    pub fn rule_name(&self) -> &str {
+        match self {
+            Verdict::Hidden => "hide",
+            Verdict::Rule(rule) => &rule.key,
+            Verdict::Default(_) => "default",
+        }
+    }
+}
+
+/// A compiled, immutable policy.
+pub struct Policy {
+    pub default: Action,
+    hide_exact: std::collections::HashSet<String>,
+    hide_globs: GlobSet,
+    /// Exact tool name → index into `rules`.
+    exact: HashMap<String, usize>,
+    /// Globs in rank order (most specific first); `glob_rules[i]` is the rule of glob `i`.
+    globs: GlobSet,
+    glob_rules: Vec<usize>,
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// A policy that allows everything (used when a config names no policy).
+    pub fn allow_all() -> Policy {
+        parse_str(r#"{"version":"1","default":"allow"}"#, "<built-in allow-all>")
+            .expect("built-in policy is valid")
+    }
+
+    /// Matches a tool name; see the module docs for the order.
+    pub fn decide(&self, tool: &str) -> Verdict<'_> {
+        if self.hide_exact.contains(tool) || self.hide_globs.is_match(tool) {
+            return Verdict::Hidden;
+        }
+        if let Some(&i) = self.exact.get(tool) {
+            return Verdict::Rule(&self.rules[i]);
+        }
+        if !self.glob_rules.is_empty() {
+            // `matches` returns indices in ascending order, and globs are stored
+            // most specific first, so the first match is the winner.
+            if let Some(&first) = self.globs.matches(tool).first() {
+                return Verdict::Rule(&self.rules[self.glob_rules[first]]);
+            }
+        }
+        Verdict::Default(self.default)
+    }
+
+    /// Whether `tools/list` should show this tool to agents.
+    pub fn lists(&self, tool: &str) -> bool {
+        match self.decide(tool) {
+            Verdict::Hidden => false,
+            Verdict::Rule(rule) => !(self.default == Action::Deny && rule.action == Action::Deny),
+            Verdict::Default(action) => action != Action::Deny,
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Forgets idle rate-limit state of every rule.
+    pub fn forget_idle(&self) {
+        for rule in &self.rules {
+            if let Some(rate) = &rule.rate_limit {
+                rate.forget_idle();
+            }
+        }
+    }
+
+    /// Carries live rate-limit counters over from `old` for rules whose key
+    /// and limit did not change, so a reload does not reset anyone's budget.
+    pub fn inherit_limits(&mut self, old: &Policy) {
+        let old_limits: HashMap<&str, &RateLimit> = old
+            .rules
+            .iter()
+            .filter_map(|r| r.rate_limit.as_ref().map(|l| (r.key.as_str(), l)))
+            .collect();
+        for rule in &mut self.rules {
+            if let (Some(new), Some(old)) = (&mut rule.rate_limit, old_limits.get(rule.key.as_str()))
+                && new.max == old.max
+                && new.window == old.window
+            {
+                new.limiter = old.limiter.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

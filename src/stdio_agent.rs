@@ -1,0 +1,229 @@
+//! The agent side over stdio (`airlock stdio`): newline-delimited JSON-RPC on
+//! stdin/stdout, so a client that spawns its servers (Claude Desktop) can
+//! spawn Airlock in their place. Logs go to stderr only.
+//!
+//! One stdio agent is one session with its own upstream connection. If the
+//! upstream dies, requests get an error saying so, and the next `initialize`
+//! starts a fresh upstream.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use crate::era::{self, Era};
+use crate::gate;
+use crate::gateway::{CallContext, Exchange, Gateway, UpstreamRuntime};
+use crate::jsonrpc::{self, Id, Kind, Message, code};
+use crate::upstream::{Link, ReplyBody, UpstreamError};
+
+/// Runs until stdin closes (or shutdown), then ends the upstream.
+pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<()> {
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(256);
+    let writer = tokio::spawn(write_stdout(out_rx));
+    let agent = StdioAgent {
+        gw: gw.clone(),
+        upstream,
+        link: Mutex::new(None),
+        out: out_tx,
+        name: Mutex::new(None),
+        session_key: format!("stdio:{}", std::process::id()),
+    };
+    let agent = Arc::new(agent);
+    let mut lines = FramedRead::new(
+        tokio::io::stdin(),
+        LinesCodec::new_with_max_length(gw.config.max_body_bytes),
+    );
+    loop {
+        let line = tokio::select! {
+            _ = gw.shutdown.cancelled() => break,
+            line = lines.next() => line,
+        };
+        match line {
+            None => break,
+            Some(Ok(line)) if line.trim().is_empty() => {}
+            Some(Ok(line)) => agent.clone().handle_line(line).await,
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                let limit = gw.config.max_body_bytes;
+                agent
+                    .emit(jsonrpc::error_response(
+                        &Id::null(),
+                        code::INVALID_REQUEST,
+                        &format!("message exceeds the {limit}-byte limit"),
+                    ))
+                    .await;
+            }
+            Some(Err(LinesCodecError::Io(e))) => {
+                // Invalid UTF-8 surfaces here; answer it and keep reading.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    agent
+                        .emit(jsonrpc::error_response(&Id::null(), code::PARSE_ERROR, "parse error: message is not valid UTF-8"))
+                        .await;
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("stdin closed; ending the upstream");
+    crate::hold::agent_gone(&gw, &agent.session_key);
+    let link = agent.link.lock().expect("link lock").take();
+    if let Some(link) = link {
+        link.close().await;
+    }
+    drop(agent);
+    // Answer tasks still hold the writer; give them a moment to flush.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    Ok(())
+}
+
+struct StdioAgent {
+    gw: Gateway,
+    upstream: Arc<UpstreamRuntime>,
+    link: Mutex<Option<Link>>,
+    out: mpsc::Sender<Bytes>,
+    /// The agent's `clientInfo`, once seen.
+    name: Mutex<Option<String>>,
+    session_key: String,
+}
+
+impl StdioAgent {
+    async fn emit(&self, message: Message) {
+        let _ = self.out.send(message.raw().clone()).await;
+    }
+
+    /// The live upstream link; a dead one is replaced only by `initialize`.
+    fn link_for(self: &Arc<Self>, message: &Message) -> Result<Link, UpstreamError> {
+        let mut slot = self.link.lock().expect("link lock");
+        match slot.as_ref() {
+            Some(link) if !link.is_dead() => return Ok(link.clone()),
+            Some(link) if message.method() != Some("initialize") && message.method() != Some("server/discover") => {
+                let _ = link;
+                return Err(UpstreamError::Exited {
+                    status: "it can be restarted by a new initialize".into(),
+                });
+            }
+            _ => {}
+        }
+        let link = self.upstream.session_link()?;
+        *slot = Some(link.clone());
+        if let Link::Stdio(_) = &link {
+            self.pump_unsolicited(link.clone());
+        }
+        Ok(link)
+    }
+
+    /// Forwards server messages that belong to no request (logs, list changes).
+    fn pump_unsolicited(self: &Arc<Self>, link: Link) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(reply) = link.listen(None).await
+                && let ReplyBody::Stream(mut rx) = reply.body
+            {
+                while let Some(event) = rx.recv().await {
+                    this.emit(event.message).await;
+                }
+            }
+        });
+    }
+
+    async fn handle_line(self: Arc<Self>, line: String) {
+        let message = match Message::parse(Bytes::from(line)) {
+            Ok(m) => m,
+            Err(e) => {
+                self.emit(jsonrpc::error_response(&Id::null(), e.code(), &e.to_string())).await;
+                return;
+            }
+        };
+        let link = match self.link_for(&message) {
+            Ok(link) => link,
+            Err(e) => {
+                if let Some(id) = message.id().filter(|_| message.is_request()) {
+                    self.emit(jsonrpc::error_response(id, code::UPSTREAM_ERROR, &e.to_string())).await;
+                }
+                return;
+            }
+        };
+        let peek = era::peek(&message);
+        let era = if era::stateless_version(&peek).is_some() { Era::Stateless } else { Era::Handshake };
+        let client = peek
+            .client_info
+            .as_ref()
+            .or_else(|| peek.meta.as_ref()?.client_info.as_ref())
+            .map(|c| c.label());
+        drop(peek);
+        if let Some(client) = client {
+            *self.name.lock().expect("name lock") = Some(client);
+        }
+        let agent = self.name.lock().expect("name lock").clone().unwrap_or_else(|| "stdio agent".into());
+        let ctx = CallContext {
+            upstream: self.upstream.clone(),
+            link,
+            era,
+            session_key: self.session_key.clone(),
+            agent,
+        };
+        match message.kind() {
+            Kind::Request => {
+                // Requests run concurrently: a held call must not block the next one.
+                tokio::spawn(async move { self.answer(ctx, message).await });
+            }
+            Kind::Notification | Kind::Response => {
+                if crate::hold::intercept_notification(&self.gw, &ctx, &message).is_some() {
+                    return;
+                }
+                if let Err(e) = ctx.link.notify(message, None).await {
+                    tracing::warn!("could not pass a message upstream: {e}");
+                }
+            }
+        }
+    }
+
+    async fn answer(self: Arc<Self>, ctx: CallContext, message: Message) {
+        let id = message.id().cloned().unwrap_or_else(Id::null);
+        let is_initialize = message.method() == Some("initialize");
+        let exchange = match self.gw.forward(&ctx, message, None).await {
+            Ok(exchange) => exchange,
+            Err(e) => {
+                self.emit(jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &e.to_string())).await;
+                return;
+            }
+        };
+        let Exchange { reply, list_filter } = exchange;
+        let filter = |m: Message| match &list_filter {
+            Some(policy) if m.kind() == Kind::Response => gate::filter_tools_list(policy, m),
+            _ => m,
+        };
+        match reply.body {
+            ReplyBody::Json(m) => self.emit(filter(m)).await,
+            ReplyBody::Stream(mut rx) => {
+                while let Some(event) = rx.recv().await {
+                    self.emit(filter(event.message)).await;
+                }
+            }
+            ReplyBody::Empty | ReplyBody::Other { .. } => {
+                let text = format!("upstream answered HTTP {} without a JSON-RPC message", reply.status);
+                self.emit(jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &text)).await;
+            }
+        }
+        if is_initialize && let Link::Http(_) = &ctx.link {
+            // An HTTP upstream's standalone stream carries its unsolicited messages.
+            self.pump_unsolicited(ctx.link.clone());
+        }
+    }
+}
+
+async fn write_stdout(mut rx: mpsc::Receiver<Bytes>) {
+    let mut stdout = tokio::io::stdout();
+    while let Some(line) = rx.recv().await {
+        let ok = stdout.write_all(&line).await.is_ok()
+            && stdout.write_all(b"\n").await.is_ok()
+            && stdout.flush().await.is_ok();
+        if !ok {
+            break;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The upstream side: a stdio child process or a Streamable HTTP server.
+//!
+//! Both are driven through [`Link`], which forwards one agent message and
+//! hands back a [`Reply`]: an HTTP-like status plus either nothing, one JSON
+//! message, or a stream of messages that ends with the response.
+
+pub mod http;
+pub mod stdio;
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use tokio::sync::mpsc;
+
+use crate::jsonrpc::Message;
+
+/// How to reach an upstream MCP server (from the config or the command line).
+#[derive(Debug, Clone)]
+pub enum UpstreamSpec {
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    Http {
+        url: String,
+        /// Extra headers sent on every request (e.g. `Authorization` from an env var).
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl UpstreamSpec {
+    /// A short human description for logs and errors (never includes header values).
+    pub fn describe(&self) -> String {
+        match self {
+            UpstreamSpec::Stdio { command, args, .. } => {
+                let mut s = command.clone();
+                for a in args {
+                    s.push(' ');
+                    s.push_str(a);
+                }
+                s
+            }
+            UpstreamSpec::Http { url, .. } => url.clone(),
+        }
+    }
+}
+
+/// Why the upstream could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream server failed to start (`{command}`): {reason}")]
+    Spawn { command: String, reason: String },
+    #[error("upstream server exited ({status}) before answering")]
+    Exited { status: String },
+    #[error("upstream server is unreachable at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("upstream server did not answer within {seconds} s")]
+    Timeout { seconds: u64 },
+    #[error("upstream server sent an unreadable answer: {reason}")]
+    BadReply { reason: String },
+}
+
+/// One item of a streamed reply, in SSE terms.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The upstream's SSE event id, kept so `Last-Event-ID` resumption passes through.
+    pub id: Option<String>,
+    pub message: Message,
+}
+
+/// What the agent gets back for one forwarded message.
+pub struct Reply {
+    pub status: u16,
+    /// Upstream headers worth passing on (e.g. `Mcp-Session-Id` is handled by the caller).
+    pub headers: HeaderMap,
+    pub body: ReplyBody,
+}
+
+pub enum ReplyBody {
+    /// No body (202 Accepted, 405, …).
+    Empty,
+    /// A single JSON-RPC message.
+    Json(Message),
+    /// A non-JSON-RPC body from an HTTP upstream, passed through as is.
+    Other { content_type: String, bytes: bytes::Bytes },
+    /// Messages that relate to the request, ending with its response.
+    Stream(mpsc::Receiver<Event>),
+}
+
+impl Reply {
+    pub fn accepted() -> Reply {
+        Reply {
+            status: 202,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Empty,
+        }
+    }
+
+    pub fn json(message: Message) -> Reply {
+        Reply {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Json(message),
+        }
+    }
+}
+
+/// A connection to one upstream, owned by one agent session or shared by
+/// stateless-era requests.
+#[derive(Clone)]
+pub enum Link {
+    Stdio(Arc<stdio::StdioChild>),
+    Http(Arc<http::HttpSession>),
+}
+
+impl Link {
+    /// Forwards a request; `headers` are the agent's (HTTP agents) or `None` (stdio agents).
+    pub async fn request(
+        &self,
+        message: Message,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Reply, UpstreamError> {
+        match self {
+            Link::Stdio(child) => child.request(message).await,
+            Link::Http(session) => session.post(&message, headers).await,
+        }
+    }
+
+    /// Forwards a notification or a response to a server request.
+    pub async fn notify(
+        &self,
+        message: Message,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Reply, UpstreamError> {
+        match self {
+            Link::Stdio(child) => child.send(message).await.map(|()| Reply::accepted()),
+            Link::Http(session) => session.post(&message, headers).await,
+        }
+    }
+
+    /// Opens the stream of server messages not tied to a request (handshake era).
+    pub async fn listen(&self, headers: Option<&HeaderMap>) -> Result<Reply, UpstreamError> {
+        match self {
+            Link::Stdio(child) => Ok(child.listen()),
+            Link::Http(session) => session.listen(headers).await,
+        }
+    }
+
+    /// Ends the upstream side of a session: kills the child or DELETEs the HTTP session.
+    pub async fn close(&self) {
+        match self {
+            Link::Stdio(child) => child.shutdown().await,
+            Link::Http(session) => session.close().await,
+        }
+    }
+
+    /// Whether the upstream is gone for good (a dead child).
+    pub fn is_dead(&self) -> bool {
+        match self {
+            Link::Stdio(child) => child.is_dead(),
+            Link::Http(_) => false,
+        }
+    }
+}

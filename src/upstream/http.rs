@@ -1,0 +1,332 @@
+//! A Streamable HTTP upstream, reached with reqwest.
+//!
+//! One [`HttpSession`] per handshake-era agent session (it carries the
+//! upstream's `Mcp-Session-Id`); stateless-era requests use a session that
+//! never gets an id. Agent headers pass through except hop-by-hop ones and
+//! the ones the gateway owns (see [`forwardable`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{Event, Reply, ReplyBody, UpstreamError, UpstreamSpec};
+use crate::era;
+use crate::jsonrpc::{self, Message, code};
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The shared client and fixed settings of one HTTP upstream.
+pub struct HttpUpstream {
+    client: reqwest::Client,
+    url: String,
+    /// Configured headers (e.g. `Authorization` from an env var); override agent headers.
+    headers: HeaderMap,
+}
+
+impl HttpUpstream {
+    pub fn new(spec: &UpstreamSpec) -> Result<Arc<HttpUpstream>, UpstreamError> {
+        let UpstreamSpec::Http { url, headers } = spec else {
+            unreachable!("HttpUpstream::new is only called for HTTP upstreams");
+        };
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            let bad = |what: &str| UpstreamError::Spawn {
+                command: url.clone(),
+                reason: format!("configured header `{name}` has an invalid {what}"),
+            };
+            let name = HeaderName::try_from(name.as_str()).map_err(|_| bad("name"))?;
+            let value = HeaderValue::try_from(value.as_str()).map_err(|_| bad("value"))?;
+            map.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| UpstreamError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Arc::new(HttpUpstream {
+            client,
+            url: url.clone(),
+            headers: map,
+        }))
+    }
+
+    /// A new session with no upstream session id yet.
+    pub fn session(self: &Arc<Self>) -> Arc<HttpSession> {
+        Arc::new(HttpSession {
+            upstream: self.clone(),
+            session_id: Mutex::new(None),
+            protocol_version: Mutex::new(None),
+        })
+    }
+}
+
+/// One agent session's view of the upstream.
+pub struct HttpSession {
+    upstream: Arc<HttpUpstream>,
+    /// The upstream's `Mcp-Session-Id`, learnt from the `initialize` response.
+    session_id: Mutex<Option<String>>,
+    /// The negotiated version, for agents that send no headers (stdio agents).
+    protocol_version: Mutex<Option<String>>,
+}
+
+impl HttpSession {
+    fn headers_for(&self, message: Option<&Message>, agent: Option<&HeaderMap>) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        match agent {
+            Some(agent) => {
+                for (name, value) in agent {
+                    if forwardable(name) {
+                        out.append(name.clone(), value.clone());
+                    }
+                }
+            }
+            None => {
+                if let Some(message) = message {
+                    era::derive_headers(message, &mut out);
+                }
+                if !out.contains_key(era::PROTOCOL_VERSION_HEADER)
+                    && let Some(v) = self.protocol_version.lock().expect("lock").clone()
+                    && let Ok(v) = HeaderValue::try_from(v)
+                {
+                    out.insert(era::PROTOCOL_VERSION_HEADER, v);
+                }
+            }
+        }
+        if let Some(id) = self.session_id.lock().expect("lock").clone()
+            && let Ok(v) = HeaderValue::try_from(id)
+        {
+            out.insert(SESSION_HEADER, v);
+        }
+        for (name, value) in &self.upstream.headers {
+            out.insert(name.clone(), value.clone());
+        }
+        out
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> UpstreamError {
+        UpstreamError::Unreachable {
+            url: self.upstream.url.clone(),
+            reason: e.without_url().to_string(),
+        }
+    }
+
+    /// POSTs one message and turns the answer into a [`Reply`].
+    pub async fn post(
+        &self,
+        message: &Message,
+        agent: Option<&HeaderMap>,
+    ) -> Result<Reply, UpstreamError> {
+        let mut headers = self.headers_for(Some(message), agent);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers
+            .entry(header::ACCEPT)
+            .or_insert(HeaderValue::from_static("application/json, text/event-stream"));
+        let response = self
+            .upstream
+            .client
+            .post(&self.upstream.url)
+            .headers(headers)
+            .body(message.raw().clone())
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if message.method() == Some("initialize")
+            && let Some(id) = response.headers().get(SESSION_HEADER)
+            && let Ok(id) = id.to_str()
+        {
+            *self.session_id.lock().expect("lock") = Some(id.to_owned());
+        }
+        let reply = self.read_reply(response, Some(message)).await?;
+        if message.method() == Some("initialize")
+            && let ReplyBody::Json(answer) = &reply.body
+        {
+            self.remember_version(answer);
+        }
+        Ok(reply)
+    }
+
+    fn remember_version(&self, answer: &Message) {
+        #[derive(serde::Deserialize)]
+        struct R {
+            #[serde(rename = "protocolVersion")]
+            protocol_version: Option<String>,
+        }
+        if let Some(v) = answer.result::<R>().and_then(|r| r.protocol_version) {
+            *self.protocol_version.lock().expect("lock") = Some(v);
+        }
+    }
+
+    /// Opens the upstream's GET stream (handshake era).
+    pub async fn listen(&self, agent: Option<&HeaderMap>) -> Result<Reply, UpstreamError> {
+        let mut headers = self.headers_for(None, agent);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        if let Some(last) = agent.and_then(|h| h.get("last-event-id")) {
+            headers.insert("last-event-id", last.clone());
+        }
+        let response = self
+            .upstream
+            .client
+            .get(&self.upstream.url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.read_reply(response, None).await
+    }
+
+    /// Ends the upstream session (DELETE), if it has one.
+    pub async fn close(&self) {
+        let Some(id) = self.session_id.lock().expect("lock").take() else {
+            return;
+        };
+        let mut headers = self.upstream.headers.clone();
+        if let Ok(v) = HeaderValue::try_from(id) {
+            headers.insert(SESSION_HEADER, v);
+        }
+        let _ = self
+            .upstream
+            .client
+            .delete(&self.upstream.url)
+            .headers(headers)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+    }
+
+    async fn read_reply(
+        &self,
+        response: reqwest::Response,
+        request: Option<&Message>,
+    ) -> Result<Reply, UpstreamError> {
+        let status = response.status().as_u16();
+        let mut headers = HeaderMap::new();
+        for name in [header::WWW_AUTHENTICATE, header::RETRY_AFTER, header::ALLOW] {
+            if let Some(v) = response.headers().get(&name) {
+                headers.insert(name, v.clone());
+            }
+        }
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let body = if content_type.starts_with("text/event-stream") {
+            ReplyBody::Stream(self.pump_events(response, request))
+        } else {
+            let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+            if bytes.is_empty() {
+                ReplyBody::Empty
+            } else if content_type.starts_with("application/json") {
+                match Message::parse(bytes.clone()) {
+                    Ok(message) => ReplyBody::Json(message),
+                    Err(_) => ReplyBody::Other {
+                        content_type,
+                        bytes,
+                    },
+                }
+            } else {
+                ReplyBody::Other {
+                    content_type,
+                    bytes,
+                }
+            }
+        };
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Parses an SSE body into messages; if a request's stream ends without
+    /// its response, the agent gets an error response instead of silence.
+    fn pump_events(&self, response: reqwest::Response, request: Option<&Message>) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(64);
+        let request_id = request.filter(|m| m.is_request()).and_then(|m| m.id().cloned());
+        let url = self.upstream.url.clone();
+        tokio::spawn(async move {
+            let mut events = response.bytes_stream().eventsource();
+            let mut answered = false;
+            let mut failure = None;
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                };
+                if event.data.trim().is_empty() {
+                    continue; // priming event or keep-alive
+                }
+                let message = match Message::parse(Bytes::from(event.data)) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(%url, "upstream sent an SSE event that is not JSON-RPC: {e}");
+                        continue;
+                    }
+                };
+                let is_answer = request_id.is_some()
+                    && message.kind() == jsonrpc::Kind::Response
+                    && message.id() == request_id.as_ref();
+                let id = (!event.id.is_empty()).then_some(event.id);
+                if tx.send(Event { id, message }).await.is_err() {
+                    return; // agent gone; dropping the body closes the upstream stream
+                }
+                if is_answer {
+                    answered = true;
+                    break;
+                }
+            }
+            if let (Some(id), false) = (request_id, answered) {
+                let reason = match failure {
+                    Some(e) => format!("upstream stream broke before the answer: {e}"),
+                    None => "upstream closed the stream before answering".to_owned(),
+                };
+                let _ = tx
+                    .send(Event {
+                        id: None,
+                        message: jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &reason),
+                    })
+                    .await;
+            }
+        });
+        rx
+    }
+}
+
+/// Agent headers that are forwarded upstream. Hop-by-hop headers, the body
+/// framing, cookies and origin (the gateway checked them), and the session id
+/// (the gateway maps it) are not; everything else is, including unknown
+/// `Mcp-Param-*` headers.
+fn forwardable(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "content-type"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "accept-encoding"
+            | "origin"
+            | "cookie"
+            | "referer"
+            | "last-event-id"
+            | SESSION_HEADER
+    )
+}

@@ -1,0 +1,522 @@
+// Pending view: live cards, decisions, countdowns, keyboard.
+import { h, $, fmtRemaining, fmtTime, clip, visible, announce, toast } from './dom.js';
+import { decide as apiDecide, session } from './api.js';
+import { jsonView, haystack } from './json-view.js';
+import { alertNew, closeAlert } from './notify.js';
+
+const NOTE_MS = 6000;            // how long the "what happened" note stays
+const URGENT_MS = 30000;         // countdown turns red below this
+
+const recs = new Map();          // id -> record (see makeRecord)
+const notes = new Map();         // id -> { el, timer, conflict }
+let selectedId = null;
+let agentsConnected = null;
+let haveSnapshot = false;
+let liveState = 'connecting';
+let skew = 0;                    // server clock - local clock, ms
+let tickTimer = 0;
+let seqId = 0;
+let query = '';
+let onCount = () => {};
+
+const els = {};
+
+const DECISION_LABEL = {
+  approved: 'approved', denied: 'denied', timed_out: 'timed out', cancelled: 'cancelled',
+};
+
+export function initPending(opts) {
+  onCount = opts.onCount || onCount;
+  els.cards = $('#cards');
+  els.empty = $('#empty');
+  els.emptyText = $('#empty-text');
+  els.emptySub = $('#empty-sub');
+  els.search = $('#pending-search');
+  els.filterInfo = $('#filter-info');
+  els.stale = $('#stale-banner');
+  els.search.addEventListener('input', () => { query = els.search.value.trim().toLowerCase(); applyFilter(); });
+  els.search.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      e.stopPropagation();
+      if (els.search.value) { els.search.value = ''; query = ''; applyFilter(); } else els.search.blur();
+    } else if (e.key === 'Enter') {
+      e.preventDefault();
+      const first = visibleRecs()[0];
+      if (first) { select(first.id, true); }
+    }
+  });
+  renderEmpty();
+}
+
+/* ---------- incoming frames ---------- */
+
+export function onFrame(f) {
+  if (typeof f.at === 'string') {
+    const t = Date.parse(f.at);
+    if (Number.isFinite(t)) skew = t - Date.now();
+  }
+  switch (f.type) {
+    case 'snapshot':
+      if (Number.isFinite(f.agents_connected)) agentsConnected = f.agents_connected;
+      applySnapshot(Array.isArray(f.pending) ? f.pending : []);
+      break;
+    case 'pending.created':
+      if (f.pending && typeof f.pending === 'object') addItem(f.pending, true);
+      break;
+    case 'pending.resolved':
+      if (f.id !== undefined && f.id !== null) {
+        resolve(String(f.id), {
+          kind: 'event',
+          decision: f.decision, outcome: f.outcome, decider: f.decider,
+          channel: f.channel, comment: f.comment,
+        });
+      }
+      break;
+    case 'agents':
+      if (Number.isFinite(f.agents_connected)) { agentsConnected = f.agents_connected; renderEmpty(); }
+      break;
+    case 'policy.reloaded':
+      toast(typeof f.upstream === 'string' ? `Policy reloaded for ${clip(visible(f.upstream), 80)}.` : 'Policy reloaded.');
+      break;
+    default: break;
+  }
+}
+
+export function setLiveState(s) {
+  liveState = s;
+  const stale = s !== 'live' && haveSnapshot;
+  els.cards.classList.toggle('stale', stale);
+  els.stale.hidden = !stale;
+  els.stale.textContent = s === 'offline'
+    ? 'Offline — this list may be out of date. Still trying to reconnect.'
+    : 'Connection lost — this list may be out of date. Reconnecting…';
+  renderEmpty();
+}
+
+/** Forget everything (logout). */
+export function resetPending() {
+  for (const rec of recs.values()) rec.el.remove();
+  recs.clear();
+  for (const n of notes.values()) { clearTimeout(n.timer); n.el.remove(); }
+  notes.clear();
+  selectedId = null;
+  haveSnapshot = false;
+  agentsConnected = null;
+  updateCount();
+  renderEmpty();
+}
+
+export function pendingCount() { return recs.size; }
+
+function applySnapshot(list) {
+  const incoming = new Map();
+  for (const it of list) {
+    if (it && typeof it === 'object' && it.id !== undefined && it.id !== null) incoming.set(String(it.id), it);
+  }
+  // Anything we show that the server no longer holds was decided while we were away.
+  for (const id of [...recs.keys()]) {
+    if (!incoming.has(id)) resolve(id, { kind: 'vanished' });
+  }
+  for (const it of incoming.values()) addItem(it, false);
+  // Keep the DOM in created_at order (oldest first).
+  const sorted = [...recs.values()].sort(byCreated);
+  const current = [...els.cards.querySelectorAll(':scope > .card')];
+  if (sorted.some((r, i) => current[i] !== r.el)) {
+    for (const r of sorted) els.cards.appendChild(r.el);
+  }
+  haveSnapshot = true;
+  setLiveState(liveState);
+  afterChange();
+}
+
+function byCreated(a, b) { return (a.created - b.created) || (a.seq - b.seq); }
+
+/* ---------- cards ---------- */
+
+function str(v) { return v === null || v === undefined ? '' : String(v); }
+
+function addItem(item, isNew) {
+  const id = String(item.id);
+  if (recs.has(id)) { recs.get(id).item = item; return; }
+  // A resolution may have raced ahead of the creation; don't resurrect it.
+  if (notes.has(id)) return;
+  const rec = makeRecord(id, item);
+  recs.set(id, rec);
+  // Insert in created_at order; new calls almost always go last.
+  let before = null;
+  for (const other of recs.values()) {
+    if (other !== rec && other.el.isConnected && byCreated(other, rec) > 0 && (!before || byCreated(other, before) < 0)) before = other;
+  }
+  els.cards.insertBefore(rec.el, before ? before.el : null);
+  if (isNew) {
+    alertNew({ id, tool: item.tool, agent: item.agent, upstream: item.upstream });
+    announce(`New call waiting: ${clip(str(item.tool), 80)}${item.agent ? ` from ${clip(str(item.agent), 80)}` : ''}.`);
+    afterChange();
+  }
+}
+
+function makeRecord(id, item) {
+  const n = ++seqId;
+  const created = Date.parse(item.created_at);
+  const expires = Date.parse(item.expires_at);
+  const tool = visible(str(item.tool)) || '(unnamed tool)';
+  const headId = `card-${n}-title`;
+
+  const timerText = h('span', { class: 'timer-text' });
+  const timerFill = h('span', { class: 'timer-fill' });
+  const timer = h('div', { class: 'card-timer' }, timerText, h('span', { class: 'timer-bar', 'aria-hidden': 'true' }, timerFill));
+
+  const meta = h('dl', { class: 'card-meta' });
+  const addMeta = (label, value, cls) => {
+    if (value === '' || value === null || value === undefined) return;
+    meta.appendChild(h('div', { class: cls || null }, h('dt', null, label), h('dd', null, value)));
+  };
+  addMeta('Agent', clip(visible(str(item.agent)), 200));
+  addMeta('Upstream', clip(visible(str(item.upstream)), 200));
+  addMeta('Rule', clip(visible(str(item.rule)), 200));
+  addMeta('Held since', Number.isFinite(created) ? fmtTime(item.created_at) : '');
+  addMeta('Session', clip(visible(str(item.session)), 40), 'meta-minor');
+  addMeta('Call ID', clip(visible(id), 60), 'meta-minor');
+
+  const reason = str(item.reason)
+    ? h('p', { class: 'card-reason' }, h('span', { class: 'reason-label' }, 'Reason: '), clip(visible(str(item.reason)), 2000))
+    : null;
+
+  const args = item.arguments === undefined ? null : item.arguments;
+  const argsBody = h('div', { class: 'card-args-body' });
+  argsBody.appendChild(jsonView(args));
+  const copyBtn = navigator.clipboard && window.isSecureContext
+    ? h('button', { type: 'button', class: 'btn btn-small btn-ghost' }, 'Copy')
+    : null;
+  copyBtn?.addEventListener('click', async () => {
+    try { await navigator.clipboard.writeText(JSON.stringify(args, null, 2)); toast('Arguments copied.'); } catch { toast('Could not copy.', 'error'); }
+  });
+  const argsSec = h('section', { class: 'card-args', 'aria-label': 'Arguments' },
+    h('div', { class: 'card-args-head' }, h('h3', null, 'Arguments'), copyBtn),
+    argsBody);
+
+  const commentId = `card-${n}-comment`;
+  const comment = h('textarea', { id: commentId, class: 'card-comment', rows: '1', maxlength: '2000', placeholder: 'Optional — the agent sees it', spellcheck: 'true' });
+  const approveBtn = h('button', { type: 'button', class: 'btn btn-approve', 'aria-describedby': headId }, 'Approve');
+  const denyBtn = h('button', { type: 'button', class: 'btn btn-deny', 'aria-describedby': headId }, 'Deny');
+  const actions = h('div', { class: 'card-actions' }, approveBtn, denyBtn);
+  const confirmYes = h('button', { type: 'button', class: 'btn btn-deny btn-confirm' }, 'Yes, deny');
+  const confirmNo = h('button', { type: 'button', class: 'btn' }, 'Cancel');
+  const confirm = h('div', { class: 'card-confirm', role: 'group', 'aria-label': 'Confirm deny', hidden: true },
+    h('span', { class: 'confirm-q' }, 'Deny this call?'), confirmYes, confirmNo);
+  const error = h('p', { class: 'card-error', role: 'alert', hidden: true });
+
+  const el = h('li', { class: 'card', tabindex: '-1', 'aria-labelledby': headId, dataset: { id } },
+    h('article', null,
+      h('header', { class: 'card-head' },
+        h('h2', { class: 'card-tool', id: headId }, h('code', null, clip(tool, 300))),
+        timer),
+      meta,
+      reason,
+      argsSec,
+      h('div', { class: 'card-decide' },
+        h('label', { for: commentId, class: 'comment-label' }, 'Comment'),
+        comment,
+        actions,
+        confirm,
+        error)));
+
+  const rec = {
+    id, item, el, seq: n,
+    created: Number.isFinite(created) ? created : Date.now(),
+    expires: Number.isFinite(expires) ? expires : NaN,
+    hay: [item.tool, item.agent, item.upstream, item.rule, item.reason, item.session, id].map((x) => clip(str(x), 1000)).join(' ').toLowerCase() + haystack(args),
+    busy: false,
+    refs: { timerText, timerFill, timer, comment, approveBtn, denyBtn, actions, confirm, confirmYes, confirmNo, error },
+  };
+
+  approveBtn.addEventListener('click', () => { select(id, false); decide(rec, 'approve'); });
+  denyBtn.addEventListener('click', () => { select(id, false); openConfirm(rec); });
+  confirmYes.addEventListener('click', () => decide(rec, 'deny'));
+  confirmNo.addEventListener('click', () => closeConfirm(rec, true));
+  confirm.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.stopPropagation(); closeConfirm(rec, true); } });
+  comment.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') { e.stopPropagation(); comment.blur(); el.focus(); }
+  });
+  el.addEventListener('focusin', () => select(id, false));
+  el.addEventListener('click', (e) => { if (e.target === el || e.target.closest('.card-head, .card-meta')) select(id, false); });
+
+  tickOne(rec, Date.now() + skew);
+  return rec;
+}
+
+function openConfirm(rec) {
+  if (rec.busy) return;
+  rec.refs.actions.hidden = true;
+  rec.refs.confirm.hidden = false;
+  rec.refs.confirmYes.focus();
+}
+
+function closeConfirm(rec, refocus) {
+  rec.refs.confirm.hidden = true;
+  rec.refs.actions.hidden = false;
+  if (refocus) rec.refs.denyBtn.focus();
+}
+
+function setBusy(rec, busy, verb) {
+  rec.busy = busy;
+  const { approveBtn, denyBtn, confirmYes, confirmNo, comment } = rec.refs;
+  for (const b of [approveBtn, denyBtn, confirmYes, confirmNo]) b.disabled = busy;
+  comment.readOnly = busy;
+  rec.el.setAttribute('aria-busy', String(busy));
+  rec.el.classList.toggle('busy', busy);
+  approveBtn.textContent = busy && verb === 'approve' ? 'Approving…' : 'Approve';
+  confirmYes.textContent = busy && verb === 'deny' ? 'Denying…' : 'Yes, deny';
+}
+
+async function decide(rec, verb) {
+  if (rec.busy || !recs.has(rec.id)) return;
+  const comment = rec.refs.comment.value.trim();
+  rec.refs.error.hidden = true;
+  setBusy(rec, true, verb);
+  try {
+    const res = await apiDecide(rec.id, verb, comment);
+    resolve(rec.id, {
+      kind: 'mine',
+      decision: res && typeof res.decision === 'string' ? res.decision : (verb === 'approve' ? 'approved' : 'denied'),
+      decider: res?.decider ?? session.approver, channel: res?.channel ?? 'dashboard', comment,
+    });
+  } catch (e) {
+    if (e && e.status === 409) {
+      resolve(rec.id, { kind: 'conflict', by: e.details?.decided_by, decision: e.details?.decision, message: e.message });
+    } else if (e && e.status === 404) {
+      resolve(rec.id, { kind: 'gone' });
+    } else if (e && e.status === 401) {
+      // The app switches to the login view.
+    } else {
+      if (!recs.has(rec.id)) return;
+      setBusy(rec, false);
+      if (verb === 'deny') closeConfirm(rec, false);
+      rec.refs.error.textContent = e instanceof TypeError
+        ? 'Could not reach the gateway. Your decision was not sent — try again.'
+        : `Decision failed: ${clip(e?.message || 'unknown error', 300)}`;
+      rec.refs.error.hidden = false;
+    }
+  }
+}
+
+/* ---------- resolution notes ---------- */
+
+function describe(info) {
+  const who = (x) => clip(visible(str(x)), 80);
+  const withComment = (s) => (info.comment ? `${s} — “${clip(visible(str(info.comment)), 300)}”` : s);
+  const via = info.channel ? ` via ${who(info.channel)}` : '';
+  switch (info.kind) {
+    case 'conflict': {
+      const label = DECISION_LABEL[info.decision] || (info.decision ? who(info.decision) : '');
+      if (info.by) return { cls: 'conflict', text: `Already decided by ${who(info.by)}${label ? ` (${label})` : ''}.` };
+      return { cls: 'conflict', text: info.message ? `Already decided: ${clip(visible(info.message), 200)}` : 'Already decided.' };
+    }
+    case 'gone': return { cls: 'gone', text: 'No longer pending.' };
+    case 'vanished': return { cls: 'gone', text: 'No longer pending — it was decided while this page was disconnected.' };
+    default: break;
+  }
+  const mine = info.kind === 'mine';
+  switch (info.decision) {
+    case 'approved':
+      return { cls: 'approved', text: withComment(mine ? 'You approved it.' : `Approved by ${info.decider ? who(info.decider) : 'someone'}${via}.`) };
+    case 'denied':
+      return { cls: 'denied', text: withComment(mine ? 'You denied it.' : `Denied by ${info.decider ? who(info.decider) : 'someone'}${via}.`) };
+    case 'timed_out':
+      return { cls: 'timeout', text: `Timed out — the call was ${info.outcome === 'allowed' ? 'allowed' : 'refused'}.` };
+    case 'cancelled':
+      return { cls: 'gone', text: 'Cancelled — the agent withdrew the call.' };
+    default:
+      return { cls: 'gone', text: `Resolved${info.decision ? ` (${who(info.decision)})` : ''}.` };
+  }
+}
+
+function resolve(id, info) {
+  const rec = recs.get(id);
+  const existing = notes.get(id);
+  if (!rec) {
+    // Already gone. A 409 arriving after the event still tells the loser who won.
+    if (existing && info.kind === 'conflict' && !existing.conflict) {
+      const d = describe(info);
+      existing.conflict = true;
+      existing.text.textContent = d.text;
+      existing.el.className = `note note-${d.cls}`;
+      restartNoteTimer(id);
+    }
+    return;
+  }
+  const d = describe(info);
+  const tool = clip(visible(str(rec.item.tool)), 120) || '(unnamed tool)';
+  const text = h('span', { class: 'note-text' }, d.text);
+  const note = h('li', { class: `note note-${d.cls}`, dataset: { noteId: id } },
+    h('span', { class: 'note-icon', 'aria-hidden': 'true' }),
+    h('code', { class: 'note-tool' }, tool), ' ', text);
+  const wasSelected = selectedId === id;
+  const next = wasSelected ? neighbour(id) : null;
+  const hadFocus = rec.el.contains(document.activeElement);
+  rec.el.replaceWith(note);
+  recs.delete(id);
+  closeAlert(id);
+  notes.set(id, { el: note, text, timer: 0, conflict: info.kind === 'conflict' });
+  restartNoteTimer(id);
+  announce(`${tool}: ${d.text}`);
+  if (wasSelected) {
+    selectedId = null;
+    if (next) select(next.id, hadFocus);
+    else if (hadFocus) document.getElementById('main')?.focus({ preventScroll: true });
+  }
+  afterChange();
+}
+
+function restartNoteTimer(id) {
+  const n = notes.get(id);
+  if (!n) return;
+  clearTimeout(n.timer);
+  n.timer = setTimeout(() => {
+    n.el.classList.add('note-leaving');
+    setTimeout(() => { n.el.remove(); notes.delete(id); }, 300);
+  }, NOTE_MS);
+}
+
+/* ---------- selection, search, keyboard ---------- */
+
+function visibleRecs() {
+  return [...els.cards.querySelectorAll(':scope > .card:not([hidden])')].map((el) => recs.get(el.dataset.id)).filter(Boolean);
+}
+
+function neighbour(id) {
+  const list = visibleRecs();
+  const i = list.findIndex((r) => r.id === id);
+  if (i < 0) return list[0] || null;
+  return list[i + 1] || list[i - 1] || null;
+}
+
+function select(id, focus) {
+  if (selectedId !== id) {
+    const prev = recs.get(selectedId);
+    if (prev) { prev.el.classList.remove('selected'); prev.el.removeAttribute('aria-current'); }
+    selectedId = id;
+  }
+  const rec = recs.get(id);
+  if (!rec) return;
+  rec.el.classList.add('selected');
+  rec.el.setAttribute('aria-current', 'true');
+  if (focus) {
+    rec.el.focus({ preventScroll: true });
+    rec.el.scrollIntoView({ block: 'nearest', behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth' });
+  }
+}
+
+function ensureSelection() {
+  const list = visibleRecs();
+  if (selectedId && list.some((r) => r.id === selectedId)) return;
+  if (list.length) select(list[0].id, false);
+  else selectedId = null;
+}
+
+function applyFilter() {
+  let shown = 0;
+  for (const rec of recs.values()) {
+    const match = !query || rec.hay.includes(query);
+    rec.el.hidden = !match;
+    if (match) shown++;
+  }
+  if (query && recs.size) {
+    els.filterInfo.textContent = `${shown} of ${recs.size} calls match “${clip(query, 100)}”.`;
+    els.filterInfo.hidden = false;
+  } else els.filterInfo.hidden = true;
+  ensureSelection();
+}
+
+export function focusSearch() {
+  els.search.focus();
+  els.search.select();
+}
+
+function isTyping(t) {
+  return t && (t.isContentEditable || t.closest?.('input, textarea, select'));
+}
+
+/** Keyboard shortcuts, active only while the pending view is shown. */
+export function pendingKeydown(e) {
+  if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (isTyping(e.target)) return;
+  const list = visibleRecs();
+  const i = list.findIndex((r) => r.id === selectedId);
+  const cur = i >= 0 ? list[i] : null;
+  switch (e.key) {
+    case 'j':
+      if (list.length) select(list[Math.min(list.length - 1, i + 1)].id, true);
+      break;
+    case 'k':
+      if (list.length) select(list[Math.max(0, i - 1)].id, true);
+      break;
+    case 'a':
+      if (cur) decide(cur, 'approve');
+      break;
+    case 'd':
+      if (cur) openConfirm(cur);
+      break;
+    case 'c':
+      if (cur) cur.refs.comment.focus();
+      break;
+    case '/':
+      focusSearch();
+      break;
+    case 'Escape':
+      if (cur && !cur.refs.confirm.hidden) closeConfirm(cur, false);
+      return;
+    default:
+      return;
+  }
+  e.preventDefault();
+}
+
+/* ---------- countdown, counts, empty state ---------- */
+
+function tickOne(rec, now) {
+  const { timerText, timerFill, timer, approveBtn, denyBtn } = rec.refs;
+  if (!Number.isFinite(rec.expires)) { timerText.textContent = 'no deadline'; return; }
+  const left = rec.expires - now;
+  const total = Math.max(1, rec.expires - rec.created);
+  const frac = Math.max(0, Math.min(1, left / total));
+  timerFill.style.transform = `scaleX(${frac})`;
+  timer.classList.toggle('urgent', left < URGENT_MS);
+  if (left > 0) {
+    timerText.textContent = `expires in ${fmtRemaining(left)}`;
+  } else {
+    timerText.textContent = 'expired — timing out…';
+    if (!rec.busy) { approveBtn.disabled = true; denyBtn.disabled = true; }
+  }
+}
+
+function tick() {
+  const now = Date.now() + skew;
+  for (const rec of recs.values()) tickOne(rec, now);
+}
+
+function afterChange() {
+  if (recs.size && !tickTimer) tickTimer = setInterval(tick, 1000);
+  if (!recs.size && tickTimer) { clearInterval(tickTimer); tickTimer = 0; }
+  applyFilter();
+  updateCount();
+  renderEmpty();
+}
+
+function updateCount() { onCount(recs.size); }
+
+function renderEmpty() {
+  if (!els.empty) return;
+  const none = recs.size === 0;
+  els.empty.hidden = !none;
+  if (!none) return;
+  if (!haveSnapshot) {
+    els.emptyText.textContent = liveState === 'offline' ? 'Cannot reach the gateway.' : 'Connecting to the gateway…';
+    els.emptySub.textContent = liveState === 'offline' ? 'Still trying — held calls will appear here once connected.' : '';
+    return;
+  }
+  els.emptyText.textContent = agentsConnected === null
+    ? 'No calls waiting.'
+    : `No calls waiting. Agents connected: ${agentsConnected}`;
+  els.emptySub.textContent = 'Held calls appear here the moment an agent makes them.';
+}
