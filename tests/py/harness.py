@@ -1,0 +1,206 @@
+"""Shared helpers for Airlock's integration tests: start the real `airlock`
+binary, real upstream MCP servers and real client drivers as processes.
+
+Nothing here imitates Airlock: every test talks to the built binary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+AIRLOCK_BIN = os.environ.get("AIRLOCK_BIN", str(TARGET / "debug" / "airlock"))
+PYTHON = sys.executable
+NODE = os.environ.get("NODE", "node")
+NODE_DIR = REPO / "tests" / "node"
+TESTSERVER = REPO / "tests" / "servers" / "testserver.py"
+EVERYTHING_BIN = NODE_DIR / "node_modules" / ".bin" / "mcp-server-everything"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process whose stdout lines are collected in the background."""
+
+    def __init__(self, cmd: list[str], env: dict | None = None, cwd: str | None = None, stdin=None):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.cmd = cmd
+        self.popen = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd or str(REPO),
+            start_new_session=True,
+        )
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.stdout_log: list[str] = []
+        self.stderr_log: list[str] = []
+        threading.Thread(target=self._pump, args=(self.popen.stdout, self.stdout_log, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.popen.stderr, self.stderr_log, False), daemon=True).start()
+
+    def _pump(self, stream, log, to_queue):
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            log.append(line)
+            if to_queue:
+                self.lines.put(line)
+
+    def wait_for_line(self, prefix: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.popen.poll() is not None:
+                    break
+                continue
+            if line.startswith(prefix):
+                return line
+        raise RuntimeError(
+            f"{self.cmd[0]} did not print {prefix!r} within {timeout}s (exit={self.popen.poll()})\n"
+            f"stdout: {self.stdout_log[-20:]}\nstderr: {self.stderr_log[-40:]}"
+        )
+
+    def stderr_text(self) -> str:
+        return "\n".join(self.stderr_log)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+        return self.popen.returncode
+
+
+class Airlock:
+    """A running `airlock serve`."""
+
+    def __init__(self, proc: Proc, port: int):
+        self.proc = proc
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.mcp = f"{self.base}/mcp"
+
+    def endpoint(self, upstream: str | None = None) -> str:
+        return self.mcp if upstream is None else f"{self.mcp}/{upstream}"
+
+
+def write_json(path: Path, value) -> Path:
+    path.write_text(json.dumps(value, indent=2))
+    return path
+
+
+def upstream_testserver(era: str = "both", *extra: str) -> list[str]:
+    return [PYTHON, str(TESTSERVER), "stdio", "--era", era, *extra]
+
+
+def upstream_everything() -> list[str]:
+    return [NODE, str(EVERYTHING_BIN)]
+
+
+class Processes:
+    """Tracks started processes and stops them all at teardown."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.started: list[Proc] = []
+
+    def start(self, cmd, **kw) -> Proc:
+        p = Proc([str(c) for c in cmd], **kw)
+        self.started.append(p)
+        return p
+
+    def testserver_http(self, era: str = "both", *extra: str) -> tuple[Proc, str]:
+        p = self.start([PYTHON, TESTSERVER, "http", "--port", "0", "--era", era, *extra])
+        line = p.wait_for_line("LISTENING ")
+        return p, line.split(" ", 1)[1].strip()
+
+    def everything_http(self) -> tuple[Proc, str]:
+        p = self.start([NODE, NODE_DIR / "servers" / "everything-http.mjs", "--port", "0"])
+        line = p.wait_for_line("LISTENING ", timeout=60)
+        return p, line.split(" ", 1)[1].strip()
+
+    def stateless_node_http(self, *extra: str) -> tuple[Proc, str]:
+        p = self.start([NODE, NODE_DIR / "servers" / "stateless-server.mjs", "--port", "0", *extra])
+        line = p.wait_for_line("LISTENING ", timeout=60)
+        return p, line.split(" ", 1)[1].strip()
+
+    def airlock(
+        self,
+        policy=None,
+        upstream: list[str] | None = None,
+        url: str | None = None,
+        config: str | None = None,
+        env: dict | None = None,
+        args: list[str] | None = None,
+    ) -> Airlock:
+        """Starts `airlock serve` on a free port. `policy` may be a dict (written
+        to a file), a path, or None (allow everything)."""
+        port = free_port()
+        cmd = [AIRLOCK_BIN, "serve", "--listen", f"127.0.0.1:{port}", "--audit", str(self.tmp_path / f"audit-{port}.db")]
+        if config:
+            cmd += ["--config", str(config)]
+        if isinstance(policy, dict):
+            policy = write_json(self.tmp_path / f"policy-{port}.json", policy)
+        if policy:
+            cmd += ["--policy", str(policy)]
+        if url:
+            cmd += ["--url", url]
+        cmd += args or []
+        if upstream:
+            cmd += ["--", *upstream]
+        p = self.start(cmd, env=env)
+        p.wait_for_line("airlock listening on ", timeout=30)
+        return Airlock(p, port)
+
+    def stop_all(self):
+        for p in reversed(self.started):
+            p.stop()
+
+
+def run_driver(driver: str, script: list, *, url: str | None = None, stdio: list[str] | None = None,
+               era: str | None = None, extra: list[str] | None = None, timeout: float = 120) -> dict:
+    """Runs a Node client driver (`sdk1` or `client2`) and returns its JSON report."""
+    cmd = [NODE, str(NODE_DIR / "clients" / f"{driver}.mjs"), "--script", json.dumps(script)]
+    if era:
+        cmd += ["--era", era]
+    cmd += extra or []
+    if url:
+        cmd += ["--url", url]
+    if stdio:
+        cmd += ["--stdio", "--", *stdio]
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=str(NODE_DIR))
+    try:
+        report = json.loads(done.stdout.decode())
+    except json.JSONDecodeError as e:
+        raise AssertionError(f"{driver} printed no JSON (exit {done.returncode}):\n{done.stdout.decode()}\n{done.stderr.decode()[-3000:]}") from e
+    report["_exit"] = done.returncode
+    report["_stderr"] = done.stderr.decode()[-3000:]
+    return report
+
+
+def text_of(result: dict) -> str:
+    """The concatenated text content of a CallToolResult."""
+    return "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
