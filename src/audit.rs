@@ -1,0 +1,456 @@
+//! The audit history: every `tools/call` outcome as a hash-chained row.
+//!
+//! One writer thread owns the write connection. Allowed-call rows are sent
+//! without waiting (batched into one transaction per wake-up: never on the
+//! hot path); approval decisions are sent with an acknowledgement and are
+//! durable before the held call is released. A failed batch is rolled back
+//! and retried, so nothing is recorded twice; while the store cannot be
+//! written, [`Audit::is_healthy`] is false and approvals fail closed.
+
+mod chain;
+mod sqlite;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+pub use chain::{GENESIS, arguments_hash, canonical_json, row_hash};
+pub use sqlite::Sqlite;
+
+/// Why the audit store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit store {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("audit store error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("audit store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A stored row, as the API and exports show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Entry {
+    pub seq: i64,
+    pub id: String,
+    pub at: String,
+    pub decision: String,
+    pub session: Option<String>,
+    pub agent: Option<String>,
+    pub upstream: Option<String>,
+    pub tool: Option<String>,
+    pub arguments: Option<Value>,
+    pub args_hash: Option<String>,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+    pub pending_id: Option<String>,
+    pub decider: Option<String>,
+    pub channel: Option<String>,
+    pub comment: Option<String>,
+    pub wait_ms: Option<i64>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// What a caller records; the writer adds id, time, seq and hashes.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub decision: &'static str,
+    pub session: Option<String>,
+    pub agent: Option<String>,
+    pub upstream: Option<String>,
+    pub tool: Option<String>,
+    /// Raw JSON text of the call's arguments (redacted and hashed by the writer).
+    pub arguments: Option<String>,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+    pub pending_id: Option<String>,
+    pub decider: Option<String>,
+    pub channel: Option<String>,
+    pub comment: Option<String>,
+    pub wait_ms: Option<i64>,
+}
+
+/// Filters of `GET /api/audit` and exports; all optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Filter {
+    pub tool: Option<String>,
+    pub upstream: Option<String>,
+    pub agent: Option<String>,
+    pub decision: Option<String>,
+    pub decider: Option<String>,
+    pub pending_id: Option<String>,
+    /// RFC 3339; inclusive.
+    pub since: Option<String>,
+    /// RFC 3339; exclusive.
+    pub until: Option<String>,
+    pub limit: Option<u32>,
+    /// Continue after this `seq` (from `next_cursor`).
+    pub cursor: Option<i64>,
+}
+
+/// A storage backend; SQLite today, PostgreSQL could follow.
+pub trait AuditBackend: Send {
+    /// The last row's seq and hash.
+    fn last(&mut self) -> Result<Option<(i64, String)>, AuditError>;
+    /// Inserts rows atomically (all or none).
+    fn insert_batch(&mut self, rows: &[Entry]) -> Result<(), AuditError>;
+    fn query(&mut self, filter: &Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError>;
+    /// Visits every row in order until `visit` returns false.
+    fn scan(&mut self, visit: &mut dyn FnMut(Entry) -> bool) -> Result<(), AuditError>;
+    /// `approval_requested` rows with no decision after them.
+    fn open_approvals(&mut self) -> Result<Vec<Entry>, AuditError>;
+    fn meta(&mut self, key: &str) -> Result<Option<String>, AuditError>;
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), AuditError>;
+}
+
+enum Command {
+    Append(Record, Option<oneshot::Sender<Result<Entry, String>>>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Cheap-to-clone handle to the audit store.
+#[derive(Clone)]
+pub struct Audit(Arc<Shared>);
+
+struct Shared {
+    tx: mpsc::Sender<Command>,
+    /// A second connection for reads (WAL lets them run beside the writer).
+    reader: Mutex<Box<dyn AuditBackend>>,
+    healthy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    written: AtomicU64,
+}
+
+/// Rows kept for retry while the store cannot be written.
+const MAX_RETRY_ROWS: usize = 100_000;
+/// Rows per transaction.
+const BATCH: usize = 1024;
+
+impl Audit {
+    /// Opens (creating if needed) the SQLite store and starts the writer thread.
+    pub fn open(path: &Path, redact: Vec<String>) -> Result<Audit, AuditError> {
+        let writer = Sqlite::open(path)?;
+        let reader = Sqlite::open(path)?;
+        Ok(Audit::with_backends(Box::new(writer), Box::new(reader), redact))
+    }
+
+    pub fn with_backends(mut writer: Box<dyn AuditBackend>, reader: Box<dyn AuditBackend>, redact: Vec<String>) -> Audit {
+        let (tx, rx) = mpsc::channel(65_536);
+        let last = writer.last().ok().flatten();
+        let shared = Arc::new(Shared {
+            tx,
+            reader: Mutex::new(reader),
+            healthy: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            written: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("airlock-audit".into())
+            .spawn(move || write_loop(writer, rx, last, redact, weak))
+            .expect("spawning the audit writer thread");
+        Audit(shared)
+    }
+
+    /// Records a row without waiting (allowed calls and other fast-path outcomes).
+    pub async fn record(&self, record: Record) {
+        let _ = self.0.tx.send(Command::Append(record, None)).await;
+    }
+
+    /// Records a row and waits until it is durable.
+    pub async fn commit(&self, record: Record) -> Result<Entry, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.0
+            .tx
+            .send(Command::Append(record, Some(ack)))
+            .await
+            .map_err(|_| AuditError::Unavailable("the writer has stopped".into()))?;
+        match done.await {
+            Ok(Ok(entry)) => Ok(entry),
+            Ok(Err(e)) => Err(AuditError::Unavailable(e)),
+            Err(_) => Err(AuditError::Unavailable("the writer has stopped".into())),
+        }
+    }
+
+    /// Waits until every row sent so far is written (or failed).
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.0.tx.send(Command::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.0.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.0.last_error.lock().expect("lock").clone()
+    }
+
+    pub fn rows_written(&self) -> u64 {
+        self.0.written.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the read connection off the async threads.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn AuditBackend) -> Result<T, AuditError> + Send + 'static,
+    ) -> Result<T, AuditError> {
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = shared.reader.lock().expect("reader lock");
+            f(reader.as_mut())
+        })
+        .await
+        .map_err(|e| AuditError::Unavailable(e.to_string()))?
+    }
+
+    pub async fn query(&self, filter: Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError> {
+        self.read(move |db| db.query(&filter, newest_first)).await
+    }
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Turns a record into the next chained row.
+fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Entry {
+    let parsed = record
+        .arguments
+        .as_deref()
+        .map(|raw| serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned())));
+    let args_hash = parsed.as_ref().map(arguments_hash);
+    let arguments = parsed.map(|mut v| {
+        chain::redact(&mut v, redact);
+        v
+    });
+    let mut entry = Entry {
+        seq,
+        id: uuid::Uuid::now_v7().to_string(),
+        at: now_rfc3339(),
+        decision: record.decision.to_owned(),
+        session: record.session.clone(),
+        agent: record.agent.clone(),
+        upstream: record.upstream.clone(),
+        tool: record.tool.clone(),
+        arguments,
+        args_hash,
+        rule: record.rule.clone(),
+        reason: record.reason.clone(),
+        pending_id: record.pending_id.clone(),
+        decider: record.decider.clone(),
+        channel: record.channel.clone(),
+        comment: record.comment.clone(),
+        wait_ms: record.wait_ms,
+        prev_hash: prev_hash.to_owned(),
+        hash: String::new(),
+    };
+    entry.hash = row_hash(prev_hash, &entry);
+    entry
+}
+
+type Pending = (Record, Option<oneshot::Sender<Result<Entry, String>>>);
+
+fn write_loop(
+    mut db: Box<dyn AuditBackend>,
+    mut rx: mpsc::Receiver<Command>,
+    last: Option<(i64, String)>,
+    redact: Vec<String>,
+    shared: std::sync::Weak<Shared>,
+) {
+    let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
+    let mut retry: VecDeque<Pending> = VecDeque::new();
+    loop {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut flushes = Vec::new();
+        // Wait for work; while rows wait for a retry, wake up every second.
+        let first = if retry.is_empty() {
+            rx.blocking_recv()
+        } else {
+            match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_secs(1));
+                    rx.try_recv().ok()
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        };
+        let mut closed = false;
+        match first {
+            Some(Command::Append(r, ack)) => batch.push((r, ack)),
+            Some(Command::Flush(ack)) => flushes.push(ack),
+            None if retry.is_empty() => return,
+            None => closed = true,
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(Command::Append(r, ack)) => batch.push((r, ack)),
+                Ok(Command::Flush(ack)) => flushes.push(ack),
+                Err(_) => break,
+            }
+        }
+        let mut rows: Vec<Pending> = retry.drain(..).collect();
+        rows.extend(batch);
+        if !rows.is_empty() {
+            let mut next_seq = seq;
+            let mut next_prev = prev.clone();
+            let entries: Vec<Entry> = rows
+                .iter()
+                .map(|(r, _)| {
+                    next_seq += 1;
+                    let e = seal(r, next_seq, &next_prev, &redact);
+                    next_prev = e.hash.clone();
+                    e
+                })
+                .collect();
+            match db.insert_batch(&entries) {
+                Ok(()) => {
+                    seq = next_seq;
+                    prev = next_prev;
+                    if let Some(s) = shared.upgrade() {
+                        s.healthy.store(true, Ordering::Relaxed);
+                        s.written.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                        *s.last_error.lock().expect("lock") = None;
+                    }
+                    for ((_, ack), entry) in rows.into_iter().zip(entries) {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Ok(entry));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    tracing::error!("audit write failed: {message}");
+                    if let Some(s) = shared.upgrade() {
+                        s.healthy.store(false, Ordering::Relaxed);
+                        *s.last_error.lock().expect("lock") = Some(message.clone());
+                    }
+                    for (record, ack) in rows {
+                        match ack {
+                            // The waiting caller fails closed; it does not retry.
+                            Some(ack) => {
+                                let _ = ack.send(Err(message.clone()));
+                            }
+                            None if retry.len() < MAX_RETRY_ROWS => retry.push_back((record, None)),
+                            None => tracing::error!("audit retry buffer full: dropping a row"),
+                        }
+                    }
+                }
+            }
+        }
+        for ack in flushes {
+            let _ = ack.send(());
+        }
+        if closed && retry.is_empty() {
+            return;
+        }
+    }
+}
+
+/// `airlock audit verify`: walks the chain; `Err` names the first broken row.
+pub fn verify(db: &mut dyn AuditBackend) -> Result<u64, String> {
+    let mut prev = GENESIS.to_owned();
+    let mut expected_seq = 1;
+    let mut count = 0u64;
+    let mut broken = None;
+    db.scan(&mut |entry| {
+        let problem = if entry.seq != expected_seq {
+            Some(format!("row {expected_seq} is missing (next row is {})", entry.seq))
+        } else if entry.prev_hash != prev {
+            Some(format!(
+                "row {} (id {}): prev_hash does not match the hash of row {}",
+                entry.seq,
+                entry.id,
+                entry.seq - 1
+            ))
+        } else if row_hash(&entry.prev_hash, &entry) != entry.hash {
+            Some(format!(
+                "row {} (id {}): hash mismatch — the row was changed after it was written",
+                entry.seq, entry.id
+            ))
+        } else {
+            None
+        };
+        if problem.is_some() {
+            broken = problem;
+            return false;
+        }
+        prev = entry.hash.clone();
+        expected_seq += 1;
+        count += 1;
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    match broken {
+        Some(problem) => Err(problem),
+        None => Ok(count),
+    }
+}
+
+/// Writes entries as JSON lines or CSV.
+pub fn export(entries: &[Entry], format: ExportFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    match format {
+        ExportFormat::Jsonl => {
+            for e in entries {
+                serde_json::to_writer(&mut *out, e)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(CSV_HEADER)?;
+            for e in entries {
+                let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+                w.write_record([
+                    e.seq.to_string(),
+                    e.id.clone(),
+                    e.at.clone(),
+                    e.decision.clone(),
+                    opt(&e.session),
+                    opt(&e.agent),
+                    opt(&e.upstream),
+                    opt(&e.tool),
+                    e.arguments.as_ref().map(canonical_json).unwrap_or_default(),
+                    opt(&e.args_hash),
+                    opt(&e.rule),
+                    opt(&e.reason),
+                    opt(&e.pending_id),
+                    opt(&e.decider),
+                    opt(&e.channel),
+                    opt(&e.comment),
+                    e.wait_ms.map(|w| w.to_string()).unwrap_or_default(),
+                    e.prev_hash.clone(),
+                    e.hash.clone(),
+                ])?;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+pub const CSV_HEADER: [&str; 19] = [
+    "seq", "id", "at", "decision", "session", "agent", "upstream", "tool", "arguments", "args_hash", "rule",
+    "reason", "pending_id", "decider", "channel", "comment", "wait_ms", "prev_hash", "hash",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,359 @@
+"""Raw Streamable HTTP against `airlock serve`: framing errors, Origin/Host
+checks, sessions (handshake era), header checks (stateless era), byte-exact
+pass-through, and agent tokens. Every request has a short timeout: nothing may hang.
+"""
+import base64
+import json
+
+import pytest
+
+from harness import Processes, upstream_testserver
+from rawmcp import (
+    ACCEPT, HANDSHAKE_VERSION, STATELESS_VERSION, answer, call_body, client, init_body,
+    open_session, post, read_log, rpc_error_of, session_headers, sse_messages, stateless_headers,
+    stateless_meta,
+)
+
+AGENT_TOKEN = "agent-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def mprocs(tmp_path_factory):
+    p = Processes(tmp_path_factory.mktemp("http-protocol"))
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture(scope="module")
+def gw(mprocs):
+    """Quick mode, allow-all, in front of a stdio testserver."""
+    return mprocs.airlock(upstream=upstream_testserver())
+
+
+@pytest.fixture(scope="module")
+def http_upstream(mprocs):
+    """An HTTP testserver logging every request and response it sees."""
+    log = mprocs.tmp_path / "upstream-requests.jsonl"
+    _, url = mprocs.testserver_http("both", "--log-requests", str(log))
+    return url, log
+
+
+@pytest.fixture(scope="module")
+def gw_http(mprocs, http_upstream):
+    url, log = http_upstream
+    gw = mprocs.airlock(
+        policy={"version": "1", "default": "allow", "rules": {"delete_record": {"action": "deny", "reason": "no deleting"}}},
+        url=url,
+    )
+    return gw, log
+
+
+@pytest.fixture
+def c():
+    with client() as c:
+        yield c
+
+
+def find_request(log, needle: str) -> dict:
+    hits = [r for r in read_log(log) if r["kind"] == "request" and needle in r["body"]]
+    assert len(hits) == 1, f"expected one upstream request containing {needle!r}, got {hits}"
+    return hits[0]
+
+
+def sse_data(text: str) -> list[str]:
+    """The non-empty `data:` payloads of an SSE body, as text."""
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ") and line[6:].strip()]
+
+
+def response_for(log, n: int) -> dict:
+    hits = [r for r in read_log(log) if r["kind"] == "response" and r["n"] == n]
+    assert hits, f"upstream logged no response #{n}"
+    return hits[0]
+
+
+# ----------------------------------------------------------------------------- framing errors
+
+
+def test_malformed_json_is_a_400_parse_error(gw, c):
+    r = post(c, gw.mcp, b'{"jsonrpc":"2.0","id":1,"method":')
+    assert r.status_code == 400
+    err = rpc_error_of(r)
+    assert err["code"] == -32700
+    assert "parse error" in err["message"].lower()
+
+
+def test_batch_array_is_a_400_invalid_request(gw, c):
+    r = post(c, gw.mcp, [init_body(1), init_body(2)])
+    assert r.status_code == 400
+    err = rpc_error_of(r)
+    assert err["code"] == -32600
+    assert "batch" in err["message"].lower()
+
+
+def test_missing_jsonrpc_field_is_an_invalid_request(gw, c):
+    body = init_body()
+    del body["jsonrpc"]
+    r = post(c, gw.mcp, body)
+    assert r.status_code == 400
+    err = rpc_error_of(r)
+    assert err["code"] == -32600
+    assert "jsonrpc" in err["message"]
+
+
+def test_invalid_utf8_is_a_400_parse_error(gw, c):
+    r = post(c, gw.mcp, b'{"jsonrpc":"2.0","id":1,"method":"ping\xff\xfe"}')
+    assert r.status_code == 400
+    err = rpc_error_of(r)
+    assert err["code"] == -32700
+    assert "utf-8" in err["message"].lower()
+
+
+def test_non_json_content_type_is_415(gw, c):
+    r = post(c, gw.mcp, json.dumps(init_body()), {"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    assert "content-type" in rpc_error_of(r)["message"].lower()
+
+
+def test_body_over_the_configured_cap_is_413(mprocs, c):
+    cfg = mprocs.tmp_path / "capped.toml"
+    cfg.write_text(
+        "max_body_bytes = 1024\n\n[[upstream]]\nname = \"up\"\n"
+        f"command = {json.dumps(upstream_testserver()[0])}\n"
+        f"args = {json.dumps(upstream_testserver()[1:])}\n"
+    )
+    gw = mprocs.airlock(config=str(cfg))
+    big = call_body(1, "echo", {"text": "x" * 4096})
+    r = post(c, gw.endpoint("up"), big)
+    assert r.status_code == 413
+    err = rpc_error_of(r)
+    assert "1024" in err["message"] and "limit" in err["message"]
+    # A body under the cap on the same gateway is fine.
+    r = post(c, gw.endpoint("up"), init_body())
+    assert r.status_code == 200 and "result" in answer(r, 1)
+
+
+# ----------------------------------------------------------------------------- Origin / Host
+
+
+def test_foreign_origin_is_403(gw, c):
+    r = post(c, gw.mcp, init_body(), {"Origin": "http://evil.example"})
+    assert r.status_code == 403
+    assert "evil.example" in rpc_error_of(r)["message"]
+
+
+def test_rebound_host_is_403(gw, c):
+    r = post(c, gw.mcp, init_body(), {"Host": "evil.example"})
+    assert r.status_code == 403
+    err = rpc_error_of(r)
+    assert "Host" in err["message"] and "evil.example" in err["message"]
+
+
+def test_localhost_origin_is_allowed(gw, c):
+    r = post(c, gw.mcp, init_body(), {"Origin": "http://localhost:3000"})
+    assert r.status_code == 200
+    assert answer(r, 1)["result"]["serverInfo"]["name"] == "airlock-testserver"
+    assert r.headers.get("mcp-session-id")
+
+
+# ----------------------------------------------------------------------------- handshake-era sessions
+
+
+def test_initialize_issues_a_session_id_that_later_requests_use(gw, c):
+    sid = open_session(c, gw.mcp)
+    r = post(c, gw.mcp, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, session_headers(sid))
+    assert r.status_code == 200
+    names = [t["name"] for t in answer(r, 2)["result"]["tools"]]
+    assert "echo" in names
+
+
+def test_request_without_session_id_after_initialize_is_400(gw, c):
+    open_session(c, gw.mcp)
+    r = post(c, gw.mcp, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, {"MCP-Protocol-Version": HANDSHAKE_VERSION})
+    assert r.status_code == 400
+    assert "Mcp-Session-Id" in rpc_error_of(r)["message"]
+
+
+def test_unknown_session_id_is_404(gw, c):
+    r = post(c, gw.mcp, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, session_headers("no-such-session"))
+    assert r.status_code == 404
+    assert "session" in rpc_error_of(r)["message"].lower()
+
+
+def test_delete_ends_the_session_and_it_is_then_404(gw, c):
+    sid = open_session(c, gw.mcp)
+    r = c.delete(gw.mcp, headers=session_headers(sid))
+    assert r.status_code in (200, 204)
+    r = post(c, gw.mcp, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, session_headers(sid))
+    assert r.status_code == 404
+    assert "session" in rpc_error_of(r)["message"].lower()
+    assert c.delete(gw.mcp, headers=session_headers(sid)).status_code == 404
+
+
+def test_get_opens_an_sse_stream_for_a_session(gw, c):
+    sid = open_session(c, gw.mcp)
+    with c.stream("GET", gw.mcp, headers=session_headers(sid, {"Accept": "text/event-stream"})) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+
+
+def test_get_without_session_is_405(gw, c):
+    r = c.get(gw.mcp, headers={"Accept": "text/event-stream"})
+    assert r.status_code == 405
+
+
+# ----------------------------------------------------------------------------- stateless era
+
+
+def test_stateless_request_works_without_a_session(gw, c):
+    body = call_body(5, "echo", {"text": "no session"}, meta=stateless_meta())
+    r = post(c, gw.mcp, body, stateless_headers("tools/call", "echo"))
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert "mcp-session-id" not in r.headers
+    assert r.json()["result"]["content"][0]["text"] == "no session"
+
+
+def test_stateless_request_missing_mcp_method_is_400_header_mismatch(gw, c):
+    body = call_body(5, "echo", {"text": "x"}, meta=stateless_meta())
+    headers = stateless_headers("tools/call", "echo")
+    del headers["Mcp-Method"]
+    r = post(c, gw.mcp, body, headers)
+    assert r.status_code == 400
+    err = rpc_error_of(r)
+    assert err["code"] == -32020
+    assert "Mcp-Method" in err["message"]
+
+
+def test_stateless_base64_mcp_name_is_accepted(gw, c):
+    body = call_body(6, "echo", {"text": "b64"}, meta=stateless_meta())
+    encoded = "=?base64?" + base64.b64encode(b"echo").decode() + "?="
+    r = post(c, gw.mcp, body, stateless_headers("tools/call", encoded))
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["content"][0]["text"] == "b64"
+
+
+def test_stateless_name_header_disagreeing_with_body_never_reaches_upstream(gw_http, c):
+    gw, log = gw_http
+    body = call_body(7, "delete_record", {"id": "mismatch-7f3a"}, meta=stateless_meta())
+    r = post(c, gw.mcp, body, stateless_headers("tools/call", "echo"))
+    assert r.status_code == 400
+    err = rpc_error_of(r)
+    assert err["code"] == -32020 and "Mcp-Name" in err["message"]
+    assert not [x for x in read_log(log) if x["kind"] == "request" and "mismatch-7f3a" in x["body"]]
+
+
+# ----------------------------------------------------------------------------- transparency
+
+
+def test_handshake_unknown_fields_and_meta_reach_upstream_byte_for_byte(gw_http, c):
+    gw, log = gw_http
+    sid = open_session(c, gw.mcp)
+    raw = ('{"jsonrpc":"2.0", "id":"rr-1a2b","method":"resources/read",'
+           '"params":{"uri":"test://hello","_meta":{"x.example/trace":{"k":[1,2.50,"\\u00e9"]}},'
+           '"unknownParam":null} ,"topLevelExtra":{"z":1}}')
+    r = post(c, gw.mcp, raw.encode(), session_headers(sid, {"X-Unknown-Header": "kept", "Mcp-Param-Region": "eu"}))
+    assert r.status_code == 200, r.text
+    seen = find_request(log, "rr-1a2b")
+    assert seen["body"] == raw
+    assert seen["headers"].get("x-unknown-header") == "kept"
+    assert seen["headers"].get("mcp-param-region") == "eu"
+    # The answer's JSON text is the upstream's, unchanged (the SSE framing is Airlock's own).
+    upstream_answer = response_for(log, seen["n"])
+    assert upstream_answer["headers"]["content-type"].startswith("text/event-stream")
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert sse_data(r.text) == sse_data(upstream_answer["body"])
+    assert answer(r, "rr-1a2b")["result"]["contents"][0]["text"] == "hello"
+
+
+def test_handshake_unknown_method_passes_through(gw_http, c):
+    gw, log = gw_http
+    sid = open_session(c, gw.mcp)
+    raw = '{"jsonrpc":"2.0","id":"um-5c6d","method":"vendor/doSomething","params":{"a":1}}'
+    r = post(c, gw.mcp, raw.encode(), session_headers(sid))
+    assert find_request(log, "um-5c6d")["body"] == raw
+    err = answer(r, "um-5c6d")["error"]
+    assert err["code"] == -32601
+
+
+def test_stateless_resources_read_answer_is_the_upstream_bytes(gw_http, c):
+    gw, log = gw_http
+    meta = dict(stateless_meta(), **{"x.example/custom": {"keep": True}})
+    body = {"jsonrpc": "2.0", "id": "sr-9e8f", "method": "resources/read",
+            "params": {"uri": "test://hello", "_meta": meta, "extraField": [1, {"b": None}]}}
+    raw = json.dumps(body, separators=(", ", ": "))  # unusual spacing must survive
+    r = post(c, gw.mcp, raw.encode(), stateless_headers("resources/read", "test://hello"))
+    seen = find_request(log, "sr-9e8f")
+    assert seen["body"] == raw
+    upstream_answer = response_for(log, seen["n"])
+    assert r.status_code == upstream_answer["status"] == 200
+    assert r.text == upstream_answer["body"]
+    assert r.json()["result"]["contents"][0]["text"] == "hello"
+
+
+def test_stateless_prompts_get_answer_is_the_upstream_bytes(gw_http, c):
+    gw, log = gw_http
+    body = {"jsonrpc": "2.0", "id": "pg-4d3c", "method": "prompts/get",
+            "params": {"name": "greet", "arguments": {"name": "Zoë"}, "_meta": stateless_meta()}}
+    raw = json.dumps(body, ensure_ascii=False)
+    r = post(c, gw.mcp, raw.encode(), stateless_headers("prompts/get", "greet"))
+    seen = find_request(log, "pg-4d3c")
+    assert seen["body"] == raw
+    upstream_answer = response_for(log, seen["n"])
+    assert r.status_code == upstream_answer["status"]
+    assert r.text == upstream_answer["body"]
+    assert r.json()["result"]["messages"][0]["content"]["text"] == "Hello, Zoë!"
+
+
+def test_stateless_unknown_method_answer_is_the_upstream_bytes(gw_http, c):
+    gw, log = gw_http
+    body = {"jsonrpc": "2.0", "id": "su-1f2e", "method": "vendor/unknown", "params": {"_meta": stateless_meta()}}
+    raw = json.dumps(body)
+    r = post(c, gw.mcp, raw.encode(), stateless_headers("vendor/unknown"))
+    seen = find_request(log, "su-1f2e")
+    assert seen["body"] == raw
+    upstream_answer = response_for(log, seen["n"])
+    assert r.status_code == upstream_answer["status"]
+    assert r.text == upstream_answer["body"]
+
+
+# ----------------------------------------------------------------------------- agent tokens
+
+
+@pytest.fixture(scope="module")
+def gw_agents(mprocs, http_upstream):
+    url, log = http_upstream
+    cfg = mprocs.tmp_path / "agents.toml"
+    cfg.write_text(
+        f'[[upstream]]\nname = "up"\nurl = "{url}"\n\n'
+        '[[agent]]\nname = "tester"\ntoken_env = "RAW_TEST_AGENT_TOKEN"\n'
+    )
+    gw = mprocs.airlock(config=str(cfg), env={"RAW_TEST_AGENT_TOKEN": AGENT_TOKEN})
+    return gw, log
+
+
+def test_agent_without_token_is_401(gw_agents, c):
+    gw, _ = gw_agents
+    r = post(c, gw.endpoint("up"), init_body())
+    assert r.status_code == 401
+    assert "token" in rpc_error_of(r)["message"].lower()
+    assert r.headers.get("www-authenticate", "").lower().startswith("bearer")
+
+
+def test_agent_with_wrong_token_is_401(gw_agents, c):
+    gw, _ = gw_agents
+    r = post(c, gw.endpoint("up"), init_body(), {"Authorization": "Bearer wrong-token-0123456789abcdef"})
+    assert r.status_code == 401
+    assert "token" in rpc_error_of(r)["message"].lower()
+
+
+def test_agent_with_right_token_works_and_token_is_not_forwarded(gw_agents, c):
+    gw, log = gw_agents
+    auth = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    sid = open_session(c, gw.endpoint("up"), auth)
+    body = call_body("tok-3b4a", "echo", {"text": "authed"})
+    r = post(c, gw.endpoint("up"), body, session_headers(sid, auth))
+    assert r.status_code == 200
+    assert answer(r, "tok-3b4a")["result"]["content"][0]["text"] == "authed"
+    seen = find_request(log, "tok-3b4a")
+    assert "authorization" not in seen["headers"]
+    assert AGENT_TOKEN not in (log.read_text())
