@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, ServeArgs};
+use crate::audit::{self, Audit};
+use crate::cli::{AuditCommand, Cli, Command, ServeArgs};
 use crate::config::{self, ApprovalConfig, AuditConfig, Config, Credential, UpstreamConfig};
 use crate::gateway::{Gateway, UpstreamRuntime};
 use crate::upstream::UpstreamSpec;
@@ -32,6 +33,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args, false).await,
         Command::Stdio(args) => serve(args, true).await,
         Command::Check { files } => Ok(check(&files)),
+        Command::Audit(cmd) => audit_command(cmd),
+        Command::Pending(remote) => crate::remote::pending(remote).await,
+        Command::Approve(args) => crate::remote::decide(args, "approve").await,
+        Command::Deny(args) => crate::remote::decide(args, "deny").await,
     }
 }
 
@@ -65,6 +70,9 @@ fn build_config(args: &ServeArgs, stdio: bool) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The approver token made up at start-up in quick mode (printed once).
+static GENERATED_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let spec = match (&args.url, args.upstream_command.split_first()) {
         (Some(url), _) => UpstreamSpec::Http { url: url.clone(), headers: Vec::new() },
@@ -78,11 +86,17 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         ),
     };
     let listen: SocketAddr = config::DEFAULT_LISTEN.parse().expect("default listen address");
-    let approvers = match std::env::var("AIRLOCK_APPROVER_TOKEN") {
-        Ok(token) if token.len() >= 16 => vec![Credential { name: "approver".into(), token }],
+    let token = match std::env::var("AIRLOCK_APPROVER_TOKEN") {
+        Ok(token) if token.len() >= 16 => token,
         Ok(_) => bail!("AIRLOCK_APPROVER_TOKEN must be at least 16 characters"),
-        Err(_) => Vec::new(),
+        Err(_) => {
+            let bytes: [u8; 24] = rand::RngExt::random(&mut rand::rng());
+            let token = hex::encode(bytes);
+            GENERATED_TOKEN.set(token.clone()).ok();
+            token
+        }
     };
+    let approvers = vec![Credential { name: "approver".into(), token }];
     Ok(Config {
         listen,
         public_url: format!("http://{listen}"),
@@ -101,6 +115,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         audit: AuditConfig {
             path: PathBuf::from("airlock.db"),
             redact: config::default_redact(),
+            fail_closed: false,
         },
         approval: ApprovalConfig::default(),
         quick: true,
@@ -121,7 +136,15 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("upstream `{}`", up.name))?;
         upstreams.insert(up.name.clone(), runtime);
     }
-    let gw = Gateway::new(config, upstreams, Default::default(), shutdown);
+    if let Some(dir) = config.audit.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
+    let gw = Gateway::new(config, upstreams, audit, Vec::new(), shutdown);
+    let abandoned = crate::hold::mark_abandoned(&gw).await?;
+    if abandoned > 0 {
+        tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");
+    }
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
 
@@ -175,6 +198,14 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
     for p in paths {
         println!("  MCP endpoint: {p}");
     }
+    let base = if gw.config.quick { format!("http://{addr}") } else { gw.config.public_url.clone() };
+    match GENERATED_TOKEN.get() {
+        Some(token) => {
+            println!("  Dashboard:    {base}/login#token={token}");
+            println!("  Approver token (shown once): {token}");
+        }
+        None => println!("  Dashboard:    {base}/"),
+    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
@@ -195,12 +226,53 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
     });
 }
 
-/// Graceful end: close every session and shared child so no process is orphaned.
+/// Graceful end: deny open holds, close every session and shared child (no
+/// orphaned processes), and flush the audit writer.
 async fn finish(gw: &Gateway) {
+    crate::hold::deny_all_for_shutdown(gw).await;
     let ids: Vec<String> = gw.sessions.iter().map(|s| s.id.clone()).collect();
     let closing = ids.iter().map(|id| gw.close_session(id));
     futures::future::join_all(closing).await;
     futures::future::join_all(gw.upstreams.values().map(|u| u.close_shared())).await;
+    gw.audit.flush().await;
+}
+
+/// `airlock audit verify|export`.
+fn audit_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify { audit: path } => {
+            let mut db = audit::Sqlite::open_existing(&path)?;
+            match audit::verify(&mut db) {
+                Ok(rows) => {
+                    println!("ok: {}: {rows} row(s), hash chain intact", path.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problem) => {
+                    eprintln!("error: {}: {problem}", path.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Export { format, since, until, audit: path } => {
+            for (flag, value) in [("--since", &since), ("--until", &until)] {
+                if let Some(v) = value {
+                    chrono::DateTime::parse_from_rfc3339(v)
+                        .with_context(|| format!("{flag} must be an RFC 3339 time like 2026-11-25T10:00:00Z"))?;
+                }
+            }
+            let utc = |v: Option<String>| {
+                v.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            };
+            let mut db = audit::Sqlite::open_existing(&path)?;
+            let filter = audit::Filter { since: utc(since), until: utc(until), ..Default::default() };
+            use audit::AuditBackend;
+            let entries = db.query(&filter, false)?;
+            let stdout = std::io::stdout();
+            audit::export(&entries, format, &mut stdout.lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `airlock check`: validates each file; 0 when all are valid.

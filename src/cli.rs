@@ -31,6 +31,58 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Inspect the audit history (reads the database directly).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// List the calls waiting for approval on a running gateway.
+    Pending(RemoteArgs),
+    /// Approve a held call on a running gateway.
+    Approve(DecideArgs),
+    /// Deny a held call on a running gateway.
+    Deny(DecideArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Walk the hash chain; names the first broken row and exits 1 if there is one.
+    Verify {
+        #[arg(long, default_value = "airlock.db")]
+        audit: PathBuf,
+    },
+    /// Write the history as JSON lines or CSV to stdout.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: crate::audit::ExportFormat,
+        /// Only rows at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only rows before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value = "airlock.db")]
+        audit: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RemoteArgs {
+    /// Base URL of the running gateway.
+    #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Approver token (never pass it as a flag: it would show in `ps`).
+    #[arg(long = "token-env", default_value = "AIRLOCK_APPROVER_TOKEN", hide = true)]
+    pub token_env: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DecideArgs {
+    /// The pending call's id (from `airlock pending`).
+    pub id: String,
+    /// A note for the agent and the audit history.
+    #[arg(long)]
+    pub comment: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Args, Debug, Clone)]

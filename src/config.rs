@@ -80,6 +80,8 @@ pub struct AuditConfig {
     pub path: PathBuf,
     /// Argument keys stored as `"[redacted]"`.
     pub redact: Vec<String>,
+    /// `on_error = "fail_closed"`: refuse allowed calls while the store cannot be written.
+    pub fail_closed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +336,7 @@ pub fn parse(
         audit: AuditConfig {
             path: base.join(raw.audit.path.unwrap_or_else(|| PathBuf::from("airlock.db"))),
             redact: raw.audit.redact.unwrap_or_else(default_redact),
+            fail_closed: raw.audit.on_error.as_deref() == Some("fail_closed"),
         },
         approval: ApprovalConfig {
             progress_interval: Duration::from_secs_f64(progress_interval),

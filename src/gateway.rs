@@ -15,7 +15,11 @@ use indexmap::IndexMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{Audit, Record};
 use crate::config::Config;
+use crate::events::Events;
+use crate::hold::{PendingItem, Resolution};
+use crate::metrics::Metrics;
 use crate::era::{self, Era};
 use crate::gate::{self, CallDecision};
 use crate::hold::Holds;
@@ -38,6 +42,13 @@ pub struct Inner {
     /// Handshake-era sessions by the `Mcp-Session-Id` Airlock issued.
     pub sessions: DashMap<String, Arc<Session>>,
     pub holds: Holds,
+    pub audit: Audit,
+    pub events: Events,
+    pub metrics: Metrics,
+    /// Told about every new hold and every decision (Slack, …).
+    pub notifiers: Vec<Arc<dyn Notifier>>,
+    /// Browser logins of approvers.
+    pub logins: crate::login::Logins,
     /// Cancelled on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,
     /// How each upstream answers a call to an unknown tool, per era (see `hidden_answer`).
@@ -148,6 +159,13 @@ impl Session {
     }
 }
 
+/// Something told about holds and decisions (e.g. the Slack notifier).
+/// Implementations must return quickly: queue, never block.
+pub trait Notifier: Send + Sync {
+    fn created(&self, item: &PendingItem);
+    fn resolved(&self, item: &PendingItem, resolution: &Resolution);
+}
+
 /// Who is calling and over which connection; built per message by the transports.
 pub struct CallContext {
     pub upstream: Arc<UpstreamRuntime>,
@@ -211,14 +229,20 @@ impl Gateway {
     pub fn new(
         config: Config,
         upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
-        holds: Holds,
+        audit: Audit,
+        notifiers: Vec<Arc<dyn Notifier>>,
         shutdown: CancellationToken,
     ) -> Gateway {
         Gateway(Arc::new(Inner {
             config,
             upstreams,
             sessions: DashMap::new(),
-            holds,
+            holds: Holds::default(),
+            audit,
+            events: Events::default(),
+            metrics: Metrics::default(),
+            notifiers,
+            logins: Default::default(),
             shutdown,
             unknown_tool: DashMap::new(),
             started: Instant::now(),
@@ -241,13 +265,50 @@ impl Gateway {
         Ok(session)
     }
 
-    /// Ends a session: forgets it and ends its upstream connection.
+    /// Ends a session: forgets it, cancels its holds, ends its upstream connection.
     pub async fn close_session(&self, id: &str) -> bool {
         let Some((_, session)) = self.sessions.remove(id) else {
             return false;
         };
+        crate::hold::agent_gone(self, id);
         session.link.close().await;
+        self.events.publish("agents", serde_json::json!({ "agents_connected": self.agents_connected() }));
         true
+    }
+
+    /// Agents with an open session (handshake era) — shown on the dashboard.
+    pub fn agents_connected(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn notify_created(&self, item: &PendingItem) {
+        for n in &self.notifiers {
+            n.created(item);
+        }
+    }
+
+    pub fn notify_resolved(&self, item: &PendingItem, resolution: &Resolution) {
+        for n in &self.notifiers {
+            n.resolved(item, resolution);
+        }
+    }
+
+    /// Records a policy outcome off the hot path (the writer batches it).
+    async fn record_outcome(&self, ctx: &CallContext, decision: &'static str, tool: &str, arguments: Option<&str>, rule: &str, reason: Option<&str>) {
+        self.metrics.count(decision);
+        self.audit
+            .record(Record {
+                decision,
+                session: Some(ctx.session_key.clone()),
+                agent: Some(ctx.agent.clone()),
+                upstream: Some(ctx.upstream.name.clone()),
+                tool: Some(tool.to_owned()),
+                arguments: arguments.map(str::to_owned),
+                rule: Some(rule.to_owned()),
+                reason: reason.map(str::to_owned),
+                ..Default::default()
+            })
+            .await;
     }
 
     /// Closes sessions idle longer than the configured timeout; runs until shutdown.
@@ -272,6 +333,7 @@ impl Gateway {
             for upstream in self.upstreams.values() {
                 upstream.policy().forget_idle();
             }
+            self.holds.prune();
         }
     }
 
@@ -309,22 +371,39 @@ impl Gateway {
             return Ok(Exchange::plain(ctx.link.request(message, headers).await?));
         };
         let policy = ctx.upstream.policy();
+        let arguments = peek.arguments.map(|a| a.get());
         match gate::decide_call(&policy, tool, &ctx.session_key) {
-            CallDecision::Allow { .. } => {
+            CallDecision::Allow { rule } => {
+                if self.config.audit.fail_closed && !self.audit.is_healthy() {
+                    let refusal = gate::Refusal {
+                        decision: "audit_unavailable",
+                        text: format!("Airlock refused this call to `{tool}`: the audit store cannot be written and the gateway is configured to fail closed."),
+                        reason: "audit store unavailable".into(),
+                        rule,
+                        retry_after: None,
+                    };
+                    return Ok(Exchange::answer(gate::refusal_response(&id, &refusal, ctx.era), ctx.era));
+                }
+                self.record_outcome(ctx, "allowed", tool, arguments, &rule, None).await;
                 drop(peek);
-                Ok(Exchange::plain(ctx.link.request(message, headers).await?))
+                let started = Instant::now();
+                let reply = ctx.link.request(message, headers).await?;
+                self.metrics.upstream_latency.observe(started.elapsed());
+                Ok(Exchange::plain(reply))
             }
             CallDecision::Refuse(refusal) => {
+                self.record_outcome(ctx, refusal.decision, tool, arguments, &refusal.rule, Some(&refusal.reason)).await;
                 Ok(Exchange::answer(gate::refusal_response(&id, &refusal, ctx.era), ctx.era))
             }
             CallDecision::Hidden => {
+                self.record_outcome(ctx, "hidden", tool, arguments, "hide", None).await;
                 let tool = tool.to_owned();
                 drop(peek);
                 Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
             }
             CallDecision::NeedsApproval { rule, reason, approval } => {
                 let tool = tool.to_owned();
-                let arguments = peek.arguments.map(|a| a.get().to_owned());
+                let arguments = arguments.map(str::to_owned);
                 drop(peek);
                 crate::hold::hold_call(self, ctx, message, headers, tool, arguments, rule, reason, approval).await
             }

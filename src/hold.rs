@@ -1,44 +1,607 @@
-//! Pending approvals (placeholder until the approval channel lands).
+//! Calls waiting for a human: the hold, the decision, the release.
+//!
+//! A held call is a [`Pending`] in a map keyed by its id, plus a `oneshot`
+//! that its waiting task listens on. Exactly one decision wins: the first
+//! decider flips the pending's state under its lock; everyone after gets the
+//! winner back (HTTP 409). The winner's decision is committed to the audit
+//! store before the waiting task is told, so nothing is released unrecorded.
+//!
+//! The agent's request stays open as a stream: progress notifications while
+//! it waits (when it sent a `progressToken`), then the upstream's answer
+//! (approved) or a refusal. If the agent goes away, the hold is cancelled.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
+use chrono::{DateTime, SecondsFormat, Utc};
+use dashmap::DashMap;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::Record;
+use crate::era;
 use crate::gate::{self, Refusal};
 use crate::gateway::{CallContext, Exchange, Gateway};
-use crate::jsonrpc::{Id, Message};
-use crate::policy::Approval;
-use crate::upstream::UpstreamError;
+use crate::jsonrpc::{self, Id, Message};
+use crate::policy::{Approval, OnTimeout};
+use crate::upstream::{Event, Reply, ReplyBody, UpstreamError};
 
-/// The set of calls waiting for a human.
+/// A pending approval as the API, events and notifications show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingItem {
+    pub id: String,
+    pub tool: String,
+    pub upstream: String,
+    pub agent: String,
+    pub session: String,
+    pub arguments: Value,
+    pub rule: String,
+    pub reason: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+/// How a hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approved,
+    Denied,
+    TimedOut,
+    Cancelled,
+    /// Denied because the gateway is shutting down.
+    Shutdown,
+}
+
+impl Verdict {
+    /// The audit `decision` of this verdict.
+    pub fn audit_decision(self) -> &'static str {
+        match self {
+            Verdict::Approved => "approved",
+            Verdict::Denied => "denied_by_human",
+            Verdict::TimedOut => "timed_out",
+            Verdict::Cancelled => "cancelled",
+            Verdict::Shutdown => "denied",
+        }
+    }
+
+    fn past_tense(self) -> &'static str {
+        match self {
+            Verdict::Approved => "approved",
+            Verdict::Denied | Verdict::Shutdown => "denied",
+            Verdict::TimedOut => "timed out",
+            Verdict::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The winning decision about a pending call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolution {
+    pub decision: Verdict,
+    /// `allowed` when the call goes upstream, else `refused`.
+    pub outcome: &'static str,
+    pub decider: Option<String>,
+    pub channel: String,
+    pub comment: Option<String>,
+    pub at: String,
+    #[serde(skip)]
+    pub when: DateTime<Utc>,
+}
+
+impl Resolution {
+    /// "approved by alice", "timed out", … for 409 messages and notifications.
+    pub fn describe(&self) -> String {
+        match &self.decider {
+            Some(who) => format!("{} by {who}", self.decision.past_tense()),
+            None => self.decision.past_tense().to_owned(),
+        }
+    }
+}
+
+/// One held call.
+pub struct Pending {
+    pub item: PendingItem,
+    session_key: String,
+    request_id: Id,
+    created: Instant,
+    on_timeout: OnTimeout,
+    /// None while open; the first decision sets it.
+    state: Mutex<Option<Resolution>>,
+    wake: Mutex<Option<oneshot::Sender<Resolution>>>,
+}
+
+/// The set of calls waiting for a human, plus recently decided ones (for 409s).
 #[derive(Default)]
-pub struct Holds;
+pub struct Holds {
+    pending: DashMap<String, Arc<Pending>>,
+    resolved: DashMap<String, (PendingItem, Resolution)>,
+}
 
+impl Holds {
+    /// Open holds, oldest first.
+    pub fn list(&self) -> Vec<PendingItem> {
+        let mut items: Vec<(Instant, PendingItem)> = self
+            .pending
+            .iter()
+            .filter(|p| p.state.lock().expect("state lock").is_none())
+            .map(|p| (p.created, p.item.clone()))
+            .collect();
+        items.sort_by_key(|(created, _)| *created);
+        items.into_iter().map(|(_, item)| item).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<PendingItem> {
+        self.pending.get(id).map(|p| p.item.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The decision about a call decided recently, if any.
+    pub fn resolution(&self, id: &str) -> Option<Resolution> {
+        if let Some(p) = self.pending.get(id)
+            && let Some(r) = p.state.lock().expect("state lock").clone()
+        {
+            return Some(r);
+        }
+        self.resolved.get(id).map(|r| r.1.clone())
+    }
+
+    /// Forgets decided holds older than an hour.
+    pub fn prune(&self) {
+        let cutoff = Utc::now() - chrono::Duration::hours(1);
+        self.resolved.retain(|_, (_, r)| r.when > cutoff);
+    }
+}
+
+/// Why a decision was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("no pending call with id {0}")]
+    NotFound(String),
+    #[error("already {}", .0.describe())]
+    AlreadyDecided(Resolution),
+    #[error("the decision could not be recorded in the audit store ({0}); nothing was released")]
+    Audit(String),
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Decides a pending call. Exactly one caller wins; see the module docs.
+pub async fn decide(
+    gw: &Gateway,
+    id: &str,
+    decision: Verdict,
+    decider: Option<String>,
+    channel: &str,
+    comment: Option<String>,
+) -> Result<Resolution, DecideError> {
+    let Some(pending) = gw.holds.pending.get(id).map(|p| p.clone()) else {
+        return match gw.holds.resolved.get(id) {
+            Some(r) => Err(DecideError::AlreadyDecided(r.1.clone())),
+            None => Err(DecideError::NotFound(id.to_owned())),
+        };
+    };
+    let now = Utc::now();
+    let outcome = match decision {
+        Verdict::Approved => "allowed",
+        Verdict::TimedOut if pending.on_timeout == OnTimeout::Allow => "allowed",
+        _ => "refused",
+    };
+    let resolution = Resolution {
+        decision,
+        outcome,
+        decider,
+        channel: channel.to_owned(),
+        comment: comment.filter(|c| !c.trim().is_empty()),
+        at: rfc3339(now),
+        when: now,
+    };
+    {
+        let mut state = pending.state.lock().expect("state lock");
+        if let Some(winner) = state.as_ref() {
+            return Err(DecideError::AlreadyDecided(winner.clone()));
+        }
+        *state = Some(resolution.clone());
+    }
+    let wait = pending.created.elapsed();
+    let record = Record {
+        decision: decision.audit_decision(),
+        session: Some(pending.item.session.clone()),
+        agent: Some(pending.item.agent.clone()),
+        upstream: Some(pending.item.upstream.clone()),
+        tool: Some(pending.item.tool.clone()),
+        arguments: Some(pending.item.arguments.to_string()),
+        rule: Some(pending.item.rule.clone()),
+        reason: match decision {
+            Verdict::Shutdown => Some("gateway shutting down".into()),
+            Verdict::TimedOut => Some(format!("no decision within {} s", (now - parse_time(&pending.item.created_at)).num_seconds())),
+            _ => pending.item.reason.clone(),
+        },
+        pending_id: Some(id.to_owned()),
+        decider: resolution.decider.clone(),
+        channel: Some(channel.to_owned()),
+        comment: resolution.comment.clone(),
+        wait_ms: Some(wait.as_millis() as i64),
+    };
+    if let Err(e) = gw.audit.commit(record).await {
+        let must_record = matches!(decision, Verdict::Approved | Verdict::Denied);
+        if must_record {
+            // Reopen: a human may retry once the store is back.
+            *pending.state.lock().expect("state lock") = None;
+            return Err(DecideError::Audit(e.to_string()));
+        }
+        tracing::error!(pending = %id, "could not record {decision:?}: {e}");
+    }
+    gw.holds.resolved.insert(id.to_owned(), (pending.item.clone(), resolution.clone()));
+    gw.holds.pending.remove(id);
+    gw.metrics.count(decision.audit_decision());
+    if decision != Verdict::Cancelled && decision != Verdict::Shutdown {
+        gw.metrics.approval_wait.observe(wait);
+    }
+    if let Some(wake) = pending.wake.lock().expect("wake lock").take() {
+        let _ = wake.send(resolution.clone());
+    }
+    gw.events.publish(
+        "pending.resolved",
+        json!({
+            "id": id,
+            "decision": resolution.decision,
+            "outcome": resolution.outcome,
+            "decider": resolution.decider,
+            "channel": resolution.channel,
+            "comment": resolution.comment,
+            "tool": pending.item.tool,
+            "wait_ms": wait.as_millis() as u64,
+        }),
+    );
+    gw.notify_resolved(&pending.item, &resolution);
+    Ok(resolution)
+}
+
+fn parse_time(t: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now())
+}
+
+/// Holds a `tools/call` until a human decides. Returns at once with a stream
+/// that carries progress while waiting and the final answer after.
 #[allow(clippy::too_many_arguments)]
 pub async fn hold_call(
-    _gateway: &Gateway,
+    gw: &Gateway,
     ctx: &CallContext,
     message: Message,
-    _headers: Option<&HeaderMap>,
-    _tool: String,
-    _arguments: Option<String>,
+    headers: Option<&HeaderMap>,
+    tool: String,
+    arguments: Option<String>,
     rule: String,
     reason: Option<String>,
-    _approval: Approval,
+    approval: Approval,
 ) -> Result<Exchange, UpstreamError> {
-    let id = message.id().cloned().unwrap_or_else(Id::null);
-    let refusal = Refusal {
-        decision: "approval_required",
-        rule,
-        reason: reason.unwrap_or_default(),
-        text: "approval required: this gateway has no approval channel yet".into(),
-        retry_after: None,
+    let request_id = message.id().cloned().unwrap_or_else(Id::null);
+    let refuse = |text: String, decision: &'static str| {
+        let refusal = Refusal {
+            decision,
+            rule: rule.clone(),
+            reason: reason.clone().unwrap_or_default(),
+            text,
+            retry_after: None,
+        };
+        Exchange::answer(gate::refusal_response(&request_id, &refusal, ctx.era), ctx.era)
     };
-    Ok(Exchange::answer(gate::refusal_response(&id, &refusal, ctx.era), ctx.era))
+    if !gw.audit.is_healthy() {
+        return Ok(refuse(
+            format!(
+                "Airlock refused this call to `{tool}`: it needs human approval, but the audit store cannot be written ({}), so no approval can be recorded.",
+                gw.audit.last_error().unwrap_or_else(|| "unknown error".into())
+            ),
+            "audit_unavailable",
+        ));
+    }
+    let now = Utc::now();
+    let id = uuid::Uuid::now_v7().to_string();
+    let arguments_value = arguments
+        .as_deref()
+        .map(|a| serde_json::from_str(a).unwrap_or(Value::String(a.to_owned())))
+        .unwrap_or(Value::Null);
+    let item = PendingItem {
+        id: id.clone(),
+        tool: tool.clone(),
+        upstream: ctx.upstream.name.clone(),
+        agent: ctx.agent.clone(),
+        session: ctx.session_key.clone(),
+        arguments: arguments_value,
+        rule: rule.clone(),
+        reason: reason.clone(),
+        created_at: rfc3339(now),
+        expires_at: rfc3339(now + chrono::Duration::from_std(approval.timeout).unwrap_or_default()),
+    };
+    let requested = Record {
+        decision: "approval_requested",
+        session: Some(item.session.clone()),
+        agent: Some(item.agent.clone()),
+        upstream: Some(item.upstream.clone()),
+        tool: Some(tool.clone()),
+        arguments: arguments.clone(),
+        rule: Some(rule.clone()),
+        reason: reason.clone(),
+        pending_id: Some(id.clone()),
+        ..Default::default()
+    };
+    if let Err(e) = gw.audit.commit(requested).await {
+        return Ok(refuse(
+            format!("Airlock refused this call to `{tool}`: it needs human approval, but the request could not be recorded ({e})."),
+            "audit_unavailable",
+        ));
+    }
+    gw.metrics.count("approval_requested");
+    let (wake_tx, wake_rx) = oneshot::channel();
+    let pending = Arc::new(Pending {
+        item: item.clone(),
+        session_key: ctx.session_key.clone(),
+        request_id: request_id.clone(),
+        created: Instant::now(),
+        on_timeout: approval.on_timeout,
+        state: Mutex::new(None),
+        wake: Mutex::new(Some(wake_tx)),
+    });
+    gw.holds.pending.insert(id.clone(), pending);
+    gw.events.publish("pending.created", json!({ "pending": item }));
+    gw.notify_created(&item);
+    tracing::info!(pending = %id, %tool, agent = %item.agent, "call held for approval");
+
+    let progress_token = era::peek(&message)
+        .meta
+        .and_then(|m| m.progress_token.map(|t| t.get().to_owned()));
+    let (out_tx, out_rx) = mpsc::channel(16);
+    let waiter = Waiter {
+        gw: gw.clone(),
+        ctx: CallContext {
+            upstream: ctx.upstream.clone(),
+            link: ctx.link.clone(),
+            era: ctx.era,
+            session_key: ctx.session_key.clone(),
+            agent: ctx.agent.clone(),
+        },
+        message,
+        headers: headers.cloned(),
+        id,
+        tool,
+        rule,
+        reason,
+        approval,
+        progress_token,
+        out: out_tx,
+    };
+    tokio::spawn(waiter.run(wake_rx));
+    Ok(Exchange {
+        reply: Reply {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Stream(out_rx),
+        },
+        list_filter: None,
+    })
 }
 
-/// Handles agent notifications that concern held calls; `None` passes them on.
-pub fn intercept_notification(_gateway: &Gateway, _ctx: &CallContext, _message: &Message) -> Option<Exchange> {
-    None
+/// The task that waits for a decision on behalf of the held request.
+struct Waiter {
+    gw: Gateway,
+    ctx: CallContext,
+    message: Message,
+    headers: Option<HeaderMap>,
+    id: String,
+    tool: String,
+    rule: String,
+    reason: Option<String>,
+    approval: Approval,
+    progress_token: Option<String>,
+    out: mpsc::Sender<Event>,
 }
 
-/// Ends the holds of an agent that went away (stdio agent exited).
-pub fn agent_gone(_gateway: &Gateway, _session_key: &str) {}
+impl Waiter {
+    async fn run(self, mut wake: oneshot::Receiver<Resolution>) {
+        let deadline = tokio::time::Instant::now() + self.approval.timeout;
+        let interval = self.gw.config.approval.progress_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut sent = 0u64;
+        let mut timed_out = false;
+        let resolution = loop {
+            tokio::select! {
+                r = &mut wake => match r {
+                    Ok(r) => break r,
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    let _ = decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None).await;
+                }
+                _ = self.out.closed() => {
+                    let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
+                }
+                _ = ticker.tick(), if self.progress_token.is_some() => {
+                    sent += 1;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let note = self.progress(sent, left);
+                    if self.out.send(Event { id: None, message: note }).await.is_err() {
+                        let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
+                    }
+                }
+            }
+        };
+        self.release(resolution).await;
+    }
+
+    fn progress(&self, n: u64, left: Duration) -> Message {
+        let token: Value = self
+            .progress_token
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null);
+        let secs = left.as_secs();
+        let message = format!("waiting for human approval — {}m {:02}s left", secs / 60, secs % 60);
+        Message::from_value(&json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/progress",
+            "params": { "progressToken": token, "progress": n, "message": message },
+        }))
+    }
+
+    async fn release(self, resolution: Resolution) {
+        let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
+        let text = match resolution.decision {
+            Verdict::Cancelled => return, // nobody to answer
+            _ if resolution.outcome == "allowed" => {
+                self.forward().await;
+                return;
+            }
+            Verdict::Denied => {
+                let who = resolution.decider.as_deref().unwrap_or("an approver");
+                match &resolution.comment {
+                    Some(c) => format!("Airlock: {who} denied this call to `{}`: {c}", self.tool),
+                    None => format!("Airlock: {who} denied this call to `{}`.", self.tool),
+                }
+            }
+            Verdict::TimedOut => format!(
+                "Airlock: nobody approved this call to `{}` within {} s; it timed out and was denied.",
+                self.tool,
+                self.approval.timeout.as_secs()
+            ),
+            Verdict::Shutdown => format!("Airlock denied this call to `{}`: gateway shutting down.", self.tool),
+            Verdict::Approved => unreachable!("approved calls are forwarded"),
+        };
+        let refusal = Refusal {
+            decision: match resolution.decision {
+                Verdict::Denied => "approval_denied",
+                Verdict::TimedOut => "approval_timed_out",
+                _ => "denied",
+            },
+            rule: self.rule.clone(),
+            reason: resolution
+                .comment
+                .clone()
+                .or_else(|| self.reason.clone())
+                .unwrap_or_default(),
+            text,
+            retry_after: None,
+        };
+        let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
+        let _ = self.out.send(Event { id: None, message: answer }).await;
+    }
+
+    /// Sends the original request, byte for byte, and relays the answer.
+    async fn forward(self) {
+        let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
+        let started = Instant::now();
+        let reply = self.ctx.link.request(self.message, self.headers.as_ref()).await;
+        self.gw.metrics.upstream_latency.observe(started.elapsed());
+        match reply {
+            Ok(reply) => match reply.body {
+                ReplyBody::Json(m) => {
+                    let _ = self.out.send(Event { id: None, message: m }).await;
+                }
+                ReplyBody::Stream(mut rx) => {
+                    while let Some(event) = rx.recv().await {
+                        if self.out.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                ReplyBody::Empty | ReplyBody::Other { .. } => {
+                    let text = format!("upstream answered HTTP {} without a JSON-RPC message", reply.status);
+                    let m = jsonrpc::error_response(&request_id, jsonrpc::code::UPSTREAM_ERROR, &text);
+                    let _ = self.out.send(Event { id: None, message: m }).await;
+                }
+            },
+            Err(e) => {
+                let m = jsonrpc::error_response(&request_id, jsonrpc::code::UPSTREAM_ERROR, &e.to_string());
+                let _ = self.out.send(Event { id: None, message: m }).await;
+            }
+        }
+    }
+}
+
+/// Handles `notifications/cancelled` for a held call; `None` passes the message on.
+pub fn intercept_notification(gw: &Gateway, ctx: &CallContext, message: &Message) -> Option<Exchange> {
+    if message.method() != Some("notifications/cancelled") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Cancelled<'a> {
+        #[serde(rename = "requestId", borrow)]
+        request_id: &'a serde_json::value::RawValue,
+    }
+    let params = message.params::<Cancelled<'_>>()?;
+    let target = Id::from_raw(params.request_id.get());
+    let id = gw
+        .holds
+        .pending
+        .iter()
+        .find(|p| p.session_key == ctx.session_key && p.request_id == target)
+        .map(|p| p.item.id.clone())?;
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let _ = decide(&gw, &id, Verdict::Cancelled, None, "agent", Some("cancelled by the agent".into())).await;
+    });
+    Some(Exchange {
+        reply: Reply::accepted(),
+        list_filter: None,
+    })
+}
+
+/// Cancels every hold of an agent session that went away.
+pub fn agent_gone(gw: &Gateway, session_key: &str) {
+    let ids: Vec<String> = gw
+        .holds
+        .pending
+        .iter()
+        .filter(|p| p.session_key == session_key)
+        .map(|p| p.item.id.clone())
+        .collect();
+    for id in ids {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let _ = decide(&gw, &id, Verdict::Cancelled, None, "agent", Some("the agent went away".into())).await;
+        });
+    }
+}
+
+/// Denies every open hold (graceful shutdown).
+pub async fn deny_all_for_shutdown(gw: &Gateway) {
+    let ids: Vec<String> = gw.holds.pending.iter().map(|p| p.item.id.clone()).collect();
+    for id in ids {
+        let _ = decide(gw, &id, Verdict::Shutdown, None, "shutdown", None).await;
+    }
+}
+
+/// Records holds left open by a previous run as `abandoned`.
+pub async fn mark_abandoned(gw: &Gateway) -> Result<usize, crate::audit::AuditError> {
+    let open = gw.audit.read(|db| db.open_approvals()).await?;
+    for entry in &open {
+        let record = Record {
+            decision: "abandoned",
+            session: entry.session.clone(),
+            agent: entry.agent.clone(),
+            upstream: entry.upstream.clone(),
+            tool: entry.tool.clone(),
+            arguments: entry.arguments.as_ref().map(|a| a.to_string()),
+            rule: entry.rule.clone(),
+            reason: Some("the gateway stopped before a decision".into()),
+            pending_id: entry.pending_id.clone(),
+            channel: Some("restart".into()),
+            ..Default::default()
+        };
+        gw.audit.commit(record).await?;
+        gw.metrics.count("abandoned");
+    }
+    Ok(open.len())
+}

@@ -24,19 +24,24 @@
 //! with a `CallToolResult` (`isError: true`); held calls wait in `hold`.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod era;
+pub mod events;
 pub mod gate;
 pub mod gateway;
 pub mod hold;
 pub mod http_agent;
 pub mod jsonrpc;
+pub mod login;
+pub mod metrics;
 pub mod policy;
 pub mod reload;
+pub mod remote;
 pub mod server;
 pub mod stdio_agent;
 pub mod upstream;

@@ -35,7 +35,8 @@ def marked_testserver(marker: Path, era: str = "both") -> list[str]:
 
 
 def procs_with(marker) -> list[int]:
-    """PIDs of live (non-zombie) processes whose command line contains `marker`."""
+    """PIDs of live (non-zombie) processes, other than airlock itself, whose
+    command line contains `marker`."""
     needle = str(marker).encode()
     found = []
     for entry in os.listdir("/proc"):
@@ -48,6 +49,9 @@ def procs_with(marker) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
+        argv = cmdline.split(b"\0")
+        if Path(argv[0].decode(errors="replace")).name == "airlock":
+            continue  # the gateway itself carries the upstream command in its args
         state = stat.rsplit(")", 1)[1].split()[0]
         if state != "Z":
             found.append(int(entry))

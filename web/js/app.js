@@ -73,19 +73,20 @@ function startSession(data) {
   $('#whoami').textContent = session.approver ? `Signed in as ${session.approver}` : '';
   startLive({
     onFrame: (f) => { onFrame(f); },
-    onState: (s) => {
-      const conn = $('#conn');
-      conn.dataset.state = s;
-      $('#conn-text').textContent = CONN_TEXT[s] || s;
-      $('#conn-retry').hidden = !(s === 'reconnecting' || s === 'offline');
-      setLiveState(s);
-    },
+    onState: (s) => { setConn(s); setLiveState(s); },
     onUnauthorized: () => endSession('Your session has ended. Log in again.'),
   });
 }
 
+function setConn(s) {
+  $('#conn').dataset.state = s;
+  $('#conn-text').textContent = CONN_TEXT[s] || s;
+  $('#conn-retry').hidden = !(s === 'reconnecting' || s === 'offline');
+}
+
 function endSession(message) {
   stopLive();
+  setConn('offline');
   session.clear();
   resetPending();
   $('#whoami').textContent = '';
@@ -168,6 +169,16 @@ function wireChrome() {
     navigate(a.getAttribute('href'));
   });
   window.addEventListener('popstate', () => route(false));
+  // A login link pasted into a tab that already shows the dashboard only
+  // changes the fragment; treat it like a fresh visit.
+  window.addEventListener('hashchange', () => {
+    const token = tokenFromFragment();
+    if (!token) return;
+    history.replaceState(null, '', `${location.pathname}${location.search}`);
+    if (session.approver) { stopLive(); session.clear(); resetPending(); }
+    afterLogin = '/';
+    doLogin(token, true);
+  });
 
   $('#logout').addEventListener('click', async () => {
     try { await logout(); } catch { /* the session is dropped locally either way */ }

@@ -313,7 +313,7 @@ function describe(info) {
       return { cls: 'conflict', text: info.message ? `Already decided: ${clip(visible(info.message), 200)}` : 'Already decided.' };
     }
     case 'gone': return { cls: 'gone', text: 'No longer pending.' };
-    case 'vanished': return { cls: 'gone', text: 'No longer pending — it was decided while this page was disconnected.' };
+    case 'vanished': return { cls: 'gone', text: 'No longer pending — it ended while this page was disconnected.' };
     default: break;
   }
   const mine = info.kind === 'mine';
@@ -335,10 +335,11 @@ function resolve(id, info) {
   const rec = recs.get(id);
   const existing = notes.get(id);
   if (!rec) {
-    // Already gone. A 409 arriving after the event still tells the loser who won.
-    if (existing && info.kind === 'conflict' && !existing.conflict) {
+    // Already gone (usually the websocket event beat our own HTTP answer).
+    // Our answer is more precise: "You approved it", or who won the race.
+    if (existing && (info.kind === 'conflict' || info.kind === 'mine') && !existing.final) {
       const d = describe(info);
-      existing.conflict = true;
+      existing.final = true;
       existing.text.textContent = d.text;
       existing.el.className = `note note-${d.cls}`;
       restartNoteTimer(id);
@@ -357,7 +358,7 @@ function resolve(id, info) {
   rec.el.replaceWith(note);
   recs.delete(id);
   closeAlert(id);
-  notes.set(id, { el: note, text, timer: 0, conflict: info.kind === 'conflict' });
+  notes.set(id, { el: note, text, timer: 0, final: info.kind === 'conflict' || info.kind === 'mine' });
   restartNoteTimer(id);
   announce(`${tool}: ${d.text}`);
   if (wasSelected) {

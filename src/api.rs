@@ -1,0 +1,418 @@
+//! The approvers' HTTP API (`/api/*`), the event websocket and metrics.
+//!
+//! Approvers authenticate with `Authorization: Bearer <token>` (scripts, the
+//! CLI) or with the login cookie (browser). Cookie-authenticated unsafe
+//! requests must carry the CSRF token in `X-Airlock-CSRF`, and browsers on
+//! other origins are refused. Agent tokens never grant approval rights.
+//! Tokens are never read from query strings.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::audit::{self, ExportFormat, Filter};
+use crate::auth;
+use crate::gateway::Gateway;
+use crate::hold::{self, DecideError, Verdict};
+use crate::login::{self, CSRF_HEADER};
+
+pub fn routes() -> Router<Gateway> {
+    Router::new()
+        .route("/api/login", post(login_handler))
+        .route("/api/logout", post(logout_handler))
+        .route("/api/me", get(me))
+        .route("/api/status", get(status))
+        .route("/api/pending", get(list_pending))
+        .route("/api/pending/{id}", get(get_pending))
+        .route("/api/pending/{id}/approve", post(approve))
+        .route("/api/pending/{id}/deny", post(deny))
+        .route("/api/audit", get(audit_query))
+        .route("/api/audit/export", get(audit_export))
+        .route("/api/ws", get(websocket))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+}
+
+/// An API error: `{"error": {"code", "message"}}` with a status.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let (Some(obj), Some(serde_json::Value::Object(extra))) = (error.as_object_mut(), self.extra) {
+            obj.extend(extra);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// How the approver proved who they are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Via {
+    Bearer,
+    Cookie,
+}
+
+/// An authenticated approver (extractor).
+pub struct Approver {
+    pub name: String,
+    pub via: Via,
+}
+
+impl Approver {
+    /// The channel a decision by this approver is recorded under.
+    fn channel(&self, headers: &HeaderMap) -> &'static str {
+        let cli = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with("airlock-cli"));
+        match self.via {
+            Via::Cookie => "dashboard",
+            Via::Bearer if cli => "cli",
+            Via::Bearer => "api",
+        }
+    }
+}
+
+impl FromRequestParts<Gateway> for Approver {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Approver, ApiError> {
+        authenticate(gw, &parts.method, &parts.headers, parts.uri.query())
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// The whole approver check; see the module docs.
+pub fn authenticate(gw: &Gateway, method: &Method, headers: &HeaderMap, query: Option<&str>) -> Result<Approver, ApiError> {
+    let unsafe_method = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if let Some(token) = auth::bearer(headers) {
+        if let Some(approver) = auth::find_credential(&gw.config.approvers, token) {
+            return Ok(Approver {
+                name: approver.name.clone(),
+                via: Via::Bearer,
+            });
+        }
+        if auth::find_credential(&gw.config.agents, token).is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "agent tokens cannot use the approval API",
+            ));
+        }
+        return Err(unauthorized("invalid approver token"));
+    }
+    if let Some(session) = login::from_cookie(gw, headers) {
+        if unsafe_method || headers.contains_key(header::UPGRADE) {
+            login::check_same_origin(gw, headers).map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
+        }
+        if unsafe_method {
+            let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !login::csrf_matches(&session, sent) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    format!("missing or wrong CSRF token (send the {CSRF_HEADER} header)"),
+                ));
+            }
+        }
+        return Ok(Approver {
+            name: session.approver,
+            via: Via::Cookie,
+        });
+    }
+    if query.is_some_and(|q| q.split('&').any(|kv| matches!(kv.split('=').next(), Some("token" | "access_token")))) {
+        return Err(unauthorized(
+            "tokens in query strings are not accepted; send Authorization: Bearer <token>",
+        ));
+    }
+    Err(unauthorized("approver authentication required (Authorization: Bearer <token> or the login cookie)"))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    token: String,
+}
+
+async fn login_handler(State(gw): State<Gateway>, headers: HeaderMap, body: Json<LoginBody>) -> Result<Response, ApiError> {
+    login::check_same_origin(&gw, &headers).map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
+    let Some(approver) = auth::find_credential(&gw.config.approvers, body.token.trim()) else {
+        return Err(unauthorized("invalid approver token"));
+    };
+    let (cookie, session) = login::start(&gw, &approver.name);
+    let mut response = Json(json!({ "approver": approver.name, "csrf": session.csrf })).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+async fn logout_handler(State(gw): State<Gateway>, _approver: Approver, headers: HeaderMap) -> Response {
+    login::end(&gw, &headers);
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(header::SET_COOKIE, login::clear_cookie(&gw));
+    response
+}
+
+async fn me(State(gw): State<Gateway>, headers: HeaderMap, approver: Approver) -> Json<serde_json::Value> {
+    let csrf = login::from_cookie(&gw, &headers).map(|s| s.csrf);
+    Json(json!({ "approver": approver.name, "csrf": csrf }))
+}
+
+async fn status(State(gw): State<Gateway>, _approver: Approver) -> Json<serde_json::Value> {
+    Json(json!({
+        "agents_connected": gw.agents_connected(),
+        "pending": gw.holds.len(),
+        "audit_healthy": gw.audit.is_healthy(),
+        "upstreams": gw.upstreams.keys().collect::<Vec<_>>(),
+    }))
+}
+
+async fn list_pending(State(gw): State<Gateway>, _approver: Approver) -> Json<serde_json::Value> {
+    Json(json!({ "pending": gw.holds.list() }))
+}
+
+async fn get_pending(State(gw): State<Gateway>, _approver: Approver, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(item) = gw.holds.get(&id) {
+        return Ok(Json(json!({ "pending": item, "status": "pending" })));
+    }
+    match gw.holds.resolution(&id) {
+        Some(r) => Ok(Json(json!({ "id": id, "status": "decided", "resolution": r }))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pending call with id {id}"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct DecisionBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn approve(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Option<Json<DecisionBody>>) -> Result<Json<serde_json::Value>, ApiError> {
+    decide_http(state, approver, headers, id, body, Verdict::Approved).await
+}
+
+async fn deny(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Option<Json<DecisionBody>>) -> Result<Json<serde_json::Value>, ApiError> {
+    decide_http(state, approver, headers, id, body, Verdict::Denied).await
+}
+
+async fn decide_http(
+    State(gw): State<Gateway>,
+    approver: Approver,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+    verdict: Verdict,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let comment = body.and_then(|b| b.0.comment);
+    if comment.as_ref().is_some_and(|c| c.len() > 4096) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "comment is longer than 4096 bytes"));
+    }
+    let channel = approver.channel(&headers);
+    match hold::decide(&gw, &id, verdict, Some(approver.name.clone()), channel, comment).await {
+        Ok(r) => Ok(Json(json!({
+            "id": id,
+            "decision": r.decision,
+            "outcome": r.outcome,
+            "decider": r.decider,
+            "channel": r.channel,
+            "comment": r.comment,
+        }))),
+        Err(e) => Err(decide_error(e)),
+    }
+}
+
+/// Maps a decision failure to its HTTP answer (409 names the winner).
+pub fn decide_error(e: DecideError) -> ApiError {
+    match e {
+        DecideError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pending call with id {id}")),
+        DecideError::AlreadyDecided(r) => {
+            let mut err = ApiError::new(StatusCode::CONFLICT, "already_decided", format!("already {}", r.describe()));
+            err.extra = Some(json!({ "decided_by": r.decider, "decision": r.decision, "channel": r.channel, "at": r.at }));
+            err
+        }
+        DecideError::Audit(m) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            format!("the decision could not be recorded in the audit store ({m}); nothing was released"),
+        ),
+    }
+}
+
+const MAX_PAGE: u32 = 1000;
+
+fn checked_filter(mut filter: Filter) -> Result<Filter, ApiError> {
+    for (name, value) in [("since", &filter.since), ("until", &filter.until)] {
+        if let Some(v) = value
+            && chrono::DateTime::parse_from_rfc3339(v).is_err()
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("`{name}` must be an RFC 3339 time like 2026-11-25T10:00:00Z, got `{v}`"),
+            ));
+        }
+    }
+    // Stored times are UTC with a `Z`; compare like with like.
+    let to_utc = |v: &Option<String>| {
+        v.as_ref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+    };
+    filter.since = to_utc(&filter.since);
+    filter.until = to_utc(&filter.until);
+    Ok(filter)
+}
+
+async fn audit_query(State(gw): State<Gateway>, _approver: Approver, Query(filter): Query<Filter>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut filter = checked_filter(filter)?;
+    let limit = filter.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    filter.limit = Some(limit);
+    let entries = gw
+        .audit
+        .query(filter, true)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", e.to_string()))?;
+    let next_cursor = (entries.len() as u32 == limit).then(|| entries.last().map(|e| e.seq.to_string())).flatten();
+    Ok(Json(json!({ "entries": entries, "next_cursor": next_cursor })))
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(flatten)]
+    filter: Filter,
+}
+
+async fn audit_export(State(gw): State<Gateway>, _approver: Approver, Query(q): Query<ExportQuery>) -> Result<Response, ApiError> {
+    let format = match q.format.as_deref().unwrap_or("jsonl") {
+        "jsonl" => ExportFormat::Jsonl,
+        "csv" => ExportFormat::Csv,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("format must be jsonl or csv, got `{other}`"),
+            ));
+        }
+    };
+    let filter = checked_filter(q.filter)?;
+    let entries = gw
+        .audit
+        .query(filter, false)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", e.to_string()))?;
+    let mut out = Vec::new();
+    audit::export(&entries, format, &mut out).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "export", e.to_string()))?;
+    let (content_type, ext) = match format {
+        ExportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+    };
+    let disposition = format!("attachment; filename=\"airlock-audit.{ext}\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from(out),
+    )
+        .into_response())
+}
+
+async fn healthz(State(gw): State<Gateway>) -> Response {
+    let healthy = gw.audit.is_healthy();
+    let body = json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "audit": if healthy { "ok".to_owned() } else { format!("cannot write: {}", gw.audit.last_error().unwrap_or_default()) },
+        "pending": gw.holds.len(),
+        "sessions": gw.sessions.len(),
+    });
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(gw): State<Gateway>) -> Response {
+    let text = gw.metrics.render(gw.holds.len(), gw.sessions.len(), gw.audit.is_healthy(), gw.audit.rows_written());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text).into_response()
+}
+
+/// How long a websocket send may take before the client counts as too slow.
+const WS_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn websocket(State(gw): State<Gateway>, approver: Approver, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
+    // Browsers always send Origin on websockets; a foreign one is refused
+    // even with a Bearer token (cookies are checked in `authenticate`).
+    if headers.contains_key(header::ORIGIN) {
+        login::check_same_origin(&gw, &headers).map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
+    }
+    tracing::debug!(approver = %approver.name, "websocket connected");
+    Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket)))
+}
+
+async fn serve_events(gw: Gateway, mut socket: WebSocket) {
+    let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(|| {
+        json!({ "pending": gw.holds.list(), "agents_connected": gw.agents_connected() })
+    });
+    if socket.send(WsMessage::Text(snapshot.into())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(text) => {
+                    let send = socket.send(WsMessage::Text(text.as_ref().into()));
+                    match tokio::time::timeout(WS_SEND_TIMEOUT, send).await {
+                        Ok(Ok(())) => {}
+                        _ => return, // too slow or gone
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Fell behind: drop it; it reconnects and gets a fresh snapshot.
+                    let _ = socket
+                        .send(WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 1013,
+                            reason: "too slow; reconnect for a fresh snapshot".into(),
+                        })))
+                        .await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {} // pings are answered by axum; other input is ignored
+            },
+            _ = gw.shutdown.cancelled() => return,
+        }
+    }
+}

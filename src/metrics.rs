@@ -1,0 +1,115 @@
+//! Prometheus metrics, kept as atomics (no lock on the hot path) and
+//! rendered as text at `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Outcomes counted in `airlock_calls_total{outcome=…}`.
+pub const OUTCOMES: [&str; 10] = [
+    "allowed",
+    "denied",
+    "rate_limited",
+    "hidden",
+    "approval_requested",
+    "approved",
+    "denied_by_human",
+    "timed_out",
+    "cancelled",
+    "abandoned",
+];
+
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+}
+
+pub struct Metrics {
+    calls: [AtomicU64; OUTCOMES.len()],
+    pub approval_wait: Histogram,
+    pub upstream_latency: Histogram,
+    pub notification_failures: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            calls: Default::default(),
+            approval_wait: Histogram::new(&[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0]),
+            upstream_latency: Histogram::new(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
+            notification_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.calls[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn calls(&self, outcome: &str) -> u64 {
+        OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map(|i| self.calls[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, pending: usize, sessions: usize, audit_healthy: bool, audit_rows: u64) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP airlock_calls_total tools/call outcomes.\n# TYPE airlock_calls_total counter\n");
+        for (outcome, count) in OUTCOMES.iter().zip(&self.calls) {
+            let _ = writeln!(out, "airlock_calls_total{{outcome=\"{outcome}\"}} {}", count.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "# HELP airlock_pending Calls waiting for a human.\n# TYPE airlock_pending gauge\nairlock_pending {pending}");
+        let _ = writeln!(out, "# HELP airlock_sessions Open handshake-era agent sessions.\n# TYPE airlock_sessions gauge\nairlock_sessions {sessions}");
+        let _ = writeln!(out, "# HELP airlock_audit_healthy 1 when the audit store can be written.\n# TYPE airlock_audit_healthy gauge\nairlock_audit_healthy {}", u8::from(audit_healthy));
+        let _ = writeln!(out, "# HELP airlock_audit_rows_written_total Rows written to the audit store.\n# TYPE airlock_audit_rows_written_total counter\nairlock_audit_rows_written_total {audit_rows}");
+        let _ = writeln!(
+            out,
+            "# HELP airlock_notification_failures_total Failed notification deliveries (e.g. Slack).\n# TYPE airlock_notification_failures_total counter\nairlock_notification_failures_total {}",
+            self.notification_failures.load(Ordering::Relaxed)
+        );
+        self.approval_wait.render("airlock_approval_wait_seconds", "Time from hold to human decision.", &mut out);
+        self.upstream_latency.render("airlock_upstream_latency_seconds", "Time for the upstream to start answering an allowed call.", &mut out);
+        out
+    }
+}

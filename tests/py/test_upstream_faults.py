@@ -1,0 +1,199 @@
+"""Upstream faults: a stdio child that exits mid-call, will not start, hangs or
+writes garbage; an HTTP upstream that is unreachable; and no upstream process
+left behind after DELETE, idle reaping or SIGTERM.
+
+Each test passes a path unique to it in the upstream's command line, so the
+/proc scan (`procs_with`) sees only that test's children.
+"""
+import os
+import signal
+import sys
+
+import httpx
+import pytest
+
+from harness import free_port
+from rawmcp import (
+    answer, call_body, client, init_body, marked_testserver, open_session, post, procs_with,
+    rpc_error_of, session_headers, stateless_headers, stateless_meta, wait_until,
+)
+
+GARBAGE_SERVER = r'''
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("method") == "initialize":
+        print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"protocolVersion": "2025-11-25",
+              "capabilities": {"tools": {}}, "serverInfo": {"name": "garbage", "version": "0"}}}), flush=True)
+    elif msg.get("method") and "id" in msg:
+        print("this is not JSON-RPC {{{", flush=True)
+'''
+
+
+@pytest.fixture
+def c():
+    with client() as c:
+        yield c
+
+
+@pytest.fixture
+def marker(tmp_path):
+    return tmp_path / "upstream-marker"
+
+
+def crash(c, url, sid, req_id=2) -> httpx.Response:
+    return post(c, url, call_body(req_id, "crash"), session_headers(sid))
+
+
+def echo(c, url, sid, text="hi", req_id=3) -> httpx.Response:
+    return post(c, url, call_body(req_id, "echo", {"text": text}), session_headers(sid))
+
+
+def config_file(tmp_path, marker, extra: str = "") -> str:
+    cmd = marked_testserver(marker)
+    path = tmp_path / "airlock.toml"
+    path.write_text(
+        f"{extra}\n[[upstream]]\nname = \"up\"\ncommand = \"{cmd[0]}\"\n"
+        f"args = [{', '.join(repr(a).replace(chr(39), chr(34)) for a in cmd[1:])}]\n"
+    )
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- child exits
+
+
+def test_crash_mid_call_answers_with_an_error_saying_the_upstream_exited(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    sid = open_session(c, gw.mcp)
+    r = crash(c, gw.mcp, sid)
+    assert r.status_code == 200
+    err = answer(r, 2)["error"]
+    assert "exited" in err["message"] and "upstream" in err["message"]
+
+
+def test_session_whose_upstream_exited_is_404_so_the_client_reinitializes(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    sid = open_session(c, gw.mcp)
+    crash(c, gw.mcp, sid)
+    r = echo(c, gw.mcp, sid)
+    assert r.status_code == 404
+    assert "exited" in rpc_error_of(r)["message"]
+
+
+def test_new_session_after_a_crash_gets_a_fresh_working_upstream(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    sid = open_session(c, gw.mcp)
+    old = procs_with(marker)
+    assert len(old) == 1
+    crash(c, gw.mcp, sid)
+    assert wait_until(lambda: not procs_with(marker))
+    sid2 = open_session(c, gw.mcp)
+    assert sid2 != sid
+    r = echo(c, gw.mcp, sid2, "fresh")
+    assert answer(r, 3)["result"]["content"][0]["text"] == "fresh"
+    new = procs_with(marker)
+    assert len(new) == 1 and new != old
+
+
+def test_a_crash_in_one_session_leaves_other_sessions_working(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    a = open_session(c, gw.mcp)
+    b = open_session(c, gw.mcp)
+    crash(c, gw.mcp, a)
+    r = echo(c, gw.mcp, b, "still here")
+    assert answer(r, 3)["result"]["content"][0]["text"] == "still here"
+
+
+def test_stateless_requests_get_a_fresh_shared_child_after_a_crash(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    r = post(c, gw.mcp, call_body(1, "crash", meta=stateless_meta()), stateless_headers("tools/call", "crash"))
+    assert "exited" in r.json()["error"]["message"]
+    r = post(c, gw.mcp, call_body(2, "echo", {"text": "again"}, meta=stateless_meta()),
+             stateless_headers("tools/call", "echo"))
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["content"][0]["text"] == "again"
+
+
+# ----------------------------------------------------------------------------- will not start / misbehaves
+
+
+def test_missing_upstream_command_answers_initialize_with_an_error_naming_it(procs, tmp_path, c):
+    missing = str(tmp_path / "no-such-mcp-server")
+    gw = procs.airlock(upstream=[missing, "--flag"])
+    r = post(c, gw.mcp, init_body())
+    err = answer(r, 1)["error"]
+    assert missing in err["message"]
+    assert "start" in err["message"]
+    assert "mcp-session-id" not in r.headers
+    # The gateway keeps answering.
+    r = post(c, gw.mcp, init_body(7))
+    assert missing in answer(r, 7)["error"]["message"]
+
+
+def test_unreachable_http_upstream_gives_a_clear_error(procs, c):
+    url = f"http://127.0.0.1:{free_port()}/mcp"
+    gw = procs.airlock(url=url)
+    r = post(c, gw.mcp, init_body())
+    err = answer(r, 1)["error"]
+    assert "unreachable" in err["message"] and url in err["message"]
+    r = post(c, gw.mcp, call_body(2, "echo", {"text": "x"}, meta=stateless_meta()),
+             stateless_headers("tools/call", "echo"))
+    assert r.status_code == 502
+    assert "unreachable" in rpc_error_of(r)["message"]
+
+
+def test_upstream_writing_garbage_to_stdout_gives_an_error_not_a_hang(procs, tmp_path, c):
+    script = tmp_path / "garbage_server.py"
+    script.write_text(GARBAGE_SERVER)
+    gw = procs.airlock(upstream=[sys.executable, str(script)])
+    sid = open_session(c, gw.mcp)
+    r = echo(c, gw.mcp, sid)
+    err = answer(r, 3)["error"]
+    assert "invalid JSON-RPC" in err["message"]
+
+
+def test_hanging_upstream_call_ends_at_the_configured_upstream_timeout(procs, tmp_path, marker, c):
+    gw = procs.airlock(config=config_file(tmp_path, marker, "upstream_timeout = 1"))
+    url = gw.endpoint("up")
+    sid = open_session(c, url)
+    body = call_body(4, "slow", {"steps": 1, "delay_ms": 20000})
+    try:
+        r = post(c, url, body, session_headers(sid), timeout=6)
+    except httpx.ReadTimeout:
+        pytest.fail("upstream_timeout = 1 did not end a call the upstream never answers (still waiting after 6 s)")
+    err = answer(r, 4)["error"]
+    assert "within 1 s" in err["message"]
+
+
+# ----------------------------------------------------------------------------- no orphans
+
+
+def test_delete_ends_the_sessions_upstream_process(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    sid = open_session(c, gw.mcp)
+    assert len(procs_with(marker)) == 1
+    assert c.delete(gw.mcp, headers=session_headers(sid)).status_code in (200, 204)
+    assert wait_until(lambda: not procs_with(marker), timeout=6), procs_with(marker)
+
+
+def test_sigterm_leaves_no_upstream_process_behind(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    open_session(c, gw.mcp)
+    open_session(c, gw.mcp)
+    r = post(c, gw.mcp, call_body(1, "echo", {"text": "shared"}, meta=stateless_meta()),
+             stateless_headers("tools/call", "echo"))
+    assert r.status_code == 200
+    assert len(procs_with(marker)) == 3  # two session children + the stateless shared child
+    os.kill(gw.proc.popen.pid, signal.SIGTERM)
+    assert gw.proc.popen.wait(timeout=10) == 0
+    assert wait_until(lambda: not procs_with(marker), timeout=3), procs_with(marker)
+
+
+def test_idle_session_is_reaped_and_its_upstream_ends(procs, tmp_path, marker, c):
+    gw = procs.airlock(config=config_file(tmp_path, marker, "session_idle_timeout = 1"))
+    url = gw.endpoint("up")
+    sid = open_session(c, url)
+    assert len(procs_with(marker)) == 1
+    assert wait_until(lambda: not procs_with(marker), timeout=6), "idle session's child still running"
+    r = echo(c, url, sid)
+    assert r.status_code == 404
