@@ -140,7 +140,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
-    let gw = Gateway::new(config, upstreams, audit, Vec::new(), shutdown);
+    let gw = Gateway::new(config, upstreams, audit, shutdown);
     let abandoned = crate::hold::mark_abandoned(&gw).await?;
     if abandoned > 0 {
         tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");

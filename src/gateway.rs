@@ -45,8 +45,8 @@ pub struct Inner {
     pub audit: Audit,
     pub events: Events,
     pub metrics: Metrics,
-    /// Told about every new hold and every decision (Slack, …).
-    pub notifiers: Vec<Arc<dyn Notifier>>,
+    /// Told about every new hold and every decision (Slack, …); set once at start-up.
+    notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
     /// Cancelled on SIGTERM/SIGINT.
@@ -230,7 +230,6 @@ impl Gateway {
         config: Config,
         upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
         audit: Audit,
-        notifiers: Vec<Arc<dyn Notifier>>,
         shutdown: CancellationToken,
     ) -> Gateway {
         Gateway(Arc::new(Inner {
@@ -241,7 +240,7 @@ impl Gateway {
             audit,
             events: Events::default(),
             metrics: Metrics::default(),
-            notifiers,
+            notifiers: std::sync::OnceLock::new(),
             logins: Default::default(),
             shutdown,
             unknown_tool: DashMap::new(),
@@ -281,14 +280,19 @@ impl Gateway {
         self.sessions.len()
     }
 
+    /// Installs the notifiers (once; later calls are ignored).
+    pub fn set_notifiers(&self, notifiers: Vec<Arc<dyn Notifier>>) {
+        let _ = self.notifiers.set(notifiers);
+    }
+
     pub fn notify_created(&self, item: &PendingItem) {
-        for n in &self.notifiers {
+        for n in self.notifiers.get().into_iter().flatten() {
             n.created(item);
         }
     }
 
     pub fn notify_resolved(&self, item: &PendingItem, resolution: &Resolution) {
-        for n in &self.notifiers {
+        for n in self.notifiers.get().into_iter().flatten() {
             n.resolved(item, resolution);
         }
     }

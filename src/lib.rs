@@ -30,6 +30,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod era;
 pub mod events;
 pub mod gate;

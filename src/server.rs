@@ -8,5 +8,6 @@ pub fn router(gw: Gateway) -> Router {
     Router::new()
         .merge(crate::http_agent::routes())
         .merge(crate::api::routes())
+        .merge(crate::dashboard::routes())
         .with_state(gw)
 }

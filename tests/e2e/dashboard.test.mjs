@@ -526,8 +526,8 @@ test('keyboard: j/k move, a approves, d asks to confirm, / searches', async () =
   await page.keyboard.press('/');
   assert.equal(await page.evaluate(() => document.activeElement?.id), 'pending-search');
   await page.keyboard.type(tag);
-  await page.keyboard.press('Escape');           // leave the box, keep the filter
-  await page.keyboard.press('Escape');
+  await page.keyboard.press('Enter');            // leave the box for the first match, keep the filter
+  assert.equal(await card(page, ma).getAttribute('aria-current'), 'true', 'Enter selects the first match');
   assert.equal(await page.locator('#cards > li.card:not([hidden])').count(), 2, 'search narrows to this test\'s calls');
 
   await page.keyboard.press('j');

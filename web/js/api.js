@@ -1,5 +1,6 @@
 // Same-origin JSON API client. The session cookie (HttpOnly) travels by itself;
 // every unsafe request also carries the CSRF token from /api/login or /api/me.
+import { parseJson } from './json-view.js';
 
 let csrf = '';
 let approver = '';
@@ -32,7 +33,7 @@ async function readJson(res) {
     try { await res.text(); } catch { /* ignore */ }
     return null;
   }
-  try { return await res.json(); } catch { return null; }
+  try { return parseJson(await res.text()); } catch { return null; }
 }
 
 /**

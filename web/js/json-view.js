@@ -12,6 +12,25 @@ const KEY_FOLD = 120;        // characters shown of a long key
 const CHILD_PAGE = 100;      // children rendered per page of a big container
 const OPEN_DEPTH = 2;        // containers shallower than this start open
 
+const hasRaw = typeof JSON.rawJSON === 'function' && typeof JSON.isRawJSON === 'function';
+const isRaw = (v) => hasRaw && v !== null && typeof v === 'object' && JSON.isRawJSON(v);
+
+/**
+ * JSON.parse that keeps numbers exactly as written when a JS number would
+ * change them (12345678901234567890, 1.10, 1e400): an approver must see the
+ * amount the agent actually sent. Uses the reviver's source text where the
+ * browser has it; elsewhere it is plain JSON.parse.
+ */
+export function parseJson(text) {
+  if (!hasRaw) return JSON.parse(text);
+  return JSON.parse(text, (key, value, ctx) => {
+    if (typeof value === 'number' && ctx && typeof ctx.source === 'string' && String(value) !== ctx.source) {
+      return JSON.rawJSON(ctx.source);
+    }
+    return value;
+  });
+}
+
 /** JSON-escape a slice for display (quotes, backslashes, control and bidi chars). */
 function esc(s) {
   const j = JSON.stringify(s);
@@ -25,6 +44,7 @@ function keyLabel(k) {
 
 function primitive(v) {
   if (v === null) return h('span', { class: 'jnull' }, 'null');
+  if (isRaw(v)) return h('span', { class: 'jnum' }, String(v.rawJSON));
   switch (typeof v) {
     case 'number': return h('span', { class: 'jnum' }, String(v));
     case 'boolean': return h('span', { class: 'jbool' }, String(v));
@@ -125,7 +145,7 @@ function container(value, key, depth, last) {
 }
 
 function node(v, key, depth, last) {
-  if (v !== null && typeof v === 'object') return container(v, key, depth, last);
+  if (v !== null && typeof v === 'object' && !isRaw(v)) return container(v, key, depth, last);
   return h('div', { class: 'jrow' }, key === undefined ? null : keyLabel(key), primitive(v), last ? null : h('span', { class: 'jp' }, ','));
 }
 
@@ -141,6 +161,7 @@ export function haystack(value, limit = 20000) {
   let out = '';
   const walk = (v, depth) => {
     if (out.length >= limit || depth > 20) return;
+    if (isRaw(v)) { out += ` ${v.rawJSON}`; return; }
     if (v === null || typeof v !== 'object') { out += ` ${String(v).slice(0, 500)}`; return; }
     if (Array.isArray(v)) { for (const x of v) { walk(x, depth + 1); if (out.length >= limit) return; } return; }
     for (const [k, x] of Object.entries(v)) {

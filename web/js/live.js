@@ -2,6 +2,7 @@
 // Every (re)connect starts with a `snapshot` frame that replaces the list,
 // so nothing depends on having seen every event.
 import { me } from './api.js';
+import { parseJson } from './json-view.js';
 
 const MIN_DELAY = 500;
 const MAX_DELAY = 10000;
@@ -46,7 +47,7 @@ function connect() {
   sock.onmessage = (ev) => {
     if (typeof ev.data !== 'string') return;
     let frame;
-    try { frame = JSON.parse(ev.data); } catch { return; }
+    try { frame = parseJson(ev.data); } catch { return; }
     if (!frame || typeof frame !== 'object' || typeof frame.type !== 'string') return;
     if (frame.type === 'snapshot') {
       gotSnapshot = true;
