@@ -112,7 +112,7 @@ pub trait AuditBackend: Send {
 }
 
 enum Command {
-    Append(Record, Option<oneshot::Sender<Result<Entry, String>>>),
+    Append(Box<Record>, Option<oneshot::Sender<Result<Entry, String>>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -162,7 +162,7 @@ impl Audit {
 
     /// Records a row without waiting (allowed calls and other fast-path outcomes).
     pub async fn record(&self, record: Record) {
-        let _ = self.0.tx.send(Command::Append(record, None)).await;
+        let _ = self.0.tx.send(Command::Append(Box::new(record), None)).await;
     }
 
     /// Records a row and waits until it is durable.
@@ -170,7 +170,7 @@ impl Audit {
         let (ack, done) = oneshot::channel();
         self.0
             .tx
-            .send(Command::Append(record, Some(ack)))
+            .send(Command::Append(Box::new(record), Some(ack)))
             .await
             .map_err(|_| AuditError::Unavailable("the writer has stopped".into()))?;
         match done.await {
@@ -259,7 +259,7 @@ fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Entry 
     entry
 }
 
-type Pending = (Record, Option<oneshot::Sender<Result<Entry, String>>>);
+type Pending = (Box<Record>, Option<oneshot::Sender<Result<Entry, String>>>);
 
 fn write_loop(
     mut db: Box<dyn AuditBackend>,

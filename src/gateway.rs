@@ -42,6 +42,8 @@ pub struct Inner {
     /// Handshake-era sessions by the `Mcp-Session-Id` Airlock issued.
     pub sessions: DashMap<String, Arc<Session>>,
     pub holds: Holds,
+    /// Held calls handed to stateless-era clients as tasks.
+    pub tasks: crate::tasks::Tasks,
     pub audit: Audit,
     pub events: Events,
     pub metrics: Metrics,
@@ -237,6 +239,7 @@ impl Gateway {
             upstreams,
             sessions: DashMap::new(),
             holds: Holds::default(),
+            tasks: Default::default(),
             audit,
             events: Events::default(),
             metrics: Metrics::default(),
@@ -338,6 +341,7 @@ impl Gateway {
                 upstream.policy().forget_idle();
             }
             self.holds.prune();
+            self.tasks.prune();
         }
     }
 
@@ -350,6 +354,10 @@ impl Gateway {
     ) -> Result<Exchange, UpstreamError> {
         match message.method() {
             Some("tools/call") => self.forward_call(ctx, message, headers).await,
+            Some("tasks/get" | "tasks/cancel" | "tasks/update") => match crate::tasks::answer(self, ctx, &message).await {
+                Some(answer) => Ok(answer),
+                None => Ok(Exchange::plain(ctx.link.request(message, headers).await?)),
+            },
             Some("tools/list") => {
                 let policy = ctx.upstream.policy();
                 let reply = ctx.link.request(message, headers).await?;

@@ -359,10 +359,18 @@ pub async fn hold_call(
     gw.notify_created(&item);
     tracing::info!(pending = %id, %tool, agent = %item.agent, "call held for approval");
 
-    let progress_token = era::peek(&message)
-        .meta
-        .and_then(|m| m.progress_token.map(|t| t.get().to_owned()));
+    let (progress_token, as_task) = {
+        let peek = era::peek(&message);
+        let as_task = ctx.era == crate::era::Era::Stateless && crate::tasks::declared(&peek);
+        (peek.meta.and_then(|m| m.progress_token.map(|t| t.get().to_owned())), as_task)
+    };
     let (out_tx, out_rx) = mpsc::channel(16);
+    let (sink, answer_now) = if as_task {
+        let (task_id, created) = gw.tasks.create(&id, &ctx.session_key, approval.timeout);
+        (Sink::Task(task_id), Some(jsonrpc::result_response(&request_id, created)))
+    } else {
+        (Sink::Stream(out_tx), None)
+    };
     let waiter = Waiter {
         gw: gw.clone(),
         ctx: CallContext {
@@ -380,9 +388,12 @@ pub async fn hold_call(
         reason,
         approval,
         progress_token,
-        out: out_tx,
+        sink,
     };
     tokio::spawn(waiter.run(wake_rx));
+    if let Some(created) = answer_now {
+        return Ok(Exchange::answer(created, ctx.era));
+    }
     Ok(Exchange {
         reply: Reply {
             status: 200,
@@ -405,10 +416,39 @@ struct Waiter {
     reason: Option<String>,
     approval: Approval,
     progress_token: Option<String>,
-    out: mpsc::Sender<Event>,
+    sink: Sink,
+}
+
+/// Where the held call's answer goes.
+enum Sink {
+    /// The agent's open request (SSE on HTTP, the pending line on stdio).
+    Stream(mpsc::Sender<Event>),
+    /// A task the agent polls (stateless era with the tasks extension).
+    Task(String),
 }
 
 impl Waiter {
+    /// Passes a message to the agent; false when the agent is gone.
+    async fn deliver(&self, message: Message) -> bool {
+        match &self.sink {
+            Sink::Stream(tx) => tx.send(Event { id: None, message }).await.is_ok(),
+            Sink::Task(task_id) => {
+                if message.kind() == jsonrpc::Kind::Response {
+                    self.gw.tasks.finish(task_id, &message);
+                }
+                true
+            }
+        }
+    }
+
+    /// Resolves when a streaming agent goes away; never for tasks.
+    async fn agent_gone(&self) {
+        match &self.sink {
+            Sink::Stream(tx) => tx.closed().await,
+            Sink::Task(_) => std::future::pending().await,
+        }
+    }
+
     async fn run(self, mut wake: oneshot::Receiver<Resolution>) {
         let deadline = tokio::time::Instant::now() + self.approval.timeout;
         let interval = self.gw.config.approval.progress_interval;
@@ -425,14 +465,14 @@ impl Waiter {
                     timed_out = true;
                     let _ = decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None).await;
                 }
-                _ = self.out.closed() => {
+                _ = self.agent_gone() => {
                     let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
                 }
-                _ = ticker.tick(), if self.progress_token.is_some() => {
+                _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(_)) => {
                     sent += 1;
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let note = self.progress(sent, left);
-                    if self.out.send(Event { id: None, message: note }).await.is_err() {
+                    if !self.deliver(note).await {
                         let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
                     }
                 }
@@ -495,23 +535,24 @@ impl Waiter {
             retry_after: None,
         };
         let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
-        let _ = self.out.send(Event { id: None, message: answer }).await;
+        self.deliver(answer).await;
     }
 
     /// Sends the original request, byte for byte, and relays the answer.
     async fn forward(self) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let started = Instant::now();
-        let reply = self.ctx.link.request(self.message, self.headers.as_ref()).await;
+        // Message clones share their bytes: this is the exact request the approver saw.
+        let reply = self.ctx.link.request(self.message.clone(), self.headers.as_ref()).await;
         self.gw.metrics.upstream_latency.observe(started.elapsed());
         match reply {
             Ok(reply) => match reply.body {
                 ReplyBody::Json(m) => {
-                    let _ = self.out.send(Event { id: None, message: m }).await;
+                    self.deliver(m).await;
                 }
                 ReplyBody::Stream(mut rx) => {
                     while let Some(event) = rx.recv().await {
-                        if self.out.send(event).await.is_err() {
+                        if !self.deliver(event.message).await {
                             return;
                         }
                     }
@@ -519,12 +560,12 @@ impl Waiter {
                 ReplyBody::Empty | ReplyBody::Other { .. } => {
                     let text = format!("upstream answered HTTP {} without a JSON-RPC message", reply.status);
                     let m = jsonrpc::error_response(&request_id, jsonrpc::code::UPSTREAM_ERROR, &text);
-                    let _ = self.out.send(Event { id: None, message: m }).await;
+                    self.deliver(m).await;
                 }
             },
             Err(e) => {
                 let m = jsonrpc::error_response(&request_id, jsonrpc::code::UPSTREAM_ERROR, &e.to_string());
-                let _ = self.out.send(Event { id: None, message: m }).await;
+                self.deliver(m).await;
             }
         }
     }

@@ -6,6 +6,10 @@
 //! means the handshake era; a request whose `_meta` carries a protocol
 //! version is the stateless era, whose mirrored headers must match the body.
 
+// Handlers return ready-made HTTP responses as their error type; boxing them
+// would only add noise.
+#![allow(clippy::result_large_err)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -45,4 +45,5 @@ pub mod reload;
 pub mod remote;
 pub mod server;
 pub mod stdio_agent;
+pub mod tasks;
 pub mod upstream;

@@ -283,7 +283,7 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
     }
 
     // Most specific first, so the lowest matching index wins (see `Policy::decide`).
-    glob_entries.sort_by(|a, b| a.0.cmp(&b.0));
+    glob_entries.sort_by_key(|entry| entry.0);
     let mut globs = GlobSetBuilder::new();
     let mut glob_rules = Vec::with_capacity(glob_entries.len());
     for (_, compiled, rule) in glob_entries {

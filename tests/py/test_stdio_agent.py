@@ -1,7 +1,9 @@
 """`airlock stdio` driven by raw newline-delimited JSON-RPC over pipes, as
 Claude Desktop would spawn it."""
 import json
+import os
 import queue
+import signal
 import subprocess
 import time
 
@@ -49,9 +51,13 @@ class StdioAgent:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                m = self.next_message(timeout=max(0.05, deadline - time.monotonic()))
+                m = self.next_message(timeout=0.1)
             except queue.Empty:
-                break
+                if self.proc.popen.poll() is not None:
+                    time.sleep(0.1)  # the stdout pump may still hold a last line
+                    if self.proc.lines.empty():
+                        break
+                continue
             if pred(m):
                 return m
             self.stash.append(m)
@@ -74,14 +80,34 @@ class StdioAgent:
 
 
 @pytest.fixture
-def agent(procs, tmp_path):
-    a = StdioAgent(procs, tmp_path, tmp_path / "upstream-marker")
+def make_agent(procs, tmp_path):
+    """Starts agents; at teardown closes their stdin (the way a client ends
+    `airlock stdio`) before the harness signals whatever is left."""
+    made = []
+
+    def make(**kw):
+        a = StdioAgent(procs, tmp_path, kw.pop("marker", tmp_path / "upstream-marker"), **kw)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        try:
+            a.close_stdin()
+            a.proc.popen.wait(timeout=5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+
+
+@pytest.fixture
+def agent(make_agent):
+    a = make_agent()
     a.initialize()
     return a
 
 
-def test_initialize_passes_through(procs, tmp_path):
-    a = StdioAgent(procs, tmp_path, tmp_path / "m")
+def test_initialize_passes_through(make_agent):
+    a = make_agent()
     answer = a.initialize()
     assert answer["result"]["serverInfo"]["name"] == "airlock-testserver"
     assert answer["result"]["protocolVersion"] == "2025-11-25"
@@ -131,7 +157,7 @@ def test_invalid_utf8_line_gets_a_parse_error_and_the_agent_keeps_working(agent)
     assert answer["result"]["content"][0]["text"] == "after bad utf-8"
 
 
-def test_oversized_line_gets_an_error_and_the_agent_keeps_working(procs, tmp_path):
+def test_oversized_line_gets_an_error_and_the_agent_keeps_working(make_agent, tmp_path):
     marker = tmp_path / "m"
     cmd = marked_testserver(marker)
     cfg = tmp_path / "airlock.toml"
@@ -139,7 +165,7 @@ def test_oversized_line_gets_an_error_and_the_agent_keeps_working(procs, tmp_pat
         "max_body_bytes = 2048\n[[upstream]]\nname = \"up\"\n"
         f"command = {json.dumps(cmd[0])}\nargs = {json.dumps(cmd[1:])}\n"
     )
-    a = StdioAgent(procs, tmp_path, marker, config=str(cfg))
+    a = make_agent(marker=marker, config=str(cfg))
     a.initialize()
     a.send(call_body(11, "echo", {"text": "x" * 5000}))
     err = a.wait_for(lambda m: "error" in m)
@@ -163,11 +189,25 @@ def test_stdout_carries_only_jsonrpc_and_logs_go_to_stderr(agent):
     assert "started upstream child" in agent.proc.stderr_text()
 
 
-def test_stdin_eof_exits_0_and_ends_the_upstream(procs, tmp_path):
+def test_stdin_eof_exits_0_and_ends_the_upstream(make_agent, tmp_path):
     marker = tmp_path / "upstream-marker"
-    a = StdioAgent(procs, tmp_path, marker)
+    a = make_agent(marker=marker)
     a.initialize()
     assert len(procs_with(marker)) == 1
     a.close_stdin()
     assert a.proc.popen.wait(timeout=10) == 0
+    assert wait_until(lambda: not procs_with(marker), timeout=3), procs_with(marker)
+
+
+def test_sigterm_with_stdin_still_open_exits_promptly_and_ends_the_upstream(make_agent, tmp_path):
+    marker = tmp_path / "upstream-marker"
+    a = make_agent(marker=marker)
+    a.initialize()
+    assert len(procs_with(marker)) == 1
+    os.kill(a.proc.popen.pid, signal.SIGTERM)
+    try:
+        code = a.proc.popen.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("airlock stdio still running 5 s after SIGTERM (its stdin is still open)")
+    assert code == 0
     assert wait_until(lambda: not procs_with(marker), timeout=3), procs_with(marker)
