@@ -116,6 +116,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
             path: PathBuf::from("airlock.db"),
             redact: config::default_redact(),
             fail_closed: false,
+            record_allowed: true,
         },
         approval: ApprovalConfig::default(),
         quick: true,
@@ -125,9 +126,13 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
 async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let config = build_config(&args, stdio)?;
     let shutdown = CancellationToken::new();
+    let events = Arc::new(crate::events::Events::default());
     let mut upstreams = IndexMap::new();
     for up in &config.upstreams {
-        let on_reload: reload::OnReload = Arc::new(|_: &str| {});
+        let events = events.clone();
+        let on_reload: reload::OnReload = Arc::new(move |upstream: &str| {
+            events.publish("policy.reloaded", serde_json::json!({ "upstream": upstream }));
+        });
         if up.policy.is_none() {
             tracing::warn!(upstream = %up.name, "no policy given: every tool is allowed");
         }
@@ -140,7 +145,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
-    let gw = Gateway::new(config, upstreams, audit, shutdown);
+    let gw = Gateway::new(config, upstreams, audit, events, shutdown);
     let abandoned = crate::hold::mark_abandoned(&gw).await?;
     if abandoned > 0 {
         tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");

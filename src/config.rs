@@ -82,6 +82,8 @@ pub struct AuditConfig {
     pub redact: Vec<String>,
     /// `on_error = "fail_closed"`: refuse allowed calls while the store cannot be written.
     pub fail_closed: bool,
+    /// `record_allowed = false`: no row per allowed call (they are still counted in /metrics).
+    pub record_allowed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +167,7 @@ struct RawAudit {
     #[serde(default)]
     redact: Option<Vec<String>>,
     on_error: Option<String>,
+    record_allowed: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -337,6 +340,7 @@ pub fn parse(
             path: base.join(raw.audit.path.unwrap_or_else(|| PathBuf::from("airlock.db"))),
             redact: raw.audit.redact.unwrap_or_else(default_redact),
             fail_closed: raw.audit.on_error.as_deref() == Some("fail_closed"),
+            record_allowed: raw.audit.record_allowed.unwrap_or(true),
         },
         approval: ApprovalConfig {
             progress_interval: Duration::from_secs_f64(progress_interval),

@@ -45,7 +45,7 @@ pub struct Inner {
     /// Held calls handed to stateless-era clients as tasks.
     pub tasks: crate::tasks::Tasks,
     pub audit: Audit,
-    pub events: Events,
+    pub events: Arc<Events>,
     pub metrics: Metrics,
     /// Told about every new hold and every decision (Slack, …); set once at start-up.
     notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
@@ -232,6 +232,7 @@ impl Gateway {
         config: Config,
         upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
         audit: Audit,
+        events: Arc<Events>,
         shutdown: CancellationToken,
     ) -> Gateway {
         Gateway(Arc::new(Inner {
@@ -241,7 +242,7 @@ impl Gateway {
             holds: Holds::default(),
             tasks: Default::default(),
             audit,
-            events: Events::default(),
+            events,
             metrics: Metrics::default(),
             notifiers: std::sync::OnceLock::new(),
             logins: Default::default(),
@@ -303,6 +304,9 @@ impl Gateway {
     /// Records a policy outcome off the hot path (the writer batches it).
     async fn record_outcome(&self, ctx: &CallContext, decision: &'static str, tool: &str, arguments: Option<&str>, rule: &str, reason: Option<&str>) {
         self.metrics.count(decision);
+        if decision == "allowed" && !self.config.audit.record_allowed {
+            return;
+        }
         self.audit
             .record(Record {
                 decision,
@@ -345,6 +349,22 @@ impl Gateway {
         }
     }
 
+    /// Sends a request upstream, bounded by `upstream_timeout` (time to the
+    /// first answer) when one is configured.
+    pub async fn upstream_request(
+        &self,
+        link: &Link,
+        message: Message,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Reply, UpstreamError> {
+        match self.config.upstream_timeout {
+            None => link.request(message, headers).await,
+            Some(limit) => tokio::time::timeout(limit, link.request(message, headers))
+                .await
+                .map_err(|_| UpstreamError::Timeout { seconds: limit.as_secs() })?,
+        }
+    }
+
     /// Forwards one request after the policy has had its say.
     pub async fn forward(
         &self,
@@ -356,17 +376,17 @@ impl Gateway {
             Some("tools/call") => self.forward_call(ctx, message, headers).await,
             Some("tasks/get" | "tasks/cancel" | "tasks/update") => match crate::tasks::answer(self, ctx, &message).await {
                 Some(answer) => Ok(answer),
-                None => Ok(Exchange::plain(ctx.link.request(message, headers).await?)),
+                None => Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?)),
             },
             Some("tools/list") => {
                 let policy = ctx.upstream.policy();
-                let reply = ctx.link.request(message, headers).await?;
+                let reply = self.upstream_request(&ctx.link, message, headers).await?;
                 Ok(Exchange {
                     reply,
                     list_filter: Some(policy),
                 })
             }
-            _ => Ok(Exchange::plain(ctx.link.request(message, headers).await?)),
+            _ => Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?)),
         }
     }
 
@@ -380,7 +400,7 @@ impl Gateway {
         let peek = era::peek(&message);
         let Some(tool) = peek.name.as_deref() else {
             // No tool name: let the upstream answer the malformed call.
-            return Ok(Exchange::plain(ctx.link.request(message, headers).await?));
+            return Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?));
         };
         let policy = ctx.upstream.policy();
         let arguments = peek.arguments.map(|a| a.get());
@@ -399,7 +419,7 @@ impl Gateway {
                 self.record_outcome(ctx, "allowed", tool, arguments, &rule, None).await;
                 drop(peek);
                 let started = Instant::now();
-                let reply = ctx.link.request(message, headers).await?;
+                let reply = self.upstream_request(&ctx.link, message, headers).await?;
                 self.metrics.upstream_latency.observe(started.elapsed());
                 Ok(Exchange::plain(reply))
             }

@@ -543,7 +543,7 @@ impl Waiter {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let started = Instant::now();
         // Message clones share their bytes: this is the exact request the approver saw.
-        let reply = self.ctx.link.request(self.message.clone(), self.headers.as_ref()).await;
+        let reply = self.gw.upstream_request(&self.ctx.link, self.message.clone(), self.headers.as_ref()).await;
         self.gw.metrics.upstream_latency.observe(started.elapsed());
         match reply {
             Ok(reply) => match reply.body {
