@@ -119,6 +119,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
             record_allowed: true,
         },
         approval: ApprovalConfig::default(),
+        slack: None,
         quick: true,
     })
 }
@@ -146,6 +147,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
     let gw = Gateway::new(config, upstreams, audit, events, shutdown);
+    crate::slack::install(&gw).await?;
     let abandoned = crate::hold::mark_abandoned(&gw).await?;
     if abandoned > 0 {
         tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");

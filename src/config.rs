@@ -50,6 +50,8 @@ pub struct Config {
     pub agents: Vec<Credential>,
     pub audit: AuditConfig,
     pub approval: ApprovalConfig,
+    /// `[slack]`: announce held calls in Slack (see docs/slack.md).
+    pub slack: Option<SlackConfig>,
     /// Quick mode (`serve --policy … -- cmd`): one upstream served at `/mcp`.
     pub quick: bool,
 }
@@ -100,6 +102,51 @@ impl Default for ApprovalConfig {
     }
 }
 
+/// `[slack]`, validated. Secrets come from environment variables and are
+/// never printed (see the `Debug` impl).
+#[derive(Clone)]
+pub struct SlackConfig {
+    /// Incoming-webhook URL (`webhook_url_env`).
+    pub webhook_url: Option<String>,
+    /// Slack-app signing secret (`signing_secret_env`); enables `POST /slack/interactions`.
+    pub signing_secret: Option<String>,
+    /// Bot token (`bot_token_env`): post with `chat.postMessage` to `channel`
+    /// and edit with `chat.update` instead of using the webhook.
+    pub bot_token: Option<String>,
+    pub channel: Option<String>,
+    /// Base of the Slack Web API (`api_url`, default `https://slack.com/api`).
+    pub api_url: String,
+    /// Key that signs decision links (`link_key_env`); None: one is generated
+    /// once and kept in the audit store, so links survive restarts.
+    pub link_key: Option<Vec<u8>>,
+    /// Decision links need an approver login (and record that approver).
+    pub link_requires_login: bool,
+    /// How long an undelivered message is retried before it is given up.
+    pub give_up_after: Duration,
+    /// Slack user id → approver name, from `slack_user_id` on `[[approver]]`.
+    pub users: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for SlackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |s: &Option<String>| if s.is_some() { "[secret]" } else { "none" };
+        f.debug_struct("SlackConfig")
+            .field("webhook_url", &secret(&self.webhook_url))
+            .field("signing_secret", &secret(&self.signing_secret))
+            .field("bot_token", &secret(&self.bot_token))
+            .field("channel", &self.channel)
+            .field("api_url", &self.api_url)
+            .field("link_key", &if self.link_key.is_some() { "[secret]" } else { "generated" })
+            .field("link_requires_login", &self.link_requires_login)
+            .field("give_up_after", &self.give_up_after)
+            .field("users", &self.users)
+            .finish()
+    }
+}
+
+pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
+pub const DEFAULT_SLACK_GIVE_UP: Duration = Duration::from_secs(600);
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 
@@ -125,9 +172,20 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     approval: RawApproval,
-    /// Read by the Slack notifier (see docs/slack.md); kept raw here.
-    #[allow(dead_code)]
-    slack: Option<toml::Table>,
+    slack: Option<RawSlack>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    webhook_url_env: Option<String>,
+    signing_secret_env: Option<String>,
+    bot_token_env: Option<String>,
+    channel: Option<String>,
+    api_url: Option<String>,
+    link_key_env: Option<String>,
+    link_requires_login: Option<bool>,
+    give_up_after: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -155,8 +213,7 @@ struct RawCredential {
     name: String,
     token_env: Option<String>,
     token_file: Option<PathBuf>,
-    /// Used by Slack-app mode to map Slack users to approvers.
-    #[allow(dead_code)]
+    /// Slack-app mode maps Slack users to approvers (see [`SlackConfig::users`]).
     slack_user_id: Option<String>,
 }
 
@@ -303,7 +360,12 @@ pub fn parse(
         });
     }
 
+    let slack_users = slack_users(&raw.approver, text, file)?;
     let approvers = credentials(raw.approver, "approver", text, file, base, env)?;
+    let slack = match raw.slack {
+        Some(s) => Some(slack(s, slack_users, text, file, env)?),
+        None => None,
+    };
     let agents = credentials(raw.agent, "agent", text, file, base, env)?;
 
     if let Some(on_error) = &raw.audit.on_error
@@ -345,6 +407,7 @@ pub fn parse(
         approval: ApprovalConfig {
             progress_interval: Duration::from_secs_f64(progress_interval),
         },
+        slack,
         quick: false,
     })
 }
@@ -417,6 +480,109 @@ fn credentials(
     Ok(out)
 }
 
+/// `slack_user_id` of each `[[approver]]`: well-formed and used once.
+fn slack_users(raw: &[RawCredential], text: &str, file: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut users: Vec<(String, String)> = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let Some(id) = &c.slack_user_id else { continue };
+        let err = |message: String| {
+            let (line, column) = locate(text, "[[approver]]", i);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        if id.is_empty() || !id.starts_with(['U', 'W']) || !id.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+            return Err(err(format!(
+                "approver `{}`: slack_user_id `{id}` is not a Slack member ID like U012AB3CD (Profile → ⋮ → Copy member ID)",
+                c.name
+            )));
+        }
+        if let Some((_, other)) = users.iter().find(|(u, _)| u == id) {
+            return Err(err(format!("approver `{}`: slack_user_id `{id}` is already used by approver `{other}`", c.name)));
+        }
+        users.push((id.clone(), c.name.clone()));
+    }
+    Ok(users)
+}
+
+/// Validates `[slack]` and reads its secrets from the environment.
+fn slack(
+    raw: RawSlack,
+    users: Vec<(String, String)>,
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SlackConfig, ConfigError> {
+    let err = |key: &str, message: String| {
+        let (line, column) = locate(text, key, 0);
+        let (line, column) = if line == 1 && column == 1 { locate(text, "[slack]", 0) } else { (line, column) };
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+    let secret = |key: &str, var: &Option<String>| -> Result<Option<String>, ConfigError> {
+        let Some(var) = var else { return Ok(None) };
+        match env(var) {
+            Some(value) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
+            _ => Err(err(key, format!("slack.{key} names environment variable `{var}`, which is not set"))),
+        }
+    };
+    let webhook_url = secret("webhook_url_env", &raw.webhook_url_env)?;
+    let signing_secret = secret("signing_secret_env", &raw.signing_secret_env)?;
+    let bot_token = secret("bot_token_env", &raw.bot_token_env)?;
+    let link_key = secret("link_key_env", &raw.link_key_env)?;
+    if let (Some(url), Some(var)) = (&webhook_url, &raw.webhook_url_env)
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        // The value is a secret: name the variable, never print it.
+        return Err(err("webhook_url_env", format!("slack.webhook_url_env: `{var}` does not hold an https:// URL")));
+    }
+    if let (Some(key), Some(var)) = (&link_key, &raw.link_key_env)
+        && key.len() < 32
+    {
+        return Err(err("link_key_env", format!("slack.link_key_env: `{var}` must hold at least 32 characters")));
+    }
+    match (&bot_token, &raw.channel) {
+        (Some(_), None) => return Err(err("bot_token_env", "slack.bot_token_env needs `channel` (the channel ID to post to)".into())),
+        (None, Some(_)) => return Err(err("channel", "slack.channel is only used with bot_token_env".into())),
+        _ => {}
+    }
+    if webhook_url.is_none() && bot_token.is_none() {
+        return Err(err(
+            "[slack]",
+            "[slack] needs webhook_url_env (an incoming webhook) or bot_token_env + channel (a Slack app's bot)".into(),
+        ));
+    }
+    let api_url = raw.api_url.unwrap_or_else(|| DEFAULT_SLACK_API.to_owned()).trim_end_matches('/').to_owned();
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        return Err(err("api_url", format!("slack.api_url `{api_url}` must start with https://")));
+    }
+    let give_up_after = raw.give_up_after.map(Duration::from_secs).unwrap_or(DEFAULT_SLACK_GIVE_UP);
+    if !(1..=86_400).contains(&give_up_after.as_secs()) {
+        return Err(err(
+            "give_up_after",
+            format!("slack.give_up_after must be between 1 and 86400 seconds, got {}", give_up_after.as_secs()),
+        ));
+    }
+    Ok(SlackConfig {
+        webhook_url,
+        signing_secret,
+        bot_token,
+        channel: raw.channel,
+        api_url,
+        link_key: link_key.map(String::into_bytes),
+        link_requires_login: raw.link_requires_login.unwrap_or(false),
+        give_up_after,
+        users,
+    })
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -442,6 +608,9 @@ mod tests {
     fn env(name: &str) -> Option<String> {
         match name {
             "ALICE" => Some("alice-token-0123456789".into()),
+            "HOOK" => Some("https://hooks.slack.com/services/T0/B0/secretsecret".into()),
+            "SIGNING" => Some("slack-signing-secret".into()),
+            "NOT_A_URL" => Some("hooks.slack.com/services/T0/B0/secretsecret".into()),
             "AUTH" => Some("Bearer xyz".into()),
             _ => None,
         }
@@ -515,5 +684,46 @@ redact = ["password"]
         assert!(bad_name.contains("only letters, digits"), "{bad_name}");
         let empty = parse_err("listen = \"127.0.0.1:1\"\n");
         assert!(empty.contains("no [[upstream]]"), "{empty}");
+    }
+
+    const BASE: &str = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+
+    #[test]
+    fn slack_loads_with_secrets_from_env_and_user_mapping() {
+        let c = parse_ok(&format!(
+            "{BASE}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nslack_user_id = \"U012AB3CD\"\n[slack]\nwebhook_url_env = \"HOOK\"\nsigning_secret_env = \"SIGNING\"\ngive_up_after = 30\n"
+        ));
+        let slack = c.slack.expect("[slack]");
+        assert_eq!(slack.webhook_url.as_deref(), Some("https://hooks.slack.com/services/T0/B0/secretsecret"));
+        assert_eq!(slack.signing_secret.as_deref(), Some("slack-signing-secret"));
+        assert_eq!(slack.users, vec![("U012AB3CD".to_owned(), "alice".to_owned())]);
+        assert_eq!(slack.give_up_after, Duration::from_secs(30));
+        assert!(!slack.link_requires_login);
+        assert_eq!(slack.api_url, DEFAULT_SLACK_API);
+        let debug = format!("{slack:?}");
+        assert!(!debug.contains("secretsecret") && !debug.contains("slack-signing-secret"), "{debug}");
+        assert!(parse_ok(BASE).slack.is_none());
+    }
+
+    #[test]
+    fn slack_errors_name_the_key_and_line() {
+        let unknown = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"HOOK\"\nwebhook_url = \"https://x\"\n"));
+        assert!(unknown.starts_with("a.toml:6:") && unknown.contains("webhook_url"), "{unknown}");
+        let unset = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"NOPE\"\n"));
+        assert!(unset.starts_with("a.toml:5:") && unset.contains("`NOPE`, which is not set"), "{unset}");
+        let not_url = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"NOT_A_URL\"\n"));
+        assert!(not_url.contains("does not hold an https:// URL") && !not_url.contains("secretsecret"), "{not_url}");
+        let nothing = parse_err(&format!("{BASE}[slack]\nlink_requires_login = true\n"));
+        assert!(nothing.starts_with("a.toml:4:") && nothing.contains("needs webhook_url_env"), "{nothing}");
+        let no_channel = parse_err(&format!("{BASE}[slack]\nbot_token_env = \"SIGNING\"\n"));
+        assert!(no_channel.contains("needs `channel`"), "{no_channel}");
+        let give_up = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"HOOK\"\ngive_up_after = 0\n"));
+        assert!(give_up.starts_with("a.toml:6:") && give_up.contains("give_up_after"), "{give_up}");
+        let bad_user = parse_err(&format!("{BASE}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nslack_user_id = \"alice\"\n"));
+        assert!(bad_user.starts_with("a.toml:4:") && bad_user.contains("not a Slack member ID"), "{bad_user}");
+        let twice = parse_err(&format!(
+            "{BASE}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nslack_user_id = \"U1\"\n[[approver]]\nname = \"bob\"\ntoken_env = \"ALICE\"\nslack_user_id = \"U1\"\n"
+        ));
+        assert!(twice.starts_with("a.toml:8:") && twice.contains("already used by approver `alice`"), "{twice}");
     }
 }

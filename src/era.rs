@@ -40,6 +40,9 @@ pub struct ParamsPeek<'a> {
     /// Only present on `initialize` (handshake era).
     #[serde(rename = "clientInfo", default)]
     pub client_info: Option<ClientInfo>,
+    /// MRTR retries (stateless era) echo the server's opaque state.
+    #[serde(rename = "requestState", borrow, default)]
+    pub request_state: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -433,6 +433,18 @@ impl Gateway {
                 drop(peek);
                 Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
             }
+            CallDecision::NeedsApproval { rule, .. }
+                if peek
+                    .request_state
+                    .as_deref()
+                    .and_then(|state| self.holds.continuation(state, &ctx.session_key, tool))
+                    .is_some() =>
+            {
+                // The retry of an approved call that asked the client for input (MRTR).
+                self.record_outcome(ctx, "allowed", tool, arguments, &rule, Some("input_required retry of an approved call")).await;
+                drop(peek);
+                Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?))
+            }
             CallDecision::NeedsApproval { rule, reason, approval } => {
                 let tool = tool.to_owned();
                 let arguments = arguments.map(str::to_owned);

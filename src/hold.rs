@@ -118,7 +118,14 @@ pub struct Pending {
 pub struct Holds {
     pending: DashMap<String, Arc<Pending>>,
     resolved: DashMap<String, (PendingItem, Resolution)>,
+    /// MRTR: `requestState` of approved calls that asked the client for input
+    /// → (session, tool, pending id, until). The client's retry carrying that
+    /// state continues the approved call instead of being held again.
+    continuations: DashMap<String, (String, String, String, Instant)>,
 }
+
+/// How long an approved call's `input_required` retry stays approved.
+const CONTINUATION_TTL: Duration = Duration::from_secs(600);
 
 impl Holds {
     /// Open holds, oldest first.
@@ -155,10 +162,34 @@ impl Holds {
         self.resolved.get(id).map(|r| r.1.clone())
     }
 
-    /// Forgets decided holds older than an hour.
+    /// Forgets decided holds older than an hour and expired continuations.
     pub fn prune(&self) {
         let cutoff = Utc::now() - chrono::Duration::hours(1);
         self.resolved.retain(|_, (_, r)| r.when > cutoff);
+        let now = Instant::now();
+        self.continuations.retain(|_, c| c.3 > now);
+    }
+
+    /// The pending id whose approval covers this MRTR retry, if any (single use).
+    pub fn continuation(&self, request_state: &str, session_key: &str, tool: &str) -> Option<String> {
+        let (_, (session, approved_tool, pending_id, until)) = self.continuations.remove(request_state)?;
+        (session == session_key && approved_tool == tool && until > Instant::now()).then_some(pending_id)
+    }
+
+    fn remember_continuation(&self, answer: &Message, session_key: &str, tool: &str, pending_id: &str) {
+        #[derive(serde::Deserialize)]
+        struct R {
+            #[serde(rename = "resultType")]
+            result_type: Option<String>,
+            #[serde(rename = "requestState")]
+            request_state: Option<String>,
+        }
+        if let Some(R { result_type: Some(t), request_state: Some(state) }) = answer.result::<R>()
+            && t == "input_required"
+        {
+            let entry = (session_key.to_owned(), tool.to_owned(), pending_id.to_owned(), Instant::now() + CONTINUATION_TTL);
+            self.continuations.insert(state, entry);
+        }
     }
 }
 
@@ -430,6 +461,9 @@ enum Sink {
 impl Waiter {
     /// Passes a message to the agent; false when the agent is gone.
     async fn deliver(&self, message: Message) -> bool {
+        if message.kind() == jsonrpc::Kind::Response {
+            self.gw.holds.remember_continuation(&message, &self.ctx.session_key, &self.tool, &self.id);
+        }
         match &self.sink {
             Sink::Stream(tx) => tx.send(Event { id: None, message }).await.is_ok(),
             Sink::Task(task_id) => {

@@ -13,6 +13,7 @@
 //! - [`gate`]: the interception — `tools/call` decisions, `tools/list` filtering.
 //! - [`hold`]: calls waiting for a human.
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
+//! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
 //! - [`server`]: the HTTP routes.
 //!
 //! # The path of one `tools/call`
@@ -44,6 +45,7 @@ pub mod policy;
 pub mod reload;
 pub mod remote;
 pub mod server;
+pub mod slack;
 pub mod stdio_agent;
 pub mod tasks;
 pub mod upstream;

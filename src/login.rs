@@ -1,12 +1,22 @@
 //! Browser login for approvers: an approver token is exchanged for an
 //! HttpOnly, SameSite=Strict session cookie plus a CSRF token the page sends
 //! back on every unsafe request.
+//!
+//! The cookie is self-contained and HMAC-signed (`approver.expiry.nonce.mac`)
+//! with a key derived from the configured approver tokens, so logins survive
+//! a gateway restart and end when an approver's token changes. The CSRF token
+//! is an HMAC of the cookie, so it needs no server state either. Logouts are
+//! remembered in memory until the cookie would have expired (a restart
+//! forgets them; the cookie lifetime bounds the exposure).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue, header};
+use base64::Engine;
 use dashmap::DashMap;
+use hmac::{Hmac, KeyInit, Mac};
 use rand::RngExt;
+use sha2::{Digest, Sha256};
 
 use crate::gateway::Gateway;
 
@@ -15,20 +25,44 @@ pub const CSRF_HEADER: &str = "x-airlock-csrf";
 /// How long a login lasts.
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
+type HmacSha256 = Hmac<Sha256>;
+
 #[derive(Clone)]
 pub struct LoginSession {
     pub approver: String,
     pub csrf: String,
-    expires: Instant,
 }
 
-/// Open browser logins by cookie value.
+/// Logged-out cookies (nonce → expiry, unix seconds).
 #[derive(Default)]
-pub struct Logins(DashMap<String, LoginSession>);
+pub struct Logins(DashMap<String, u64>);
 
-fn random_token() -> String {
-    let bytes: [u8; 32] = rand::rng().random();
-    hex::encode(bytes)
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The signing key: changes whenever any approver token changes.
+fn key(gw: &Gateway) -> Vec<u8> {
+    let mut tokens: Vec<(&str, &str)> = gw.config.approvers.iter().map(|a| (a.name.as_str(), a.token.as_str())).collect();
+    tokens.sort();
+    let mut h = Sha256::new();
+    h.update(b"airlock login cookie v1");
+    for (name, token) in tokens {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((token.len() as u64).to_be_bytes());
+        h.update(token.as_bytes());
+    }
+    h.finalize().to_vec()
+}
+
+fn mac(key: &[u8], parts: &[&str]) -> String {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p.as_bytes());
+        m.update(b"\n");
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
 }
 
 fn secure(gw: &Gateway) -> bool {
@@ -37,19 +71,22 @@ fn secure(gw: &Gateway) -> bool {
 
 /// Starts a login; returns the `Set-Cookie` value and the session.
 pub fn start(gw: &Gateway, approver: &str) -> (HeaderValue, LoginSession) {
-    let id = random_token();
-    let session = LoginSession {
-        approver: approver.to_owned(),
-        csrf: random_token(),
-        expires: Instant::now() + LIFETIME,
-    };
-    gw.logins.0.retain(|_, s| s.expires > Instant::now());
-    gw.logins.0.insert(id.clone(), session.clone());
+    let nonce: [u8; 16] = rand::rng().random();
+    let nonce = hex::encode(nonce);
+    let expiry = (unix_now() + LIFETIME.as_secs()).to_string();
+    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(approver.as_bytes());
+    let key = key(gw);
+    let signature = mac(&key, &["session", &name, &expiry, &nonce]);
+    let value = format!("{name}.{expiry}.{nonce}.{signature}");
     let cookie = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         LIFETIME.as_secs(),
         if secure(gw) { "; Secure" } else { "" }
     );
+    let session = LoginSession {
+        approver: approver.to_owned(),
+        csrf: mac(&key, &["csrf", &value]),
+    };
     (HeaderValue::from_str(&cookie).expect("cookie is ASCII"), session)
 }
 
@@ -68,24 +105,54 @@ fn cookie_value(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|kv| kv.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')))
+        .filter(|v| !v.is_empty())
 }
 
-/// The live login named by the request's cookie.
+fn constant_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The live login named by the request's cookie: signature valid, not
+/// expired, not logged out, and the approver still configured.
 pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
-    let id = cookie_value(headers)?;
-    let session = gw.logins.0.get(id)?.clone();
-    (session.expires > Instant::now()).then_some(session)
+    let value = cookie_value(headers)?;
+    let mut parts = value.split('.');
+    let (name, expiry, nonce, signature) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let key = key(gw);
+    if !constant_eq(&mac(&key, &["session", name, expiry, nonce]), signature) {
+        return None;
+    }
+    if expiry.parse::<u64>().ok()? <= unix_now() || gw.logins.0.contains_key(nonce) {
+        return None;
+    }
+    let approver = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(name).ok()?).ok()?;
+    if !gw.config.approvers.iter().any(|a| a.name == approver) {
+        return None;
+    }
+    Some(LoginSession {
+        approver,
+        csrf: mac(&key, &["csrf", value]),
+    })
 }
 
+/// Logs the cookie out (until it would have expired anyway).
 pub fn end(gw: &Gateway, headers: &HeaderMap) {
-    if let Some(id) = cookie_value(headers) {
-        gw.logins.0.remove(id);
+    let Some(value) = cookie_value(headers) else { return };
+    let mut parts = value.split('.');
+    let (_, expiry, nonce) = (parts.next(), parts.next(), parts.next());
+    if let (Some(expiry), Some(nonce)) = (expiry.and_then(|e| e.parse::<u64>().ok()), nonce) {
+        let now = unix_now();
+        gw.logins.0.retain(|_, exp| *exp > now);
+        gw.logins.0.insert(nonce.to_owned(), expiry);
     }
 }
 
 pub fn csrf_matches(session: &LoginSession, sent: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    sent.len() == session.csrf.len() && bool::from(sent.as_bytes().ct_eq(session.csrf.as_bytes()))
+    constant_eq(&session.csrf, sent)
 }
 
 /// A browser request must come from the gateway's own pages: its `Origin`

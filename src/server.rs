@@ -8,6 +8,7 @@ pub fn router(gw: Gateway) -> Router {
     Router::new()
         .merge(crate::http_agent::routes())
         .merge(crate::api::routes())
+        .merge(crate::slack::routes())
         .merge(crate::dashboard::routes())
         .with_state(gw)
 }

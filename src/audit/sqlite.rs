@@ -187,7 +187,7 @@ impl AuditBackend for Sqlite {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {COLUMNS} FROM audit a WHERE decision = 'approval_requested' AND NOT EXISTS (
                 SELECT 1 FROM audit b WHERE b.pending_id = a.pending_id AND b.seq > a.seq
-                AND b.decision IN ('approved','denied_by_human','timed_out','cancelled','abandoned'))
+                AND b.decision IN ('approved','denied','denied_by_human','timed_out','cancelled','abandoned'))
              ORDER BY seq ASC"
         ))?;
         let rows = stmt.query_map([], row_to_entry)?;

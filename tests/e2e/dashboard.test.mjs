@@ -797,7 +797,7 @@ test('screenshots at 1280×800 and 375×812, light and dark', async () => {
     for (const [w, h] of [[1280, 800], [375, 812]]) {
       const { ctx, page } = await newPage({ viewport: { width: w, height: h }, colorScheme: scheme });
       await login(page);
-      await card(page, 'Delete all invoices').waitFor();
+      await card(page, 'Delete all invoices').first().waitFor();
       await page.evaluate(() => document.activeElement?.blur());
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
       assert.ok(overflow <= 0, `no sideways scroll at ${w}px (${overflow})`);

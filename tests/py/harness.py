@@ -204,3 +204,44 @@ def run_driver(driver: str, script: list, *, url: str | None = None, stdio: list
 def text_of(result: dict) -> str:
     """The concatenated text content of a CallToolResult."""
     return "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
+
+
+PYDRIVER = REPO / "tests" / "py" / "pydriver.py"
+
+
+def run_pydriver(mode: str, script: list, *, url: str | None = None, stdio: list[str] | None = None,
+                 name: str | None = None, extra: list[str] | None = None, timeout: float = 120) -> dict:
+    """Runs the Python `mcp` 2.x client driver (tests/py/pydriver.py, same JSON contract as the Node
+    drivers) with `mode` = legacy | auto | 2026-07-28 and returns its report."""
+    cmd = [PYTHON, str(PYDRIVER), "--mode", mode, "--script", json.dumps(script)]
+    if name:
+        cmd += ["--name", name]
+    cmd += extra or []
+    if url:
+        cmd += ["--url", url]
+    if stdio:
+        cmd += ["--stdio", "--", *[str(c) for c in stdio]]
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=str(REPO))
+    try:
+        report = json.loads(done.stdout.decode())
+    except json.JSONDecodeError as e:
+        raise AssertionError(f"pydriver printed no JSON (exit {done.returncode}):\n{done.stdout.decode()}\n{done.stderr.decode()[-3000:]}") from e
+    report["_exit"] = done.returncode
+    report["_stderr"] = done.stderr.decode()[-3000:]
+    return report
+
+
+def airlock_stdio_cmd(tmp_path: Path, policy=None, upstream: list[str] | None = None, url: str | None = None) -> list[str]:
+    """The command line of an `airlock stdio` agent-side gateway (for a client to spawn), with a free
+    dashboard port and its own audit file. `policy` may be a dict (written to a file) or a path."""
+    port = free_port()
+    cmd = [AIRLOCK_BIN, "stdio", "--listen", f"127.0.0.1:{port}", "--audit", str(tmp_path / f"audit-stdio-{port}.db")]
+    if isinstance(policy, dict):
+        policy = write_json(tmp_path / f"policy-stdio-{port}.json", policy)
+    if policy:
+        cmd += ["--policy", str(policy)]
+    if url:
+        cmd += ["--url", url]
+    if upstream:
+        cmd += ["--", *[str(c) for c in upstream]]
+    return cmd

@@ -59,6 +59,61 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     return {"kind": "transport", "code": None, "message": f"{type(exc).__name__}: {exc}", "name": type(exc).__name__}
 
 
+async def run_step(client: Client, step: dict[str, Any], counters: dict[str, int]) -> dict[str, Any]:
+    op = step["op"]
+    out: dict[str, Any] = {"op": op}
+    if "name" in step:
+        out["name"] = step["name"]
+    if "label" in step:
+        out["label"] = step["label"]
+    before = dict(counters)
+    started = time.monotonic()
+    events: list[dict[str, Any]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        counters["progress"] += 1
+        ev: dict[str, Any] = {"progress": progress}
+        if total is not None:
+            ev["total"] = total
+        if message is not None:
+            ev["message"] = message
+        events.append(ev)
+
+    try:
+        if op == "list":
+            r = await client.list_tools(cursor=step.get("cursor"))
+            out["tools"] = [t.name for t in r.tools]
+            out["descriptions"] = {t.name: t.description for t in r.tools}
+            if step.get("full"):
+                out["result"] = dump(r)
+            out["ok"] = True
+        elif op == "call":
+            r = await client.call_tool(
+                step["name"],
+                step.get("args", {}),
+                progress_callback=on_progress if step.get("progress") else None,
+                meta=step.get("meta"),
+            )
+            out["result"] = dump(r)
+            out["ok"] = True
+        elif op == "sleep":
+            await anyio.sleep(step.get("ms", 0) / 1000)
+            out["ok"] = True
+        else:
+            raise SystemExit(f"unknown op {op!r}")
+    except Exception as e:  # noqa: BLE001
+        out["ok"] = False
+        out["error"] = error_json(e)
+    if op == "call" or step.get("progress"):
+        out["progress"] = len(events)
+        if events:
+            out["progressEvents"] = events
+    for k in ("sampling", "elicitation", "roots"):
+        out[k] = counters[k] - before[k]
+    out["elapsedMs"] = int((time.monotonic() - started) * 1000)
+    return out
+
+
 async def run(opts: argparse.Namespace, doc: dict[str, Any]) -> int:
     counters = doc["totals"]
 
@@ -93,81 +148,37 @@ async def run(opts: argparse.Namespace, doc: dict[str, Any]) -> int:
         read_timeout_seconds=opts.timeout_ms / 1000,
         cache=None,
     )
+    rest: list[dict[str, Any]] = []  # the close/terminate step that ended the session, and after
+    started = time.monotonic()
     try:
-        with anyio.fail_after(opts.timeout_ms / 1000 + 5):
-            await client.__aenter__()
+        async with client:
+            doc["protocolVersion"] = client.protocol_version
+            doc["era"] = "modern" if client.protocol_version in MODERN_PROTOCOL_VERSIONS else "legacy"
+            doc["serverInfo"] = dump(client.server_info)
+            doc["serverCapabilities"] = dump(client.server_capabilities)
+            for i, step in enumerate(opts.script):
+                if step["op"] in ("close", "terminate"):
+                    rest = opts.script[i:]
+                    started = time.monotonic()
+                    break
+                doc["steps"].append(await run_step(client, step, counters))
     except BaseException as e:  # noqa: BLE001
-        doc["crash"] = error_json(e)
-        return 2
-    open_ = True
-    try:
-        doc["protocolVersion"] = client.protocol_version
-        doc["era"] = "modern" if client.protocol_version in MODERN_PROTOCOL_VERSIONS else "legacy"
-        doc["serverInfo"] = dump(client.server_info)
-        doc["serverCapabilities"] = dump(client.server_capabilities)
-        for step in opts.script:
-            op = step["op"]
-            out: dict[str, Any] = {"op": op}
-            if "name" in step:
-                out["name"] = step["name"]
-            if "label" in step:
-                out["label"] = step["label"]
-            before = dict(counters)
-            started = time.monotonic()
-            events: list[dict[str, Any]] = []
-
-            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-                counters["progress"] += 1
-                ev: dict[str, Any] = {"progress": progress}
-                if total is not None:
-                    ev["total"] = total
-                if message is not None:
-                    ev["message"] = message
-                events.append(ev)
-
-            try:
-                if op == "list":
-                    r = await client.list_tools(cursor=step.get("cursor"))
-                    out["tools"] = [t.name for t in r.tools]
-                    out["descriptions"] = {t.name: t.description for t in r.tools}
-                    if step.get("full"):
-                        out["result"] = dump(r)
-                    out["ok"] = True
-                elif op == "call":
-                    r = await client.call_tool(
-                        step["name"],
-                        step.get("args", {}),
-                        progress_callback=on_progress if step.get("progress") else None,
-                        meta=step.get("meta"),
-                    )
-                    out["result"] = dump(r)
-                    out["ok"] = True
-                elif op == "sleep":
-                    await anyio.sleep(step.get("ms", 0) / 1000)
-                    out["ok"] = True
-                elif op in ("close", "terminate"):
-                    open_ = False
-                    await client.__aexit__(None, None, None)
-                    out["ok"] = True
-                else:
-                    raise SystemExit(f"unknown op {op!r}")
-            except Exception as e:  # noqa: BLE001
-                out["ok"] = False
-                out["error"] = error_json(e)
-            if op == "call" or step.get("progress"):
-                out["progress"] = len(events)
-                if events:
-                    out["progressEvents"] = events
-            for k in ("sampling", "elicitation", "roots"):
-                out[k] = counters[k] - before[k]
-            out["elapsedMs"] = int((time.monotonic() - started) * 1000)
-            doc["steps"].append(out)
-    finally:
-        if open_:
-            try:
-                await client.__aexit__(None, None, None)
-            except BaseException:  # noqa: BLE001
-                pass
+        if doc["protocolVersion"] is None:
+            doc["crash"] = error_json(e)
+            return 2
+        if not rest:
+            raise
+        closing: dict[str, Any] = {"ok": False, "error": error_json(e)}
+    else:
+        closing = {"ok": True}
+    for step in rest:
+        if step["op"] not in ("close", "terminate"):
+            break
+        out = {"op": step["op"], **closing, "sampling": 0, "elicitation": 0, "roots": 0,
+               "elapsedMs": int((time.monotonic() - started) * 1000)}
+        if "label" in step:
+            out["label"] = step["label"]
+        doc["steps"].append(out)
     return 0
 
 

@@ -189,6 +189,15 @@ def test_delete_ends_the_session_and_it_is_then_404(gw, c):
     assert c.delete(gw.mcp, headers=session_headers(sid)).status_code == 404
 
 
+def test_unsupported_protocol_version_header_in_a_session_is_400(gw, c):
+    # 2025-11-25 transports: an invalid or unsupported MCP-Protocol-Version MUST get 400.
+    sid = open_session(c, gw.mcp)
+    headers = session_headers(sid, {"MCP-Protocol-Version": "1900-01-01"})
+    r = post(c, gw.mcp, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers)
+    assert r.status_code == 400
+    assert "1900-01-01" in rpc_error_of(r)["message"]
+
+
 def test_get_opens_an_sse_stream_for_a_session(gw, c):
     sid = open_session(c, gw.mcp)
     with c.stream("GET", gw.mcp, headers=session_headers(sid, {"Accept": "text/event-stream"})) as r:
@@ -240,6 +249,36 @@ def test_stateless_name_header_disagreeing_with_body_never_reaches_upstream(gw_h
     err = rpc_error_of(r)
     assert err["code"] == -32020 and "Mcp-Name" in err["message"]
     assert not [x for x in read_log(log) if x["kind"] == "request" and "mismatch-7f3a" in x["body"]]
+
+
+@pytest.fixture(scope="module")
+def gw_deny(mprocs):
+    """Only `echo` is allowed; `crash` (which would kill the upstream) is denied."""
+    return mprocs.airlock(policy={"version": "1", "default": "deny", "rules": {"echo": {"action": "allow"}}},
+                          upstream=upstream_testserver())
+
+
+CALL = '{"jsonrpc":"2.0","id":2,"method":"tools/call",'
+
+
+@pytest.mark.parametrize("raw", [
+    CALL + '"params":{"name":"echo","arguments":{"text":"x"},"name":"crash"}}',
+    CALL + '"params":{"name":"echo","arguments":{"text":"x"}},"params":{"name":"crash","arguments":{}}}',
+    CALL + '"params":{"name":"crash","arguments":{},"uri":5}}',
+    CALL + '"params":{"name":"crash","arguments":{},"clientInfo":5}}',
+], ids=["duplicate-name", "duplicate-params", "numeric-uri", "numeric-clientInfo"])
+def test_tools_call_the_policy_cannot_read_never_reaches_the_upstream(gw_deny, c, raw):
+    """Policy is enforced on the body: a call whose params the gateway cannot
+    read must be refused, not forwarded unchecked (the upstream would run the
+    denied `crash` tool, ending this session's upstream)."""
+    sid = open_session(c, gw_deny.mcp)
+    r = post(c, gw_deny.mcp, raw.encode(), session_headers(sid))
+    m = json.loads(r.text) if r.headers.get("content-type", "").startswith("application/json") else answer(r, 2)
+    assert "error" in m or m["result"].get("isError") is True, m
+    assert "exited" not in r.text, f"the denied tool ran upstream: {r.text}"
+    after = post(c, gw_deny.mcp, call_body(3, "echo", {"text": "alive"}), session_headers(sid))
+    assert after.status_code == 200, after.text
+    assert answer(after, 3)["result"]["content"][0]["text"] == "alive"
 
 
 # ----------------------------------------------------------------------------- transparency

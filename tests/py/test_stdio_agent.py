@@ -62,7 +62,7 @@ class StdioAgent:
                 return m
             self.stash.append(m)
         raise AssertionError(
-            f"no matching message within {timeout}s (exit={self.proc.popen.poll()})\n"
+            f"no matching message (waited up to {timeout}s; airlock exit={self.proc.popen.poll()})\n"
             f"stdout: {self.proc.stdout_log[-10:]}\nstderr: {self.proc.stderr_log[-20:]}"
         )
 

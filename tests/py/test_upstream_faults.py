@@ -30,6 +30,56 @@ for line in sys.stdin:
 '''
 
 
+BAD_HTTP_SERVER = r'''
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+mode = sys.argv[1]
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        if mode == "500":
+            self.send_response(500)
+            self.send_header("content-type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"Internal Server Error")
+            return
+        if body.get("method") == "initialize":
+            out = json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"protocolVersion": "2025-11-25",
+                  "capabilities": {"tools": {}}, "serverInfo": {"name": "x", "version": "0"}}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("mcp-session-id", "s1")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
+        if "id" not in body:
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        # An SSE answer that breaks off half-way through the response event.
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b'event: message\ndata: {"jsonrpc":"2.0","id":')
+        self.wfile.flush()
+        self.close_connection = True
+s = HTTPServer(("127.0.0.1", 0), H)
+print("LISTENING http://127.0.0.1:%d/mcp" % s.server_address[1], flush=True)
+s.serve_forever()
+'''
+
+
+def bad_http_upstream(procs, tmp_path, mode: str) -> str:
+    script = tmp_path / "bad_http_server.py"
+    script.write_text(BAD_HTTP_SERVER)
+    p = procs.start([sys.executable, script, mode])
+    return p.wait_for_line("LISTENING ").split(" ", 1)[1].strip()
+
+
 @pytest.fixture
 def c():
     with client() as c:
@@ -130,6 +180,17 @@ def test_missing_upstream_command_answers_initialize_with_an_error_naming_it(pro
     assert missing in answer(r, 7)["error"]["message"]
 
 
+def test_initialize_the_upstream_refuses_leaves_no_session_or_process(procs, marker, c):
+    # A stateless-only upstream answers `initialize` with a JSON-RPC error (-32022).
+    gw = procs.airlock(upstream=marked_testserver(marker, era="stateless"))
+    for i in range(3):
+        r = post(c, gw.mcp, init_body(i + 1))
+        assert "error" in answer(r, i + 1)
+        assert "mcp-session-id" not in r.headers, "a session id for a failed initialize"
+    assert wait_until(lambda: not procs_with(marker), timeout=3), (
+        f"{len(procs_with(marker))} upstream processes kept for failed initializes")
+
+
 def test_unreachable_http_upstream_gives_a_clear_error(procs, c):
     url = f"http://127.0.0.1:{free_port()}/mcp"
     gw = procs.airlock(url=url)
@@ -140,6 +201,24 @@ def test_unreachable_http_upstream_gives_a_clear_error(procs, c):
              stateless_headers("tools/call", "echo"))
     assert r.status_code == 502
     assert "unreachable" in rpc_error_of(r)["message"]
+
+
+def test_http_upstream_500_gives_a_jsonrpc_error_naming_it(procs, tmp_path, c):
+    gw = procs.airlock(url=bad_http_upstream(procs, tmp_path, "500"))
+    r = post(c, gw.mcp, init_body())
+    assert r.status_code >= 500
+    err = rpc_error_of(r)
+    assert "500" in err["message"] and "upstream" in err["message"]
+
+
+def test_http_upstream_closing_mid_sse_gives_an_error_not_a_hang(procs, tmp_path, c):
+    gw = procs.airlock(url=bad_http_upstream(procs, tmp_path, "midsse"))
+    sid = open_session(c, gw.mcp)
+    r = echo(c, gw.mcp, sid)
+    err = answer(r, 3)["error"]
+    assert "upstream" in err["message"] and "before answering" in err["message"]
+    r = echo(c, gw.mcp, sid, req_id=4)  # the gateway keeps serving the session
+    assert "error" in answer(r, 4)
 
 
 def test_upstream_writing_garbage_to_stdout_gives_an_error_not_a_hang(procs, tmp_path, c):
@@ -153,16 +232,19 @@ def test_upstream_writing_garbage_to_stdout_gives_an_error_not_a_hang(procs, tmp
 
 
 def test_hanging_upstream_call_ends_at_the_configured_upstream_timeout(procs, tmp_path, marker, c):
-    gw = procs.airlock(config=config_file(tmp_path, marker, "upstream_timeout = 1"))
+    # 3 s, not 1: the limit also covers `initialize`, which includes the child's start-up.
+    gw = procs.airlock(config=config_file(tmp_path, marker, "upstream_timeout = 3"))
     url = gw.endpoint("up")
     sid = open_session(c, url)
-    body = call_body(4, "slow", {"steps": 1, "delay_ms": 20000})
+    body = call_body(4, "slow", {"steps": 1, "delay_ms": 30000})
     try:
-        r = post(c, url, body, session_headers(sid), timeout=6)
+        r = post(c, url, body, session_headers(sid), timeout=8)
     except httpx.ReadTimeout:
-        pytest.fail("upstream_timeout = 1 did not end a call the upstream never answers (still waiting after 6 s)")
+        pytest.fail("upstream_timeout = 3 did not end a call the upstream never answers (still waiting after 8 s)")
     err = answer(r, 4)["error"]
-    assert "within 1 s" in err["message"]
+    assert "within 3 s" in err["message"]
+    r = echo(c, url, sid, "after the timeout", req_id=5)  # the session still works
+    assert answer(r, 5)["result"]["content"][0]["text"] == "after the timeout"
 
 
 # ----------------------------------------------------------------------------- no orphans

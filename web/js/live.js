@@ -87,6 +87,11 @@ async function scheduleRetry(wasLive, opened) {
 
 function onOnline() { if (running && !ws) { attempts = Math.min(attempts, 1); connect(); } }
 function onOffline() { if (running) setState('offline'); }
+// Background tabs throttle timers; when the approver comes back, don't make
+// them wait for the next backoff tick.
+function onVisible() {
+  if (running && document.visibilityState === 'visible' && state !== 'live' && !(ws && ws.readyState === WebSocket.CONNECTING)) connect();
+}
 
 export function startLive(h) {
   handlers = h;
@@ -96,6 +101,7 @@ export function startLive(h) {
   state = '';
   window.addEventListener('online', onOnline);
   window.addEventListener('offline', onOffline);
+  document.addEventListener('visibilitychange', onVisible);
   connect();
 }
 
@@ -111,6 +117,7 @@ export function stopLive() {
   clearTimeout(timer);
   window.removeEventListener('online', onOnline);
   window.removeEventListener('offline', onOffline);
+  document.removeEventListener('visibilitychange', onVisible);
   if (ws) { const old = ws; ws = null; detach(old); try { old.close(); } catch { /* ignore */ } }
   state = 'offline';
 }

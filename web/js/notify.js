@@ -82,8 +82,9 @@ export function chime() {
 const shown = new Map(); // pending id -> Notification
 
 /** Called for each new pending call (not for snapshot contents). */
+let lastChime = 0;
 export function alertNew(item) {
-  if (prefs.sound) chime();
+  if (prefs.sound && Date.now() - lastChime > 2000) { lastChime = Date.now(); chime(); }
   if (alerts.notify && document.visibilityState !== 'visible') {
     try {
       const tool = String(item.tool ?? '').slice(0, 80);

@@ -8,7 +8,7 @@ const NOTE_MS = 6000;            // how long the "what happened" note stays
 const URGENT_MS = 30000;         // countdown turns red below this
 
 const recs = new Map();          // id -> record (see makeRecord)
-const notes = new Map();         // id -> { el, timer, conflict }
+const notes = new Map();         // id -> { el, text, timer, final }
 let selectedId = null;
 let agentsConnected = null;
 let haveSnapshot = false;
@@ -102,6 +102,8 @@ export function resetPending() {
   selectedId = null;
   haveSnapshot = false;
   agentsConnected = null;
+  clearInterval(tickTimer);
+  tickTimer = 0;
   updateCount();
   renderEmpty();
 }
@@ -138,8 +140,10 @@ function str(v) { return v === null || v === undefined ? '' : String(v); }
 function addItem(item, isNew) {
   const id = String(item.id);
   if (recs.has(id)) { recs.get(id).item = item; return; }
-  // A resolution may have raced ahead of the creation; don't resurrect it.
-  if (notes.has(id)) return;
+  // A resolution may have raced ahead of the creation event; don't resurrect
+  // it. (A snapshot is authoritative and always wins.)
+  if (isNew && notes.has(id)) return;
+  if (!isNew && notes.has(id)) { const n = notes.get(id); clearTimeout(n.timer); n.el.remove(); notes.delete(id); }
   const rec = makeRecord(id, item);
   recs.set(id, rec);
   // Insert in created_at order; new calls almost always go last.

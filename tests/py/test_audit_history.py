@@ -1,0 +1,211 @@
+"""The audit history as a person uses it: export through the API and the CLI
+(JSONL and CSV, same rows), `airlock audit verify` before and after someone
+edits the database, redaction, and what restarts and shutdowns leave behind —
+against the real binary and its real SQLite file."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import rawmcp as rm
+from harness import text_of
+from holdkit import BOB, HeldCall, run_cli, start_gateway
+
+CSV_COLUMNS = ["seq", "id", "at", "decision", "session", "agent", "upstream", "tool", "arguments", "args_hash",
+               "rule", "reason", "pending_id", "decider", "channel", "comment", "wait_ms", "prev_hash", "hash"]
+
+
+def canonical(value) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def some_history(gw) -> list[dict]:
+    """allowed, denied, approved (with comment), denied_by_human; returns the held items."""
+    for name, args in (("echo", {"text": "héllo, \"world\"\nline 2"}), ("crash", {})):
+        c = HeldCall(gw.mcp, name, args)
+        c.start()
+        c.result()
+    calls = [HeldCall(gw.mcp, "delete_record", {"id": f"h{i}"}) for i in range(2)]
+    for c in calls:
+        c.start()
+    items = {p["arguments"]["id"]: p for p in gw.wait_pending(2)}
+    assert gw.decide(items["h0"]["id"], "approve", comment="fine, with a comma").status_code == 200
+    assert gw.decide(items["h1"]["id"], "deny", token=BOB, comment='no "quotes" please').status_code == 200
+    for c in calls:
+        c.result()
+    return list(items.values())
+
+
+def wait_rows(gw, n: int) -> list[dict]:
+    rows = rm.wait_until(lambda: (lambda r: r if len(r) >= n else None)(jsonl(
+        gw.api("GET", "/api/audit/export", params={"format": "jsonl"}).text)), timeout=10)
+    assert rows and len(rows) == n, rows
+    return rows
+
+
+def test_export_jsonl_and_csv_round_trip_between_api_and_cli(procs):
+    gw = start_gateway(procs)
+    some_history(gw)
+    # allowed, denied, 2 x approval_requested, approved, denied_by_human
+    api_rows = wait_rows(gw, 6)
+    assert sorted(r["decision"] for r in api_rows) == sorted(
+        ["allowed", "denied", "approval_requested", "approval_requested", "approved", "denied_by_human"])
+    assert [r["seq"] for r in api_rows] == list(range(1, 7))
+    r = gw.api("GET", "/api/audit/export", params={"format": "jsonl"})
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    cli = run_cli("audit", "export", "--format", "jsonl", "--audit", gw.audit)
+    assert cli.returncode == 0, cli.stderr
+    assert jsonl(cli.stdout) == api_rows
+
+    api_csv = gw.api("GET", "/api/audit/export", params={"format": "csv"})
+    assert api_csv.status_code == 200 and api_csv.headers["content-type"].startswith("text/csv")
+    cli_csv = run_cli("audit", "export", "--format", "csv", "--audit", gw.audit)
+    assert cli_csv.returncode == 0, cli_csv.stderr
+    assert cli_csv.stdout == api_csv.text
+    table = list(csv.DictReader(io.StringIO(api_csv.text)))
+    assert list(table[0].keys()) == CSV_COLUMNS
+    assert len(table) == len(api_rows)
+    for row, entry in zip(table, api_rows):
+        for key in CSV_COLUMNS:
+            value = entry[key]
+            if key == "arguments":
+                expected = "" if value is None else canonical(value)
+            else:
+                expected = "" if value is None else str(value)
+            assert row[key] == expected, (key, row[key], expected)
+
+    # The filters of the API and the CLI agree.
+    since = api_rows[3]["at"]
+    by_api = jsonl(gw.api("GET", "/api/audit/export", params={"format": "jsonl", "since": since}).text)
+    by_cli = jsonl(run_cli("audit", "export", "--since", since, "--audit", gw.audit).stdout)
+    assert by_api == by_cli and by_api and all(e["at"] >= since for e in by_api)
+    assert gw.api("GET", "/api/audit/export", params={"format": "xml"}).status_code == 400
+
+
+def test_audit_query_filters_and_paginates(procs):
+    gw = start_gateway(procs)
+    some_history(gw)
+    wait_rows(gw, 6)
+    [denied] = gw.api("GET", "/api/audit", params={"decider": "bob"}).json()["entries"]
+    assert denied["decision"] == "denied_by_human" and denied["comment"] == 'no "quotes" please'
+    held = gw.api("GET", "/api/audit", params={"tool": "delete_record", "decision": "approval_requested"}).json()
+    assert len(held["entries"]) == 2
+    seen, cursor = [], None
+    while True:
+        page = gw.api("GET", "/api/audit", params={"limit": 4, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [e["seq"] for e in page["entries"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == list(range(1, 7)) and len(seen) == 6
+    bad = gw.api("GET", "/api/audit", params={"since": "yesterday"})
+    assert bad.status_code == 400 and "since" in bad.json()["error"]["message"]
+
+
+def test_audit_redacts_secret_argument_keys_but_hashes_the_real_ones(procs):
+    gw = start_gateway(procs)
+    args = {"id": "r1", "password": "hunter2", "nested": {"Token": "abc123"}}
+    call = HeldCall(gw.mcp, "delete_record", args)
+    call.start()
+    [item] = gw.wait_pending(1)
+    assert item["arguments"] == args  # the approver sees what will be sent
+    assert gw.decide(item["id"], "deny").status_code == 200
+    call.result()
+    rows = gw.audit_rows(pending_id=item["id"])
+    export = gw.api("GET", "/api/audit/export").text
+    assert "hunter2" not in export and "abc123" not in export
+    assert rows[0]["arguments"] == {"id": "r1", "password": "[redacted]", "nested": {"Token": "[redacted]"}}
+    assert rows[0]["args_hash"] == hashlib.sha256(canonical(args).encode()).hexdigest()
+
+
+def test_verify_passes_then_names_the_edited_row(procs):
+    gw = start_gateway(procs)
+    some_history(gw)
+    wait_rows(gw, 6)
+    assert gw.proc.stop(signal.SIGTERM) == 0
+    ok = run_cli("audit", "verify", "--audit", gw.audit)
+    assert ok.returncode == 0, ok.stderr
+    assert "6 row(s)" in ok.stdout and "intact" in ok.stdout, ok.stdout
+
+    with sqlite3.connect(gw.audit) as db:
+        (seq, row_id), = db.execute("SELECT seq, id FROM audit WHERE decision = 'denied_by_human'").fetchall()
+        db.execute("UPDATE audit SET comment = 'approved, honest' WHERE seq = ?", (seq,))
+    bad = run_cli("audit", "verify", "--audit", gw.audit)
+    assert bad.returncode == 1, (bad.stdout, bad.stderr)
+    assert f"row {seq} " in bad.stderr and row_id in bad.stderr and "changed" in bad.stderr, bad.stderr
+
+    # Put it back, then remove a row instead: the gap is named.
+    with sqlite3.connect(gw.audit) as db:
+        db.execute("UPDATE audit SET comment = 'no \"quotes\" please' WHERE seq = ?", (seq,))
+    assert run_cli("audit", "verify", "--audit", gw.audit).returncode == 0
+    with sqlite3.connect(gw.audit) as db:
+        db.execute("DELETE FROM audit WHERE seq = 2")
+    gap = run_cli("audit", "verify", "--audit", gw.audit)
+    assert gap.returncode == 1 and "row 2" in gap.stderr, gap.stderr
+    missing = run_cli("audit", "verify", "--audit", gw.audit.with_name("nope.db"))
+    assert missing.returncode != 0 and "nope.db" in missing.stderr
+
+
+def test_restart_records_holds_left_open_as_abandoned(procs):
+    gw = start_gateway(procs)
+    call = HeldCall(gw.mcp, "delete_record", {"id": "lost"})
+    call.start()
+    [item] = gw.wait_pending(1)
+    os.kill(gw.proc.popen.pid, signal.SIGKILL)
+    gw.proc.popen.wait(10)
+    call.join(10)
+    assert call.answer is None  # the agent saw its connection drop
+
+    again = start_gateway(procs, audit=gw.audit, config=gw.config)
+    assert again.pending() == []
+    [row] = again.decision_rows(item["id"])
+    assert row["decision"] == "abandoned" and row["tool"] == "delete_record"
+    assert row["arguments"] == {"id": "lost"}
+    assert again.decide(item["id"], "approve").status_code in (404, 409)
+    export = [e for e in jsonl(again.api("GET", "/api/audit/export").text) if e["pending_id"] == item["id"]]
+    assert [e["decision"] for e in export] == ["approval_requested", "abandoned"]
+    assert again.metrics()['airlock_calls_total{outcome="abandoned"}'] == 1
+    assert again.proc.stop(signal.SIGTERM) == 0
+
+    # A second restart does not abandon it twice; the chain is intact.
+    third = start_gateway(procs, audit=gw.audit, config=gw.config)
+    assert len(third.decision_rows(item["id"])) == 1
+    assert third.proc.stop(signal.SIGTERM) == 0
+    assert run_cli("audit", "verify", "--audit", gw.audit).returncode == 0
+
+
+def test_sigterm_denies_open_holds_records_it_and_exits_zero(procs, tmp_path):
+    marker = tmp_path / "sigterm-upstream-marker"
+    gw = start_gateway(procs, upstream_args=["--log-requests", marker])
+    calls = [HeldCall(gw.mcp, "delete_record", {"id": f"s{i}"}) for i in range(2)]
+    for c in calls:
+        c.start()
+    items = gw.wait_pending(2)
+    assert rm.procs_with(marker), "the upstream child should be running"
+    started = time.monotonic()
+    os.kill(gw.proc.popen.pid, signal.SIGTERM)
+    for c in calls:
+        result = c.result(15)
+        assert result["isError"] is True and "gateway shutting down" in text_of(result), result
+    assert gw.proc.popen.wait(15) == 0, gw.proc.stderr_text()[-2000:]
+    assert time.monotonic() - started < 10
+    assert rm.wait_until(lambda: not rm.procs_with(marker), 5), "upstream child outlived the gateway"
+    cli = run_cli("audit", "export", "--audit", gw.audit)
+    rows = jsonl(cli.stdout)
+    for item in items:
+        [row] = [r for r in rows if r["pending_id"] == item["id"] and r["decision"] != "approval_requested"]
+        assert row["decision"] == "denied" and row["reason"] == "gateway shutting down", row
+    assert run_cli("audit", "verify", "--audit", gw.audit).returncode == 0
+    # Nothing is left to abandon on the next start.
+    again = start_gateway(procs, audit=gw.audit, config=gw.config)
+    assert again.audit_rows(decision="abandoned") == []

@@ -1,0 +1,444 @@
+"""Real third-party MCP clients through Airlock: the era matrix.
+
+agent  {Python `mcp` 2.x Client legacy/auto/pinned 2026-07-28, TS sdk 1.x, TS client 2.x
+        legacy/auto/pinned 2026-07-28}
+x agent transport {Streamable HTTP (`airlock serve`), stdio (`airlock stdio`)}
+x upstream {testserver stdio (--era both), testserver HTTP (--era both), server-everything stdio,
+            server-everything HTTP (handshake era only), Node stateless server HTTP (2026-07-28 only)}
+
+Every combination runs the same script twice: directly against the upstream (the agent spawns a
+stdio upstream itself, or connects to an HTTP upstream's URL) and through Airlock. A combination that
+does not work directly must fail through Airlock too; for the ones that work, every check below
+compares the Airlock run with the direct run. All client runs happen once, concurrently, in the
+module fixture `matrix`; each test then checks one behaviour on the recorded reports.
+"""
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+
+from harness import (
+    Processes,
+    airlock_stdio_cmd,
+    run_driver,
+    run_pydriver,
+    text_of,
+    upstream_everything,
+    upstream_testserver,
+)
+
+APPROVAL_NOTE = "[Airlock: a human must approve each call to this tool; the call waits for their decision.]"
+UNKNOWN = "no_such_tool_anywhere"
+WORKERS = 4
+
+# --------------------------------------------------------------------------- agents
+
+
+@dataclass(frozen=True)
+class Agent:
+    driver: str  # py | sdk1 | client2
+    era: str | None  # legacy | auto | 2026-07-28 (None for sdk1)
+
+    @property
+    def handshake_only(self) -> bool:
+        return self.era in (None, "legacy")
+
+    @property
+    def pinned_modern(self) -> bool:
+        return self.era == "2026-07-28"
+
+
+AGENTS = {
+    "py-legacy": Agent("py", "legacy"),
+    "py-auto": Agent("py", "auto"),
+    "py-2026": Agent("py", "2026-07-28"),
+    "sdk1": Agent("sdk1", None),
+    "client2-legacy": Agent("client2", "legacy"),
+    "client2-auto": Agent("client2", "auto"),
+    "client2-2026": Agent("client2", "2026-07-28"),
+}
+
+# --------------------------------------------------------------------------- upstreams and policies
+
+
+def allow(**extra):
+    return {"action": "allow", **extra}
+
+
+RATE_2 = {"max": 2, "window": 60}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What an upstream's tools are used for in the script, and the policy in front of it."""
+
+    allowed: tuple  # (tool, args)
+    denied: tuple  # (tool, args, reason)
+    hidden: tuple  # (tool, args)
+    rate: tuple  # (tool, args); its rule allows 2 calls per minute
+    approval: str  # listed, with the approval note
+    progress: tuple  # (tool, args, steps)
+    interactions: tuple  # ((tool, args, counter), ...) counter = sampling | elicitation
+    policy: dict = field(hash=False)
+
+    @property
+    def listed(self) -> set[str]:
+        """The tools an agent sees through Airlock (default deny: allowed + approval tools)."""
+        return {n for n, r in self.policy["rules"].items() if r["action"] != "deny"}
+
+
+TESTSERVER = Family(
+    allowed=("echo", {"text": "héllo wörld"}),
+    denied=("delete_record", {"id": "7"}, "records are kept forever"),
+    hidden=("secret_tool", {}),
+    rate=("add", {"a": 2, "b": 3}),
+    approval="large",
+    progress=("slow", {"steps": 3, "delay_ms": 50}, 3),
+    interactions=(("sample", {"prompt": "hi"}, "sampling"), ("elicit", {"message": "ok?"}, "elicitation")),
+    policy={
+        "version": "1",
+        "default": "deny",
+        "hide": ["secret_tool"],
+        "rules": {
+            "echo": allow(),
+            "add": allow(rate_limit=RATE_2),
+            "slow": allow(),
+            "sample": allow(),
+            "elicit": allow(),
+            "delete_record": {"action": "deny", "reason": "records are kept forever"},
+            "large": {"action": "require_approval", "reason": "big output"},
+        },
+    },
+)
+
+EVERYTHING = Family(
+    allowed=("echo", {"message": "héllo wörld"}),
+    denied=("get-env", {}, "the environment is private"),
+    hidden=("toggle-simulated-logging", {}),
+    rate=("get-sum", {"a": 2, "b": 3}),
+    approval="gzip-file-as-resource",
+    progress=("trigger-long-running-operation", {"duration": 0.3, "steps": 3}, 3),
+    interactions=(
+        ("trigger-sampling-request", {"prompt": "hi"}, "sampling"),
+        ("trigger-elicitation-request", {}, "elicitation"),
+    ),
+    policy={
+        "version": "1",
+        "default": "deny",
+        "hide": ["toggle-simulated-logging"],
+        "rules": {
+            "echo": allow(),
+            "get-sum": allow(rate_limit=RATE_2),
+            "trigger-long-running-operation": allow(),
+            "trigger-sampling-request": allow(),
+            "trigger-elicitation-request": allow(),
+            "get-env": {"action": "deny", "reason": "the environment is private"},
+            "gzip-file-as-resource": {"action": "require_approval", "reason": "fetches URLs"},
+        },
+    },
+)
+
+# The Node stateless server has six tools: echo doubles as the allowed and the rate-limited tool
+# (the allowed call is the rule's first call).
+STATELESS = Family(
+    allowed=("echo", {"text": "héllo wörld"}),
+    denied=("delete_record", {"id": "7"}, "records are kept forever"),
+    hidden=("fail", {"message": "boom"}),
+    rate=("echo", {"text": "héllo wörld"}),
+    approval="ask",
+    progress=("slow", {"steps": 3, "ms": 50}, 3),
+    interactions=(("sample", {"prompt": "hi"}, "sampling"),),
+    policy={
+        "version": "1",
+        "default": "deny",
+        "hide": ["fail"],
+        "rules": {
+            "echo": allow(rate_limit=RATE_2),
+            "slow": allow(),
+            "sample": allow(),
+            "delete_record": {"action": "deny", "reason": "records are kept forever"},
+            "ask": {"action": "require_approval", "reason": "asks the user"},
+        },
+    },
+)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    family: Family
+    transport: str  # stdio | http
+    eras: str  # both | handshake | stateless
+
+
+UPSTREAMS = {
+    "testserver-stdio": Upstream(TESTSERVER, "stdio", "both"),
+    "testserver-http": Upstream(TESTSERVER, "http", "both"),
+    "everything-stdio": Upstream(EVERYTHING, "stdio", "handshake"),
+    "everything-http": Upstream(EVERYTHING, "http", "handshake"),
+    "stateless-http": Upstream(STATELESS, "http", "stateless"),
+}
+
+
+def works_directly(agent: Agent, upstream: Upstream) -> bool:
+    """The era table: a handshake-only agent needs a handshake-era upstream, a pinned 2026-07-28
+    agent a stateless-era one; auto agents and dual-era upstreams work with everything."""
+    if upstream.eras == "handshake":
+        return not agent.pinned_modern
+    if upstream.eras == "stateless":
+        return not agent.handshake_only
+    return True
+
+
+# --------------------------------------------------------------------------- the script
+
+
+def script_for(family: Family, transport: str) -> list[dict]:
+    def call(label, tool, args, **kw):
+        return {"op": "call", "label": label, "name": tool, "args": args, "timeoutMs": 20000, **kw}
+
+    steps = [{"op": "list", "label": "list", "timeoutMs": 20000}]
+    steps.append(call("allowed", *family.allowed))
+    steps.append(call("denied", *family.denied[:2]))
+    steps.append(call("hidden", *family.hidden))
+    steps.append(call("unknown", UNKNOWN, {}))
+    n_rate = 2 if family.rate[0] == family.allowed[0] else 3
+    for i in range(n_rate):
+        steps.append(call(f"rate{i + 1}", *family.rate))
+    tool, args, _ = family.progress
+    steps.append(call("progress", tool, args, progress=True))
+    for tool, args, counter in family.interactions:
+        steps.append(call(counter, tool, args))
+    if transport == "http":
+        steps.append({"op": "terminate", "label": "terminate"})
+    steps.append({"op": "close", "label": "close"})
+    return steps
+
+
+def run_agent(agent_key: str, script: list[dict], *, url=None, stdio=None) -> dict:
+    agent = AGENTS[agent_key]
+    started = time.monotonic()
+    if agent.driver == "py":
+        report = run_pydriver(agent.era, script, url=url, stdio=stdio, name=agent_key, timeout=150)
+    else:
+        extra = ["--name", agent_key, "--timeout-ms", "20000"]
+        report = run_driver(agent.driver, script, url=url, stdio=stdio, era=agent.era, extra=extra, timeout=150)
+    report["_seconds"] = time.monotonic() - started
+    return report
+
+
+# --------------------------------------------------------------------------- running the matrix
+
+COMBOS = [(a, t, u) for u in UPSTREAMS for a in AGENTS for t in ("http", "stdio")]
+WORKING = [(a, t, u) for (a, t, u) in COMBOS if works_directly(AGENTS[a], UPSTREAMS[u])]
+
+
+def ids(combos):
+    return ["-".join(c) for c in combos]
+
+
+class Matrix:
+    def __init__(self):
+        self.direct: dict[tuple[str, str], dict] = {}
+        self.through: dict[tuple[str, str, str], dict] = {}
+        self.seconds = 0.0
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clients")
+    procs = Processes(tmp)
+    started = time.monotonic()
+    try:
+        _, ts_url = procs.testserver_http("both")
+        _, ev_url = procs.everything_http()
+        _, sl_url = procs.stateless_node_http()
+        native = {
+            "testserver-stdio": {"stdio": upstream_testserver("both")},
+            "testserver-http": {"url": ts_url},
+            "everything-stdio": {"stdio": upstream_everything()},
+            "everything-http": {"url": ev_url},
+            "stateless-http": {"url": sl_url},
+        }
+
+        def upstream_args(u):
+            n = native[u]
+            return {"upstream": n["stdio"]} if "stdio" in n else {"url": n["url"]}
+
+        gateways = {u: procs.airlock(policy=UPSTREAMS[u].family.policy, **upstream_args(u)) for u in UPSTREAMS}
+
+        jobs = {}
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            for u, up in UPSTREAMS.items():
+                for a in AGENTS:
+                    n = native[u]
+                    direct_transport = "stdio" if "stdio" in n else "http"
+                    jobs[("direct", a, u)] = pool.submit(run_agent, a, script_for(up.family, direct_transport), **n)
+                    jobs[("http", a, u)] = pool.submit(run_agent, a, script_for(up.family, "http"), url=gateways[u].mcp)
+                    cmd = airlock_stdio_cmd(tmp, policy=up.family.policy, **upstream_args(u))
+                    jobs[("stdio", a, u)] = pool.submit(run_agent, a, script_for(up.family, "stdio"), stdio=cmd)
+            m = Matrix()
+            for (kind, a, u), fut in jobs.items():
+                report = fut.result()
+                if kind == "direct":
+                    m.direct[(a, u)] = report
+                else:
+                    m.through[(a, kind, u)] = report
+        m.seconds = time.monotonic() - started
+        yield m
+    finally:
+        procs.stop_all()
+
+
+def pair(matrix: Matrix, agent: str, transport: str, upstream: str) -> tuple[dict, dict]:
+    return matrix.direct[(agent, upstream)], matrix.through[(agent, transport, upstream)]
+
+
+def step(report: dict, label: str) -> dict:
+    for s in report.get("steps", []):
+        if s.get("label") == label:
+            return s
+    raise AssertionError(f"no step {label!r} in report (crash={report.get('crash')}): {report.get('steps')}")
+
+
+def content(result: dict) -> list:
+    """A CallToolResult's content, without the fields that legitimately differ per run."""
+    return result.get("content", [])
+
+
+def normalize(value, tool: str):
+    """Replaces a tool name in every string of `value` by a placeholder."""
+    if isinstance(value, str):
+        return value.replace(tool, "<TOOL>")
+    if isinstance(value, list):
+        return [normalize(v, tool) for v in value]
+    if isinstance(value, dict):
+        return {k: normalize(v, tool) for k, v in value.items()}
+    return value
+
+
+def outcome(s: dict, tool: str) -> dict:
+    """What the agent saw for a call, comparable across runs: an error's kind/code/message/HTTP
+    status, or a result's isError and content."""
+    if s["ok"]:
+        r = s["result"]
+        return normalize({"isError": bool(r.get("isError")), "content": content(r)}, tool)
+    e = s["error"]
+    return normalize({k: e.get(k) for k in ("kind", "code", "message", "httpStatus")}, tool)
+
+
+def diag(direct: dict, through: dict) -> str:
+    return f"\ndirect: crash={direct.get('crash')} stderr={direct.get('_stderr', '')[-600:]}\n" \
+           f"through: crash={through.get('crash')} stderr={through.get('_stderr', '')[-1500:]}"
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("agent,transport,upstream", COMBOS, ids=ids(COMBOS))
+def test_connects_through_airlock_exactly_when_direct_connects(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    expected = works_directly(AGENTS[agent], UPSTREAMS[upstream])
+    assert ("crash" not in direct) == expected, f"direct run disagrees with the era table: {direct.get('crash')}"
+    assert ("crash" not in through) == expected, diag(direct, through)
+    if expected:
+        assert through["protocolVersion"] == direct["protocolVersion"], diag(direct, through)
+        assert through["era"] == direct["era"]
+        assert through.get("serverInfo", {}).get("name") == direct.get("serverInfo", {}).get("name")
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_tools_list_drops_hidden_and_denied_tools_and_keeps_approval_tools(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    fam = UPSTREAMS[upstream].family
+    listed_direct = set(step(direct, "list")["tools"])
+    assert fam.listed <= listed_direct, "the policy names tools the upstream does not list"
+    listed = step(through, "list")
+    assert set(listed["tools"]) == fam.listed, diag(direct, through)
+    assert fam.hidden[0] not in listed["tools"]
+    assert listed["descriptions"][fam.approval].endswith(APPROVAL_NOTE)
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_allowed_call_returns_the_upstream_result(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    d, t = step(direct, "allowed"), step(through, "allowed")
+    assert d["ok"] and not d["result"].get("isError"), d
+    assert outcome(t, "") == outcome(d, ""), diag(direct, through)
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_denied_call_is_a_tool_error_naming_rule_and_reason(matrix, agent, transport, upstream):
+    _, through = pair(matrix, agent, transport, upstream)
+    tool, _, reason = UPSTREAMS[upstream].family.denied
+    t = step(through, "denied")
+    assert t["ok"], t
+    assert t["result"]["isError"] is True
+    text = text_of(t["result"])
+    assert reason in text and tool in text, text
+    assert t["result"]["_meta"]["airlock.decision"] == "denied"
+    assert t["result"]["_meta"]["airlock.reason"] == reason
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_hidden_tool_answers_like_an_unknown_tool_directly(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    hidden = UPSTREAMS[upstream].family.hidden[0]
+    expected = outcome(step(direct, "unknown"), UNKNOWN)
+    got = outcome(step(through, "hidden"), hidden)
+    assert got == expected, diag(direct, through)
+    assert expected.get("isError", True), "an unknown tool must not succeed directly"
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_third_call_of_a_max_2_rule_is_rate_limited(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    fam = UPSTREAMS[upstream].family
+    labels = [s["label"] for s in through["steps"] if s.get("label", "").startswith("rate")]
+    *under, last = labels
+    for label in under:
+        assert outcome(step(through, label), "") == outcome(step(direct, label), ""), diag(direct, through)
+    d, t = step(direct, last), step(through, last)
+    assert d["ok"] and not d["result"].get("isError"), d
+    assert t["ok"] and t["result"]["isError"] is True, t
+    assert t["result"]["_meta"]["airlock.decision"] == "rate_limited"
+    text = text_of(t["result"])
+    assert fam.rate[0] in text and re.search(r"[Rr]etry in \d+ s", text), text
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_progress_notifications_reach_the_agent(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    d, t = step(direct, "progress"), step(through, "progress")
+    assert d["ok"] and t["ok"], diag(direct, through)
+    assert outcome(t, "") == outcome(d, "")
+    steps = UPSTREAMS[upstream].family.progress[2]
+    assert d["progress"] >= steps - 1 >= 1
+    assert t["progress"] >= steps - 1, diag(direct, through)
+    events = t.get("progressEvents", [])
+    assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_server_to_client_requests_round_trip(matrix, agent, transport, upstream):
+    """Sampling / elicitation: a server->client request in the handshake era, `input_required`
+    (retried by the client) in the stateless era."""
+    direct, through = pair(matrix, agent, transport, upstream)
+    for _, _, counter in UPSTREAMS[upstream].family.interactions:
+        d, t = step(direct, counter), step(through, counter)
+        assert d["ok"] and not d["result"].get("isError") and d[counter] == 1, d
+        assert t[counter] == 1, diag(direct, through)
+        assert outcome(t, "") == outcome(d, ""), diag(direct, through)
+
+
+@pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
+def test_session_ends_cleanly(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    assert step(through, "close")["ok"], diag(direct, through)
+    if transport == "http" and AGENTS[agent].driver != "py":
+        t = step(through, "terminate")
+        assert t["ok"], t
+    assert through["_exit"] == 0, diag(direct, through)
