@@ -170,8 +170,7 @@ fn serve_http(addr: &str, threads: usize) -> std::io::Result<()> {
 }
 
 fn serve_stdio() -> std::io::Result<()> {
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
+    let mut input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
     let stdout = std::io::stdout();
     let mut output = std::io::BufWriter::new(stdout.lock());
     let mut line = Vec::with_capacity(4096);

@@ -136,7 +136,14 @@ impl std::fmt::Debug for SlackConfig {
             .field("bot_token", &secret(&self.bot_token))
             .field("channel", &self.channel)
             .field("api_url", &self.api_url)
-            .field("link_key", &if self.link_key.is_some() { "[secret]" } else { "generated" })
+            .field(
+                "link_key",
+                &if self.link_key.is_some() {
+                    "[secret]"
+                } else {
+                    "generated"
+                },
+            )
             .field("link_requires_login", &self.link_requires_login)
             .field("give_up_after", &self.give_up_after)
             .field("users", &self.users)
@@ -260,7 +267,7 @@ pub fn parse(
             file: file.to_owned(),
             line,
             column,
-            message: e.message().trim().to_owned(),
+            message: explain_toml_error(e.message().trim()),
         }
     })?;
     let invalid = |needle: &str, nth: usize, message: String| {
@@ -412,6 +419,18 @@ pub fn parse(
     })
 }
 
+/// Adds a suggestion to toml's "unknown field" message.
+fn explain_toml_error(message: &str) -> String {
+    match crate::suggest::parse_unknown(message, "unknown field `") {
+        Some((field, expected)) => format!(
+            "unknown key `{field}`{} (known keys: {})",
+            crate::suggest::suggestion(&field, &expected),
+            expected.join(", ")
+        ),
+        None => message.to_owned(),
+    }
+}
+
 /// Argument keys redacted in the audit history unless the config says otherwise.
 pub fn default_redact() -> Vec<String> {
     ["password", "token", "secret"].map(String::from).to_vec()
@@ -481,7 +500,11 @@ fn credentials(
 }
 
 /// `slack_user_id` of each `[[approver]]`: well-formed and used once.
-fn slack_users(raw: &[RawCredential], text: &str, file: &str) -> Result<Vec<(String, String)>, ConfigError> {
+fn slack_users(
+    raw: &[RawCredential],
+    text: &str,
+    file: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut users: Vec<(String, String)> = Vec::new();
     for (i, c) in raw.iter().enumerate() {
         let Some(id) = &c.slack_user_id else { continue };
@@ -494,14 +517,22 @@ fn slack_users(raw: &[RawCredential], text: &str, file: &str) -> Result<Vec<(Str
                 message,
             }
         };
-        if id.is_empty() || !id.starts_with(['U', 'W']) || !id.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        if id.is_empty()
+            || !id.starts_with(['U', 'W'])
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        {
             return Err(err(format!(
                 "approver `{}`: slack_user_id `{id}` is not a Slack member ID like U012AB3CD (Profile → ⋮ → Copy member ID)",
                 c.name
             )));
         }
         if let Some((_, other)) = users.iter().find(|(u, _)| u == id) {
-            return Err(err(format!("approver `{}`: slack_user_id `{id}` is already used by approver `{other}`", c.name)));
+            return Err(err(format!(
+                "approver `{}`: slack_user_id `{id}` is already used by approver `{other}`",
+                c.name
+            )));
         }
         users.push((id.clone(), c.name.clone()));
     }
@@ -518,7 +549,11 @@ fn slack(
 ) -> Result<SlackConfig, ConfigError> {
     let err = |key: &str, message: String| {
         let (line, column) = locate(text, key, 0);
-        let (line, column) = if line == 1 && column == 1 { locate(text, "[slack]", 0) } else { (line, column) };
+        let (line, column) = if line == 1 && column == 1 {
+            locate(text, "[slack]", 0)
+        } else {
+            (line, column)
+        };
         ConfigError::Invalid {
             file: file.to_owned(),
             line,
@@ -530,7 +565,10 @@ fn slack(
         let Some(var) = var else { return Ok(None) };
         match env(var) {
             Some(value) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
-            _ => Err(err(key, format!("slack.{key} names environment variable `{var}`, which is not set"))),
+            _ => Err(err(
+                key,
+                format!("slack.{key} names environment variable `{var}`, which is not set"),
+            )),
         }
     };
     let webhook_url = secret("webhook_url_env", &raw.webhook_url_env)?;
@@ -541,16 +579,32 @@ fn slack(
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
         // The value is a secret: name the variable, never print it.
-        return Err(err("webhook_url_env", format!("slack.webhook_url_env: `{var}` does not hold an https:// URL")));
+        return Err(err(
+            "webhook_url_env",
+            format!("slack.webhook_url_env: `{var}` does not hold an https:// URL"),
+        ));
     }
     if let (Some(key), Some(var)) = (&link_key, &raw.link_key_env)
         && key.len() < 32
     {
-        return Err(err("link_key_env", format!("slack.link_key_env: `{var}` must hold at least 32 characters")));
+        return Err(err(
+            "link_key_env",
+            format!("slack.link_key_env: `{var}` must hold at least 32 characters"),
+        ));
     }
     match (&bot_token, &raw.channel) {
-        (Some(_), None) => return Err(err("bot_token_env", "slack.bot_token_env needs `channel` (the channel ID to post to)".into())),
-        (None, Some(_)) => return Err(err("channel", "slack.channel is only used with bot_token_env".into())),
+        (Some(_), None) => {
+            return Err(err(
+                "bot_token_env",
+                "slack.bot_token_env needs `channel` (the channel ID to post to)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "channel",
+                "slack.channel is only used with bot_token_env".into(),
+            ));
+        }
         _ => {}
     }
     if webhook_url.is_none() && bot_token.is_none() {
@@ -559,15 +613,28 @@ fn slack(
             "[slack] needs webhook_url_env (an incoming webhook) or bot_token_env + channel (a Slack app's bot)".into(),
         ));
     }
-    let api_url = raw.api_url.unwrap_or_else(|| DEFAULT_SLACK_API.to_owned()).trim_end_matches('/').to_owned();
+    let api_url = raw
+        .api_url
+        .unwrap_or_else(|| DEFAULT_SLACK_API.to_owned())
+        .trim_end_matches('/')
+        .to_owned();
     if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-        return Err(err("api_url", format!("slack.api_url `{api_url}` must start with https://")));
+        return Err(err(
+            "api_url",
+            format!("slack.api_url `{api_url}` must start with https://"),
+        ));
     }
-    let give_up_after = raw.give_up_after.map(Duration::from_secs).unwrap_or(DEFAULT_SLACK_GIVE_UP);
+    let give_up_after = raw
+        .give_up_after
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_SLACK_GIVE_UP);
     if !(1..=86_400).contains(&give_up_after.as_secs()) {
         return Err(err(
             "give_up_after",
-            format!("slack.give_up_after must be between 1 and 86400 seconds, got {}", give_up_after.as_secs()),
+            format!(
+                "slack.give_up_after must be between 1 and 86400 seconds, got {}",
+                give_up_after.as_secs()
+            ),
         ));
     }
     Ok(SlackConfig {
@@ -694,36 +761,75 @@ redact = ["password"]
             "{BASE}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nslack_user_id = \"U012AB3CD\"\n[slack]\nwebhook_url_env = \"HOOK\"\nsigning_secret_env = \"SIGNING\"\ngive_up_after = 30\n"
         ));
         let slack = c.slack.expect("[slack]");
-        assert_eq!(slack.webhook_url.as_deref(), Some("https://hooks.slack.com/services/T0/B0/secretsecret"));
-        assert_eq!(slack.signing_secret.as_deref(), Some("slack-signing-secret"));
-        assert_eq!(slack.users, vec![("U012AB3CD".to_owned(), "alice".to_owned())]);
+        assert_eq!(
+            slack.webhook_url.as_deref(),
+            Some("https://hooks.slack.com/services/T0/B0/secretsecret")
+        );
+        assert_eq!(
+            slack.signing_secret.as_deref(),
+            Some("slack-signing-secret")
+        );
+        assert_eq!(
+            slack.users,
+            vec![("U012AB3CD".to_owned(), "alice".to_owned())]
+        );
         assert_eq!(slack.give_up_after, Duration::from_secs(30));
         assert!(!slack.link_requires_login);
         assert_eq!(slack.api_url, DEFAULT_SLACK_API);
         let debug = format!("{slack:?}");
-        assert!(!debug.contains("secretsecret") && !debug.contains("slack-signing-secret"), "{debug}");
+        assert!(
+            !debug.contains("secretsecret") && !debug.contains("slack-signing-secret"),
+            "{debug}"
+        );
         assert!(parse_ok(BASE).slack.is_none());
     }
 
     #[test]
     fn slack_errors_name_the_key_and_line() {
-        let unknown = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"HOOK\"\nwebhook_url = \"https://x\"\n"));
-        assert!(unknown.starts_with("a.toml:6:") && unknown.contains("webhook_url"), "{unknown}");
+        let unknown = parse_err(&format!(
+            "{BASE}[slack]\nwebhook_url_env = \"HOOK\"\nwebhook_url = \"https://x\"\n"
+        ));
+        assert!(
+            unknown.starts_with("a.toml:6:") && unknown.contains("webhook_url"),
+            "{unknown}"
+        );
         let unset = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"NOPE\"\n"));
-        assert!(unset.starts_with("a.toml:5:") && unset.contains("`NOPE`, which is not set"), "{unset}");
+        assert!(
+            unset.starts_with("a.toml:5:") && unset.contains("`NOPE`, which is not set"),
+            "{unset}"
+        );
         let not_url = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"NOT_A_URL\"\n"));
-        assert!(not_url.contains("does not hold an https:// URL") && !not_url.contains("secretsecret"), "{not_url}");
+        assert!(
+            not_url.contains("does not hold an https:// URL") && !not_url.contains("secretsecret"),
+            "{not_url}"
+        );
         let nothing = parse_err(&format!("{BASE}[slack]\nlink_requires_login = true\n"));
-        assert!(nothing.starts_with("a.toml:4:") && nothing.contains("needs webhook_url_env"), "{nothing}");
+        assert!(
+            nothing.starts_with("a.toml:4:") && nothing.contains("needs webhook_url_env"),
+            "{nothing}"
+        );
         let no_channel = parse_err(&format!("{BASE}[slack]\nbot_token_env = \"SIGNING\"\n"));
         assert!(no_channel.contains("needs `channel`"), "{no_channel}");
-        let give_up = parse_err(&format!("{BASE}[slack]\nwebhook_url_env = \"HOOK\"\ngive_up_after = 0\n"));
-        assert!(give_up.starts_with("a.toml:6:") && give_up.contains("give_up_after"), "{give_up}");
-        let bad_user = parse_err(&format!("{BASE}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nslack_user_id = \"alice\"\n"));
-        assert!(bad_user.starts_with("a.toml:4:") && bad_user.contains("not a Slack member ID"), "{bad_user}");
+        let give_up = parse_err(&format!(
+            "{BASE}[slack]\nwebhook_url_env = \"HOOK\"\ngive_up_after = 0\n"
+        ));
+        assert!(
+            give_up.starts_with("a.toml:6:") && give_up.contains("give_up_after"),
+            "{give_up}"
+        );
+        let bad_user = parse_err(&format!(
+            "{BASE}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nslack_user_id = \"alice\"\n"
+        ));
+        assert!(
+            bad_user.starts_with("a.toml:4:") && bad_user.contains("not a Slack member ID"),
+            "{bad_user}"
+        );
         let twice = parse_err(&format!(
             "{BASE}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nslack_user_id = \"U1\"\n[[approver]]\nname = \"bob\"\ntoken_env = \"ALICE\"\nslack_user_id = \"U1\"\n"
         ));
-        assert!(twice.starts_with("a.toml:8:") && twice.contains("already used by approver `alice`"), "{twice}");
+        assert!(
+            twice.starts_with("a.toml:8:") && twice.contains("already used by approver `alice`"),
+            "{twice}"
+        );
     }
 }

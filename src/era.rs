@@ -40,7 +40,17 @@ pub struct ParamsPeek<'a> {
     /// Only present on `initialize` (handshake era).
     #[serde(rename = "clientInfo", default)]
     pub client_info: Option<ClientInfo>,
-    /// MRTR retries (stateless era) echo the server's opaque state.
+}
+
+/// What the gate reads of a `tools/call`: nothing else, so an odd value in
+/// some other field cannot make the read fail — and a read that fails
+/// (wrong type, duplicate key) refuses the call instead of skipping the policy.
+#[derive(Deserialize)]
+pub struct CallPeek<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub arguments: Option<&'a RawValue>,
     #[serde(rename = "requestState", borrow, default)]
     pub request_state: Option<Cow<'a, str>>,
 }

@@ -147,9 +147,34 @@ pub struct Session {
     last_seen: AtomicU64,
     /// Requests still being answered; a busy session is never reaped.
     pub in_flight: AtomicUsize,
+    /// The version the upstream chose in `initialize`, when it answered with JSON.
+    protocol_version: std::sync::OnceLock<String>,
 }
 
+/// Protocol versions of the handshake era.
+pub const HANDSHAKE_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
 impl Session {
+    /// Remembers the version negotiated by `initialize`.
+    pub fn remember_protocol_version(&self, answer: &Message) {
+        #[derive(serde::Deserialize)]
+        struct R {
+            #[serde(rename = "protocolVersion")]
+            protocol_version: Option<String>,
+        }
+        if let Some(v) = answer.result::<R>().and_then(|r| r.protocol_version) {
+            let _ = self.protocol_version.set(v);
+        }
+    }
+
+    /// Whether a request's `MCP-Protocol-Version` fits this session.
+    pub fn accepts_protocol_version(&self, version: &str) -> bool {
+        match self.protocol_version.get() {
+            Some(negotiated) => negotiated == version,
+            None => HANDSHAKE_VERSIONS.contains(&version),
+        }
+    }
+
     pub fn touch(&self, gateway: &Gateway) {
         self.last_seen
             .store(gateway.started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -262,6 +287,7 @@ impl Gateway {
             agent,
             last_seen: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            protocol_version: std::sync::OnceLock::new(),
         });
         session.touch(self);
         self.sessions.insert(session.id.clone(), session.clone());
@@ -350,14 +376,16 @@ impl Gateway {
     }
 
     /// Sends a request upstream, bounded by `upstream_timeout` (time to the
-    /// first answer) when one is configured.
+    /// first answer) when one is configured. `initialize` and `server/discover`
+    /// are exempt: they include the server's start-up.
     pub async fn upstream_request(
         &self,
         link: &Link,
         message: Message,
         headers: Option<&HeaderMap>,
     ) -> Result<Reply, UpstreamError> {
-        match self.config.upstream_timeout {
+        let starting = matches!(message.method(), Some("initialize" | "server/discover"));
+        match self.config.upstream_timeout.filter(|_| !starting) {
             None => link.request(message, headers).await,
             Some(limit) => tokio::time::timeout(limit, link.request(message, headers))
                 .await
@@ -397,11 +425,19 @@ impl Gateway {
         headers: Option<&HeaderMap>,
     ) -> Result<Exchange, UpstreamError> {
         let id = message.id().cloned().unwrap_or_else(Id::null);
-        let peek = era::peek(&message);
-        let Some(tool) = peek.name.as_deref() else {
-            // No tool name: let the upstream answer the malformed call.
-            return Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?));
+        let peek = match message.params_strict::<era::CallPeek<'_>>() {
+            Ok(Some(peek)) => peek,
+            Ok(None) | Err(_) => {
+                // Never forward a call the policy could not read.
+                let why = match message.params_strict::<era::CallPeek<'_>>() {
+                    Err(e) => format!("Invalid params: tools/call params cannot be read ({e})"),
+                    Ok(_) => "Invalid params: tools/call needs params with a tool `name`".to_owned(),
+                };
+                let error = jsonrpc::error_response(&id, code::INVALID_PARAMS, &why);
+                return Ok(Exchange::answer(error, ctx.era));
+            }
         };
+        let tool = peek.name.as_ref();
         let policy = ctx.upstream.policy();
         let arguments = peek.arguments.map(|a| a.get());
         match gate::decide_call(&policy, tool, &ctx.session_key) {

@@ -195,6 +195,16 @@ async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAd
             Ok(s) => s,
             Err(response) => return response,
         };
+        if let Some(version) = headers.get(era::PROTOCOL_VERSION_HEADER).and_then(|v| v.to_str().ok())
+            && !session.accepts_protocol_version(version)
+        {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                message.id(),
+                code::INVALID_REQUEST,
+                &format!("Bad Request: unsupported MCP-Protocol-Version `{version}` for this session"),
+            );
+        }
         let ctx = CallContext {
             upstream,
             link: session.link.clone(),
@@ -224,11 +234,26 @@ async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAd
             agent: session.agent.clone(),
         };
         let sid = session.id.clone();
-        let response = dispatch(&gw, &ctx, message, &forwarded, Some(session), Some(&sid)).await;
-        if !response.status().is_success() {
+        let id = message.id().cloned();
+        let exchange = match gw.forward(&ctx, message, Some(&forwarded)).await {
+            Ok(exchange) => exchange,
+            Err(e) => {
+                gw.close_session(&sid).await;
+                return upstream_failure(id.as_ref(), &e, Era::Handshake);
+            }
+        };
+        let exchange = explain_http_failure(exchange, id.as_ref());
+        // A refused initialize leaves no session (and no child) behind.
+        let refused = exchange.reply.status >= 400
+            || matches!(&exchange.reply.body, ReplyBody::Json(m) if jsonrpc::error_code(m).is_some());
+        if refused {
             gw.close_session(&sid).await;
+            return to_response(exchange, None, Era::Handshake, None);
         }
-        return response;
+        if let ReplyBody::Json(answer) = &exchange.reply.body {
+            session.remember_protocol_version(answer);
+        }
+        return to_response(exchange, Some(&sid), Era::Handshake, Some(InFlight::new(session)));
     }
 
     // No session and no initialize: this must be a stateless-era request.
@@ -323,11 +348,37 @@ async fn dispatch(
         }
     };
     match result {
-        Ok(exchange) => to_response(exchange, new_session_id, ctx.era, busy),
+        Ok(exchange) => to_response(explain_http_failure(exchange, id.as_ref()), new_session_id, ctx.era, busy),
         Err(e) => {
             tracing::warn!(upstream = %ctx.upstream.name, "upstream failure: {e}");
             upstream_failure(id.as_ref(), &e, ctx.era)
         }
+    }
+}
+
+/// An HTTP upstream's failure without a JSON-RPC body (e.g. a 500 page)
+/// becomes a JSON-RPC error that says what happened.
+fn explain_http_failure(exchange: Exchange, id: Option<&Id>) -> Exchange {
+    let reply = &exchange.reply;
+    let detail = match &reply.body {
+        ReplyBody::Other { bytes, .. } if reply.status >= 400 => String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim().to_owned(),
+        ReplyBody::Empty if reply.status >= 500 => String::new(),
+        _ => return exchange,
+    };
+    let Some(id) = id else { return exchange };
+    let status = reply.status;
+    let text = if detail.is_empty() {
+        format!("upstream server answered HTTP {status}")
+    } else {
+        format!("upstream server answered HTTP {status}: {detail}")
+    };
+    Exchange {
+        reply: crate::upstream::Reply {
+            status: if status >= 500 { 502 } else { status },
+            headers: HeaderMap::new(),
+            body: ReplyBody::Json(jsonrpc::error_response(id, code::UPSTREAM_ERROR, &text)),
+        },
+        list_filter: None,
     }
 }
 

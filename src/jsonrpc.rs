@@ -200,6 +200,18 @@ impl Message {
         serde_json::from_str::<P<T>>(self.text()).ok()?.params
     }
 
+    /// Like [`Message::params`], but says why the params could not be read
+    /// (wrong types, duplicate keys). `Ok(None)` when there are no params.
+    pub fn params_strict<'a, T: Deserialize<'a>>(&'a self) -> Result<Option<T>, String> {
+        #[derive(Deserialize)]
+        struct P<T> {
+            params: Option<T>,
+        }
+        serde_json::from_str::<P<T>>(self.text())
+            .map(|p| p.params)
+            .map_err(|e| e.to_string())
+    }
+
     /// Deserialises `result` into a peek type; `None` when absent or unreadable.
     pub fn result<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
         #[derive(Deserialize)]

@@ -47,5 +47,6 @@ pub mod remote;
 pub mod server;
 pub mod slack;
 pub mod stdio_agent;
+pub mod suggest;
 pub mod tasks;
 pub mod upstream;

@@ -12,11 +12,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(airlock::app::run(cli)) {
+    let code = match runtime.block_on(airlock::app::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("airlock: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Don't wait for blocking reads still parked on stdin (stdio mode).
+    runtime.shutdown_background();
+    code
 }

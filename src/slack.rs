@@ -93,7 +93,9 @@ pub async fn install(gw: &Gateway) -> Result<(), SlackError> {
         outbox,
         forged_rows: Mutex::new((Instant::now(), 0)),
     });
-    SLACK.set(slack.clone()).map_err(|_| SlackError::AlreadyInstalled)?;
+    SLACK
+        .set(slack.clone())
+        .map_err(|_| SlackError::AlreadyInstalled)?;
     gw.set_notifiers(vec![Arc::new(SlackNotifier(slack))]);
     tracing::info!("Slack notifications on: {mode}");
     Ok(())
@@ -117,7 +119,9 @@ impl Notifier for SlackNotifier {
     }
 
     fn resolved(&self, item: &PendingItem, resolution: &Resolution) {
-        self.0.outbox.push(delivery::Job::Resolved(item.clone(), resolution.clone()));
+        self.0
+            .outbox
+            .push(delivery::Job::Resolved(item.clone(), resolution.clone()));
     }
 }
 
@@ -131,7 +135,10 @@ pub(crate) fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
             match bytes[i] {
                 b'+' => out.push(b' '),
                 b'%' if i + 2 < bytes.len() => {
-                    match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    match u8::from_str_radix(
+                        std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                        16,
+                    ) {
                         Ok(b) => {
                             out.push(b);
                             i += 2;
@@ -157,11 +164,17 @@ pub(crate) fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
 
 /// The first value of a form field.
 pub(crate) fn form_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// "just now", "12 s ago", "2 min ago", "3 h ago", "on 2026-11-25".
-pub(crate) fn ago(when: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn ago(
+    when: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
     let secs = (now - when).num_seconds();
     match secs {
         ..5 => "just now".into(),

@@ -9,10 +9,8 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use crate::era::{self, Era};
 use crate::gate;
@@ -33,21 +31,16 @@ pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<
         session_key: format!("stdio:{}", std::process::id()),
     };
     let agent = Arc::new(agent);
-    let mut lines = FramedRead::new(
-        tokio::io::stdin(),
-        LinesCodec::new_with_max_length(gw.config.max_body_bytes),
-    );
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let limit = gw.config.max_body_bytes;
     loop {
         let line = tokio::select! {
             _ = gw.shutdown.cancelled() => break,
-            line = lines.next() => line,
+            line = read_line(&mut stdin, limit) => line,
         };
         match line {
-            None => break,
-            Some(Ok(line)) if line.trim().is_empty() => {}
-            Some(Ok(line)) => agent.clone().handle_line(line).await,
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                let limit = gw.config.max_body_bytes;
+            Ok(Line::Eof) => break,
+            Ok(Line::TooLong) => {
                 agent
                     .emit(jsonrpc::error_response(
                         &Id::null(),
@@ -56,15 +49,11 @@ pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<
                     ))
                     .await;
             }
-            Some(Err(LinesCodecError::Io(e))) => {
-                // Invalid UTF-8 surfaces here; answer it and keep reading.
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    agent
-                        .emit(jsonrpc::error_response(&Id::null(), code::PARSE_ERROR, "parse error: message is not valid UTF-8"))
-                        .await;
-                } else {
-                    break;
-                }
+            Ok(Line::Text(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
+            Ok(Line::Text(bytes)) => agent.clone().handle_line(bytes).await,
+            Err(e) => {
+                tracing::warn!("reading stdin failed: {e}");
+                break;
             }
         }
     }
@@ -130,7 +119,7 @@ impl StdioAgent {
         });
     }
 
-    async fn handle_line(self: Arc<Self>, line: String) {
+    async fn handle_line(self: Arc<Self>, line: Vec<u8>) {
         let message = match Message::parse(Bytes::from(line)) {
             Ok(m) => m,
             Err(e) => {
@@ -212,6 +201,50 @@ impl StdioAgent {
         if is_initialize && let Link::Http(_) = &ctx.link {
             // An HTTP upstream's standalone stream carries its unsolicited messages.
             self.pump_unsolicited(ctx.link.clone());
+        }
+    }
+}
+
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads one newline-terminated line of at most `limit` bytes. A longer line
+/// is skipped to its end and reported, so one bad line never ends the session
+/// (invalid UTF-8 is left to the JSON-RPC parser, which answers it).
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, limit: usize) -> std::io::Result<Line> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else if line.is_empty() {
+                Line::Eof
+            } else {
+                Line::Text(line)
+            });
+        }
+        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        if !too_long {
+            if line.len() + chunk.len() > limit {
+                too_long = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let used = done.unwrap_or(available.len());
+        reader.consume(used);
+        if done.is_some() {
+            return Ok(if too_long { Line::TooLong } else { Line::Text(line) });
         }
     }
 }

@@ -12,6 +12,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use super::{Action, Approval, OnTimeout, Policy, RateLimit, Rule};
+use crate::suggest::{parse_unknown, suggestion};
 
 /// A policy file that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +100,23 @@ fn deserialize(text: &str, file: &str) -> Result<RawPolicy, LoadError> {
     result.map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
+        let message = inner.to_string();
+        let (mut line, mut column) = (inner.line(), inner.column());
+        // serde points just past an unknown key; point at the key itself.
+        if let Some((key, _)) = parse_unknown(message.split(" at line ").next().unwrap_or(""), "unknown field `")
+            && let Some(row) = text.lines().nth(line.saturating_sub(1))
+            && let Some(at) = row[..column.min(row.len())].rfind(&format!("\"{key}\""))
+        {
+            column = row[..at].chars().count() + 1;
+        } else if line == 0 {
+            line = 1;
+            column = 1;
+        }
         LoadError::Invalid {
             file: file.to_owned(),
-            line: inner.line(),
-            column: inner.column(),
-            message: explain_serde_error(&path, &inner.to_string()),
+            line,
+            column,
+            message: explain_serde_error(&path, &message),
         }
     })
 }
@@ -147,29 +160,6 @@ fn explain_serde_error(path: &str, message: &str) -> String {
     } else {
         format!("{path}: {message}")
     }
-}
-
-/// Splits "unknown field `x`, expected one of `a`, `b`" into ("x", ["a", "b"]).
-fn parse_unknown(message: &str, prefix: &str) -> Option<(String, Vec<String>)> {
-    let rest = message.strip_prefix(prefix)?;
-    let (name, tail) = rest.split_once('`')?;
-    let expected = tail
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect();
-    Some((name.to_owned(), expected))
-}
-
-fn suggestion(got: &str, known: &[String]) -> String {
-    known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(got, k), k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| format!(", did you mean `{k}`?"))
-        .unwrap_or_default()
 }
 
 fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> {

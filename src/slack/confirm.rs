@@ -9,8 +9,8 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use super::links::Claims;
 use super::page::{self, Tone};
 use super::{Slack, ago, form_pairs, form_value};
-use crate::audit::{Filter, Record};
+use crate::audit::{AuditError, Filter, Record};
 use crate::gateway::Gateway;
 use crate::hold::{self, DecideError, PendingItem, Verdict};
 use crate::login;
@@ -33,10 +33,16 @@ const MAX_COMMENT: usize = 4096;
 fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     // The token is in the URL: keep the page out of caches and indexes.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-robots-tag", HeaderValue::from_static("noindex, nofollow"));
+    h.insert(
+        "x-robots-tag",
+        HeaderValue::from_static("noindex, nofollow"),
+    );
     crate::dashboard::harden(&mut response);
     response
 }
@@ -50,7 +56,10 @@ fn notice(status: StatusCode, tone: Tone, heading: &str, details: &[&str]) -> Re
 pub async fn stylesheet() -> Response {
     let mut response = include_str!("confirm.css").into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     crate::dashboard::harden(&mut response);
     response
@@ -65,34 +74,57 @@ fn not_configured() -> Response {
     )
 }
 
-/// The claims of a token, or the "not valid" page (and an audit row).
-fn verify(gw: &Gateway, slack: &Slack, token: &str, method: &Method, peer: Option<SocketAddr>) -> Result<Claims, Response> {
+/// The claims of a token; `None` after recording a forgery (see [`forged_page`]).
+fn verify(
+    gw: &Gateway,
+    slack: &Slack,
+    token: &str,
+    method: &Method,
+    peer: Option<SocketAddr>,
+) -> Option<Claims> {
     if let Some(claims) = slack.key.verify(token) {
-        return Ok(claims);
+        return Some(claims);
     }
-    let from = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "unknown address".into());
+    let from = peer
+        .map(|p| p.ip().to_string())
+        .unwrap_or_else(|| "unknown address".into());
     tracing::warn!("decision link with a bad signature ({method} from {from})");
     if slack.may_record_forgery() {
         let record = Record {
             decision: "forged_link",
-            reason: Some(format!("a decision link with a bad signature was opened ({method} from {from})")),
+            reason: Some(format!(
+                "a decision link with a bad signature was opened ({method} from {from})"
+            )),
             channel: Some(CHANNEL.into()),
             ..Default::default()
         };
         let gw = gw.clone();
         tokio::spawn(async move { gw.audit.record(record).await });
     }
-    Err(notice(
+    None
+}
+
+fn forged_page() -> Response {
+    notice(
         StatusCode::FORBIDDEN,
         Tone::Bad,
         "This link is not valid",
         &["It was not issued by this Airlock, or it was changed on the way. Nothing was decided."],
-    ))
+    )
+}
+
+fn audit_unreadable(e: AuditError) -> Response {
+    notice(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Tone::Bad,
+        "The audit history cannot be read",
+        &[&e.to_string(), "Try again in a moment."],
+    )
 }
 
 /// What a valid token's call has become.
 enum LinkState {
-    Open(PendingItem),
+    Open(Box<PendingItem>),
     /// Decided by someone: "approved by bob", when.
     Decided(String, DateTime<Utc>),
     /// Timed out (or the link's time is up); what happened, if known.
@@ -119,7 +151,11 @@ fn audit_describe(decision: &str, decider: Option<&str>) -> Option<String> {
     })
 }
 
-async fn link_state(gw: &Gateway, claims: &Claims, now: DateTime<Utc>) -> Result<LinkState, Response> {
+async fn link_state(
+    gw: &Gateway,
+    claims: &Claims,
+    now: DateTime<Utc>,
+) -> Result<LinkState, AuditError> {
     let id = &claims.pending_id;
     if let Some(r) = gw.holds.resolution(id) {
         return Ok(match r.decision {
@@ -128,25 +164,24 @@ async fn link_state(gw: &Gateway, claims: &Claims, now: DateTime<Utc>) -> Result
         });
     }
     if let Some(item) = gw.holds.get(id) {
-        return Ok(if now > claims.expires { LinkState::Expired(None) } else { LinkState::Open(item) });
+        return Ok(if now > claims.expires {
+            LinkState::Expired(None)
+        } else {
+            LinkState::Open(Box::new(item))
+        });
     }
     let filter = Filter {
         pending_id: Some(id.clone()),
         ..Default::default()
     };
-    let rows = gw.audit.query(filter, true).await.map_err(|e| {
-        notice(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Tone::Bad,
-            "The audit history cannot be read",
-            &[&e.to_string(), "Try again in a moment."],
-        )
-    })?;
+    let rows = gw.audit.query(filter, true).await?;
     if rows.is_empty() {
         return Ok(LinkState::Unknown);
     }
     for row in &rows {
-        let when = DateTime::parse_from_rfc3339(&row.at).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
+        let when = DateTime::parse_from_rfc3339(&row.at)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now);
         if row.decision == "abandoned" {
             return Ok(LinkState::Abandoned);
         }
@@ -159,7 +194,11 @@ async fn link_state(gw: &Gateway, claims: &Claims, now: DateTime<Utc>) -> Result
         }
     }
     // Requested, never decided, not held: the gateway stopped without recording it.
-    Ok(if now > claims.expires { LinkState::Expired(None) } else { LinkState::Abandoned })
+    Ok(if now > claims.expires {
+        LinkState::Expired(None)
+    } else {
+        LinkState::Abandoned
+    })
 }
 
 /// The page for every state but `Open`.
@@ -174,16 +213,27 @@ fn closed_page(state: LinkState, now: DateTime<Utc>) -> Response {
         ),
         LinkState::Expired(what) => {
             let detail = match what {
-                Some((line, when)) => format!("The request {line} {}; nothing can be decided any more.", ago(when, now)),
-                None => "The request's time to decide is over; nothing can be decided any more.".to_owned(),
+                Some((line, when)) => format!(
+                    "The request {line} {}; nothing can be decided any more.",
+                    ago(when, now)
+                ),
+                None => "The request's time to decide is over; nothing can be decided any more."
+                    .to_owned(),
             };
-            notice(StatusCode::GONE, Tone::Warn, "This link has expired", &[&detail])
+            notice(
+                StatusCode::GONE,
+                Tone::Warn,
+                "This link has expired",
+                &[&detail],
+            )
         }
         LinkState::Abandoned => notice(
             StatusCode::GONE,
             Tone::Warn,
             "This request is no longer pending",
-            &["The gateway restarted before anyone decided, so the call was not run. The agent can ask again."],
+            &[
+                "The gateway restarted before anyone decided, so the call was not run. The agent can ask again.",
+            ],
         ),
         LinkState::Unknown => notice(
             StatusCode::NOT_FOUND,
@@ -205,26 +255,32 @@ pub async fn show(
     let Some(slack) = super::current() else {
         return not_configured();
     };
-    let claims = match verify(&gw, &slack, &token, &Method::GET, peer.map(|p| p.0.0)) {
-        Ok(c) => c,
-        Err(page) => return page,
+    let Some(claims) = verify(&gw, &slack, &token, &Method::GET, peer.map(|p| p.0.0)) else {
+        return forged_page();
     };
     let now = Utc::now();
     let item = match link_state(&gw, &claims, now).await {
         Ok(LinkState::Open(item)) => item,
         Ok(other) => return closed_page(other, now),
-        Err(page) => return page,
+        Err(e) => return audit_unreadable(e),
     };
     let session = login::from_cookie(&gw, &headers);
     if slack.config.link_requires_login && session.is_none() {
-        let again = query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "again=1"));
+        let again = query
+            .as_deref()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "again=1"));
         if !again {
-            return html(StatusCode::OK, page::reload(&format!("/approve/{token}?again=1")));
+            return html(
+                StatusCode::OK,
+                page::reload(&format!("/approve/{token}?again=1")),
+            );
         }
         return html(StatusCode::UNAUTHORIZED, page::login_needed());
     }
     let login = session.filter(|_| slack.config.link_requires_login);
-    let csrf = slack.key.page_csrf(&token, login.as_ref().map(|s| s.csrf.as_str()), now);
+    let csrf = slack
+        .key
+        .page_csrf(&token, login.as_ref().map(|s| s.csrf.as_str()), now);
     let path = format!("/approve/{token}");
     html(
         StatusCode::OK,
@@ -242,7 +298,11 @@ pub async fn show(
 
 /// A typed name, cleaned: no control characters, at most 64 characters.
 fn clean_name(name: &str) -> Option<String> {
-    let name: String = name.chars().filter(|c| !c.is_control()).take(MAX_NAME).collect();
+    let name: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_NAME)
+        .collect();
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_owned())
 }
@@ -258,12 +318,20 @@ pub async fn decide(
     let Some(slack) = super::current() else {
         return not_configured();
     };
-    let claims = match verify(&gw, &slack, &token, &Method::POST, peer.map(|p| p.0.0)) {
-        Ok(c) => c,
-        Err(page) => return page,
+    let Some(claims) = verify(&gw, &slack, &token, &Method::POST, peer.map(|p| p.0.0)) else {
+        return forged_page();
     };
-    let refused = |detail: &str| notice(StatusCode::FORBIDDEN, Tone::Bad, "Nothing was decided", &[detail, "Open the link from Slack again."]);
-    let cross_site = headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site");
+    let refused = |detail: &str| {
+        notice(
+            StatusCode::FORBIDDEN,
+            Tone::Bad,
+            "Nothing was decided",
+            &[detail, "Open the link from Slack again."],
+        )
+    };
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site");
     if cross_site || login::check_same_origin(&gw, &headers).is_err() {
         return refused("The form was sent from another site.");
     }
@@ -275,8 +343,13 @@ pub async fn decide(
     let form = form_pairs(&body);
     let now = Utc::now();
     let csrf = form_value(&form, "csrf").unwrap_or("");
-    if !slack.key.check_csrf(&token, login.as_ref().map(|s| s.csrf.as_str()), csrf, now) {
-        return refused("The form did not come from this link's page, or the page is more than an hour old.");
+    if !slack
+        .key
+        .check_csrf(&token, login.as_ref().map(|s| s.csrf.as_str()), csrf, now)
+    {
+        return refused(
+            "The form did not come from this link's page, or the page is more than an hour old.",
+        );
     }
     let verdict = match form_value(&form, "action") {
         Some("approve") if claims.actions.allows_approve() => Verdict::Approved,
@@ -284,14 +357,16 @@ pub async fn decide(
         Some("deny") => Verdict::Denied,
         _ => return refused("Choose Approve or Deny."),
     };
-    let comment = form_value(&form, "comment").map(str::trim).filter(|c| !c.is_empty());
+    let comment = form_value(&form, "comment")
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
     if comment.is_some_and(|c| c.len() > MAX_COMMENT) {
         return refused("The comment is longer than 4096 bytes.");
     }
     match link_state(&gw, &claims, now).await {
         Ok(LinkState::Open(_)) => {}
         Ok(other) => return closed_page(other, now),
-        Err(page) => return page,
+        Err(e) => return audit_unreadable(e),
     }
     let decider = match &login {
         Some(s) => s.approver.clone(),
@@ -301,11 +376,28 @@ pub async fn decide(
         },
     };
     let id = &claims.pending_id;
-    match hold::decide(&gw, id, verdict, Some(decider), CHANNEL, comment.map(str::to_owned)).await {
+    match hold::decide(
+        &gw,
+        id,
+        verdict,
+        Some(decider),
+        CHANNEL,
+        comment.map(str::to_owned),
+    )
+    .await
+    {
         Ok(r) => {
             let (tone, heading, detail) = match verdict {
-                Verdict::Approved => (Tone::Ok, format!("Approved by {}", r.decider.unwrap_or_default()), "The call has been released to the upstream."),
-                _ => (Tone::Ok, format!("Denied by {}", r.decider.unwrap_or_default()), "The agent has been told the call was denied."),
+                Verdict::Approved => (
+                    Tone::Ok,
+                    format!("Approved by {}", r.decider.unwrap_or_default()),
+                    "The call has been released to the upstream.",
+                ),
+                _ => (
+                    Tone::Ok,
+                    format!("Denied by {}", r.decider.unwrap_or_default()),
+                    "The agent has been told the call was denied.",
+                ),
             };
             notice(StatusCode::OK, tone, &heading, &[detail])
         }

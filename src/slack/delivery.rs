@@ -45,7 +45,11 @@ pub enum Job {
     Held(PendingItem),
     Resolved(PendingItem, Resolution),
     /// A reply to a Slack-app interaction through its `response_url`.
-    Respond { url: String, body: Value, item: Option<PendingItem> },
+    Respond {
+        url: String,
+        body: Value,
+        item: Option<PendingItem>,
+    },
 }
 
 impl Job {
@@ -69,9 +73,15 @@ impl Outbox {
     pub fn push(&self, job: Job) {
         if let Err(e) = self.tx.try_send(job) {
             let job = e.into_inner();
-            self.gw.metrics.notification_failures.fetch_add(1, Ordering::Relaxed);
+            self.gw
+                .metrics
+                .notification_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!("Slack queue is full; a message was dropped");
-            let record = failure_record(job.item(), "not queued: the Slack queue is full (Slack has been failing for a while)".into());
+            let record = failure_record(
+                job.item(),
+                "not queued: the Slack queue is full (Slack has been failing for a while)".into(),
+            );
             let gw = self.gw.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { gw.audit.record(record).await });
@@ -175,7 +185,14 @@ impl Courier {
                 Job::Respond { url, body, item } => {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        me.deliver("reply", item.as_ref(), Target::ResponseUrl(&url), body, None).await;
+                        me.deliver(
+                            "reply",
+                            item.as_ref(),
+                            Target::ResponseUrl(&url),
+                            body,
+                            None,
+                        )
+                        .await;
                     });
                 }
             }
@@ -183,14 +200,27 @@ impl Courier {
     }
 
     /// One held call: its message, then what became of it.
-    async fn conversation(self: Arc<Self>, item: PendingItem, mut decided: oneshot::Receiver<Resolution>) {
+    async fn conversation(
+        self: Arc<Self>,
+        item: PendingItem,
+        mut decided: oneshot::Receiver<Resolution>,
+    ) {
         let body = message::held(&item, &self.buttons(&item));
         let target = if self.config.bot_token.is_some() {
             Target::Api("chat.postMessage")
         } else {
             Target::Webhook(self.config.webhook_url.as_deref().unwrap_or_default())
         };
-        let (posted, early) = match self.deliver("held-call message", Some(&item), target, body, Some(&mut decided)).await {
+        let (posted, early) = match self
+            .deliver(
+                "held-call message",
+                Some(&item),
+                target,
+                body,
+                Some(&mut decided),
+            )
+            .await
+        {
             Delivery::Sent(reply) => (Some(reply), None),
             Delivery::GaveUp => (None, None),
             Delivery::Overtaken(r) => (None, Some(r)),
@@ -214,7 +244,13 @@ impl Courier {
         let expires = chrono::DateTime::parse_from_rfc3339(&item.expires_at)
             .map(|t| t.with_timezone(&chrono::Utc))
             .unwrap_or_else(|_| chrono::Utc::now());
-        let link = |actions| format!("{}/approve/{}", self.public_url, self.key.sign(&item.id, actions, expires));
+        let link = |actions| {
+            format!(
+                "{}/approve/{}",
+                self.public_url,
+                self.key.sign(&item.id, actions, expires)
+            )
+        };
         Buttons::Links {
             approve: link(Actions::ApproveOrDeny),
             deny: link(Actions::DenyOnly),
@@ -225,11 +261,18 @@ impl Courier {
     /// Tells Slack what became of a call: edits the bot's message, or posts a
     /// follow-up. Calls decided with Slack's own buttons were already
     /// updated through `response_url`.
-    async fn announce(self: Arc<Self>, item: PendingItem, resolution: Resolution, posted: Option<Value>) {
+    async fn announce(
+        self: Arc<Self>,
+        item: PendingItem,
+        resolution: Resolution,
+        posted: Option<Value>,
+    ) {
         if resolution.channel == "slack" {
             return;
         }
-        let posted_ts = posted.as_ref().and_then(|p| Some((p.get("channel")?.as_str()?, p.get("ts")?.as_str()?)));
+        let posted_ts = posted
+            .as_ref()
+            .and_then(|p| Some((p.get("channel")?.as_str()?, p.get("ts")?.as_str()?)));
         let (target, body) = match (&self.config.bot_token, posted_ts) {
             (Some(_), Some((channel, ts))) => {
                 let mut body = message::decided(&item, &resolution);
@@ -237,13 +280,17 @@ impl Courier {
                 body["ts"] = ts.into();
                 (Target::Api("chat.update"), body)
             }
-            (Some(_), None) => (Target::Api("chat.postMessage"), message::followup(&item, &resolution)),
+            (Some(_), None) => (
+                Target::Api("chat.postMessage"),
+                message::followup(&item, &resolution),
+            ),
             (None, _) => (
                 Target::Webhook(self.config.webhook_url.as_deref().unwrap_or_default()),
                 message::followup(&item, &resolution),
             ),
         };
-        self.deliver("follow-up", Some(&item), target, body, None).await;
+        self.deliver("follow-up", Some(&item), target, body, None)
+            .await;
     }
 
     /// Sends with retries until Slack accepts, the time is up, or (for a
@@ -265,7 +312,10 @@ impl Courier {
                 Ok(reply) => return Delivery::Sent(reply),
                 Err(f) => f,
             };
-            self.gw.metrics.notification_failures.fetch_add(1, Ordering::Relaxed);
+            self.gw
+                .metrics
+                .notification_failures
+                .fetch_add(1, Ordering::Relaxed);
             let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
             let wait = failure.retry_after.unwrap_or(jittered);
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -296,13 +346,20 @@ impl Courier {
         let id = item.map(|i| i.id.as_str()).unwrap_or("-");
         let waited = started.elapsed().as_secs();
         tracing::error!(pending = %id, "Slack {what} not delivered: gave up after {waited} s ({last})");
-        self.record(item, format!("Slack {what} not delivered: gave up after {waited} s ({last})"));
+        self.record(
+            item,
+            format!("Slack {what} not delivered: gave up after {waited} s ({last})"),
+        );
         Delivery::GaveUp
     }
 
     /// One HTTP request.
     async fn attempt(&self, target: Target<'_>, body: &Value) -> Result<Value, Failure> {
-        let _permit = self.permits.acquire().await.expect("semaphore is never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let request = match target {
             Target::Webhook(url) | Target::ResponseUrl(url) => self.client.post(url),
             Target::Api(method) => {
@@ -311,14 +368,21 @@ impl Courier {
                     body["channel"] = self.config.channel.clone().unwrap_or_default().into();
                 }
                 let token = self.config.bot_token.as_deref().unwrap_or_default();
-                let request = self.client.post(format!("{}/{method}", self.config.api_url)).bearer_auth(token);
+                let request = self
+                    .client
+                    .post(format!("{}/{method}", self.config.api_url))
+                    .bearer_auth(token);
                 return self.finish(request.json(&body), true).await;
             }
         };
         self.finish(request.json(body), false).await
     }
 
-    async fn finish(&self, request: reqwest::RequestBuilder, web_api: bool) -> Result<Value, Failure> {
+    async fn finish(
+        &self,
+        request: reqwest::RequestBuilder,
+        web_api: bool,
+    ) -> Result<Value, Failure> {
         let response = request.send().await.map_err(|e| Failure {
             // `without_url`: the webhook URL is a secret.
             why: e.without_url().to_string(),
@@ -334,7 +398,9 @@ impl Courier {
             .map(Duration::from_secs);
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
-            let permanent = status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::REQUEST_TIMEOUT;
+            let permanent = status.is_client_error()
+                && status != StatusCode::TOO_MANY_REQUESTS
+                && status != StatusCode::REQUEST_TIMEOUT;
             return Err(Failure {
                 why: format!("HTTP {}{}", status.as_u16(), short(&text)),
                 retry_after,
@@ -348,8 +414,19 @@ impl Courier {
         if reply.get("ok").and_then(Value::as_bool) == Some(true) {
             return Ok(reply);
         }
-        let error = reply.get("error").and_then(Value::as_str).unwrap_or("no `ok` in the answer").to_owned();
-        let transient = matches!(error.as_str(), "ratelimited" | "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout");
+        let error = reply
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no `ok` in the answer")
+            .to_owned();
+        let transient = matches!(
+            error.as_str(),
+            "ratelimited"
+                | "internal_error"
+                | "fatal_error"
+                | "service_unavailable"
+                | "request_timeout"
+        );
         Err(Failure {
             why: format!("Slack API error `{error}`"),
             retry_after,
@@ -368,7 +445,8 @@ impl Courier {
 /// Slack's short error bodies ("no_service", "invalid_payload") help; long ones do not.
 fn short(text: &str) -> String {
     let text = text.trim();
-    if text.is_empty() || text.len() > 80 || !text.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+    if text.is_empty() || text.len() > 80 || !text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+    {
         return String::new();
     }
     format!(" ({text})")

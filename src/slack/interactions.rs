@@ -39,12 +39,20 @@ pub enum BadSignature {
 }
 
 /// Checks Slack's v0 signature of `body` at time `now` (Unix seconds).
-pub fn verify(headers: &HeaderMap, body: &[u8], secret: &str, now: i64) -> Result<(), BadSignature> {
+pub fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &str,
+    now: i64,
+) -> Result<(), BadSignature> {
     let timestamp = headers
         .get("x-slack-request-timestamp")
         .and_then(|v| v.to_str().ok())
         .ok_or(BadSignature::Timestamp)?;
-    let at: i64 = timestamp.trim().parse().map_err(|_| BadSignature::Timestamp)?;
+    let at: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| BadSignature::Timestamp)?;
     if (now - at).abs() > MAX_SKEW_SECS {
         return Err(BadSignature::Stale);
     }
@@ -54,12 +62,14 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &str, now: i64) -> Resul
         .and_then(|v| v.strip_prefix("v0="))
         .and_then(|hex_sig| hex::decode(hex_sig).ok())
         .ok_or(BadSignature::Malformed)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(b"v0:");
     mac.update(timestamp.as_bytes());
     mac.update(b":");
     mac.update(body);
-    mac.verify_slice(&signature).map_err(|_| BadSignature::Mismatch)
+    mac.verify_slice(&signature)
+        .map_err(|_| BadSignature::Mismatch)
 }
 
 /// The handler.
@@ -68,14 +78,24 @@ pub async fn handle(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) 
         return StatusCode::NOT_FOUND.into_response();
     };
     let Some(secret) = slack.config.signing_secret.as_deref() else {
-        return (StatusCode::NOT_FOUND, "Slack-app mode is off (set slack.signing_secret_env)").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "Slack-app mode is off (set slack.signing_secret_env)",
+        )
+            .into_response();
     };
     if let Err(e) = verify(&headers, &body, secret, chrono::Utc::now().timestamp()) {
         tracing::warn!("refused a Slack interaction: {e}");
-        return (StatusCode::UNAUTHORIZED, format!("invalid Slack request: {e}")).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!("invalid Slack request: {e}"),
+        )
+            .into_response();
     }
     let form = form_pairs(&body);
-    let Some(payload) = form_value(&form, "payload").and_then(|p| serde_json::from_str::<Value>(p).ok()) else {
+    let Some(payload) =
+        form_value(&form, "payload").and_then(|p| serde_json::from_str::<Value>(p).ok())
+    else {
         return (StatusCode::BAD_REQUEST, "no `payload`").into_response();
     };
     act(&gw, &slack, &payload).await;
@@ -87,17 +107,24 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
     if payload.get("type").and_then(Value::as_str) != Some("block_actions") {
         return;
     }
-    let Some(action) = payload.pointer("/actions/0") else { return };
+    let Some(action) = payload.pointer("/actions/0") else {
+        return;
+    };
     let verdict = match action.get("action_id").and_then(Value::as_str) {
         Some("approve") => Verdict::Approved,
         Some("deny") => Verdict::Denied,
         _ => return, // URL buttons (details, links) report clicks too
     };
-    let Some(id) = action.get("value").and_then(Value::as_str) else { return };
+    let Some(id) = action.get("value").and_then(Value::as_str) else {
+        return;
+    };
     let Some(response_url) = payload.get("response_url").and_then(Value::as_str) else {
         return;
     };
-    let user = payload.pointer("/user/id").and_then(Value::as_str).unwrap_or("");
+    let user = payload
+        .pointer("/user/id")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let item = gw.holds.get(id);
     let reply = |body: Value| {
         slack.outbox.push(Job::Respond {
@@ -106,7 +133,13 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
             item: item.clone(),
         })
     };
-    let Some(approver) = slack.config.users.iter().find(|(u, _)| u == user).map(|(_, a)| a.clone()) else {
+    let Some(approver) = slack
+        .config
+        .users
+        .iter()
+        .find(|(u, _)| u == user)
+        .map(|(_, a)| a.clone())
+    else {
         tracing::warn!(slack_user = %user, pending = %id, "Slack user is not an approver");
         reply(ephemeral(&format!(
             "You are not an Airlock approver, so nothing was decided. An admin can add `slack_user_id = \"{}\"` to your `[[approver]]` entry.",
@@ -130,7 +163,10 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         Err(DecideError::NotFound(_)) => reply(ephemeral(
             "This request is no longer pending (it expired, or the gateway restarted); nothing was decided.",
         )),
-        Err(e @ DecideError::Audit(_)) => reply(ephemeral(&format!("{}. Try again in a moment.", message::escape(&e.to_string())))),
+        Err(e @ DecideError::Audit(_)) => reply(ephemeral(&format!(
+            "{}. Try again in a moment.",
+            message::escape(&e.to_string())
+        ))),
     }
 }
 
@@ -147,25 +183,54 @@ mod tests {
 
     fn headers(ts: &str, sig: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-slack-request-timestamp", HeaderValue::from_str(ts).unwrap());
+        h.insert(
+            "x-slack-request-timestamp",
+            HeaderValue::from_str(ts).unwrap(),
+        );
         h.insert("x-slack-signature", HeaderValue::from_str(sig).unwrap());
         h
     }
 
     #[test]
     fn slacks_example_verifies() {
-        assert_eq!(verify(&headers(TS, SIG), BODY.as_bytes(), SECRET, 1_531_420_618 + 10), Ok(()));
+        assert_eq!(
+            verify(
+                &headers(TS, SIG),
+                BODY.as_bytes(),
+                SECRET,
+                1_531_420_618 + 10
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn changed_body_stale_time_and_bad_headers_are_refused() {
         let now = 1_531_420_618;
         let altered = BODY.replace("roadrunner", "coyote");
-        assert_eq!(verify(&headers(TS, SIG), altered.as_bytes(), SECRET, now), Err(BadSignature::Mismatch));
-        assert_eq!(verify(&headers(TS, SIG), BODY.as_bytes(), SECRET, now + 6 * 60), Err(BadSignature::Stale));
-        assert_eq!(verify(&headers(TS, SIG), BODY.as_bytes(), "other", now), Err(BadSignature::Mismatch));
-        assert_eq!(verify(&headers(TS, "a2114d"), BODY.as_bytes(), SECRET, now), Err(BadSignature::Malformed));
-        assert_eq!(verify(&headers("soon", SIG), BODY.as_bytes(), SECRET, now), Err(BadSignature::Timestamp));
-        assert_eq!(verify(&HeaderMap::new(), BODY.as_bytes(), SECRET, now), Err(BadSignature::Timestamp));
+        assert_eq!(
+            verify(&headers(TS, SIG), altered.as_bytes(), SECRET, now),
+            Err(BadSignature::Mismatch)
+        );
+        assert_eq!(
+            verify(&headers(TS, SIG), BODY.as_bytes(), SECRET, now + 6 * 60),
+            Err(BadSignature::Stale)
+        );
+        assert_eq!(
+            verify(&headers(TS, SIG), BODY.as_bytes(), "other", now),
+            Err(BadSignature::Mismatch)
+        );
+        assert_eq!(
+            verify(&headers(TS, "a2114d"), BODY.as_bytes(), SECRET, now),
+            Err(BadSignature::Malformed)
+        );
+        assert_eq!(
+            verify(&headers("soon", SIG), BODY.as_bytes(), SECRET, now),
+            Err(BadSignature::Timestamp)
+        );
+        assert_eq!(
+            verify(&HeaderMap::new(), BODY.as_bytes(), SECRET, now),
+            Err(BadSignature::Timestamp)
+        );
     }
 }

@@ -86,7 +86,8 @@ impl LinkKey {
                 Ok(fresh)
             })
             .await?;
-        let key = hex::decode(&hex_key).map_err(|_| AuditError::Unavailable(format!("meta `{META_KEY}` is not hex")))?;
+        let key = hex::decode(&hex_key)
+            .map_err(|_| AuditError::Unavailable(format!("meta `{META_KEY}` is not hex")))?;
         Ok(LinkKey(key))
     }
 
@@ -103,7 +104,10 @@ impl LinkKey {
     /// A token for one pending call.
     pub fn sign(&self, pending_id: &str, actions: Actions, expires: DateTime<Utc>) -> String {
         let claims = format!("1.{}.{}.{pending_id}", actions.code(), expires.timestamp());
-        let tag = self.mac(b"airlock-link", &[claims.as_bytes()]).finalize().into_bytes();
+        let tag = self
+            .mac(b"airlock-link", &[claims.as_bytes()])
+            .finalize()
+            .into_bytes();
         format!("{}.{}", B64.encode(claims), B64.encode(tag))
     }
 
@@ -113,7 +117,9 @@ impl LinkKey {
         let (claims, tag) = token.split_once('.')?;
         let claims = B64.decode(claims).ok()?;
         let tag = B64.decode(tag).ok()?;
-        self.mac(b"airlock-link", &[&claims]).verify_slice(&tag).ok()?;
+        self.mac(b"airlock-link", &[&claims])
+            .verify_slice(&tag)
+            .ok()?;
         let claims = String::from_utf8(claims).ok()?;
         let mut parts = claims.splitn(4, '.');
         if parts.next()? != "1" {
@@ -137,13 +143,22 @@ impl LinkKey {
     /// login's own CSRF token, when links need a login).
     pub fn page_csrf(&self, token: &str, login_csrf: Option<&str>, now: DateTime<Utc>) -> String {
         let issued = now.timestamp().to_string();
-        let tag = self.csrf_mac(token, &issued, login_csrf).finalize().into_bytes();
+        let tag = self
+            .csrf_mac(token, &issued, login_csrf)
+            .finalize()
+            .into_bytes();
         format!("{issued}.{}", B64.encode(tag))
     }
 
     /// Whether `sent` is the CSRF token of a page served for this token (and
     /// login) within the last hour.
-    pub fn check_csrf(&self, token: &str, login_csrf: Option<&str>, sent: &str, now: DateTime<Utc>) -> bool {
+    pub fn check_csrf(
+        &self,
+        token: &str,
+        login_csrf: Option<&str>,
+        sent: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
         let Some((issued, tag)) = sent.split_once('.') else {
             return false;
         };
@@ -157,13 +172,19 @@ impl LinkKey {
         let Ok(tag) = B64.decode(tag) else {
             return false;
         };
-        self.csrf_mac(token, issued, login_csrf).verify_slice(&tag).is_ok()
+        self.csrf_mac(token, issued, login_csrf)
+            .verify_slice(&tag)
+            .is_ok()
     }
 
     fn csrf_mac(&self, token: &str, issued: &str, login_csrf: Option<&str>) -> HmacSha256 {
         self.mac(
             b"airlock-link-csrf",
-            &[token.as_bytes(), issued.as_bytes(), login_csrf.unwrap_or("").as_bytes()],
+            &[
+                token.as_bytes(),
+                issued.as_bytes(),
+                login_csrf.unwrap_or("").as_bytes(),
+            ],
         )
     }
 }
@@ -222,7 +243,12 @@ mod tests {
         assert!(!k.check_csrf("other", Some("login"), &csrf, now));
         assert!(!k.check_csrf("tok", Some("someone-else"), &csrf, now));
         assert!(!k.check_csrf("tok", None, &csrf, now));
-        assert!(!k.check_csrf("tok", Some("login"), &csrf, now + chrono::Duration::hours(2)));
+        assert!(!k.check_csrf(
+            "tok",
+            Some("login"),
+            &csrf,
+            now + chrono::Duration::hours(2)
+        ));
         assert!(!k.check_csrf("tok", Some("login"), "garbage", now));
     }
 }

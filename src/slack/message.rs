@@ -27,7 +27,11 @@ const SHORT_LIMIT: usize = 300;
 /// The decision buttons of a held-call message.
 pub enum Buttons {
     /// Incoming webhook: URL buttons that open the confirm page.
-    Links { approve: String, deny: String, details: String },
+    Links {
+        approve: String,
+        deny: String,
+        details: String,
+    },
     /// Slack-app mode: interactive buttons (`action_id` approve/deny,
     /// `value` = pending id) answered at `POST /slack/interactions`.
     Interactive { details: String },
@@ -130,7 +134,7 @@ fn group(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -151,7 +155,9 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 fn parse_time(t: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn mrkdwn(text: String) -> Value {
@@ -164,7 +170,10 @@ fn plain(text: &str) -> Value {
 
 /// The header both messages share: "delete_record on test needs approval".
 fn header_text(item: &PendingItem) -> String {
-    clip_plain(&format!("{} on {} needs approval", item.tool, item.upstream), HEADER_LIMIT)
+    clip_plain(
+        &format!("{} on {} needs approval", item.tool, item.upstream),
+        HEADER_LIMIT,
+    )
 }
 
 /// Agent, rule, reason and expiry as section fields.
@@ -178,7 +187,11 @@ fn facts(item: &PendingItem) -> Value {
         ),
         _ => escape(&item.expires_at),
     };
-    let reason = item.reason.as_deref().filter(|r| !r.is_empty()).map(|r| clip(r, SHORT_LIMIT));
+    let reason = item
+        .reason
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .map(|r| clip(r, SHORT_LIMIT));
     json!({
         "type": "section",
         "fields": [
@@ -192,7 +205,8 @@ fn facts(item: &PendingItem) -> Value {
 
 /// The arguments as code-block sections, plus a note saying how much was cut.
 fn arguments(item: &PendingItem) -> Vec<Value> {
-    let raw = serde_json::to_string_pretty(&item.arguments).unwrap_or_else(|_| item.arguments.to_string());
+    let raw = serde_json::to_string_pretty(&item.arguments)
+        .unwrap_or_else(|_| item.arguments.to_string());
     let total = raw.chars().count();
     let mut blocks = Vec::new();
     let mut rest: &str = &raw;
@@ -206,7 +220,11 @@ fn arguments(item: &PendingItem) -> Vec<Value> {
             "text": mrkdwn(format!("{head}```{text}```")),
         }));
         shown += taken;
-        let cut_at = rest.char_indices().nth(taken).map(|(b, _)| b).unwrap_or(rest.len());
+        let cut_at = rest
+            .char_indices()
+            .nth(taken)
+            .map(|(b, _)| b)
+            .unwrap_or(rest.len());
         rest = &rest[cut_at..];
         if rest.is_empty() {
             break;
@@ -231,7 +249,11 @@ fn button(text: &str, action_id: &str) -> Value {
 
 fn actions(item: &PendingItem, buttons: &Buttons) -> Value {
     let elements = match buttons {
-        Buttons::Links { approve, deny, details } => {
+        Buttons::Links {
+            approve,
+            deny,
+            details,
+        } => {
             let mut a = button("Approve", "approve_link");
             a["style"] = "primary".into();
             a["url"] = approve.as_str().into();
@@ -269,11 +291,16 @@ fn actions(item: &PendingItem, buttons: &Buttons) -> Value {
 
 /// The message posted for a held call.
 pub fn held(item: &PendingItem, buttons: &Buttons) -> Value {
-    let mut blocks = vec![json!({ "type": "header", "text": plain(&header_text(item)) }), facts(item)];
+    let mut blocks = vec![
+        json!({ "type": "header", "text": plain(&header_text(item)) }),
+        facts(item),
+    ];
     blocks.extend(arguments(item));
     blocks.push(actions(item, buttons));
     let note = match buttons {
-        Buttons::Links { .. } => "Approve and Deny open a confirm page on Airlock; nothing is decided until you confirm there.",
+        Buttons::Links { .. } => {
+            "Approve and Deny open a confirm page on Airlock; nothing is decided until you confirm there."
+        }
         Buttons::Interactive { .. } => "Only approvers linked to a Slack user can decide here.",
     };
     blocks.push(json!({
@@ -317,7 +344,9 @@ pub fn outcome_line(item: &PendingItem, resolution: &Resolution) -> String {
     match resolution.decision {
         Verdict::Approved => format!("✅ {}", by("approved")),
         Verdict::Denied => format!("❌ {}", by("denied")),
-        Verdict::TimedOut if resolution.outcome == "allowed" => format!("⌛ timed out after {waited} — allowed by policy"),
+        Verdict::TimedOut if resolution.outcome == "allowed" => {
+            format!("⌛ timed out after {waited} — allowed by policy")
+        }
         Verdict::TimedOut => format!("⌛ timed out after {waited} — denied"),
         Verdict::Cancelled => format!("🚫 cancelled after {waited}"),
         Verdict::Shutdown => "⛔ denied: the gateway shut down".to_owned(),
@@ -328,7 +357,10 @@ pub fn outcome_line(item: &PendingItem, resolution: &Resolution) -> String {
 fn outcome_blocks(item: &PendingItem, resolution: &Resolution) -> Vec<Value> {
     let mut text = outcome_line(item, resolution);
     if let Some(comment) = resolution.comment.as_deref().filter(|c| !c.is_empty()) {
-        text.push_str(&format!("\n>{}", clip(comment, SHORT_LIMIT * 2).replace('\n', "\n>")));
+        text.push_str(&format!(
+            "\n>{}",
+            clip(comment, SHORT_LIMIT * 2).replace('\n', "\n>")
+        ));
     }
     vec![
         json!({ "type": "section", "text": mrkdwn(text) }),
@@ -346,7 +378,12 @@ fn outcome_blocks(item: &PendingItem, resolution: &Resolution) -> Vec<Value> {
 }
 
 fn fallback(item: &PendingItem, resolution: &Resolution) -> String {
-    format!("{} on {}: {}", escape(&item.tool), escape(&item.upstream), outcome_line(item, resolution))
+    format!(
+        "{} on {}: {}",
+        escape(&item.tool),
+        escape(&item.upstream),
+        outcome_line(item, resolution)
+    )
 }
 
 /// The follow-up posted when a call is decided (an incoming webhook cannot

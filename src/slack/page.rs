@@ -71,7 +71,11 @@ fn expires_text(expires_at: &str, now: DateTime<Utc>) -> String {
         Ok(t) => {
             let t = t.with_timezone(&Utc);
             let left = (t - now).num_seconds().max(0);
-            format!("{} (in {})", t.format("%Y-%m-%d %H:%M:%S UTC"), super::message::human_duration(left))
+            format!(
+                "{} (in {})",
+                t.format("%Y-%m-%d %H:%M:%S UTC"),
+                super::message::human_duration(left)
+            )
         }
         Err(_) => expires_at.to_owned(),
     }
@@ -80,12 +84,19 @@ fn expires_text(expires_at: &str, now: DateTime<Utc>) -> String {
 /// The page a decision link opens: the whole call, then the buttons.
 pub fn confirm(c: &Confirm<'_>) -> String {
     let item = c.item;
-    let arguments = serde_json::to_string_pretty(&item.arguments).unwrap_or_else(|_| item.arguments.to_string());
+    let arguments = serde_json::to_string_pretty(&item.arguments)
+        .unwrap_or_else(|_| item.arguments.to_string());
     let reason = match item.reason.as_deref().filter(|r| !r.is_empty()) {
-        Some(r) => format!(r#"<p class="card-reason"><span class="reason-label">Reason:</span> {}</p>"#, esc(r)),
+        Some(r) => format!(
+            r#"<p class="card-reason"><span class="reason-label">Reason:</span> {}</p>"#,
+            esc(r)
+        ),
         None => String::new(),
     };
-    let mut form = format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(c.csrf));
+    let mut form = format!(
+        r#"<input type="hidden" name="csrf" value="{}">"#,
+        esc(c.csrf)
+    );
     if c.ask_name {
         form.push_str(
             r#"
@@ -99,8 +110,11 @@ pub fn confirm(c: &Confirm<'_>) -> String {
         <textarea id="comment" name="comment" rows="2" maxlength="4096"></textarea>"#,
     );
     if let Some(who) = c.approver {
-        form.push_str(&format!(r#"
-        <p class="confirm-as muted">Deciding as <strong>{}</strong></p>"#, esc(who)));
+        form.push_str(&format!(
+            r#"
+        <p class="confirm-as muted">Deciding as <strong>{}</strong></p>"#,
+            esc(who)
+        ));
     }
     let buttons = if c.actions.allows_approve() {
         r#"<div class="confirm-actions">
@@ -162,7 +176,10 @@ pub fn notice(tone: Tone, heading: &str, details: &[String]) -> String {
         Tone::Warn => ("notice-warn", "⌛"),
         Tone::Info => ("notice-info", "ℹ️"),
     };
-    let paragraphs: String = details.iter().map(|d| format!("\n      <p>{}</p>", esc(d))).collect();
+    let paragraphs: String = details
+        .iter()
+        .map(|d| format!("\n      <p>{}</p>", esc(d)))
+        .collect();
     let main = format!(
         r#"    <article class="card confirm-card notice {class}" role="status">
       <h1 id="notice"><span aria-hidden="true">{icon}</span> {heading}</h1>{paragraphs}
@@ -182,7 +199,14 @@ pub fn reload(to: &str) -> String {
     </article>"#,
         to = esc(to)
     );
-    layout("Checking your login", &format!(r#"<meta http-equiv="refresh" content="0; url={}">"#, esc(to)), &main)
+    layout(
+        "Checking your login",
+        &format!(
+            r#"<meta http-equiv="refresh" content="0; url={}">"#,
+            esc(to)
+        ),
+        &main,
+    )
 }
 
 /// A notice with a login link (links that need an approver login).

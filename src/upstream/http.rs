@@ -112,9 +112,19 @@ impl HttpSession {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> UpstreamError {
+        // reqwest's own message is generic ("error sending request"); the
+        // cause (connection refused, …) is further down the chain.
+        let e = e.without_url();
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
         UpstreamError::Unreachable {
             url: self.upstream.url.clone(),
-            reason: e.without_url().to_string(),
+            reason,
         }
     }
 

@@ -247,48 +247,57 @@ class Matrix:
         self.seconds = 0.0
 
 
+def run_matrix(tmp, procs: Processes, upstreams=None, agents=None) -> Matrix:
+    """Starts the upstreams and one `airlock serve` per upstream, then runs every agent directly,
+    through `airlock serve` (HTTP) and through `airlock stdio`, WORKERS runs at a time."""
+    upstreams = upstreams or list(UPSTREAMS)
+    agents = agents or list(AGENTS)
+    started = time.monotonic()
+    native = {}
+    if "testserver-stdio" in upstreams:
+        native["testserver-stdio"] = {"stdio": upstream_testserver("both")}
+    if "testserver-http" in upstreams:
+        native["testserver-http"] = {"url": procs.testserver_http("both")[1]}
+    if "everything-stdio" in upstreams:
+        native["everything-stdio"] = {"stdio": upstream_everything()}
+    if "everything-http" in upstreams:
+        native["everything-http"] = {"url": procs.everything_http()[1]}
+    if "stateless-http" in upstreams:
+        native["stateless-http"] = {"url": procs.stateless_node_http()[1]}
+
+    def upstream_args(u):
+        n = native[u]
+        return {"upstream": n["stdio"]} if "stdio" in n else {"url": n["url"]}
+
+    gateways = {u: procs.airlock(policy=UPSTREAMS[u].family.policy, **upstream_args(u)) for u in upstreams}
+    jobs = {}
+    m = Matrix()
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for u in upstreams:
+            fam = UPSTREAMS[u].family
+            for a in agents:
+                n = native[u]
+                direct_transport = "stdio" if "stdio" in n else "http"
+                jobs[("direct", a, u)] = pool.submit(run_agent, a, script_for(fam, direct_transport), **n)
+                jobs[("http", a, u)] = pool.submit(run_agent, a, script_for(fam, "http"), url=gateways[u].mcp)
+                cmd = airlock_stdio_cmd(tmp, policy=fam.policy, **upstream_args(u))
+                jobs[("stdio", a, u)] = pool.submit(run_agent, a, script_for(fam, "stdio"), stdio=cmd)
+        for (kind, a, u), fut in jobs.items():
+            report = fut.result()
+            if kind == "direct":
+                m.direct[(a, u)] = report
+            else:
+                m.through[(a, kind, u)] = report
+    m.seconds = time.monotonic() - started
+    return m
+
+
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clients")
     procs = Processes(tmp)
-    started = time.monotonic()
     try:
-        _, ts_url = procs.testserver_http("both")
-        _, ev_url = procs.everything_http()
-        _, sl_url = procs.stateless_node_http()
-        native = {
-            "testserver-stdio": {"stdio": upstream_testserver("both")},
-            "testserver-http": {"url": ts_url},
-            "everything-stdio": {"stdio": upstream_everything()},
-            "everything-http": {"url": ev_url},
-            "stateless-http": {"url": sl_url},
-        }
-
-        def upstream_args(u):
-            n = native[u]
-            return {"upstream": n["stdio"]} if "stdio" in n else {"url": n["url"]}
-
-        gateways = {u: procs.airlock(policy=UPSTREAMS[u].family.policy, **upstream_args(u)) for u in UPSTREAMS}
-
-        jobs = {}
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            for u, up in UPSTREAMS.items():
-                for a in AGENTS:
-                    n = native[u]
-                    direct_transport = "stdio" if "stdio" in n else "http"
-                    jobs[("direct", a, u)] = pool.submit(run_agent, a, script_for(up.family, direct_transport), **n)
-                    jobs[("http", a, u)] = pool.submit(run_agent, a, script_for(up.family, "http"), url=gateways[u].mcp)
-                    cmd = airlock_stdio_cmd(tmp, policy=up.family.policy, **upstream_args(u))
-                    jobs[("stdio", a, u)] = pool.submit(run_agent, a, script_for(up.family, "stdio"), stdio=cmd)
-            m = Matrix()
-            for (kind, a, u), fut in jobs.items():
-                report = fut.result()
-                if kind == "direct":
-                    m.direct[(a, u)] = report
-                else:
-                    m.through[(a, kind, u)] = report
-        m.seconds = time.monotonic() - started
-        yield m
+        yield run_matrix(tmp, procs)
     finally:
         procs.stop_all()
 

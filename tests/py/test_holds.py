@@ -171,9 +171,13 @@ def test_deny_with_comment_returns_is_error_naming_approver_and_comment(procs):
     call = HeldCall(gw.mcp, "delete_record", {"id": "7"})
     call.start()
     [item] = gw.wait_pending(1)
+    one = gw.api("GET", f"/api/pending/{item['id']}").json()
+    assert one["status"] == "pending" and one["pending"] == item
     r = gw.decide(item["id"], "deny", token=BOB, comment="not on a Friday")
     assert r.status_code == 200, r.text
     assert r.json()["decision"] == "denied" and r.json()["decider"] == "bob"
+    one = gw.api("GET", f"/api/pending/{item['id']}").json()
+    assert one["status"] == "decided" and one["resolution"]["decider"] == "bob", one
     result = call.result()
     assert result["isError"] is True
     text = text_of(result)
@@ -413,3 +417,12 @@ def test_hundred_concurrent_holds_decided_in_random_order_reach_their_callers(pr
     assert gw.pending() == []
     rows = [r for r in gw.audit_rows(tool="delete_record") if r["decision"] in ("approved", "denied_by_human")]
     assert len(rows) == n and len({r["pending_id"] for r in rows}) == n
+
+
+def test_progress_interval_below_50_ms_is_rejected_naming_the_key(procs):
+    config = write_config(procs.tmp_path, HOLD_POLICY, progress=0.01, name="too-fast")
+    checked = run_cli("check", config, env=TOKENS_ENV)
+    assert checked.returncode != 0
+    assert "progress_interval" in checked.stderr and "too-fast.toml:" in checked.stderr, checked.stderr
+    ok = run_cli("check", write_config(procs.tmp_path, HOLD_POLICY, progress=0.05, name="fast"), env=TOKENS_ENV)
+    assert ok.returncode == 0, ok.stderr

@@ -26,11 +26,21 @@ fn links() -> Buttons {
     }
 }
 
-fn resolution(decision: Verdict, decider: Option<&str>, channel: &str, after_secs: i64) -> Resolution {
-    let when = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap() + chrono::Duration::seconds(after_secs);
+fn resolution(
+    decision: Verdict,
+    decider: Option<&str>,
+    channel: &str,
+    after_secs: i64,
+) -> Resolution {
+    let when = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()
+        + chrono::Duration::seconds(after_secs);
     Resolution {
         decision,
-        outcome: if decision == Verdict::Approved { "allowed" } else { "refused" },
+        outcome: if decision == Verdict::Approved {
+            "allowed"
+        } else {
+            "refused"
+        },
         decider: decider.map(str::to_owned),
         channel: channel.into(),
         comment: None,
@@ -44,7 +54,9 @@ fn texts(message: &Value) -> Vec<(String, String)> {
     fn walk(v: &Value, path: String, out: &mut Vec<(String, String)>) {
         match v {
             Value::Object(map) => {
-                if let (Some(Value::String(kind)), Some(Value::String(text))) = (map.get("type"), map.get("text")) {
+                if let (Some(Value::String(kind)), Some(Value::String(text))) =
+                    (map.get("type"), map.get("text"))
+                {
                     out.push((format!("{path}:{kind}"), text.clone()));
                 }
                 for (k, v) in map {
@@ -93,7 +105,9 @@ fn held_message_snapshot() {
 
 #[test]
 fn hostile_arguments_cannot_ping_or_disguise_links() {
-    let mut it = item(json!({ "note": "<!channel> see <https://evil.example|click here> & ```break out```" }));
+    let mut it = item(
+        json!({ "note": "<!channel> see <https://evil.example|click here> & ```break out```" }),
+    );
     it.agent = "<@U123> agent".into();
     it.reason = Some("<!here>".into());
     let m = held(&it, &links());
@@ -109,7 +123,11 @@ fn hostile_arguments_cannot_ping_or_disguise_links() {
     let args = args.as_str().unwrap();
     assert!(args.contains("&lt;!channel&gt;"), "{args}");
     assert!(args.contains("&amp;"), "{args}");
-    assert_eq!(args.matches("```").count(), 2, "only our own fences: {args}");
+    assert_eq!(
+        args.matches("```").count(),
+        2,
+        "only our own fences: {args}"
+    );
 }
 
 #[test]
@@ -122,22 +140,56 @@ fn huge_arguments_stay_within_slack_limits_and_say_what_was_cut() {
     let blocks = m["blocks"].as_array().unwrap();
     assert!(blocks.len() <= BLOCK_LIMIT);
     let header = blocks[0]["text"]["text"].as_str().unwrap();
-    assert!(header.encode_utf16().count() <= HEADER_LIMIT, "{}", header.len());
+    assert!(
+        header.encode_utf16().count() <= HEADER_LIMIT,
+        "{}",
+        header.len()
+    );
     for (path, text) in texts(&m) {
-        assert!(text.encode_utf16().count() <= SECTION_LIMIT, "{path}: {}", text.len());
-        assert!(!text.ends_with("&l") && !text.ends_with("&lt"), "escape split at {path}");
+        assert!(
+            text.encode_utf16().count() <= SECTION_LIMIT,
+            "{path}: {}",
+            text.len()
+        );
+        assert!(
+            !text.ends_with("&l") && !text.ends_with("&lt"),
+            "escape split at {path}"
+        );
     }
-    let all: String = texts(&m).into_iter().map(|(_, t)| t).collect::<Vec<_>>().join("\n");
-    assert!(all.contains("of 100,016 characters of arguments not shown"), "{all}");
-    assert!(all.contains("more characters)"), "the reason says it was cut");
-    assert!(blocks.iter().any(|b| b["type"] == "actions"), "buttons survive the cut");
+    let all: String = texts(&m)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("of 100,016 characters of arguments not shown"),
+        "{all}"
+    );
+    assert!(
+        all.contains("more characters)"),
+        "the reason says it was cut"
+    );
+    assert!(
+        blocks.iter().any(|b| b["type"] == "actions"),
+        "buttons survive the cut"
+    );
 }
 
 #[test]
 fn interactive_buttons_carry_the_pending_id_and_a_confirm_step() {
     let it = item(json!({}));
-    let m = held(&it, &Buttons::Interactive { details: "https://a.example/".into() });
-    let actions = m["blocks"].as_array().unwrap().iter().find(|b| b["type"] == "actions").unwrap();
+    let m = held(
+        &it,
+        &Buttons::Interactive {
+            details: "https://a.example/".into(),
+        },
+    );
+    let actions = m["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "actions")
+        .unwrap();
     let approve = &actions["elements"][0];
     assert_eq!(approve["action_id"], "approve");
     assert_eq!(approve["value"], it.id.as_str());
@@ -150,18 +202,33 @@ fn interactive_buttons_carry_the_pending_id_and_a_confirm_step() {
 fn outcome_lines_read_like_sentences() {
     let it = item(json!({}));
     assert_eq!(
-        outcome_line(&it, &resolution(Verdict::Approved, Some("alice"), "dashboard", 42)),
+        outcome_line(
+            &it,
+            &resolution(Verdict::Approved, Some("alice"), "dashboard", 42)
+        ),
         "✅ approved by alice via dashboard after 42 s"
     );
     assert_eq!(
-        outcome_line(&it, &resolution(Verdict::Denied, Some("bob (Slack link)"), "slack-link", 125)),
+        outcome_line(
+            &it,
+            &resolution(Verdict::Denied, Some("bob (Slack link)"), "slack-link", 125)
+        ),
         "❌ denied by bob (Slack link) after 2 min 5 s"
     );
-    assert_eq!(outcome_line(&it, &resolution(Verdict::TimedOut, None, "timeout", 300)), "⌛ timed out after 5 min — denied");
-    assert_eq!(outcome_line(&it, &resolution(Verdict::Cancelled, None, "agent", 3)), "🚫 cancelled after 3 s");
+    assert_eq!(
+        outcome_line(&it, &resolution(Verdict::TimedOut, None, "timeout", 300)),
+        "⌛ timed out after 5 min — denied"
+    );
+    assert_eq!(
+        outcome_line(&it, &resolution(Verdict::Cancelled, None, "agent", 3)),
+        "🚫 cancelled after 3 s"
+    );
     let mut r = resolution(Verdict::Denied, Some("<!channel>"), "api", 1);
     r.comment = Some("no <https://x|way>".into());
     let f = followup(&it, &r);
     let text = f["blocks"][0]["text"]["text"].as_str().unwrap();
-    assert_eq!(text, "❌ denied by &lt;!channel&gt; via API after 1 s\n>no &lt;https://x|way&gt;");
+    assert_eq!(
+        text,
+        "❌ denied by &lt;!channel&gt; via API after 1 s\n>no &lt;https://x|way&gt;"
+    );
 }
