@@ -12,6 +12,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -42,6 +44,11 @@ pub fn routes() -> Router<Gateway> {
         .route("/api/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+}
+
+/// Unknown `/api/…` paths answer in the API's error format.
+pub fn not_found(path: &str) -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no API endpoint at {path}")).into_response()
 }
 
 /// An API error: `{"error": {"code", "message"}}` with a status.
@@ -164,8 +171,19 @@ struct LoginBody {
     token: String,
 }
 
-async fn login_handler(State(gw): State<Gateway>, headers: HeaderMap, body: Json<LoginBody>) -> Result<Response, ApiError> {
+/// A JSON body, with extraction failures answered as API errors.
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))
+}
+
+/// Query parameters, with bad values answered as API errors.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
+async fn login_handler(State(gw): State<Gateway>, headers: HeaderMap, body: Result<Json<LoginBody>, JsonRejection>) -> Result<Response, ApiError> {
     login::check_same_origin(&gw, &headers).map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
+    let body = json_body(body)?;
     let Some(approver) = auth::find_credential(&gw.config.approvers, body.token.trim()) else {
         return Err(unauthorized("invalid approver token"));
     };
@@ -216,11 +234,11 @@ struct DecisionBody {
     comment: Option<String>,
 }
 
-async fn approve(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Option<Json<DecisionBody>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn approve(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
     decide_http(state, approver, headers, id, body, Verdict::Approved).await
 }
 
-async fn deny(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Option<Json<DecisionBody>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn deny(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
     decide_http(state, approver, headers, id, body, Verdict::Denied).await
 }
 
@@ -229,10 +247,17 @@ async fn decide_http(
     approver: Approver,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Option<Json<DecisionBody>>,
+    body: Bytes,
     verdict: Verdict,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let comment = body.and_then(|b| b.0.comment);
+    // The body is optional; when present it must be `{"comment": "…"}`.
+    let comment = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<DecisionBody>(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body must be {{\"comment\": \"…\"}}: {e}")))?
+            .comment
+    };
     if comment.as_ref().is_some_and(|c| c.len() > 4096) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "comment is longer than 4096 bytes"));
     }
@@ -293,8 +318,8 @@ fn checked_filter(mut filter: Filter) -> Result<Filter, ApiError> {
     Ok(filter)
 }
 
-async fn audit_query(State(gw): State<Gateway>, _approver: Approver, Query(filter): Query<Filter>) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut filter = checked_filter(filter)?;
+async fn audit_query(State(gw): State<Gateway>, _approver: Approver, filter: Result<Query<Filter>, QueryRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut filter = checked_filter(query(filter)?)?;
     let limit = filter.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     filter.limit = Some(limit);
     let entries = gw
@@ -314,7 +339,8 @@ struct ExportQuery {
     filter: Filter,
 }
 
-async fn audit_export(State(gw): State<Gateway>, _approver: Approver, Query(q): Query<ExportQuery>) -> Result<Response, ApiError> {
+async fn audit_export(State(gw): State<Gateway>, _approver: Approver, q: Result<Query<ExportQuery>, QueryRejection>) -> Result<Response, ApiError> {
+    let q = query(q)?;
     let format = match q.format.as_deref().unwrap_or("jsonl") {
         "jsonl" => ExportFormat::Jsonl,
         "csv" => ExportFormat::Csv,

@@ -26,7 +26,12 @@ pub fn routes() -> Router<Gateway> {
         router = router.route(page, get(|| async { asset("index.html") }));
     }
     // Any other path is a file of `web/` (e.g. /app.css, /js/app.js) or 404.
-    router.fallback(|uri: axum::http::Uri| async move { asset(uri.path().trim_start_matches('/')) })
+    router.fallback(|uri: axum::http::Uri| async move {
+        match uri.path() {
+            p if p.starts_with("/api/") => crate::api::not_found(p),
+            p => asset(p.trim_start_matches('/')),
+        }
+    })
 }
 
 /// Security headers every dashboard response carries.

@@ -488,7 +488,9 @@ impl Waiter {
         let interval = self.gw.config.approval.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut sent = 0u64;
+        let mut deadline = deadline;
         let mut timed_out = false;
+        let mut gone = false;
         let resolution = loop {
             tokio::select! {
                 r = &mut wake => match r {
@@ -497,16 +499,22 @@ impl Waiter {
                 },
                 _ = tokio::time::sleep_until(deadline), if !timed_out => {
                     timed_out = true;
-                    let _ = decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None).await;
+                    if let Err(DecideError::Audit(_)) = decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None).await {
+                        // Reopened because the store is down: try again shortly.
+                        timed_out = false;
+                        deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                    }
                 }
-                _ = self.agent_gone() => {
+                _ = self.agent_gone(), if !gone => {
+                    gone = true;
                     let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
                 }
                 _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(_)) => {
                     sent += 1;
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let note = self.progress(sent, left);
-                    if !self.deliver(note).await {
+                    if !self.deliver(note).await && !gone {
+                        gone = true;
                         let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
                     }
                 }

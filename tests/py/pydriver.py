@@ -12,7 +12,8 @@ Declares sampling, elicitation and roots (handlers answer like the Node drivers:
 {model:"<name>-fixed-model", role:"assistant", content:{type:"text",text:<sample-text>}},
 elicitation -> accept with the content, roots -> one root).
 
-Steps: list (cursor?, full?), call (name, args, meta?, progress?), request is not supported,
+Steps (each may carry `timeoutMs`, `label`): list (cursor?, full?), call (name, args, meta?,
+progress?), request is not supported,
 sleep (ms), close (leaves the Client context: DELETE on a handshake-era HTTP session, the child is
 stopped on stdio). `terminate` is an alias of `close` (the Python SDK has no separate DELETE).
 Output steps carry the same fields as the Node drivers (`ok`, `result` | `error` {kind, code,
@@ -79,28 +80,10 @@ async def run_step(client: Client, step: dict[str, Any], counters: dict[str, int
             ev["message"] = message
         events.append(ev)
 
+    timeout = step.get("timeoutMs")
     try:
-        if op == "list":
-            r = await client.list_tools(cursor=step.get("cursor"))
-            out["tools"] = [t.name for t in r.tools]
-            out["descriptions"] = {t.name: t.description for t in r.tools}
-            if step.get("full"):
-                out["result"] = dump(r)
-            out["ok"] = True
-        elif op == "call":
-            r = await client.call_tool(
-                step["name"],
-                step.get("args", {}),
-                progress_callback=on_progress if step.get("progress") else None,
-                meta=step.get("meta"),
-            )
-            out["result"] = dump(r)
-            out["ok"] = True
-        elif op == "sleep":
-            await anyio.sleep(step.get("ms", 0) / 1000)
-            out["ok"] = True
-        else:
-            raise SystemExit(f"unknown op {op!r}")
+        with anyio.fail_after(timeout / 1000 if timeout else None):
+            await run_op(client, step, out, on_progress)
     except Exception as e:  # noqa: BLE001
         out["ok"] = False
         out["error"] = error_json(e)
@@ -112,6 +95,29 @@ async def run_step(client: Client, step: dict[str, Any], counters: dict[str, int
         out[k] = counters[k] - before[k]
     out["elapsedMs"] = int((time.monotonic() - started) * 1000)
     return out
+
+
+async def run_op(client: Client, step: dict[str, Any], out: dict[str, Any], on_progress: Any) -> None:
+    op = step["op"]
+    if op == "list":
+        r = await client.list_tools(cursor=step.get("cursor"))
+        out["tools"] = [t.name for t in r.tools]
+        out["descriptions"] = {t.name: t.description for t in r.tools}
+        if step.get("full"):
+            out["result"] = dump(r)
+    elif op == "call":
+        r = await client.call_tool(
+            step["name"],
+            step.get("args", {}),
+            progress_callback=on_progress if step.get("progress") else None,
+            meta=step.get("meta"),
+        )
+        out["result"] = dump(r)
+    elif op == "sleep":
+        await anyio.sleep(step.get("ms", 0) / 1000)
+    else:
+        raise SystemExit(f"unknown op {op!r}")
+    out["ok"] = True
 
 
 async def run(opts: argparse.Namespace, doc: dict[str, Any]) -> int:

@@ -196,7 +196,10 @@ def works_directly(agent: Agent, upstream: Upstream) -> bool:
 # --------------------------------------------------------------------------- the script
 
 
-def script_for(family: Family, transport: str) -> list[dict]:
+def script_for(family: Family, transport: str, working: bool = True) -> list[dict]:
+    if not working:  # only needs to show that it fails, and how
+        return [{"op": "list", "label": "list", "timeoutMs": 8000}, {"op": "close", "label": "close"}]
+
     def call(label, tool, args, **kw):
         return {"op": "call", "label": label, "name": tool, "args": args, "timeoutMs": 20000, **kw}
 
@@ -224,7 +227,8 @@ def run_agent(agent_key: str, script: list[dict], *, url=None, stdio=None) -> di
     if agent.driver == "py":
         report = run_pydriver(agent.era, script, url=url, stdio=stdio, name=agent_key, timeout=150)
     else:
-        extra = ["--name", agent_key, "--timeout-ms", "20000"]
+        extra = ["--name", agent_key, "--timeout-ms", "20000", "--probe-timeout-ms", "8000"] if agent.driver == "client2" \
+            else ["--name", agent_key, "--timeout-ms", "20000"]
         report = run_driver(agent.driver, script, url=url, stdio=stdio, era=agent.era, extra=extra, timeout=150)
     report["_seconds"] = time.monotonic() - started
     return report
@@ -277,11 +281,12 @@ def run_matrix(tmp, procs: Processes, upstreams=None, agents=None) -> Matrix:
             fam = UPSTREAMS[u].family
             for a in agents:
                 n = native[u]
+                ok = works_directly(AGENTS[a], UPSTREAMS[u])
                 direct_transport = "stdio" if "stdio" in n else "http"
-                jobs[("direct", a, u)] = pool.submit(run_agent, a, script_for(fam, direct_transport), **n)
-                jobs[("http", a, u)] = pool.submit(run_agent, a, script_for(fam, "http"), url=gateways[u].mcp)
+                jobs[("direct", a, u)] = pool.submit(run_agent, a, script_for(fam, direct_transport, ok), **n)
+                jobs[("http", a, u)] = pool.submit(run_agent, a, script_for(fam, "http", ok), url=gateways[u].mcp)
                 cmd = airlock_stdio_cmd(tmp, policy=fam.policy, **upstream_args(u))
-                jobs[("stdio", a, u)] = pool.submit(run_agent, a, script_for(fam, "stdio"), stdio=cmd)
+                jobs[("stdio", a, u)] = pool.submit(run_agent, a, script_for(fam, "stdio", ok), stdio=cmd)
         for (kind, a, u), fut in jobs.items():
             report = fut.result()
             if kind == "direct":
