@@ -11,9 +11,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -48,7 +48,12 @@ pub fn routes() -> Router<Gateway> {
 
 /// Unknown `/api/…` paths answer in the API's error format.
 pub fn not_found(path: &str) -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no API endpoint at {path}")).into_response()
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no API endpoint at {path}"),
+    )
+    .into_response()
 }
 
 /// An API error: `{"error": {"code", "message"}}` with a status.
@@ -73,7 +78,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = json!({ "code": self.code, "message": self.message });
-        if let (Some(obj), Some(serde_json::Value::Object(extra))) = (error.as_object_mut(), self.extra) {
+        if let (Some(obj), Some(serde_json::Value::Object(extra))) =
+            (error.as_object_mut(), self.extra)
+        {
             obj.extend(extra);
         }
         (self.status, Json(json!({ "error": error }))).into_response()
@@ -121,7 +128,12 @@ fn unauthorized(message: &str) -> ApiError {
 }
 
 /// The whole approver check; see the module docs.
-pub fn authenticate(gw: &Gateway, method: &Method, headers: &HeaderMap, query: Option<&str>) -> Result<Approver, ApiError> {
+pub fn authenticate(
+    gw: &Gateway,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Approver, ApiError> {
     let unsafe_method = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if let Some(token) = auth::bearer(headers) {
         if let Some(approver) = auth::find_credential(&gw.config.approvers, token) {
@@ -141,10 +153,14 @@ pub fn authenticate(gw: &Gateway, method: &Method, headers: &HeaderMap, query: O
     }
     if let Some(session) = login::from_cookie(gw, headers) {
         if unsafe_method || headers.contains_key(header::UPGRADE) {
-            login::check_same_origin(gw, headers).map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
+            login::check_same_origin(gw, headers)
+                .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
         }
         if unsafe_method {
-            let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let sent = headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if !login::csrf_matches(&session, sent) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -158,12 +174,17 @@ pub fn authenticate(gw: &Gateway, method: &Method, headers: &HeaderMap, query: O
             via: Via::Cookie,
         });
     }
-    if query.is_some_and(|q| q.split('&').any(|kv| matches!(kv.split('=').next(), Some("token" | "access_token")))) {
+    if query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv.split('=').next(), Some("token" | "access_token")))
+    }) {
         return Err(unauthorized(
             "tokens in query strings are not accepted; send Authorization: Bearer <token>",
         ));
     }
-    Err(unauthorized("approver authentication required (Authorization: Bearer <token> or the login cookie)"))
+    Err(unauthorized(
+        "approver authentication required (Authorization: Bearer <token> or the login cookie)",
+    ))
 }
 
 #[derive(Deserialize)]
@@ -173,34 +194,52 @@ struct LoginBody {
 
 /// A JSON body, with extraction failures answered as API errors.
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(v)| v).map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))
+    body.map(|Json(v)| v)
+        .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))
 }
 
 /// Query parameters, with bad values answered as API errors.
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
-async fn login_handler(State(gw): State<Gateway>, headers: HeaderMap, body: Result<Json<LoginBody>, JsonRejection>) -> Result<Response, ApiError> {
-    login::check_same_origin(&gw, &headers).map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
+async fn login_handler(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<Json<LoginBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    login::check_same_origin(&gw, &headers)
+        .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
     let body = json_body(body)?;
     let Some(approver) = auth::find_credential(&gw.config.approvers, body.token.trim()) else {
         return Err(unauthorized("invalid approver token"));
     };
     let (cookie, session) = login::start(&gw, &approver.name);
-    let mut response = Json(json!({ "approver": approver.name, "csrf": session.csrf })).into_response();
+    let mut response =
+        Json(json!({ "approver": approver.name, "csrf": session.csrf })).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
 
-async fn logout_handler(State(gw): State<Gateway>, _approver: Approver, headers: HeaderMap) -> Response {
+async fn logout_handler(
+    State(gw): State<Gateway>,
+    _approver: Approver,
+    headers: HeaderMap,
+) -> Response {
     login::end(&gw, &headers);
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(header::SET_COOKIE, login::clear_cookie(&gw));
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, login::clear_cookie(&gw));
     response
 }
 
-async fn me(State(gw): State<Gateway>, headers: HeaderMap, approver: Approver) -> Json<serde_json::Value> {
+async fn me(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    approver: Approver,
+) -> Json<serde_json::Value> {
     let csrf = login::from_cookie(&gw, &headers).map(|s| s.csrf);
     Json(json!({ "approver": approver.name, "csrf": csrf }))
 }
@@ -218,13 +257,23 @@ async fn list_pending(State(gw): State<Gateway>, _approver: Approver) -> Json<se
     Json(json!({ "pending": gw.holds.list() }))
 }
 
-async fn get_pending(State(gw): State<Gateway>, _approver: Approver, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn get_pending(
+    State(gw): State<Gateway>,
+    _approver: Approver,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     if let Some(item) = gw.holds.get(&id) {
         return Ok(Json(json!({ "pending": item, "status": "pending" })));
     }
     match gw.holds.resolution(&id) {
-        Some(r) => Ok(Json(json!({ "id": id, "status": "decided", "resolution": r }))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pending call with id {id}"))),
+        Some(r) => Ok(Json(
+            json!({ "id": id, "status": "decided", "resolution": r }),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no pending call with id {id}"),
+        )),
     }
 }
 
@@ -234,11 +283,23 @@ struct DecisionBody {
     comment: Option<String>,
 }
 
-async fn approve(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+async fn approve(
+    state: State<Gateway>,
+    approver: Approver,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     decide_http(state, approver, headers, id, body, Verdict::Approved).await
 }
 
-async fn deny(state: State<Gateway>, approver: Approver, headers: HeaderMap, id: Path<String>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+async fn deny(
+    state: State<Gateway>,
+    approver: Approver,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     decide_http(state, approver, headers, id, body, Verdict::Denied).await
 }
 
@@ -255,14 +316,33 @@ async fn decide_http(
         None
     } else {
         serde_json::from_slice::<DecisionBody>(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body must be {{\"comment\": \"…\"}}: {e}")))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("body must be {{\"comment\": \"…\"}}: {e}"),
+                )
+            })?
             .comment
     };
     if comment.as_ref().is_some_and(|c| c.len() > 4096) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "comment is longer than 4096 bytes"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "comment is longer than 4096 bytes",
+        ));
     }
     let channel = approver.channel(&headers);
-    match hold::decide(&gw, &id, verdict, Some(approver.name.clone()), channel, comment).await {
+    match hold::decide(
+        &gw,
+        &id,
+        verdict,
+        Some(approver.name.clone()),
+        channel,
+        comment,
+    )
+    .await
+    {
         Ok(r) => Ok(Json(json!({
             "id": id,
             "decision": r.decision,
@@ -278,16 +358,28 @@ async fn decide_http(
 /// Maps a decision failure to its HTTP answer (409 names the winner).
 pub fn decide_error(e: DecideError) -> ApiError {
     match e {
-        DecideError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pending call with id {id}")),
+        DecideError::NotFound(id) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no pending call with id {id}"),
+        ),
         DecideError::AlreadyDecided(r) => {
-            let mut err = ApiError::new(StatusCode::CONFLICT, "already_decided", format!("already {}", r.describe()));
-            err.extra = Some(json!({ "decided_by": r.decider, "decision": r.decision, "channel": r.channel, "at": r.at }));
+            let mut err = ApiError::new(
+                StatusCode::CONFLICT,
+                "already_decided",
+                format!("already {}", r.describe()),
+            );
+            err.extra = Some(
+                json!({ "decided_by": r.decider, "decision": r.decision, "channel": r.channel, "at": r.at }),
+            );
             err
         }
         DecideError::Audit(m) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",
-            format!("the decision could not be recorded in the audit store ({m}); nothing was released"),
+            format!(
+                "the decision could not be recorded in the audit store ({m}); nothing was released"
+            ),
         ),
     }
 }
@@ -308,27 +400,39 @@ fn checked_filter(mut filter: Filter) -> Result<Filter, ApiError> {
     }
     // Stored times are UTC with a `Z`; compare like with like.
     let to_utc = |v: &Option<String>| {
-        v.as_ref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| {
-            t.with_timezone(&chrono::Utc)
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        })
+        v.as_ref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
     };
     filter.since = to_utc(&filter.since);
     filter.until = to_utc(&filter.until);
     Ok(filter)
 }
 
-async fn audit_query(State(gw): State<Gateway>, _approver: Approver, filter: Result<Query<Filter>, QueryRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn audit_query(
+    State(gw): State<Gateway>,
+    _approver: Approver,
+    filter: Result<Query<Filter>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let mut filter = checked_filter(query(filter)?)?;
     let limit = filter.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     filter.limit = Some(limit);
-    let entries = gw
-        .audit
-        .query(filter, true)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", e.to_string()))?;
-    let next_cursor = (entries.len() as u32 == limit).then(|| entries.last().map(|e| e.seq.to_string())).flatten();
-    Ok(Json(json!({ "entries": entries, "next_cursor": next_cursor })))
+    let entries = gw.audit.query(filter, true).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let next_cursor = (entries.len() as u32 == limit)
+        .then(|| entries.last().map(|e| e.seq.to_string()))
+        .flatten();
+    Ok(Json(
+        json!({ "entries": entries, "next_cursor": next_cursor }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -339,7 +443,11 @@ struct ExportQuery {
     filter: Filter,
 }
 
-async fn audit_export(State(gw): State<Gateway>, _approver: Approver, q: Result<Query<ExportQuery>, QueryRejection>) -> Result<Response, ApiError> {
+async fn audit_export(
+    State(gw): State<Gateway>,
+    _approver: Approver,
+    q: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let format = match q.format.as_deref().unwrap_or("jsonl") {
         "jsonl" => ExportFormat::Jsonl,
@@ -353,13 +461,16 @@ async fn audit_export(State(gw): State<Gateway>, _approver: Approver, q: Result<
         }
     };
     let filter = checked_filter(q.filter)?;
-    let entries = gw
-        .audit
-        .query(filter, false)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", e.to_string()))?;
+    let entries = gw.audit.query(filter, false).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            e.to_string(),
+        )
+    })?;
     let mut out = Vec::new();
-    audit::export(&entries, format, &mut out).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "export", e.to_string()))?;
+    audit::export(&entries, format, &mut out)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "export", e.to_string()))?;
     let (content_type, ext) = match format {
         ExportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
         ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
@@ -383,32 +494,54 @@ async fn healthz(State(gw): State<Gateway>) -> Response {
         "pending": gw.holds.len(),
         "sessions": gw.sessions.len(),
     });
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
 async fn metrics(State(gw): State<Gateway>) -> Response {
-    let text = gw.metrics.render(gw.holds.len(), gw.sessions.len(), gw.audit.is_healthy(), gw.audit.rows_written());
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text).into_response()
+    let text = gw.metrics.render(
+        gw.holds.len(),
+        gw.sessions.len(),
+        gw.audit.is_healthy(),
+        gw.audit.rows_written(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// How long a websocket send may take before the client counts as too slow.
 const WS_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn websocket(State(gw): State<Gateway>, approver: Approver, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
+async fn websocket(
+    State(gw): State<Gateway>,
+    approver: Approver,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     // Browsers always send Origin on websockets; a foreign one is refused
     // even with a Bearer token (cookies are checked in `authenticate`).
     if headers.contains_key(header::ORIGIN) {
-        login::check_same_origin(&gw, &headers).map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
+        login::check_same_origin(&gw, &headers)
+            .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
     }
     tracing::debug!(approver = %approver.name, "websocket connected");
     Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket)))
 }
 
 async fn serve_events(gw: Gateway, mut socket: WebSocket) {
-    let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(|| {
-        json!({ "pending": gw.holds.list(), "agents_connected": gw.agents_connected() })
-    });
+    let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(
+        || json!({ "pending": gw.holds.list(), "agents_connected": gw.agents_connected() }),
+    );
     if socket.send(WsMessage::Text(snapshot.into())).await.is_err() {
         return;
     }

@@ -52,7 +52,10 @@ fn build_config(args: &ServeArgs, stdio: bool) -> anyhow::Result<Config> {
             if stdio && let Some(name) = &args.upstream {
                 config.upstreams.retain(|u| &u.name == name);
                 if config.upstreams.is_empty() {
-                    bail!("--upstream {name}: no [[upstream]] with that name in {}", path.display());
+                    bail!(
+                        "--upstream {name}: no [[upstream]] with that name in {}",
+                        path.display()
+                    );
                 }
             }
             config
@@ -76,7 +79,10 @@ static GENERATED_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new()
 
 fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let spec = match (&args.url, args.upstream_command.split_first()) {
-        (Some(url), _) => UpstreamSpec::Http { url: url.clone(), headers: Vec::new() },
+        (Some(url), _) => UpstreamSpec::Http {
+            url: url.clone(),
+            headers: Vec::new(),
+        },
         (None, Some((command, rest))) => UpstreamSpec::Stdio {
             command: command.clone(),
             args: rest.to_vec(),
@@ -86,7 +92,9 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
             "no upstream: give a server command after `--` (e.g. `airlock serve --policy p.json -- npx -y @modelcontextprotocol/server-everything`), --url, or --config"
         ),
     };
-    let listen: SocketAddr = config::DEFAULT_LISTEN.parse().expect("default listen address");
+    let listen: SocketAddr = config::DEFAULT_LISTEN
+        .parse()
+        .expect("default listen address");
     let token = match std::env::var("AIRLOCK_APPROVER_TOKEN") {
         Ok(token) if token.len() >= 16 => token,
         Ok(_) => bail!("AIRLOCK_APPROVER_TOKEN must be at least 16 characters"),
@@ -97,7 +105,10 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
             token
         }
     };
-    let approvers = vec![Credential { name: "approver".into(), token }];
+    let approvers = vec![Credential {
+        name: "approver".into(),
+        token,
+    }];
     Ok(Config {
         listen,
         public_url: format!("http://{listen}"),
@@ -133,17 +144,26 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     for up in &config.upstreams {
         let events = events.clone();
         let on_reload: reload::OnReload = Arc::new(move |upstream: &str| {
-            events.publish("policy.reloaded", serde_json::json!({ "upstream": upstream }));
+            events.publish(
+                "policy.reloaded",
+                serde_json::json!({ "upstream": upstream }),
+            );
         });
         if up.policy.is_none() {
             tracing::warn!(upstream = %up.name, "no policy given: every tool is allowed");
         }
-        let policy = reload::watch_policy(&up.name, up.policy.clone(), shutdown.clone(), on_reload)?;
+        let policy =
+            reload::watch_policy(&up.name, up.policy.clone(), shutdown.clone(), on_reload)?;
         let runtime = UpstreamRuntime::new(up.name.clone(), up.spec.clone(), policy)
             .with_context(|| format!("upstream `{}`", up.name))?;
         upstreams.insert(up.name.clone(), runtime);
     }
-    if let Some(dir) = config.audit.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = config
+        .audit
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
@@ -164,13 +184,19 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
             announce(&gw, addr, stdio);
             let shutdown = gw.shutdown.clone();
             Some(tokio::spawn(async move {
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
             }))
         }
         Err(e) if stdio => {
-            tracing::warn!("dashboard not available: cannot listen on {}: {e}", gw.config.listen);
+            tracing::warn!(
+                "dashboard not available: cannot listen on {}: {e}",
+                gw.config.listen
+            );
             None
         }
         Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", gw.config.listen)),
@@ -199,14 +225,21 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
     let paths: Vec<String> = if gw.config.quick {
         vec![format!("http://{addr}/mcp")]
     } else {
-        gw.upstreams.keys().map(|n| format!("http://{addr}/mcp/{n}")).collect()
+        gw.upstreams
+            .keys()
+            .map(|n| format!("http://{addr}/mcp/{n}"))
+            .collect()
     };
     // The first line is machine-readable (tests and scripts wait for it).
     println!("airlock listening on http://{addr}");
     for p in paths {
         println!("  MCP endpoint: {p}");
     }
-    let base = if gw.config.quick { format!("http://{addr}") } else { gw.config.public_url.clone() };
+    let base = if gw.config.quick {
+        format!("http://{addr}")
+    } else {
+        gw.config.public_url.clone()
+    };
     match GENERATED_TOKEN.get() {
         Some(token) => {
             println!("  Dashboard:    {base}/login#token={token}");
@@ -218,13 +251,14 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -261,19 +295,32 @@ fn audit_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        AuditCommand::Export { format, since, until, audit: path } => {
+        AuditCommand::Export {
+            format,
+            since,
+            until,
+            audit: path,
+        } => {
             for (flag, value) in [("--since", &since), ("--until", &until)] {
                 if let Some(v) = value {
-                    chrono::DateTime::parse_from_rfc3339(v)
-                        .with_context(|| format!("{flag} must be an RFC 3339 time like 2026-11-25T10:00:00Z"))?;
+                    chrono::DateTime::parse_from_rfc3339(v).with_context(|| {
+                        format!("{flag} must be an RFC 3339 time like 2026-11-25T10:00:00Z")
+                    })?;
                 }
             }
             let utc = |v: Option<String>| {
                 v.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                    .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .map(|t| {
+                        t.with_timezone(&chrono::Utc)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    })
             };
             let mut db = audit::Sqlite::open_existing(&path)?;
-            let filter = audit::Filter { since: utc(since), until: utc(until), ..Default::default() };
+            let filter = audit::Filter {
+                since: utc(since),
+                until: utc(until),
+                ..Default::default()
+            };
             use audit::AuditBackend;
             let entries = db.query(&filter, false)?;
             let stdout = std::io::stdout();
@@ -288,7 +335,11 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         let is_config = file.extension().is_some_and(|e| e == "toml");
-        let result = if is_config { check_config(file) } else { check_policy(file) };
+        let result = if is_config {
+            check_config(file)
+        } else {
+            check_policy(file)
+        };
         match result {
             Ok(summary) => println!("ok: {}: {summary}", file.display()),
             Err(e) => {
@@ -297,7 +348,11 @@ fn check(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn check_policy(file: &Path) -> Result<String, String> {
@@ -319,5 +374,9 @@ fn check_config(file: &Path) -> Result<String, String> {
             check_policy(path).map_err(|e| format!("upstream `{}`: {e}", up.name))?;
         }
     }
-    Ok(format!("{} upstream(s), {} approver(s)", config.upstreams.len(), config.approvers.len()))
+    Ok(format!(
+        "{} upstream(s), {} approver(s)",
+        config.upstreams.len(),
+        config.approvers.len()
+    ))
 }

@@ -139,10 +139,18 @@ impl Audit {
     pub fn open(path: &Path, redact: Vec<String>) -> Result<Audit, AuditError> {
         let writer = Sqlite::open(path)?;
         let reader = Sqlite::open(path)?;
-        Ok(Audit::with_backends(Box::new(writer), Box::new(reader), redact))
+        Ok(Audit::with_backends(
+            Box::new(writer),
+            Box::new(reader),
+            redact,
+        ))
     }
 
-    pub fn with_backends(mut writer: Box<dyn AuditBackend>, reader: Box<dyn AuditBackend>, redact: Vec<String>) -> Audit {
+    pub fn with_backends(
+        mut writer: Box<dyn AuditBackend>,
+        reader: Box<dyn AuditBackend>,
+        redact: Vec<String>,
+    ) -> Audit {
         let (tx, rx) = mpsc::channel(65_536);
         let last = writer.last().ok().flatten();
         let shared = Arc::new(Shared {
@@ -162,7 +170,11 @@ impl Audit {
 
     /// Records a row without waiting (allowed calls and other fast-path outcomes).
     pub async fn record(&self, record: Record) {
-        let _ = self.0.tx.send(Command::Append(Box::new(record), None)).await;
+        let _ = self
+            .0
+            .tx
+            .send(Command::Append(Box::new(record), None))
+            .await;
     }
 
     /// Records a row and waits until it is durable.
@@ -214,7 +226,11 @@ impl Audit {
         .map_err(|e| AuditError::Unavailable(e.to_string()))?
     }
 
-    pub async fn query(&self, filter: Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError> {
+    pub async fn query(
+        &self,
+        filter: Filter,
+        newest_first: bool,
+    ) -> Result<Vec<Entry>, AuditError> {
         self.read(move |db| db.query(&filter, newest_first)).await
     }
 }
@@ -225,10 +241,9 @@ fn now_rfc3339() -> String {
 
 /// Turns a record into the next chained row.
 fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Entry {
-    let parsed = record
-        .arguments
-        .as_deref()
-        .map(|raw| serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned())));
+    let parsed = record.arguments.as_deref().map(|raw| {
+        serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+    });
     let args_hash = parsed.as_ref().map(arguments_hash);
     let arguments = parsed.map(|mut v| {
         chain::redact(&mut v, redact);
@@ -366,7 +381,10 @@ pub fn verify(db: &mut dyn AuditBackend) -> Result<u64, String> {
     let mut broken = None;
     db.scan(&mut |entry| {
         let problem = if entry.seq != expected_seq {
-            Some(format!("row {expected_seq} is missing (next row is {})", entry.seq))
+            Some(format!(
+                "row {expected_seq} is missing (next row is {})",
+                entry.seq
+            ))
         } else if entry.prev_hash != prev {
             Some(format!(
                 "row {} (id {}): prev_hash does not match the hash of row {}",
@@ -399,7 +417,11 @@ pub fn verify(db: &mut dyn AuditBackend) -> Result<u64, String> {
 }
 
 /// Writes entries as JSON lines or CSV.
-pub fn export(entries: &[Entry], format: ExportFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+pub fn export(
+    entries: &[Entry],
+    format: ExportFormat,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     match format {
         ExportFormat::Jsonl => {
             for e in entries {
@@ -441,8 +463,25 @@ pub fn export(entries: &[Entry], format: ExportFormat, out: &mut dyn std::io::Wr
 }
 
 pub const CSV_HEADER: [&str; 19] = [
-    "seq", "id", "at", "decision", "session", "agent", "upstream", "tool", "arguments", "args_hash", "rule",
-    "reason", "pending_id", "decider", "channel", "comment", "wait_ms", "prev_hash", "hash",
+    "seq",
+    "id",
+    "at",
+    "decision",
+    "session",
+    "agent",
+    "upstream",
+    "tool",
+    "arguments",
+    "args_hash",
+    "rule",
+    "reason",
+    "pending_id",
+    "decider",
+    "channel",
+    "comment",
+    "wait_ms",
+    "prev_hash",
+    "hash",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]

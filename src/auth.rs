@@ -20,7 +20,10 @@ fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority.split_inclusive(']').next().unwrap_or(authority);
     }
-    authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+    authority
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(authority)
 }
 
 fn public_origin(config: &Config) -> String {
@@ -35,10 +38,15 @@ fn public_origin(config: &Config) -> String {
 /// Rejects browsers on other sites (`Origin`) and DNS-rebound names (`Host`).
 pub fn check_origin_and_host(config: &Config, headers: &HeaderMap) -> Result<(), String> {
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().map_err(|_| "invalid Origin header".to_owned())?;
+        let origin = origin
+            .to_str()
+            .map_err(|_| "invalid Origin header".to_owned())?;
         let allowed = origin_host(origin).is_some_and(|h| LOOPBACK_HOSTS.contains(&h.as_str()))
             || origin.eq_ignore_ascii_case(&public_origin(config))
-            || config.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin));
+            || config
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin));
         if !allowed {
             return Err(format!("Origin `{origin}` is not allowed"));
         }
@@ -46,12 +54,17 @@ pub fn check_origin_and_host(config: &Config, headers: &HeaderMap) -> Result<(),
     if config.listen.ip().is_loopback()
         && let Some(host) = headers.get(header::HOST)
     {
-        let host = host.to_str().map_err(|_| "invalid Host header".to_owned())?;
+        let host = host
+            .to_str()
+            .map_err(|_| "invalid Host header".to_owned())?;
         let name = strip_port(host).to_ascii_lowercase();
         let public_host = origin_host(&config.public_url);
         let allowed = LOOPBACK_HOSTS.contains(&name.as_str())
             || public_host.as_deref() == Some(name.as_str())
-            || config.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(&name));
+            || config
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(&name));
         if !allowed {
             return Err(format!("Host `{host}` is not allowed"));
         }
@@ -106,7 +119,9 @@ mod tests {
     #[test]
     fn loopback_origins_and_hosts_pass() {
         let c = config();
-        assert!(check_origin_and_host(&c, &with(&[(header::ORIGIN, "http://localhost:3000")])).is_ok());
+        assert!(
+            check_origin_and_host(&c, &with(&[(header::ORIGIN, "http://localhost:3000")])).is_ok()
+        );
         assert!(check_origin_and_host(&c, &with(&[(header::HOST, "127.0.0.1:8080")])).is_ok());
         assert!(check_origin_and_host(&c, &HeaderMap::new()).is_ok());
     }
@@ -114,17 +129,31 @@ mod tests {
     #[test]
     fn foreign_origins_and_rebound_hosts_are_refused() {
         let c = config();
-        let e = check_origin_and_host(&c, &with(&[(header::ORIGIN, "http://evil.example")])).unwrap_err();
+        let e = check_origin_and_host(&c, &with(&[(header::ORIGIN, "http://evil.example")]))
+            .unwrap_err();
         assert!(e.contains("evil.example"), "{e}");
-        let e = check_origin_and_host(&c, &with(&[(header::HOST, "evil.example:8080")])).unwrap_err();
+        let e =
+            check_origin_and_host(&c, &with(&[(header::HOST, "evil.example:8080")])).unwrap_err();
         assert!(e.contains("Host"), "{e}");
-        assert!(check_origin_and_host(&c, &with(&[(header::ORIGIN, "http://localhost.evil.example")])).is_err());
+        assert!(
+            check_origin_and_host(
+                &c,
+                &with(&[(header::ORIGIN, "http://localhost.evil.example")])
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn credentials_match_exactly() {
-        let creds = vec![Credential { name: "a".into(), token: "token-aaaaaaaaaaaaaaaa".into() }];
-        assert_eq!(find_credential(&creds, "token-aaaaaaaaaaaaaaaa").map(|c| c.name.as_str()), Some("a"));
+        let creds = vec![Credential {
+            name: "a".into(),
+            token: "token-aaaaaaaaaaaaaaaa".into(),
+        }];
+        assert_eq!(
+            find_credential(&creds, "token-aaaaaaaaaaaaaaaa").map(|c| c.name.as_str()),
+            Some("a")
+        );
         assert!(find_credential(&creds, "token-aaaaaaaaaaaaaaab").is_none());
         assert!(find_credential(&creds, "").is_none());
     }

@@ -70,7 +70,11 @@ pub struct RemoteArgs {
     #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Approver token (never pass it as a flag: it would show in `ps`).
-    #[arg(long = "token-env", default_value = "AIRLOCK_APPROVER_TOKEN", hide = true)]
+    #[arg(
+        long = "token-env",
+        default_value = "AIRLOCK_APPROVER_TOKEN",
+        hide = true
+    )]
     pub token_env: String,
 }
 

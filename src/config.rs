@@ -259,10 +259,7 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or((1, 1));
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         ConfigError::Invalid {
             file: file.to_owned(),
             line,
@@ -390,7 +387,9 @@ pub fn parse(
         return Err(invalid(
             "progress_interval",
             0,
-            format!("approval.progress_interval must be between 0.05 and 3600 seconds, got {progress_interval}"),
+            format!(
+                "approval.progress_interval must be between 0.05 and 3600 seconds, got {progress_interval}"
+            ),
         ));
     }
 
@@ -399,14 +398,21 @@ pub fn parse(
         public_url,
         max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
         session_idle_timeout: Duration::from_secs(raw.session_idle_timeout.unwrap_or(3600)),
-        upstream_timeout: raw.upstream_timeout.filter(|s| *s > 0).map(Duration::from_secs),
+        upstream_timeout: raw
+            .upstream_timeout
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
         allowed_origins: raw.allowed_origins,
         allowed_hosts: raw.allowed_hosts,
         upstreams,
         approvers,
         agents,
         audit: AuditConfig {
-            path: base.join(raw.audit.path.unwrap_or_else(|| PathBuf::from("airlock.db"))),
+            path: base.join(
+                raw.audit
+                    .path
+                    .unwrap_or_else(|| PathBuf::from("airlock.db")),
+            ),
             redact: raw.audit.redact.unwrap_or_else(default_redact),
             fail_closed: raw.audit.on_error.as_deref() == Some("fail_closed"),
             record_allowed: raw.audit.record_allowed.unwrap_or(true),
@@ -720,9 +726,17 @@ redact = ["password"]
         assert_eq!(c.listen.port(), 9090);
         assert_eq!(c.public_url, "http://127.0.0.1:9090");
         assert_eq!(c.upstreams.len(), 2);
-        assert_eq!(c.upstreams[0].policy.as_deref(), Some(Path::new("/etc/airlock/policies/everything.json")));
-        let UpstreamSpec::Http { headers, .. } = &c.upstreams[1].spec else { panic!() };
-        assert_eq!(headers, &[("Authorization".to_owned(), "Bearer xyz".to_owned())]);
+        assert_eq!(
+            c.upstreams[0].policy.as_deref(),
+            Some(Path::new("/etc/airlock/policies/everything.json"))
+        );
+        let UpstreamSpec::Http { headers, .. } = &c.upstreams[1].spec else {
+            panic!()
+        };
+        assert_eq!(
+            headers,
+            &[("Authorization".to_owned(), "Bearer xyz".to_owned())]
+        );
         assert_eq!(c.approvers[0].name, "alice");
         assert_eq!(c.audit.path, Path::new("/etc/airlock/audit.db"));
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY);
@@ -730,7 +744,9 @@ redact = ["password"]
 
     #[test]
     fn unknown_keys_name_the_key_and_line() {
-        let e = parse_err("listen = \"127.0.0.1:1\"\n[[upstream]]\nname = \"a\"\ncommand = \"x\"\npolcy = \"p.json\"\n");
+        let e = parse_err(
+            "listen = \"127.0.0.1:1\"\n[[upstream]]\nname = \"a\"\ncommand = \"x\"\npolcy = \"p.json\"\n",
+        );
         assert!(e.starts_with("a.toml:5:"), "{e}");
         assert!(e.contains("polcy"), "{e}");
     }
@@ -741,12 +757,23 @@ redact = ["password"]
         assert!(both.contains("sets both `command` and `url`"), "{both}");
         let none = parse_err("[[upstream]]\nname = \"a\"\n");
         assert!(none.contains("needs `command`"), "{none}");
-        let dup = parse_err("[[upstream]]\nname = \"a\"\ncommand = \"x\"\n[[upstream]]\nname = \"a\"\ncommand = \"y\"\n");
-        assert!(dup.starts_with("a.toml:4:") && dup.contains("used twice"), "{dup}");
-        let var = parse_err("[[upstream]]\nname = \"a\"\ncommand = \"x\"\n[[approver]]\nname = \"bob\"\ntoken_env = \"NOPE\"\n");
+        let dup = parse_err(
+            "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n[[upstream]]\nname = \"a\"\ncommand = \"y\"\n",
+        );
+        assert!(
+            dup.starts_with("a.toml:4:") && dup.contains("used twice"),
+            "{dup}"
+        );
+        let var = parse_err(
+            "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n[[approver]]\nname = \"bob\"\ntoken_env = \"NOPE\"\n",
+        );
         assert!(var.contains("`NOPE`, which is not set"), "{var}");
-        let listen = parse_err("listen = \"nowhere\"\n[[upstream]]\nname = \"a\"\ncommand = \"x\"\n");
-        assert!(listen.starts_with("a.toml:1:") && listen.contains("not an address"), "{listen}");
+        let listen =
+            parse_err("listen = \"nowhere\"\n[[upstream]]\nname = \"a\"\ncommand = \"x\"\n");
+        assert!(
+            listen.starts_with("a.toml:1:") && listen.contains("not an address"),
+            "{listen}"
+        );
         let bad_name = parse_err("[[upstream]]\nname = \"a/b\"\ncommand = \"x\"\n");
         assert!(bad_name.contains("only letters, digits"), "{bad_name}");
         let empty = parse_err("listen = \"127.0.0.1:1\"\n");

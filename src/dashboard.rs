@@ -37,9 +37,18 @@ pub fn routes() -> Router<Gateway> {
 /// Security headers every dashboard response carries.
 pub fn harden(response: &mut Response) {
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
@@ -50,10 +59,16 @@ fn asset(path: &str) -> Response {
     let mime = file.metadata.mimetype();
     let mut response = Response::new(Body::from(file.data.into_owned()));
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
     // index.html always revalidates; assets are small and also revalidate by ETag.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..8]))) {
+    if let Ok(etag) = HeaderValue::from_str(&format!(
+        "\"{}\"",
+        hex::encode(&file.metadata.sha256_hash()[..8])
+    )) {
         h.insert(header::ETAG, etag);
     }
     harden(&mut response);

@@ -108,10 +108,19 @@ fn expected_name<'p>(method: &str, peek: &'p ParamsPeek<'_>) -> Option<&'p str> 
 ///
 /// Returns the HeaderMismatch message (`-32020`) on the first disagreement.
 /// The body is the source of truth: the policy later reads the body only.
-pub fn check_headers(message: &Message, peek: &ParamsPeek<'_>, headers: &HeaderMap) -> Result<(), String> {
+pub fn check_headers(
+    message: &Message,
+    peek: &ParamsPeek<'_>,
+    headers: &HeaderMap,
+) -> Result<(), String> {
     let method = message.method().unwrap_or_default();
     let version = stateless_version(peek).unwrap_or_default();
-    compare(headers, PROTOCOL_VERSION_HEADER, "MCP-Protocol-Version", version)?;
+    compare(
+        headers,
+        PROTOCOL_VERSION_HEADER,
+        "MCP-Protocol-Version",
+        version,
+    )?;
     compare(headers, METHOD_HEADER, "Mcp-Method", method)?;
     if let Some(name) = expected_name(method, peek) {
         compare(headers, NAME_HEADER, "Mcp-Name", name)?;
@@ -121,10 +130,14 @@ pub fn check_headers(message: &Message, peek: &ParamsPeek<'_>, headers: &HeaderM
 
 fn compare(headers: &HeaderMap, key: &str, shown: &str, body: &str) -> Result<(), String> {
     let Some(raw) = headers.get(key) else {
-        return Err(format!("Header mismatch: required header {shown} is missing"));
+        return Err(format!(
+            "Header mismatch: required header {shown} is missing"
+        ));
     };
     let Some(value) = decode_header_value(raw) else {
-        return Err(format!("Header mismatch: {shown} header value is not valid"));
+        return Err(format!(
+            "Header mismatch: {shown} header value is not valid"
+        ));
     };
     if value != body {
         return Err(format!(
@@ -138,9 +151,14 @@ fn compare(headers: &HeaderMap, key: &str, shown: &str, body: &str) -> Result<()
 /// are not plain visible ASCII.
 pub fn decode_header_value(raw: &HeaderValue) -> Option<Cow<'_, str>> {
     let text = raw.to_str().ok()?;
-    match text.strip_prefix("=?base64?").and_then(|t| t.strip_suffix("?=")) {
+    match text
+        .strip_prefix("=?base64?")
+        .and_then(|t| t.strip_suffix("?="))
+    {
         Some(encoded) => {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()?;
             String::from_utf8(bytes).ok().map(Cow::Owned)
         }
         None => Some(Cow::Borrowed(text)),
@@ -150,7 +168,9 @@ pub fn decode_header_value(raw: &HeaderValue) -> Option<Cow<'_, str>> {
 /// Encodes a value for a header, using the base64 form when needed.
 pub fn encode_header_value(value: &str) -> Option<HeaderValue> {
     let plain = !value.is_empty()
-        && value.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+        && value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
         && value.trim() == value
         && !(value.starts_with("=?base64?") && value.ends_with("?="));
     if plain {
@@ -222,15 +242,22 @@ mod tests {
             ("mcp-name", "safe_tool"),
         ]);
         let e = check_headers(&m, &peek(&m), &h).unwrap_err();
-        assert_eq!(e, "Header mismatch: Mcp-Name header value 'safe_tool' does not match body value 'echo'");
+        assert_eq!(
+            e,
+            "Header mismatch: Mcp-Name header value 'safe_tool' does not match body value 'echo'"
+        );
     }
 
     #[test]
     fn missing_headers_are_mismatches() {
         let m = msg(CALL);
-        let e = check_headers(&m, &peek(&m), &headers(&[("mcp-method", "tools/call")])).unwrap_err();
+        let e =
+            check_headers(&m, &peek(&m), &headers(&[("mcp-method", "tools/call")])).unwrap_err();
         assert!(e.contains("MCP-Protocol-Version is missing"), "{e}");
-        let h = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")]);
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+        ]);
         let e = check_headers(&m, &peek(&m), &h).unwrap_err();
         assert!(e.contains("Mcp-Name is missing"), "{e}");
     }
@@ -244,7 +271,10 @@ mod tests {
             ("mcp-name", "=?base64?SGVsbG8sIOS4lueVjA==?="),
         ]);
         assert_eq!(check_headers(&m, &peek(&m), &h), Ok(()));
-        assert_eq!(encode_header_value("Hello, 世界").unwrap(), "=?base64?SGVsbG8sIOS4lueVjA==?=");
+        assert_eq!(
+            encode_header_value("Hello, 世界").unwrap(),
+            "=?base64?SGVsbG8sIOS4lueVjA==?="
+        );
         assert_eq!(encode_header_value("echo").unwrap(), "echo");
     }
 

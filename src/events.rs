@@ -55,7 +55,10 @@ impl Events {
 
     /// Subscribes and builds the snapshot atomically with respect to publishing,
     /// so no event falls between the snapshot and the stream.
-    pub fn subscribe_with_snapshot(&self, snapshot: impl FnOnce() -> Value) -> (String, broadcast::Receiver<Arc<str>>) {
+    pub fn subscribe_with_snapshot(
+        &self,
+        snapshot: impl FnOnce() -> Value,
+    ) -> (String, broadcast::Receiver<Arc<str>>) {
         let seq = self.seq.lock().expect("events lock");
         let rx = self.tx.subscribe();
         let event = self.stamp("snapshot", *seq, snapshot());

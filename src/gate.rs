@@ -48,7 +48,12 @@ pub fn decide_call(policy: &Policy, tool: &str, session: &str) -> CallDecision {
     let (action, reason, rate, approval) = match verdict {
         Verdict::Hidden => return CallDecision::Hidden,
         Verdict::Default(action) => (action, None, None, Approval::default()),
-        Verdict::Rule(r) => (r.action, r.reason.clone(), r.rate_limit.as_ref(), r.approval),
+        Verdict::Rule(r) => (
+            r.action,
+            r.reason.clone(),
+            r.rate_limit.as_ref(),
+            r.approval,
+        ),
     };
     match action {
         Action::Deny => {
@@ -154,7 +159,11 @@ pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
         .pointer_mut("/result/tools")
         .and_then(Value::as_array_mut)
     {
-        tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(|n| policy.lists(n)));
+        tools.retain(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| policy.lists(n))
+        });
         for tool in tools.iter_mut() {
             let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
             if policy.decide(name).action() == Some(Action::RequireApproval) {
@@ -189,18 +198,35 @@ mod tests {
 
     #[test]
     fn denied_call_names_the_tool_rule_and_reason() {
-        let CallDecision::Refuse(r) = decide_call(&policy(), "crash", "s") else { panic!() };
+        let CallDecision::Refuse(r) = decide_call(&policy(), "crash", "s") else {
+            panic!()
+        };
         assert_eq!(r.decision, "denied");
-        assert_eq!(r.text, "Airlock denied this call to `crash`: it breaks things (rule `crash`).");
-        let CallDecision::Refuse(d) = decide_call(&policy(), "other", "s") else { panic!() };
-        assert!(d.text.contains("no rule allows this tool (policy default: deny)"), "{}", d.text);
+        assert_eq!(
+            r.text,
+            "Airlock denied this call to `crash`: it breaks things (rule `crash`)."
+        );
+        let CallDecision::Refuse(d) = decide_call(&policy(), "other", "s") else {
+            panic!()
+        };
+        assert!(
+            d.text
+                .contains("no rule allows this tool (policy default: deny)"),
+            "{}",
+            d.text
+        );
     }
 
     #[test]
     fn rate_limited_call_says_when_to_retry() {
         let p = policy();
-        assert!(matches!(decide_call(&p, "add", "s"), CallDecision::Allow { .. }));
-        let CallDecision::Refuse(r) = decide_call(&p, "add", "s") else { panic!() };
+        assert!(matches!(
+            decide_call(&p, "add", "s"),
+            CallDecision::Allow { .. }
+        ));
+        let CallDecision::Refuse(r) = decide_call(&p, "add", "s") else {
+            panic!()
+        };
         assert_eq!(r.decision, "rate_limited");
         assert!(r.text.contains("Retry in 60 s."), "{}", r.text);
         let m = refusal_response(&Id::from_raw("4"), &r, Era::Stateless);
@@ -213,11 +239,19 @@ mod tests {
 
     #[test]
     fn hidden_and_approval_decisions() {
-        assert!(matches!(decide_call(&policy(), "secret_tool", "s"), CallDecision::Hidden));
-        let CallDecision::NeedsApproval { rule, reason, .. } = decide_call(&policy(), "delete_x", "s") else {
+        assert!(matches!(
+            decide_call(&policy(), "secret_tool", "s"),
+            CallDecision::Hidden
+        ));
+        let CallDecision::NeedsApproval { rule, reason, .. } =
+            decide_call(&policy(), "delete_x", "s")
+        else {
             panic!()
         };
-        assert_eq!((rule.as_str(), reason.as_deref()), ("delete_*", Some("destructive")));
+        assert_eq!(
+            (rule.as_str(), reason.as_deref()),
+            ("delete_*", Some("destructive"))
+        );
     }
 
     #[test]
@@ -225,9 +259,19 @@ mod tests {
         let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echo"},{"name":"secret_tool"},{"name":"delete_record","description":"Deletes"},{"name":"other"}],"ttlMs":5}}"#;
         let out = filter_tools_list(&policy(), Message::parse(Bytes::from(raw)).unwrap());
         let v: Value = serde_json::from_str(out.text()).unwrap();
-        let names: Vec<&str> = v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["echo", "delete_record"]);
-        assert!(v["result"]["tools"][1]["description"].as_str().unwrap().ends_with(APPROVAL_NOTE));
+        assert!(
+            v["result"]["tools"][1]["description"]
+                .as_str()
+                .unwrap()
+                .ends_with(APPROVAL_NOTE)
+        );
         assert_eq!(v["result"]["ttlMs"], 5, "other result fields are kept");
     }
 

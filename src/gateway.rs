@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, Record};
 use crate::config::Config;
-use crate::events::Events;
-use crate::hold::{PendingItem, Resolution};
-use crate::metrics::Metrics;
 use crate::era::{self, Era};
+use crate::events::Events;
 use crate::gate::{self, CallDecision};
 use crate::hold::Holds;
+use crate::hold::{PendingItem, Resolution};
 use crate::jsonrpc::{self, Id, Message, code};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::upstream::http::{HttpSession, HttpUpstream};
 use crate::upstream::stdio::StdioChild;
@@ -107,7 +107,11 @@ impl UpstreamRuntime {
     pub fn session_link(&self) -> Result<Link, UpstreamError> {
         match &self.http {
             Some(http) => Ok(Link::Http(http.session())),
-            None => Ok(Link::Stdio(StdioChild::spawn(&self.spec, false, MAX_STDIO_LINE)?)),
+            None => Ok(Link::Stdio(StdioChild::spawn(
+                &self.spec,
+                false,
+                MAX_STDIO_LINE,
+            )?)),
         }
     }
 
@@ -176,8 +180,10 @@ impl Session {
     }
 
     pub fn touch(&self, gateway: &Gateway) {
-        self.last_seen
-            .store(gateway.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_seen.store(
+            gateway.started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn idle_for(&self, gateway: &Gateway) -> Duration {
@@ -278,7 +284,11 @@ impl Gateway {
     }
 
     /// Registers a new handshake-era session with its own upstream connection.
-    pub fn open_session(&self, upstream: &Arc<UpstreamRuntime>, agent: String) -> Result<Arc<Session>, UpstreamError> {
+    pub fn open_session(
+        &self,
+        upstream: &Arc<UpstreamRuntime>,
+        agent: String,
+    ) -> Result<Arc<Session>, UpstreamError> {
         let link = upstream.session_link()?;
         let session = Arc::new(Session {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -301,7 +311,10 @@ impl Gateway {
         };
         crate::hold::agent_gone(self, id);
         session.link.close().await;
-        self.events.publish("agents", serde_json::json!({ "agents_connected": self.agents_connected() }));
+        self.events.publish(
+            "agents",
+            serde_json::json!({ "agents_connected": self.agents_connected() }),
+        );
         true
     }
 
@@ -328,7 +341,15 @@ impl Gateway {
     }
 
     /// Records a policy outcome off the hot path (the writer batches it).
-    async fn record_outcome(&self, ctx: &CallContext, decision: &'static str, tool: &str, arguments: Option<&str>, rule: &str, reason: Option<&str>) {
+    async fn record_outcome(
+        &self,
+        ctx: &CallContext,
+        decision: &'static str,
+        tool: &str,
+        arguments: Option<&str>,
+        rule: &str,
+        reason: Option<&str>,
+    ) {
         self.metrics.count(decision);
         if decision == "allowed" && !self.config.audit.record_allowed {
             return;
@@ -351,7 +372,11 @@ impl Gateway {
     /// Closes sessions idle longer than the configured timeout; runs until shutdown.
     pub async fn reap_idle_sessions(self) {
         let timeout = self.config.session_idle_timeout;
-        let mut tick = tokio::time::interval(timeout.min(Duration::from_secs(30)).max(Duration::from_millis(100)));
+        let mut tick = tokio::time::interval(
+            timeout
+                .min(Duration::from_secs(30))
+                .max(Duration::from_millis(100)),
+        );
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -360,7 +385,9 @@ impl Gateway {
             let idle: Vec<String> = self
                 .sessions
                 .iter()
-                .filter(|s| s.in_flight.load(Ordering::Relaxed) == 0 && s.idle_for(&self) >= timeout)
+                .filter(|s| {
+                    s.in_flight.load(Ordering::Relaxed) == 0 && s.idle_for(&self) >= timeout
+                })
                 .map(|s| s.id.clone())
                 .collect();
             for id in idle {
@@ -389,7 +416,9 @@ impl Gateway {
             None => link.request(message, headers).await,
             Some(limit) => tokio::time::timeout(limit, link.request(message, headers))
                 .await
-                .map_err(|_| UpstreamError::Timeout { seconds: limit.as_secs() })?,
+                .map_err(|_| UpstreamError::Timeout {
+                    seconds: limit.as_secs(),
+                })?,
         }
     }
 
@@ -402,10 +431,14 @@ impl Gateway {
     ) -> Result<Exchange, UpstreamError> {
         match message.method() {
             Some("tools/call") => self.forward_call(ctx, message, headers).await,
-            Some("tasks/get" | "tasks/cancel" | "tasks/update") => match crate::tasks::answer(self, ctx, &message).await {
-                Some(answer) => Ok(answer),
-                None => Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?)),
-            },
+            Some("tasks/get" | "tasks/cancel" | "tasks/update") => {
+                match crate::tasks::answer(self, ctx, &message).await {
+                    Some(answer) => Ok(answer),
+                    None => Ok(Exchange::plain(
+                        self.upstream_request(&ctx.link, message, headers).await?,
+                    )),
+                }
+            }
             Some("tools/list") => {
                 let policy = ctx.upstream.policy();
                 let reply = self.upstream_request(&ctx.link, message, headers).await?;
@@ -414,7 +447,9 @@ impl Gateway {
                     list_filter: Some(policy),
                 })
             }
-            _ => Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?)),
+            _ => Ok(Exchange::plain(
+                self.upstream_request(&ctx.link, message, headers).await?,
+            )),
         }
     }
 
@@ -431,7 +466,9 @@ impl Gateway {
                 // Never forward a call the policy could not read.
                 let why = match message.params_strict::<era::CallPeek<'_>>() {
                     Err(e) => format!("Invalid params: tools/call params cannot be read ({e})"),
-                    Ok(_) => "Invalid params: tools/call needs params with a tool `name`".to_owned(),
+                    Ok(_) => {
+                        "Invalid params: tools/call needs params with a tool `name`".to_owned()
+                    }
                 };
                 let error = jsonrpc::error_response(&id, code::INVALID_PARAMS, &why);
                 return Ok(Exchange::answer(error, ctx.era));
@@ -445,14 +482,20 @@ impl Gateway {
                 if self.config.audit.fail_closed && !self.audit.is_healthy() {
                     let refusal = gate::Refusal {
                         decision: "audit_unavailable",
-                        text: format!("Airlock refused this call to `{tool}`: the audit store cannot be written and the gateway is configured to fail closed."),
+                        text: format!(
+                            "Airlock refused this call to `{tool}`: the audit store cannot be written and the gateway is configured to fail closed."
+                        ),
                         reason: "audit store unavailable".into(),
                         rule,
                         retry_after: None,
                     };
-                    return Ok(Exchange::answer(gate::refusal_response(&id, &refusal, ctx.era), ctx.era));
+                    return Ok(Exchange::answer(
+                        gate::refusal_response(&id, &refusal, ctx.era),
+                        ctx.era,
+                    ));
                 }
-                self.record_outcome(ctx, "allowed", tool, arguments, &rule, None).await;
+                self.record_outcome(ctx, "allowed", tool, arguments, &rule, None)
+                    .await;
                 drop(peek);
                 let started = Instant::now();
                 let reply = self.upstream_request(&ctx.link, message, headers).await?;
@@ -460,11 +503,23 @@ impl Gateway {
                 Ok(Exchange::plain(reply))
             }
             CallDecision::Refuse(refusal) => {
-                self.record_outcome(ctx, refusal.decision, tool, arguments, &refusal.rule, Some(&refusal.reason)).await;
-                Ok(Exchange::answer(gate::refusal_response(&id, &refusal, ctx.era), ctx.era))
+                self.record_outcome(
+                    ctx,
+                    refusal.decision,
+                    tool,
+                    arguments,
+                    &refusal.rule,
+                    Some(&refusal.reason),
+                )
+                .await;
+                Ok(Exchange::answer(
+                    gate::refusal_response(&id, &refusal, ctx.era),
+                    ctx.era,
+                ))
             }
             CallDecision::Hidden => {
-                self.record_outcome(ctx, "hidden", tool, arguments, "hide", None).await;
+                self.record_outcome(ctx, "hidden", tool, arguments, "hide", None)
+                    .await;
                 let tool = tool.to_owned();
                 drop(peek);
                 Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
@@ -477,15 +532,32 @@ impl Gateway {
                     .is_some() =>
             {
                 // The retry of an approved call that asked the client for input (MRTR).
-                self.record_outcome(ctx, "allowed", tool, arguments, &rule, Some("input_required retry of an approved call")).await;
+                self.record_outcome(
+                    ctx,
+                    "allowed",
+                    tool,
+                    arguments,
+                    &rule,
+                    Some("input_required retry of an approved call"),
+                )
+                .await;
                 drop(peek);
-                Ok(Exchange::plain(self.upstream_request(&ctx.link, message, headers).await?))
+                Ok(Exchange::plain(
+                    self.upstream_request(&ctx.link, message, headers).await?,
+                ))
             }
-            CallDecision::NeedsApproval { rule, reason, approval } => {
+            CallDecision::NeedsApproval {
+                rule,
+                reason,
+                approval,
+            } => {
                 let tool = tool.to_owned();
                 let arguments = arguments.map(str::to_owned);
                 drop(peek);
-                crate::hold::hold_call(self, ctx, message, headers, tool, arguments, rule, reason, approval).await
+                crate::hold::hold_call(
+                    self, ctx, message, headers, tool, arguments, rule, reason, approval,
+                )
+                .await
             }
         }
     }
@@ -518,7 +590,9 @@ impl Gateway {
         let escaped = &escaped[1..escaped.len() - 1];
         match answer.and_then(|a| {
             let text = a.text.replace(PROBE_TOOL, escaped);
-            Message::parse(bytes::Bytes::from(text)).ok().map(|m| (a.status, m))
+            Message::parse(bytes::Bytes::from(text))
+                .ok()
+                .map(|m| (a.status, m))
         }) {
             Some((status, m)) => Exchange::plain(Reply {
                 status,
@@ -526,7 +600,11 @@ impl Gateway {
                 body: ReplyBody::Json(m.with_id(&id)),
             }),
             None => Exchange::answer(
-                jsonrpc::error_response(&id, code::INVALID_PARAMS, &format!("Unknown tool: {tool}")),
+                jsonrpc::error_response(
+                    &id,
+                    code::INVALID_PARAMS,
+                    &format!("Unknown tool: {tool}"),
+                ),
                 ctx.era,
             ),
         }
@@ -549,14 +627,19 @@ async fn probe_unknown_tool(
     let probe = Message::from_value(&value);
     let probe_headers = headers.map(|h| {
         let mut h = h.clone();
-        h.insert(era::NAME_HEADER, axum::http::HeaderValue::from_static(PROBE_TOOL));
+        h.insert(
+            era::NAME_HEADER,
+            axum::http::HeaderValue::from_static(PROBE_TOOL),
+        );
         h
     });
     let reply = ctx.link.request(probe, probe_headers.as_ref()).await.ok()?;
     let answer = match reply.body {
         ReplyBody::Json(m) => m,
         ReplyBody::Stream(mut rx) => loop {
-            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.ok()??;
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .ok()??;
             if event.message.kind() == jsonrpc::Kind::Response {
                 break event.message;
             }

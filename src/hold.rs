@@ -171,12 +171,25 @@ impl Holds {
     }
 
     /// The pending id whose approval covers this MRTR retry, if any (single use).
-    pub fn continuation(&self, request_state: &str, session_key: &str, tool: &str) -> Option<String> {
-        let (_, (session, approved_tool, pending_id, until)) = self.continuations.remove(request_state)?;
-        (session == session_key && approved_tool == tool && until > Instant::now()).then_some(pending_id)
+    pub fn continuation(
+        &self,
+        request_state: &str,
+        session_key: &str,
+        tool: &str,
+    ) -> Option<String> {
+        let (_, (session, approved_tool, pending_id, until)) =
+            self.continuations.remove(request_state)?;
+        (session == session_key && approved_tool == tool && until > Instant::now())
+            .then_some(pending_id)
     }
 
-    fn remember_continuation(&self, answer: &Message, session_key: &str, tool: &str, pending_id: &str) {
+    fn remember_continuation(
+        &self,
+        answer: &Message,
+        session_key: &str,
+        tool: &str,
+        pending_id: &str,
+    ) {
         #[derive(serde::Deserialize)]
         struct R {
             #[serde(rename = "resultType")]
@@ -184,10 +197,18 @@ impl Holds {
             #[serde(rename = "requestState")]
             request_state: Option<String>,
         }
-        if let Some(R { result_type: Some(t), request_state: Some(state) }) = answer.result::<R>()
+        if let Some(R {
+            result_type: Some(t),
+            request_state: Some(state),
+        }) = answer.result::<R>()
             && t == "input_required"
         {
-            let entry = (session_key.to_owned(), tool.to_owned(), pending_id.to_owned(), Instant::now() + CONTINUATION_TTL);
+            let entry = (
+                session_key.to_owned(),
+                tool.to_owned(),
+                pending_id.to_owned(),
+                Instant::now() + CONTINUATION_TTL,
+            );
             self.continuations.insert(state, entry);
         }
     }
@@ -256,7 +277,10 @@ pub async fn decide(
         rule: Some(pending.item.rule.clone()),
         reason: match decision {
             Verdict::Shutdown => Some("gateway shutting down".into()),
-            Verdict::TimedOut => Some(format!("no decision within {} s", (now - parse_time(&pending.item.created_at)).num_seconds())),
+            Verdict::TimedOut => Some(format!(
+                "no decision within {} s",
+                (now - parse_time(&pending.item.created_at)).num_seconds()
+            )),
             _ => pending.item.reason.clone(),
         },
         pending_id: Some(id.to_owned()),
@@ -274,7 +298,9 @@ pub async fn decide(
         }
         tracing::error!(pending = %id, "could not record {decision:?}: {e}");
     }
-    gw.holds.resolved.insert(id.to_owned(), (pending.item.clone(), resolution.clone()));
+    gw.holds
+        .resolved
+        .insert(id.to_owned(), (pending.item.clone(), resolution.clone()));
     gw.holds.pending.remove(id);
     gw.metrics.count(decision.audit_decision());
     if decision != Verdict::Cancelled && decision != Verdict::Shutdown {
@@ -301,7 +327,9 @@ pub async fn decide(
 }
 
 fn parse_time(t: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now())
+    DateTime::parse_from_rfc3339(t)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now())
 }
 
 /// Holds a `tools/call` until a human decides. Returns at once with a stream
@@ -327,13 +355,18 @@ pub async fn hold_call(
             text,
             retry_after: None,
         };
-        Exchange::answer(gate::refusal_response(&request_id, &refusal, ctx.era), ctx.era)
+        Exchange::answer(
+            gate::refusal_response(&request_id, &refusal, ctx.era),
+            ctx.era,
+        )
     };
     if !gw.audit.is_healthy() {
         return Ok(refuse(
             format!(
                 "Airlock refused this call to `{tool}`: it needs human approval, but the audit store cannot be written ({}), so no approval can be recorded.",
-                gw.audit.last_error().unwrap_or_else(|| "unknown error".into())
+                gw.audit
+                    .last_error()
+                    .unwrap_or_else(|| "unknown error".into())
             ),
             "audit_unavailable",
         ));
@@ -370,7 +403,9 @@ pub async fn hold_call(
     };
     if let Err(e) = gw.audit.commit(requested).await {
         return Ok(refuse(
-            format!("Airlock refused this call to `{tool}`: it needs human approval, but the request could not be recorded ({e})."),
+            format!(
+                "Airlock refused this call to `{tool}`: it needs human approval, but the request could not be recorded ({e})."
+            ),
             "audit_unavailable",
         ));
     }
@@ -386,19 +421,27 @@ pub async fn hold_call(
         wake: Mutex::new(Some(wake_tx)),
     });
     gw.holds.pending.insert(id.clone(), pending);
-    gw.events.publish("pending.created", json!({ "pending": item }));
+    gw.events
+        .publish("pending.created", json!({ "pending": item }));
     gw.notify_created(&item);
     tracing::info!(pending = %id, %tool, agent = %item.agent, "call held for approval");
 
     let (progress_token, as_task) = {
         let peek = era::peek(&message);
         let as_task = ctx.era == crate::era::Era::Stateless && crate::tasks::declared(&peek);
-        (peek.meta.and_then(|m| m.progress_token.map(|t| t.get().to_owned())), as_task)
+        (
+            peek.meta
+                .and_then(|m| m.progress_token.map(|t| t.get().to_owned())),
+            as_task,
+        )
     };
     let (out_tx, out_rx) = mpsc::channel(16);
     let (sink, answer_now) = if as_task {
         let (task_id, created) = gw.tasks.create(&id, &ctx.session_key, approval.timeout);
-        (Sink::Task(task_id), Some(jsonrpc::result_response(&request_id, created)))
+        (
+            Sink::Task(task_id),
+            Some(jsonrpc::result_response(&request_id, created)),
+        )
     } else {
         (Sink::Stream(out_tx), None)
     };
@@ -462,7 +505,12 @@ impl Waiter {
     /// Passes a message to the agent; false when the agent is gone.
     async fn deliver(&self, message: Message) -> bool {
         if message.kind() == jsonrpc::Kind::Response {
-            self.gw.holds.remember_continuation(&message, &self.ctx.session_key, &self.tool, &self.id);
+            self.gw.holds.remember_continuation(
+                &message,
+                &self.ctx.session_key,
+                &self.tool,
+                &self.id,
+            );
         }
         match &self.sink {
             Sink::Stream(tx) => tx.send(Event { id: None, message }).await.is_ok(),
@@ -530,7 +578,11 @@ impl Waiter {
             .and_then(|t| serde_json::from_str(t).ok())
             .unwrap_or(Value::Null);
         let secs = left.as_secs();
-        let message = format!("waiting for human approval — {}m {:02}s left", secs / 60, secs % 60);
+        let message = format!(
+            "waiting for human approval — {}m {:02}s left",
+            secs / 60,
+            secs % 60
+        );
         Message::from_value(&json!({
             "jsonrpc": "2.0",
             "method": "notifications/progress",
@@ -558,7 +610,10 @@ impl Waiter {
                 self.tool,
                 self.approval.timeout.as_secs()
             ),
-            Verdict::Shutdown => format!("Airlock denied this call to `{}`: gateway shutting down.", self.tool),
+            Verdict::Shutdown => format!(
+                "Airlock denied this call to `{}`: gateway shutting down.",
+                self.tool
+            ),
             Verdict::Approved => unreachable!("approved calls are forwarded"),
         };
         let refusal = Refusal {
@@ -585,7 +640,10 @@ impl Waiter {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let started = Instant::now();
         // Message clones share their bytes: this is the exact request the approver saw.
-        let reply = self.gw.upstream_request(&self.ctx.link, self.message.clone(), self.headers.as_ref()).await;
+        let reply = self
+            .gw
+            .upstream_request(&self.ctx.link, self.message.clone(), self.headers.as_ref())
+            .await;
         self.gw.metrics.upstream_latency.observe(started.elapsed());
         match reply {
             Ok(reply) => match reply.body {
@@ -600,13 +658,21 @@ impl Waiter {
                     }
                 }
                 ReplyBody::Empty | ReplyBody::Other { .. } => {
-                    let text = format!("upstream answered HTTP {} without a JSON-RPC message", reply.status);
-                    let m = jsonrpc::error_response(&request_id, jsonrpc::code::UPSTREAM_ERROR, &text);
+                    let text = format!(
+                        "upstream answered HTTP {} without a JSON-RPC message",
+                        reply.status
+                    );
+                    let m =
+                        jsonrpc::error_response(&request_id, jsonrpc::code::UPSTREAM_ERROR, &text);
                     self.deliver(m).await;
                 }
             },
             Err(e) => {
-                let m = jsonrpc::error_response(&request_id, jsonrpc::code::UPSTREAM_ERROR, &e.to_string());
+                let m = jsonrpc::error_response(
+                    &request_id,
+                    jsonrpc::code::UPSTREAM_ERROR,
+                    &e.to_string(),
+                );
                 self.deliver(m).await;
             }
         }
@@ -614,7 +680,11 @@ impl Waiter {
 }
 
 /// Handles `notifications/cancelled` for a held call; `None` passes the message on.
-pub fn intercept_notification(gw: &Gateway, ctx: &CallContext, message: &Message) -> Option<Exchange> {
+pub fn intercept_notification(
+    gw: &Gateway,
+    ctx: &CallContext,
+    message: &Message,
+) -> Option<Exchange> {
     if message.method() != Some("notifications/cancelled") {
         return None;
     }
@@ -633,7 +703,15 @@ pub fn intercept_notification(gw: &Gateway, ctx: &CallContext, message: &Message
         .map(|p| p.item.id.clone())?;
     let gw = gw.clone();
     tokio::spawn(async move {
-        let _ = decide(&gw, &id, Verdict::Cancelled, None, "agent", Some("cancelled by the agent".into())).await;
+        let _ = decide(
+            &gw,
+            &id,
+            Verdict::Cancelled,
+            None,
+            "agent",
+            Some("cancelled by the agent".into()),
+        )
+        .await;
     });
     Some(Exchange {
         reply: Reply::accepted(),
@@ -653,7 +731,15 @@ pub fn agent_gone(gw: &Gateway, session_key: &str) {
     for id in ids {
         let gw = gw.clone();
         tokio::spawn(async move {
-            let _ = decide(&gw, &id, Verdict::Cancelled, None, "agent", Some("the agent went away".into())).await;
+            let _ = decide(
+                &gw,
+                &id,
+                Verdict::Cancelled,
+                None,
+                "agent",
+                Some("the agent went away".into()),
+            )
+            .await;
         });
     }
 }

@@ -34,14 +34,25 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 
 pub fn routes() -> Router<Gateway> {
     Router::new()
-        .route("/mcp", post(post_default).get(get_default).delete(delete_default))
-        .route("/mcp/{upstream}", post(post_named).get(get_named).delete(delete_named))
+        .route(
+            "/mcp",
+            post(post_default).get(get_default).delete(delete_default),
+        )
+        .route(
+            "/mcp/{upstream}",
+            post(post_named).get(get_named).delete(delete_named),
+        )
 }
 
 /// A JSON-RPC error as an HTTP response (id `null` unless known).
 pub fn rpc_error(status: StatusCode, id: Option<&Id>, code: i64, message: &str) -> Response {
     let body = jsonrpc::error_response(id.unwrap_or(&Id::null()), code, message);
-    (status, [(header::CONTENT_TYPE, "application/json")], body.raw().clone()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.raw().clone(),
+    )
+        .into_response()
 }
 
 fn default_upstream(gw: &Gateway) -> Result<Arc<UpstreamRuntime>, Response> {
@@ -68,7 +79,11 @@ fn named_upstream(gw: &Gateway, name: &str) -> Result<Arc<UpstreamRuntime>, Resp
     })
 }
 
-async fn post_default(State(gw): State<Gateway>, ConnectInfo(addr): ConnectInfo<SocketAddr>, request: Request) -> Response {
+async fn post_default(
+    State(gw): State<Gateway>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     match default_upstream(&gw) {
         Ok(up) => handle_post(gw, up, addr, request).await,
         Err(r) => r,
@@ -94,7 +109,11 @@ async fn get_default(State(gw): State<Gateway>, headers: HeaderMap) -> Response 
     }
 }
 
-async fn get_named(State(gw): State<Gateway>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn get_named(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     match named_upstream(&gw, &name) {
         Ok(up) => handle_get(gw, up, headers).await,
         Err(r) => r,
@@ -108,7 +127,11 @@ async fn delete_default(State(gw): State<Gateway>, headers: HeaderMap) -> Respon
     }
 }
 
-async fn delete_named(State(gw): State<Gateway>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn delete_named(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     match named_upstream(&gw, &name) {
         Ok(up) => handle_delete(gw, up, headers).await,
         Err(r) => r,
@@ -119,7 +142,12 @@ async fn delete_named(State(gw): State<Gateway>, Path(name): Path<String>, heade
 /// Returns the authenticated agent's name, if agents are configured.
 fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Option<String>, Response> {
     if let Err(why) = auth::check_origin_and_host(&gw.config, headers) {
-        return Err(rpc_error(StatusCode::FORBIDDEN, None, code::UPSTREAM_ERROR, &format!("Forbidden: {why}")));
+        return Err(rpc_error(
+            StatusCode::FORBIDDEN,
+            None,
+            code::UPSTREAM_ERROR,
+            &format!("Forbidden: {why}"),
+        ));
     }
     if gw.config.agents.is_empty() {
         return Ok(None);
@@ -133,9 +161,10 @@ fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Option<String>, Response> 
                 code::UPSTREAM_ERROR,
                 "Unauthorized: this gateway needs an agent token (Authorization: Bearer …)",
             );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"airlock\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"airlock\""),
+            );
             Err(response)
         }
     }
@@ -152,17 +181,24 @@ fn upstream_headers(gw: &Gateway, headers: &HeaderMap) -> HeaderMap {
 
 async fn read_body(gw: &Gateway, request: Request) -> Result<Bytes, Response> {
     let limit = gw.config.max_body_bytes;
-    axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
-        rpc_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            None,
-            code::INVALID_REQUEST,
-            &format!("request body exceeds the {limit}-byte limit"),
-        )
-    })
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| {
+            rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                code::INVALID_REQUEST,
+                &format!("request body exceeds the {limit}-byte limit"),
+            )
+        })
 }
 
-async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAddr, request: Request) -> Response {
+async fn handle_post(
+    gw: Gateway,
+    upstream: Arc<UpstreamRuntime>,
+    addr: SocketAddr,
+    request: Request,
+) -> Response {
     let headers = request.headers().clone();
     let agent = match admit(&gw, &headers) {
         Ok(agent) => agent,
@@ -171,7 +207,11 @@ async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAd
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     if !json {
         return rpc_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -195,14 +235,18 @@ async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAd
             Ok(s) => s,
             Err(response) => return response,
         };
-        if let Some(version) = headers.get(era::PROTOCOL_VERSION_HEADER).and_then(|v| v.to_str().ok())
+        if let Some(version) = headers
+            .get(era::PROTOCOL_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
             && !session.accepts_protocol_version(version)
         {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 message.id(),
                 code::INVALID_REQUEST,
-                &format!("Bad Request: unsupported MCP-Protocol-Version `{version}` for this session"),
+                &format!(
+                    "Bad Request: unsupported MCP-Protocol-Version `{version}` for this session"
+                ),
             );
         }
         let ctx = CallContext {
@@ -253,7 +297,12 @@ async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAd
         if let ReplyBody::Json(answer) = &exchange.reply.body {
             session.remember_protocol_version(answer);
         }
-        return to_response(exchange, Some(&sid), Era::Handshake, Some(InFlight::new(session)));
+        return to_response(
+            exchange,
+            Some(&sid),
+            Era::Handshake,
+            Some(InFlight::new(session)),
+        );
     }
 
     // No session and no initialize: this must be a stateless-era request.
@@ -275,9 +324,16 @@ async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAd
         );
     }
     if let Err(mismatch) = era::check_headers(&message, &peek, &headers) {
-        return rpc_error(StatusCode::BAD_REQUEST, message.id(), code::HEADER_MISMATCH, &mismatch);
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            message.id(),
+            code::HEADER_MISMATCH,
+            &mismatch,
+        );
     }
-    let who = agent.clone().or_else(|| peek.meta.as_ref()?.client_info.as_ref().map(|c| c.label()));
+    let who = agent
+        .clone()
+        .or_else(|| peek.meta.as_ref()?.client_info.as_ref().map(|c| c.label()));
     drop(peek);
     let session_key = match &agent {
         Some(name) => format!("agent:{name}"),
@@ -297,7 +353,11 @@ async fn handle_post(gw: Gateway, upstream: Arc<UpstreamRuntime>, addr: SocketAd
     dispatch(&gw, &ctx, message, &forwarded, None, None).await
 }
 
-async fn find_session(gw: &Gateway, upstream: &UpstreamRuntime, sid: &str) -> Result<Arc<Session>, Response> {
+async fn find_session(
+    gw: &Gateway,
+    upstream: &UpstreamRuntime,
+    sid: &str,
+) -> Result<Arc<Session>, Response> {
     let found = gw.sessions.get(sid).map(|s| s.clone());
     match found {
         Some(session) if session.upstream.name == upstream.name => {
@@ -313,7 +373,12 @@ async fn find_session(gw: &Gateway, upstream: &UpstreamRuntime, sid: &str) -> Re
             session.touch(gw);
             Ok(session)
         }
-        _ => Err(rpc_error(StatusCode::NOT_FOUND, None, code::SESSION_NOT_FOUND, "Session not found")),
+        _ => Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::SESSION_NOT_FOUND,
+            "Session not found",
+        )),
     }
 }
 
@@ -343,12 +408,23 @@ async fn dispatch(
             if let Some(handled) = crate::hold::intercept_notification(gw, ctx, &message) {
                 Ok(handled)
             } else {
-                ctx.link.notify(message, Some(headers)).await.map(|reply| Exchange { reply, list_filter: None })
+                ctx.link
+                    .notify(message, Some(headers))
+                    .await
+                    .map(|reply| Exchange {
+                        reply,
+                        list_filter: None,
+                    })
             }
         }
     };
     match result {
-        Ok(exchange) => to_response(explain_http_failure(exchange, id.as_ref()), new_session_id, ctx.era, busy),
+        Ok(exchange) => to_response(
+            explain_http_failure(exchange, id.as_ref()),
+            new_session_id,
+            ctx.era,
+            busy,
+        ),
         Err(e) => {
             tracing::warn!(upstream = %ctx.upstream.name, "upstream failure: {e}");
             upstream_failure(id.as_ref(), &e, ctx.era)
@@ -361,7 +437,11 @@ async fn dispatch(
 fn explain_http_failure(exchange: Exchange, id: Option<&Id>) -> Exchange {
     let reply = &exchange.reply;
     let detail = match &reply.body {
-        ReplyBody::Other { bytes, .. } if reply.status >= 400 => String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim().to_owned(),
+        ReplyBody::Other { bytes, .. } if reply.status >= 400 => {
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                .trim()
+                .to_owned()
+        }
         ReplyBody::Empty if reply.status >= 500 => String::new(),
         _ => return exchange,
     };
@@ -398,7 +478,12 @@ impl Drop for InFlight {
     }
 }
 
-fn to_response(exchange: Exchange, new_session_id: Option<&str>, era: Era, busy: Option<InFlight>) -> Response {
+fn to_response(
+    exchange: Exchange,
+    new_session_id: Option<&str>,
+    era: Era,
+    busy: Option<InFlight>,
+) -> Response {
     let Exchange { reply, list_filter } = exchange;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = match reply.body {
@@ -414,11 +499,17 @@ fn to_response(exchange: Exchange, new_session_id: Option<&str>, era: Era, busy:
             } else {
                 status
             };
-            (status, [(header::CONTENT_TYPE, "application/json")], message.raw().clone()).into_response()
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                message.raw().clone(),
+            )
+                .into_response()
         }
-        ReplyBody::Other { content_type, bytes } => {
-            (status, [(header::CONTENT_TYPE, content_type)], bytes).into_response()
-        }
+        ReplyBody::Other {
+            content_type,
+            bytes,
+        } => (status, [(header::CONTENT_TYPE, content_type)], bytes).into_response(),
         ReplyBody::Stream(rx) => {
             let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |event| {
                 let _busy = &busy;
@@ -434,7 +525,10 @@ fn to_response(exchange: Exchange, new_session_id: Option<&str>, era: Era, busy:
             let mut r = Response::new(Body::from_stream(events));
             *r.status_mut() = status;
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             r
@@ -477,7 +571,8 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
     let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         // Only handshake-era sessions have a standalone stream.
         let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     };
     let session = match find_session(&gw, &upstream, sid).await {
@@ -486,12 +581,29 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
     };
     let forwarded = upstream_headers(&gw, &headers);
     match session.link.listen(Some(&forwarded)).await {
-        Ok(reply) => to_response(Exchange { reply, list_filter: None }, None, Era::Handshake, None),
-        Err(e) => rpc_error(StatusCode::BAD_GATEWAY, None, code::UPSTREAM_ERROR, &e.to_string()),
+        Ok(reply) => to_response(
+            Exchange {
+                reply,
+                list_filter: None,
+            },
+            None,
+            Era::Handshake,
+            None,
+        ),
+        Err(e) => rpc_error(
+            StatusCode::BAD_GATEWAY,
+            None,
+            code::UPSTREAM_ERROR,
+            &e.to_string(),
+        ),
     }
 }
 
-async fn handle_delete(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: HeaderMap) -> Response {
+async fn handle_delete(
+    gw: Gateway,
+    upstream: Arc<UpstreamRuntime>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(response) = admit(&gw, &headers) {
         return response;
     }

@@ -280,7 +280,11 @@ mod indexmap_like {
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.text();
-        let shown = if text.len() > 200 { &text[..text.floor_char_boundary(200)] } else { text };
+        let shown = if text.len() > 200 {
+            &text[..text.floor_char_boundary(200)]
+        } else {
+            text
+        };
         write!(f, "Message({shown})")
     }
 }
@@ -324,7 +328,10 @@ pub fn error_code(msg: &Message) -> Option<i64> {
     if msg.kind() != Kind::Response {
         return None;
     }
-    serde_json::from_str::<E>(msg.text()).ok()?.error.map(|e| e.code)
+    serde_json::from_str::<E>(msg.text())
+        .ok()?
+        .error
+        .map(|e| e.code)
 }
 
 #[cfg(test)]

@@ -38,12 +38,20 @@ pub struct LoginSession {
 pub struct Logins(DashMap<String, u64>);
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The signing key: changes whenever any approver token changes.
 fn key(gw: &Gateway) -> Vec<u8> {
-    let mut tokens: Vec<(&str, &str)> = gw.config.approvers.iter().map(|a| (a.name.as_str(), a.token.as_str())).collect();
+    let mut tokens: Vec<(&str, &str)> = gw
+        .config
+        .approvers
+        .iter()
+        .map(|a| (a.name.as_str(), a.token.as_str()))
+        .collect();
     tokens.sort();
     let mut h = Sha256::new();
     h.update(b"airlock login cookie v1");
@@ -87,7 +95,10 @@ pub fn start(gw: &Gateway, approver: &str) -> (HeaderValue, LoginSession) {
         approver: approver.to_owned(),
         csrf: mac(&key, &["csrf", &value]),
     };
-    (HeaderValue::from_str(&cookie).expect("cookie is ASCII"), session)
+    (
+        HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
+        session,
+    )
 }
 
 pub fn clear_cookie(gw: &Gateway) -> HeaderValue {
@@ -104,7 +115,11 @@ fn cookie_value(headers: &HeaderMap) -> Option<&str> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(COOKIE)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
         .filter(|v| !v.is_empty())
 }
 
@@ -118,7 +133,8 @@ fn constant_eq(a: &str, b: &str) -> bool {
 pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
     let value = cookie_value(headers)?;
     let mut parts = value.split('.');
-    let (name, expiry, nonce, signature) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (name, expiry, nonce, signature) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
@@ -129,7 +145,12 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
     if expiry.parse::<u64>().ok()? <= unix_now() || gw.logins.0.contains_key(nonce) {
         return None;
     }
-    let approver = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(name).ok()?).ok()?;
+    let approver = String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(name)
+            .ok()?,
+    )
+    .ok()?;
     if !gw.config.approvers.iter().any(|a| a.name == approver) {
         return None;
     }
@@ -141,7 +162,9 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
 
 /// Logs the cookie out (until it would have expired anyway).
 pub fn end(gw: &Gateway, headers: &HeaderMap) {
-    let Some(value) = cookie_value(headers) else { return };
+    let Some(value) = cookie_value(headers) else {
+        return;
+    };
     let mut parts = value.split('.');
     let (_, expiry, nonce) = (parts.next(), parts.next(), parts.next());
     if let (Some(expiry), Some(nonce)) = (expiry.and_then(|e| e.parse::<u64>().ok()), nonce) {
@@ -162,13 +185,28 @@ pub fn check_same_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), String
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
-    let origin = origin.to_str().map_err(|_| "invalid Origin header".to_owned())?;
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let origin = origin
+        .to_str()
+        .map_err(|_| "invalid Origin header".to_owned())?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     let own = [format!("http://{host}"), format!("https://{host}")];
-    let public = gw.config.public_url.split('/').take(3).collect::<Vec<_>>().join("/");
+    let public = gw
+        .config
+        .public_url
+        .split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
     let ok = own.iter().any(|o| o.eq_ignore_ascii_case(origin))
         || public.eq_ignore_ascii_case(origin)
-        || gw.config.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin));
+        || gw
+            .config
+            .allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin));
     if ok {
         Ok(())
     } else {

@@ -41,7 +41,8 @@ impl Histogram {
         if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -54,7 +55,11 @@ impl Histogram {
         }
         let total = self.total.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {total}");
     }
 }
@@ -70,8 +75,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             calls: Default::default(),
-            approval_wait: Histogram::new(&[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0]),
-            upstream_latency: Histogram::new(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
+            approval_wait: Histogram::new(&[
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+            ]),
+            upstream_latency: Histogram::new(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+            ]),
             notification_failures: AtomicU64::new(0),
         }
     }
@@ -93,23 +102,56 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, pending: usize, sessions: usize, audit_healthy: bool, audit_rows: u64) -> String {
+    pub fn render(
+        &self,
+        pending: usize,
+        sessions: usize,
+        audit_healthy: bool,
+        audit_rows: u64,
+    ) -> String {
         let mut out = String::new();
-        out.push_str("# HELP airlock_calls_total tools/call outcomes.\n# TYPE airlock_calls_total counter\n");
+        out.push_str(
+            "# HELP airlock_calls_total tools/call outcomes.\n# TYPE airlock_calls_total counter\n",
+        );
         for (outcome, count) in OUTCOMES.iter().zip(&self.calls) {
-            let _ = writeln!(out, "airlock_calls_total{{outcome=\"{outcome}\"}} {}", count.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "airlock_calls_total{{outcome=\"{outcome}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP airlock_pending Calls waiting for a human.\n# TYPE airlock_pending gauge\nairlock_pending {pending}");
-        let _ = writeln!(out, "# HELP airlock_sessions Open handshake-era agent sessions.\n# TYPE airlock_sessions gauge\nairlock_sessions {sessions}");
-        let _ = writeln!(out, "# HELP airlock_audit_healthy 1 when the audit store can be written.\n# TYPE airlock_audit_healthy gauge\nairlock_audit_healthy {}", u8::from(audit_healthy));
-        let _ = writeln!(out, "# HELP airlock_audit_rows_written_total Rows written to the audit store.\n# TYPE airlock_audit_rows_written_total counter\nairlock_audit_rows_written_total {audit_rows}");
+        let _ = writeln!(
+            out,
+            "# HELP airlock_pending Calls waiting for a human.\n# TYPE airlock_pending gauge\nairlock_pending {pending}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_sessions Open handshake-era agent sessions.\n# TYPE airlock_sessions gauge\nairlock_sessions {sessions}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_audit_healthy 1 when the audit store can be written.\n# TYPE airlock_audit_healthy gauge\nairlock_audit_healthy {}",
+            u8::from(audit_healthy)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_audit_rows_written_total Rows written to the audit store.\n# TYPE airlock_audit_rows_written_total counter\nairlock_audit_rows_written_total {audit_rows}"
+        );
         let _ = writeln!(
             out,
             "# HELP airlock_notification_failures_total Failed notification deliveries (e.g. Slack).\n# TYPE airlock_notification_failures_total counter\nairlock_notification_failures_total {}",
             self.notification_failures.load(Ordering::Relaxed)
         );
-        self.approval_wait.render("airlock_approval_wait_seconds", "Time from hold to human decision.", &mut out);
-        self.upstream_latency.render("airlock_upstream_latency_seconds", "Time for the upstream to start answering an allowed call.", &mut out);
+        self.approval_wait.render(
+            "airlock_approval_wait_seconds",
+            "Time from hold to human decision.",
+            &mut out,
+        );
+        self.upstream_latency.render(
+            "airlock_upstream_latency_seconds",
+            "Time for the upstream to start answering an allowed call.",
+            &mut out,
+        );
         out
     }
 }

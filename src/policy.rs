@@ -10,8 +10,8 @@
 //! Rate-limit state lives in the compiled rule (a keyed `governor` limiter),
 //! so a reload that keeps a rule's key and limit keeps its counters.
 
-mod load;
 mod lint;
+mod load;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +20,8 @@ use std::time::Duration;
 use globset::GlobSet;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-pub use load::{LoadError, load_file, parse_str};
 pub use lint::lint;
+pub use load::{LoadError, load_file, parse_str};
 
 /// What a rule (or the default) does with a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -169,8 +169,11 @@ pub struct Policy {
 impl Policy {
     /// A policy that allows everything (used when a config names no policy).
     pub fn allow_all() -> Policy {
-        parse_str(r#"{"version":"1","default":"allow"}"#, "<built-in allow-all>")
-            .expect("built-in policy is valid")
+        parse_str(
+            r#"{"version":"1","default":"allow"}"#,
+            "<built-in allow-all>",
+        )
+        .expect("built-in policy is valid")
     }
 
     /// Matches a tool name; see the module docs for the order.
@@ -222,7 +225,8 @@ impl Policy {
             .filter_map(|r| r.rate_limit.as_ref().map(|l| (r.key.as_str(), l)))
             .collect();
         for rule in &mut self.rules {
-            if let (Some(new), Some(old)) = (&mut rule.rate_limit, old_limits.get(rule.key.as_str()))
+            if let (Some(new), Some(old)) =
+                (&mut rule.rate_limit, old_limits.get(rule.key.as_str()))
                 && new.max == old.max
                 && new.window == old.window
             {

@@ -57,7 +57,9 @@ pub fn watch_policy(
                     tracing::info!(%upstream, file = %path.display(), "policy reloaded");
                     on_reload(&upstream);
                 }
-                Err(e) => tracing::error!(%upstream, "policy reload failed, keeping the previous policy: {e}"),
+                Err(e) => {
+                    tracing::error!(%upstream, "policy reload failed, keeping the previous policy: {e}")
+                }
             }
         }
     });

@@ -27,7 +27,12 @@ async fn error_text(response: reqwest::Response) -> String {
 pub async fn pending(remote: RemoteArgs) -> anyhow::Result<ExitCode> {
     let (client, token) = client(&remote)?;
     let url = format!("{}/api/pending", remote.url.trim_end_matches('/'));
-    let response = client.get(&url).bearer_auth(token).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let response = client
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     if !response.status().is_success() {
         bail!("{}", error_text(response).await);
     }
@@ -38,7 +43,15 @@ pub async fn pending(remote: RemoteArgs) -> anyhow::Result<ExitCode> {
     }
     for item in items {
         let text = |k: &str| item[k].as_str().unwrap_or("-").to_owned();
-        println!("{}  {}  upstream={} agent={} rule={} expires={}", text("id"), text("tool"), text("upstream"), text("agent"), text("rule"), text("expires_at"));
+        println!(
+            "{}  {}  upstream={} agent={} rule={} expires={}",
+            text("id"),
+            text("tool"),
+            text("upstream"),
+            text("agent"),
+            text("rule"),
+            text("expires_at")
+        );
         if let Some(reason) = item["reason"].as_str() {
             println!("    reason: {reason}");
         }
@@ -49,7 +62,11 @@ pub async fn pending(remote: RemoteArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn decide(args: DecideArgs, action: &str) -> anyhow::Result<ExitCode> {
     let (client, token) = client(&args.remote)?;
-    let url = format!("{}/api/pending/{}/{action}", args.remote.url.trim_end_matches('/'), args.id);
+    let url = format!(
+        "{}/api/pending/{}/{action}",
+        args.remote.url.trim_end_matches('/'),
+        args.id
+    );
     let response = client
         .post(&url)
         .bearer_auth(token)
@@ -62,6 +79,10 @@ pub async fn decide(args: DecideArgs, action: &str) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::FAILURE);
     }
     let body: Value = response.json().await?;
-    println!("{} {}", body["decision"].as_str().unwrap_or(action), args.id);
+    println!(
+        "{} {}",
+        body["decision"].as_str().unwrap_or(action),
+        args.id
+    );
     Ok(ExitCode::SUCCESS)
 }

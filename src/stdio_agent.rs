@@ -89,7 +89,10 @@ impl StdioAgent {
         let mut slot = self.link.lock().expect("link lock");
         match slot.as_ref() {
             Some(link) if !link.is_dead() => return Ok(link.clone()),
-            Some(link) if message.method() != Some("initialize") && message.method() != Some("server/discover") => {
+            Some(link)
+                if message.method() != Some("initialize")
+                    && message.method() != Some("server/discover") =>
+            {
                 let _ = link;
                 return Err(UpstreamError::Exited {
                     status: "it can be restarted by a new initialize".into(),
@@ -123,7 +126,12 @@ impl StdioAgent {
         let message = match Message::parse(Bytes::from(line)) {
             Ok(m) => m,
             Err(e) => {
-                self.emit(jsonrpc::error_response(&Id::null(), e.code(), &e.to_string())).await;
+                self.emit(jsonrpc::error_response(
+                    &Id::null(),
+                    e.code(),
+                    &e.to_string(),
+                ))
+                .await;
                 return;
             }
         };
@@ -131,13 +139,22 @@ impl StdioAgent {
             Ok(link) => link,
             Err(e) => {
                 if let Some(id) = message.id().filter(|_| message.is_request()) {
-                    self.emit(jsonrpc::error_response(id, code::UPSTREAM_ERROR, &e.to_string())).await;
+                    self.emit(jsonrpc::error_response(
+                        id,
+                        code::UPSTREAM_ERROR,
+                        &e.to_string(),
+                    ))
+                    .await;
                 }
                 return;
             }
         };
         let peek = era::peek(&message);
-        let era = if era::stateless_version(&peek).is_some() { Era::Stateless } else { Era::Handshake };
+        let era = if era::stateless_version(&peek).is_some() {
+            Era::Stateless
+        } else {
+            Era::Handshake
+        };
         let client = peek
             .client_info
             .as_ref()
@@ -147,7 +164,12 @@ impl StdioAgent {
         if let Some(client) = client {
             *self.name.lock().expect("name lock") = Some(client);
         }
-        let agent = self.name.lock().expect("name lock").clone().unwrap_or_else(|| "stdio agent".into());
+        let agent = self
+            .name
+            .lock()
+            .expect("name lock")
+            .clone()
+            .unwrap_or_else(|| "stdio agent".into());
         let ctx = CallContext {
             upstream: self.upstream.clone(),
             link,
@@ -177,7 +199,12 @@ impl StdioAgent {
         let exchange = match self.gw.forward(&ctx, message, None).await {
             Ok(exchange) => exchange,
             Err(e) => {
-                self.emit(jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &e.to_string())).await;
+                self.emit(jsonrpc::error_response(
+                    &id,
+                    code::UPSTREAM_ERROR,
+                    &e.to_string(),
+                ))
+                .await;
                 return;
             }
         };
@@ -194,8 +221,12 @@ impl StdioAgent {
                 }
             }
             ReplyBody::Empty | ReplyBody::Other { .. } => {
-                let text = format!("upstream answered HTTP {} without a JSON-RPC message", reply.status);
-                self.emit(jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &text)).await;
+                let text = format!(
+                    "upstream answered HTTP {} without a JSON-RPC message",
+                    reply.status
+                );
+                self.emit(jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &text))
+                    .await;
             }
         }
         if is_initialize && let Link::Http(_) = &ctx.link {
@@ -214,7 +245,10 @@ enum Line {
 /// Reads one newline-terminated line of at most `limit` bytes. A longer line
 /// is skipped to its end and reported, so one bad line never ends the session
 /// (invalid UTF-8 is left to the JSON-RPC parser, which answers it).
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, limit: usize) -> std::io::Result<Line> {
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> std::io::Result<Line> {
     use tokio::io::AsyncBufReadExt;
     let mut line = Vec::new();
     let mut too_long = false;
@@ -244,7 +278,11 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, limit: us
         let used = done.unwrap_or(available.len());
         reader.consume(used);
         if done.is_some() {
-            return Ok(if too_long { Line::TooLong } else { Line::Text(line) });
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(line)
+            });
         }
     }
 }

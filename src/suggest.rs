@@ -22,4 +22,3 @@ pub fn suggestion(got: &str, known: &[String]) -> String {
         .map(|(_, k)| format!(", did you mean `{k}`?"))
         .unwrap_or_default()
 }
-

@@ -65,7 +65,12 @@ pub fn declared(peek: &ParamsPeek<'_>) -> bool {
 impl Tasks {
     /// Creates a `working` task for a held call; returns its id and the
     /// `CreateTaskResult` to answer the `tools/call` with.
-    pub fn create(&self, pending_id: &str, session_key: &str, timeout: Duration) -> (String, Value) {
+    pub fn create(
+        &self,
+        pending_id: &str,
+        session_key: &str,
+        timeout: Duration,
+    ) -> (String, Value) {
         let id = uuid::Uuid::new_v4().to_string();
         let at = now();
         let ttl_ms = (timeout + KEEP_FINISHED).as_millis() as u64;
@@ -102,16 +107,28 @@ impl Tasks {
             result: Option<Value>,
             error: Option<Value>,
         }
-        let Some(mut task) = self.0.get_mut(task_id) else { return };
+        let Some(mut task) = self.0.get_mut(task_id) else {
+            return;
+        };
         if task.status == "cancelled" {
             return;
         }
-        let parsed: Final = serde_json::from_str(response.text()).unwrap_or(Final { result: None, error: None });
+        let parsed: Final = serde_json::from_str(response.text()).unwrap_or(Final {
+            result: None,
+            error: None,
+        });
         match (parsed.result, parsed.error) {
             (Some(result), _) => {
-                let refused = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
+                let refused = result
+                    .get("isError")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 task.status = "completed";
-                task.status_message = if refused { "refused".into() } else { "approved and completed".into() };
+                task.status_message = if refused {
+                    "refused".into()
+                } else {
+                    "approved and completed".into()
+                };
                 task.result = Some(result);
             }
             (None, error) => {
@@ -136,7 +153,8 @@ impl Tasks {
     /// Forgets finished tasks whose time is up.
     pub fn prune(&self) {
         let now = Instant::now();
-        self.0.retain(|_, t| t.forget_after.is_none_or(|at| at > now));
+        self.0
+            .retain(|_, t| t.forget_after.is_none_or(|at| at > now));
     }
 
     fn view(task: &Task, id: &str) -> Value {
@@ -175,13 +193,29 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
     };
     if owner != ctx.session_key {
         // Someone else's task: as unknown as a task that does not exist.
-        let error = jsonrpc::error_response(&id, code::INVALID_PARAMS, "Failed to retrieve task: Task not found");
+        let error = jsonrpc::error_response(
+            &id,
+            code::INVALID_PARAMS,
+            "Failed to retrieve task: Task not found",
+        );
         return Some(Exchange::answer(error, ctx.era));
     }
     let result = match message.method() {
-        Some("tasks/get") => gw.tasks.0.get(&task_id).map(|t| Tasks::view(&t, &task_id))?,
+        Some("tasks/get") => gw
+            .tasks
+            .0
+            .get(&task_id)
+            .map(|t| Tasks::view(&t, &task_id))?,
         Some("tasks/cancel") => {
-            let _ = hold::decide(gw, &pending_id, Verdict::Cancelled, None, "agent", Some("cancelled by the agent (tasks/cancel)".into())).await;
+            let _ = hold::decide(
+                gw,
+                &pending_id,
+                Verdict::Cancelled,
+                None,
+                "agent",
+                Some("cancelled by the agent (tasks/cancel)".into()),
+            )
+            .await;
             gw.tasks.mark_cancelled(&task_id);
             json!({ "resultType": "complete" })
         }
@@ -189,5 +223,8 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
         Some("tasks/update") => json!({ "resultType": "complete" }),
         _ => return None,
     };
-    Some(Exchange::answer(jsonrpc::result_response(&id, result), ctx.era))
+    Some(Exchange::answer(
+        jsonrpc::result_response(&id, result),
+        ctx.era,
+    ))
 }

@@ -83,7 +83,10 @@ pub enum ReplyBody {
     /// A single JSON-RPC message.
     Json(Message),
     /// A non-JSON-RPC body from an HTTP upstream, passed through as is.
-    Other { content_type: String, bytes: bytes::Bytes },
+    Other {
+        content_type: String,
+        bytes: bytes::Bytes,
+    },
     /// Messages that relate to the request, ending with its response.
     Stream(mpsc::Receiver<Event>),
 }

@@ -111,14 +111,23 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let v = json!({"b": 1, "a": {"d": [ {"z": 1, "y": 2} ], "c": null}});
-        assert_eq!(canonical_json(&v), r#"{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1}"#);
-        assert_eq!(arguments_hash(&v), arguments_hash(&json!({"a": {"c": null, "d": [{"y": 2, "z": 1}]}, "b": 1})));
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1}"#
+        );
+        assert_eq!(
+            arguments_hash(&v),
+            arguments_hash(&json!({"a": {"c": null, "d": [{"y": 2, "z": 1}]}, "b": 1}))
+        );
     }
 
     #[test]
     fn redaction_reaches_nested_keys_case_insensitively() {
         let mut v = json!({"user": "bob", "Password": "x", "nested": [{"token": "t", "ok": 1}]});
         redact(&mut v, &["password".into(), "token".into()]);
-        assert_eq!(v, json!({"user": "bob", "Password": "[redacted]", "nested": [{"token": "[redacted]", "ok": 1}]}));
+        assert_eq!(
+            v,
+            json!({"user": "bob", "Password": "[redacted]", "nested": [{"token": "[redacted]", "ok": 1}]})
+        );
     }
 }

@@ -77,7 +77,8 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         agent: row.get(5)?,
         upstream: row.get(6)?,
         tool: row.get(7)?,
-        arguments: arguments.map(|a| serde_json::from_str(&a).unwrap_or(serde_json::Value::String(a))),
+        arguments: arguments
+            .map(|a| serde_json::from_str(&a).unwrap_or(serde_json::Value::String(a))),
         args_hash: row.get(9)?,
         rule: row.get(10)?,
         reason: row.get(11)?,
@@ -95,9 +96,11 @@ impl AuditBackend for Sqlite {
     fn last(&mut self) -> Result<Option<(i64, String)>, AuditError> {
         Ok(self
             .conn
-            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?)
     }
 
@@ -163,7 +166,11 @@ impl AuditBackend for Sqlite {
             let op = if newest_first { "<" } else { ">" };
             sql.push_str(&format!(" AND seq {op} CAST(?{} AS INTEGER)", args.len()));
         }
-        sql.push_str(if newest_first { " ORDER BY seq DESC" } else { " ORDER BY seq ASC" });
+        sql.push_str(if newest_first {
+            " ORDER BY seq DESC"
+        } else {
+            " ORDER BY seq ASC"
+        });
         if let Some(limit) = filter.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
@@ -173,7 +180,9 @@ impl AuditBackend for Sqlite {
     }
 
     fn scan(&mut self, visit: &mut dyn FnMut(Entry) -> bool) -> Result<(), AuditError> {
-        let mut stmt = self.conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq ASC"))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq ASC"))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             if !visit(row_to_entry(row)?) {

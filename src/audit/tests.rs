@@ -18,15 +18,32 @@ async fn rows_are_chained_redacted_and_verifiable() {
     let path = temp_db();
     let audit = Audit::open(&path, vec!["password".into()]).unwrap();
     for i in 0..10 {
-        audit.record(allowed("echo", &format!(r#"{{"i":{i},"password":"hunter2"}}"#))).await;
+        audit
+            .record(allowed(
+                "echo",
+                &format!(r#"{{"i":{i},"password":"hunter2"}}"#),
+            ))
+            .await;
     }
-    let committed = audit.commit(allowed("delete", r#"{"id":"7"}"#)).await.unwrap();
+    let committed = audit
+        .commit(allowed("delete", r#"{"id":"7"}"#))
+        .await
+        .unwrap();
     assert_eq!(committed.seq, 11);
     audit.flush().await;
     let rows = audit.query(Filter::default(), false).await.unwrap();
     assert_eq!(rows.len(), 11);
-    assert_eq!(rows[0].arguments, Some(serde_json::json!({"i": 0, "password": "[redacted]"})));
-    assert_eq!(rows[0].args_hash.as_deref(), Some(arguments_hash(&serde_json::json!({"i": 0, "password": "hunter2"}))).as_deref());
+    assert_eq!(
+        rows[0].arguments,
+        Some(serde_json::json!({"i": 0, "password": "[redacted]"}))
+    );
+    assert_eq!(
+        rows[0].args_hash.as_deref(),
+        Some(arguments_hash(
+            &serde_json::json!({"i": 0, "password": "hunter2"})
+        ))
+        .as_deref()
+    );
     assert_eq!(rows[1].prev_hash, rows[0].hash);
     let mut db = Sqlite::open_existing(&path).unwrap();
     assert_eq!(verify(&mut db), Ok(11));
@@ -41,7 +58,8 @@ async fn editing_a_row_breaks_the_chain_at_that_row() {
     }
     audit.flush().await;
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE audit SET tool = 'other' WHERE seq = 3", []).unwrap();
+    conn.execute("UPDATE audit SET tool = 'other' WHERE seq = 3", [])
+        .unwrap();
     let mut db = Sqlite::open_existing(&path).unwrap();
     let err = verify(&mut db).unwrap_err();
     assert!(err.starts_with("row 3 "), "{err}");
@@ -55,10 +73,17 @@ async fn filters_and_cursor_pagination() {
     let path = temp_db();
     let audit = Audit::open(&path, vec![]).unwrap();
     for i in 0..7 {
-        audit.record(allowed(if i % 2 == 0 { "a" } else { "b" }, "{}")).await;
+        audit
+            .record(allowed(if i % 2 == 0 { "a" } else { "b" }, "{}"))
+            .await;
     }
     audit.flush().await;
-    let page = |cursor| Filter { tool: Some("a".into()), limit: Some(2), cursor, ..Default::default() };
+    let page = |cursor| Filter {
+        tool: Some("a".into()),
+        limit: Some(2),
+        cursor,
+        ..Default::default()
+    };
     let first = audit.query(page(None), true).await.unwrap();
     assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 5]);
     let second = audit.query(page(Some(5)), true).await.unwrap();
@@ -69,7 +94,9 @@ async fn filters_and_cursor_pagination() {
 async fn exports_round_trip() {
     let path = temp_db();
     let audit = Audit::open(&path, vec![]).unwrap();
-    audit.record(allowed("echo", r#"{"text":"a,\"b\"\nc"}"#)).await;
+    audit
+        .record(allowed("echo", r#"{"text":"a,\"b\"\nc"}"#))
+        .await;
     audit.flush().await;
     let rows = audit.query(Filter::default(), false).await.unwrap();
     let mut jsonl = Vec::new();

@@ -23,17 +23,30 @@ fn malformed_bodies_get_the_standard_codes() {
     assert_eq!(parse("").unwrap_err().code(), code::PARSE_ERROR);
     assert_eq!(parse("[]").unwrap_err(), FrameError::Batch);
     assert_eq!(parse("42").unwrap_err(), FrameError::NotObject);
-    assert_eq!(parse(r#"{"id":1,"method":"x"}"#).unwrap_err(), FrameError::BadVersion);
-    assert_eq!(parse(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).unwrap_err(), FrameError::BadVersion);
-    assert_eq!(parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).unwrap_err(), FrameError::BadId);
-    assert_eq!(parse(r#"{"jsonrpc":"2.0","id":1}"#).unwrap_err(), FrameError::NoMethod);
+    assert_eq!(
+        parse(r#"{"id":1,"method":"x"}"#).unwrap_err(),
+        FrameError::BadVersion
+    );
+    assert_eq!(
+        parse(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).unwrap_err(),
+        FrameError::BadVersion
+    );
+    assert_eq!(
+        parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).unwrap_err(),
+        FrameError::BadId
+    );
+    assert_eq!(
+        parse(r#"{"jsonrpc":"2.0","id":1}"#).unwrap_err(),
+        FrameError::NoMethod
+    );
     let bad_utf8 = Message::parse(Bytes::from_static(b"{\"a\":\"\xff\"}"));
     assert_eq!(bad_utf8.unwrap_err(), FrameError::NotUtf8);
 }
 
 #[test]
 fn with_id_rewrites_only_the_id_and_keeps_everything_else_verbatim() {
-    let original = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"b":1,  "a":[1, 2]},"x-extra":true}"#;
+    let original =
+        r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"b":1,  "a":[1, 2]},"x-extra":true}"#;
     let msg = parse(original).unwrap();
     let moved = msg.with_id(&Id::from_raw("\"airlock-9\""));
     assert_eq!(
@@ -46,6 +59,9 @@ fn with_id_rewrites_only_the_id_and_keeps_everything_else_verbatim() {
 #[test]
 fn error_response_echoes_the_id() {
     let e = error_response(&Id::from_raw("\"x\""), code::INVALID_PARAMS, "nope");
-    assert_eq!(e.text(), r#"{"jsonrpc":"2.0","id":"x","error":{"code":-32602,"message":"nope"}}"#);
+    assert_eq!(
+        e.text(),
+        r#"{"jsonrpc":"2.0","id":"x","error":{"code":-32602,"message":"nope"}}"#
+    );
     assert_eq!(error_code(&e), Some(-32602));
 }

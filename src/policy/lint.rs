@@ -30,7 +30,10 @@ pub fn lint(policy: &Policy) -> Vec<String> {
                 warnings.push(format!(
                     "glob rule `{}` looks shadowed: the names it matches are decided by {}",
                     rule.key,
-                    by.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    by.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }

@@ -103,8 +103,10 @@ fn deserialize(text: &str, file: &str) -> Result<RawPolicy, LoadError> {
         let message = inner.to_string();
         let (mut line, mut column) = (inner.line(), inner.column());
         // serde points just past an unknown key; point at the key itself.
-        if let Some((key, _)) = parse_unknown(message.split(" at line ").next().unwrap_or(""), "unknown field `")
-            && let Some(row) = text.lines().nth(line.saturating_sub(1))
+        if let Some((key, _)) = parse_unknown(
+            message.split(" at line ").next().unwrap_or(""),
+            "unknown field `",
+        ) && let Some(row) = text.lines().nth(line.saturating_sub(1))
             && let Some(at) = row[..column.min(row.len())].rfind(&format!("\"{key}\""))
         {
             column = row[..at].chars().count() + 1;

@@ -35,8 +35,14 @@ fn exact_name_beats_any_glob() {
             "odoo_partner_delete":{"action":"deny","reason":"never"},
             "*":{"action":"allow"}}}"#,
     );
-    assert_eq!(rule_of(&p, "odoo_partner_delete"), "odoo_partner_delete:deny");
-    assert_eq!(rule_of(&p, "odoo_sale_delete"), "odoo_*_delete:require_approval");
+    assert_eq!(
+        rule_of(&p, "odoo_partner_delete"),
+        "odoo_partner_delete:deny"
+    );
+    assert_eq!(
+        rule_of(&p, "odoo_sale_delete"),
+        "odoo_*_delete:require_approval"
+    );
 }
 
 #[test]
@@ -53,9 +59,15 @@ fn most_specific_glob_wins_by_literal_characters_then_wildcards_then_order() {
             "*x":{"action":"deny"}}}"#,
     );
     // 11 literal characters beat 5.
-    assert_eq!(rule_of(&p, "odoo_partner_delete"), "odoo_*_delete:require_approval");
+    assert_eq!(
+        rule_of(&p, "odoo_partner_delete"),
+        "odoo_*_delete:require_approval"
+    );
     // "odoo_?ale_*" has 8 literals, "odoo_*_delete" 11: the latter wins.
-    assert_eq!(rule_of(&p, "odoo_sale_delete"), "odoo_*_delete:require_approval");
+    assert_eq!(
+        rule_of(&p, "odoo_sale_delete"),
+        "odoo_*_delete:require_approval"
+    );
     assert_eq!(rule_of(&p, "odoo_sale_read"), "odoo_?ale_*:deny");
     assert_eq!(rule_of(&p, "odoo_read"), "odoo_*:allow");
     // Same literals: fewer wildcards wins.
@@ -89,7 +101,10 @@ fn listing_follows_default_deny_and_keeps_approval_tools() {
     assert!(!p.lists("drop"));
     assert!(!p.lists("other"));
     let allow = policy(r#"{"version":"1","default":"allow","rules":{"drop":{"action":"deny"}}}"#);
-    assert!(allow.lists("drop"), "an explicit deny stays listed when default is allow");
+    assert!(
+        allow.lists("drop"),
+        "an explicit deny stays listed when default is allow"
+    );
 }
 
 #[test]
@@ -100,25 +115,36 @@ fn missing_default_means_deny() {
 
 #[test]
 fn approval_defaults_to_300_seconds_and_deny() {
-    let p = policy(r#"{"version":"1","rules":{"a":{"action":"require_approval"},
-        "b":{"action":"require_approval","approval":{"timeout":5,"on_timeout":"allow"}}}}"#);
-    let Verdict::Rule(a) = p.decide("a") else { panic!() };
+    let p = policy(
+        r#"{"version":"1","rules":{"a":{"action":"require_approval"},
+        "b":{"action":"require_approval","approval":{"timeout":5,"on_timeout":"allow"}}}}"#,
+    );
+    let Verdict::Rule(a) = p.decide("a") else {
+        panic!()
+    };
     assert_eq!(a.approval, Approval::default());
-    let Verdict::Rule(b) = p.decide("b") else { panic!() };
+    let Verdict::Rule(b) = p.decide("b") else {
+        panic!()
+    };
     assert_eq!(b.approval.timeout, Duration::from_secs(5));
     assert_eq!(b.approval.on_timeout, OnTimeout::Allow);
 }
 
 #[test]
 fn unknown_key_names_the_rule_line_and_suggests() {
-    let e = error("{\n \"version\": \"1\",\n \"rules\": {\n  \"odoo_unlink\": {\"acton\": \"deny\"}\n }\n}");
+    let e = error(
+        "{\n \"version\": \"1\",\n \"rules\": {\n  \"odoo_unlink\": {\"acton\": \"deny\"}\n }\n}",
+    );
     assert!(e.starts_with("p.json:4:"), "{e}");
     assert!(
         e.contains("unknown key `acton` in rules.odoo_unlink, did you mean `action`?"),
         "{e}"
     );
     let top = error(r#"{"version":"1","defualt":"deny"}"#);
-    assert!(top.contains("unknown key `defualt` in the policy, did you mean `default`?"), "{top}");
+    assert!(
+        top.contains("unknown key `defualt` in the policy, did you mean `default`?"),
+        "{top}"
+    );
 }
 
 #[test]
@@ -130,19 +156,37 @@ fn bad_action_value_is_named_with_its_path() {
 
 #[test]
 fn bad_numbers_and_globs_are_errors_with_locations() {
-    let zero = error("{\"version\":\"1\",\n\"rules\":{\"x\":{\"action\":\"allow\",\n\"rate_limit\":{\"max\":0,\"window\":60}}}}");
+    let zero = error(
+        "{\"version\":\"1\",\n\"rules\":{\"x\":{\"action\":\"allow\",\n\"rate_limit\":{\"max\":0,\"window\":60}}}}",
+    );
     assert!(zero.starts_with("p.json:3:"), "{zero}");
-    assert!(zero.contains("rules.x.rate_limit.max must be at least 1"), "{zero}");
-    let negative = error(r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":-1,"window":60}}}}"#);
+    assert!(
+        zero.contains("rules.x.rate_limit.max must be at least 1"),
+        "{zero}"
+    );
+    let negative = error(
+        r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":-1,"window":60}}}}"#,
+    );
     assert!(negative.contains("rules.x.rate_limit.max"), "{negative}");
-    let window = error(r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":1,"window":0}}}}"#);
+    let window = error(
+        r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":1,"window":0}}}}"#,
+    );
     assert!(window.contains("window must be at least 1"), "{window}");
     let glob = error(r#"{"version":"1","rules":{"odoo_[a":{"action":"allow"}}}"#);
     assert!(glob.contains("bad glob `odoo_[a`"), "{glob}");
-    let timeout = error(r#"{"version":"1","rules":{"x":{"action":"require_approval","approval":{"timeout":0}}}}"#);
-    assert!(timeout.contains("approval.timeout must be between 1 and"), "{timeout}");
-    let misplaced = error(r#"{"version":"1","rules":{"x":{"action":"allow","approval":{"timeout":5}}}}"#);
-    assert!(misplaced.contains("only applies to action \"require_approval\""), "{misplaced}");
+    let timeout = error(
+        r#"{"version":"1","rules":{"x":{"action":"require_approval","approval":{"timeout":0}}}}"#,
+    );
+    assert!(
+        timeout.contains("approval.timeout must be between 1 and"),
+        "{timeout}"
+    );
+    let misplaced =
+        error(r#"{"version":"1","rules":{"x":{"action":"allow","approval":{"timeout":5}}}}"#);
+    assert!(
+        misplaced.contains("only applies to action \"require_approval\""),
+        "{misplaced}"
+    );
     let version = error(r#"{"version":"2"}"#);
     assert!(version.contains("unsupported version `2`"), "{version}");
     let missing = error(r#"{"default":"allow"}"#);
@@ -161,33 +205,59 @@ fn lint_warns_on_unreachable_and_shadowed_rules() {
             "gone":{"action":"deny","rate_limit":{"max":1,"window":1}}}}"#,
     );
     let warnings = lint(&p).join("\n");
-    assert!(warnings.contains("rule `secret_tool` can never match"), "{warnings}");
-    assert!(warnings.contains("glob rule `odoo_**` looks shadowed"), "{warnings}");
-    assert!(warnings.contains("rule `gone` has a rate_limit that never applies"), "{warnings}");
+    assert!(
+        warnings.contains("rule `secret_tool` can never match"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("glob rule `odoo_**` looks shadowed"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("rule `gone` has a rate_limit that never applies"),
+        "{warnings}"
+    );
     assert!(!warnings.contains("`odoo_*` looks"), "{warnings}");
 }
 
 #[test]
 fn rate_limit_allows_max_then_refuses_with_a_retry_time_per_session() {
-    let p = policy(r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":2,"window":60}}}}"#);
-    let Verdict::Rule(rule) = p.decide("x") else { panic!() };
+    let p = policy(
+        r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":2,"window":60}}}}"#,
+    );
+    let Verdict::Rule(rule) = p.decide("x") else {
+        panic!()
+    };
     let limit = rule.rate_limit.as_ref().unwrap();
     assert!(limit.check("s1").is_ok());
     assert!(limit.check("s1").is_ok());
     let wait = limit.check("s1").unwrap_err();
-    assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
-    assert!(limit.check("s2").is_ok(), "another session has its own budget");
+    assert!(
+        wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
+    assert!(
+        limit.check("s2").is_ok(),
+        "another session has its own budget"
+    );
 }
 
 #[test]
 fn rate_limit_budget_refills_after_the_window_share() {
-    let p = policy(r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":2,"window":1}}}}"#);
-    let Verdict::Rule(rule) = p.decide("x") else { panic!() };
+    let p = policy(
+        r#"{"version":"1","rules":{"x":{"action":"allow","rate_limit":{"max":2,"window":1}}}}"#,
+    );
+    let Verdict::Rule(rule) = p.decide("x") else {
+        panic!()
+    };
     let limit = rule.rate_limit.as_ref().unwrap();
     assert!(limit.check("s").is_ok() && limit.check("s").is_ok());
     assert!(limit.check("s").is_err());
     std::thread::sleep(Duration::from_millis(550));
-    assert!(limit.check("s").is_ok(), "one call refills every window/max");
+    assert!(
+        limit.check("s").is_ok(),
+        "one call refills every window/max"
+    );
 }
 
 #[test]
@@ -196,15 +266,30 @@ fn reload_keeps_counters_of_unchanged_limits_only() {
         "y":{"action":"allow","rate_limit":{"max":1,"window":60}}}}"#;
     let old = policy(text);
     for t in ["x", "y"] {
-        let Verdict::Rule(r) = old.decide(t) else { panic!() };
+        let Verdict::Rule(r) = old.decide(t) else {
+            panic!()
+        };
         r.rate_limit.as_ref().unwrap().check("s").unwrap();
     }
-    let mut new = policy(&text.replace(r#""y":{"action":"allow","rate_limit":{"max":1"#, r#""y":{"action":"allow","rate_limit":{"max":2"#));
+    let mut new = policy(&text.replace(
+        r#""y":{"action":"allow","rate_limit":{"max":1"#,
+        r#""y":{"action":"allow","rate_limit":{"max":2"#,
+    ));
     new.inherit_limits(&old);
-    let Verdict::Rule(x) = new.decide("x") else { panic!() };
-    assert!(x.rate_limit.as_ref().unwrap().check("s").is_err(), "x kept its spent budget");
-    let Verdict::Rule(y) = new.decide("y") else { panic!() };
-    assert!(y.rate_limit.as_ref().unwrap().check("s").is_ok(), "y changed, so it starts fresh");
+    let Verdict::Rule(x) = new.decide("x") else {
+        panic!()
+    };
+    assert!(
+        x.rate_limit.as_ref().unwrap().check("s").is_err(),
+        "x kept its spent budget"
+    );
+    let Verdict::Rule(y) = new.decide("y") else {
+        panic!()
+    };
+    assert!(
+        y.rate_limit.as_ref().unwrap().check("s").is_ok(),
+        "y changed, so it starts fresh"
+    );
 }
 
 #[test]
@@ -213,7 +298,10 @@ fn a_thousand_glob_rules_still_decide_correctly() {
     for i in 0..1000 {
         rules.push(format!(r#""tool{i}_*":{{"action":"allow"}}"#));
     }
-    let p = policy(&format!(r#"{{"version":"1","default":"deny","rules":{{{}}}}}"#, rules.join(",")));
+    let p = policy(&format!(
+        r#"{{"version":"1","default":"deny","rules":{{{}}}}}"#,
+        rules.join(",")
+    ));
     assert_eq!(rule_of(&p, "tool999_x"), "tool999_*:allow");
     assert_eq!(rule_of(&p, "nope"), "default:deny");
 }

@@ -135,10 +135,15 @@ impl HttpSession {
         agent: Option<&HeaderMap>,
     ) -> Result<Reply, UpstreamError> {
         let mut headers = self.headers_for(Some(message), agent);
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers
             .entry(header::ACCEPT)
-            .or_insert(HeaderValue::from_static("application/json, text/event-stream"));
+            .or_insert(HeaderValue::from_static(
+                "application/json, text/event-stream",
+            ));
         let response = self
             .upstream
             .client
@@ -177,7 +182,10 @@ impl HttpSession {
     /// Opens the upstream's GET stream (handshake era).
     pub async fn listen(&self, agent: Option<&HeaderMap>) -> Result<Reply, UpstreamError> {
         let mut headers = self.headers_for(None, agent);
-        headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         if let Some(last) = agent.and_then(|h| h.get("last-event-id")) {
             headers.insert("last-event-id", last.clone());
         }
@@ -259,9 +267,15 @@ impl HttpSession {
 
     /// Parses an SSE body into messages; if a request's stream ends without
     /// its response, the agent gets an error response instead of silence.
-    fn pump_events(&self, response: reqwest::Response, request: Option<&Message>) -> mpsc::Receiver<Event> {
+    fn pump_events(
+        &self,
+        response: reqwest::Response,
+        request: Option<&Message>,
+    ) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(64);
-        let request_id = request.filter(|m| m.is_request()).and_then(|m| m.id().cloned());
+        let request_id = request
+            .filter(|m| m.is_request())
+            .and_then(|m| m.id().cloned());
         let url = self.upstream.url.clone();
         tokio::spawn(async move {
             let mut events = response.bytes_stream().eventsource();

@@ -290,7 +290,10 @@ impl StdioChild {
             #[serde(rename = "progressToken", borrow)]
             progress_token: &'a RawValue,
         }
-        let Some(token) = message.params::<P<'_>>().map(|p| p.progress_token.get().to_owned()) else {
+        let Some(token) = message
+            .params::<P<'_>>()
+            .map(|p| p.progress_token.get().to_owned())
+        else {
             return;
         };
         let Some(id) = self.progress.get(token.as_str()).map(|e| e.value().clone()) else {
@@ -350,8 +353,12 @@ impl StdioChild {
         let ids: Vec<Id> = self.routes.iter().map(|r| r.key().clone()).collect();
         for id in ids {
             if let Some((_, route)) = self.routes.remove(&id) {
-                let error = jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, &reason);
-                let _ = route.tx.try_send(Event { id: None, message: error });
+                let error =
+                    jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, &reason);
+                let _ = route.tx.try_send(Event {
+                    id: None,
+                    message: error,
+                });
             }
         }
         self.unsolicited.lock().expect("unsolicited lock").take();
@@ -363,8 +370,12 @@ impl StdioChild {
         let ids: Vec<Id> = self.routes.iter().map(|r| r.key().clone()).collect();
         for id in ids {
             if let Some((_, route)) = self.routes.remove(&id) {
-                let error = jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, reason);
-                let _ = route.tx.try_send(Event { id: None, message: error });
+                let error =
+                    jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, reason);
+                let _ = route.tx.try_send(Event {
+                    id: None,
+                    message: error,
+                });
             }
         }
     }
@@ -378,7 +389,9 @@ struct RouteGuard {
 
 impl Drop for RouteGuard {
     fn drop(&mut self) {
-        let Some(child) = self.child.upgrade() else { return };
+        let Some(child) = self.child.upgrade() else {
+            return;
+        };
         if child.routes.remove(&self.id).is_none() {
             return; // answered already
         }
@@ -411,7 +424,9 @@ async fn read_until_exit(
     mut process: tokio::process::Child,
 ) {
     while let Some(line) = lines.next().await {
-        let Some(child) = child_ref.upgrade() else { break };
+        let Some(child) = child_ref.upgrade() else {
+            break;
+        };
         match line {
             Ok(line) if line.trim().is_empty() => {}
             Ok(line) => match Message::parse(Bytes::from(line)) {
@@ -451,7 +466,10 @@ fn replace_progress_token(message: &Message, token: &str) -> Message {
     };
     let token: serde_json::Value = serde_json::from_str(token).unwrap_or(serde_json::Value::Null);
     if let Some(params) = value.get_mut("params") {
-        if let Some(meta) = params.get_mut("_meta").filter(|m| m.get("progressToken").is_some()) {
+        if let Some(meta) = params
+            .get_mut("_meta")
+            .filter(|m| m.get("progressToken").is_some())
+        {
             meta["progressToken"] = token;
         } else if params.get("progressToken").is_some() {
             params["progressToken"] = token;

@@ -127,16 +127,21 @@ class HeldCall(threading.Thread):
         assert self.ready.wait(15), "no session"
 
     def run(self):
-        with httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0)) as c:
-            self.session = rm.open_session(c, self.gw.mcp)
-            self.ready.set()
-            r = rm.post(c, self.gw.mcp, rm.call_body(self.req_id, self.name, self.arguments),
-                        rm.session_headers(self.session))
-            self.answer = rm.answer(r, self.req_id)
+        try:
+            with httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0)) as c:
+                self.session = rm.open_session(c, self.gw.mcp)
+                self.ready.set()
+                r = rm.post(c, self.gw.mcp, rm.call_body(self.req_id, self.name, self.arguments),
+                            rm.session_headers(self.session))
+                self.answer = rm.answer(r, self.req_id)
+        except (httpx.HTTPError, AssertionError) as e:  # e.g. the gateway was killed
+            self.error = e
+
+    error: BaseException | None = None
 
     def result(self, timeout: float = 15) -> dict:
         self.join(timeout)
-        assert self.answer is not None, "the held call got no answer"
+        assert self.answer is not None, f"the held call got no answer ({self.error!r})"
         return self.answer["result"]
 
 
