@@ -44,6 +44,12 @@ fn html(status: StatusCode, body: String) -> Response {
         HeaderValue::from_static("noindex, nofollow"),
     );
     crate::dashboard::harden(&mut response);
+    // Not `no-referrer`: with it, browsers send `Origin: null` on the form's
+    // POST. `same-origin` still keeps the token away from every other site.
+    response.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     response
 }
 
@@ -329,10 +335,11 @@ pub async fn decide(
             &[detail, "Open the link from Slack again."],
         )
     };
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site");
-    if cross_site || login::check_same_origin(&gw, &headers).is_err() {
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    let same_origin = fetch_site == Some(b"same-origin".as_slice());
+    if fetch_site == Some(b"cross-site".as_slice())
+        || (!same_origin && login::check_same_origin(&gw, &headers).is_err())
+    {
         return refused("The form was sent from another site.");
     }
     let session = login::from_cookie(&gw, &headers);

@@ -31,7 +31,7 @@ fn layout(title: &str, head_extra: &str, main: &str) -> String {
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
   <meta name="color-scheme" content="light dark">
-  <meta name="referrer" content="no-referrer">
+  <meta name="referrer" content="same-origin">
   <meta name="robots" content="noindex, nofollow">
   {head_extra}
   <title>{title} · Airlock</title>

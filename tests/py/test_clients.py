@@ -35,6 +35,8 @@ APPROVAL_NOTE = "[Airlock: a human must approve each call to this tool; the call
 UNKNOWN = "no_such_tool_anywhere"
 WORKERS = 4
 
+pytestmark = pytest.mark.timeout(400)  # the first test also runs the whole matrix (module fixture)
+
 # --------------------------------------------------------------------------- agents
 
 
@@ -352,16 +354,47 @@ def diag(direct: dict, through: dict) -> str:
 # --------------------------------------------------------------------------- tests
 
 
+def usable(report: dict) -> bool:
+    """Connected and listed tools (a pinned 2026-07-28 Python client connects without a request,
+    so a refusal only shows on the first one)."""
+    return "crash" not in report and step(report, "list")["ok"]
+
+
+def failure(report: dict) -> tuple[str, str]:
+    """(stage, kind) of an unusable run: where it failed, and whether by a peer's answer, a local
+    refusal or a timeout."""
+    if "crash" in report:
+        return "connect", report["crash"].get("kind")
+    return "list", step(report, "list")["error"]["kind"]
+
+
 @pytest.mark.parametrize("agent,transport,upstream", COMBOS, ids=ids(COMBOS))
-def test_connects_through_airlock_exactly_when_direct_connects(matrix, agent, transport, upstream):
+def test_combination_works_through_airlock_exactly_when_it_works_directly(matrix, agent, transport, upstream):
     direct, through = pair(matrix, agent, transport, upstream)
     expected = works_directly(AGENTS[agent], UPSTREAMS[upstream])
-    assert ("crash" not in direct) == expected, f"direct run disagrees with the era table: {direct.get('crash')}"
-    assert ("crash" not in through) == expected, diag(direct, through)
+    assert usable(direct) == expected, f"the direct run disagrees with the era table: {direct.get('crash')} {direct['steps']}"
+    assert usable(through) == expected, diag(direct, through)
     if expected:
         assert through["protocolVersion"] == direct["protocolVersion"], diag(direct, through)
         assert through["era"] == direct["era"]
-        assert through.get("serverInfo", {}).get("name") == direct.get("serverInfo", {}).get("name")
+        assert (through.get("serverInfo") or {}).get("name") == (direct.get("serverInfo") or {}).get("name")
+
+
+NOT_WORKING = [c for c in COMBOS if c not in WORKING]
+# Airlock bug (reported): over `airlock stdio`, an HTTP upstream's JSON-RPC error with `"id": null`
+# (server-everything's HTTP 400 "Server not initialized") is passed on with id null, so the agent
+# never gets an answer and times out instead of failing at once.
+ID_NULL_BUG = pytest.mark.xfail(strict=True, reason="airlock stdio forwards id:null upstream errors (see test_upstream_error_without_id_is_answered_with_the_request_id_over_stdio)")
+
+
+@pytest.mark.parametrize(
+    "agent,transport,upstream",
+    [pytest.param(*c, marks=ID_NULL_BUG) if c == ("py-2026", "stdio", "everything-http") else c for c in NOT_WORKING],
+    ids=ids(NOT_WORKING),
+)
+def test_unworkable_combination_fails_the_same_way_as_direct(matrix, agent, transport, upstream):
+    direct, through = pair(matrix, agent, transport, upstream)
+    assert failure(through) == failure(direct), diag(direct, through)
 
 
 @pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
@@ -456,3 +489,56 @@ def test_session_ends_cleanly(matrix, agent, transport, upstream):
         t = step(through, "terminate")
         assert t["ok"], t
     assert through["_exit"] == 0, diag(direct, through)
+
+
+# --------------------------------------------------------------------------- tools/list filtering
+
+LIST_POLICY = {
+    "version": "1",
+    "default": "deny",
+    "hide": ["toggle-*", "get-env"],
+    "rules": {
+        "echo": {"action": "allow"},
+        "get-*": {"action": "allow"},
+        "trigger-*": {"action": "deny", "reason": "no triggers"},
+        "trigger-long-running-operation": {"action": "allow"},
+        "gzip-file-as-resource": {"action": "require_approval", "reason": "fetches URLs"},
+    },
+}
+# hidden (a glob, and an exact name that an allowing glob also matches), denied by a glob, and
+# denied by default:
+LIST_REMOVED = {"toggle-simulated-logging", "toggle-subscriber-updates", "get-env",
+                "trigger-elicitation-request", "trigger-sampling-request", "simulate-research-query"}
+
+
+@pytest.mark.parametrize("capabilities", [True, False], ids=["with-client-capabilities", "without"])
+@pytest.mark.parametrize("upstream_transport", ["stdio", "http"])
+def test_tools_list_is_server_everythings_real_list_minus_exactly_the_policy_removals(procs, upstream_transport, capabilities):
+    if upstream_transport == "stdio":
+        direct_target = {"stdio": upstream_everything()}
+        gw = procs.airlock(policy=LIST_POLICY, upstream=upstream_everything())
+    else:
+        _, url = procs.everything_http()
+        direct_target = {"url": url}
+        gw = procs.airlock(policy=LIST_POLICY, url=url)
+    script = [{"op": "list", "full": True}, {"op": "close"}]
+    extra = [] if capabilities else ["--no-capabilities"]
+    with ThreadPoolExecutor(2) as pool:
+        d = pool.submit(run_driver, "sdk1", script, extra=extra, **direct_target)
+        t = pool.submit(run_driver, "sdk1", script, extra=extra, url=gw.mcp)
+        direct, through = d.result(), t.result()
+    direct_tools = direct["steps"][0]["result"]["tools"]
+    through_tools = through["steps"][0]["result"]["tools"]
+    names = [x["name"] for x in direct_tools]
+    removed = LIST_REMOVED & set(names)
+    assert removed >= LIST_REMOVED - {"trigger-elicitation-request", "trigger-sampling-request"}, names
+    assert len(direct_tools) == (16 if capabilities else 13), names
+
+    expected = []
+    for tool in direct_tools:
+        if tool["name"] in removed:
+            continue
+        if tool["name"] == "gzip-file-as-resource":
+            tool = {**tool, "description": f"{tool['description']}\n\n{APPROVAL_NOTE}"}
+        expected.append(tool)
+    assert through_tools == expected
