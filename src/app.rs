@@ -42,14 +42,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Builds the config from `--config`, or quick mode from `--policy` and the command.
-fn build_config(args: &ServeArgs, stdio: bool) -> anyhow::Result<Config> {
+fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
             if !args.upstream_command.is_empty() {
                 bail!("--config and an upstream command (after --) cannot be combined");
             }
             let mut config = config::load(path)?;
-            if stdio && let Some(name) = &args.upstream {
+            if let Some(name) = &args.upstream {
                 config.upstreams.retain(|u| &u.name == name);
                 if config.upstreams.is_empty() {
                     bail!(
@@ -71,7 +71,33 @@ fn build_config(args: &ServeArgs, stdio: bool) -> anyhow::Result<Config> {
     if let Some(audit) = &args.audit {
         config.audit.path = audit.clone();
     }
+    hide_secrets_from_children(&mut config);
     Ok(config)
+}
+
+/// Stdio upstreams must not inherit Airlock's secrets: any `AIRLOCK_*`
+/// variable and any variable holding an approver or agent token is removed
+/// from their environment (an upstream could otherwise approve its own calls).
+fn hide_secrets_from_children(config: &mut Config) {
+    let tokens: std::collections::HashSet<&str> = config
+        .approvers
+        .iter()
+        .chain(&config.agents)
+        .map(|c| c.token.as_str())
+        .collect();
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            let secret =
+                k.starts_with("AIRLOCK_") || v.to_str().is_some_and(|v| tokens.contains(v));
+            secret.then_some(k)
+        })
+        .collect();
+    for up in &mut config.upstreams {
+        if let UpstreamSpec::Stdio { env_remove, .. } = &mut up.spec {
+            env_remove.clone_from(&names);
+        }
+    }
 }
 
 /// The approver token made up at start-up in quick mode (printed once).
@@ -87,6 +113,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
             command: command.clone(),
             args: rest.to_vec(),
             env: Vec::new(),
+            env_remove: Vec::new(),
         },
         (None, None) => bail!(
             "no upstream: give a server command after `--` (e.g. `airlock serve --policy p.json -- npx -y @modelcontextprotocol/server-everything`), --url, or --config"
@@ -137,7 +164,10 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
-    let config = build_config(&args, stdio)?;
+    let config = build_config(&args)?;
+    if config.approvers.is_empty() {
+        tracing::warn!("no [[approver]] is configured: held calls can only time out");
+    }
     let shutdown = CancellationToken::new();
     let events = Arc::new(crate::events::Events::default());
     let mut upstreams = IndexMap::new();
@@ -177,7 +207,18 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     tokio::spawn(gw.clone().reap_idle_sessions());
 
     let router = crate::server::router(gw.clone());
-    let listener = tokio::net::TcpListener::bind(gw.config.listen).await;
+    let listener = match tokio::net::TcpListener::bind(gw.config.listen).await {
+        // Several stdio gateways (one per client-spawned server) cannot share a
+        // port; each still needs a dashboard for its held calls.
+        Err(e) if stdio => {
+            tracing::warn!(
+                "cannot listen on {} ({e}); using a free port for the dashboard",
+                gw.config.listen
+            );
+            tokio::net::TcpListener::bind((gw.config.listen.ip(), 0)).await
+        }
+        other => other,
+    };
     let http = match listener {
         Ok(listener) => {
             let addr = listener.local_addr()?;
@@ -219,7 +260,11 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
 /// Prints where to connect; the only line on stdout in serve mode is the first.
 fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
     if stdio {
-        tracing::info!("dashboard at http://{addr}/");
+        // stdout belongs to the protocol: everything goes to stderr.
+        match GENERATED_TOKEN.get() {
+            Some(token) => tracing::info!("dashboard: http://{addr}/login#token={token}"),
+            None => tracing::info!("dashboard: http://{addr}/"),
+        }
         return;
     }
     let paths: Vec<String> = if gw.config.quick {

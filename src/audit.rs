@@ -98,10 +98,16 @@ pub struct Filter {
 
 /// A storage backend; SQLite today, PostgreSQL could follow.
 pub trait AuditBackend: Send {
-    /// The last row's seq and hash.
-    fn last(&mut self) -> Result<Option<(i64, String)>, AuditError>;
-    /// Inserts rows atomically (all or none).
-    fn insert_batch(&mut self, rows: &[Entry]) -> Result<(), AuditError>;
+    /// Appends `count` rows atomically (all or none). Reads the chain's tail
+    /// inside the same write transaction and calls `seal(i, seq, prev_hash)`
+    /// for row `i`, so several processes can share one store safely.
+    fn append(
+        &mut self,
+        count: usize,
+        seal: &mut dyn FnMut(usize, i64, &str) -> Entry,
+    ) -> Result<Vec<Entry>, AuditError>;
+    /// Proves the store is writable (a tiny write), for health checks.
+    fn probe(&mut self) -> Result<(), AuditError>;
     fn query(&mut self, filter: &Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError>;
     /// Visits every row in order until `visit` returns false.
     fn scan(&mut self, visit: &mut dyn FnMut(Entry) -> bool) -> Result<(), AuditError>;
@@ -147,12 +153,11 @@ impl Audit {
     }
 
     pub fn with_backends(
-        mut writer: Box<dyn AuditBackend>,
+        writer: Box<dyn AuditBackend>,
         reader: Box<dyn AuditBackend>,
         redact: Vec<String>,
     ) -> Audit {
         let (tx, rx) = mpsc::channel(65_536);
-        let last = writer.last().ok().flatten();
         let shared = Arc::new(Shared {
             tx,
             reader: Mutex::new(reader),
@@ -163,7 +168,7 @@ impl Audit {
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("airlock-audit".into())
-            .spawn(move || write_loop(writer, rx, last, redact, weak))
+            .spawn(move || write_loop(writer, rx, redact, weak))
             .expect("spawning the audit writer thread");
         Audit(shared)
     }
@@ -279,34 +284,41 @@ type Pending = (Box<Record>, Option<oneshot::Sender<Result<Entry, String>>>);
 fn write_loop(
     mut db: Box<dyn AuditBackend>,
     mut rx: mpsc::Receiver<Command>,
-    last: Option<(i64, String)>,
     redact: Vec<String>,
     shared: std::sync::Weak<Shared>,
 ) {
-    let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
     let mut retry: VecDeque<Pending> = VecDeque::new();
     loop {
         let mut batch: Vec<Pending> = Vec::new();
         let mut flushes = Vec::new();
-        // Wait for work; while rows wait for a retry, wake up every second.
-        let first = if retry.is_empty() {
-            rx.blocking_recv()
+        // Wait for work; while rows wait for a retry or the store is failing,
+        // wake up every second to try again.
+        let healthy = shared
+            .upgrade()
+            .is_none_or(|s| s.healthy.load(Ordering::Relaxed));
+        let mut closed = false;
+        let first = if retry.is_empty() && healthy {
+            match rx.blocking_recv() {
+                Some(command) => Some(command),
+                None => return,
+            }
         } else {
             match rx.try_recv() {
-                Ok(c) => Some(c),
+                Ok(command) => Some(command),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     std::thread::sleep(Duration::from_secs(1));
                     rx.try_recv().ok()
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    None
+                }
             }
         };
-        let mut closed = false;
         match first {
             Some(Command::Append(r, ack)) => batch.push((r, ack)),
             Some(Command::Flush(ack)) => flushes.push(ack),
-            None if retry.is_empty() => return,
-            None => closed = true,
+            None => {}
         }
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -317,22 +329,24 @@ fn write_loop(
         }
         let mut rows: Vec<Pending> = retry.drain(..).collect();
         rows.extend(batch);
+        let unhealthy = shared
+            .upgrade()
+            .is_some_and(|s| !s.healthy.load(Ordering::Relaxed));
+        if rows.is_empty() && unhealthy {
+            // Nothing to write, but the store was failing: is it back?
+            if db.probe().is_ok()
+                && let Some(s) = shared.upgrade()
+            {
+                tracing::info!("audit store writable again");
+                s.healthy.store(true, Ordering::Relaxed);
+                *s.last_error.lock().expect("lock") = None;
+            }
+        }
         if !rows.is_empty() {
-            let mut next_seq = seq;
-            let mut next_prev = prev.clone();
-            let entries: Vec<Entry> = rows
-                .iter()
-                .map(|(r, _)| {
-                    next_seq += 1;
-                    let e = seal(r, next_seq, &next_prev, &redact);
-                    next_prev = e.hash.clone();
-                    e
-                })
-                .collect();
-            match db.insert_batch(&entries) {
-                Ok(()) => {
-                    seq = next_seq;
-                    prev = next_prev;
+            match db.append(rows.len(), &mut |i, seq, prev| {
+                seal(&rows[i].0, seq, prev, &redact)
+            }) {
+                Ok(entries) => {
                     if let Some(s) = shared.upgrade() {
                         s.healthy.store(true, Ordering::Relaxed);
                         s.written.fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -367,7 +381,8 @@ fn write_loop(
         for ack in flushes {
             let _ = ack.send(());
         }
-        if closed && retry.is_empty() {
+        if closed {
+            // Shutting down: one last attempt was made above.
             return;
         }
     }

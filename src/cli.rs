@@ -106,7 +106,7 @@ pub struct ServeArgs {
     /// Streamable HTTP upstream URL (quick mode), instead of a command.
     #[arg(long, conflicts_with = "upstream_command")]
     pub url: Option<String>,
-    /// With --config in stdio mode: which [[upstream]] to serve [default: the first].
+    /// With --config: serve only this [[upstream]] (stdio mode serves the first by default).
     #[arg(long, requires = "config")]
     pub upstream: Option<String>,
     /// The upstream server command (quick mode), after `--`.

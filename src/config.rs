@@ -127,6 +127,22 @@ pub struct SlackConfig {
     pub users: Vec<(String, String)>,
 }
 
+impl SlackConfig {
+    /// Every secret value, e.g. to keep them out of upstream children's
+    /// environments (an upstream holding the signing secret or the link key
+    /// could approve its own calls).
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        [&self.webhook_url, &self.signing_secret, &self.bot_token]
+            .into_iter()
+            .filter_map(|s| s.as_deref())
+            .chain(
+                self.link_key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok()),
+            )
+    }
+}
+
 impl std::fmt::Debug for SlackConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secret = |s: &Option<String>| if s.is_some() { "[secret]" } else { "none" };
@@ -320,12 +336,27 @@ pub fn parse(
             return Err(err(format!("upstream.name `{}` is used twice", up.name)));
         }
         let spec = match (up.command, up.url) {
-            (Some(command), None) => UpstreamSpec::Stdio {
-                command,
-                args: up.args,
-                env: up.env.into_iter().collect(),
-            },
+            (Some(command), None) => {
+                if !up.headers.is_empty() || !up.headers_env.is_empty() {
+                    return Err(err(format!(
+                        "upstream `{}`: headers and headers_env only apply to a `url` upstream",
+                        up.name
+                    )));
+                }
+                UpstreamSpec::Stdio {
+                    command,
+                    args: up.args,
+                    env: up.env.into_iter().collect(),
+                    env_remove: Vec::new(),
+                }
+            }
             (None, Some(url)) => {
+                if !up.args.is_empty() || !up.env.is_empty() {
+                    return Err(err(format!(
+                        "upstream `{}`: args and env only apply to a `command` upstream",
+                        up.name
+                    )));
+                }
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(err(format!(
                         "upstream `{}`: url `{url}` must start with http:// or https://",
@@ -397,7 +428,16 @@ pub fn parse(
         listen,
         public_url,
         max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
-        session_idle_timeout: Duration::from_secs(raw.session_idle_timeout.unwrap_or(3600)),
+        session_idle_timeout: Duration::from_secs(match raw.session_idle_timeout {
+            Some(0) => {
+                return Err(invalid(
+                    "session_idle_timeout",
+                    0,
+                    "session_idle_timeout must be at least 1 (seconds)".into(),
+                ));
+            }
+            other => other.unwrap_or(3600),
+        }),
         upstream_timeout: raw
             .upstream_timeout
             .filter(|s| *s > 0)
@@ -463,6 +503,12 @@ fn credentials(
         };
         if c.name.is_empty() {
             return Err(err(format!("{table}.name must not be empty")));
+        }
+        if table == "agent" && c.slack_user_id.is_some() {
+            return Err(err(format!(
+                "agent `{}`: slack_user_id only applies to [[approver]]",
+                c.name
+            )));
         }
         let token = match (c.token_env, c.token_file) {
             (Some(var), None) => env(&var).ok_or_else(|| {
@@ -803,6 +849,7 @@ redact = ["password"]
         assert_eq!(slack.give_up_after, Duration::from_secs(30));
         assert!(!slack.link_requires_login);
         assert_eq!(slack.api_url, DEFAULT_SLACK_API);
+        assert_eq!(slack.secrets().count(), 2);
         let debug = format!("{slack:?}");
         assert!(
             !debug.contains("secretsecret") && !debug.contains("slack-signing-secret"),

@@ -301,6 +301,10 @@ impl Gateway {
         });
         session.touch(self);
         self.sessions.insert(session.id.clone(), session.clone());
+        self.events.publish(
+            "agents",
+            serde_json::json!({ "agents_connected": self.agents_connected() }),
+        );
         Ok(session)
     }
 
@@ -309,7 +313,7 @@ impl Gateway {
         let Some((_, session)) = self.sessions.remove(id) else {
             return false;
         };
-        crate::hold::agent_gone(self, id);
+        crate::hold::agent_gone(self, id).await;
         session.link.close().await;
         self.events.publish(
             "agents",
@@ -525,11 +529,10 @@ impl Gateway {
                 Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
             }
             CallDecision::NeedsApproval { rule, .. }
-                if peek
-                    .request_state
-                    .as_deref()
-                    .and_then(|state| self.holds.continuation(state, &ctx.session_key, tool))
-                    .is_some() =>
+                if peek.request_state.as_deref().is_some_and(|state| {
+                    self.holds
+                        .continuation(state, &ctx.session_key, tool, arguments)
+                }) =>
             {
                 // The retry of an approved call that asked the client for input (MRTR).
                 self.record_outcome(

@@ -119,9 +119,18 @@ pub struct Holds {
     pending: DashMap<String, Arc<Pending>>,
     resolved: DashMap<String, (PendingItem, Resolution)>,
     /// MRTR: `requestState` of approved calls that asked the client for input
-    /// → (session, tool, pending id, until). The client's retry carrying that
-    /// state continues the approved call instead of being held again.
+    /// → (session, tool, arguments hash, until). The client's retry carrying
+    /// that state, for the same tool and arguments, continues the approved
+    /// call instead of being held again.
     continuations: DashMap<String, (String, String, String, Instant)>,
+}
+
+/// The canonical hash of raw arguments (absent arguments hash like `{}`).
+fn hash_arguments(arguments: Option<&str>) -> String {
+    let value = arguments
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_else(|| json!({}));
+    crate::audit::arguments_hash(&value)
 }
 
 /// How long an approved call's `input_required` retry stays approved.
@@ -170,17 +179,24 @@ impl Holds {
         self.continuations.retain(|_, c| c.3 > now);
     }
 
-    /// The pending id whose approval covers this MRTR retry, if any (single use).
+    /// Whether an approval covers this MRTR retry (single use): same
+    /// session, tool and arguments as the approved call.
     pub fn continuation(
         &self,
         request_state: &str,
         session_key: &str,
         tool: &str,
-    ) -> Option<String> {
-        let (_, (session, approved_tool, pending_id, until)) =
-            self.continuations.remove(request_state)?;
-        (session == session_key && approved_tool == tool && until > Instant::now())
-            .then_some(pending_id)
+        arguments: Option<&str>,
+    ) -> bool {
+        let Some((_, (session, approved_tool, args_hash, until))) =
+            self.continuations.remove(request_state)
+        else {
+            return false;
+        };
+        session == session_key
+            && approved_tool == tool
+            && args_hash == hash_arguments(arguments)
+            && until > Instant::now()
     }
 
     fn remember_continuation(
@@ -188,7 +204,7 @@ impl Holds {
         answer: &Message,
         session_key: &str,
         tool: &str,
-        pending_id: &str,
+        arguments: &Value,
     ) {
         #[derive(serde::Deserialize)]
         struct R {
@@ -206,7 +222,7 @@ impl Holds {
             let entry = (
                 session_key.to_owned(),
                 tool.to_owned(),
-                pending_id.to_owned(),
+                crate::audit::arguments_hash(arguments),
                 Instant::now() + CONTINUATION_TTL,
             );
             self.continuations.insert(state, entry);
@@ -290,7 +306,9 @@ pub async fn decide(
         wait_ms: Some(wait.as_millis() as i64),
     };
     if let Err(e) = gw.audit.commit(record).await {
-        let must_record = matches!(decision, Verdict::Approved | Verdict::Denied);
+        // Never release a call whose release is not on record.
+        let must_record =
+            matches!(decision, Verdict::Approved | Verdict::Denied) || outcome == "allowed";
         if must_record {
             // Reopen: a human may retry once the store is back.
             *pending.state.lock().expect("state lock") = None;
@@ -377,6 +395,10 @@ pub async fn hold_call(
         .as_deref()
         .map(|a| serde_json::from_str(a).unwrap_or(Value::String(a.to_owned())))
         .unwrap_or(Value::Null);
+    let arguments_or_empty = match &arguments_value {
+        Value::Null => json!({}),
+        v => v.clone(),
+    };
     let item = PendingItem {
         id: id.clone(),
         tool: tool.clone(),
@@ -458,6 +480,7 @@ pub async fn hold_call(
         headers: headers.cloned(),
         id,
         tool,
+        arguments: arguments_or_empty,
         rule,
         reason,
         approval,
@@ -486,6 +509,7 @@ struct Waiter {
     headers: Option<HeaderMap>,
     id: String,
     tool: String,
+    arguments: Value,
     rule: String,
     reason: Option<String>,
     approval: Approval,
@@ -509,7 +533,7 @@ impl Waiter {
                 &message,
                 &self.ctx.session_key,
                 &self.tool,
-                &self.id,
+                &self.arguments,
             );
         }
         match &self.sink {
@@ -568,7 +592,7 @@ impl Waiter {
                 }
             }
         };
-        self.release(resolution).await;
+        self.release(resolution, sent).await;
     }
 
     fn progress(&self, n: u64, left: Duration) -> Message {
@@ -590,12 +614,12 @@ impl Waiter {
         }))
     }
 
-    async fn release(self, resolution: Resolution) {
+    async fn release(self, resolution: Resolution, progress_sent: u64) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let text = match resolution.decision {
             Verdict::Cancelled => return, // nobody to answer
             _ if resolution.outcome == "allowed" => {
-                self.forward().await;
+                self.forward(progress_sent).await;
                 return;
             }
             Verdict::Denied => {
@@ -623,11 +647,17 @@ impl Waiter {
                 _ => "denied",
             },
             rule: self.rule.clone(),
-            reason: resolution
-                .comment
-                .clone()
-                .or_else(|| self.reason.clone())
-                .unwrap_or_default(),
+            reason: match resolution.decision {
+                Verdict::Shutdown => "gateway shutting down".into(),
+                Verdict::TimedOut => {
+                    format!("no decision within {} s", self.approval.timeout.as_secs())
+                }
+                _ => resolution
+                    .comment
+                    .clone()
+                    .or_else(|| self.reason.clone())
+                    .unwrap_or_default(),
+            },
             text,
             retry_after: None,
         };
@@ -636,7 +666,10 @@ impl Waiter {
     }
 
     /// Sends the original request, byte for byte, and relays the answer.
-    async fn forward(self) {
+    /// `progress_sent` keep-alives went out on the agent's progress token
+    /// already; the upstream's own progress is shifted past them, because
+    /// progress must keep increasing.
+    async fn forward(self, progress_sent: u64) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let started = Instant::now();
         // Message clones share their bytes: this is the exact request the approver saw.
@@ -652,7 +685,8 @@ impl Waiter {
                 }
                 ReplyBody::Stream(mut rx) => {
                     while let Some(event) = rx.recv().await {
-                        if !self.deliver(event.message).await {
+                        let message = shift_progress(event.message, progress_sent);
+                        if !self.deliver(message).await {
                             return;
                         }
                     }
@@ -677,6 +711,25 @@ impl Waiter {
             }
         }
     }
+}
+
+/// Adds `by` to a progress notification's `progress` (and `total`).
+fn shift_progress(message: Message, by: u64) -> Message {
+    if by == 0 || message.method() != Some("notifications/progress") {
+        return message;
+    }
+    let Ok(mut value) = serde_json::from_str::<Value>(message.text()) else {
+        return message;
+    };
+    for key in ["progress", "total"] {
+        let shifted = match value.pointer(&format!("/params/{key}")) {
+            Some(Value::Number(n)) if n.is_u64() => json!(n.as_u64().unwrap_or(0) + by),
+            Some(Value::Number(n)) => json!(n.as_f64().unwrap_or(0.0) + by as f64),
+            _ => continue,
+        };
+        value["params"][key] = shifted;
+    }
+    Message::from_value(&value)
 }
 
 /// Handles `notifications/cancelled` for a held call; `None` passes the message on.
@@ -720,7 +773,7 @@ pub fn intercept_notification(
 }
 
 /// Cancels every hold of an agent session that went away.
-pub fn agent_gone(gw: &Gateway, session_key: &str) {
+pub async fn agent_gone(gw: &Gateway, session_key: &str) {
     let ids: Vec<String> = gw
         .holds
         .pending
@@ -729,18 +782,15 @@ pub fn agent_gone(gw: &Gateway, session_key: &str) {
         .map(|p| p.item.id.clone())
         .collect();
     for id in ids {
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            let _ = decide(
-                &gw,
-                &id,
-                Verdict::Cancelled,
-                None,
-                "agent",
-                Some("the agent went away".into()),
-            )
-            .await;
-        });
+        let _ = decide(
+            gw,
+            &id,
+            Verdict::Cancelled,
+            None,
+            "agent",
+            Some("the agent went away".into()),
+        )
+        .await;
     }
 }
 

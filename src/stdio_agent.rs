@@ -58,7 +58,7 @@ pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<
         }
     }
     tracing::info!("stdin closed; ending the upstream");
-    crate::hold::agent_gone(&gw, &agent.session_key);
+    crate::hold::agent_gone(&gw, &agent.session_key).await;
     let link = agent.link.lock().expect("link lock").take();
     if let Some(link) = link {
         link.close().await;

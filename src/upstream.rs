@@ -21,6 +21,9 @@ pub enum UpstreamSpec {
         command: String,
         args: Vec<String>,
         env: Vec<(String, String)>,
+        /// Variables of Airlock's own environment the child must not inherit
+        /// (approver and agent tokens, other secrets).
+        env_remove: Vec<String>,
     },
     Http {
         url: String,

@@ -54,7 +54,7 @@ impl Sqlite {
         Ok(Sqlite { conn })
     }
 
-    /// Opens without creating anything (for `airlock audit verify|export`).
+    /// Opens read-only, creating and changing nothing (for `airlock audit verify|export`).
     pub fn open_existing(path: &Path) -> Result<Sqlite, AuditError> {
         if !path.exists() {
             return Err(AuditError::Open {
@@ -62,7 +62,13 @@ impl Sqlite {
                 reason: "no such file".into(),
             });
         }
-        Sqlite::open(path)
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| AuditError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Sqlite { conn })
     }
 }
 
@@ -93,24 +99,32 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 }
 
 impl AuditBackend for Sqlite {
-    fn last(&mut self) -> Result<Option<(i64, String)>, AuditError> {
-        Ok(self
+    fn append(
+        &mut self,
+        count: usize,
+        seal: &mut dyn FnMut(usize, i64, &str) -> Entry,
+    ) -> Result<Vec<Entry>, AuditError> {
+        // IMMEDIATE takes the write lock before reading the tail, so another
+        // process appending to the same file cannot interleave.
+        let tx = self
             .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (mut seq, mut prev): (i64, String) = tx
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?)
-    }
-
-    fn insert_batch(&mut self, rows: &[Entry]) -> Result<(), AuditError> {
-        let tx = self.conn.transaction()?;
+            .optional()?
+            .unwrap_or((0, super::GENESIS.to_owned()));
+        let mut out = Vec::with_capacity(count);
         {
             let mut stmt = tx.prepare_cached(&format!(
                 "INSERT INTO audit ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
             ))?;
-            for e in rows {
+            for i in 0..count {
+                seq += 1;
+                let e = seal(i, seq, &prev);
                 stmt.execute(rusqlite::params![
                     e.seq,
                     e.id,
@@ -132,10 +146,16 @@ impl AuditBackend for Sqlite {
                     e.prev_hash,
                     e.hash,
                 ])?;
+                prev = e.hash.clone();
+                out.push(e);
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(out)
+    }
+
+    fn probe(&mut self) -> Result<(), AuditError> {
+        self.set_meta("health_probe", &chrono::Utc::now().to_rfc3339())
     }
 
     fn query(&mut self, filter: &Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError> {

@@ -157,7 +157,7 @@ fn explain_serde_error(path: &str, message: &str) -> String {
         };
         return format!("missing key `{field}` in {within}");
     }
-    if path == "." || path.is_empty() {
+    if path == "." || path == "?" || path.is_empty() {
         message.to_owned()
     } else {
         format!("{path}: {message}")

@@ -384,8 +384,7 @@ impl Courier {
         web_api: bool,
     ) -> Result<Value, Failure> {
         let response = request.send().await.map_err(|e| Failure {
-            // `without_url`: the webhook URL is a secret.
-            why: e.without_url().to_string(),
+            why: transport_error(e),
             retry_after: None,
             permanent: false,
         })?;
@@ -440,6 +439,23 @@ impl Courier {
         let gw = self.gw.clone();
         tokio::spawn(async move { gw.audit.record(record).await });
     }
+}
+
+/// A transport error with its causes ("error sending request: client error
+/// (Connect): tcp connect error: Connection refused"), never its URL: the
+/// webhook URL is a secret.
+fn transport_error(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs());
+    }
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Slack's short error bodies ("no_service", "invalid_payload") help; long ones do not.

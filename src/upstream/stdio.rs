@@ -78,10 +78,19 @@ impl StdioChild {
         shared: bool,
         max_line: usize,
     ) -> Result<Arc<StdioChild>, UpstreamError> {
-        let UpstreamSpec::Stdio { command, args, env } = spec else {
+        let UpstreamSpec::Stdio {
+            command,
+            args,
+            env,
+            env_remove,
+        } = spec
+        else {
             unreachable!("StdioChild::spawn is only called for stdio upstreams");
         };
         let mut cmd = tokio::process::Command::new(command);
+        for name in env_remove {
+            cmd.env_remove(name);
+        }
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())

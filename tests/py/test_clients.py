@@ -14,11 +14,14 @@ module fixture `matrix`; each test then checks one behaviour on the recorded rep
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 
 from harness import (
@@ -542,3 +545,63 @@ def test_tools_list_is_server_everythings_real_list_minus_exactly_the_policy_rem
             tool = {**tool, "description": f"{tool['description']}\n\n{APPROVAL_NOTE}"}
         expected.append(tool)
     assert through_tools == expected
+
+
+# --------------------------------------------------------------------------- gateway bugs found here
+# Each test states the correct behaviour and is marked xfail(strict=True) until the gateway is fixed
+# (a fix turns it into an XPASS failure: then drop the marker).
+
+STATELESS_ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1.0.0"},
+}
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: airlock stdio passes an HTTP upstream's id:null error on unchanged")
+def test_upstream_error_without_id_is_answered_with_the_request_id_over_stdio(procs, tmp_path):
+    """server-everything answers a sessionless POST with HTTP 400 and `"id": null`. Over HTTP the
+    agent sees the 400 at once; over `airlock stdio` the gateway must put the request's id on it,
+    or the agent waits for its timeout (dual-era clients then fall back only after their probe
+    timeout; a pinned 2026-07-28 client hangs on every request)."""
+    _, url = procs.everything_http()
+    p = procs.start(airlock_stdio_cmd(tmp_path, url=url), stdin=subprocess.PIPE)
+    request = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": STATELESS_ENVELOPE}}
+    p.popen.stdin.write((json.dumps(request) + "\n").encode())
+    p.popen.stdin.flush()
+    answer = json.loads(p.wait_for_line("{", timeout=10))
+    assert "error" in answer, answer
+    assert answer["id"] == 1, answer
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an input_required retry counts as a second call against rate_limit")
+def test_input_required_retry_is_not_a_second_call_against_the_rate_limit(procs):
+    """A 2026-07-28 `input_required` round trip is one logical call: the client's retry (same
+    name and arguments, with `inputResponses` + `requestState`) must not use up another slot."""
+    _, url = procs.stateless_node_http()
+    gw = procs.airlock(policy={"version": "1", "default": "allow",
+                               "rules": {"sample": {"action": "allow", "rate_limit": {"max": 1, "window": 60}}}}, url=url)
+    report = run_driver("client2", [{"op": "call", "name": "sample", "args": {"prompt": "hi"}}, {"op": "close"}],
+                        url=gw.mcp, era="2026-07-28")
+    result = report["steps"][0]["result"]
+    assert text_of(result) == "sampled: sampled-by-client2", result
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: stateless-era error answers from an HTTP upstream get the era's status (400) instead of the upstream's (200)")
+@pytest.mark.parametrize("tool", ["nope", "fail"], ids=["unknown-tool", "hidden-tool"])
+def test_stateless_error_answer_keeps_the_http_upstreams_status(procs, tool):
+    _, url = procs.stateless_node_http()
+    gw = procs.airlock(policy={"version": "1", "default": "allow", "hide": ["fail"]}, url=url)
+
+    def post(u, name):
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": name, "arguments": {}, "_meta": STATELESS_ENVELOPE}}
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+                   "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": name}
+        return httpx.post(u, content=json.dumps(body), headers=headers, timeout=10)
+
+    direct = post(url, "nope")
+    through = post(gw.mcp, tool)
+    assert direct.json()["error"]["code"] == -32602
+    assert through.json()["error"] == {**direct.json()["error"], "message": direct.json()["error"]["message"].replace("nope", tool)}
+    assert through.status_code == direct.status_code, (direct.status_code, through.status_code)

@@ -321,6 +321,21 @@ def test_webhook_urls_and_tokens_never_appear_in_logs(procs, slack):
     assert SIGNING_SECRET not in logs and BOT_TOKEN not in logs
 
 
+def test_an_unreachable_slack_is_reported_without_its_url(procs, slack):
+    dead = f"http://127.0.0.1:{free_port()}/services/T000/B000/{WEBHOOK_SECRET}"
+    gw = start(procs, slack, give_up=2, env_extra={"T_SLACK_WEBHOOK": dead, "RUST_LOG": "debug"})
+    call = HeldCall(gw, "delete_record", {"id": "7"})
+    item = gw.wait_pending()[0]
+    gave_up = rm.wait_until(lambda: [e for e in gw.audit_rows(pending_id=item["id"])
+                                     if "gave up" in (e["reason"] or "")], timeout=15)
+    assert gave_up and "error sending request" in gave_up[0]["reason"], gave_up
+    logs = gw.proc.stderr_text()
+    assert "not delivered" in logs and WEBHOOK_SECRET not in logs and "/services/" not in logs
+    assert WEBHOOK_SECRET not in json.dumps(gw.audit_rows())
+    gw.api("POST", f"/api/pending/{item['id']}/approve")
+    assert text_of(call.result()) == "deleted 7"
+
+
 def test_bot_mode_posts_then_edits_the_message(procs, slack):
     gw = start(procs, slack, bot=True)
     call = HeldCall(gw, "delete_record", {"id": "7"})
@@ -349,7 +364,7 @@ def test_get_never_decides(procs, slack):
     r = gw.http.get(url)
     assert "delete_record" in r.text and "&quot;id&quot;: &quot;7&quot;" in r.text
     assert "default-src 'self'" in r.headers["content-security-policy"]
-    assert r.headers["cache-control"] == "no-store" and r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["cache-control"] == "no-store" and r.headers["referrer-policy"] == "same-origin"
     assert "<script" not in r.text and "style=" not in r.text and "<style" not in r.text
     css = gw.http.get("/slack/confirm.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
@@ -362,7 +377,9 @@ def test_post_decides_once_then_says_who_decided(procs, slack):
     call, item, message = hold(gw, slack)
     url = links_of(message)["approve_link"]
     _, csrf = open_page(gw.http, url)
-    r = gw.http.post(url, data={"csrf": csrf, "action": "approve", "name": "carol", "comment": "ok"})
+    # As a browser sends it from a no-referrer page: Origin null, but same-origin.
+    browser = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    r = gw.http.post(url, data={"csrf": csrf, "action": "approve", "name": "carol", "comment": "ok"}, headers=browser)
     assert r.status_code == 200 and "Approved by carol (Slack link)" in r.text, r.text
     assert text_of(call.result()) == "deleted 7"
     row = [e for e in gw.audit_rows(pending_id=item["id"]) if e["decision"] == "approved"][0]
@@ -386,6 +403,8 @@ def test_a_post_needs_this_pages_csrf_and_the_allowed_action(procs, slack):
     assert gw.http.post(url_a, data={"csrf": csrf_b, "action": "approve"}).status_code == 403, "csrf of another pending"
     foreign = gw.http.post(url_a, data={"csrf": csrf_a, "action": "approve"}, headers={"Origin": "https://evil.example"})
     assert foreign.status_code == 403
+    cross = gw.http.post(url_a, data={"csrf": csrf_a, "action": "approve"}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert cross.status_code == 403 and "another site" in cross.text
     _, csrf_deny = open_page(gw.http, deny_a)
     r = gw.http.post(deny_a, data={"csrf": csrf_deny, "action": "approve"})
     assert r.status_code == 403 and "can only deny" in r.text
