@@ -76,7 +76,8 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 /// Stdio upstreams must not inherit Airlock's secrets: any `AIRLOCK_*`
-/// variable and any variable holding an approver or agent token is removed
+/// variable and any variable holding an approver or agent token or a Slack
+/// secret is removed
 /// from their environment (an upstream could otherwise approve its own calls).
 fn hide_secrets_from_children(config: &mut Config) {
     let tokens: std::collections::HashSet<&str> = config
@@ -84,6 +85,7 @@ fn hide_secrets_from_children(config: &mut Config) {
         .iter()
         .chain(&config.agents)
         .map(|c| c.token.as_str())
+        .chain(config.slack.iter().flat_map(|s| s.secrets()))
         .collect();
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, v)| {

@@ -102,7 +102,7 @@ TESTSERVER = Family(
     hidden=("secret_tool", {}),
     rate=("add", {"a": 2, "b": 3}),
     approval="large",
-    progress=("slow", {"steps": 3, "delay_ms": 50}, 3),
+    progress=("slow", {"steps": 4, "delay_ms": 50}, 4),
     interactions=(("sample", {"prompt": "hi"}, "sampling"), ("elicit", {"message": "ok?"}, "elicitation")),
     policy={
         "version": "1",
@@ -126,7 +126,7 @@ EVERYTHING = Family(
     hidden=("toggle-simulated-logging", {}),
     rate=("get-sum", {"a": 2, "b": 3}),
     approval="gzip-file-as-resource",
-    progress=("trigger-long-running-operation", {"duration": 0.3, "steps": 3}, 3),
+    progress=("trigger-long-running-operation", {"duration": 0.4, "steps": 4}, 4),
     interactions=(
         ("trigger-sampling-request", {"prompt": "hi"}, "sampling"),
         ("trigger-elicitation-request", {}, "elicitation"),
@@ -155,7 +155,7 @@ STATELESS = Family(
     hidden=("fail", {"message": "boom"}),
     rate=("echo", {"text": "héllo wörld"}),
     approval="ask",
-    progress=("slow", {"steps": 3, "ms": 50}, 3),
+    progress=("slow", {"steps": 4, "ms": 50}, 4),
     interactions=(("sample", {"prompt": "hi"}, "sampling"),),
     policy={
         "version": "1",
@@ -461,15 +461,21 @@ def test_third_call_of_a_max_2_rule_is_rate_limited(matrix, agent, transport, up
 
 @pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
 def test_progress_notifications_reach_the_agent(matrix, agent, transport, upstream):
+    """The notifications arrive in order, before the result. The last one or two may be lost by the
+    client itself: the upstream sends the last notification right before the result, and the Node
+    SDK clients over stdio sometimes drop a notification that arrives in the same read as the
+    response (seen directly too, e.g. client2 -> testserver stdio, and server-everything over stdio
+    sends its last one after the result). So: at least steps-2 of the steps, as a prefix."""
     direct, through = pair(matrix, agent, transport, upstream)
     d, t = step(direct, "progress"), step(through, "progress")
     assert d["ok"] and t["ok"], diag(direct, through)
     assert outcome(t, "") == outcome(d, "")
     steps = UPSTREAMS[upstream].family.progress[2]
-    assert d["progress"] >= steps - 1 >= 1
-    assert t["progress"] >= steps - 1, diag(direct, through)
-    events = t.get("progressEvents", [])
-    assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
+    assert d["progress"] >= steps - 2
+    assert t["progress"] >= steps - 2, diag(direct, through)
+    got = [e["progress"] for e in t["progressEvents"]]
+    assert got == list(range(1, len(got) + 1)), got
+    assert all(e.get("total") == steps for e in t["progressEvents"]), t["progressEvents"]
 
 
 @pytest.mark.parametrize("agent,transport,upstream", WORKING, ids=ids(WORKING))
