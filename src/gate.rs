@@ -43,6 +43,18 @@ pub struct Refusal {
 
 /// Decides a `tools/call` for `tool` by an agent session keyed `session`.
 pub fn decide_call(policy: &Policy, tool: &str, session: &str) -> CallDecision {
+    decide(policy, tool, Some(session))
+}
+
+/// Decides the retry of a call that was already allowed and asked the client
+/// for input (MRTR): the same rules apply, but it does not spend rate-limit
+/// budget a second time.
+pub fn decide_retry(policy: &Policy, tool: &str) -> CallDecision {
+    decide(policy, tool, None)
+}
+
+/// `session`: whose rate-limit budget the call spends (None: spends none).
+fn decide(policy: &Policy, tool: &str, session: Option<&str>) -> CallDecision {
     let verdict = policy.decide(tool);
     let rule = verdict.rule_name().to_owned();
     let (action, reason, rate, approval) = match verdict {
@@ -70,7 +82,7 @@ pub fn decide_call(policy: &Policy, tool: &str, session: &str) -> CallDecision {
             })
         }
         Action::Allow | Action::RequireApproval => {
-            if let Some(limit) = rate
+            if let (Some(limit), Some(session)) = (rate, session)
                 && let Err(wait) = limit.check(session)
             {
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;

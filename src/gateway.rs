@@ -42,6 +42,8 @@ pub struct Inner {
     /// Handshake-era sessions by the `Mcp-Session-Id` Airlock issued.
     pub sessions: DashMap<String, Arc<Session>>,
     pub holds: Holds,
+    /// `requestState`s of allowed, rate-limited calls that asked for input.
+    pub retries: Retries,
     /// Held calls handed to stateless-era clients as tasks.
     pub tasks: crate::tasks::Tasks,
     pub audit: Audit,
@@ -192,6 +194,48 @@ impl Session {
     }
 }
 
+/// MRTR continuations of allowed calls: `requestState` → (session, tool,
+/// until). Kept only for rate-limited tools, so that answering the server's
+/// question does not count as a second call.
+#[derive(Default)]
+pub struct Retries(DashMap<String, (String, String, Instant)>);
+
+impl Retries {
+    const TTL: Duration = Duration::from_secs(600);
+
+    fn remember(&self, answer: &Message, session: &str, tool: &str) {
+        #[derive(serde::Deserialize)]
+        struct R {
+            #[serde(rename = "resultType")]
+            result_type: Option<String>,
+            #[serde(rename = "requestState")]
+            request_state: Option<String>,
+        }
+        if let Some(R {
+            result_type: Some(kind),
+            request_state: Some(state),
+        }) = answer.result::<R>()
+            && kind == "input_required"
+        {
+            let until = Instant::now() + Self::TTL;
+            self.0
+                .insert(state, (session.to_owned(), tool.to_owned(), until));
+        }
+    }
+
+    /// Whether `state` continues an allowed call of this session and tool (single use).
+    fn take(&self, state: &str, session: &str, tool: &str) -> bool {
+        self.0
+            .remove(state)
+            .is_some_and(|(_, (s, t, until))| s == session && t == tool && until > Instant::now())
+    }
+
+    fn prune(&self) {
+        let now = Instant::now();
+        self.0.retain(|_, v| v.2 > now);
+    }
+}
+
 /// Something told about holds and decisions (e.g. the Slack notifier).
 /// Implementations must return quickly: queue, never block.
 pub trait Notifier: Send + Sync {
@@ -272,6 +316,7 @@ impl Gateway {
             sessions: DashMap::new(),
             holds: Holds::default(),
             tasks: Default::default(),
+            retries: Default::default(),
             audit,
             events,
             metrics: Metrics::default(),
@@ -403,6 +448,7 @@ impl Gateway {
             }
             self.holds.prune();
             self.tasks.prune();
+            self.retries.prune();
         }
     }
 
@@ -481,7 +527,18 @@ impl Gateway {
         let tool = peek.name.as_ref();
         let policy = ctx.upstream.policy();
         let arguments = peek.arguments.map(|a| a.get());
-        match gate::decide_call(&policy, tool, &ctx.session_key) {
+        // The retry of an allowed call that asked the client for input (MRTR)
+        // is the same call continuing: it does not spend rate-limit budget again.
+        let retry = peek
+            .request_state
+            .as_deref()
+            .is_some_and(|state| self.retries.take(state, &ctx.session_key, tool));
+        let decision = if retry {
+            gate::decide_retry(&policy, tool)
+        } else {
+            gate::decide_call(&policy, tool, &ctx.session_key)
+        };
+        match decision {
             CallDecision::Allow { rule } => {
                 if self.config.audit.fail_closed && !self.audit.is_healthy() {
                     let refusal = gate::Refusal {
@@ -500,10 +557,14 @@ impl Gateway {
                 }
                 self.record_outcome(ctx, "allowed", tool, arguments, &rule, None)
                     .await;
+                let rate_limited = policy.rate_limited(tool).then(|| tool.to_owned());
                 drop(peek);
                 let started = Instant::now();
                 let reply = self.upstream_request(&ctx.link, message, headers).await?;
                 self.metrics.upstream_latency.observe(started.elapsed());
+                if let (ReplyBody::Json(answer), Some(tool)) = (&reply.body, rate_limited) {
+                    self.retries.remember(answer, &ctx.session_key, &tool);
+                }
                 Ok(Exchange::plain(reply))
             }
             CallDecision::Refuse(refusal) => {

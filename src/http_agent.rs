@@ -28,7 +28,7 @@ use crate::era::{self, Era};
 use crate::gate;
 use crate::gateway::{CallContext, Exchange, Gateway, Session, UpstreamRuntime};
 use crate::jsonrpc::{self, Id, Kind, Message, code};
-use crate::upstream::{Event, ReplyBody, UpstreamError};
+use crate::upstream::{Event, Link, ReplyBody, UpstreamError};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -292,17 +292,12 @@ async fn handle_post(
             || matches!(&exchange.reply.body, ReplyBody::Json(m) if jsonrpc::error_code(m).is_some());
         if refused {
             gw.close_session(&sid).await;
-            return to_response(exchange, None, Era::Handshake, None);
+            return to_response(exchange, None, false, None);
         }
         if let ReplyBody::Json(answer) = &exchange.reply.body {
             session.remember_protocol_version(answer);
         }
-        return to_response(
-            exchange,
-            Some(&sid),
-            Era::Handshake,
-            Some(InFlight::new(session)),
-        );
+        return to_response(exchange, Some(&sid), false, Some(InFlight::new(session)));
     }
 
     // No session and no initialize: this must be a stateless-era request.
@@ -418,11 +413,14 @@ async fn dispatch(
             }
         }
     };
+    // A stdio upstream has no HTTP status of its own: in the stateless era
+    // its JSON-RPC errors get the status a 2026-07-28 server would send.
+    let status_from_body = ctx.era == Era::Stateless && matches!(ctx.link, Link::Stdio(_));
     match result {
         Ok(exchange) => to_response(
             explain_http_failure(exchange, id.as_ref()),
             new_session_id,
-            ctx.era,
+            status_from_body,
             busy,
         ),
         Err(e) => {
@@ -481,7 +479,7 @@ impl Drop for InFlight {
 fn to_response(
     exchange: Exchange,
     new_session_id: Option<&str>,
-    era: Era,
+    status_from_body: bool,
     busy: Option<InFlight>,
 ) -> Response {
     let Exchange { reply, list_filter } = exchange;
@@ -493,8 +491,7 @@ fn to_response(
                 Some(policy) => gate::filter_tools_list(policy, message),
                 None => message,
             };
-            let status = if era == Era::Stateless && reply.status == 200 {
-                // A stdio upstream has no status of its own; use the era's.
+            let status = if status_from_body && reply.status == 200 {
                 StatusCode::from_u16(crate::gateway::stateless_status(&message)).unwrap_or(status)
             } else {
                 status
@@ -587,7 +584,7 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
                 list_filter: None,
             },
             None,
-            Era::Handshake,
+            false,
             None,
         ),
         Err(e) => rpc_error(

@@ -194,6 +194,11 @@ impl Policy {
         Verdict::Default(self.default)
     }
 
+    /// Whether calls to this tool are rate-limited.
+    pub fn rate_limited(&self, tool: &str) -> bool {
+        matches!(self.decide(tool), Verdict::Rule(r) if r.rate_limit.is_some())
+    }
+
     /// Whether `tools/list` should show this tool to agents.
     pub fn lists(&self, tool: &str) -> bool {
         match self.decide(tool) {

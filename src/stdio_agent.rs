@@ -213,6 +213,16 @@ impl StdioAgent {
             Some(policy) if m.kind() == Kind::Response => gate::filter_tools_list(policy, m),
             _ => m,
         };
+        // An HTTP upstream may answer errors with `"id": null` (it could not
+        // tie them to a request); over stdio the agent needs its own id back.
+        let filter = |m: Message| {
+            let m = filter(m);
+            if m.kind() == Kind::Response && m.id().is_none() {
+                m.with_id(&id)
+            } else {
+                m
+            }
+        };
         match reply.body {
             ReplyBody::Json(m) => self.emit(filter(m)).await,
             ReplyBody::Stream(mut rx) => {

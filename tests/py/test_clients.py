@@ -384,17 +384,11 @@ def test_combination_works_through_airlock_exactly_when_it_works_directly(matrix
 
 
 NOT_WORKING = [c for c in COMBOS if c not in WORKING]
-# Airlock bug (reported): over `airlock stdio`, an HTTP upstream's JSON-RPC error with `"id": null`
-# (server-everything's HTTP 400 "Server not initialized") is passed on with id null, so the agent
-# never gets an answer and times out instead of failing at once.
-ID_NULL_BUG = pytest.mark.xfail(strict=True, reason="airlock stdio forwards id:null upstream errors (see test_upstream_error_without_id_is_answered_with_the_request_id_over_stdio)")
+# Over `airlock stdio`, an HTTP upstream's JSON-RPC error with `"id": null` (server-everything's
+# HTTP 400 "Server not initialized") must come back with the request's id, or the agent waits.
 
 
-@pytest.mark.parametrize(
-    "agent,transport,upstream",
-    [pytest.param(*c, marks=ID_NULL_BUG) if c == ("py-2026", "stdio", "everything-http") else c for c in NOT_WORKING],
-    ids=ids(NOT_WORKING),
-)
+@pytest.mark.parametrize("agent,transport,upstream", NOT_WORKING, ids=ids(NOT_WORKING))
 def test_unworkable_combination_fails_the_same_way_as_direct(matrix, agent, transport, upstream):
     direct, through = pair(matrix, agent, transport, upstream)
     assert failure(through) == failure(direct), diag(direct, through)
@@ -553,9 +547,8 @@ def test_tools_list_is_server_everythings_real_list_minus_exactly_the_policy_rem
     assert through_tools == expected
 
 
-# --------------------------------------------------------------------------- gateway bugs found here
-# Each test states the correct behaviour and is marked xfail(strict=True) until the gateway is fixed
-# (a fix turns it into an XPASS failure: then drop the marker).
+# --------------------------------------------------------------------------- regressions
+# Gateway bugs found by the matrix, each pinned by a test.
 
 STATELESS_ENVELOPE = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -564,7 +557,6 @@ STATELESS_ENVELOPE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: airlock stdio passes an HTTP upstream's id:null error on unchanged")
 def test_upstream_error_without_id_is_answered_with_the_request_id_over_stdio(procs, tmp_path):
     """server-everything answers a sessionless POST with HTTP 400 and `"id": null`. Over HTTP the
     agent sees the 400 at once; over `airlock stdio` the gateway must put the request's id on it,
@@ -580,7 +572,6 @@ def test_upstream_error_without_id_is_answered_with_the_request_id_over_stdio(pr
     assert answer["id"] == 1, answer
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an input_required retry counts as a second call against rate_limit")
 def test_input_required_retry_is_not_a_second_call_against_the_rate_limit(procs):
     """A 2026-07-28 `input_required` round trip is one logical call: the client's retry (same
     name and arguments, with `inputResponses` + `requestState`) must not use up another slot."""
@@ -593,7 +584,6 @@ def test_input_required_retry_is_not_a_second_call_against_the_rate_limit(procs)
     assert text_of(result) == "sampled: sampled-by-client2", result
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: stateless-era error answers from an HTTP upstream get the era's status (400) instead of the upstream's (200)")
 @pytest.mark.parametrize("tool", ["nope", "fail"], ids=["unknown-tool", "hidden-tool"])
 def test_stateless_error_answer_keeps_the_http_upstreams_status(procs, tool):
     _, url = procs.stateless_node_http()
