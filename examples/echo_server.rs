@@ -30,7 +30,13 @@ use axum::routing::post;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-const VERSIONS: [&str; 5] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+const VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
 const DEFAULT_VERSION: &str = "2025-06-18";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
@@ -67,7 +73,10 @@ struct Answer {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn result(id: &str, result: &str) -> String {
@@ -81,7 +90,10 @@ fn error(id: &str, code: i64, message: &str) -> String {
 
 fn text_result(id: &str, text: &str) -> String {
     let text = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
-    result(id, &format!(r#"{{"content":[{{"type":"text","text":{text}}}],"isError":false}}"#))
+    result(
+        id,
+        &format!(r#"{{"content":[{{"type":"text","text":{text}}}],"isError":false}}"#),
+    )
 }
 
 fn answer(body: &[u8]) -> Answer {
@@ -99,7 +111,10 @@ fn answer(body: &[u8]) -> Answer {
         .params
         .and_then(|p| serde_json::from_str(p.get()).ok())
         .unwrap_or_default();
-    out.stateless = params.meta.as_ref().is_some_and(|m| m.contains_key(META_VERSION));
+    out.stateless = params
+        .meta
+        .as_ref()
+        .is_some_and(|m| m.contains_key(META_VERSION));
     let (Some(id), Some(method)) = (request.id, request.method) else {
         return out; // a notification or a response: nothing to answer
     };
@@ -107,8 +122,15 @@ fn answer(body: &[u8]) -> Answer {
     out.body = Some(match method.as_ref() {
         "initialize" => {
             out.initialize = true;
-            let asked = params.protocol_version.as_deref().unwrap_or(DEFAULT_VERSION);
-            let version = if VERSIONS.contains(&asked) { asked } else { DEFAULT_VERSION };
+            let asked = params
+                .protocol_version
+                .as_deref()
+                .unwrap_or(DEFAULT_VERSION);
+            let version = if VERSIONS.contains(&asked) {
+                asked
+            } else {
+                DEFAULT_VERSION
+            };
             result(
                 id,
                 &format!(
@@ -135,8 +157,17 @@ async fn post_mcp(headers: HeaderMap, body: Bytes) -> Response {
     let answer = answer(&body);
     let has_session = headers.contains_key("mcp-session-id");
     if !answer.initialize && !answer.stateless && !has_session {
-        let body = error("null", -32000, "Bad Request: Mcp-Session-Id header is required");
-        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let body = error(
+            "null",
+            -32000,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
     }
     let Some(body) = answer.body else {
         return StatusCode::ACCEPTED.into_response();
@@ -152,7 +183,11 @@ async fn post_mcp(headers: HeaderMap, body: Bytes) -> Response {
 }
 
 async fn get_mcp() -> Response {
-    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST, DELETE")]).into_response()
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST, DELETE")],
+    )
+        .into_response()
 }
 
 fn serve_http(addr: &str, threads: usize) -> std::io::Result<()> {
@@ -164,7 +199,12 @@ fn serve_http(addr: &str, threads: usize) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         println!("listening on http://{}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        let app = Router::new().route("/mcp", post(post_mcp).get(get_mcp).delete(|| async { StatusCode::OK }));
+        let app = Router::new().route(
+            "/mcp",
+            post(post_mcp)
+                .get(get_mcp)
+                .delete(|| async { StatusCode::OK }),
+        );
         axum::serve(listener, app).await
     })
 }
@@ -203,7 +243,10 @@ fn main() -> std::io::Result<()> {
         .unwrap_or(2);
     match args.first().map(String::as_str) {
         Some("http") => {
-            let addr = args.get(1).filter(|a| !a.starts_with("--")).map(String::as_str);
+            let addr = args
+                .get(1)
+                .filter(|a| !a.starts_with("--"))
+                .map(String::as_str);
             serve_http(addr.unwrap_or("127.0.0.1:0"), threads)
         }
         Some("stdio") => serve_stdio(),

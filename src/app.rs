@@ -144,6 +144,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         max_body_bytes: config::DEFAULT_MAX_BODY,
         session_idle_timeout: std::time::Duration::from_secs(3600),
         upstream_timeout: None,
+        max_sessions: config::DEFAULT_MAX_SESSIONS,
         allowed_origins: Vec::new(),
         allowed_hosts: Vec::new(),
         upstreams: vec![UpstreamConfig {
@@ -262,9 +263,22 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
 /// Prints where to connect; the only line on stdout in serve mode is the first.
 fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
     if stdio {
-        // stdout belongs to the protocol: everything goes to stderr.
+        // stdout belongs to the protocol and stderr often ends up in log files
+        // an agent can read: the generated token goes to a private file.
         match GENERATED_TOKEN.get() {
-            Some(token) => tracing::info!("dashboard: http://{addr}/login#token={token}"),
+            Some(token) => {
+                let path = token_file(&gw.config.audit.path);
+                match write_private(&path, &format!("http://{addr}/login#token={token}\n")) {
+                    Ok(()) => tracing::info!(
+                        "dashboard: http://{addr}/ (login link in {}, readable only by you)",
+                        path.display()
+                    ),
+                    Err(e) => tracing::warn!(
+                        "dashboard: http://{addr}/ — could not write the login link to {}: {e}; set AIRLOCK_APPROVER_TOKEN",
+                        path.display()
+                    ),
+                }
+            }
             None => tracing::info!("dashboard: http://{addr}/"),
         }
         return;
@@ -294,6 +308,29 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
         }
         None => println!("  Dashboard:    {base}/"),
     }
+}
+
+/// Where `airlock stdio` keeps its generated login link: beside the audit store.
+fn token_file(audit: &Path) -> PathBuf {
+    let mut name = audit
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".login");
+    audit.with_file_name(name)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {

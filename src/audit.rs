@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-pub use chain::{GENESIS, arguments_hash, canonical_json, row_hash};
+pub use chain::{GENESIS, arguments_hash, canonical_json, redact, row_hash};
 pub use sqlite::Sqlite;
 
 /// Why the audit store failed.

@@ -41,6 +41,8 @@ pub struct Config {
     pub session_idle_timeout: Duration,
     /// Per-call limit on how long the upstream may take to answer (None: no limit).
     pub upstream_timeout: Option<Duration>,
+    /// Most handshake-era sessions open at once (each may own a child process).
+    pub max_sessions: usize,
     /// Extra `Origin` values accepted besides loopback ones and `public_url`'s.
     pub allowed_origins: Vec<String>,
     /// Extra `Host` values accepted besides loopback names and `public_url`'s host.
@@ -172,6 +174,7 @@ pub const DEFAULT_SLACK_GIVE_UP: Duration = Duration::from_secs(600);
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_SESSIONS: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,6 +184,7 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     session_idle_timeout: Option<u64>,
     upstream_timeout: Option<u64>,
+    max_sessions: Option<usize>,
     #[serde(default)]
     allowed_origins: Vec<String>,
     #[serde(default)]
@@ -442,6 +446,7 @@ pub fn parse(
             .upstream_timeout
             .filter(|s| *s > 0)
             .map(Duration::from_secs),
+        max_sessions: raw.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS).max(1),
         allowed_origins: raw.allowed_origins,
         allowed_hosts: raw.allowed_hosts,
         upstreams,

@@ -147,6 +147,34 @@ fn compare(headers: &HeaderMap, key: &str, shown: &str, body: &str) -> Result<()
     Ok(())
 }
 
+/// Checks whichever mirrored headers are present (any era): each at most
+/// once, and equal to the body. Duplicates are refused because the gateway
+/// and the upstream might read different copies.
+pub fn check_mirrored_headers(message: &Message, headers: &HeaderMap) -> Result<(), String> {
+    for (key, shown) in [
+        (PROTOCOL_VERSION_HEADER, "MCP-Protocol-Version"),
+        (METHOD_HEADER, "Mcp-Method"),
+        (NAME_HEADER, "Mcp-Name"),
+    ] {
+        if headers.get_all(key).iter().nth(1).is_some() {
+            return Err(format!(
+                "Header mismatch: {shown} header appears more than once"
+            ));
+        }
+    }
+    let method = message.method().unwrap_or_default();
+    if headers.contains_key(METHOD_HEADER) && message.is_request() {
+        compare(headers, METHOD_HEADER, "Mcp-Method", method)?;
+    }
+    if headers.contains_key(NAME_HEADER) {
+        let peek = peek(message);
+        if let Some(name) = expected_name(method, &peek) {
+            compare(headers, NAME_HEADER, "Mcp-Name", name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Decodes a header value, including the `=?base64?…?=` form for values that
 /// are not plain visible ASCII.
 pub fn decode_header_value(raw: &HeaderValue) -> Option<Cow<'_, str>> {
@@ -285,5 +313,78 @@ mod tests {
         assert_eq!(h["mcp-protocol-version"], "2026-07-28");
         assert_eq!(h["mcp-method"], "tools/call");
         assert_eq!(h["mcp-name"], "echo");
+    }
+}
+
+/// Refuses JSON with a repeated object key at any depth: parsers disagree on
+/// which copy wins, so the approver and the upstream could see different calls.
+pub fn check_unique_keys(raw: &RawValue) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Unique;
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Unique)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                map.next_value_seed(Unique)?;
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    Unique.deserialize(&mut de).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod unique_tests {
+    use super::*;
+
+    #[test]
+    fn repeated_keys_at_any_depth_are_found() {
+        let ok: &RawValue =
+            serde_json::from_str(r#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}"#).unwrap();
+        assert!(check_unique_keys(ok).is_ok());
+        let top: &RawValue = serde_json::from_str(r#"{"id":"/etc/passwd","id":"x"}"#).unwrap();
+        assert!(
+            check_unique_keys(top)
+                .unwrap_err()
+                .contains("duplicate key `id`")
+        );
+        let deep: &RawValue = serde_json::from_str(r#"{"a":[{"b":{"c":1,"c":2}}]}"#).unwrap();
+        assert!(check_unique_keys(deep).is_err());
     }
 }

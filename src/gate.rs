@@ -155,15 +155,21 @@ struct ToolPeek<'a> {
 /// notes the ones that need approval. Returns the message untouched (same
 /// bytes) when nothing changes.
 pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
-    let Some(list) = response.result::<ListPeek<'_>>() else {
-        return response; // an error, or not a list: pass through
-    };
-    let changes = list.tools.iter().any(|t| {
-        !policy.lists(&t.name) || policy.decide(&t.name).action() == Some(Action::RequireApproval)
-    });
-    if !changes {
-        return response;
+    if response.result::<serde::de::IgnoredAny>().is_none() {
+        return response; // an error answer: nothing to filter
     }
+    // Fast path: every entry has a plain name and nothing changes.
+    if let Some(list) = response.result::<ListPeek<'_>>() {
+        let changes = list.tools.iter().any(|t| {
+            !policy.lists(&t.name)
+                || policy.decide(&t.name).action() == Some(Action::RequireApproval)
+        });
+        if !changes {
+            return response;
+        }
+    }
+    // Otherwise (changes, or entries the peek could not read) rebuild the
+    // list; an entry without a string name is dropped, never passed on.
     let Ok(mut value) = serde_json::from_str::<Value>(response.text()) else {
         return response;
     };

@@ -149,6 +149,8 @@ pub struct Session {
     pub link: Link,
     /// Who the agent is: its configured name, else its `clientInfo`.
     pub agent: String,
+    /// The authenticated `[[agent]]` that opened the session; only it may use it.
+    pub owner: Option<String>,
     /// Milliseconds since gateway start of the last message (idle reaping).
     last_seen: AtomicU64,
     /// Requests still being answered; a busy session is never reaped.
@@ -253,6 +255,13 @@ pub struct CallContext {
     pub agent: String,
 }
 
+impl CallContext {
+    /// The key MRTR continuations are bound to: upstream and agent session.
+    pub fn scope(&self) -> String {
+        format!("{}\u{0}{}", self.upstream.name, self.session_key)
+    }
+}
+
 /// A reply plus what still has to be done to it on the way to the agent.
 pub struct Exchange {
     pub reply: Reply,
@@ -333,6 +342,7 @@ impl Gateway {
         &self,
         upstream: &Arc<UpstreamRuntime>,
         agent: String,
+        owner: Option<String>,
     ) -> Result<Arc<Session>, UpstreamError> {
         let link = upstream.session_link()?;
         let session = Arc::new(Session {
@@ -340,6 +350,7 @@ impl Gateway {
             upstream: upstream.clone(),
             link,
             agent,
+            owner,
             last_seen: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             protocol_version: std::sync::OnceLock::new(),
@@ -524,6 +535,16 @@ impl Gateway {
                 return Ok(Exchange::answer(error, ctx.era));
             }
         };
+        if let Some(Err(why)) = peek.arguments.map(era::check_unique_keys) {
+            let error = jsonrpc::error_response(
+                &id,
+                code::INVALID_PARAMS,
+                &format!(
+                    "Invalid params: tools/call arguments cannot be read unambiguously ({why})"
+                ),
+            );
+            return Ok(Exchange::answer(error, ctx.era));
+        }
         let tool = peek.name.as_ref();
         let policy = ctx.upstream.policy();
         let arguments = peek.arguments.map(|a| a.get());
@@ -532,7 +553,7 @@ impl Gateway {
         let retry = peek
             .request_state
             .as_deref()
-            .is_some_and(|state| self.retries.take(state, &ctx.session_key, tool));
+            .is_some_and(|state| self.retries.take(state, &ctx.scope(), tool));
         let decision = if retry {
             gate::decide_retry(&policy, tool)
         } else {
@@ -563,9 +584,28 @@ impl Gateway {
                 let reply = self.upstream_request(&ctx.link, message, headers).await?;
                 self.metrics.upstream_latency.observe(started.elapsed());
                 if let (ReplyBody::Json(answer), Some(tool)) = (&reply.body, rate_limited) {
-                    self.retries.remember(answer, &ctx.session_key, &tool);
+                    self.retries.remember(answer, &ctx.scope(), &tool);
                 }
                 Ok(Exchange::plain(reply))
+            }
+            // A tool no rule names under `default: deny` is not listed either;
+            // answering it like a tool that does not exist keeps agents from
+            // telling hidden tools apart from missing ones.
+            CallDecision::Refuse(refusal)
+                if refusal.rule == "default" && refusal.decision == "denied" =>
+            {
+                self.record_outcome(
+                    ctx,
+                    "denied",
+                    tool,
+                    arguments,
+                    "default",
+                    Some(&refusal.reason),
+                )
+                .await;
+                let tool = tool.to_owned();
+                drop(peek);
+                Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
             }
             CallDecision::Refuse(refusal) => {
                 self.record_outcome(
@@ -592,7 +632,7 @@ impl Gateway {
             CallDecision::NeedsApproval { rule, .. }
                 if peek.request_state.as_deref().is_some_and(|state| {
                     self.holds
-                        .continuation(state, &ctx.session_key, tool, arguments)
+                        .continuation(state, &ctx.scope(), tool, arguments)
                 }) =>
             {
                 // The retry of an approved call that asked the client for input (MRTR).
@@ -605,10 +645,18 @@ impl Gateway {
                     Some("input_required retry of an approved call"),
                 )
                 .await;
+                let tool = tool.to_owned();
+                let args: serde_json::Value = arguments
+                    .and_then(|a| serde_json::from_str(a).ok())
+                    .unwrap_or_else(|| serde_json::json!({}));
                 drop(peek);
-                Ok(Exchange::plain(
-                    self.upstream_request(&ctx.link, message, headers).await?,
-                ))
+                let reply = self.upstream_request(&ctx.link, message, headers).await?;
+                if let ReplyBody::Json(answer) = &reply.body {
+                    // A further round of questions stays covered by the approval.
+                    self.holds
+                        .remember_continuation(answer, &ctx.scope(), &tool, &args);
+                }
+                Ok(Exchange::plain(reply))
             }
             CallDecision::NeedsApproval {
                 rule,
@@ -681,13 +729,35 @@ async fn probe_unknown_tool(
     message: &Message,
     headers: Option<&HeaderMap>,
 ) -> Option<UnknownToolAnswer> {
-    let mut value: serde_json::Value = serde_json::from_str(message.text()).ok()?;
-    let params = value.get_mut("params")?.as_object_mut()?;
-    params.insert("name".into(), PROBE_TOOL.into());
-    params.insert("arguments".into(), serde_json::json!({}));
-    if let Some(meta) = params.get_mut("_meta").and_then(|m| m.as_object_mut()) {
-        meta.remove("progressToken");
+    // Built from scratch: nothing of the agent's own call (arguments,
+    // requestState, task, progress token) may shape the answer all agents get.
+    let mut params = serde_json::json!({ "name": PROBE_TOOL, "arguments": {} });
+    let meta = era::peek(message).meta.map(|m| {
+        let mut meta = serde_json::Map::new();
+        if let Some(v) = m.protocol_version {
+            meta.insert(era::META_PROTOCOL_VERSION.into(), v.into());
+        }
+        if let Some(caps) = m
+            .client_capabilities
+            .and_then(|c| serde_json::from_str(c.get()).ok())
+        {
+            meta.insert("io.modelcontextprotocol/clientCapabilities".into(), caps);
+        }
+        meta
+    });
+    if let Some(meta) = meta.filter(|m| !m.is_empty()) {
+        params["_meta"] = serde_json::Value::Object(meta);
     }
+    let id = message
+        .id()
+        .map(|id| id.raw().to_owned())
+        .unwrap_or_else(|| "0".into());
+    let value = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": serde_json::from_str::<serde_json::Value>(&id).unwrap_or(serde_json::Value::Null),
+        "method": "tools/call",
+        "params": params,
+    });
     let probe = Message::from_value(&value);
     let probe_headers = headers.map(|h| {
         let mut h = h.clone();
@@ -710,7 +780,11 @@ async fn probe_unknown_tool(
         },
         _ => return None,
     };
-    Some(UnknownToolAnswer {
+    // Keep it only if it reads like "no such tool": a JSON-RPC error, or an
+    // error result that names the probe.
+    let looks_unknown = jsonrpc::error_code(&answer).is_some()
+        || (answer.text().contains(PROBE_TOOL) && answer.text().contains("\"isError\":true"));
+    looks_unknown.then(|| UnknownToolAnswer {
         status: reply.status,
         text: answer.text().to_owned(),
     })

@@ -199,7 +199,7 @@ impl Holds {
             && until > Instant::now()
     }
 
-    fn remember_continuation(
+    pub fn remember_continuation(
         &self,
         answer: &Message,
         session_key: &str,
@@ -378,6 +378,14 @@ pub async fn hold_call(
             ctx.era,
         )
     };
+    if gw.shutdown.is_cancelled() {
+        return Ok(refuse(
+            format!(
+                "Airlock refused this call to `{tool}`: it needs human approval and the gateway is shutting down."
+            ),
+            "denied",
+        ));
+    }
     if !gw.audit.is_healthy() {
         return Ok(refuse(
             format!(
@@ -531,7 +539,7 @@ impl Waiter {
         if message.kind() == jsonrpc::Kind::Response {
             self.gw.holds.remember_continuation(
                 &message,
-                &self.ctx.session_key,
+                &self.ctx.scope(),
                 &self.tool,
                 &self.arguments,
             );
@@ -570,10 +578,11 @@ impl Waiter {
                     Err(_) => return,
                 },
                 _ = tokio::time::sleep_until(deadline), if !timed_out => {
-                    timed_out = true;
-                    if let Err(DecideError::Audit(_)) = decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None).await {
-                        // Reopened because the store is down: try again shortly.
-                        timed_out = false;
+                    // Latch only when the timeout itself won. If another
+                    // decision is being committed (or is rolled back because
+                    // the store failed), look again in a second.
+                    timed_out = decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None).await.is_ok();
+                    if !timed_out {
                         deadline = tokio::time::Instant::now() + Duration::from_secs(1);
                     }
                 }
@@ -617,7 +626,13 @@ impl Waiter {
     async fn release(self, resolution: Resolution, progress_sent: u64) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let text = match resolution.decision {
-            Verdict::Cancelled => return, // nobody to answer
+            Verdict::Cancelled => {
+                // Nobody to answer on a stream; a task reads as cancelled.
+                if let Sink::Task(task_id) = &self.sink {
+                    self.gw.tasks.mark_cancelled(task_id);
+                }
+                return;
+            }
             _ if resolution.outcome == "allowed" => {
                 self.forward(progress_sent).await;
                 return;

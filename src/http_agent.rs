@@ -228,10 +228,20 @@ async fn handle_post(
         Ok(m) => m,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
     };
+    // Mirrored headers, whatever the era: never duplicated, never disagreeing
+    // with the body (the stateless era additionally requires them below).
+    if let Err(mismatch) = era::check_mirrored_headers(&message, &headers) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            message.id(),
+            code::HEADER_MISMATCH,
+            &mismatch,
+        );
+    }
     let forwarded = upstream_headers(&gw, &headers);
 
     if let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
-        let session = match find_session(&gw, &upstream, sid).await {
+        let session = match find_session(&gw, &upstream, sid, agent.as_deref()).await {
             Ok(s) => s,
             Err(response) => return response,
         };
@@ -259,14 +269,25 @@ async fn handle_post(
         return dispatch(&gw, &ctx, message, &forwarded, Some(session), None).await;
     }
 
-    if message.method() == Some("initialize") {
+    if message.method() == Some("initialize") && message.is_request() {
+        if gw.sessions.len() >= gw.config.max_sessions {
+            return rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                message.id(),
+                code::UPSTREAM_ERROR,
+                &format!(
+                    "too many open sessions (max_sessions = {}); end unused sessions or raise the limit",
+                    gw.config.max_sessions
+                ),
+            );
+        }
         let peek = era::peek(&message);
         let who = agent
             .clone()
             .or_else(|| peek.client_info.as_ref().map(|c| c.label()))
             .unwrap_or_else(|| format!("unknown@{}", addr.ip()));
         drop(peek);
-        let session = match gw.open_session(&upstream, who) {
+        let session = match gw.open_session(&upstream, who, agent.clone()) {
             Ok(s) => s,
             Err(e) => return upstream_failure(message.id(), &e, Era::Handshake),
         };
@@ -348,14 +369,18 @@ async fn handle_post(
     dispatch(&gw, &ctx, message, &forwarded, None, None).await
 }
 
+/// The live session `sid` of this upstream, opened by this same agent.
 async fn find_session(
     gw: &Gateway,
     upstream: &UpstreamRuntime,
     sid: &str,
+    agent: Option<&str>,
 ) -> Result<Arc<Session>, Response> {
     let found = gw.sessions.get(sid).map(|s| s.clone());
     match found {
-        Some(session) if session.upstream.name == upstream.name => {
+        Some(session)
+            if session.upstream.name == upstream.name && session.owner.as_deref() == agent =>
+        {
             if session.link.is_dead() {
                 gw.close_session(sid).await;
                 return Err(rpc_error(
@@ -562,9 +587,10 @@ fn sse_frame(event: &Event) -> Bytes {
 }
 
 async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: HeaderMap) -> Response {
-    if let Err(response) = admit(&gw, &headers) {
-        return response;
-    }
+    let agent = match admit(&gw, &headers) {
+        Ok(agent) => agent,
+        Err(response) => return response,
+    };
     let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         // Only handshake-era sessions have a standalone stream.
         let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
@@ -572,7 +598,7 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     };
-    let session = match find_session(&gw, &upstream, sid).await {
+    let session = match find_session(&gw, &upstream, sid, agent.as_deref()).await {
         Ok(s) => s,
         Err(response) => return response,
     };
@@ -601,9 +627,10 @@ async fn handle_delete(
     upstream: Arc<UpstreamRuntime>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = admit(&gw, &headers) {
-        return response;
-    }
+    let agent = match admit(&gw, &headers) {
+        Ok(agent) => agent,
+        Err(response) => return response,
+    };
     let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return rpc_error(
             StatusCode::BAD_REQUEST,
@@ -612,7 +639,7 @@ async fn handle_delete(
             "Bad Request: Mcp-Session-Id header is required",
         );
     };
-    if let Err(response) = find_session(&gw, &upstream, sid).await {
+    if let Err(response) = find_session(&gw, &upstream, sid, agent.as_deref()).await {
         return response;
     }
     gw.close_session(sid).await;

@@ -87,6 +87,10 @@ pub enum FrameError {
     BadId,
     #[error("invalid request: message has neither `method` nor `result`/`error`")]
     NoMethod,
+    #[error("invalid request: a request id must not be null")]
+    NullId,
+    #[error("invalid request: `{0}` must be a request with an id")]
+    MustBeRequest(String),
 }
 
 impl FrameError {
@@ -103,7 +107,8 @@ impl FrameError {
 struct Envelope<'a> {
     #[serde(borrow)]
     jsonrpc: Option<&'a RawValue>,
-    #[serde(borrow)]
+    /// `Some("null")` for an explicit null, `None` when absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     method: Option<std::borrow::Cow<'a, str>>,
@@ -111,6 +116,11 @@ struct Envelope<'a> {
     result: Option<&'a RawValue>,
     #[serde(borrow)]
     error: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as a raw value instead of folding it into `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 impl Message {
@@ -136,6 +146,11 @@ impl Message {
         }
         let id = match env.id {
             None => None,
+            // `"id": null` is a request to JSON-RPC but not to MCP; refuse it
+            // rather than let it pass as a notification.
+            Some(raw) if raw.get() == "null" && env.method.is_some() => {
+                return Err(FrameError::NullId);
+            }
             Some(raw) if raw.get() == "null" => None,
             Some(raw) => {
                 let first = raw.get().as_bytes()[0];
@@ -151,6 +166,12 @@ impl Message {
             (None, _) if env.result.is_some() || env.error.is_some() => Kind::Response,
             (None, _) => return Err(FrameError::NoMethod),
         };
+        if kind == Kind::Notification
+            && let Some(m @ ("tools/call" | "tools/list")) = env.method.as_deref()
+        {
+            // The gate only polices requests: these must never travel as notifications.
+            return Err(FrameError::MustBeRequest(m.to_owned()));
+        }
         let method = env.method.map(|m| Arc::from(m.as_ref()));
         Ok(Message {
             raw,
@@ -229,6 +250,12 @@ impl Message {
         let mut out = String::with_capacity(self.raw.len() + 16);
         out.push('{');
         let mut first = true;
+        let has_id = fields.0.iter().any(|(k, _)| k == "id");
+        if !has_id {
+            out.push_str("\"id\":");
+            out.push_str(id.raw());
+            first = false;
+        }
         for (key, value) in fields.0 {
             if !first {
                 out.push(',');

@@ -39,6 +39,8 @@ pub struct Slack {
     /// Audit rows for forged links are rate-limited (window start, rows in it):
     /// a scanner hammering the route must not flood the history.
     forged_rows: Mutex<(Instant, u32)>,
+    /// `[audit] redact`: the same keys are hidden from Slack (a third party).
+    redact: Vec<String>,
 }
 
 /// Forged-link audit rows per minute; more are only logged.
@@ -92,6 +94,7 @@ pub async fn install(gw: &Gateway) -> Result<(), SlackError> {
         key,
         outbox,
         forged_rows: Mutex::new((Instant::now(), 0)),
+        redact: gw.config.audit.redact.clone(),
     });
     SLACK
         .set(slack.clone())
@@ -113,15 +116,37 @@ pub fn routes() -> Router<Gateway> {
 /// Queues Slack messages for holds and decisions; never blocks.
 struct SlackNotifier(Arc<Slack>);
 
+impl SlackNotifier {
+    /// The item as Slack may see it: redacted arguments, and one-line short
+    /// fields (an agent-chosen name must not fake extra lines in the message).
+    fn sanitized(&self, item: &PendingItem) -> PendingItem {
+        let one_line = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect()
+        };
+        let mut item = item.clone();
+        crate::audit::redact(&mut item.arguments, &self.0.redact);
+        item.agent = one_line(&item.agent);
+        item.tool = one_line(&item.tool);
+        item.rule = one_line(&item.rule);
+        item.reason = item.reason.as_deref().map(one_line);
+        item
+    }
+}
+
 impl Notifier for SlackNotifier {
     fn created(&self, item: &PendingItem) {
-        self.0.outbox.push(delivery::Job::Held(item.clone()));
+        self.0
+            .outbox
+            .push(delivery::Job::Held(self.sanitized(item)));
     }
 
     fn resolved(&self, item: &PendingItem, resolution: &Resolution) {
-        self.0
-            .outbox
-            .push(delivery::Job::Resolved(item.clone(), resolution.clone()));
+        self.0.outbox.push(delivery::Job::Resolved(
+            self.sanitized(item),
+            resolution.clone(),
+        ));
     }
 }
 

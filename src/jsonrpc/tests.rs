@@ -65,3 +65,24 @@ fn error_response_echoes_the_id() {
     );
     assert_eq!(error_code(&e), Some(-32602));
 }
+
+#[test]
+fn null_ids_and_policed_notifications_are_refused() {
+    assert_eq!(
+        parse(r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{}}"#).unwrap_err(),
+        FrameError::NullId
+    );
+    assert_eq!(
+        parse(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#).unwrap_err(),
+        FrameError::MustBeRequest("tools/call".into())
+    );
+    let error =
+        parse(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"m"}}"#).unwrap();
+    assert_eq!(error.kind(), Kind::Response);
+    assert_eq!(error.with_id(&Id::from_raw("5")).id().unwrap().raw(), "5");
+    let no_id = parse(r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"m"}}"#).unwrap();
+    assert_eq!(
+        no_id.with_id(&Id::from_raw("5")).text(),
+        r#"{"id":5,"jsonrpc":"2.0","error":{"code":-32000,"message":"m"}}"#
+    );
+}

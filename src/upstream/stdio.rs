@@ -153,7 +153,11 @@ impl StdioChild {
         if self.is_dead() {
             return Err(self.exited_error());
         }
-        let original_id = message.id().cloned().expect("requests have ids");
+        let Some(original_id) = message.id().cloned() else {
+            return Err(UpstreamError::BadReply {
+                reason: "only requests (with an id) can be sent as requests".into(),
+            });
+        };
         let (mut outgoing, upstream_id) = if self.shared {
             let n = self.next_id.fetch_add(1, Ordering::Relaxed);
             let id = Id::from_raw(&format!("\"airlock-{n}\""));
@@ -286,7 +290,8 @@ impl StdioChild {
                 } else {
                     message
                 };
-                let _ = route.tx.send(Event { id: None, message }).await;
+                // Never wait on one agent here: this task reads for everyone.
+                send_without_blocking(route.tx, Event { id: None, message });
             }
             _ if message.method() == Some("notifications/progress") => self.route_progress(message),
             _ => self.route_unsolicited(message).await,
@@ -349,7 +354,7 @@ impl StdioChild {
         };
         match target {
             Some(tx) => {
-                let _ = tx.send(Event { id: None, message }).await;
+                send_without_blocking(tx, Event { id: None, message });
             }
             None => tracing::debug!(command = %self.command, "no open stream for {message:?}"),
         }
@@ -357,6 +362,7 @@ impl StdioChild {
 
     /// Called once the child has exited: fail every waiting request.
     fn fail_all(&self, status: String) {
+        self.progress.clear();
         let _ = self.exit_status.set(status);
         let reason = self.exited_error().to_string();
         let ids: Vec<Id> = self.routes.iter().map(|r| r.key().clone()).collect();
@@ -376,6 +382,7 @@ impl StdioChild {
 
     /// Fails every waiting request because the child wrote something unreadable.
     fn fail_in_flight(&self, reason: &str) {
+        self.progress.clear();
         let ids: Vec<Id> = self.routes.iter().map(|r| r.key().clone()).collect();
         for id in ids {
             if let Some((_, route)) = self.routes.remove(&id) {
@@ -386,6 +393,19 @@ impl StdioChild {
                     message: error,
                 });
             }
+        }
+    }
+}
+
+/// Queues an event for one agent; if its queue is full, a small task waits
+/// for room so that the shared reader never does.
+fn send_without_blocking(tx: mpsc::Sender<Event>, event: Event) {
+    match tx.try_send(event) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(event)) => {
+            tokio::spawn(async move {
+                let _ = tx.send(event).await;
+            });
         }
     }
 }
