@@ -67,9 +67,9 @@ def summary_rows(r, policy):
         if not (d and a and add):
             continue
         rows.append((f"Added latency p50, {label}", f"{f(d['p50_us'])} µs", f"{f(a['p50_us'])} µs",
-                     f"+{f(add['p50_us'])} µs", "≤ 100 µs", yes(add["p50_us"] <= 100)))
+                     f"{add['p50_us']:+,.1f} µs", "≤ 100 µs", yes(add["p50_us"] <= 100)))
         rows.append((f"Added latency p99, {label}", f"{f(d['p99_us'])} µs", f"{f(a['p99_us'])} µs",
-                     f"+{f(add['p99_us'])} µs", "≤ 500 µs", yes(add["p99_us"] <= 500)))
+                     f"{add['p99_us']:+,.1f} µs", "≤ 500 µs", yes(add["p99_us"] <= 500)))
     t = r.get("throughput")
     if t and "direct" in t:
         d, a = t["direct"]["calls_per_s"], t["airlock"]["calls_per_s"]
