@@ -646,15 +646,13 @@ impl Gateway {
                 )
                 .await;
                 let tool = tool.to_owned();
-                let args: serde_json::Value = arguments
-                    .and_then(|a| serde_json::from_str(a).ok())
-                    .unwrap_or_else(|| serde_json::json!({}));
+                let args_hash = crate::hold::hash_arguments(arguments);
                 drop(peek);
                 let reply = self.upstream_request(&ctx.link, message, headers).await?;
                 if let ReplyBody::Json(answer) = &reply.body {
                     // A further round of questions stays covered by the approval.
                     self.holds
-                        .remember_continuation(answer, &ctx.scope(), &tool, &args);
+                        .remember_continuation(answer, &ctx.scope(), &tool, &args_hash);
                 }
                 Ok(Exchange::plain(reply))
             }

@@ -126,7 +126,7 @@ pub struct Holds {
 }
 
 /// The canonical hash of raw arguments (absent arguments hash like `{}`).
-fn hash_arguments(arguments: Option<&str>) -> String {
+pub fn hash_arguments(arguments: Option<&str>) -> String {
     let value = arguments
         .and_then(|a| serde_json::from_str(a).ok())
         .unwrap_or_else(|| json!({}));
@@ -204,7 +204,7 @@ impl Holds {
         answer: &Message,
         session_key: &str,
         tool: &str,
-        arguments: &Value,
+        args_hash: &str,
     ) {
         #[derive(serde::Deserialize)]
         struct R {
@@ -222,7 +222,7 @@ impl Holds {
             let entry = (
                 session_key.to_owned(),
                 tool.to_owned(),
-                crate::audit::arguments_hash(arguments),
+                args_hash.to_owned(),
                 Instant::now() + CONTINUATION_TTL,
             );
             self.continuations.insert(state, entry);
@@ -403,10 +403,7 @@ pub async fn hold_call(
         .as_deref()
         .map(|a| serde_json::from_str(a).unwrap_or(Value::String(a.to_owned())))
         .unwrap_or(Value::Null);
-    let arguments_or_empty = match &arguments_value {
-        Value::Null => json!({}),
-        v => v.clone(),
-    };
+    let args_hash = hash_arguments(arguments.as_deref());
     let item = PendingItem {
         id: id.clone(),
         tool: tool.clone(),
@@ -465,7 +462,8 @@ pub async fn hold_call(
             as_task,
         )
     };
-    let (out_tx, out_rx) = mpsc::channel(16);
+    // Small: a held call carries a few progress notes, then its answer.
+    let (out_tx, out_rx) = mpsc::channel(4);
     let (sink, answer_now) = if as_task {
         let (task_id, created) = gw.tasks.create(&id, &ctx.session_key, approval.timeout);
         (
@@ -485,10 +483,13 @@ pub async fn hold_call(
             agent: ctx.agent.clone(),
         },
         message,
-        headers: headers.cloned(),
+        // Only an HTTP upstream needs the agent's headers again.
+        headers: headers
+            .filter(|_| matches!(ctx.link, crate::upstream::Link::Http(_)))
+            .cloned(),
         id,
         tool,
-        arguments: arguments_or_empty,
+        args_hash,
         rule,
         reason,
         approval,
@@ -517,7 +518,8 @@ struct Waiter {
     headers: Option<HeaderMap>,
     id: String,
     tool: String,
-    arguments: Value,
+    /// Binds MRTR continuations to these exact arguments.
+    args_hash: String,
     rule: String,
     reason: Option<String>,
     approval: Approval,
@@ -541,7 +543,7 @@ impl Waiter {
                 &message,
                 &self.ctx.scope(),
                 &self.tool,
-                &self.arguments,
+                &self.args_hash,
             );
         }
         match &self.sink {
