@@ -406,6 +406,19 @@ pub fn parse(
         None => None,
     };
     let agents = credentials(raw.agent, "agent", text, file, base, env)?;
+    if let Some(agent) = agents
+        .iter()
+        .find(|a| approvers.iter().any(|p| p.token == a.token))
+    {
+        return Err(invalid(
+            "[[agent]]",
+            0,
+            format!(
+                "agent `{}` has the same token as an approver: an agent must never be able to approve",
+                agent.name
+            ),
+        ));
+    }
 
     if let Some(on_error) = &raw.audit.on_error
         && on_error != "fail_closed"
@@ -827,6 +840,10 @@ redact = ["password"]
         );
         let bad_name = parse_err("[[upstream]]\nname = \"a/b\"\ncommand = \"x\"\n");
         assert!(bad_name.contains("only letters, digits"), "{bad_name}");
+        let shared = parse_err(
+            "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n[[approver]]\nname = \"al\"\ntoken_env = \"ALICE\"\n[[agent]]\nname = \"bot\"\ntoken_env = \"ALICE\"\n",
+        );
+        assert!(shared.contains("same token as an approver"), "{shared}");
         let empty = parse_err("listen = \"127.0.0.1:1\"\n");
         assert!(empty.contains("no [[upstream]]"), "{empty}");
     }

@@ -21,6 +21,10 @@ pub enum CallDecision {
     Refuse(Refusal),
     /// The tool is hidden: answer exactly as the upstream answers an unknown tool.
     Hidden,
+    /// No rule names the tool and `default` is `deny`: the tool is not listed,
+    /// so it is answered like a tool that does not exist (the refusal is what
+    /// the audit records).
+    DeniedByDefault(Refusal),
     /// A human must decide first.
     NeedsApproval {
         rule: String,
@@ -73,13 +77,17 @@ fn decide(policy: &Policy, tool: &str, session: Option<&str>) -> CallDecision {
                 Verdict::Default(_) => "no rule allows this tool (policy default: deny)".into(),
                 _ => format!("denied by policy rule `{rule}`"),
             });
-            CallDecision::Refuse(Refusal {
+            let refusal = Refusal {
                 decision: "denied",
                 text: format!("Airlock denied this call to `{tool}`: {reason} (rule `{rule}`)."),
                 rule,
                 reason,
                 retry_after: None,
-            })
+            };
+            match verdict {
+                Verdict::Default(_) => CallDecision::DeniedByDefault(refusal),
+                _ => CallDecision::Refuse(refusal),
+            }
         }
         Action::Allow | Action::RequireApproval => {
             if let (Some(limit), Some(session)) = (rate, session)
@@ -224,7 +232,7 @@ mod tests {
             r.text,
             "Airlock denied this call to `crash`: it breaks things (rule `crash`)."
         );
-        let CallDecision::Refuse(d) = decide_call(&policy(), "other", "s") else {
+        let CallDecision::DeniedByDefault(d) = decide_call(&policy(), "other", "s") else {
             panic!()
         };
         assert!(

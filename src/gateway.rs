@@ -591,9 +591,7 @@ impl Gateway {
             // A tool no rule names under `default: deny` is not listed either;
             // answering it like a tool that does not exist keeps agents from
             // telling hidden tools apart from missing ones.
-            CallDecision::Refuse(refusal)
-                if refusal.rule == "default" && refusal.decision == "denied" =>
-            {
+            CallDecision::DeniedByDefault(refusal) => {
                 self.record_outcome(
                     ctx,
                     "denied",

@@ -330,7 +330,17 @@ async fn handle_post(
             "Bad Request: Mcp-Session-Id header is required",
         );
     }
-    let peek = era::peek(&message);
+    let peek = match message.params_strict::<era::ParamsPeek<'_>>() {
+        Ok(peek) => peek.unwrap_or_default(),
+        Err(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                message.id(),
+                code::INVALID_PARAMS,
+                &format!("Invalid params: {e}"),
+            );
+        }
+    };
     if era::stateless_version(&peek).is_none() {
         return rpc_error(
             StatusCode::BAD_REQUEST,

@@ -207,7 +207,8 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
             .get(&task_id)
             .map(|t| Tasks::view(&t, &task_id))?,
         Some("tasks/cancel") => {
-            let _ = hold::decide(
+            // Cancellation is cooperative: a call already decided runs to its end.
+            let withdrawn = hold::decide(
                 gw,
                 &pending_id,
                 Verdict::Cancelled,
@@ -216,7 +217,9 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
                 Some("cancelled by the agent (tasks/cancel)".into()),
             )
             .await;
-            gw.tasks.mark_cancelled(&task_id);
+            if withdrawn.is_ok() {
+                gw.tasks.mark_cancelled(&task_id);
+            }
             json!({ "resultType": "complete" })
         }
         // Airlock's tasks never ask for input; updates are acknowledged and ignored.
