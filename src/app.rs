@@ -356,6 +356,16 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
 /// orphaned processes), and flush the audit writer.
 async fn finish(gw: &Gateway) {
     crate::hold::deny_all_for_shutdown(gw).await;
+    // Let calls already forwarded finish (bounded) before their upstreams end.
+    let grace = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < grace
+        && gw
+            .sessions
+            .iter()
+            .any(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let ids: Vec<String> = gw.sessions.iter().map(|s| s.id.clone()).collect();
     let closing = ids.iter().map(|id| gw.close_session(id));
     futures::future::join_all(closing).await;
