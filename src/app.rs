@@ -359,10 +359,7 @@ async fn finish(gw: &Gateway) {
     // Let calls already forwarded finish (bounded) before their upstreams end.
     let grace = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::time::Instant::now() < grace
-        && gw
-            .sessions
-            .iter()
-            .any(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        && gw.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0
     {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

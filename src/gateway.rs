@@ -53,6 +53,8 @@ pub struct Inner {
     notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
+    /// Agent requests whose responses are still being sent (shutdown waits for them).
+    pub in_flight: AtomicUsize,
     /// Cancelled on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,
     /// How each upstream answers a call to an unknown tool, per era (see `hidden_answer`).
@@ -331,6 +333,7 @@ impl Gateway {
             metrics: Metrics::default(),
             notifiers: std::sync::OnceLock::new(),
             logins: Default::default(),
+            in_flight: AtomicUsize::new(0),
             shutdown,
             unknown_tool: DashMap::new(),
             started: Instant::now(),

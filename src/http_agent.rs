@@ -318,7 +318,12 @@ async fn handle_post(
         if let ReplyBody::Json(answer) = &exchange.reply.body {
             session.remember_protocol_version(answer);
         }
-        return to_response(exchange, Some(&sid), false, Some(InFlight::new(session)));
+        return to_response(
+            exchange,
+            Some(&sid),
+            false,
+            Some(InFlight::new(&gw, Some(session))),
+        );
     }
 
     // No session and no initialize: this must be a stateless-era request.
@@ -431,7 +436,7 @@ async fn dispatch(
     new_session_id: Option<&str>,
 ) -> Response {
     let id = message.id().cloned();
-    let busy = session.map(InFlight::new);
+    let busy = Some(InFlight::new(gw, session));
     let result = match message.kind() {
         Kind::Request => gw.forward(ctx, message, Some(headers)).await,
         Kind::Notification | Kind::Response => {
@@ -495,19 +500,26 @@ fn explain_http_failure(exchange: Exchange, id: Option<&Id>) -> Exchange {
     }
 }
 
-/// Counts a session's in-flight request until its response is fully sent.
-struct InFlight(Arc<Session>);
+/// Counts a request as in flight (for the gateway, and for its session if
+/// any) until its response is fully sent.
+struct InFlight(Gateway, Option<Arc<Session>>);
 
 impl InFlight {
-    fn new(session: Arc<Session>) -> InFlight {
-        session.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(session)
+    fn new(gw: &Gateway, session: Option<Arc<Session>>) -> InFlight {
+        gw.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = &session {
+            s.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight(gw.clone(), session)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = &self.1 {
+            s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
