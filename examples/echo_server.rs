@@ -13,7 +13,7 @@
 //! `params._meta["io.modelcontextprotocol/protocolVersion"]` is set needs no
 //! session (stateless era). Any other request without a session is a 400.
 //!
-//! Tools: `echo` answers its arguments as text; `stamp` answers the wall-clock
+//! Tools: `echo` (and `search`, the same) answers its arguments as text; `stamp` answers the wall-clock
 //! time (ns since the Unix epoch) at which the call arrived, so a benchmark can
 //! tell when a released call reached the upstream.
 
@@ -40,7 +40,7 @@ const VERSIONS: [&str; 5] = [
 const DEFAULT_VERSION: &str = "2025-06-18";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
-const TOOLS: &str = r#"{"tools":[{"name":"echo","description":"Answers its arguments as text.","inputSchema":{"type":"object"}},{"name":"stamp","description":"Answers the time the call arrived (ns since the Unix epoch).","inputSchema":{"type":"object"}}]}"#;
+const TOOLS: &str = r#"{"tools":[{"name":"echo","description":"Answers its arguments as text.","inputSchema":{"type":"object"}},{"name":"stamp","description":"Answers the time the call arrived (ns since the Unix epoch).","inputSchema":{"type":"object"}},{"name":"search","description":"Answers its arguments as text (a second allowed tool, rate-limited by the load benchmark's policy).","inputSchema":{"type":"object"}}]}"#;
 
 #[derive(Deserialize)]
 struct Request<'a> {
@@ -141,7 +141,9 @@ fn answer(body: &[u8]) -> Answer {
         "ping" => result(id, "{}"),
         "tools/list" => result(id, TOOLS),
         "tools/call" => match params.name.as_deref() {
-            Some("echo") => text_result(id, params.arguments.map(RawValue::get).unwrap_or("{}")),
+            Some("echo" | "search") => {
+                text_result(id, params.arguments.map(RawValue::get).unwrap_or("{}"))
+            }
             Some("stamp") => text_result(id, &arrived.to_string()),
             Some(other) => error(id, -32602, &format!("Unknown tool: {other}")),
             None => error(id, -32602, "tools/call needs a tool name"),

@@ -5,7 +5,7 @@
 //! renders docs/benchmarks.md); by hand:
 //!
 //! ```text
-//! cargo bench --bench gateway -- [--quick] [--only latency,throughput,audit,peers,holds,ws] [--out FILE]
+//! cargo bench --bench gateway -- [--quick] [--only latency,throughput,audit,peers,holds,ws,load] [--out FILE]
 //! ```
 //!
 //! Environment: `AIRLOCK_BIN`, `ECHO_BIN` (default: next to this binary's
@@ -17,6 +17,7 @@
 
 mod client;
 mod holds;
+mod load;
 mod procs;
 mod scenarios;
 
@@ -48,6 +49,8 @@ pub struct Opts {
     pub release_samples: usize,
     pub ws_clients: usize,
     pub ws_events: usize,
+    pub load_sessions: usize,
+    pub load_duration: Duration,
     pub peers: Vec<(String, Vec<String>)>,
 }
 
@@ -119,6 +122,9 @@ fn parse_opts() -> Opts {
         release_samples: num("--release-samples", if quick { 50 } else { 1_000 }),
         ws_clients: num("--ws-clients", 100),
         ws_events: num("--ws-events", if quick { 10 } else { 100 }),
+        load_sessions: num("--load-sessions", if quick { 200 } else { 1_000 }),
+        // The load runs for `--duration` when it is given, else for a minute.
+        load_duration: secs("--duration", if quick { 5.0 } else { 60.0 }),
         peers,
     }
 }
@@ -146,7 +152,6 @@ fn machine() -> Value {
         "cpu": model,
         "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "loadavg_at_start": read("/proc/loadavg").trim(),
     })
 }
 
@@ -173,6 +178,7 @@ fn main() {
     std::fs::create_dir_all(&opts.work).expect("work dir");
     std::fs::create_dir_all(&opts.shm).expect("tmpfs dir");
     let started = chrono::Utc::now();
+    let loadavg_at_start = read("/proc/loadavg");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -180,6 +186,8 @@ fn main() {
         .expect("tokio runtime");
     let results = runtime.block_on(scenarios::run_all(&opts));
     let finished = chrono::Utc::now();
+    let mut machine = machine();
+    machine["loadavg_at_start"] = json!(loadavg_at_start.trim());
     let report = json!({
         "date": started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "wall_seconds": (finished - started).num_milliseconds() as f64 / 1000.0,
@@ -187,7 +195,7 @@ fn main() {
         "command": std::env::var("BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
         "commit": std::env::var("BENCH_COMMIT").unwrap_or_default(),
         "quick": opts.quick,
-        "machine": machine(),
+        "machine": machine,
         "settings": {
             "clients": opts.clients,
             "warmup_s": opts.warmup.as_secs_f64(),
@@ -196,6 +204,8 @@ fn main() {
             "holds": opts.holds,
             "ws_clients": opts.ws_clients,
             "ws_events": opts.ws_events,
+            "load_sessions": opts.load_sessions,
+            "load_duration_s": opts.load_duration.as_secs_f64(),
         },
         "results": results,
     });

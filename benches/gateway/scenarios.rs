@@ -720,5 +720,11 @@ pub async fn run_all(o: &Opts) -> Value {
                 .unwrap_or_else(failed),
         );
     }
+    if o.wants("load") {
+        out.insert(
+            "load".into(),
+            crate::load::load(o, &echo).await.unwrap_or_else(failed),
+        );
+    }
     Value::Object(out)
 }
