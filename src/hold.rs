@@ -117,7 +117,9 @@ pub struct Pending {
 #[derive(Default)]
 pub struct Holds {
     pending: DashMap<String, Arc<Pending>>,
-    resolved: DashMap<String, (PendingItem, Resolution)>,
+    /// Recent decisions by pending id, to answer a late decider with 409.
+    /// Bounded by age (an hour) and by count (see `remember_resolution`).
+    resolved: DashMap<String, Resolution>,
     /// MRTR: `requestState` of approved calls that asked the client for input
     /// → (session, tool, arguments hash, until). The client's retry carrying
     /// that state, for the same tool and arguments, continues the approved
@@ -132,6 +134,9 @@ pub fn hash_arguments(arguments: Option<&str>) -> String {
         .unwrap_or_else(|| json!({}));
     crate::audit::arguments_hash(&value)
 }
+
+/// Decisions kept for 409 answers before the window starts shrinking.
+const MAX_RESOLVED: usize = 10_000;
 
 /// How long an approved call's `input_required` retry stays approved.
 const CONTINUATION_TTL: Duration = Duration::from_secs(600);
@@ -168,13 +173,29 @@ impl Holds {
         {
             return Some(r);
         }
-        self.resolved.get(id).map(|r| r.1.clone())
+        self.resolved.get(id).map(|r| r.clone())
+    }
+
+    /// Keeps a decision for late deciders. Past twice `MAX_RESOLVED` entries
+    /// (pruning is amortised), the window shrinks (an hour, then a minute, then ten seconds) so memory
+    /// stays bounded under any decision rate.
+    fn remember_resolution(&self, id: &str, resolution: &Resolution) {
+        self.resolved.insert(id.to_owned(), resolution.clone());
+        if self.resolved.len() > 2 * MAX_RESOLVED {
+            for window in [chrono::Duration::minutes(1), chrono::Duration::seconds(10)] {
+                let cutoff = Utc::now() - window;
+                self.resolved.retain(|_, r| r.when > cutoff);
+                if self.resolved.len() <= MAX_RESOLVED {
+                    break;
+                }
+            }
+        }
     }
 
     /// Forgets decided holds older than an hour and expired continuations.
     pub fn prune(&self) {
         let cutoff = Utc::now() - chrono::Duration::hours(1);
-        self.resolved.retain(|_, (_, r)| r.when > cutoff);
+        self.resolved.retain(|_, r| r.when > cutoff);
         let now = Instant::now();
         self.continuations.retain(|_, c| c.3 > now);
     }
@@ -256,7 +277,7 @@ pub async fn decide(
 ) -> Result<Resolution, DecideError> {
     let Some(pending) = gw.holds.pending.get(id).map(|p| p.clone()) else {
         return match gw.holds.resolved.get(id) {
-            Some(r) => Err(DecideError::AlreadyDecided(r.1.clone())),
+            Some(r) => Err(DecideError::AlreadyDecided(r.clone())),
             None => Err(DecideError::NotFound(id.to_owned())),
         };
     };
@@ -316,9 +337,7 @@ pub async fn decide(
         }
         tracing::error!(pending = %id, "could not record {decision:?}: {e}");
     }
-    gw.holds
-        .resolved
-        .insert(id.to_owned(), (pending.item.clone(), resolution.clone()));
+    gw.holds.remember_resolution(id, &resolution);
     gw.holds.pending.remove(id);
     gw.metrics.count(decision.audit_decision());
     if decision != Verdict::Cancelled && decision != Verdict::Shutdown {
