@@ -316,6 +316,22 @@ mod tests {
     }
 }
 
+/// The `requestState` of an MRTR `input_required` answer (stateless era), if
+/// the answer is one.
+pub fn input_required_state(answer: &Message) -> Option<String> {
+    #[derive(Deserialize)]
+    struct R {
+        #[serde(rename = "resultType")]
+        result_type: Option<String>,
+        #[serde(rename = "requestState")]
+        request_state: Option<String>,
+    }
+    let r = answer.result::<R>()?;
+    (r.result_type.as_deref() == Some("input_required"))
+        .then_some(r.request_state)
+        .flatten()
+}
+
 /// Refuses JSON with a repeated object key at any depth: parsers disagree on
 /// which copy wins, so the approver and the upstream could see different calls.
 pub fn check_unique_keys(raw: &RawValue) -> Result<(), String> {

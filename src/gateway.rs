@@ -208,19 +208,7 @@ impl Retries {
     const TTL: Duration = Duration::from_secs(600);
 
     fn remember(&self, answer: &Message, session: &str, tool: &str) {
-        #[derive(serde::Deserialize)]
-        struct R {
-            #[serde(rename = "resultType")]
-            result_type: Option<String>,
-            #[serde(rename = "requestState")]
-            request_state: Option<String>,
-        }
-        if let Some(R {
-            result_type: Some(kind),
-            request_state: Some(state),
-        }) = answer.result::<R>()
-            && kind == "input_required"
-        {
+        if let Some(state) = era::input_required_state(answer) {
             let until = Instant::now() + Self::TTL;
             self.0
                 .insert(state, (session.to_owned(), tool.to_owned(), until));

@@ -227,19 +227,7 @@ impl Holds {
         tool: &str,
         args_hash: &str,
     ) {
-        #[derive(serde::Deserialize)]
-        struct R {
-            #[serde(rename = "resultType")]
-            result_type: Option<String>,
-            #[serde(rename = "requestState")]
-            request_state: Option<String>,
-        }
-        if let Some(R {
-            result_type: Some(t),
-            request_state: Some(state),
-        }) = answer.result::<R>()
-            && t == "input_required"
-        {
+        if let Some(state) = era::input_required_state(answer) {
             let entry = (
                 session_key.to_owned(),
                 tool.to_owned(),
