@@ -107,7 +107,9 @@ fn deserialize(text: &str, file: &str) -> Result<RawPolicy, LoadError> {
             message.split(" at line ").next().unwrap_or(""),
             "unknown field `",
         ) && let Some(row) = text.lines().nth(line.saturating_sub(1))
-            && let Some(at) = row[..column.min(row.len())].rfind(&format!("\"{key}\""))
+            && let Some(at) = row
+                .get(..column.min(row.len()))
+                .and_then(|head| head.rfind(&format!("\"{key}\"")))
         {
             column = row[..at].chars().count() + 1;
         } else if line == 0 {
