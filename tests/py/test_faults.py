@@ -7,11 +7,13 @@ and restarts in test_audit_history.py; one hold with Slack down in test_slack.py
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -339,3 +341,137 @@ def test_hundred_holds_are_decided_promptly_while_slack_stalls(procs, slack):
     assert took < 5, f"deciding 100 holds took {took:.1f}s with Slack stalled"
     assert gw.pending() == [] and gw.http.get("/healthz").status_code == 200
     print(f"slack requests begun: {len(asked)}; 100 decisions took {took:.2f}s")
+
+
+# ----------------------------------------------------------------------------- real filesystem failures (tmpfs)
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=10)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 4 MiB tmpfs mounted for this test (needs root). The test itself stops the gateway and
+    unmounts (`_umount`) in a `finally`."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt))
+    if r.returncode != 0:
+        if "permission denied" in r.stderr.lower() or "must be superuser" in r.stderr.lower() or os.geteuid() != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+        raise AssertionError(f"mount tmpfs failed: {r.stderr}")
+    yield mnt
+
+
+def _umount(mnt) -> None:
+    r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, text=True, timeout=10)
+
+
+def fill(path) -> int:
+    """Writes `path` until the filesystem says ENOSPC; returns the bytes written."""
+    written = 0
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 16, 4096, 512, 1):
+            chunk = b"\0" * size
+            while True:
+                try:
+                    written += f.write(chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+    return written
+
+
+def start_on(procs, mnt):
+    return start_gateway(procs, POLICY, audit=mnt / "audit.db")
+
+
+def warm_up(gw, texts: list[str]) -> None:
+    """An allowed call and an approval, end to end, while the filesystem is healthy."""
+    assert text_of(call(gw, "echo", {"text": "before"})) == "before"
+    texts.append("before")
+    held = HeldCall(gw.mcp, "delete_record", {"id": "before"})
+    held.start()
+    [item] = gw.wait_pending(1)
+    assert gw.decide(item["id"], "approve").status_code == 200
+    assert text_of(held.result()) == "deleted before"
+    assert healthz(gw).status_code == 200
+
+
+def notice_failure(gw, texts: list[str], tag: str) -> None:
+    """Allowed calls (on_error = "allow" lets them through) until a failed audit write turns /healthz
+    503. The first one normally suffices; SQLite may reuse WAL pages already allocated, so allow a few."""
+    for n in range(1, 41):
+        text = f"{tag}-{n}"
+        assert text_of(call(gw, "echo", {"text": text}, req_id=n)) == text
+        texts.append(text)
+        if rm.wait_until(lambda: healthz(gw).status_code == 503, 1.0, 0.1):
+            print(f"{tag}: noticed after {n} allowed call(s)")
+            break
+    else:
+        raise AssertionError(f"/healthz never went 503: {healthz(gw).text}\n{gw.proc.stderr_text()[-2000:]}")
+    body = healthz(gw).json()
+    assert body["status"] == "degraded" and "cannot write" in body["audit"], body
+
+
+def refused_closed(gw, pending_id: str) -> None:
+    started = time.monotonic()
+    refused = call(gw, "delete_record", {"id": pending_id})
+    assert refused["isError"] is True, refused
+    assert "audit store cannot be written" in text_of(refused), refused
+    assert refused["_meta"]["airlock.decision"] == "audit_unavailable", refused
+    assert time.monotonic() - started < 2, "a fail-closed refusal should not wait for the store"
+    assert gw.pending() == []
+    assert healthz(gw).status_code == 503
+
+
+def recovers(gw, texts: list[str]) -> str:
+    ok = wait_status(gw, 200, 5)
+    assert ok.json()["status"] == "ok", ok.text
+    held = HeldCall(gw.mcp, "delete_record", {"id": "after"})
+    held.start()
+    [item] = gw.wait_pending(1)
+    assert gw.decide(item["id"], "approve").status_code == 200
+    assert text_of(held.result()) == "deleted after"
+    assert text_of(call(gw, "echo", {"text": "after"})) == "after"
+    texts.append("after")
+    return item["id"]
+
+
+def check_store(gw, texts: list[str], pending_after: str) -> None:
+    assert gw.proc.stop(signal.SIGTERM) == 0, gw.proc.stderr_text()[-2000:]
+    verify = run_cli("audit", "verify", "--audit", gw.audit)
+    assert verify.returncode == 0, (verify.stdout, verify.stderr)
+    export = run_cli("audit", "export", "--audit", gw.audit)
+    assert export.returncode == 0, export.stderr
+    rows = jsonl(export.stdout)
+    assert allowed_texts(rows) == Counter({t: 1 for t in texts}), rows
+    assert [r["decision"] for r in rows if r["pending_id"] == pending_after] == ["approval_requested", "approved"]
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+
+
+def test_full_filesystem_fails_approvals_closed_and_recovers_when_space_returns(procs, tmpfs):
+    gw = None
+    try:
+        gw = start_on(procs, tmpfs)
+        texts: list[str] = []
+        warm_up(gw, texts)
+        filler = tmpfs / "filler"
+        print(f"filler: {fill(filler)} bytes")
+        notice_failure(gw, texts, "full")
+        refused_closed(gw, "while-full")
+        filler.unlink()
+        pending_after = recovers(gw, texts)
+        check_store(gw, texts, pending_after)
+    finally:
+        if gw is not None:
+            gw.proc.stop(signal.SIGTERM)
+        _umount(tmpfs)
+
+
+# A read-only remount cannot be produced here: Linux refuses `remount,ro` while the
+# gateway holds its SQLite files open for writing ("mount point is busy"). The
+# full-filesystem test above and the lock-based tests cover an unwritable store.
