@@ -116,17 +116,17 @@ pub fn routes() -> Router<Gateway> {
 /// Queues Slack messages for holds and decisions; never blocks.
 struct SlackNotifier(Arc<Slack>);
 
-impl SlackNotifier {
+impl Slack {
     /// The item as Slack may see it: redacted arguments, and one-line short
     /// fields (an agent-chosen name must not fake extra lines in the message).
-    fn sanitized(&self, item: &PendingItem) -> PendingItem {
+    pub(crate) fn sanitized(&self, item: &PendingItem) -> PendingItem {
         let one_line = |s: &str| -> String {
             s.chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect()
         };
         let mut item = item.clone();
-        crate::audit::redact(&mut item.arguments, &self.0.redact);
+        crate::audit::redact(&mut item.arguments, &self.redact);
         item.agent = one_line(&item.agent);
         item.tool = one_line(&item.tool);
         item.rule = one_line(&item.rule);
@@ -139,12 +139,12 @@ impl Notifier for SlackNotifier {
     fn created(&self, item: &PendingItem) {
         self.0
             .outbox
-            .push(delivery::Job::Held(self.sanitized(item)));
+            .push(delivery::Job::Held(self.0.sanitized(item)));
     }
 
     fn resolved(&self, item: &PendingItem, resolution: &Resolution) {
         self.0.outbox.push(delivery::Job::Resolved(
-            self.sanitized(item),
+            self.0.sanitized(item),
             resolution.clone(),
         ));
     }

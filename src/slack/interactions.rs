@@ -125,7 +125,7 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         .pointer("/user/id")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let item = gw.holds.get(id);
+    let item = gw.holds.get(id).map(|item| slack.sanitized(&item));
     let reply = |body: Value| {
         slack.outbox.push(Job::Respond {
             url: response_url.to_owned(),
