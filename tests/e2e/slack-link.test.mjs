@@ -27,26 +27,13 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { HERE, CHROMIUM, EVERYTHING, chromium, sleep, freePort, waitHealthy, McpClient } from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
-const CHROMIUM = process.env.AIRLOCK_CHROMIUM || '/usr/bin/chromium';
-const EVERYTHING = path.join(ROOT, 'tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js');
 const BIN = process.env.AIRLOCK_BIN;
 
-let chromium;
-try {
-  ({ chromium } = await import('playwright-core'));
-} catch {
-  ({ chromium } = await import(pathToFileURL(path.join(ROOT, 'tests/node/node_modules/playwright-core/index.mjs')).href));
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const WEBHOOK_PATH = `/services/T000/B000/${randomBytes(12).toString('hex')}`;
 const APPROVER_TOKEN = randomBytes(16).toString('hex');
 
@@ -115,72 +102,9 @@ function allText(v) {
 
 /* ───────────────────────── gateway ───────────────────────── */
 
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
-  });
-}
-
-async function waitHealthy(base, proc, ms = 15000) {
-  const end = Date.now() + ms;
-  let last = '';
-  while (Date.now() < end) {
-    if (proc.exitCode !== null) throw new Error(`airlock exited with ${proc.exitCode}; see ${path.join(ARTIFACTS, 'slack-gateway.log')}`);
-    try {
-      const r = await fetch(`${base}/healthz`);
-      if (r.ok) return;
-      last = `HTTP ${r.status}`;
-    } catch (e) { last = e.message; }
-    await sleep(100);
-  }
-  throw new Error(`gateway at ${base} not healthy after ${ms} ms (${last})`);
-}
-
 const gw = { proc: null, dir: '', log: null, base: '', mcp: '' };
 let slack;
 let browser;
-
-/* ───────────────────────── MCP client (plain fetch) ───────────────────────── */
-
-const MCP_HEADERS = { 'Content-Type': 'application/json', Accept: 'application/json, text/event-stream' };
-
-/** Reads a JSON or SSE body to the end; returns the JSON-RPC response with `id`. */
-async function readRpc(res, id) {
-  const type = res.headers.get('content-type') || '';
-  const text = await res.text();
-  if (type.includes('application/json')) return JSON.parse(text);
-  assert.ok(type.includes('text/event-stream'), `unexpected content-type ${type}`);
-  for (const block of text.replace(/\r\n/g, '\n').split('\n\n')) {
-    const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).replace(/^ /, '')).join('\n');
-    if (!data) continue;
-    const msg = JSON.parse(data);
-    if (msg.id === id && (msg.result || msg.error)) return msg;
-  }
-  throw new Error(`no response to ${id} in the SSE body: ${text.slice(0, 1000)}`);
-}
-
-/** initialize → Mcp-Session-Id → notifications/initialized; returns the session headers. */
-async function openSession(url) {
-  const init = await fetch(url, {
-    method: 'POST', headers: MCP_HEADERS,
-    body: JSON.stringify({
-      jsonrpc: '2.0', id: 1, method: 'initialize',
-      params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'airlock-e2e-slack', version: '1.0.0' } },
-    }),
-  });
-  assert.equal(init.status, 200, `initialize → HTTP ${init.status}`);
-  const sid = init.headers.get('mcp-session-id');
-  assert.ok(sid, 'initialize must return Mcp-Session-Id');
-  const msg = await readRpc(init, 1);
-  assert.ok(msg.result, `initialize failed: ${JSON.stringify(msg)}`);
-  const headers = { ...MCP_HEADERS, 'Mcp-Session-Id': sid, 'MCP-Protocol-Version': msg.result.protocolVersion };
-  const n = await fetch(url, { method: 'POST', headers, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) });
-  await n.arrayBuffer();
-  assert.ok(n.status === 202 || n.status === 200, `notifications/initialized → HTTP ${n.status}`);
-  return headers;
-}
 
 /* ───────────────────────── setup / teardown ───────────────────────── */
 
@@ -233,7 +157,7 @@ before(async () => {
     headless: true,
     args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
-  await waitHealthy(gw.base, gw.proc);
+  await waitHealthy(gw.base, { ms: 15000, proc: gw.proc, log: path.join(ARTIFACTS, 'slack-gateway.log') });
   browser = await launched;
 });
 
@@ -260,15 +184,9 @@ test('a Slack Approve link, tapped on a 375 px phone, releases the held call', {
   const args = { message };
 
   // 1. The agent's call is held.
-  const session = await openSession(gw.mcp);
+  const client = await new McpClient(gw.mcp, 'airlock-e2e-slack').connect();
   let settled = false;
-  const answer = fetch(gw.mcp, {
-    method: 'POST', headers: session,
-    body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/call', params: { name: 'echo', arguments: args } }),
-  }).then((res) => {
-    assert.equal(res.status, 200, `tools/call → HTTP ${res.status}`);
-    return readRpc(res, 7);
-  }).finally(() => { settled = true; });
+  const answer = client.callTool('echo', args).finally(() => { settled = true; });
 
   // 2. Slack gets the held-call message, with an Approve button that links to the confirm page.
   const held = await slack.waitFor((b) => Array.isArray(b.blocks) && b.blocks.some((bl) => bl.type === 'actions'), 'held-call message');
