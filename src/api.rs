@@ -508,6 +508,7 @@ async fn metrics(State(gw): State<Gateway>) -> Response {
         gw.sessions.len(),
         gw.audit.is_healthy(),
         gw.audit.rows_written(),
+        crate::metrics::Resources::now(),
     );
     (
         [(

@@ -2,7 +2,7 @@
 //! rendered as text at `GET /metrics`.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Outcomes counted in `airlock_calls_total{outcome=…}`.
@@ -18,6 +18,33 @@ pub const OUTCOMES: [&str; 10] = [
     "cancelled",
     "abandoned",
 ];
+
+/// Upstream child processes started and not yet reaped (process-wide).
+pub static UPSTREAM_CHILDREN: AtomicUsize = AtomicUsize::new(0);
+
+/// What the process holds right now, for `/metrics`: the figures a leak
+/// would make grow (tasks, file descriptors, child processes).
+#[derive(Debug, Clone, Copy)]
+pub struct Resources {
+    pub tasks: usize,
+    pub open_fds: Option<usize>,
+    pub upstream_children: usize,
+}
+
+impl Resources {
+    pub fn now() -> Resources {
+        Resources {
+            tasks: tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_alive_tasks())
+                .unwrap_or(0),
+            // Linux only; elsewhere the gauge is left out.
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|dir| dir.count()),
+            upstream_children: UPSTREAM_CHILDREN.load(Ordering::Relaxed),
+        }
+    }
+}
 
 pub struct Histogram {
     bounds: &'static [f64],
@@ -108,6 +135,7 @@ impl Metrics {
         sessions: usize,
         audit_healthy: bool,
         audit_rows: u64,
+        resources: Resources,
     ) -> String {
         let mut out = String::new();
         out.push_str(
@@ -141,6 +169,22 @@ impl Metrics {
             out,
             "# HELP airlock_notification_failures_total Failed notification deliveries (e.g. Slack).\n# TYPE airlock_notification_failures_total counter\nairlock_notification_failures_total {}",
             self.notification_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_runtime_tasks Tasks alive in the async runtime (connections, holds, streams, workers).\n# TYPE airlock_runtime_tasks gauge\nairlock_runtime_tasks {}",
+            resources.tasks
+        );
+        if let Some(fds) = resources.open_fds {
+            let _ = writeln!(
+                out,
+                "# HELP airlock_open_fds Open file descriptors (sockets, pipes, files).\n# TYPE airlock_open_fds gauge\nairlock_open_fds {fds}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP airlock_upstream_children Upstream child processes running (not yet reaped).\n# TYPE airlock_upstream_children gauge\nairlock_upstream_children {}",
+            resources.upstream_children
         );
         self.approval_wait.render(
             "airlock_approval_wait_seconds",

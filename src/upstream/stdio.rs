@@ -102,6 +102,7 @@ impl StdioChild {
             command: spec.describe(),
             reason: e.to_string(),
         })?;
+        crate::metrics::UPSTREAM_CHILDREN.fetch_add(1, Ordering::Relaxed);
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (writer_tx, writer_rx) = mpsc::channel::<Bytes>(256);
@@ -481,6 +482,7 @@ async fn read_until_exit(
         Ok(status) => status.to_string(),
         Err(e) => format!("wait failed: {e}"),
     };
+    crate::metrics::UPSTREAM_CHILDREN.fetch_sub(1, Ordering::Relaxed);
     if let Some(child) = child_ref.upgrade() {
         tracing::info!(command = %child.command, %status, "upstream child exited");
         child.fail_all(status);

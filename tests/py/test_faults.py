@@ -177,27 +177,62 @@ def read_until(s: socket.socket, needle: bytes, timeout: float = 10) -> bytes:
     return got
 
 
+def resources(gw) -> dict[str, float]:
+    m = gw.metrics()
+    return {k: m[k] for k in ("airlock_runtime_tasks", "airlock_open_fds", "airlock_upstream_children",
+                              "airlock_pending", "airlock_sessions")}
+
+
+def settles_at(gw, baseline: dict, timeout: float = 6) -> dict:
+    """Waits until no resource gauge is above its baseline; returns the last reading."""
+    last = {}
+
+    def check():
+        nonlocal last
+        last = resources(gw)
+        return all(last[k] <= baseline[k] for k in baseline)
+
+    rm.wait_until(check, timeout, 0.1)
+    return last
+
+
 def test_agent_disconnecting_mid_response_and_mid_hold_frees_everything(procs, tmp_path):
     marker = tmp_path / "disconnect-upstream-marker"
     gw = start_gateway(procs, POLICY, upstream_args=["--log-requests", marker])
     path = "/mcp/test"
     with rm.client() as c:
         sid = rm.open_session(c, gw.mcp)
+        r = rm.post(c, gw.mcp, rm.call_body(1, "echo", {"text": "warm"}), rm.session_headers(sid))
+        assert rm.answer(r, 1)["result"]["content"][0]["text"] == "warm"
     [session_child] = rm.procs_with(marker)
+    # The stateless era's shared child starts on first use: start it before the baseline.
+    assert text_of(call(gw, "echo", {"text": "stateless"})) == "stateless"
+    baseline = settles_at(gw, resources(gw))
+    assert baseline["airlock_upstream_children"] == 2 and baseline["airlock_sessions"] == 1, baseline
+    assert baseline["airlock_pending"] == 0, baseline
 
     # Mid-response: a long `slow` call whose stream the agent drops after the first progress event.
     s = raw_post(gw.port, path, rm.call_body(2, "slow", {"steps": 200, "delay_ms": 50}, {"progressToken": "p"}),
                  rm.session_headers(sid))
     assert b"notifications/progress" in read_until(s, b"notifications/progress")
+    during = resources(gw)
+    assert during["airlock_runtime_tasks"] > baseline["airlock_runtime_tasks"], (during, baseline)
     s.close()
 
     # Mid-hold: a held call whose connection the agent drops.
     s = raw_post(gw.port, path, rm.call_body(3, "delete_record", {"id": "dropped"}), rm.session_headers(sid))
     [item] = gw.wait_pending(1)
+    during = resources(gw)
+    assert during["airlock_runtime_tasks"] > baseline["airlock_runtime_tasks"], (during, baseline)
+    assert during["airlock_open_fds"] > baseline["airlock_open_fds"], (during, baseline)
     s.close()
     gw.wait_gone(item["id"])
     [row] = gw.decision_rows(item["id"])
     assert row["decision"] == "cancelled" and row["channel"] == "agent", row
+
+    # Every task, socket and process the two dropped calls used is released.
+    after = settles_at(gw, baseline)
+    assert all(after[k] <= baseline[k] for k in baseline), (after, baseline)
 
     # The same session and a new one still work; nothing is left pending.
     with rm.client() as c:
@@ -211,9 +246,11 @@ def test_agent_disconnecting_mid_response_and_mid_hold_frees_everything(procs, t
         assert healthz(gw).json()["pending"] == 0
 
         assert c.delete(gw.mcp, headers=rm.session_headers(sid)).status_code in (200, 204)
-    # (the stateless call above has its own shared child, which stays)
+    # (the stateless calls have their own shared child, which stays)
     assert rm.wait_until(lambda: session_child not in rm.procs_with(marker), timeout=6), rm.procs_with(marker)
-    assert rm.wait_until(lambda: gw.metrics()["airlock_sessions"] == 0, timeout=3)
+    closed = settles_at(gw, {**baseline, "airlock_sessions": 0, "airlock_upstream_children": 1})
+    assert closed["airlock_sessions"] == 0 and closed["airlock_upstream_children"] == 1, closed
+    assert closed["airlock_runtime_tasks"] < baseline["airlock_runtime_tasks"], (closed, baseline)
 
 
 # ----------------------------------------------------------------------------- SIGTERM under load
