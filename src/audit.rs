@@ -19,6 +19,7 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 
 pub use chain::{GENESIS, arguments_hash, canonical_json, redact, row_hash};
@@ -96,6 +97,13 @@ pub struct Filter {
     pub cursor: Option<i64>,
 }
 
+/// A row ready to store: the entry and its arguments as canonical JSON text
+/// (the form the hash covers and the store keeps).
+pub struct Sealed {
+    pub entry: Entry,
+    pub arguments_text: Option<String>,
+}
+
 /// A storage backend; SQLite today, PostgreSQL could follow.
 pub trait AuditBackend: Send {
     /// Appends `count` rows atomically (all or none). Reads the chain's tail
@@ -104,7 +112,7 @@ pub trait AuditBackend: Send {
     fn append(
         &mut self,
         count: usize,
-        seal: &mut dyn FnMut(usize, i64, &str) -> Entry,
+        seal: &mut dyn FnMut(usize, i64, &str) -> Sealed,
     ) -> Result<Vec<Entry>, AuditError>;
     /// Proves the store is writable (a tiny write), for health checks.
     fn probe(&mut self) -> Result<(), AuditError>;
@@ -139,6 +147,11 @@ struct Shared {
 const MAX_RETRY_ROWS: usize = 100_000;
 /// Rows per transaction.
 const BATCH: usize = 1024;
+/// How long the writer lets fire-and-forget rows gather before a
+/// transaction, when only a few are waiting: one commit per row would cost
+/// more CPU than the row itself under load. Rows someone waits for (approval
+/// decisions, flushes) are written at once.
+const LINGER: Duration = Duration::from_millis(2);
 
 impl Audit {
     /// Opens (creating if needed) the SQLite store and starts the writer thread.
@@ -257,14 +270,24 @@ fn row_id() -> String {
         .to_string()
 }
 
-/// Turns a record into the next chained row.
-fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Entry {
+/// Turns a record into the next chained row; also returns the canonical
+/// JSON text of its (redacted) arguments, which the backend stores.
+fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Sealed {
     let parsed = record.arguments.as_deref().map(|raw| {
         serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
     });
-    let args_hash = parsed.as_ref().map(arguments_hash);
+    // One canonical text serves the hash of the arguments as called, and,
+    // unless redaction changes them, the stored column and the row hash.
+    let mut arguments_text = parsed.as_ref().map(canonical_json);
+    let args_hash = arguments_text.as_deref().map(|text| {
+        let mut h = sha2::Sha256::new();
+        h.update(text.as_bytes());
+        chain::hex_digest(h)
+    });
     let arguments = parsed.map(|mut v| {
-        chain::redact(&mut v, redact);
+        if chain::redact(&mut v, redact) {
+            arguments_text = Some(canonical_json(&v));
+        }
         v
     });
     let mut entry = Entry {
@@ -288,8 +311,11 @@ fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Entry 
         prev_hash: prev_hash.to_owned(),
         hash: String::new(),
     };
-    entry.hash = row_hash(prev_hash, &entry);
-    entry
+    entry.hash = chain::sealed_hash(prev_hash, &entry, arguments_text.as_deref());
+    Sealed {
+        entry,
+        arguments_text,
+    }
 }
 
 type Pending = (Box<Record>, Option<oneshot::Sender<Result<Entry, String>>>);
@@ -333,12 +359,11 @@ fn write_loop(
             Some(Command::Flush(ack)) => flushes.push(ack),
             None => {}
         }
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(Command::Append(r, ack)) => batch.push((r, ack)),
-                Ok(Command::Flush(ack)) => flushes.push(ack),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch, &mut flushes);
+        let waited_for = !flushes.is_empty() || batch.iter().any(|(_, ack)| ack.is_some());
+        if !closed && !waited_for && !batch.is_empty() && batch.len() < BATCH / 4 {
+            std::thread::sleep(LINGER);
+            drain(&mut rx, &mut batch, &mut flushes);
         }
         let mut rows: Vec<Pending> = retry.drain(..).collect();
         rows.extend(batch);
@@ -397,6 +422,21 @@ fn write_loop(
         if closed {
             // Shutting down: one last attempt was made above.
             return;
+        }
+    }
+}
+
+/// Moves waiting commands into the batch (up to [`BATCH`] rows) without blocking.
+fn drain(
+    rx: &mut mpsc::Receiver<Command>,
+    batch: &mut Vec<Pending>,
+    flushes: &mut Vec<oneshot::Sender<()>>,
+) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(Command::Append(r, ack)) => batch.push((r, ack)),
+            Ok(Command::Flush(ack)) => flushes.push(ack),
+            Err(_) => break,
         }
     }
 }

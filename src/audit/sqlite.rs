@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use super::{AuditBackend, AuditError, Entry, Filter};
+use super::{AuditBackend, AuditError, Entry, Filter, Sealed};
 
 pub struct Sqlite {
     conn: Connection,
@@ -33,9 +33,13 @@ CREATE TABLE IF NOT EXISTS audit (
     hash       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_tool ON audit(tool);
-CREATE INDEX IF NOT EXISTS audit_decision ON audit(decision);
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
-CREATE INDEX IF NOT EXISTS audit_pending ON audit(pending_id);
+-- Only rows of held calls have a pending_id: a partial index costs allowed
+-- rows nothing. (Stores made by earlier versions had two more indexes, one on
+-- decision and a full one on pending_id; each row paid for both.)
+CREATE INDEX IF NOT EXISTS audit_pending_id ON audit(pending_id) WHERE pending_id IS NOT NULL;
+DROP INDEX IF EXISTS audit_decision;
+DROP INDEX IF EXISTS audit_pending;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
@@ -102,7 +106,7 @@ impl AuditBackend for Sqlite {
     fn append(
         &mut self,
         count: usize,
-        seal: &mut dyn FnMut(usize, i64, &str) -> Entry,
+        seal: &mut dyn FnMut(usize, i64, &str) -> Sealed,
     ) -> Result<Vec<Entry>, AuditError> {
         // IMMEDIATE takes the write lock before reading the tail, so another
         // process appending to the same file cannot interleave.
@@ -124,7 +128,10 @@ impl AuditBackend for Sqlite {
             ))?;
             for i in 0..count {
                 seq += 1;
-                let e = seal(i, seq, &prev);
+                let Sealed {
+                    entry: e,
+                    arguments_text,
+                } = seal(i, seq, &prev);
                 stmt.execute(rusqlite::params![
                     e.seq,
                     e.id,
@@ -134,7 +141,7 @@ impl AuditBackend for Sqlite {
                     e.agent,
                     e.upstream,
                     e.tool,
-                    e.arguments.as_ref().map(super::chain::canonical_json),
+                    arguments_text,
                     e.args_hash,
                     e.rule,
                     e.reason,
@@ -214,7 +221,7 @@ impl AuditBackend for Sqlite {
 
     fn open_approvals(&mut self) -> Result<Vec<Entry>, AuditError> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM audit a WHERE decision = 'approval_requested' AND NOT EXISTS (
+            "SELECT {COLUMNS} FROM audit a WHERE a.pending_id IS NOT NULL AND decision = 'approval_requested' AND NOT EXISTS (
                 SELECT 1 FROM audit b WHERE b.pending_id = a.pending_id AND b.seq > a.seq
                 AND b.decision IN ('approved','denied','denied_by_human','timed_out','cancelled','abandoned'))
              ORDER BY seq ASC"
