@@ -13,8 +13,9 @@ use super::Entry;
 /// The `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The text the hash covers.
-pub fn canonical(entry: &Entry) -> String {
+/// The text the hash covers (as a string: tests compare it).
+#[cfg(test)]
+fn canonical(entry: &Entry) -> String {
     let arguments = entry.arguments.as_ref().map(canonical_json);
     let mut out = Vec::with_capacity(256);
     write_row(entry, arguments.as_deref(), &mut out);
