@@ -18,7 +18,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::audit::Record;
 use crate::era;
@@ -470,7 +470,7 @@ pub async fn hold_call(
         )
     };
     // Small: a held call carries a few progress notes, then its answer.
-    let (out_tx, out_rx) = mpsc::channel(4);
+    let (out_tx, out_rx) = crate::upstream::held_channel(4);
     let (sink, answer_now) = if as_task {
         let (task_id, created) = gw.tasks.create(&id, &ctx.session_key, approval.timeout);
         (
@@ -478,7 +478,7 @@ pub async fn hold_call(
             Some(jsonrpc::result_response(&request_id, created)),
         )
     } else {
-        (Sink::Stream(out_tx), None)
+        (Sink::Stream(out_tx.tx, Some(out_tx.gone)), None)
     };
     let waiter = Waiter {
         gw: gw.clone(),
@@ -536,8 +536,12 @@ struct Waiter {
 
 /// Where the held call's answer goes.
 enum Sink {
-    /// The agent's open request (SSE on HTTP, the pending line on stdio).
-    Stream(mpsc::Sender<Event>),
+    /// The agent's open request (SSE on HTTP, the pending line on stdio),
+    /// and what tells that the agent went away (taken by the waiting loop).
+    Stream(
+        futures::channel::mpsc::Sender<Event>,
+        Option<oneshot::Receiver<()>>,
+    ),
     /// A task the agent polls (stateless era with the tasks extension).
     Task(String),
 }
@@ -554,7 +558,12 @@ impl Waiter {
             );
         }
         match &self.sink {
-            Sink::Stream(tx) => tx.send(Event { id: None, message }).await.is_ok(),
+            Sink::Stream(tx, _) => {
+                let mut tx = tx.clone();
+                futures::SinkExt::send(&mut tx, Event { id: None, message })
+                    .await
+                    .is_ok()
+            }
             Sink::Task(task_id) => {
                 if message.kind() == jsonrpc::Kind::Response {
                     self.gw.tasks.finish(task_id, &message);
@@ -564,15 +573,21 @@ impl Waiter {
         }
     }
 
-    /// Resolves when a streaming agent goes away; never for tasks.
-    async fn agent_gone(&self) {
-        match &self.sink {
-            Sink::Stream(tx) => tx.closed().await,
-            Sink::Task(_) => std::future::pending().await,
-        }
-    }
-
-    async fn run(self, mut wake: oneshot::Receiver<Resolution>) {
+    async fn run(mut self, mut wake: oneshot::Receiver<Resolution>) {
+        // Resolves when a streaming agent goes away; never for tasks.
+        let mut gone_signal = match &mut self.sink {
+            Sink::Stream(_, gone) => gone.take(),
+            Sink::Task(_) => None,
+        };
+        let agent_gone = async move {
+            match gone_signal.as_mut() {
+                Some(signal) => {
+                    let _ = signal.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(agent_gone);
         let deadline = tokio::time::Instant::now() + self.approval.timeout;
         let interval = self.gw.config.approval.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -590,27 +605,29 @@ impl Waiter {
                     // Latch only when the timeout itself won. If another
                     // decision is being committed (or is rolled back because
                     // the store failed), look again in a second.
-                    timed_out = decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None).await.is_ok();
+                    timed_out = Box::pin(decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None)).await.is_ok();
                     if !timed_out {
                         deadline = tokio::time::Instant::now() + Duration::from_secs(1);
                     }
                 }
-                _ = self.agent_gone(), if !gone => {
+                _ = &mut agent_gone, if !gone => {
                     gone = true;
-                    let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
+                    let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into()))).await;
                 }
-                _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(_)) => {
+                _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(..)) => {
                     sent += 1;
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let note = self.progress(sent, left);
-                    if !self.deliver(note).await && !gone {
+                    if !Box::pin(self.deliver(note)).await && !gone {
                         gone = true;
-                        let _ = decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into())).await;
+                        let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into()))).await;
                     }
                 }
             }
         };
-        self.release(resolution, sent).await;
+        // Boxed: only a decided call pays for the (large) release future;
+        // a waiting one stays a small task (docs/benchmarks.md, Holds).
+        Box::pin(self.release(resolution, sent)).await;
     }
 
     fn progress(&self, n: u64, left: Duration) -> Message {

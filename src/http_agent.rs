@@ -555,7 +555,7 @@ fn to_response(
             bytes,
         } => (status, [(header::CONTENT_TYPE, content_type)], bytes).into_response(),
         ReplyBody::Stream(rx) => {
-            let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |event| {
+            let events = rx.map(move |event| {
                 let _busy = &busy;
                 let event = match &list_filter {
                     Some(policy) if event.message.kind() == Kind::Response => Event {

@@ -91,7 +91,68 @@ pub enum ReplyBody {
         bytes: bytes::Bytes,
     },
     /// Messages that relate to the request, ending with its response.
-    Stream(mpsc::Receiver<Event>),
+    Stream(Events),
+}
+
+/// The messages of one streamed reply, in order.
+pub enum Events {
+    /// From an upstream (or any producer that streams many messages).
+    Queue(mpsc::Receiver<Event>),
+    /// From a held call: a few progress notes, then the answer. A separate
+    /// kind because a held call waits for minutes and there may be thousands:
+    /// tokio's queue allocates 32 slots up front (~3 KiB here), futures'
+    /// allocates per message.
+    Held(HeldEvents),
+}
+
+/// The agent's end of a held call's stream; dropping it (the agent went
+/// away) tells the waiting task through `_gone`.
+pub struct HeldEvents {
+    rx: futures::channel::mpsc::Receiver<Event>,
+    _gone: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The waiting task's end of a held call's stream.
+pub struct HeldSender {
+    pub tx: futures::channel::mpsc::Sender<Event>,
+    /// Resolves (with an error) once the agent's end is dropped.
+    pub gone: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// A stream for a held call, with room for `buffer` waiting messages.
+pub fn held_channel(buffer: usize) -> (HeldSender, Events) {
+    let (tx, rx) = futures::channel::mpsc::channel(buffer);
+    let (gone_tx, gone) = tokio::sync::oneshot::channel();
+    (
+        HeldSender { tx, gone },
+        Events::Held(HeldEvents { rx, _gone: gone_tx }),
+    )
+}
+
+impl Events {
+    pub async fn recv(&mut self) -> Option<Event> {
+        futures::StreamExt::next(self).await
+    }
+}
+
+impl From<mpsc::Receiver<Event>> for Events {
+    fn from(rx: mpsc::Receiver<Event>) -> Events {
+        Events::Queue(rx)
+    }
+}
+
+impl futures::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        match self.get_mut() {
+            Events::Queue(rx) => rx.poll_recv(cx),
+            Events::Held(held) => futures::StreamExt::poll_next_unpin(&mut held.rx, cx),
+        }
+    }
 }
 
 impl Reply {

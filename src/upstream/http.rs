@@ -238,7 +238,7 @@ impl HttpSession {
             .unwrap_or("")
             .to_ascii_lowercase();
         let body = if content_type.starts_with("text/event-stream") {
-            ReplyBody::Stream(self.pump_events(response, request))
+            ReplyBody::Stream(self.pump_events(response, request).into())
         } else {
             let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
             if bytes.is_empty() {

@@ -219,7 +219,7 @@ impl StdioChild {
         Ok(Reply {
             status: 200,
             headers: Default::default(),
-            body: ReplyBody::Stream(out_rx),
+            body: ReplyBody::Stream(out_rx.into()),
         })
     }
 
@@ -242,7 +242,7 @@ impl StdioChild {
         Reply {
             status: 200,
             headers: Default::default(),
-            body: ReplyBody::Stream(rx),
+            body: ReplyBody::Stream(rx.into()),
         }
     }
 
