@@ -208,6 +208,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     }
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
+    tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
 
     let router = crate::server::router(gw.clone());
     let listener = match tokio::net::TcpListener::bind(gw.config.listen).await {
