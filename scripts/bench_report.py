@@ -96,8 +96,16 @@ def summary_rows(r, policy):
         note = f"RSS {f(h['rss_kib']['before'])} → {f(h['rss_kib']['with_holds'])} KiB"
         if beyond is not None:
             note += f"; {beyond:.1f} KiB beyond the agent's idle connection"
-        rows.append((f"Memory per held call ({f(h['holds_opened'])} holds)", "", f"{h['kib_per_hold']:.1f} KiB",
-                     note, "≤ 4 KiB", yes(h["kib_per_hold"] <= 4)))
+        if beyond is not None:
+            rows.append((f"Memory per hold, beyond the agent's connection ({f(h['holds_opened'])} holds)", "",
+                         f"{beyond:.1f} KiB", f"RSS {f(h['rss_kib']['before'])} → {f(h['rss_kib']['with_holds'])} KiB, "
+                         f"less {(h.get('idle_connection_baseline') or {}).get('kib_per_connection', 0):.1f} KiB per idle HTTP/1.1 connection",
+                         "≤ 4 KiB", yes(beyond <= 4)))
+            rows.append(("Memory per held call with its HTTP/1.1 connection", "", f"{h['kib_per_hold']:.1f} KiB",
+                         "the agent's open request is a connection (hyper's buffers)", "reported", ""))
+        else:
+            rows.append((f"Memory per held call ({f(h['holds_opened'])} holds)", "", f"{h['kib_per_hold']:.1f} KiB",
+                         note, "≤ 4 KiB", yes(h["kib_per_hold"] <= 4)))
         p99 = get(h, "release_latency", "p99_us")
         if p99 is not None:
             rows.append(("Decision → upstream release, p99", "", f"{f(ms(p99), 2)} ms",
@@ -126,6 +134,16 @@ def summary_rows(r, policy):
         rows.append((f"Load, {label}: RSS 10 s after the sessions are deleted", f"{f(m['before_load'])} KiB before",
                      f"{f(m['after_delete_10s'])} KiB", f"{m['after_minus_before']:+,} KiB (end of load {f(m['end_of_load'])} KiB)",
                      f"flat (≤ {f(LOAD_RSS_SLACK_KIB)} KiB)", yes(m["after_minus_before"] <= LOAD_RSS_SLACK_KIB)))
+        res = ld.get("resources") or {}
+        start, after = res.get("start") or {}, res.get("after") or {}
+        if start and after:
+            keys = ("runtime_tasks", "open_fds", "upstream_children", "sessions", "pending")
+            same = all(after.get(k, 0) <= start.get(k, 0) for k in keys)
+            rows.append((f"Load, {label}: tasks / fds / sessions / pending after the run",
+                         " / ".join(f(start.get(k, 0)) for k in ("runtime_tasks", "open_fds", "sessions", "pending")) + " before",
+                         " / ".join(f(after.get(k, 0)) for k in ("runtime_tasks", "open_fds", "sessions", "pending")),
+                         f"`/metrics` before the first session and {res.get('after_seconds', '?'):.0f} s after the last "
+                         "(pooled upstream connections close after 15 s unused)", "back to start (no leak)", yes(same)))
         held = get(ld, "outcomes", "held_approved", "latency", "p99_us")
         allowed = get(ld, "outcomes", "allowed", "latency", "p99_us")
         rows.append((f"Load, {label}: p99 allowed / held (approved)", "", f"{f(ms(allowed), 2)} / {f(ms(held), 1)} ms",

@@ -311,6 +311,48 @@ fn count(rows: &BTreeMap<String, u64>, key: &str) -> u64 {
     rows.get(key).copied().unwrap_or(0)
 }
 
+/// Whether every gauge in `now` is at or below its value in `start`.
+fn settled(start: &Value, now: &Value) -> bool {
+    match (start.as_object(), now.as_object()) {
+        (Some(start), Some(now)) => start
+            .iter()
+            .all(|(k, v)| now.get(k).and_then(Value::as_u64) <= v.as_u64()),
+        _ => false,
+    }
+}
+
+/// The gauges of `/metrics` a leak would make grow (its own connection
+/// counts as one task and one fd, at both readings).
+async fn resources(addr: std::net::SocketAddr) -> Value {
+    const GAUGES: [&str; 5] = [
+        "airlock_runtime_tasks",
+        "airlock_open_fds",
+        "airlock_upstream_children",
+        "airlock_sessions",
+        "airlock_pending",
+    ];
+    let Ok(mut http) = Http::connect(addr).await else {
+        return Value::Null;
+    };
+    let Ok((head, body)) = http.request("GET", "/metrics", &[], b"").await else {
+        return Value::Null;
+    };
+    if head.status != 200 {
+        return Value::Null;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let mut out = serde_json::Map::new();
+    for line in text.lines() {
+        if let Some((name, value)) = line.split_once(' ')
+            && GAUGES.contains(&name)
+            && let Ok(v) = value.trim().parse::<u64>()
+        {
+            out.insert(name.trim_start_matches("airlock_").into(), v.into());
+        }
+    }
+    Value::Object(out)
+}
+
 pub async fn load(o: &crate::Opts, echo: &Proc) -> io::Result<Value> {
     let n_sessions = o.load_sessions;
     say(format!(
@@ -330,6 +372,7 @@ pub async fn load(o: &crate::Opts, echo: &Proc) -> io::Result<Value> {
     let addr = gw.addr();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_start = gw.rss_kib();
+    let resources_start = resources(addr).await;
 
     // Sessions (handshake), 100 at a time.
     let gate = Arc::new(Semaphore::new(100));
@@ -410,6 +453,16 @@ pub async fn load(o: &crate::Opts, echo: &Proc) -> io::Result<Value> {
     say("load: sessions deleted; waiting 10 s");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let rss_after = gw.rss_kib();
+    // Pooled connections to the upstream close after 15 s unused: look again
+    // (once a second, for up to 40 s) until every gauge is back at its start.
+    let settle = Instant::now();
+    let mut resources_after = resources(addr).await;
+    while !settled(&resources_start, &resources_after) && settle.elapsed() < Duration::from_secs(40)
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        resources_after = resources(addr).await;
+    }
+    let settled_after = settle.elapsed().as_secs_f64() + 10.0;
     let mut api = Http::connect(addr).await?;
     let auth = format!("Bearer {TOKEN}");
     let status = match api
@@ -494,6 +547,12 @@ pub async fn load(o: &crate::Opts, echo: &Proc) -> io::Result<Value> {
             "after_delete_10s": rss_after,
             "after_minus_before": kib(rss_before, rss_after),
             "after_minus_start": kib(rss_start, rss_after),
+        },
+        // Tasks, fds, children, sessions, pending: before any session vs after the last.
+        "resources": {
+            "start": resources_start,
+            "after": resources_after,
+            "after_seconds": settled_after.round(),
         },
         "status_after": status,
         "loadavg": { "before": loadavg_before.trim(), "end": loadavg_end.trim() },

@@ -28,6 +28,9 @@ pub struct HttpUpstream {
     headers: HeaderMap,
 }
 
+/// How long an unused pooled connection to the upstream stays open.
+const POOL_IDLE: Duration = Duration::from_secs(15);
+
 impl HttpUpstream {
     pub fn new(spec: &UpstreamSpec) -> Result<Arc<HttpUpstream>, UpstreamError> {
         let UpstreamSpec::Http { url, headers } = spec else {
@@ -46,6 +49,9 @@ impl HttpUpstream {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(256)
+            // Warm connections for bursts; closed after 15 s unused (a load
+            // spike's connections do not stay open for minutes).
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|e| UpstreamError::Unreachable {
                 url: url.clone(),
