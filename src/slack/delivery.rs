@@ -107,6 +107,7 @@ pub fn start(gw: &Gateway, config: SlackConfig, key: Arc<LinkKey>) -> Outbox {
         key,
         client,
         permits: Semaphore::new(PARALLEL),
+        rate_limited_until: std::sync::Mutex::new(None),
     });
     tokio::spawn(courier.dispatch(rx));
     Outbox { tx, gw: gw.clone() }
@@ -127,6 +128,8 @@ struct Failure {
     retry_after: Option<Duration>,
     /// Retrying cannot help (e.g. the webhook was revoked).
     permanent: bool,
+    /// Not sent at all: Slack asked every request to wait (an earlier 429).
+    deferred: bool,
 }
 
 /// How a retried delivery ended.
@@ -148,6 +151,10 @@ struct Courier {
     key: Arc<LinkKey>,
     client: reqwest::Client,
     permits: Semaphore,
+    /// After a 429, no request goes to Slack before this instant: Slack's
+    /// limits are per app and webhook, not per message, so every
+    /// conversation waits (a burst of holds must not become a burst of 429s).
+    rate_limited_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Courier {
@@ -307,26 +314,44 @@ impl Courier {
         let deadline = started + self.config.give_up_after;
         let mut backoff = FIRST_BACKOFF;
         let mut last = String::new();
-        for attempt in 1u32.. {
+        let mut failures = 0u32;
+        loop {
             let failure = match self.attempt(target, &body).await {
                 Ok(reply) => return Delivery::Sent(reply),
                 Err(f) => f,
             };
-            self.gw
-                .metrics
-                .notification_failures
-                .fetch_add(1, Ordering::Relaxed);
-            let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
-            let wait = failure.retry_after.unwrap_or(jittered);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            last = failure.why;
             let id = item.map(|i| i.id.as_str()).unwrap_or("-");
-            if failure.permanent || Instant::now() + wait > deadline {
+            let wait = if failure.deferred {
+                // Another conversation was told to slow down: this message
+                // waits without being sent (not a failure of its own).
+                if last.is_empty() {
+                    last = failure.why;
+                }
+                failure.retry_after.unwrap_or(FIRST_BACKOFF)
+            } else {
+                failures += 1;
+                self.gw
+                    .metrics
+                    .notification_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                last = failure.why;
+                if failure.permanent {
+                    break;
+                }
+                failure.retry_after.unwrap_or(jittered)
+            };
+            if Instant::now() + wait > deadline {
                 break;
             }
-            tracing::warn!(pending = %id, "Slack {what}: {last}; retrying in {} ms (attempt {attempt})", wait.as_millis());
-            if attempt == 1 {
-                self.record(item, format!("Slack {what}: {last}; retrying"));
+            if failure.deferred {
+                tracing::debug!(pending = %id, "Slack {what}: rate limited; waiting {} ms", wait.as_millis());
+            } else {
+                tracing::warn!(pending = %id, "Slack {what}: {last}; retrying in {} ms (attempt {failures})", wait.as_millis());
+                if failures == 1 {
+                    self.record(item, format!("Slack {what}: {last}; retrying"));
+                }
             }
             let sleep = tokio::time::sleep(wait);
             match decided.as_deref_mut() {
@@ -353,6 +378,23 @@ impl Courier {
         Delivery::GaveUp
     }
 
+    /// How long every request must still wait after a 429.
+    fn rate_limit_left(&self) -> Duration {
+        let until = *self.rate_limited_until.lock().expect("rate limit lock");
+        until.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Holds every request back for `wait` (never shortens an earlier pause).
+    fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut current = self.rate_limited_until.lock().expect("rate limit lock");
+        if current.is_none_or(|t| t < until) {
+            *current = Some(until);
+        }
+    }
+
     /// One HTTP request.
     async fn attempt(&self, target: Target<'_>, body: &Value) -> Result<Value, Failure> {
         let _permit = self
@@ -360,6 +402,17 @@ impl Courier {
             .acquire()
             .await
             .expect("semaphore is never closed");
+        // Looked at once the permit is held: requests queued behind it when
+        // a 429 arrived must not all go out anyway.
+        let paused = self.rate_limit_left();
+        if !paused.is_zero() {
+            return Err(Failure {
+                why: "Slack rate limit (429)".into(),
+                retry_after: Some(paused),
+                permanent: false,
+                deferred: true,
+            });
+        }
         let request = match target {
             Target::Webhook(url) | Target::ResponseUrl(url) => self.client.post(url),
             Target::Api(method) => {
@@ -387,6 +440,7 @@ impl Courier {
             why: transport_error(e),
             retry_after: None,
             permanent: false,
+            deferred: false,
         })?;
         let status = response.status();
         let retry_after = response
@@ -396,6 +450,9 @@ impl Courier {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let text = response.text().await.unwrap_or_default();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.pause(retry_after.unwrap_or(FIRST_BACKOFF));
+        }
         if !status.is_success() {
             let permanent = status.is_client_error()
                 && status != StatusCode::TOO_MANY_REQUESTS
@@ -404,6 +461,7 @@ impl Courier {
                 why: format!("HTTP {}{}", status.as_u16(), short(&text)),
                 retry_after,
                 permanent,
+                deferred: false,
             });
         }
         if !web_api {
@@ -418,6 +476,9 @@ impl Courier {
             .and_then(Value::as_str)
             .unwrap_or("no `ok` in the answer")
             .to_owned();
+        if error == "ratelimited" {
+            self.pause(retry_after.unwrap_or(FIRST_BACKOFF));
+        }
         let transient = matches!(
             error.as_str(),
             "ratelimited"
@@ -430,6 +491,7 @@ impl Courier {
             why: format!("Slack API error `{error}`"),
             retry_after,
             permanent: !transient,
+            deferred: false,
         })
     }
 
