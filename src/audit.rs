@@ -128,6 +128,8 @@ pub trait AuditBackend: Send {
 enum Command {
     Append(Box<Record>, Option<oneshot::Sender<Result<Entry, String>>>),
     Flush(oneshot::Sender<()>),
+    /// Check that the store can still be written, even with no traffic.
+    Probe,
 }
 
 /// Cheap-to-clone handle to the audit store.
@@ -147,6 +149,10 @@ struct Shared {
 const MAX_RETRY_ROWS: usize = 100_000;
 /// Rows per transaction.
 const BATCH: usize = 1024;
+/// How often an idle store is checked for writability, so that a full or
+/// locked store shows on `/healthz` (and refuses approvals at once) before
+/// the next call has to find out.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the writer lets fire-and-forget rows gather before a
 /// transaction, when only a few are waiting: one commit per row would cost
 /// more CPU than the row itself under load. Rows someone waits for (approval
@@ -183,6 +189,23 @@ impl Audit {
             .name("airlock-audit".into())
             .spawn(move || write_loop(writer, rx, redact, weak))
             .expect("spawning the audit writer thread");
+        // A weak sender: the prober must not keep the writer alive.
+        let prober = shared.tx.downgrade();
+        std::thread::Builder::new()
+            .name("airlock-audit-probe".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(PROBE_INTERVAL);
+                    match prober.upgrade() {
+                        // A full queue means the writer is busy: no probe needed.
+                        Some(tx) => {
+                            let _ = tx.try_send(Command::Probe);
+                        }
+                        None => return,
+                    }
+                }
+            })
+            .expect("spawning the audit probe thread");
         Audit(shared)
     }
 
@@ -336,6 +359,7 @@ fn write_loop(
             .upgrade()
             .is_none_or(|s| s.healthy.load(Ordering::Relaxed));
         let mut closed = false;
+        let mut probe = false;
         let first = if retry.is_empty() && healthy {
             match rx.blocking_recv() {
                 Some(command) => Some(command),
@@ -357,6 +381,7 @@ fn write_loop(
         match first {
             Some(Command::Append(r, ack)) => batch.push((r, ack)),
             Some(Command::Flush(ack)) => flushes.push(ack),
+            Some(Command::Probe) => probe = true,
             None => {}
         }
         drain(&mut rx, &mut batch, &mut flushes);
@@ -370,6 +395,17 @@ fn write_loop(
         let unhealthy = shared
             .upgrade()
             .is_some_and(|s| !s.healthy.load(Ordering::Relaxed));
+        if rows.is_empty() && !unhealthy && probe {
+            // Idle and believed healthy: prove it (a tiny write).
+            if let Err(e) = db.probe() {
+                let message = e.to_string();
+                tracing::error!("audit store cannot be written: {message}");
+                if let Some(s) = shared.upgrade() {
+                    s.healthy.store(false, Ordering::Relaxed);
+                    *s.last_error.lock().expect("lock") = Some(message);
+                }
+            }
+        }
         if rows.is_empty() && unhealthy {
             // Nothing to write, but the store was failing: is it back?
             if db.probe().is_ok()
@@ -436,6 +472,8 @@ fn drain(
         match rx.try_recv() {
             Ok(Command::Append(r, ack)) => batch.push((r, ack)),
             Ok(Command::Flush(ack)) => flushes.push(ack),
+            // Rows are about to be written: that proves the store anyway.
+            Ok(Command::Probe) => {}
             Err(_) => break,
         }
     }

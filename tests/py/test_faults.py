@@ -132,6 +132,25 @@ def test_unwritable_audit_store_fails_approvals_closed_keeps_allowed_calls_and_r
     assert verify.returncode == 0, (verify.stdout, verify.stderr)
 
 
+def test_an_idle_gateway_notices_an_unwritable_store_before_any_call(procs):
+    gw = start_gateway(procs, POLICY)
+    assert text_of(call(gw, "echo", {"text": "before"})) == "before"
+    # No traffic from here: the writer's own probe (every 5 s, then the 5 s busy timeout) must find out.
+    lock = Locked(gw.audit)
+    try:
+        degraded = wait_status(gw, 503, 5 + 5 + 3)
+        assert "cannot write" in degraded.json()["audit"], degraded.text
+        started = time.monotonic()
+        refused = call(gw, "delete_record", {"id": "idle-locked"})
+        assert refused["_meta"]["airlock.decision"] == "audit_unavailable", refused
+        assert time.monotonic() - started < 2, "the first approval after the failure should not wait"
+    finally:
+        lock.release(after=0)
+    assert wait_status(gw, 200, 5).json()["status"] == "ok"
+    assert gw.proc.stop(signal.SIGTERM) == 0
+    assert run_cli("audit", "verify", "--audit", gw.audit).returncode == 0
+
+
 def test_on_error_fail_closed_refuses_allowed_calls_while_the_store_cannot_be_written(procs):
     gw = start_gateway(procs, POLICY, config=on_error_config(procs, "fail_closed"))
     lock = Locked(gw.audit)
