@@ -588,6 +588,9 @@ impl Waiter {
             }
         };
         tokio::pin!(agent_gone);
+        // The `decide` and `deliver` futures below are boxed: this loop is
+        // what a held call keeps in memory while it waits, and an async
+        // state machine is as large as its largest await.
         let deadline = tokio::time::Instant::now() + self.approval.timeout;
         let interval = self.gw.config.approval.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
