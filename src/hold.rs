@@ -716,10 +716,16 @@ impl Waiter {
     async fn forward(self, progress_sent: u64) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let started = Instant::now();
-        // Message clones share their bytes: this is the exact request the approver saw.
+        // Message clones share their bytes: this is the exact request the
+        // approver saw (less the tasks extension when Airlock answered with
+        // its own task: the upstream must answer with a result).
+        let message = match &self.sink {
+            Sink::Task(_) => crate::tasks::without_extension(&self.message),
+            Sink::Stream(..) => self.message.clone(),
+        };
         let reply = self
             .gw
-            .upstream_request(&self.ctx.link, self.message.clone(), self.headers.as_ref())
+            .upstream_request(&self.ctx.link, message, self.headers.as_ref())
             .await;
         self.gw.metrics.upstream_latency.observe(started.elapsed());
         match reply {

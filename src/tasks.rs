@@ -62,6 +62,30 @@ pub fn declared(peek: &ParamsPeek<'_>) -> bool {
         .is_some_and(|c| c.extensions.contains_key(EXTENSION))
 }
 
+/// The approved call as the upstream gets it when Airlock answers with its own
+/// task: the same request without the tasks extension in its client
+/// capabilities, so the upstream answers with a result (which completes
+/// Airlock's task) and not with a task of its own. Everything else is kept,
+/// key order and numbers included.
+pub fn without_extension(message: &Message) -> Message {
+    const CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+    let Ok(mut value) = serde_json::from_slice::<Value>(message.raw()) else {
+        return message.clone();
+    };
+    let removed = value
+        .pointer_mut("/params/_meta")
+        .and_then(|meta| meta.get_mut(CAPABILITIES))
+        .and_then(|caps| caps.get_mut("extensions"))
+        .and_then(Value::as_object_mut)
+        .and_then(|extensions| extensions.shift_remove(EXTENSION))
+        .is_some();
+    if removed {
+        Message::from_value(&value)
+    } else {
+        message.clone()
+    }
+}
+
 impl Tasks {
     /// Creates a `working` task for a held call; returns its id and the
     /// `CreateTaskResult` to answer the `tools/call` with.
@@ -230,4 +254,23 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
         jsonrpc::result_response(&id, result),
         ctx.era,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarded_call_loses_only_the_tasks_extension() {
+        let raw = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_record","arguments":{"id":"x","n":1.50},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{},"other/ext":{"a":1}},"sampling":{}}}}}"#;
+        let message = Message::parse(bytes::Bytes::from(raw)).expect("valid");
+        let stripped = without_extension(&message);
+        assert_eq!(
+            stripped.text(),
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_record","arguments":{"id":"x","n":1.50},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{"other/ext":{"a":1}},"sampling":{}}}}}"#
+        );
+        assert_eq!(stripped.id(), message.id());
+        // Without the extension the message is passed on untouched.
+        assert_eq!(without_extension(&stripped).raw(), stripped.raw());
+    }
 }
