@@ -24,6 +24,8 @@ pub mod code {
     pub const SESSION_NOT_FOUND: i64 = -32001;
     /// MCP 2026-07-28: an HTTP header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
+    /// MCP 2026-07-28: the request lacks a capability the method needs.
+    pub const MISSING_CAPABILITY: i64 = -32021;
 }
 
 /// A request or response id, kept as its raw JSON text (`1`, `"abc"`).

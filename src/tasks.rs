@@ -224,6 +224,19 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
         );
         return Some(Exchange::answer(error, ctx.era));
     }
+    let declared = message
+        .params::<ParamsPeek<'_>>()
+        .is_some_and(|peek| declared(&peek));
+    if !declared {
+        // The extension's rule: `tasks/*` only for clients that declare it.
+        let error = jsonrpc::error_response_with_data(
+            &id,
+            code::MISSING_CAPABILITY,
+            "Missing required client capability: the io.modelcontextprotocol/tasks extension",
+            Some(json!({ "requiredCapabilities": { "extensions": { EXTENSION: {} } } })),
+        );
+        return Some(Exchange::answer(error, ctx.era));
+    }
     let result = match message.method() {
         Some("tasks/get") => gw
             .tasks
@@ -231,7 +244,8 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
             .get(&task_id)
             .map(|t| Tasks::view(&t, &task_id))?,
         Some("tasks/cancel") => {
-            // Cancellation is cooperative: a call already decided runs to its end.
+            // Cancellation is cooperative (as the extension defines it): a
+            // call already decided runs to its end and its task completes.
             let withdrawn = hold::decide(
                 gw,
                 &pending_id,
