@@ -572,10 +572,17 @@ impl Gateway {
                 let rate_limited = policy.rate_limited(tool).then(|| tool.to_owned());
                 drop(peek);
                 let started = Instant::now();
-                let reply = self.upstream_request(&ctx.link, message, headers).await?;
+                let mut reply = self.upstream_request(&ctx.link, message, headers).await?;
                 self.metrics.upstream_latency.observe(started.elapsed());
-                if let (ReplyBody::Json(answer), Some(tool)) = (&reply.body, rate_limited) {
-                    self.retries.remember(answer, &ctx.scope(), &tool);
+                if let Some(tool) = rate_limited {
+                    // An `input_required` answer (JSON or streamed): its retry
+                    // is the same call, not another one against the limit.
+                    let (gw, scope) = (self.clone(), ctx.scope());
+                    reply.body = reply.body.tap(move |answer| {
+                        if answer.kind() == jsonrpc::Kind::Response {
+                            gw.retries.remember(answer, &scope, &tool);
+                        }
+                    });
                 }
                 Ok(Exchange::plain(reply))
             }
@@ -637,12 +644,15 @@ impl Gateway {
                 let tool = tool.to_owned();
                 let args_hash = crate::hold::hash_arguments(arguments);
                 drop(peek);
-                let reply = self.upstream_request(&ctx.link, message, headers).await?;
-                if let ReplyBody::Json(answer) = &reply.body {
-                    // A further round of questions stays covered by the approval.
-                    self.holds
-                        .remember_continuation(answer, &ctx.scope(), &tool, &args_hash);
-                }
+                let mut reply = self.upstream_request(&ctx.link, message, headers).await?;
+                // A further round of questions (JSON or streamed) stays covered by the approval.
+                let (gw, scope) = (self.clone(), ctx.scope());
+                reply.body = reply.body.tap(move |answer| {
+                    if answer.kind() == jsonrpc::Kind::Response {
+                        gw.holds
+                            .remember_continuation(answer, &scope, &tool, &args_hash);
+                    }
+                });
                 Ok(Exchange::plain(reply))
             }
             CallDecision::NeedsApproval {

@@ -103,6 +103,9 @@ pub enum Events {
     /// tokio's queue allocates 32 slots up front (~3 KiB here), futures'
     /// allocates per message.
     Held(HeldEvents),
+    /// Another stream whose messages are shown to a function as they pass
+    /// (e.g. to remember an MRTR `requestState` from a streamed answer).
+    Tapped(Box<Events>, Box<dyn FnMut(&Message) + Send>),
 }
 
 /// The agent's end of a held call's stream; dropping it (the agent went
@@ -135,6 +138,23 @@ impl Events {
     }
 }
 
+impl ReplyBody {
+    /// Shows every JSON-RPC message of this reply to `tap`: a single answer
+    /// at once, a stream's messages as the agent reads them.
+    pub fn tap(self, mut tap: impl FnMut(&Message) + Send + 'static) -> ReplyBody {
+        match self {
+            ReplyBody::Json(message) => {
+                tap(&message);
+                ReplyBody::Json(message)
+            }
+            ReplyBody::Stream(events) => {
+                ReplyBody::Stream(Events::Tapped(Box::new(events), Box::new(tap)))
+            }
+            other => other,
+        }
+    }
+}
+
 impl From<mpsc::Receiver<Event>> for Events {
     fn from(rx: mpsc::Receiver<Event>) -> Events {
         Events::Queue(rx)
@@ -151,6 +171,13 @@ impl futures::Stream for Events {
         match self.get_mut() {
             Events::Queue(rx) => rx.poll_recv(cx),
             Events::Held(held) => futures::StreamExt::poll_next_unpin(&mut held.rx, cx),
+            Events::Tapped(inner, tap) => {
+                let polled = futures::StreamExt::poll_next_unpin(inner.as_mut(), cx);
+                if let std::task::Poll::Ready(Some(event)) = &polled {
+                    tap(&event.message);
+                }
+                polled
+            }
         }
     }
 }

@@ -131,13 +131,18 @@ class Gateway:
 
 
 def write_config(tmp_path: Path, policy: dict, *, progress: float = 0.5, agents: bool = False,
-                 name: str = "airlock", upstream_args: list[str] = ()) -> Path:
+                 name: str = "airlock", upstream_args: list[str] = (), url: str | None = None) -> Path:
+    """A config whose upstream is the stdio test server, or the HTTP server at `url`."""
     policy_path = write_json(tmp_path / f"{name}-policy.json", policy)
+    if url:
+        upstream = [f"url = {json.dumps(url)}"]
+    else:
+        upstream = [f"command = {json.dumps(PYTHON)}",
+                    f"args = {json.dumps([str(TESTSERVER), 'stdio', *map(str, upstream_args)])}"]
     lines = [
         "[[upstream]]",
         f'name = "{UPSTREAM}"',
-        f"command = {json.dumps(PYTHON)}",
-        f"args = {json.dumps([str(TESTSERVER), 'stdio', *map(str, upstream_args)])}",
+        *upstream,
         f"policy = {json.dumps(str(policy_path))}",
         "",
         "[[approver]]",
@@ -158,11 +163,12 @@ def write_config(tmp_path: Path, policy: dict, *, progress: float = 0.5, agents:
 
 
 def start_gateway(procs, policy: dict = HOLD_POLICY, *, progress: float = 0.5, agents: bool = False,
-                  audit: Path | None = None, config: Path | None = None, upstream_args: list[str] = ()) -> Gateway:
+                  audit: Path | None = None, config: Path | None = None, upstream_args: list[str] = (),
+                  url: str | None = None) -> Gateway:
     tmp = procs.tmp_path
     port = free_port()
     config = config or write_config(tmp, policy, progress=progress, agents=agents, name=f"airlock-{port}",
-                                    upstream_args=upstream_args)
+                                    upstream_args=upstream_args, url=url)
     audit = audit or tmp / f"audit-{port}.db"
     cmd = [AIRLOCK_BIN, "serve", "--config", config, "--listen", f"127.0.0.1:{port}", "--audit", audit]
     proc = procs.start(cmd, env=TOKENS_ENV)

@@ -108,13 +108,7 @@ def http_upstream_gateway(procs, policy: dict = POLICY):
     server's request log."""
     log = procs.tmp_path / "upstream-requests.jsonl"
     _, url = procs.testserver_http("both", "--log-requests", str(log))
-    config = write_config(procs.tmp_path, policy, name="http-upstream")
-    lines = config.read_text().splitlines()
-    command = lines.index(f"command = {json.dumps(PYTHON)}")
-    assert lines[command + 1].startswith("args = ") and str(TESTSERVER) in lines[command + 1], lines
-    lines[command:command + 2] = [f"url = {json.dumps(url)}"]
-    config.write_text("\n".join(lines) + "\n")
-    return start_gateway(procs, policy, config=config), log
+    return start_gateway(procs, policy, url=url), log
 
 
 def upstream_requests(log, needle: str) -> list[dict]:
