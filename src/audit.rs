@@ -158,6 +158,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// more CPU than the row itself under load. Rows someone waits for (approval
 /// decisions, flushes) are written at once.
 const LINGER: Duration = Duration::from_millis(2);
+/// How long a query waits for rows still queued before it reads.
+const QUERY_FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 impl Audit {
     /// Opens (creating if needed) the SQLite store and starts the writer thread.
@@ -267,11 +269,14 @@ impl Audit {
         .map_err(|e| AuditError::Unavailable(e.to_string()))?
     }
 
+    /// Rows recorded before the query are in its answer (the writer may be
+    /// gathering them for a few ms); a failing store holds it up 1 s at most.
     pub async fn query(
         &self,
         filter: Filter,
         newest_first: bool,
     ) -> Result<Vec<Entry>, AuditError> {
+        let _ = tokio::time::timeout(QUERY_FLUSH_WAIT, self.flush()).await;
         self.read(move |db| db.query(&filter, newest_first)).await
     }
 }

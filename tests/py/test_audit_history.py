@@ -209,3 +209,19 @@ def test_sigterm_denies_open_holds_records_it_and_exits_zero(procs, tmp_path):
     # Nothing is left to abandon on the next start.
     again = start_gateway(procs, audit=gw.audit, config=gw.config)
     assert again.audit_rows(decision="abandoned") == []
+
+
+def test_an_answered_call_is_in_the_history_read_right_after(procs):
+    """The writer gathers allowed rows for a few ms before it commits; the API waits for rows still
+    queued, so reading the history right after a call's answer always shows that call."""
+    gw = start_gateway(procs)
+    for i in range(20):
+        c = HeldCall(gw.mcp, "echo", {"text": f"now-{i}"})
+        c.start()
+        assert text_of(c.result()) == f"now-{i}"
+        r = gw.api("GET", "/api/audit", params={"tool": "echo", "limit": 1})
+        assert r.status_code == 200, r.text
+        [newest] = r.json()["entries"]
+        assert newest["arguments"] == {"text": f"now-{i}"}, (i, newest)
+        exported = jsonl(gw.api("GET", "/api/audit/export", params={"tool": "echo"}).text)
+        assert exported[-1]["arguments"] == {"text": f"now-{i}"}, (i, exported[-1])
