@@ -162,6 +162,16 @@ struct ToolPeek<'a> {
 /// Filters a `tools/list` response: drops tools the agent may not see and
 /// notes the ones that need approval. Returns the message untouched (same
 /// bytes) when nothing changes.
+/// Sent to handshake-era sessions when their upstream's policy is reloaded:
+/// what `tools/list` shows may have changed (hidden, denied-by-default or
+/// approval-annotated tools), so clients list again.
+pub fn list_changed() -> Message {
+    Message::parse(bytes::Bytes::from_static(
+        br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+    ))
+    .expect("a valid notification")
+}
+
 pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
     if response.result::<serde::de::IgnoredAny>().is_none() {
         return response; // an error answer: nothing to filter

@@ -107,6 +107,13 @@ impl UpstreamRuntime {
         self.policy.borrow().clone()
     }
 
+    /// Resolves at each later policy reload (the current policy counts as seen).
+    pub fn policy_reloads(&self) -> watch::Receiver<Arc<Policy>> {
+        let mut reloads = self.policy.clone();
+        reloads.mark_unchanged();
+        reloads
+    }
+
     /// A fresh upstream connection for one handshake-era agent session.
     pub fn session_link(&self) -> Result<Link, UpstreamError> {
         match &self.http {

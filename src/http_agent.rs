@@ -626,15 +626,23 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
     };
     let forwarded = upstream_headers(&gw, &headers);
     match session.link.listen(Some(&forwarded)).await {
-        Ok(reply) => to_response(
-            Exchange {
-                reply,
-                list_filter: None,
-            },
-            None,
-            false,
-            None,
-        ),
+        Ok(mut reply) => {
+            // A policy reload may change the tool list: say so on this stream.
+            if let ReplyBody::Stream(events) = reply.body {
+                reply.body = ReplyBody::Stream(
+                    events.with_notices(upstream.policy_reloads(), gate::list_changed),
+                );
+            }
+            to_response(
+                Exchange {
+                    reply,
+                    list_filter: None,
+                },
+                None,
+                false,
+                None,
+            )
+        }
         Err(e) => rpc_error(
             StatusCode::BAD_GATEWAY,
             None,

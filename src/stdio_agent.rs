@@ -6,6 +6,7 @@
 //! upstream dies, requests get an error saying so, and the next `initialize`
 //! starts a fresh upstream.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use crate::upstream::{Link, ReplyBody, UpstreamError};
 pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(256);
     let writer = tokio::spawn(write_stdout(out_rx));
+    let reloads = upstream.policy_reloads();
     let agent = StdioAgent {
         gw: gw.clone(),
         upstream,
@@ -29,8 +31,10 @@ pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<
         out: out_tx,
         name: Mutex::new(None),
         session_key: format!("stdio:{}", std::process::id()),
+        handshake: AtomicBool::new(false),
     };
     let agent = Arc::new(agent);
+    tokio::spawn(announce_reloads(Arc::downgrade(&agent), reloads));
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let limit = gw.config.max_body_bytes;
     loop {
@@ -77,6 +81,25 @@ struct StdioAgent {
     /// The agent's `clientInfo`, once seen.
     name: Mutex<Option<String>>,
     session_key: String,
+    /// Set by `initialize`: a handshake-era client, which may be sent
+    /// notifications outside of a request.
+    handshake: AtomicBool,
+}
+
+/// Tells a handshake-era agent, at each policy reload, that the tool list may
+/// have changed; ends with the agent.
+async fn announce_reloads(
+    agent: std::sync::Weak<StdioAgent>,
+    mut reloads: tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
+) {
+    while reloads.changed().await.is_ok() {
+        let Some(agent) = agent.upgrade() else {
+            return;
+        };
+        if agent.handshake.load(Ordering::Relaxed) {
+            agent.emit(gate::list_changed()).await;
+        }
+    }
 }
 
 impl StdioAgent {
@@ -155,6 +178,9 @@ impl StdioAgent {
         } else {
             Era::Handshake
         };
+        if message.method() == Some("initialize") {
+            self.handshake.store(true, Ordering::Relaxed);
+        }
         let client = peek
             .client_info
             .as_ref()

@@ -136,6 +136,39 @@ impl Events {
     pub async fn recv(&mut self) -> Option<Event> {
         futures::StreamExt::next(self).await
     }
+
+    /// This stream, plus `extra` (a message) each time `trigger` changes; ends
+    /// with this stream or when the reader goes away (one small task).
+    pub fn with_notices<T: Send + Sync + 'static>(
+        mut self,
+        mut trigger: tokio::sync::watch::Receiver<T>,
+        extra: fn() -> Message,
+    ) -> Events {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut watching = true;
+            loop {
+                let event = tokio::select! {
+                    event = self.recv() => match event {
+                        Some(event) => event,
+                        None => return,
+                    },
+                    changed = trigger.changed(), if watching => {
+                        if changed.is_err() {
+                            watching = false; // the source is gone (shutdown)
+                            continue;
+                        }
+                        Event { id: None, message: extra() }
+                    }
+                    _ = tx.closed() => return,
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Events::Queue(rx)
+    }
 }
 
 impl ReplyBody {

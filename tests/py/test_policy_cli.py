@@ -2,13 +2,17 @@
 reload on a running gateway."""
 import json
 import os
+import queue
 import re
+import subprocess
+import threading
 import time
 
 import pytest
 
-from harness import upstream_testserver
-from rawmcp import answer, call_body, client, open_session, post, run_check, session_headers
+from harness import airlock_stdio_cmd, upstream_testserver
+from rawmcp import (answer, call_body, client, init_body, open_session, post, run_check, session_headers,
+                    sse_messages, stateless_meta)
 
 
 def write(path, text: str):
@@ -215,3 +219,97 @@ def test_invalid_reload_keeps_the_old_policy_and_says_why(reloading):
         n += 1
         time.sleep(0.1)
     assert echo_result(gw, c, sid, 99)["isError"] is True
+
+
+# ----------------------------------------------------------------------------- list_changed on reload
+
+LIST_CHANGED = "notifications/tools/list_changed"
+HIDE_ECHO = {"version": "1", "default": "deny", "hide": ["echo"], "rules": {"delete_*": {"action": "allow"}}}
+
+
+def tool_names(gw, c, sid, req_id) -> list[str]:
+    r = post(c, gw.mcp, {"jsonrpc": "2.0", "id": req_id, "method": "tools/list", "params": {}}, session_headers(sid))
+    return [t["name"] for t in answer(r, req_id)["result"]["tools"]]
+
+
+class StreamReader(threading.Thread):
+    """Reads a session's standalone GET stream; every SSE message goes to `.messages`."""
+
+    def __init__(self, url: str, sid: str):
+        super().__init__(daemon=True)
+        self.url, self.sid = url, sid
+        self.messages: queue.Queue = queue.Queue()
+        self.open = threading.Event()
+
+    def run(self):
+        headers = {**session_headers(self.sid), "Accept": "text/event-stream"}
+        with client() as c, c.stream("GET", self.url, headers=headers, timeout=30) as r:
+            assert r.status_code == 200, r.status_code
+            self.open.set()
+            text = ""
+            for chunk in r.iter_text():
+                text += chunk
+                while "\n\n" in text:
+                    frame, text = text.split("\n\n", 1)
+                    for m in sse_messages(frame + "\n\n"):
+                        self.messages.put(m)
+
+
+def next_method(messages: queue.Queue, timeout: float) -> str | None:
+    try:
+        return messages.get(timeout=timeout).get("method")
+    except queue.Empty:
+        return None
+
+
+def test_a_reload_tells_open_sessions_that_the_tool_list_changed(reloading):
+    gw, policy, c, sid = reloading
+    assert "echo" in tool_names(gw, c, sid, 2)
+    stream = StreamReader(gw.mcp, sid)
+    stream.start()
+    assert stream.open.wait(10), "the GET stream did not open"
+    replace_file(policy, HIDE_ECHO)
+    assert next_method(stream.messages, 5) == LIST_CHANGED, "no list_changed within 5 s of the reload"
+    assert "echo" not in tool_names(gw, c, sid, 3)
+    # An invalid edit is not a reload: nothing is announced.
+    replace_file(policy, '{"version": "1", "rules": ')
+    assert next_method(stream.messages, 2) is None
+
+
+def test_airlock_stdio_tells_a_handshake_client_that_the_tool_list_changed(procs, tmp_path):
+    policy = tmp_path / "stdio-live-policy.json"
+    replace_file(policy, ALLOW_ECHO)
+    p = procs.start(airlock_stdio_cmd(tmp_path, policy=policy, upstream=upstream_testserver()),
+                    stdin=subprocess.PIPE)
+
+    def send(message):
+        p.popen.stdin.write((json.dumps(message) + "\n").encode())
+        p.popen.stdin.flush()
+
+    def read() -> dict:
+        return json.loads(p.wait_for_line("{", timeout=10))
+
+    send(init_body(1))
+    assert read()["id"] == 1
+    send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    send({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
+    assert "echo" in [t["name"] for t in read()["result"]["tools"]]
+    replace_file(policy, HIDE_ECHO)
+    assert read().get("method") == LIST_CHANGED
+    send({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}})
+    assert "echo" not in [t["name"] for t in read()["result"]["tools"]]
+
+
+def test_airlock_stdio_sends_no_list_changed_to_a_stateless_client(procs, tmp_path):
+    """2026-07-28 clients get no notifications outside a request."""
+    policy = tmp_path / "stdio-stateless-policy.json"
+    replace_file(policy, ALLOW_ECHO)
+    p = procs.start(airlock_stdio_cmd(tmp_path, policy=policy, upstream=upstream_testserver()),
+                    stdin=subprocess.PIPE)
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": stateless_meta()}}
+    p.popen.stdin.write((json.dumps(request) + "\n").encode())
+    p.popen.stdin.flush()
+    assert json.loads(p.wait_for_line("{", timeout=10))["id"] == 1
+    replace_file(policy, HIDE_ECHO)
+    with pytest.raises(RuntimeError):
+        p.wait_for_line("{", timeout=2.5)  # nothing on stdout after the reload
