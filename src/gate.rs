@@ -172,6 +172,35 @@ pub fn list_changed() -> Message {
     .expect("a valid notification")
 }
 
+/// [`list_changed`] on a stateless-era `subscriptions/listen` stream, which
+/// names the subscription (the listen request's id) on every notification.
+pub fn list_changed_for(subscription: &Id) -> Message {
+    let id: Value = serde_json::from_str(subscription.raw()).unwrap_or(Value::Null);
+    Message::from_value(&json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/tools/list_changed",
+        "params": { "_meta": { "io.modelcontextprotocol/subscriptionId": id } },
+    }))
+}
+
+/// Whether a message acknowledges a subscription that includes tool-list changes.
+pub fn acknowledges_tool_list_changes(message: &Message) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        notifications: Option<Filter>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Filter {
+        #[serde(rename = "toolsListChanged")]
+        tools_list_changed: Option<bool>,
+    }
+    message.method() == Some("notifications/subscriptions/acknowledged")
+        && message
+            .params::<Ack>()
+            .and_then(|a| a.notifications?.tools_list_changed)
+            == Some(true)
+}
+
 pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
     if response.result::<serde::de::IgnoredAny>().is_none() {
         return response; // an error answer: nothing to filter

@@ -498,6 +498,21 @@ impl Gateway {
                     )),
                 }
             }
+            Some("subscriptions/listen") => {
+                let subscription = message.id().cloned().unwrap_or_else(Id::null);
+                let mut reply = self.upstream_request(&ctx.link, message, headers).await?;
+                // What the agent may list depends on the policy too: once the
+                // upstream has agreed to send tool-list changes on this stream,
+                // a policy reload is announced on it as well.
+                if let ReplyBody::Stream(events) = reply.body {
+                    reply.body = ReplyBody::Stream(events.with_notices(
+                        ctx.upstream.policy_reloads(),
+                        move || gate::list_changed_for(&subscription),
+                        Some(gate::acknowledges_tool_list_changes),
+                    ));
+                }
+                Ok(Exchange::plain(reply))
+            }
             Some("tools/list") => {
                 let policy = ctx.upstream.policy();
                 let reply = self.upstream_request(&ctx.link, message, headers).await?;

@@ -629,9 +629,11 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
         Ok(mut reply) => {
             // A policy reload may change the tool list: say so on this stream.
             if let ReplyBody::Stream(events) = reply.body {
-                reply.body = ReplyBody::Stream(
-                    events.with_notices(upstream.policy_reloads(), gate::list_changed),
-                );
+                reply.body = ReplyBody::Stream(events.with_notices(
+                    upstream.policy_reloads(),
+                    gate::list_changed,
+                    None,
+                ));
             }
             to_response(
                 Exchange {

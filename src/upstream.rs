@@ -137,20 +137,26 @@ impl Events {
         futures::StreamExt::next(self).await
     }
 
-    /// This stream, plus `extra` (a message) each time `trigger` changes; ends
-    /// with this stream or when the reader goes away (one small task).
+    /// This stream, plus `notice()` each time `trigger` changes — from the
+    /// start, or only once a message of the stream satisfies `armed_by`.
+    /// Ends with this stream or when the reader goes away (one small task).
     pub fn with_notices<T: Send + Sync + 'static>(
         mut self,
         mut trigger: tokio::sync::watch::Receiver<T>,
-        extra: fn() -> Message,
+        notice: impl Fn() -> Message + Send + 'static,
+        armed_by: Option<fn(&Message) -> bool>,
     ) -> Events {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            let mut armed = armed_by.is_none();
             let mut watching = true;
             loop {
                 let event = tokio::select! {
                     event = self.recv() => match event {
-                        Some(event) => event,
+                        Some(event) => {
+                            armed = armed || armed_by.is_some_and(|arms| arms(&event.message));
+                            event
+                        }
                         None => return,
                     },
                     changed = trigger.changed(), if watching => {
@@ -158,7 +164,10 @@ impl Events {
                             watching = false; // the source is gone (shutdown)
                             continue;
                         }
-                        Event { id: None, message: extra() }
+                        if !armed {
+                            continue;
+                        }
+                        Event { id: None, message: notice() }
                     }
                     _ = tx.closed() => return,
                 };

@@ -295,8 +295,53 @@ impl StdioChild {
                 send_without_blocking(route.tx, Event { id: None, message });
             }
             _ if message.method() == Some("notifications/progress") => self.route_progress(message),
+            Kind::Notification if self.shared && self.route_subscription(&message) => {}
             _ => self.route_unsolicited(message).await,
         }
+    }
+
+    /// A stateless-era `subscriptions/listen` stream's notifications name
+    /// their subscription (the listen request's id) in `_meta`: deliver them
+    /// on that request's stream, with the agent's own id put back. False when
+    /// the message names no open subscription.
+    fn route_subscription(&self, message: &Message) -> bool {
+        const SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
+        #[derive(Deserialize)]
+        struct P<'a> {
+            #[serde(rename = "_meta", borrow)]
+            meta: Option<M<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct M<'a> {
+            #[serde(rename = "io.modelcontextprotocol/subscriptionId", borrow)]
+            subscription: Option<&'a RawValue>,
+        }
+        let Some(id) = message
+            .params::<P<'_>>()
+            .and_then(|p| p.meta?.subscription)
+            .map(|raw| Id::from_raw(raw.get()))
+        else {
+            return false;
+        };
+        let Some(route) = self.routes.get(&id) else {
+            return false;
+        };
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(message.text()) else {
+            return false;
+        };
+        let original: serde_json::Value =
+            serde_json::from_str(route.original_id.raw()).unwrap_or(serde_json::Value::Null);
+        if let Some(meta) = value.pointer_mut("/params/_meta") {
+            meta[SUBSCRIPTION] = original;
+        }
+        send_without_blocking(
+            route.tx.clone(),
+            Event {
+                id: None,
+                message: Message::from_value(&value),
+            },
+        );
+        true
     }
 
     fn route_progress(&self, message: Message) {
