@@ -107,6 +107,16 @@ def sse_messages(text: str) -> list[dict]:
     return out
 
 
+def stream_messages(resp: httpx.Response):
+    """Yields the JSON-RPC messages of a streaming SSE response as each event completes."""
+    text = ""
+    for chunk in resp.iter_text():
+        text += chunk.replace("\r\n", "\n")
+        while "\n\n" in text:
+            frame, text = text.split("\n\n", 1)
+            yield from sse_messages(frame + "\n\n")
+
+
 def messages(resp: httpx.Response) -> list[dict]:
     ctype = resp.headers.get("content-type", "")
     if ctype.startswith("text/event-stream"):

@@ -12,7 +12,7 @@ import pytest
 
 from harness import airlock_stdio_cmd, upstream_testserver
 from rawmcp import (answer, call_body, client, init_body, open_session, post, run_check, session_headers,
-                    sse_messages, stateless_meta)
+                    stateless_meta, stream_messages)
 
 
 def write(path, text: str):
@@ -246,13 +246,8 @@ class StreamReader(threading.Thread):
         with client() as c, c.stream("GET", self.url, headers=headers, timeout=30) as r:
             assert r.status_code == 200, r.status_code
             self.open.set()
-            text = ""
-            for chunk in r.iter_text():
-                text += chunk
-                while "\n\n" in text:
-                    frame, text = text.split("\n\n", 1)
-                    for m in sse_messages(frame + "\n\n"):
-                        self.messages.put(m)
+            for m in stream_messages(r):
+                self.messages.put(m)
 
 
 def next_method(messages: queue.Queue, timeout: float) -> str | None:

@@ -34,13 +34,8 @@ class Listen(threading.Thread):
                    **rm.stateless_headers("subscriptions/listen")}
         with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as c:
             with c.stream("POST", self.url, content=json.dumps(self.body), headers=headers) as r:
-                text = ""
-                for chunk in r.iter_text():
-                    text += chunk
-                    while "\n\n" in text:
-                        frame, text = text.split("\n\n", 1)
-                        for m in rm.sse_messages(frame + "\n\n"):
-                            self.messages.put(m)
+                for m in rm.stream_messages(r):
+                    self.messages.put(m)
                     if self.stop.is_set():
                         return
 

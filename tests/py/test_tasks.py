@@ -16,27 +16,16 @@ import time
 from datetime import datetime
 
 import rawmcp as rm
-from harness import PYTHON, TESTSERVER, text_of
-from holdkit import AGENT, start_gateway, write_config
+from harness import text_of
+from holdkit import AGENT, start_gateway, timeout_policy, write_config
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 APPROVAL_TIMEOUT = 300  # s; a task's ttlMs is this plus an hour
 
-POLICY = {
-    "version": "1",
-    "default": "deny",
-    "rules": {
-        "echo": {"action": "allow"},
-        "delete_*": {
-            "action": "require_approval",
-            "reason": "destructive",
-            "approval": {"timeout": APPROVAL_TIMEOUT, "on_timeout": "deny"},
-        },
-        # Held too, so an approved call can still be running upstream when the agent cancels.
-        "slow": {"action": "require_approval", "reason": "takes a while"},
-    },
-}
+# Held too, so an approved call can still be running upstream when the agent cancels.
+POLICY = timeout_policy(APPROVAL_TIMEOUT, "deny")
+POLICY["rules"]["slow"] = {"action": "require_approval", "reason": "takes a while"}
 
 
 class Agent:
