@@ -44,6 +44,34 @@ pub fn routes() -> Router<Gateway> {
         .route("/api/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(read_body_first))
+}
+
+/// Largest request body the API and the decision pages accept.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Reads the whole request body before any handler (or auth check) runs.
+/// A request refused before its body was read (401, 403 CSRF) would leave
+/// the connection half-read, and hyper then closes it: a client reusing that
+/// keep-alive connection for its next request would see "server disconnected"
+/// instead of an answer. API bodies are small, so reading them first is cheap.
+pub async fn read_body_first(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {MAX_BODY} bytes (or could not be read)"),
+        )
+        .into_response(),
+    }
 }
 
 /// Unknown `/api/…` paths answer in the API's error format.

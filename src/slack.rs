@@ -111,6 +111,7 @@ pub fn routes() -> Router<Gateway> {
         .route("/approve/{token}", get(confirm::show).post(confirm::decide))
         .route("/slack/confirm.css", get(confirm::stylesheet))
         .route("/slack/interactions", post(interactions::handle))
+        .layer(axum::middleware::from_fn(crate::api::read_body_first))
 }
 
 /// Queues Slack messages for holds and decisions; never blocks.

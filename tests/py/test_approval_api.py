@@ -3,6 +3,9 @@ websocket, browser login (cookie + CSRF), `/metrics`, `/healthz`, and the
 `airlock pending|approve|deny` command line — against the real binary."""
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
 
 from harness import text_of
@@ -203,3 +206,26 @@ def test_api_errors_are_json_even_for_malformed_requests(procs):
                 if not (400 <= r.status_code < 500 and r.headers.get("content-type", "").startswith("application/json")
                         and "error" in r.json())]
     assert not problems, "\n".join(map(str, problems))
+
+
+def test_a_refused_request_leaves_the_connection_usable(procs):
+    """A request refused before its body arrives (here: no credentials) must not leave the
+    keep-alive connection half-read: the next request on it gets its own answer."""
+    gw = start_gateway(procs)
+    body = b'{"comment": "late body"}'
+    head = (f"POST /api/pending/none/approve HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    second = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(head)
+        time.sleep(0.3)  # the refusal is decided before the body is sent
+        s.sendall(body)
+        s.sendall(second)
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 2:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 401"), got[:200]
+    assert got.count(b"HTTP/1.1 200") == 1, f"the connection was closed after the refusal: {got[-300:]!r}"
