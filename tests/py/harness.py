@@ -5,6 +5,7 @@ Nothing here imitates Airlock: every test talks to the built binary.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -24,6 +25,10 @@ NODE = os.environ.get("NODE", "node")
 NODE_DIR = REPO / "tests" / "node"
 TESTSERVER = REPO / "tests" / "servers" / "testserver.py"
 EVERYTHING_BIN = NODE_DIR / "node_modules" / ".bin" / "mcp-server-everything"
+
+
+# Numbers gateway files (policy, audit): unique per test run, unlike ports.
+_GATEWAY_FILES = itertools.count(1)
 
 
 def free_port() -> int:
@@ -158,12 +163,12 @@ class Processes:
     ) -> Airlock:
         """Starts `airlock serve` on a free port. `policy` may be a dict (written
         to a file), a path, or None (allow everything)."""
-        port = free_port()
-        cmd = [AIRLOCK_BIN, "serve", "--listen", f"127.0.0.1:{port}", "--audit", str(self.tmp_path / f"audit-{port}.db")]
+        port, n = free_port(), next(_GATEWAY_FILES)
+        cmd = [AIRLOCK_BIN, "serve", "--listen", f"127.0.0.1:{port}", "--audit", str(self.tmp_path / f"audit-{n}.db")]
         if config:
             cmd += ["--config", str(config)]
         if isinstance(policy, dict):
-            policy = write_json(self.tmp_path / f"policy-{port}.json", policy)
+            policy = write_json(self.tmp_path / f"policy-{n}.json", policy)
         if policy:
             cmd += ["--policy", str(policy)]
         if url:
@@ -234,10 +239,12 @@ def run_pydriver(mode: str, script: list, *, url: str | None = None, stdio: list
 def airlock_stdio_cmd(tmp_path: Path, policy=None, upstream: list[str] | None = None, url: str | None = None) -> list[str]:
     """The command line of an `airlock stdio` agent-side gateway (for a client to spawn), with a free
     dashboard port and its own audit file. `policy` may be a dict (written to a file) or a path."""
-    port = free_port()
-    cmd = [AIRLOCK_BIN, "stdio", "--listen", f"127.0.0.1:{port}", "--audit", str(tmp_path / f"audit-stdio-{port}.db")]
+    # Names come from a counter, not a port: two free_port() calls can return the same port, and
+    # two gateways sharing a policy file once ran one upstream behind the other's policy.
+    n = next(_GATEWAY_FILES)
+    cmd = [AIRLOCK_BIN, "stdio", "--listen", "127.0.0.1:0", "--audit", str(tmp_path / f"audit-stdio-{n}.db")]
     if isinstance(policy, dict):
-        policy = write_json(tmp_path / f"policy-stdio-{port}.json", policy)
+        policy = write_json(tmp_path / f"policy-stdio-{n}.json", policy)
     if policy:
         cmd += ["--policy", str(policy)]
     if url:
