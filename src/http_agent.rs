@@ -193,6 +193,26 @@ async fn read_body(gw: &Gateway, request: Request) -> Result<Bytes, Response> {
         })
 }
 
+/// The most of a refused request's body Airlock reads to keep its connection.
+const REFUSED_BODY_DRAIN: usize = 64 * 1024;
+
+/// Answers a POST refused before its body was read. A response sent over an
+/// unread body makes hyper close the connection, and a keep-alive client then
+/// sees its next request fail with "server disconnected". A small body is read
+/// (briefly) so the connection stays usable; anything larger, or slower, is not
+/// worth buffering for a request that is refused anyway: the client is told
+/// `Connection: close`, so it does not reuse the connection.
+async fn refuse_unread(request: Request, mut response: Response) -> Response {
+    let drain = axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN);
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    if !matches!(drained, Ok(Ok(_))) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 async fn handle_post(
     gw: Gateway,
     upstream: Arc<UpstreamRuntime>,
@@ -202,7 +222,7 @@ async fn handle_post(
     let headers = request.headers().clone();
     let agent = match admit(&gw, &headers) {
         Ok(agent) => agent,
-        Err(response) => return response,
+        Err(response) => return refuse_unread(request, response).await,
     };
     let json = headers
         .get(header::CONTENT_TYPE)
@@ -213,12 +233,13 @@ async fn handle_post(
                 .starts_with("application/json")
         });
     if !json {
-        return rpc_error(
+        let response = rpc_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
             code::INVALID_REQUEST,
             "Unsupported Media Type: Content-Type must be application/json",
         );
+        return refuse_unread(request, response).await;
     }
     let body = match read_body(&gw, request).await {
         Ok(body) => body,

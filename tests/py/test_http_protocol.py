@@ -4,6 +4,8 @@ pass-through, and agent tokens. Every request has a short timeout: nothing may h
 """
 import base64
 import json
+import socket
+import time
 
 import pytest
 
@@ -383,6 +385,56 @@ def test_agent_with_wrong_token_is_401(gw_agents, c):
     r = post(c, gw.endpoint("up"), init_body(), {"Authorization": "Bearer wrong-token-0123456789abcdef"})
     assert r.status_code == 401
     assert "token" in rpc_error_of(r)["message"].lower()
+
+
+def raw_exchange(port: int, head: str, body: bytes, then: bytes, pause: float = 0.3) -> bytes:
+    """Sends a request's head, then (after `pause`, once the gateway could have refused it) its
+    body and a second request on the same connection; returns everything the gateway sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head.encode())
+        time.sleep(pause)
+        try:
+            s.sendall(body + then)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = b""
+        deadline = time.monotonic() + 5
+        while got.count(b"HTTP/1.1 ") < 2 and time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def test_a_refused_agent_request_leaves_the_connection_usable(gw_agents):
+    """A POST refused before its body is read (no agent token) must not leave the keep-alive
+    connection half-read: the next request on it gets its own answer."""
+    gw, _ = gw_agents
+    body = json.dumps(init_body()).encode()
+    head = (f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nContent-Type: application/json\r\n"
+            f"Accept: {ACCEPT}\r\nContent-Length: {len(body)}\r\n\r\n")
+    second = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode()
+    got = raw_exchange(gw.port, head, body, second)
+    assert got.startswith(b"HTTP/1.1 401"), got[:200]
+    assert got.count(b"HTTP/1.1 200") == 1, f"the connection was closed after the refusal: {got[-300:]!r}"
+
+
+def test_a_refused_agent_request_with_a_big_body_is_told_to_close(gw_agents):
+    """Airlock does not buffer a large body of a request it refuses: it says `Connection: close`,
+    so the client opens a new connection instead of failing on this one."""
+    gw, _ = gw_agents
+    size = 1024 * 1024
+    head = (f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nContent-Type: application/json\r\n"
+            f"Accept: {ACCEPT}\r\nContent-Length: {size}\r\n\r\n")
+    got = raw_exchange(gw.port, head, b"", b"", pause=0)
+    status, _, rest = got.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 401"), got[:200]
+    headers = rest.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"connection: close" in headers, headers
 
 
 def test_agent_with_right_token_works_and_token_is_not_forwarded(gw_agents, c):
