@@ -64,7 +64,7 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
-        if config.quick {
+        if !config.public_url_set {
             config.public_url = format!("http://{listen}");
         }
     }
@@ -141,6 +141,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(Config {
         listen,
         public_url: format!("http://{listen}"),
+        public_url_set: false,
         max_body_bytes: config::DEFAULT_MAX_BODY,
         session_idle_timeout: std::time::Duration::from_secs(3600),
         upstream_timeout: None,
@@ -167,7 +168,15 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
-    let config = build_config(&args)?;
+    let mut config = build_config(&args)?;
+    let listener = bind(&config, stdio).await;
+    // Links in Slack and the login link must name the port actually bound
+    // (port 0, or a stdio gateway that fell back to a free port).
+    if let Some(Ok(addr)) = listener.as_ref().ok().map(|l| l.local_addr())
+        && !config.public_url_set
+    {
+        config.public_url = format!("http://{addr}");
+    }
     if config.approvers.is_empty() {
         tracing::warn!("no [[approver]] is configured: held calls can only time out");
     }
@@ -211,18 +220,6 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
 
     let router = crate::server::router(gw.clone());
-    let listener = match tokio::net::TcpListener::bind(gw.config.listen).await {
-        // Several stdio gateways (one per client-spawned server) cannot share a
-        // port; each still needs a dashboard for its held calls.
-        Err(e) if stdio => {
-            tracing::warn!(
-                "cannot listen on {} ({e}); using a free port for the dashboard",
-                gw.config.listen
-            );
-            tokio::net::TcpListener::bind((gw.config.listen.ip(), 0)).await
-        }
-        other => other,
-    };
     let http = match listener {
         Ok(listener) => {
             let addr = listener.local_addr()?;
@@ -261,6 +258,22 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Binds the listen address. Several stdio gateways (one per client-spawned
+/// server) cannot share a port, and each still needs a dashboard for its held
+/// calls: in stdio mode a taken port falls back to a free one.
+async fn bind(config: &Config, stdio: bool) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(config.listen).await {
+        Err(e) if stdio => {
+            tracing::warn!(
+                "cannot listen on {} ({e}); using a free port for the dashboard",
+                config.listen
+            );
+            tokio::net::TcpListener::bind((config.listen.ip(), 0)).await
+        }
+        other => other,
+    }
+}
+
 /// Prints where to connect; the only line on stdout in serve mode is the first.
 fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
     if stdio {
@@ -297,11 +310,7 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
     for p in paths {
         println!("  MCP endpoint: {p}");
     }
-    let base = if gw.config.quick {
-        format!("http://{addr}")
-    } else {
-        gw.config.public_url.clone()
-    };
+    let base = &gw.config.public_url;
     match GENERATED_TOKEN.get() {
         Some(token) => {
             println!("  Dashboard:    {base}/login#token={token}");

@@ -37,6 +37,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Base of links in notifications; defaults to `http://{listen}`.
     pub public_url: String,
+    /// Whether `public_url` was written in the config file (else it follows
+    /// the address Airlock actually listens on).
+    pub public_url_set: bool,
     pub max_body_bytes: usize,
     pub session_idle_timeout: Duration,
     /// Per-call limit on how long the upstream may take to answer (None: no limit).
@@ -305,6 +308,7 @@ pub fn parse(
             format!("listen: `{listen_text}` is not an address like 127.0.0.1:8080"),
         )
     })?;
+    let public_url_set = raw.public_url.is_some();
     let public_url = raw
         .public_url
         .unwrap_or_else(|| format!("http://{listen}"))
@@ -444,6 +448,7 @@ pub fn parse(
     Ok(Config {
         listen,
         public_url,
+        public_url_set,
         max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
         session_idle_timeout: Duration::from_secs(match raw.session_idle_timeout {
             Some(0) => {

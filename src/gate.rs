@@ -94,11 +94,7 @@ fn decide(policy: &Policy, tool: &str, session: Option<&str>) -> CallDecision {
                 && let Err(wait) = limit.check(session)
             {
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                let reason = format!(
-                    "at most {} calls per {} s per session",
-                    limit.max,
-                    limit.window.as_secs()
-                );
+                let reason = budget_text(limit.max, limit.window);
                 return CallDecision::Refuse(Refusal {
                     decision: "rate_limited",
                     text: format!(
@@ -243,6 +239,21 @@ pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
     Message::from_value(&value)
 }
 
+/// The rate limit as the agent reads it. GCRA allows a burst of `max` and then
+/// one call every `window / max`, so "at most `max` per window" would be untrue.
+fn budget_text(max: u32, window: std::time::Duration) -> String {
+    let every = window.as_secs_f64() / f64::from(max.max(1));
+    let every = if every.fract() == 0.0 {
+        format!("{every:.0}")
+    } else {
+        format!("{every:.1}")
+    };
+    format!(
+        "{max} calls per {} s per session (a burst of {max}, then one every {every} s)",
+        window.as_secs()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +270,16 @@ mod tests {
             "t.json",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn budget_text_says_the_burst_and_the_refill() {
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(
+            budget_text(2, minute),
+            "2 calls per 60 s per session (a burst of 2, then one every 30 s)"
+        );
+        assert!(budget_text(7, minute).ends_with("then one every 8.6 s)"));
     }
 
     #[test]

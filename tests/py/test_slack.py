@@ -12,6 +12,8 @@ import hmac
 import json
 import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -555,3 +557,45 @@ def test_an_unmapped_slack_user_is_refused(procs, slack):
     assert [p["id"] for p in gw.pending()] == [item["id"]]
     gw.api("POST", f"/api/pending/{item['id']}/deny")
     call.result()
+
+
+def test_links_name_the_port_airlock_stdio_actually_listens_on(procs, slack):
+    """Several `airlock stdio --config` gateways (one per client-spawned server) share a config:
+    only the first gets its `listen` port, the others fall back to a free one. Without
+    `public_url` in the file, each one's Slack links must point at its own dashboard."""
+    tmp = procs.tmp_path
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
+    policy = write_json(tmp / "policy-fallback.json", POLICY)
+    config = tmp / "airlock-fallback.toml"
+    config.write_text("\n".join([
+        f'listen = "127.0.0.1:{taken_port}"',
+        "[[upstream]]", 'name = "test"', f"command = {json.dumps(PYTHON)}",
+        f'args = [{json.dumps(str(TESTSERVER))}, "stdio"]', f"policy = {json.dumps(str(policy))}",
+        "[[approver]]", 'name = "alice"', 'token_env = "T_ALICE"',
+        "[slack]", 'webhook_url_env = "T_SLACK_WEBHOOK"',
+    ]) + "\n")
+    proc = procs.start([AIRLOCK_BIN, "stdio", "--config", config, "--audit", tmp / "audit-fallback.db"],
+                       env={"T_ALICE": ALICE, "T_SLACK_WEBHOOK": slack.webhook_url}, stdin=subprocess.PIPE)
+    try:
+        found = rm.wait_until(lambda: re.search(r"dashboard: http://127\.0\.0\.1:(\d+)/", proc.stderr_text()), 30)
+        assert found, proc.stderr_text()
+        bound = int(found.group(1))
+        assert bound != taken_port
+
+        def send(message):
+            proc.popen.stdin.write((json.dumps(message) + "\n").encode())
+            proc.popen.stdin.flush()
+
+        send(rm.init_body(1))
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send(rm.call_body(2, "delete_record", {"id": "7"}))
+        message = slack.wait_for(lambda b: "delete_record" in all_text(b), kind="webhook").body
+        base, token = LINK_RE.match(links_of(message)["approve_link"]).groups()
+        assert base == f"http://127.0.0.1:{bound}", base
+        page = httpx.get(f"{base}/approve/{token}", timeout=10)
+        assert page.status_code == 200 and "delete_record" in page.text
+    finally:
+        taken.close()
