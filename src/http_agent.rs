@@ -599,8 +599,14 @@ fn to_response(
             r
         }
     };
-    for (name, value) in &reply.headers {
-        response.headers_mut().insert(name.clone(), value.clone());
+    // The upstream's headers, where Airlock has not set its own (content type,
+    // stream cache control).
+    for name in reply.headers.keys() {
+        if !response.headers().contains_key(name) {
+            for value in reply.headers.get_all(name) {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+        }
     }
     if let Some(sid) = new_session_id
         && let Ok(v) = HeaderValue::from_str(sid)

@@ -232,9 +232,9 @@ impl HttpSession {
     ) -> Result<Reply, UpstreamError> {
         let status = response.status().as_u16();
         let mut headers = HeaderMap::new();
-        for name in [header::WWW_AUTHENTICATE, header::RETRY_AFTER, header::ALLOW] {
-            if let Some(v) = response.headers().get(&name) {
-                headers.insert(name, v.clone());
+        for (name, value) in response.headers() {
+            if returnable(name) {
+                headers.append(name.clone(), value.clone());
             }
         }
         let content_type = response
@@ -332,6 +332,32 @@ impl HttpSession {
         });
         rx
     }
+}
+
+/// Upstream response headers that go back to the agent: all but hop-by-hop
+/// ones, the body framing (Airlock frames the body it sends), the session id
+/// (the gateway maps it), `Date` (hyper sets its own), and what would act on
+/// the gateway's own origin, which the dashboard shares: cookies and CORS.
+fn returnable(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    !(name.starts_with("access-control-")
+        || matches!(
+            name,
+            "content-length"
+                | "content-type"
+                | "content-encoding"
+                | "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "proxy-authenticate"
+                | "proxy-connection"
+                | "date"
+                | "set-cookie"
+                | SESSION_HEADER
+        ))
 }
 
 /// Agent headers that are forwarded upstream. Hop-by-hop headers, the body
