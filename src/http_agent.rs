@@ -193,6 +193,21 @@ async fn read_body(gw: &Gateway, request: Request) -> Result<Bytes, Response> {
         })
 }
 
+/// The `MCP-Protocol-Version` header, when it names a stateless-era version
+/// (a `YYYY-MM-DD` date from 2026-07-28 on).
+fn declared_stateless_version(headers: &HeaderMap) -> Option<&str> {
+    let version = headers.get(era::PROTOCOL_VERSION_HEADER)?.to_str().ok()?;
+    let is_date = version.len() == 10
+        && version.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    (is_date && version >= "2026-07-28").then_some(version)
+}
+
 /// The most of a refused request's body Airlock reads to keep its connection.
 const REFUSED_BODY_DRAIN: usize = 64 * 1024;
 
@@ -368,6 +383,19 @@ async fn handle_post(
         }
     };
     if era::stateless_version(&peek).is_none() {
+        if let Some(version) = declared_stateless_version(&headers) {
+            // The header says 2026-07-28 or later: a stateless request that
+            // lacks a required key, not a handshake request without a session.
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                message.id(),
+                code::INVALID_PARAMS,
+                &format!(
+                    "Invalid params: params._meta[\"{}\"] is required (MCP-Protocol-Version is {version})",
+                    era::META_PROTOCOL_VERSION
+                ),
+            );
+        }
         return rpc_error(
             StatusCode::BAD_REQUEST,
             message.id(),

@@ -224,6 +224,17 @@ def test_stateless_request_works_without_a_session(gw, c):
     assert r.json()["result"]["content"][0]["text"] == "no session"
 
 
+def test_stateless_request_without_the_meta_version_is_400_invalid_params(gw, c):
+    """MCP-Protocol-Version 2026-07-28 without `_meta` protocolVersion: a stateless request missing
+    a required key (-32602), not a handshake request missing its session (-32000)."""
+    body = call_body(5, "echo", {"text": "x"}, meta={"io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}})
+    r = post(c, gw.mcp, body, stateless_headers("tools/call", "echo"))
+    assert r.status_code == 400
+    error = rpc_error_of(r)
+    assert error["code"] == -32602 and "io.modelcontextprotocol/protocolVersion" in error["message"], error
+    assert r.json()["id"] == 5
+
+
 def test_stateless_request_missing_mcp_method_is_400_header_mismatch(gw, c):
     body = call_body(5, "echo", {"text": "x"}, meta=stateless_meta())
     headers = stateless_headers("tools/call", "echo")
