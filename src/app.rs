@@ -185,12 +185,18 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let mut upstreams = IndexMap::new();
     for up in &config.upstreams {
         let events = events.clone();
-        let on_reload: reload::OnReload = Arc::new(move |upstream: &str| {
-            events.publish(
-                "policy.reloaded",
-                serde_json::json!({ "upstream": upstream }),
-            );
-        });
+        let on_reload: reload::OnReload = Arc::new(
+            move |upstream: &str, outcome: reload::Reload<'_>| match outcome {
+                reload::Reload::Loaded => events.publish(
+                    "policy.reloaded",
+                    serde_json::json!({ "upstream": upstream }),
+                ),
+                reload::Reload::Failed(error) => events.publish(
+                    "policy.reload_failed",
+                    serde_json::json!({ "upstream": upstream, "error": error }),
+                ),
+            },
+        );
         if up.policy.is_none() {
             tracing::warn!(upstream = %up.name, "no policy given: every tool is allowed");
         }

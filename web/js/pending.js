@@ -78,6 +78,13 @@ export function onFrame(f) {
     case 'policy.reloaded':
       toast(typeof f.upstream === 'string' ? `Policy reloaded for ${clip(visible(f.upstream), 80)}.` : 'Policy reloaded.');
       break;
+    case 'policy.reload_failed': {
+      // Stays up longer: an approver should see that an edit did not take.
+      const where = typeof f.upstream === 'string' ? ` for ${clip(visible(f.upstream), 80)}` : '';
+      const why = typeof f.error === 'string' ? ` ${clip(visible(f.error), 300)}` : '';
+      toast(`Policy edit refused${where}; the previous policy is still in force.${why}`, 'error', 20000);
+      break;
+    }
     default: break;
   }
 }
