@@ -209,11 +209,15 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawSlack {
     webhook_url_env: Option<String>,
+    webhook_url_file: Option<PathBuf>,
     signing_secret_env: Option<String>,
+    signing_secret_file: Option<PathBuf>,
     bot_token_env: Option<String>,
+    bot_token_file: Option<PathBuf>,
     channel: Option<String>,
     api_url: Option<String>,
     link_key_env: Option<String>,
+    link_key_file: Option<PathBuf>,
     link_requires_login: Option<bool>,
     give_up_after: Option<u64>,
 }
@@ -406,7 +410,7 @@ pub fn parse(
     let slack_users = slack_users(&raw.approver, text, file)?;
     let approvers = credentials(raw.approver, "approver", text, file, base, env)?;
     let slack = match raw.slack {
-        Some(s) => Some(slack(s, slack_users, text, file, env)?),
+        Some(s) => Some(slack(s, slack_users, text, file, base, env)?),
         None => None,
     };
     let agents = credentials(raw.agent, "agent", text, file, base, env)?;
@@ -614,12 +618,22 @@ fn slack_users(
     Ok(users)
 }
 
-/// Validates `[slack]` and reads its secrets from the environment.
+/// The config key a secret's source description starts with (`slack.KEY …`).
+fn source_key(source: &str) -> &str {
+    source
+        .trim_start_matches("slack.")
+        .split(' ')
+        .next()
+        .unwrap_or(source)
+}
+
+/// Validates `[slack]` and reads its secrets from the environment or files.
 fn slack(
     raw: RawSlack,
     users: Vec<(String, String)>,
     text: &str,
     file: &str,
+    base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<SlackConfig, ConfigError> {
     let err = |key: &str, message: String| {
@@ -636,48 +650,95 @@ fn slack(
             message,
         }
     };
-    let secret = |key: &str, var: &Option<String>| -> Result<Option<String>, ConfigError> {
-        let Some(var) = var else { return Ok(None) };
-        match env(var) {
-            Some(value) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
-            _ => Err(err(
-                key,
-                format!("slack.{key} names environment variable `{var}`, which is not set"),
-            )),
-        }
+    // A secret comes from `{name}_env` or `{name}_file`. Errors name the
+    // variable or the file, never the value.
+    let secret = |name: &str,
+                  var: &Option<String>,
+                  path: &Option<PathBuf>|
+     -> Result<Option<(String, String)>, ConfigError> {
+        let (env_key, file_key) = (format!("{name}_env"), format!("{name}_file"));
+        let value = match (var, path) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    &file_key,
+                    format!("slack: set one of {env_key} and {file_key}, not both"),
+                ));
+            }
+            (Some(var), None) => match env(var) {
+                Some(value) if !value.trim().is_empty() => {
+                    (value, format!("slack.{env_key} (`{var}`)"))
+                }
+                _ => {
+                    return Err(err(
+                        &env_key,
+                        format!(
+                            "slack.{env_key} names environment variable `{var}`, which is not set"
+                        ),
+                    ));
+                }
+            },
+            (None, Some(path)) => {
+                let path = base.join(path);
+                match std::fs::read_to_string(&path) {
+                    Ok(value) if !value.trim().is_empty() => {
+                        (value, format!("slack.{file_key} ({})", path.display()))
+                    }
+                    Ok(_) => {
+                        return Err(err(
+                            &file_key,
+                            format!("slack.{file_key}: {} is empty", path.display()),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(err(
+                            &file_key,
+                            format!("slack.{file_key}: cannot read {}: {e}", path.display()),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(Some((value.0.trim().to_owned(), value.1)))
     };
-    let webhook_url = secret("webhook_url_env", &raw.webhook_url_env)?;
-    let signing_secret = secret("signing_secret_env", &raw.signing_secret_env)?;
-    let bot_token = secret("bot_token_env", &raw.bot_token_env)?;
-    let link_key = secret("link_key_env", &raw.link_key_env)?;
-    if let (Some(url), Some(var)) = (&webhook_url, &raw.webhook_url_env)
+    let webhook_url = secret("webhook_url", &raw.webhook_url_env, &raw.webhook_url_file)?;
+    let signing_secret = secret(
+        "signing_secret",
+        &raw.signing_secret_env,
+        &raw.signing_secret_file,
+    )?;
+    let bot_token = secret("bot_token", &raw.bot_token_env, &raw.bot_token_file)?;
+    let link_key = secret("link_key", &raw.link_key_env, &raw.link_key_file)?;
+    if let Some((url, source)) = &webhook_url
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
-        // The value is a secret: name the variable, never print it.
         return Err(err(
-            "webhook_url_env",
-            format!("slack.webhook_url_env: `{var}` does not hold an https:// URL"),
+            source_key(source),
+            format!("{source} does not hold an https:// URL"),
         ));
     }
-    if let (Some(key), Some(var)) = (&link_key, &raw.link_key_env)
+    if let Some((key, source)) = &link_key
         && key.len() < 32
     {
         return Err(err(
-            "link_key_env",
-            format!("slack.link_key_env: `{var}` must hold at least 32 characters"),
+            source_key(source),
+            format!("{source} must hold at least 32 characters"),
         ));
     }
+    let [webhook_url, signing_secret, bot_token, link_key] =
+        [webhook_url, signing_secret, bot_token, link_key].map(|s| s.map(|(value, _)| value));
     match (&bot_token, &raw.channel) {
         (Some(_), None) => {
             return Err(err(
                 "bot_token_env",
-                "slack.bot_token_env needs `channel` (the channel ID to post to)".into(),
+                "slack.bot_token_env/bot_token_file needs `channel` (the channel ID to post to)"
+                    .into(),
             ));
         }
         (None, Some(_)) => {
             return Err(err(
                 "channel",
-                "slack.channel is only used with bot_token_env".into(),
+                "slack.channel is only used with bot_token_env or bot_token_file".into(),
             ));
         }
         _ => {}
@@ -685,7 +746,7 @@ fn slack(
     if webhook_url.is_none() && bot_token.is_none() {
         return Err(err(
             "[slack]",
-            "[slack] needs webhook_url_env (an incoming webhook) or bot_token_env + channel (a Slack app's bot)".into(),
+            "[slack] needs webhook_url_env or webhook_url_file (an incoming webhook), or bot_token_env or bot_token_file + channel (a Slack app's bot)".into(),
         ));
     }
     let api_url = raw
@@ -854,6 +915,52 @@ redact = ["password"]
     }
 
     const BASE: &str = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+
+    #[test]
+    fn slack_secrets_come_from_files_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("airlock-slack-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("hook"),
+            "https://hooks.slack.com/services/T/B/file\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("signing"), "signing-from-a-file\n").unwrap();
+        std::fs::write(dir.join("short-key"), "too short").unwrap();
+        let load = |slack: &str| {
+            parse(&format!("{BASE}[slack]\n{slack}"), "a.toml", &dir, &env)
+                .map_err(|e| e.to_string())
+        };
+        let c = load("webhook_url_file = \"hook\"\nsigning_secret_file = \"signing\"\n").unwrap();
+        let slack = c.slack.expect("[slack]");
+        assert_eq!(
+            slack.webhook_url.as_deref(),
+            Some("https://hooks.slack.com/services/T/B/file")
+        );
+        assert_eq!(slack.signing_secret.as_deref(), Some("signing-from-a-file"));
+
+        let both = load("webhook_url_env = \"HOOK\"\nwebhook_url_file = \"hook\"\n").unwrap_err();
+        assert!(
+            both.starts_with("a.toml:6:") && both.contains("not both"),
+            "{both}"
+        );
+        let missing = load("webhook_url_file = \"nope\"\n").unwrap_err();
+        assert!(
+            missing.contains("slack.webhook_url_file: cannot read") && missing.contains("nope"),
+            "{missing}"
+        );
+        let short =
+            load("webhook_url_file = \"hook\"\nlink_key_file = \"short-key\"\n").unwrap_err();
+        assert!(
+            short.contains("slack.link_key_file") && short.contains("at least 32"),
+            "{short}"
+        );
+        assert!(
+            !short.contains("too short"),
+            "the secret itself is never printed: {short}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn slack_loads_with_secrets_from_env_and_user_mapping() {

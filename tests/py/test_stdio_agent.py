@@ -3,14 +3,19 @@ Claude Desktop would spawn it."""
 import json
 import os
 import queue
+import re
 import signal
+import stat
 import subprocess
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
-from harness import AIRLOCK_BIN, free_port, write_json
-from rawmcp import call_body, init_body, marked_testserver, procs_with, wait_until
+from harness import AIRLOCK_BIN, airlock_stdio_cmd
+from holdkit import ALICE, TOKENS_ENV, Gateway, write_config
+from rawmcp import call_body, init_body, marked_testserver, procs_with, stateless_meta, wait_until
 
 POLICY = {
     "version": "1",
@@ -23,14 +28,23 @@ POLICY = {
 class StdioAgent:
     """One `airlock stdio` process and a reader that matches answers by id."""
 
-    def __init__(self, procs, tmp_path, marker, policy=POLICY, config: str | None = None):
-        cmd = [AIRLOCK_BIN, "stdio", "--listen", f"127.0.0.1:{free_port()}", "--audit", str(tmp_path / "audit.db")]
+    def __init__(self, procs, tmp_path, marker, policy=POLICY, config: str | None = None,
+                 upstream: list[str] | None = None, env: dict | None = None):
         if config:
-            cmd += ["--config", config]
+            self.audit = tmp_path / "audit.db"
+            cmd = [AIRLOCK_BIN, "stdio", "--listen", "127.0.0.1:0", "--audit", str(self.audit), "--config", config]
         else:
-            cmd += ["--policy", str(write_json(tmp_path / "policy.json", policy)), "--", *marked_testserver(marker)]
-        self.proc = procs.start(cmd, stdin=subprocess.PIPE)
+            cmd = airlock_stdio_cmd(tmp_path, policy, upstream or marked_testserver(marker))
+            self.audit = Path(cmd[cmd.index("--audit") + 1])
+        self.proc = procs.start(cmd, stdin=subprocess.PIPE, env=env)
         self.stash: list[dict] = []
+
+    def gateway(self, timeout: float = 10.0) -> Gateway:
+        """The approvers' side of this process: its dashboard port comes from the
+        `dashboard: http://127.0.0.1:PORT/` log line."""
+        found = wait_until(lambda: re.search(r"dashboard: http://127\.0\.0\.1:(\d+)/", self.proc.stderr_text()), timeout)
+        assert found, f"no dashboard line on stderr:\n{self.proc.stderr_text()[-2000:]}"
+        return Gateway(self.proc, int(found.group(1)), self.audit, None)
 
     def send_raw(self, line: bytes):
         self.proc.popen.stdin.write(line if line.endswith(b"\n") else line + b"\n")
@@ -211,3 +225,152 @@ def test_sigterm_with_stdin_still_open_exits_promptly_and_ends_the_upstream(make
         pytest.fail("airlock stdio still running 5 s after SIGTERM (its stdin is still open)")
     assert code == 0
     assert wait_until(lambda: not procs_with(marker), timeout=3), procs_with(marker)
+
+
+# --- held calls: the Claude Desktop path (agent → airlock stdio → upstream child) ---
+
+HOLD_POLICY = {
+    "version": "1",
+    "default": "allow",
+    "rules": {"delete_record": {"action": "require_approval", "reason": "destructive"}},
+}
+
+
+def teed_testserver(log: Path, marker: Path) -> list[str]:
+    """The stdio test server behind `tee`, which copies every line Airlock
+    writes to the upstream's stdin into `log`."""
+    return ["bash", "-c", 'tee -a "$0" | exec "$@"', str(log), *marked_testserver(marker)]
+
+
+def calls_sent_upstream(log: Path, tool: str) -> list[dict]:
+    lines = log.read_text().split("\n")[:-1] if log.exists() else []  # complete lines only
+    sent = [json.loads(line) for line in lines if line.strip()]
+    return [m for m in sent if m.get("method") == "tools/call" and m["params"]["name"] == tool]
+
+
+def answer_to(agent: StdioAgent, req_id, timeout: float = 10.0) -> dict:
+    return agent.wait_for(lambda m: m.get("id") == req_id and "method" not in m, timeout)
+
+
+@pytest.fixture
+def held(make_agent, tmp_path):
+    """An initialized handshake-era agent on a quick-mode `airlock stdio` whose
+    approver token is ALICE, its gateway, and the log of what reached the upstream."""
+    log = tmp_path / "sent-upstream.jsonl"
+    a = make_agent(policy=HOLD_POLICY, env={"AIRLOCK_APPROVER_TOKEN": ALICE},
+                   upstream=teed_testserver(log, tmp_path / "upstream-marker"))
+    a.initialize()
+    return a, a.gateway(), log
+
+
+def test_held_call_approved_over_the_api_gets_the_upstreams_result(held):
+    agent, gw, log = held
+    request = call_body(20, "delete_record", {"id": "42"})
+    agent.send(request)
+    item = gw.wait_pending()[0]
+    assert (item["tool"], item["arguments"], item["upstream"], item["reason"], item["agent"]) == (
+        "delete_record", {"id": "42"}, "default", "destructive", "raw-test/1.0")
+    # other requests keep flowing while the call is held, and the held one has not gone upstream
+    assert agent.request(call_body(21, "echo", {"text": "meanwhile"}))["result"]["content"][0]["text"] == "meanwhile"
+    assert wait_until(lambda: calls_sent_upstream(log, "echo"), 2) and not calls_sent_upstream(log, "delete_record")
+
+    r = gw.decide(item["id"], "approve", comment="ticket 1234")
+    assert r.status_code == 200 and r.json()["decision"] == "approved", r.text
+    result = answer_to(agent, 20)["result"]
+    assert result["content"] == [{"type": "text", "text": "deleted 42"}]
+    assert result.get("isError") is False and "_meta" not in result
+    assert calls_sent_upstream(log, "delete_record") == [request]
+    assert json.dumps(request) in log.read_text().split("\n")  # the agent's own bytes
+    assert gw.pending() == []
+    assert [e["decision"] for e in gw.decision_rows(item["id"])] == ["approved"]
+
+
+def test_held_call_denied_with_a_comment_never_reaches_the_upstream(held):
+    agent, gw, log = held
+    agent.send(call_body(22, "delete_record", {"id": "43"}))
+    item = gw.wait_pending()[0]
+    r = gw.decide(item["id"], "deny", comment="use archive instead")
+    assert r.status_code == 200 and r.json()["decision"] == "denied", r.text
+
+    result = answer_to(agent, 22)["result"]
+    assert result["isError"] is True
+    assert result["content"] == [
+        {"type": "text", "text": "Airlock: approver denied this call to `delete_record`: use archive instead"}]
+    assert result["_meta"] == {"airlock.decision": "approval_denied", "airlock.reason": "use archive instead",
+                               "airlock.rule": "delete_record"}
+    # the upstream is alive and logged (echo went through), but never saw delete_record
+    assert agent.request(call_body(23, "echo", {"text": "after"}))["result"]["content"][0]["text"] == "after"
+    assert wait_until(lambda: calls_sent_upstream(log, "echo"), 2)
+    assert calls_sent_upstream(log, "delete_record") == []
+    rows = gw.decision_rows(item["id"])
+    assert [(e["decision"], e["comment"]) for e in rows] == [("denied_by_human", "use archive instead")]
+
+
+def test_held_call_with_a_progress_token_gets_progress_until_approved(make_agent, tmp_path):
+    marker = tmp_path / "upstream-marker"
+    config = write_config(tmp_path, HOLD_POLICY, progress=0.2, upstream_args=["--log-requests", marker])
+    agent = make_agent(marker=marker, config=str(config), env=TOKENS_ENV)
+    agent.initialize()
+    gw = agent.gateway()
+    agent.send(call_body(24, "delete_record", {"id": "44"}, meta={"progressToken": "hold-24"}))
+    item = gw.wait_pending()[0]
+
+    waiting = [agent.wait_for(lambda m: m.get("method") == "notifications/progress", timeout=5) for _ in range(3)]
+    assert [p["params"]["progressToken"] for p in waiting] == ["hold-24"] * 3
+    assert [p["params"]["progress"] for p in waiting] == [1, 2, 3]
+    assert all("total" not in p["params"] for p in waiting)
+    assert all(p["params"]["message"].startswith("waiting for human approval") for p in waiting), waiting
+
+    assert gw.decide(item["id"], "approve").status_code == 200
+    result = answer_to(agent, 24)["result"]
+    assert result["content"] == [{"type": "text", "text": "deleted 44"}]
+    # no waiting notification after the answer
+    time.sleep(0.5)
+    after = [json.loads(line) for line in agent.proc.stdout_log]
+    answer_at = next(i for i, m in enumerate(after) if m.get("id") == 24)
+    assert not [m for m in after[answer_at:] if m.get("method") == "notifications/progress"], after[answer_at:]
+
+
+def test_stateless_era_held_call_over_stdio_is_approved(make_agent, tmp_path):
+    agent = make_agent(policy=HOLD_POLICY, env={"AIRLOCK_APPROVER_TOKEN": ALICE})
+    gw = agent.gateway()
+    agent.send(call_body(25, "delete_record", {"id": "7"}, meta=stateless_meta()))
+    item = gw.wait_pending()[0]
+    assert (item["tool"], item["arguments"], item["agent"]) == ("delete_record", {"id": "7"}, "raw-test/1.0")
+
+    assert gw.decide(item["id"], "approve").status_code == 200
+    result = answer_to(agent, 25)["result"]
+    assert result["content"] == [{"type": "text", "text": "deleted 7"}]
+    assert result.get("isError") is False
+    # the upstream answered in the stateless era: its result says so
+    assert result["resultType"] == "complete"
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "airlock-testserver"
+
+
+def test_quick_mode_without_a_token_writes_the_login_link_to_a_private_file(make_agent, monkeypatch):
+    monkeypatch.delenv("AIRLOCK_APPROVER_TOKEN", raising=False)
+    agent = make_agent(policy=HOLD_POLICY)
+    agent.initialize()
+    gw = agent.gateway()
+    login_file = agent.audit.with_name(agent.audit.name + ".login")
+    assert stat.S_IMODE(login_file.stat().st_mode) == 0o600
+    link = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/login#token=([0-9a-f]{16,})", login_file.read_text().strip())
+    assert link, login_file.read_text()
+    port, token = int(link.group(1)), link.group(2)
+    assert port == gw.port
+    assert f"login link in {login_file}" in agent.proc.stderr_text()
+
+    agent.request(call_body(26, "echo", {"text": "hi"}))
+    assert token not in "\n".join(agent.proc.stdout_log)
+    assert token not in agent.proc.stderr_text()
+
+    r = gw.api("GET", "/api/pending", token=token)
+    assert r.status_code == 200 and r.json() == {"pending": []}, r.text
+    assert gw.api("GET", "/api/pending", token=token[::-1]).status_code == 401
+    with httpx.Client(base_url=gw.base, timeout=10) as browser:
+        assert browser.get("/login").status_code == 200
+        r = browser.post("/api/login", json={"token": token})
+        assert r.status_code == 200 and r.json()["approver"] == "approver", r.text
+        assert "airlock_session" in browser.cookies
+        r = browser.get("/api/pending")
+        assert r.status_code == 200 and r.json() == {"pending": []}, r.text
