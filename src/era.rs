@@ -19,6 +19,13 @@ pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 pub const METHOD_HEADER: &str = "mcp-method";
 pub const NAME_HEADER: &str = "mcp-name";
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Airlock's own `_meta` serverInfo, for the stateless-era results it makes
+/// itself (refusals, tasks): the spec says results SHOULD say who answered.
+pub fn airlock_server_info() -> serde_json::Value {
+    serde_json::json!({ "name": "airlock", "version": env!("CARGO_PKG_VERSION") })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Era {

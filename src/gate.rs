@@ -135,6 +135,7 @@ pub fn refusal_response(id: &Id, refusal: &Refusal, era: Era) -> Message {
     });
     if era == Era::Stateless {
         result["resultType"] = json!("complete");
+        result["_meta"][crate::era::META_SERVER_INFO] = crate::era::airlock_server_info();
     }
     jsonrpc::result_response(id, result)
 }

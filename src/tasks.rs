@@ -119,6 +119,7 @@ impl Tasks {
             "lastUpdatedAt": task.updated_at,
             "ttlMs": ttl_ms,
             "pollIntervalMs": POLL_INTERVAL_MS,
+            "_meta": { crate::era::META_SERVER_INFO: crate::era::airlock_server_info() },
         });
         self.0.insert(id.clone(), task);
         (id, created)
@@ -191,6 +192,7 @@ impl Tasks {
             "lastUpdatedAt": task.updated_at,
             "ttlMs": task.ttl_ms,
             "pollIntervalMs": POLL_INTERVAL_MS,
+            "_meta": { crate::era::META_SERVER_INFO: crate::era::airlock_server_info() },
         });
         if let Some(result) = &task.result {
             v["result"] = result.clone();
@@ -258,16 +260,24 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
             if withdrawn.is_ok() {
                 gw.tasks.mark_cancelled(&task_id);
             }
-            json!({ "resultType": "complete" })
+            acknowledged()
         }
         // Airlock's tasks never ask for input; updates are acknowledged and ignored.
-        Some("tasks/update") => json!({ "resultType": "complete" }),
+        Some("tasks/update") => acknowledged(),
         _ => return None,
     };
     Some(Exchange::answer(
         jsonrpc::result_response(&id, result),
         ctx.era,
     ))
+}
+
+/// An empty stateless-era result from Airlock.
+fn acknowledged() -> Value {
+    json!({
+        "resultType": "complete",
+        "_meta": { crate::era::META_SERVER_INFO: crate::era::airlock_server_info() },
+    })
 }
 
 #[cfg(test)]

@@ -523,3 +523,17 @@ def test_upstream_response_headers_come_back_except_those_acting_on_airlocks_ori
             assert dropped not in r.headers, (dropped, r.headers)
     finally:
         upstream.close()
+
+
+def test_stateless_refusals_say_airlock_answered(mprocs, c):
+    """2026-07-28 results SHOULD carry `_meta` serverInfo: a refusal is Airlock's answer, not the
+    upstream's, and says so."""
+    gw = mprocs.airlock(policy={"version": "1", "default": "allow",
+                                "rules": {"crash": {"action": "deny", "reason": "no crashing"}}},
+                        upstream=upstream_testserver())
+    body = call_body(11, "crash", {}, meta=stateless_meta())
+    r = post(c, gw.mcp, body, stateless_headers("tools/call", "crash"))
+    result = answer(r, 11)["result"]
+    assert result["isError"] is True and result["resultType"] == "complete", result
+    assert result["_meta"]["airlock.decision"] == "denied", result
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "airlock", result

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from datetime import datetime
 
 import rawmcp as rm
-from harness import text_of
+from harness import REPO, text_of
 from holdkit import AGENT, start_gateway, timeout_policy, write_config
 
 EXTENSION = "io.modelcontextprotocol/tasks"
@@ -25,6 +26,9 @@ APPROVAL_TIMEOUT = 300  # s; a task's ttlMs is this plus an hour
 
 # Held too, so an approved call can still be running upstream when the agent cancels.
 POLICY = timeout_policy(APPROVAL_TIMEOUT, "deny")
+# Results Airlock makes itself say who answered (the 2026-07-28 spec: results SHOULD carry serverInfo).
+AIRLOCK_META = {"io.modelcontextprotocol/serverInfo": {
+    "name": "airlock", "version": tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]}}
 POLICY["rules"]["slow"] = {"action": "require_approval", "reason": "takes a while"}
 
 
@@ -116,6 +120,7 @@ def test_approved_task_completes_with_the_upstream_result(procs):
     assert created["ttlMs"] == (APPROVAL_TIMEOUT + 3600) * 1000, created
     assert isinstance(created["pollIntervalMs"], int) and created["pollIntervalMs"] > 0, created
     assert created["createdAt"] == created["lastUpdatedAt"], created
+    assert created["_meta"] == AIRLOCK_META, created
     assert "result" not in created and "error" not in created, created
     task_id = created["taskId"]
 
@@ -126,9 +131,10 @@ def test_approved_task_completes_with_the_upstream_result(procs):
     assert (view["taskId"], view["status"], view["statusMessage"]) == (
         task_id, "working", "waiting for human approval"), view
     assert view["resultType"] == "complete" and "result" not in view, view
+    assert view["_meta"] == AIRLOCK_META, view
     # tasks/update is acknowledged and changes nothing.
     assert agent.task("tasks/update", task_id) == {
-        "jsonrpc": "2.0", "id": agent.next_id, "result": {"resultType": "complete"}}
+        "jsonrpc": "2.0", "id": agent.next_id, "result": {"resultType": "complete", "_meta": AIRLOCK_META}}
     assert agent.get(task_id)["status"] == "working"
     assert [p["id"] for p in gw.pending()] == [item["id"]]
 
@@ -182,7 +188,7 @@ def test_tasks_cancel_withdraws_the_hold_and_nothing_reaches_the_upstream(procs)
     task_id, item = start_task(agent, "delete_record", {"id": "task-cancel"})
 
     assert agent.task("tasks/cancel", task_id) == {
-        "jsonrpc": "2.0", "id": agent.next_id, "result": {"resultType": "complete"}}
+        "jsonrpc": "2.0", "id": agent.next_id, "result": {"resultType": "complete", "_meta": AIRLOCK_META}}
     gw.wait_gone(item["id"])
     view = agent.get(task_id)
     assert (view["status"], view["statusMessage"]) == ("cancelled", "cancelled by the agent"), view
@@ -211,7 +217,7 @@ def test_tasks_cancel_after_approval_is_acknowledged_and_the_call_completes(proc
     assert gw.decide(item["id"], "approve").status_code == 200
     assert rm.wait_until(lambda: upstream_requests(log, '"slow"'), 10), "the approved call never reached the upstream"
 
-    assert agent.task("tasks/cancel", task_id)["result"] == {"resultType": "complete"}
+    assert agent.task("tasks/cancel", task_id)["result"] == {"resultType": "complete", "_meta": AIRLOCK_META}
     assert agent.get(task_id)["status"] == "working"
     view = agent.wait_done(task_id)
     assert (view["status"], view["statusMessage"]) == ("completed", "approved and completed"), view
