@@ -168,10 +168,13 @@ impl AuditBackend for Sqlite {
     fn query(&mut self, filter: &Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError> {
         let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1=1");
         let mut args: Vec<String> = Vec::new();
+        // A value with `*` or `?` is a glob (SQLite GLOB: case-sensitive, `*`
+        // any run, `?` one character); anything else matches exactly.
         let mut eq = |column: &str, value: &Option<String>, sql: &mut String| {
             if let Some(v) = value {
                 args.push(v.clone());
-                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+                let op = if v.contains(['*', '?']) { "GLOB" } else { "=" };
+                sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
             }
         };
         eq("tool", &filter.tool, &mut sql);

@@ -212,6 +212,10 @@ def test_audit_filters_by_agent_and_until(procs):
     assert texts(agent="claude-desktop") == ["a2", "a1"]
     assert texts(agent="filebot") == ["b1"]
     assert texts(agent="Filebot") == [] and texts(agent="file") == []  # exact match
+    assert texts(agent="file*") == ["b1"] and texts(agent="*e-d*") == ["a2", "a1"]  # globs
+    assert texts(agent="fileb?t") == ["b1"] and texts(agent="File*") == []  # case-sensitive
+    export = gw.api("GET", "/api/audit/export", params={"format": "jsonl", "agent": "claude-*"})
+    assert [json.loads(line)["arguments"]["text"] for line in export.text.splitlines()] == ["a1", "a2"]
     a1, b1, a2 = gw.audit_rows()
     assert a1["at"] < b1["at"] < a2["at"], (a1["at"], b1["at"], a2["at"])
     assert texts(until=b1["at"]) == ["a1"]  # exclusive: b1 itself and later rows are left out
