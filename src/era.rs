@@ -40,6 +40,9 @@ pub struct ParamsPeek<'a> {
     pub name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub uri: Option<Cow<'a, str>>,
+    /// `tasks/get`, `tasks/update`, `tasks/cancel` (tasks extension).
+    #[serde(rename = "taskId", borrow, default)]
+    pub task_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub arguments: Option<&'a RawValue>,
     #[serde(rename = "_meta", borrow, default)]
@@ -107,6 +110,9 @@ fn expected_name<'p>(method: &str, peek: &'p ParamsPeek<'_>) -> Option<&'p str> 
     match method {
         "tools/call" | "prompts/get" => peek.name.as_deref(),
         "resources/read" => peek.uri.as_deref(),
+        // The tasks extension: "the client MUST set the Mcp-Name header to
+        // the value of params.taskId".
+        "tasks/get" | "tasks/update" | "tasks/cancel" => peek.task_id.as_deref(),
         _ => None,
     }
 }

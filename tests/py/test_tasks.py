@@ -238,6 +238,20 @@ def test_task_requests_must_declare_the_extension(procs):
     assert agent.get(task_id)["status"] == "working"
 
 
+def test_task_requests_name_their_task_in_mcp_name(procs):
+    """The extension: "the client MUST set the Mcp-Name header to the value of params.taskId"
+    (intermediaries route on it). A header naming another task is a header mismatch."""
+    gw = start_gateway(procs, POLICY)
+    agent = Agent(gw)
+    task_id, item = start_task(agent, "delete_record", {"id": "routed"})
+    for method in ("tasks/get", "tasks/cancel"):
+        response = agent.request(method, {"taskId": task_id, "_meta": agent.meta()}, "some-other-task")
+        assert response.get("error", {}).get("code") == -32020, response
+        assert "Mcp-Name" in response["error"]["message"] and task_id in response["error"]["message"], response
+    assert [p["id"] for p in gw.pending()] == [item["id"]], "a mismatched tasks/cancel withdrew the hold"
+    assert agent.get(task_id)["status"] == "working"
+
+
 # --- who can see a task -----------------------------------------------------------
 
 def assert_not_found(response: dict):
