@@ -27,8 +27,20 @@ TESTSERVER = REPO / "tests" / "servers" / "testserver.py"
 EVERYTHING_BIN = NODE_DIR / "node_modules" / ".bin" / "mcp-server-everything"
 
 
-# Numbers gateway files (policy, audit): unique per test run, unlike ports.
+# Numbers gateway files (policy, config, audit): unique per test run, unlike ports.
 _GATEWAY_FILES = itertools.count(1)
+
+
+def gateway_number() -> int:
+    """A number no other gateway of this test run has, for naming its files."""
+    return next(_GATEWAY_FILES)
+
+
+def listening_port(proc: "Proc") -> int:
+    """The port of a gateway started with `--listen 127.0.0.1:0`, from its first stdout line.
+    (A port picked by the OS at bind time cannot be taken by anyone else in between.)"""
+    line = proc.wait_for_line("airlock listening on ", timeout=30)
+    return int(line.rsplit(":", 1)[1].strip().rstrip("/"))
 
 
 def free_port() -> int:
@@ -163,8 +175,8 @@ class Processes:
     ) -> Airlock:
         """Starts `airlock serve` on a free port. `policy` may be a dict (written
         to a file), a path, or None (allow everything)."""
-        port, n = free_port(), next(_GATEWAY_FILES)
-        cmd = [AIRLOCK_BIN, "serve", "--listen", f"127.0.0.1:{port}", "--audit", str(self.tmp_path / f"audit-{n}.db")]
+        n = gateway_number()
+        cmd = [AIRLOCK_BIN, "serve", "--listen", "127.0.0.1:0", "--audit", str(self.tmp_path / f"audit-{n}.db")]
         if config:
             cmd += ["--config", str(config)]
         if isinstance(policy, dict):
@@ -177,8 +189,7 @@ class Processes:
         if upstream:
             cmd += ["--", *upstream]
         p = self.start(cmd, env=env)
-        p.wait_for_line("airlock listening on ", timeout=30)
-        return Airlock(p, port)
+        return Airlock(p, listening_port(p))
 
     def stop_all(self):
         for p in reversed(self.started):
@@ -241,7 +252,7 @@ def airlock_stdio_cmd(tmp_path: Path, policy=None, upstream: list[str] | None = 
     dashboard port and its own audit file. `policy` may be a dict (written to a file) or a path."""
     # Names come from a counter, not a port: two free_port() calls can return the same port, and
     # two gateways sharing a policy file once ran one upstream behind the other's policy.
-    n = next(_GATEWAY_FILES)
+    n = gateway_number()
     cmd = [AIRLOCK_BIN, "stdio", "--listen", "127.0.0.1:0", "--audit", str(tmp_path / f"audit-stdio-{n}.db")]
     if isinstance(policy, dict):
         policy = write_json(tmp_path / f"policy-stdio-{n}.json", policy)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 import rawmcp as rm
-from harness import AIRLOCK_BIN, PYTHON, TESTSERVER, Proc, free_port, write_json
+from harness import AIRLOCK_BIN, PYTHON, TESTSERVER, Proc, gateway_number, listening_port, write_json
 
 ALICE = "alice-approver-token-0123456789"
 BOB = "bob-approver-token-0123456789ab"
@@ -166,14 +166,14 @@ def start_gateway(procs, policy: dict = HOLD_POLICY, *, progress: float = 0.5, a
                   audit: Path | None = None, config: Path | None = None, upstream_args: list[str] = (),
                   url: str | None = None) -> Gateway:
     tmp = procs.tmp_path
-    port = free_port()
-    config = config or write_config(tmp, policy, progress=progress, agents=agents, name=f"airlock-{port}",
+    n = gateway_number()
+    config = config or write_config(tmp, policy, progress=progress, agents=agents, name=f"airlock-{n}",
                                     upstream_args=upstream_args, url=url)
-    audit = audit or tmp / f"audit-{port}.db"
-    cmd = [AIRLOCK_BIN, "serve", "--config", config, "--listen", f"127.0.0.1:{port}", "--audit", audit]
+    audit = audit or tmp / f"audit-{n}.db"
+    cmd = [AIRLOCK_BIN, "serve", "--config", config, "--listen", "127.0.0.1:0", "--audit", audit]
     proc = procs.start(cmd, env=TOKENS_ENV)
-    proc.wait_for_line("airlock listening on ", timeout=30)
-    return Gateway(proc, port, audit, config)
+    return Gateway(proc, listening_port(proc), audit, config)
+
 
 
 def run_cli(*args, env: dict | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
