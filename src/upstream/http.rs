@@ -334,41 +334,12 @@ impl HttpSession {
     }
 }
 
-/// Upstream response headers that go back to the agent: all but hop-by-hop
-/// ones, the body framing (Airlock frames the body it sends), the session id
-/// (the gateway maps it), `Date` (hyper sets its own), and what would act on
-/// the gateway's own origin, which the dashboard shares: cookies and CORS.
-fn returnable(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    !(name.starts_with("access-control-")
-        || matches!(
-            name,
-            "content-length"
-                | "content-type"
-                | "content-encoding"
-                | "connection"
-                | "keep-alive"
-                | "transfer-encoding"
-                | "te"
-                | "trailer"
-                | "upgrade"
-                | "proxy-authenticate"
-                | "proxy-connection"
-                | "date"
-                | "set-cookie"
-                | SESSION_HEADER
-        ))
-}
-
-/// Agent headers that are forwarded upstream. Hop-by-hop headers, the body
-/// framing, cookies and origin (the gateway checked them), and the session id
-/// (the gateway maps it) are not; everything else is, including unknown
-/// `Mcp-Param-*` headers.
-fn forwardable(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
+/// Headers that belong to one connection, or frame one body, never to the
+/// message: neither direction passes them on.
+fn connection_specific(name: &str) -> bool {
+    matches!(
+        name,
+        "content-length"
             | "content-type"
             | "connection"
             | "keep-alive"
@@ -376,13 +347,40 @@ fn forwardable(name: &HeaderName) -> bool {
             | "te"
             | "trailer"
             | "upgrade"
-            | "proxy-authorization"
             | "proxy-connection"
-            | "accept-encoding"
-            | "origin"
-            | "cookie"
-            | "referer"
-            | "last-event-id"
             | SESSION_HEADER
     )
+}
+
+/// Upstream response headers that go back to the agent: all but the
+/// connection-specific ones (the session id: the gateway issues its own),
+/// `Content-Encoding` and `Date` (Airlock frames and dates what it sends),
+/// and what would act on the gateway's own origin, which the dashboard
+/// shares: cookies and CORS.
+fn returnable(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    !(connection_specific(name)
+        || name.starts_with("access-control-")
+        || matches!(
+            name,
+            "content-encoding" | "proxy-authenticate" | "date" | "set-cookie"
+        ))
+}
+
+/// Agent headers that are forwarded upstream: all but the connection-specific
+/// ones (the session id: the gateway maps it), cookies and origin (the
+/// gateway checked them) and the like; unknown `Mcp-Param-*` headers pass.
+fn forwardable(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    !(connection_specific(name)
+        || matches!(
+            name,
+            "host"
+                | "proxy-authorization"
+                | "accept-encoding"
+                | "origin"
+                | "cookie"
+                | "referer"
+                | "last-event-id"
+        ))
 }

@@ -193,3 +193,40 @@ def read_log(path: Path) -> list[dict]:
 
 def run_check(*files, timeout: float = 20) -> subprocess.CompletedProcess:
     return subprocess.run([AIRLOCK_BIN, "check", *map(str, files)], capture_output=True, text=True, timeout=timeout)
+
+
+class TinyUpstream:
+    """A minimal HTTP upstream in the test process, for answers the project's test server
+    does not give. `respond(body)` gets each POSTed JSON-RPC message and returns
+    `(content_type, extra_headers, payload_bytes)`; `calls` keeps every message seen."""
+
+    def __init__(self, respond):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        self.calls: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                outer.calls.append(body)
+                content_type, headers, data = respond(body)
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mcp"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

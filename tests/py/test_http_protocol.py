@@ -11,7 +11,7 @@ import pytest
 
 from harness import Processes, upstream_testserver
 from rawmcp import (
-    ACCEPT, HANDSHAKE_VERSION, STATELESS_VERSION, answer, call_body, client, init_body,
+    ACCEPT, HANDSHAKE_VERSION, STATELESS_VERSION, TinyUpstream, answer, call_body, client, init_body,
     open_session, post, read_log, rpc_error_of, session_headers, sse_messages, stateless_headers,
     stateless_meta,
 )
@@ -464,53 +464,26 @@ def test_agent_with_right_token_works_and_token_is_not_forwarded(gw_agents, c):
 # ----------------------------------------------------------------------------- response headers
 
 
-class HeaderUpstream:
-    """A stateless upstream that answers every POST with JSON and headers of its own."""
+UPSTREAM_HEADERS = [
+    ("X-Upstream-Trace", "trace-8f2e"),
+    ("Link", "<https://example.test/a>; rel=a"),
+    ("Link", "<https://example.test/b>; rel=b"),
+    ("Set-Cookie", "airlock_session=planted; Path=/"),
+    ("Access-Control-Allow-Origin", "*"),
+    ("Mcp-Session-Id", "upstream-own-session"),
+]
 
-    HEADERS = [
-        ("X-Upstream-Trace", "trace-8f2e"),
-        ("Link", "<https://example.test/a>; rel=a"),
-        ("Link", "<https://example.test/b>; rel=b"),
-        ("Set-Cookie", "airlock_session=planted; Path=/"),
-        ("Access-Control-Allow-Origin", "*"),
-        ("Mcp-Session-Id", "upstream-own-session"),
-    ]
 
-    def __init__(self):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        import threading
-
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                result = {"resultType": "complete", "content": [{"type": "text", "text": "ok"}]}
-                data = json.dumps({"jsonrpc": "2.0", "id": body.get("id"), "result": result}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                for name, value in outer.HEADERS:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mcp"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def answer_with_headers(body: dict):
+    """A stateless upstream's JSON answer, with headers of its own."""
+    result = {"resultType": "complete", "content": [{"type": "text", "text": "ok"}]}
+    return "application/json", UPSTREAM_HEADERS, json.dumps({"jsonrpc": "2.0", "id": body.get("id"), "result": result}).encode()
 
 
 def test_upstream_response_headers_come_back_except_those_acting_on_airlocks_origin(mprocs, c):
     """DESIGN §2: unknown headers pass through in both directions. Cookies and CORS headers
     would act on the origin the dashboard shares, and the session id is Airlock's to issue."""
-    upstream = HeaderUpstream()
+    upstream = TinyUpstream(answer_with_headers)
     try:
         gw = mprocs.airlock(url=upstream.url)
         body = call_body(9, "echo", {"text": "x"}, meta=stateless_meta())

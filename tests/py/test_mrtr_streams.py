@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -22,57 +21,36 @@ from holdkit import start_gateway
 ROUNDS = 2  # questions the upstream asks before it answers
 
 
-class StreamingUpstream:
+def streaming_upstream() -> rm.TinyUpstream:
     """`ask` asks ROUNDS questions (requestState `round-1`, `round-2`, …), then
     answers `answered after N rounds`; every answer is one SSE `message` event."""
 
-    def __init__(self):
-        self.calls: list[dict] = []
-        outer = self
+    def respond(body: dict):
+        payload = json.dumps({"jsonrpc": "2.0", "id": body.get("id"), "result": result(body)})
+        return "text/event-stream", [], f"event: message\ndata: {payload}\n\n".encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    return rm.TinyUpstream(respond)
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                outer.calls.append(body)
-                payload = json.dumps({"jsonrpc": "2.0", "id": body.get("id"), "result": outer.result(body)})
-                data = f"event: message\ndata: {payload}\n\n".encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mcp"
-
-    @staticmethod
-    def result(body: dict) -> dict:
-        params = body.get("params") or {}
-        state = params.get("requestState")
-        done = int(state.split("-")[1]) if state else 0
-        if body.get("method") != "tools/call":
-            return {"resultType": "complete"}
-        if done < ROUNDS:
-            question = {"method": "elicitation/create",
-                        "params": {"mode": "form", "message": f"question {done + 1}",
-                                   "requestedSchema": {"type": "object", "properties": {}}}}
-            return {"resultType": "input_required", "inputRequests": {f"q{done + 1}": question},
-                    "requestState": f"round-{done + 1}"}
-        return {"resultType": "complete", "isError": False,
-                "content": [{"type": "text", "text": f"answered after {done} rounds"}]}
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def result(body: dict) -> dict:
+    params = body.get("params") or {}
+    state = params.get("requestState")
+    done = int(state.split("-")[1]) if state else 0
+    if body.get("method") != "tools/call":
+        return {"resultType": "complete"}
+    if done < ROUNDS:
+        question = {"method": "elicitation/create",
+                    "params": {"mode": "form", "message": f"question {done + 1}",
+                               "requestedSchema": {"type": "object", "properties": {}}}}
+        return {"resultType": "input_required", "inputRequests": {f"q{done + 1}": question},
+                "requestState": f"round-{done + 1}"}
+    return {"resultType": "complete", "isError": False,
+            "content": [{"type": "text", "text": f"answered after {done} rounds"}]}
 
 
 @pytest.fixture
 def upstream():
-    u = StreamingUpstream()
+    u = streaming_upstream()
     yield u
     u.close()
 
