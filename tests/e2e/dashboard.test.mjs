@@ -63,8 +63,12 @@ const gw = {
   canRestart: false,
 };
 
+// Mode A serves a copy of the policy, so a test can edit it live.
+const livePolicy = () => path.join(gw.dir, 'policy.json');
+
 function startGateway() {
-  const args = ['serve', '--listen', `127.0.0.1:${gw.port}`, '--policy', POLICY,
+  if (!fs.existsSync(livePolicy())) fs.copyFileSync(POLICY, livePolicy());
+  const args = ['serve', '--listen', `127.0.0.1:${gw.port}`, '--policy', livePolicy(),
     '--audit', path.join(gw.dir, 'audit.db'), '--', process.execPath, EVERYTHING, 'stdio'];
   gw.proc = spawn(process.env.AIRLOCK_BIN, args, {
     env: { ...process.env, AIRLOCK_APPROVER_TOKEN: gw.token },
@@ -563,6 +567,32 @@ test('hostile arguments render as text; a 1 MB string does not freeze the page',
   assert.equal(await page.locator('#history-list img, #history-list script, #history-list iframe').count(), 0);
   assertClean(page);
   ac.abort();
+  await ctx.close();
+});
+
+test('a refused policy edit shows a red notice with the error as text; a good edit a plain one', async (t) => {
+  if (gw.mode !== 'A') { t.skip('needs the policy file of a gateway this test started (AIRLOCK_BIN)'); return; }
+  const { ctx, page } = await newPage();
+  await login(page);
+  const good = fs.readFileSync(livePolicy(), 'utf8');
+  const hostile = '<img src=x onerror="window.__pwned=1">';
+  try {
+    // An unknown key: the error names it, so the notice carries text from the file.
+    const bad = JSON.parse(good);
+    bad[hostile] = true;
+    fs.writeFileSync(livePolicy(), JSON.stringify(bad, null, 2));
+    const refused = page.locator('#toasts .toast-error', { hasText: 'Policy edit refused' });
+    await refused.waitFor({ timeout: 5000 });
+    const text = await refused.textContent();
+    assert.match(text, /previous policy is still in force/);
+    assert.ok(text.includes(hostile), `the error is shown as text: ${text}`);
+    assert.equal(await page.locator('#toasts img').count(), 0, 'no markup from the file is rendered');
+    assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  } finally {
+    fs.writeFileSync(livePolicy(), good + '\n');
+  }
+  await page.locator('#toasts .toast', { hasText: 'Policy reloaded for default' }).waitFor({ timeout: 5000 });
+  assertClean(page);
   await ctx.close();
 });
 
