@@ -215,9 +215,10 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
+    let company = crate::audit::users::join(&config.audit.path);
     let gw = Gateway::new(config, upstreams, audit, events, shutdown);
     crate::slack::install(&gw).await?;
-    let abandoned = crate::hold::mark_abandoned(&gw).await?;
+    let abandoned = crate::hold::mark_abandoned(&gw, company).await?;
     if abandoned > 0 {
         tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");
     }

@@ -9,6 +9,7 @@
 
 mod chain;
 mod sqlite;
+pub mod users;
 
 use std::collections::VecDeque;
 use std::path::Path;

@@ -853,8 +853,25 @@ pub async fn deny_all_for_shutdown(gw: &Gateway) {
 }
 
 /// Records holds left open by a previous run as `abandoned`.
-pub async fn mark_abandoned(gw: &Gateway) -> Result<usize, crate::audit::AuditError> {
-    let open = gw.audit.read(|db| db.open_approvals()).await?;
+pub async fn mark_abandoned(
+    gw: &Gateway,
+    company: crate::audit::users::Company,
+) -> Result<usize, crate::audit::AuditError> {
+    let mut open = gw.audit.read(|db| db.open_approvals()).await?;
+    if company == crate::audit::users::Company::Shared {
+        // Another live gateway may still be waiting on these: only holds older
+        // than the longest possible wait are surely someone's leftovers.
+        let longest = chrono::Duration::seconds(crate::policy::MAX_APPROVAL_TIMEOUT as i64 + 60);
+        let cutoff = chrono::Utc::now() - longest;
+        let before = open.len();
+        open.retain(|e| chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|at| at < cutoff));
+        if before > open.len() {
+            tracing::info!(
+                "{} hold(s) open in the audit file may belong to another running gateway; not marked abandoned",
+                before - open.len()
+            );
+        }
+    }
     for entry in &open {
         let record = Record {
             decision: "abandoned",

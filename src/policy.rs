@@ -21,7 +21,7 @@ use globset::GlobSet;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub use lint::lint;
-pub use load::{LoadError, load_file, parse_str};
+pub use load::{LoadError, MAX_APPROVAL_TIMEOUT, load_file, parse_str};
 
 /// What a rule (or the default) does with a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -76,7 +76,7 @@ struct RawApproval {
 }
 
 /// Longest approval wait a policy may ask for: one week.
-const MAX_APPROVAL_TIMEOUT: u64 = 7 * 24 * 3600;
+pub const MAX_APPROVAL_TIMEOUT: u64 = 7 * 24 * 3600;
 
 /// Reads and compiles a policy file.
 pub fn load_file(path: &Path) -> Result<Policy, LoadError> {

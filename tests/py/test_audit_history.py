@@ -184,6 +184,36 @@ def test_restart_records_holds_left_open_as_abandoned(procs):
     assert run_cli("audit", "verify", "--audit", gw.audit).returncode == 0
 
 
+def test_a_second_gateway_on_the_same_file_leaves_the_firsts_holds_alone(procs):
+    """Several gateways may share one audit file (one `airlock stdio` per client-spawned server).
+    One that starts while another runs must not record the other's live holds as abandoned;
+    once it is alone again, a restart does abandon what a killed gateway left."""
+    first = start_gateway(procs)
+    call = HeldCall(first.mcp, "delete_record", {"id": "shared-file"})
+    call.start()
+    [item] = first.wait_pending(1)
+
+    second = start_gateway(procs, audit=first.audit, config=first.config)
+    assert rm.wait_until(lambda: "may belong to another running gateway" in second.proc.stderr_text(), 5), \
+        second.proc.stderr_text()
+    assert second.audit_rows(decision="abandoned") == []
+    assert first.decide(item["id"], "approve").status_code == 200
+    assert text_of(call.result(15)) == "deleted shared-file"
+    assert [r["decision"] for r in second.decision_rows(item["id"])] == ["approved"]
+
+    # A hold left by a killed gateway stays open while another gateway runs, and is abandoned by
+    # the next gateway that starts alone.
+    lost = HeldCall(first.mcp, "delete_record", {"id": "killed"})
+    lost.start()
+    [orphan] = first.wait_pending(1)
+    os.kill(first.proc.popen.pid, signal.SIGKILL)
+    first.proc.popen.wait(10)
+    assert second.proc.stop(signal.SIGTERM) == 0
+    alone = start_gateway(procs, audit=first.audit, config=first.config)
+    assert [r["decision"] for r in alone.decision_rows(orphan["id"])] == ["abandoned"]
+    assert run_cli("audit", "verify", "--audit", first.audit).returncode == 0
+
+
 def test_sigterm_denies_open_holds_records_it_and_exits_zero(procs, tmp_path):
     marker = tmp_path / "sigterm-upstream-marker"
     gw = start_gateway(procs, upstream_args=["--log-requests", marker])
