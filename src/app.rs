@@ -407,6 +407,7 @@ fn audit_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             format,
             since,
             until,
+            matching,
             audit: path,
         } => {
             for (flag, value) in [("--since", &since), ("--until", &until)] {
@@ -427,6 +428,11 @@ fn audit_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             let filter = audit::Filter {
                 since: utc(since),
                 until: utc(until),
+                tool: matching.tool,
+                upstream: matching.upstream,
+                agent: matching.agent,
+                decision: matching.decision,
+                decider: matching.decider,
                 ..Default::default()
             };
             use audit::AuditBackend;

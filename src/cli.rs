@@ -59,9 +59,31 @@ pub enum AuditCommand {
         /// Only rows before this RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
+        #[command(flatten)]
+        matching: ExportMatch,
         #[arg(long, default_value = "airlock.db")]
         audit: PathBuf,
     },
+}
+
+/// Column filters of `audit export`: exact, or a glob with `*` / `?`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ExportMatch {
+    /// Only rows for this tool (exact, or a glob like `delete_*`).
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Only rows for this upstream.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Only rows of this agent (e.g. `claude-code*`).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only rows with this decision (`allowed`, `denied`, `approved`, …).
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// Only rows decided by this approver.
+    #[arg(long)]
+    pub decider: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -89,6 +89,16 @@ def test_export_jsonl_and_csv_round_trip_between_api_and_cli(procs):
     by_api = jsonl(gw.api("GET", "/api/audit/export", params={"format": "jsonl", "since": since}).text)
     by_cli = jsonl(run_cli("audit", "export", "--since", since, "--audit", gw.audit).stdout)
     assert by_api == by_cli and by_api and all(e["at"] >= since for e in by_api)
+    for params, flags in (({"decider": "bob"}, ["--decider", "bob"]),
+                          ({"tool": "delete_*", "decision": "approval_requested"},
+                           ["--tool", "delete_*", "--decision", "approval_requested"]),
+                          ({"agent": "*"}, ["--agent", "*"]), ({"tool": "nope"}, ["--tool", "nope"])):
+        by_api = jsonl(gw.api("GET", "/api/audit/export", params={"format": "jsonl", **params}).text)
+        by_cli = jsonl(run_cli("audit", "export", *flags, "--audit", gw.audit).stdout)
+        assert by_api == by_cli, params
+    held = jsonl(run_cli("audit", "export", "--tool", "delete_*", "--decision", "approval_requested",
+                         "--audit", gw.audit).stdout)
+    assert [e["decision"] for e in held] == ["approval_requested"] * 2, held
     assert gw.api("GET", "/api/audit/export", params={"format": "xml"}).status_code == 400
 
 
