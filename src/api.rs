@@ -521,6 +521,12 @@ async fn healthz(State(gw): State<Gateway>) -> Response {
         "audit": if healthy { "ok".to_owned() } else { format!("cannot write: {}", gw.audit.last_error().unwrap_or_default()) },
         "pending": gw.holds.len(),
         "sessions": gw.sessions.len(),
+        // A refused policy edit does not make the gateway unhealthy (the
+        // previous policy is in force), but whoever edited it should see it.
+        "policies": gw.upstreams.values().map(|up| {
+            let state = up.policy_status.problem().map_or("ok", |p| p.summary());
+            (up.name.clone(), serde_json::Value::from(state))
+        }).collect::<serde_json::Map<_, _>>(),
     });
     let status = if healthy {
         StatusCode::OK
@@ -530,14 +536,30 @@ async fn healthz(State(gw): State<Gateway>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// One gauge per upstream: 1 while its policy file is not what is in force.
+fn policy_metrics(gw: &Gateway) -> String {
+    let mut out = String::from(
+        "# HELP airlock_policy_stale 1 when an upstream's policy file is not the policy in force (a refused edit, an unreadable file).\n# TYPE airlock_policy_stale gauge\n",
+    );
+    for up in gw.upstreams.values() {
+        let stale = u8::from(up.policy_status.problem().is_some());
+        out.push_str(&format!(
+            "airlock_policy_stale{{upstream=\"{}\"}} {stale}\n",
+            up.name
+        ));
+    }
+    out
+}
+
 async fn metrics(State(gw): State<Gateway>) -> Response {
-    let text = gw.metrics.render(
+    let mut text = gw.metrics.render(
         gw.holds.len(),
         gw.sessions.len(),
         gw.audit.is_healthy(),
         gw.audit.rows_written(),
         crate::metrics::Resources::now(),
     );
+    text.push_str(&policy_metrics(&gw));
     (
         [(
             header::CONTENT_TYPE,

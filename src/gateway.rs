@@ -74,6 +74,8 @@ pub struct UpstreamRuntime {
     pub name: String,
     pub spec: UpstreamSpec,
     policy: watch::Receiver<Arc<Policy>>,
+    /// How the policy file is doing (a refused edit, an unreadable file).
+    pub policy_status: Arc<crate::reload::ReloadStatus>,
     http: Option<Arc<HttpUpstream>>,
     /// The child shared by stateless-era requests (stdio upstreams), spawned lazily.
     shared_child: Mutex<Option<Arc<StdioChild>>>,
@@ -85,7 +87,7 @@ impl UpstreamRuntime {
     pub fn new(
         name: String,
         spec: UpstreamSpec,
-        policy: watch::Receiver<Arc<Policy>>,
+        live: crate::reload::LivePolicy,
     ) -> Result<Arc<UpstreamRuntime>, UpstreamError> {
         let http = match &spec {
             UpstreamSpec::Http { .. } => Some(HttpUpstream::new(&spec)?),
@@ -95,7 +97,8 @@ impl UpstreamRuntime {
         Ok(Arc::new(UpstreamRuntime {
             name,
             spec,
-            policy,
+            policy: live.policy,
+            policy_status: live.status,
             http,
             shared_child: Mutex::new(None),
             stateless_http,

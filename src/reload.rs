@@ -4,8 +4,8 @@
 //! replace files by renaming.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,51 @@ pub enum Reload<'a> {
 /// Called after each reload attempt with the upstream's name.
 pub type OnReload = Arc<dyn Fn(&str, Reload<'_>) + Send + Sync>;
 
+/// Why the policy in force is not what its file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The file's content was refused (the error went to the log and to
+    /// dashboards as `policy.reload_failed`).
+    Refused,
+    /// The file cannot be read.
+    Unreadable,
+}
+
+impl Problem {
+    /// What `/healthz` says: no details, since it needs no authentication and
+    /// an error quotes the file.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Problem::Refused => {
+                "stale: the last edit was refused (see the log); the previous policy is in force"
+            }
+            Problem::Unreadable => {
+                "stale: the file cannot be read (see the log); the previous policy is in force"
+            }
+        }
+    }
+}
+
+/// How an upstream's policy file is doing, for `/healthz` and `/metrics`.
+#[derive(Default)]
+pub struct ReloadStatus(Mutex<Option<Problem>>);
+
+impl ReloadStatus {
+    pub fn problem(&self) -> Option<Problem> {
+        *self.0.lock().expect("reload status lock")
+    }
+
+    fn set(&self, problem: Option<Problem>) {
+        *self.0.lock().expect("reload status lock") = problem;
+    }
+}
+
+/// An upstream's policy: the one in force, and how its file is doing.
+pub struct LivePolicy {
+    pub policy: watch::Receiver<Arc<Policy>>,
+    pub status: Arc<ReloadStatus>,
+}
+
 /// Loads the policy (or allow-all when `path` is None) and, for a file,
 /// starts watching it.
 pub fn watch_policy(
@@ -37,59 +82,99 @@ pub fn watch_policy(
     path: Option<PathBuf>,
     shutdown: CancellationToken,
     on_reload: OnReload,
-) -> Result<watch::Receiver<Arc<Policy>>, LoadError> {
+) -> Result<LivePolicy, LoadError> {
+    let status = Arc::new(ReloadStatus::default());
     let Some(path) = path else {
         // No file: the policy never changes (a receiver keeps the last value
         // after its sender is gone).
-        let (_tx, rx) = watch::channel(Arc::new(Policy::allow_all()));
-        return Ok(rx);
+        let (_tx, policy) = watch::channel(Arc::new(Policy::allow_all()));
+        return Ok(LivePolicy { policy, status });
     };
     let first = policy::load_file(&path)?;
-    let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
-    let (tx, rx) = watch::channel(Arc::new(first));
-    let upstream = upstream.to_owned();
-    tokio::spawn(async move {
+    let last_text = std::fs::read_to_string(&path).unwrap_or_default();
+    let (tx, policy) = watch::channel(Arc::new(first));
+    let watcher = Watcher {
+        upstream: upstream.to_owned(),
+        path,
+        tx,
+        status: status.clone(),
+        on_reload,
+        last_text,
+        refused: false,
+        unreadable_since: None,
+    };
+    tokio::spawn(watcher.run(shutdown));
+    Ok(LivePolicy { policy, status })
+}
+
+/// The task that polls one policy file.
+struct Watcher {
+    upstream: String,
+    path: PathBuf,
+    tx: watch::Sender<Arc<Policy>>,
+    status: Arc<ReloadStatus>,
+    on_reload: OnReload,
+    /// The file's content when last read.
+    last_text: String,
+    /// Whether that content was refused.
+    refused: bool,
+    /// Since when the file cannot be read (None: it can); logged once.
+    unreadable_since: Option<(Instant, bool)>,
+}
+
+impl Watcher {
+    async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
-        let mut unreadable_since: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let text = match tokio::fs::read_to_string(&path).await {
-                Ok(text) => {
-                    unreadable_since = None;
-                    text
-                }
-                Err(e) => {
-                    // Mid-rename or briefly missing: try again next tick, and
-                    // say so once if it stays that way.
-                    let since = *unreadable_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= MISSING_GRACE
-                        && since.elapsed() < MISSING_GRACE + POLL_INTERVAL
-                    {
-                        tracing::warn!(%upstream, file = %path.display(), "cannot read the policy file ({e}); keeping the policy in force");
-                    }
-                    continue;
-                }
-            };
-            if text == last_text {
-                continue;
-            }
-            last_text = text.clone();
-            match policy::parse_str(&text, &path.display().to_string()) {
-                Ok(mut new) => {
-                    new.inherit_limits(&tx.borrow());
-                    tx.send_replace(Arc::new(new));
-                    tracing::info!(%upstream, file = %path.display(), "policy reloaded");
-                    on_reload(&upstream, Reload::Loaded);
-                }
-                Err(e) => {
-                    tracing::error!(%upstream, "policy reload failed, keeping the previous policy: {e}");
-                    on_reload(&upstream, Reload::Failed(&e.to_string()));
-                }
+            match tokio::fs::read_to_string(&self.path).await {
+                Ok(text) => self.check(text),
+                Err(e) => self.unreadable(e),
             }
         }
-    });
-    Ok(rx)
+    }
+
+    fn check(&mut self, text: String) {
+        if self.unreadable_since.take().is_some() {
+            self.status.set(self.refused.then_some(Problem::Refused));
+        }
+        if text == self.last_text {
+            return;
+        }
+        let upstream = &self.upstream;
+        match policy::parse_str(&text, &self.path.display().to_string()) {
+            Ok(mut new) => {
+                new.inherit_limits(&self.tx.borrow());
+                self.tx.send_replace(Arc::new(new));
+                tracing::info!(%upstream, file = %self.path.display(), "policy reloaded");
+                self.refused = false;
+                (self.on_reload)(upstream, Reload::Loaded);
+            }
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(%upstream, "policy reload failed, keeping the previous policy: {why}");
+                (self.on_reload)(upstream, Reload::Failed(&why));
+                self.refused = true;
+            }
+        }
+        self.status.set(self.refused.then_some(Problem::Refused));
+        self.last_text = text;
+    }
+
+    /// Mid-rename or briefly missing: try again next tick; if it stays that
+    /// way, say so once.
+    fn unreadable(&mut self, e: std::io::Error) {
+        let (since, told) = self
+            .unreadable_since
+            .get_or_insert_with(|| (Instant::now(), false));
+        if !*told && since.elapsed() >= MISSING_GRACE {
+            *told = true;
+            let upstream = &self.upstream;
+            tracing::warn!(%upstream, file = %self.path.display(), "cannot read the policy file ({e}); keeping the policy in force");
+            self.status.set(Some(Problem::Unreadable));
+        }
+    }
 }

@@ -260,3 +260,39 @@ def test_policy_reloaded_event_names_the_upstream_and_an_invalid_edit_only_repor
     assert denied["isError"] is True and "echo switched off" in text_of(denied), denied
     assert text_of(call(f"{gw.base}/mcp/other", "echo", {"text": "untouched"})["result"]) == "untouched"
     ws.close()
+
+
+def test_healthz_and_metrics_show_a_policy_file_that_is_not_in_force(procs):
+    """A refused edit or an unreadable file keeps the previous policy running (healthy), but
+    /healthz names the upstream whose file is stale — without quoting the file, as it needs no
+    login — and `airlock_policy_stale` is 1 for it."""
+    other, live = procs.tmp_path / "fine-policy.json", procs.tmp_path / "stale-policy.json"
+    replace_file(other, ALLOW_ECHO)
+    replace_file(live, ALLOW_ECHO)
+    gw = serve(procs, "stale", stdio_upstream("other", policy=other) + stdio_upstream("test", policy=live))
+
+    def health() -> dict:
+        r = gw.http.get("/healthz")
+        assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+        return r.json()["policies"]
+
+    def stale() -> dict:
+        return {k: v for k, v in gw.metrics().items() if k.startswith("airlock_policy_stale")}
+
+    assert health() == {"other": "ok", "test": "ok"}
+    assert stale() == {'airlock_policy_stale{upstream="other"}': 0, 'airlock_policy_stale{upstream="test"}': 0}
+
+    replace_file(live, '{"version": "1", "rules": {"secret_rule_name": {"action": "nope"}}}')
+    assert rm.wait_until(lambda: health()["test"] != "ok", 5)
+    assert health()["test"].startswith("stale: the last edit was refused") and health()["other"] == "ok"
+    assert "secret_rule_name" not in gw.http.get("/healthz").text
+    assert stale()['airlock_policy_stale{upstream="test"}'] == 1
+
+    replace_file(live, DENY_ECHO)
+    assert rm.wait_until(lambda: health()["test"] == "ok", 5)
+    assert stale()['airlock_policy_stale{upstream="test"}'] == 0
+
+    live.unlink()  # gone for good (not an editor's rename): reported after a 2 s grace
+    assert rm.wait_until(lambda: health()["test"].startswith("stale: the file cannot be read"), 6), health()
+    replace_file(live, DENY_ECHO)  # back, unchanged: in force again
+    assert rm.wait_until(lambda: health()["test"] == "ok", 5)
