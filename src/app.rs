@@ -107,10 +107,18 @@ static GENERATED_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new()
 
 fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let spec = match (&args.url, args.upstream_command.split_first()) {
-        (Some(url), _) => UpstreamSpec::Http {
-            url: url.clone(),
-            headers: Vec::new(),
-        },
+        (Some(url), _) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--url `{url}` must start with http:// or https://");
+            }
+            if let Err(e) = reqwest::Url::parse(url) {
+                bail!("--url `{url}` is not a valid URL: {e}");
+            }
+            UpstreamSpec::Http {
+                url: url.clone(),
+                headers: Vec::new(),
+            }
+        }
         (None, Some((command, rest))) => UpstreamSpec::Stdio {
             command: command.clone(),
             args: rest.to_vec(),

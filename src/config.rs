@@ -375,6 +375,12 @@ pub fn parse(
                         up.name
                     )));
                 }
+                if let Err(e) = reqwest::Url::parse(&url) {
+                    return Err(err(format!(
+                        "upstream `{}`: url `{url}` is not a valid URL: {e}",
+                        up.name
+                    )));
+                }
                 let mut headers: Vec<(String, String)> = up.headers.into_iter().collect();
                 for (header, var) in up.headers_env {
                     let value = env(&var).ok_or_else(|| {
@@ -883,6 +889,11 @@ redact = ["password"]
 
     #[test]
     fn semantic_errors_name_the_entry() {
+        let bad_url = parse_err("[[upstream]]\nname = \"a\"\nurl = \"http://exa mple/mcp\"\n");
+        assert!(
+            bad_url.starts_with("a.toml:") && bad_url.contains("is not a valid URL"),
+            "{bad_url}"
+        );
         let both = parse_err("[[upstream]]\nname = \"a\"\ncommand = \"x\"\nurl = \"http://h\"\n");
         assert!(both.contains("sets both `command` and `url`"), "{both}");
         let none = parse_err("[[upstream]]\nname = \"a\"\n");

@@ -24,6 +24,8 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub struct HttpUpstream {
     client: reqwest::Client,
     url: String,
+    /// `url`, parsed once (not on every request).
+    target: reqwest::Url,
     /// Configured headers (e.g. `Authorization` from an env var); override agent headers.
     headers: HeaderMap,
 }
@@ -57,9 +59,14 @@ impl HttpUpstream {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
+        let target = reqwest::Url::parse(url).map_err(|e| UpstreamError::Unreachable {
+            url: url.clone(),
+            reason: format!("not a valid URL: {e}"),
+        })?;
         Ok(Arc::new(HttpUpstream {
             client,
             url: url.clone(),
+            target,
             headers: map,
         }))
     }
@@ -153,7 +160,7 @@ impl HttpSession {
         let response = self
             .upstream
             .client
-            .post(&self.upstream.url)
+            .post(self.upstream.target.clone())
             .headers(headers)
             .body(message.raw().clone())
             .send()
@@ -198,7 +205,7 @@ impl HttpSession {
         let response = self
             .upstream
             .client
-            .get(&self.upstream.url)
+            .get(self.upstream.target.clone())
             .headers(headers)
             .send()
             .await
@@ -218,7 +225,7 @@ impl HttpSession {
         let _ = self
             .upstream
             .client
-            .delete(&self.upstream.url)
+            .delete(self.upstream.target.clone())
             .headers(headers)
             .timeout(Duration::from_secs(5))
             .send()

@@ -151,6 +151,18 @@ def test_a_missing_token_file_stops_start_up_naming_the_entry_and_the_file(tmp_p
     assert done.returncode == 1 and "agent `eve`" in done.stderr and "eve.token" in done.stderr, done.stderr
 
 
+def test_a_bad_upstream_url_stops_start_up_naming_it(tmp_path):
+    """Caught at start-up, not on the first forwarded request."""
+    for url, why in (("ftp://example.test/mcp", "must start with http:// or https://"),
+                     ("http://exa mple/mcp", "is not a valid URL")):
+        done = run_cli("serve", "--url", url, "--listen", "127.0.0.1:0", "--audit", tmp_path / "u.db", timeout=20)
+        assert done.returncode == 1 and f"--url `{url}` {why}" in done.stderr, done.stderr
+        cfg = tmp_path / "bad-url.toml"
+        cfg.write_text(f'[[upstream]]\nname = "remote"\nurl = "{url}"\n')
+        done = run_cli("serve", "--config", cfg, "--listen", "127.0.0.1:0", "--audit", tmp_path / "u.db", timeout=20)
+        assert done.returncode == 1 and f"{cfg}:" in done.stderr and f"url `{url}` {why}" in done.stderr, done.stderr
+
+
 # ----------------------------------------------------------------------------- audit rows
 
 
