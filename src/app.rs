@@ -177,10 +177,21 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
 
 async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let mut config = build_config(&args)?;
-    let listener = bind(&config, stdio).await;
+    // Bound first: `serve` on a taken port fails before it touches anything.
+    let listener = match bind(&config, stdio).await {
+        Ok(listener) => Some(listener),
+        Err(e) if stdio => {
+            tracing::warn!(
+                "dashboard not available: cannot listen on {}: {e}",
+                config.listen
+            );
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", config.listen)),
+    };
     // Links in Slack and the login link must name the port actually bound
     // (port 0, or a stdio gateway that fell back to a free port).
-    if let Some(Ok(addr)) = listener.as_ref().ok().map(|l| l.local_addr())
+    if let Some(Ok(addr)) = listener.as_ref().map(|l| l.local_addr())
         && !config.public_url_set
     {
         config.public_url = format!("http://{addr}");
@@ -236,7 +247,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
 
     let router = crate::server::router(gw.clone());
     let http = match listener {
-        Ok(listener) => {
+        Some(listener) => {
             let addr = listener.local_addr()?;
             announce(&gw, addr, stdio);
             let shutdown = gw.shutdown.clone();
@@ -249,14 +260,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
                 .await
             }))
         }
-        Err(e) if stdio => {
-            tracing::warn!(
-                "dashboard not available: cannot listen on {}: {e}",
-                gw.config.listen
-            );
-            None
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", gw.config.listen)),
+        None => None,
     };
 
     if stdio {

@@ -218,9 +218,18 @@ const REFUSED_BODY_DRAIN: usize = 64 * 1024;
 /// worth buffering for a request that is refused anyway: the client is told
 /// `Connection: close`, so it does not reuse the connection.
 async fn refuse_unread(request: Request, mut response: Response) -> Response {
-    let drain = axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN);
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
-    if !matches!(drained, Ok(Ok(_))) {
+    // A client waiting for `100 Continue` has not sent its body: reading it
+    // would invite the upload being refused. (A body declared larger than
+    // the drain limit fails at once, from its Content-Length.)
+    let expects_continue = request.headers().contains_key(header::EXPECT);
+    let drained = if expects_continue {
+        false
+    } else {
+        let drain = axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN);
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+        matches!(drained, Ok(Ok(_)))
+    };
+    if !drained {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -90,8 +90,13 @@ pub fn watch_policy(
         let (_tx, policy) = watch::channel(Arc::new(Policy::allow_all()));
         return Ok(LivePolicy { policy, status });
     };
-    let first = policy::load_file(&path)?;
-    let last_text = std::fs::read_to_string(&path).unwrap_or_default();
+    // One read serves both the policy and the watcher's "last seen" copy, so
+    // an edit landing between two reads cannot go unnoticed.
+    let last_text = std::fs::read(&path).map_err(|source| LoadError::Read {
+        file: path.display().to_string(),
+        source,
+    })?;
+    let first = policy::parse_str(utf8(&last_text, &path)?, &path.display().to_string())?;
     let (tx, policy) = watch::channel(Arc::new(first));
     let watcher = Watcher {
         upstream: upstream.to_owned(),
@@ -115,7 +120,7 @@ struct Watcher {
     status: Arc<ReloadStatus>,
     on_reload: OnReload,
     /// The file's content when last read.
-    last_text: String,
+    last_text: Vec<u8>,
     /// Whether that content was refused.
     refused: bool,
     /// Since when the file cannot be read (None: it can); logged once.
@@ -130,14 +135,14 @@ impl Watcher {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match tokio::fs::read_to_string(&self.path).await {
+            match tokio::fs::read(&self.path).await {
                 Ok(text) => self.check(text),
                 Err(e) => self.unreadable(e),
             }
         }
     }
 
-    fn check(&mut self, text: String) {
+    fn check(&mut self, text: Vec<u8>) {
         if self.unreadable_since.take().is_some() {
             self.status.set(self.refused.then_some(Problem::Refused));
         }
@@ -145,7 +150,9 @@ impl Watcher {
             return;
         }
         let upstream = &self.upstream;
-        match policy::parse_str(&text, &self.path.display().to_string()) {
+        let parsed = utf8(&text, &self.path)
+            .and_then(|t| policy::parse_str(t, &self.path.display().to_string()));
+        match parsed {
             Ok(mut new) => {
                 new.inherit_limits(&self.tx.borrow());
                 self.tx.send_replace(Arc::new(new));
@@ -177,4 +184,16 @@ impl Watcher {
             self.status.set(Some(Problem::Unreadable));
         }
     }
+}
+
+/// The file's bytes as text; a file saved in another encoding is refused
+/// like any other invalid edit (not taken for an unreadable file).
+fn utf8<'a>(bytes: &'a [u8], path: &std::path::Path) -> Result<&'a str, LoadError> {
+    std::str::from_utf8(bytes).map_err(|e| LoadError::Read {
+        file: path.display().to_string(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({e})"),
+        ),
+    })
 }

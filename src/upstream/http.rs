@@ -50,6 +50,9 @@ impl HttpUpstream {
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A redirect would send the configured headers (credentials) to
+            // wherever the upstream points; the agent sees the 3xx instead.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(256)
             // Warm connections for bursts; closed after 15 s unused (a load
             // spike's connections do not stay open for minutes).
@@ -239,8 +242,17 @@ impl HttpSession {
     ) -> Result<Reply, UpstreamError> {
         let status = response.status().as_u16();
         let mut headers = HeaderMap::new();
+        // Headers the upstream names in `Connection` are hop-by-hop too.
+        let hop_by_hop: Vec<String> = response
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .collect();
         for (name, value) in response.headers() {
-            if returnable(name) {
+            if returnable(name) && !hop_by_hop.iter().any(|h| h == name.as_str()) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -363,14 +375,20 @@ fn connection_specific(name: &str) -> bool {
 /// connection-specific ones (the session id: the gateway issues its own),
 /// `Content-Encoding` and `Date` (Airlock frames and dates what it sends),
 /// and what would act on the gateway's own origin, which the dashboard
-/// shares: cookies and CORS.
+/// shares: cookies, CORS, `Clear-Site-Data`, HSTS, `Alt-Svc`.
 fn returnable(name: &HeaderName) -> bool {
     let name = name.as_str();
     !(connection_specific(name)
         || name.starts_with("access-control-")
         || matches!(
             name,
-            "content-encoding" | "proxy-authenticate" | "date" | "set-cookie"
+            "content-encoding"
+                | "proxy-authenticate"
+                | "date"
+                | "set-cookie"
+                | "clear-site-data"
+                | "strict-transport-security"
+                | "alt-svc"
         ))
 }
 

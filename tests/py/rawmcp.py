@@ -198,7 +198,8 @@ def run_check(*files, timeout: float = 20) -> subprocess.CompletedProcess:
 class TinyUpstream:
     """A minimal HTTP upstream in the test process, for answers the project's test server
     does not give. `respond(body)` gets each POSTed JSON-RPC message and returns
-    `(content_type, extra_headers, payload_bytes)`; `calls` keeps every message seen."""
+    `(content_type, extra_headers, payload_bytes)`, or `(status, content_type, extra_headers,
+    payload_bytes)`; `calls` keeps every message seen."""
 
     def __init__(self, respond):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -214,8 +215,9 @@ class TinyUpstream:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 outer.calls.append(body)
-                content_type, headers, data = respond(body)
-                self.send_response(200)
+                answer = respond(body)
+                status, (content_type, headers, data) = (200, answer) if len(answer) == 3 else (answer[0], answer[1:])
+                self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 for name, value in headers:
                     self.send_header(name, value)

@@ -304,6 +304,12 @@ def test_healthz_and_metrics_show_a_policy_file_that_is_not_in_force(procs):
     assert rm.wait_until(lambda: health()["test"] == "ok", 5)
     assert stale()['airlock_policy_stale{upstream="test"}'] == 0
 
+    live.write_bytes(json.dumps(DENY_ECHO).encode("utf-16"))  # another encoding: a refused edit, not an unreadable file
+    assert rm.wait_until(lambda: health()["test"] != "ok", 5)
+    assert health()["test"].startswith("stale: the last edit was refused"), health()
+    replace_file(live, DENY_ECHO)
+    assert rm.wait_until(lambda: health()["test"] == "ok", 5)
+
     live.unlink()  # gone for good (not an editor's rename): reported after a 2 s grace
     assert rm.wait_until(lambda: health()["test"].startswith("stale: the file cannot be read"), 6), health()
     replace_file(live, DENY_ECHO)  # back, unchanged: in force again

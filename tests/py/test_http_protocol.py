@@ -448,6 +448,18 @@ def test_a_refused_agent_request_with_a_big_body_is_told_to_close(gw_agents):
     assert b"connection: close" in headers, headers
 
 
+def test_a_refused_agent_upload_waiting_for_100_continue_is_not_invited(gw_agents):
+    """`Expect: 100-continue` without a token: the refusal comes at once, with no `100 Continue`
+    asking for the body first, and the connection is closed."""
+    gw, _ = gw_agents
+    head = (f"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nContent-Type: application/json\r\n"
+            f"Accept: {ACCEPT}\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n")
+    got = raw_exchange(gw.port, head, b"", b"", pause=0)
+    assert got.startswith(b"HTTP/1.1 401"), got[:200]
+    assert b"100 Continue" not in got
+    assert b"connection: close" in got.split(b"\r\n\r\n", 1)[0].lower(), got[:300]
+
+
 def test_agent_with_right_token_works_and_token_is_not_forwarded(gw_agents, c):
     gw, log = gw_agents
     auth = {"Authorization": f"Bearer {AGENT_TOKEN}"}
@@ -471,6 +483,10 @@ UPSTREAM_HEADERS = [
     ("Set-Cookie", "airlock_session=planted; Path=/"),
     ("Access-Control-Allow-Origin", "*"),
     ("Mcp-Session-Id", "upstream-own-session"),
+    ("Clear-Site-Data", '"cookies"'),
+    ("Strict-Transport-Security", "max-age=31536000"),
+    ("Connection", "X-Hop"),
+    ("X-Hop", "named in Connection"),
 ]
 
 
@@ -492,7 +508,8 @@ def test_upstream_response_headers_come_back_except_those_acting_on_airlocks_ori
         assert r.headers["x-upstream-trace"] == "trace-8f2e"
         assert r.headers.get_list("link") == ["<https://example.test/a>; rel=a", "<https://example.test/b>; rel=b"]
         assert r.headers["content-type"] == "application/json"
-        for dropped in ("set-cookie", "access-control-allow-origin", "mcp-session-id"):
+        for dropped in ("set-cookie", "access-control-allow-origin", "mcp-session-id", "clear-site-data",
+                        "strict-transport-security", "x-hop"):
             assert dropped not in r.headers, (dropped, r.headers)
     finally:
         upstream.close()
@@ -510,3 +527,19 @@ def test_stateless_refusals_say_airlock_answered(mprocs, c):
     assert result["isError"] is True and result["resultType"] == "complete", result
     assert result["_meta"]["airlock.decision"] == "denied", result
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "airlock", result
+
+
+def test_upstream_redirects_are_not_followed(mprocs, c):
+    """A redirect would carry the configured upstream headers (often credentials) wherever the
+    upstream points: the agent gets the 3xx, and the target is never called."""
+    target = TinyUpstream(answer_with_headers)
+    redirecting = TinyUpstream(lambda body: (307, "text/plain", [("Location", target.url)], b"moved"))
+    try:
+        gw = mprocs.airlock(url=redirecting.url)
+        body = call_body(12, "echo", {"text": "x"}, meta=stateless_meta())
+        r = post(c, gw.mcp, body, stateless_headers("tools/call", "echo"))
+        assert r.status_code == 307 and r.headers["location"] == target.url, (r.status_code, r.headers)
+        assert len(redirecting.calls) == 1 and target.calls == []
+    finally:
+        target.close()
+        redirecting.close()
