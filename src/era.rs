@@ -179,13 +179,36 @@ pub fn check_mirrored_headers(message: &Message, headers: &HeaderMap) -> Result<
     if headers.contains_key(METHOD_HEADER) && message.is_request() {
         compare(headers, METHOD_HEADER, "Mcp-Method", method)?;
     }
-    if headers.contains_key(NAME_HEADER) {
-        let peek = peek(message);
-        if let Some(name) = expected_name(method, &peek) {
-            compare(headers, NAME_HEADER, "Mcp-Name", name)?;
-        }
+    if headers.contains_key(NAME_HEADER) && names_a_target(method) {
+        // Params that do not read (a field of the wrong type) cannot vouch
+        // for the header: refused, not waved through.
+        let Ok(peek) = message.params_strict::<ParamsPeek<'_>>() else {
+            return Err(
+                "Header mismatch: Mcp-Name header cannot be checked: params are not valid".into(),
+            );
+        };
+        let peek = peek.unwrap_or_default();
+        compare(
+            headers,
+            NAME_HEADER,
+            "Mcp-Name",
+            expected_name(method, &peek).unwrap_or_default(),
+        )?;
     }
     Ok(())
+}
+
+/// Methods whose `Mcp-Name` header names something in the body.
+fn names_a_target(method: &str) -> bool {
+    matches!(
+        method,
+        "tools/call"
+            | "prompts/get"
+            | "resources/read"
+            | "tasks/get"
+            | "tasks/update"
+            | "tasks/cancel"
+    )
 }
 
 /// Decodes a header value, including the `=?base64?…?=` form for values that

@@ -264,6 +264,21 @@ def test_stateless_name_header_disagreeing_with_body_never_reaches_upstream(gw_h
     assert not [x for x in read_log(log) if x["kind"] == "request" and "mismatch-7f3a" in x["body"]]
 
 
+def test_session_name_header_with_unreadable_params_is_refused_not_waved_through(gw_http, c):
+    """In a handshake-era session a sent Mcp-Name is checked too; params with a field of the wrong
+    type (here `taskId: 1`) cannot vouch for it, so the request is refused rather than forwarded
+    with a header naming another tool."""
+    gw, log = gw_http
+    sid = open_session(c, gw.mcp)
+    body = call_body(8, "delete_record", {"id": "unreadable-9c1d"})
+    body["params"]["taskId"] = 1
+    r = post(c, gw.mcp, body, session_headers(sid, {"Mcp-Name": "echo"}))
+    assert r.status_code == 400, r.text
+    err = rpc_error_of(r)
+    assert err["code"] == -32020 and "Mcp-Name" in err["message"], err
+    assert not [x for x in read_log(log) if x["kind"] == "request" and "unreadable-9c1d" in x["body"]]
+
+
 @pytest.fixture(scope="module")
 def gw_deny(mprocs):
     """Only `echo` is allowed; `crash` (which would kill the upstream) is denied."""
