@@ -234,10 +234,13 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
-    let company = crate::audit::users::join(&config.audit.path);
     let gw = Gateway::new(config, upstreams, audit, events, shutdown);
     crate::slack::install(&gw).await?;
-    let abandoned = crate::hold::mark_abandoned(&gw, company).await?;
+    // Holds an earlier run left open: this gateway's turn at start-up lasts
+    // until they are dealt with, so two starting at once cannot both do it.
+    let startup = crate::audit::users::join(&gw.config.audit.path);
+    let abandoned = crate::hold::mark_abandoned(&gw, startup.company).await?;
+    drop(startup);
     if abandoned > 0 {
         tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");
     }
