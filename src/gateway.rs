@@ -306,6 +306,9 @@ pub fn stateless_status(message: &Message) -> u16 {
 #[derive(Clone)]
 struct UnknownToolAnswer {
     status: u16,
+    /// The upstream's headers on that answer (as returned to agents), so a
+    /// hidden tool's answer does not stand out by lacking them.
+    headers: HeaderMap,
     text: String,
 }
 
@@ -726,11 +729,11 @@ impl Gateway {
             let text = a.text.replace(PROBE_TOOL, escaped);
             Message::parse(bytes::Bytes::from(text))
                 .ok()
-                .map(|m| (a.status, m))
+                .map(|m| (a.status, a.headers, m))
         }) {
-            Some((status, m)) => Exchange::plain(Reply {
+            Some((status, headers, m)) => Exchange::plain(Reply {
                 status,
-                headers: HeaderMap::new(),
+                headers,
                 body: ReplyBody::Json(m.with_id(&id)),
             }),
             None => Exchange::answer(
@@ -808,6 +811,7 @@ async fn probe_unknown_tool(
         || (answer.text().contains(PROBE_TOOL) && answer.text().contains("\"isError\":true"));
     looks_unknown.then(|| UnknownToolAnswer {
         status: reply.status,
+        headers: reply.headers,
         text: answer.text().to_owned(),
     })
 }
