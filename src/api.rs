@@ -278,6 +278,7 @@ async fn status(State(gw): State<Gateway>, _approver: Approver) -> Json<serde_js
         "pending": gw.holds.len(),
         "audit_healthy": gw.audit.is_healthy(),
         "upstreams": gw.upstreams.keys().collect::<Vec<_>>(),
+        "policy_problems": gw.policy_problems(),
     }))
 }
 
@@ -590,9 +591,13 @@ async fn websocket(
 }
 
 async fn serve_events(gw: Gateway, mut socket: WebSocket) {
-    let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(
-        || json!({ "pending": gw.holds.list(), "agents_connected": gw.agents_connected() }),
-    );
+    let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(|| {
+        json!({
+            "pending": gw.holds.list(),
+            "agents_connected": gw.agents_connected(),
+            "policy_problems": gw.policy_problems(),
+        })
+    });
     if socket.send(WsMessage::Text(snapshot.into())).await.is_err() {
         return;
     }

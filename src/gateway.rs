@@ -383,6 +383,18 @@ impl Gateway {
     }
 
     /// Agents with an open session (handshake era) — shown on the dashboard.
+    /// Upstreams whose policy file is not the policy in force, and why
+    /// (`refused` or `unreadable`); empty when all are in force.
+    pub fn policy_problems(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.upstreams
+            .values()
+            .filter_map(|up| {
+                let problem = up.policy_status.problem()?;
+                Some((up.name.clone(), problem.name().into()))
+            })
+            .collect()
+    }
+
     pub fn agents_connected(&self) -> usize {
         self.sessions.len()
     }

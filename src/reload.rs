@@ -41,6 +41,14 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// The short name dashboards get (`refused`, `unreadable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Problem::Refused => "refused",
+            Problem::Unreadable => "unreadable",
+        }
+    }
+
     /// What `/healthz` says: no details, since it needs no authentication and
     /// an error quotes the file.
     pub fn summary(self) -> &'static str {

@@ -570,7 +570,7 @@ test('hostile arguments render as text; a 1 MB string does not freeze the page',
   await ctx.close();
 });
 
-test('a refused policy edit shows a red notice with the error as text; a good edit a plain one', async (t) => {
+test('a refused policy edit shows a red notice with the error as text and a lasting banner; a good edit clears it', async (t) => {
   if (gw.mode !== 'A') { t.skip('needs the policy file of a gateway this test started (AIRLOCK_BIN)'); return; }
   const { ctx, page } = await newPage();
   await login(page);
@@ -588,10 +588,19 @@ test('a refused policy edit shows a red notice with the error as text; a good ed
     assert.ok(text.includes(hostile), `the error is shown as text: ${text}`);
     assert.equal(await page.locator('#toasts img').count(), 0, 'no markup from the file is rendered');
     assert.equal(await page.evaluate(() => window.__pwned), undefined);
+    // A lasting banner, here and for a dashboard that connects later (from the snapshot).
+    const banner = page.locator('#policy-banner');
+    await banner.waitFor({ state: 'visible' });
+    assert.match(await banner.textContent(), /Policy not in force for default \(last edit refused\)/);
+    const later = await newPage();
+    await login(later.page);
+    await later.page.locator('#policy-banner', { hasText: 'default (last edit refused)' }).waitFor({ timeout: 5000 });
+    await later.ctx.close();
   } finally {
     fs.writeFileSync(livePolicy(), good + '\n');
   }
   await page.locator('#toasts .toast', { hasText: 'Policy reloaded for default' }).waitFor({ timeout: 5000 });
+  await page.locator('#policy-banner').waitFor({ state: 'hidden', timeout: 5000 });
   assertClean(page);
   await ctx.close();
 });

@@ -299,10 +299,16 @@ def test_healthz_and_metrics_show_a_policy_file_that_is_not_in_force(procs):
     assert health()["test"].startswith("stale: the last edit was refused") and health()["other"] == "ok"
     assert "secret_rule_name" not in gw.http.get("/healthz").text
     assert stale()['airlock_policy_stale{upstream="test"}'] == 1
+    # Approvers see it on connecting too (snapshot) and in /api/status.
+    ws = WebSocket(gw.port, bearer(ALICE))
+    assert ws.recv()["policy_problems"] == {"test": "refused"}
+    ws.close()
+    assert gw.api("GET", "/api/status").json()["policy_problems"] == {"test": "refused"}
 
     replace_file(live, DENY_ECHO)
     assert rm.wait_until(lambda: health()["test"] == "ok", 5)
     assert stale()['airlock_policy_stale{upstream="test"}'] == 0
+    assert gw.api("GET", "/api/status").json()["policy_problems"] == {}
 
     live.write_bytes(json.dumps(DENY_ECHO).encode("utf-16"))  # another encoding: a refused edit, not an unreadable file
     assert rm.wait_until(lambda: health()["test"] != "ok", 5)

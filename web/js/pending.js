@@ -18,6 +18,8 @@ let tickTimer = 0;
 let seqId = 0;
 let query = '';
 let onCount = () => {};
+let policyProblems = new Map();  // upstream -> 'refused' | 'unreadable'
+
 
 const els = {};
 
@@ -34,6 +36,7 @@ export function initPending(opts) {
   els.search = $('#pending-search');
   els.filterInfo = $('#filter-info');
   els.stale = $('#stale-banner');
+  els.policy = $('#policy-banner');
   els.search.addEventListener('input', () => { query = els.search.value.trim().toLowerCase(); applyFilter(); });
   els.search.addEventListener('keydown', (e) => {
     if (e.key === 'Escape') {
@@ -58,6 +61,8 @@ export function onFrame(f) {
   switch (f.type) {
     case 'snapshot':
       if (Number.isFinite(f.agents_connected)) agentsConnected = f.agents_connected;
+      policyProblems = new Map(Object.entries(f.policy_problems && typeof f.policy_problems === 'object' ? f.policy_problems : {}));
+      renderPolicyProblems();
       applySnapshot(Array.isArray(f.pending) ? f.pending : []);
       break;
     case 'pending.created':
@@ -77,16 +82,28 @@ export function onFrame(f) {
       break;
     case 'policy.reloaded':
       toast(typeof f.upstream === 'string' ? `Policy reloaded for ${clip(visible(f.upstream), 80)}.` : 'Policy reloaded.');
+      if (typeof f.upstream === 'string') { policyProblems.delete(f.upstream); renderPolicyProblems(); }
       break;
     case 'policy.reload_failed': {
       // Stays up longer: an approver should see that an edit did not take.
       const where = typeof f.upstream === 'string' ? ` for ${clip(visible(f.upstream), 80)}` : '';
       const why = typeof f.error === 'string' ? ` ${clip(visible(f.error), 300)}` : '';
       toast(`Policy edit refused${where}; the previous policy is still in force.${why}`, 'error', 20000);
+      if (typeof f.upstream === 'string') { policyProblems.set(f.upstream, 'refused'); renderPolicyProblems(); }
       break;
     }
     default: break;
   }
+}
+
+/** A lasting banner while a policy file is not the policy in force (seen on connect, too). */
+function renderPolicyProblems() {
+  const parts = [...policyProblems].map(([up, why]) =>
+    `${clip(visible(up), 80)} (${why === 'unreadable' ? 'file cannot be read' : 'last edit refused'})`);
+  els.policy.hidden = parts.length === 0;
+  els.policy.textContent = parts.length
+    ? `Policy not in force for ${parts.join(', ')}: the previous policy is still deciding calls. See the gateway log.`
+    : '';
 }
 
 export function setLiveState(s) {
@@ -108,6 +125,8 @@ export function resetPending() {
   notes.clear();
   selectedId = null;
   haveSnapshot = false;
+  policyProblems = new Map();
+  renderPolicyProblems();
   agentsConnected = null;
   clearInterval(tickTimer);
   tickTimer = 0;
