@@ -515,7 +515,18 @@ async fn audit_export(
         .into_response())
 }
 
-async fn healthz(State(gw): State<Gateway>) -> Response {
+/// `/healthz` and `/metrics` need no login, but a page on another site
+/// reaching a loopback gateway through a rebound DNS name gets nothing.
+fn refuse_rebound(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    auth::check_origin_and_host(&gw.config, headers)
+        .err()
+        .map(|why| ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response())
+}
+
+async fn healthz(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_rebound(&gw, &headers) {
+        return refused;
+    }
     let healthy = gw.audit.is_healthy();
     let body = json!({
         "status": if healthy { "ok" } else { "degraded" },
@@ -552,7 +563,10 @@ fn policy_metrics(gw: &Gateway) -> String {
     out
 }
 
-async fn metrics(State(gw): State<Gateway>) -> Response {
+async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_rebound(&gw, &headers) {
+        return refused;
+    }
     let mut text = gw.metrics.render(
         gw.holds.len(),
         gw.sessions.len(),

@@ -584,3 +584,13 @@ def test_a_hidden_tool_answers_with_the_upstreams_headers_like_a_missing_one(mpr
         assert not [b for b in upstream.calls if "secret_tool" in json.dumps(b)], "the hidden name reached the upstream"
     finally:
         upstream.close()
+
+
+def test_health_and_metrics_refuse_rebound_names_and_foreign_origins(gw, c):
+    """No login is needed for /healthz and /metrics, but a page elsewhere reaching a loopback
+    gateway through a rebound DNS name (or any foreign origin) gets 403, as on /mcp."""
+    for path in ("/healthz", "/metrics"):
+        assert c.get(f"{gw.base}{path}").status_code == 200
+        assert c.get(f"{gw.base}{path}", headers={"Host": "rebound.example:8080"}).status_code == 403, path
+        assert c.get(f"{gw.base}{path}", headers={"Origin": "http://evil.example"}).status_code == 403, path
+        assert c.get(f"{gw.base}{path}", headers={"Host": f"localhost:{gw.port}"}).status_code == 200, path
