@@ -14,8 +14,8 @@ import sqlite3
 import time
 
 import rawmcp as rm
-from harness import text_of
-from holdkit import BOB, HeldCall, run_cli, start_gateway
+from harness import AIRLOCK_BIN, listening_port, text_of
+from holdkit import BOB, TOKENS_ENV, HeldCall, run_cli, start_gateway
 
 CSV_COLUMNS = ["seq", "id", "at", "decision", "session", "agent", "upstream", "tool", "arguments", "args_hash",
                "rule", "reason", "pending_id", "decider", "channel", "comment", "wait_ms", "prev_hash", "hash"]
@@ -221,6 +221,25 @@ def test_a_second_gateway_on_the_same_file_leaves_the_firsts_holds_alone(procs):
     assert second.proc.stop(signal.SIGTERM) == 0
     alone = start_gateway(procs, audit=first.audit, config=first.config)
     assert [r["decision"] for r in alone.decision_rows(orphan["id"])] == ["abandoned"]
+    assert run_cli("audit", "verify", "--audit", first.audit).returncode == 0
+
+
+def test_gateways_starting_together_abandon_a_leftover_hold_once(procs):
+    """Start-ups on one audit file take turns: of three gateways started at the same moment, one
+    finds itself alone and records the killed gateway's hold as abandoned; the others see company."""
+    first = start_gateway(procs)
+    lost = HeldCall(first.mcp, "delete_record", {"id": "left-over"})
+    lost.start()
+    [orphan] = first.wait_pending(1)
+    os.kill(first.proc.popen.pid, signal.SIGKILL)
+    first.proc.popen.wait(10)
+    cmd = [AIRLOCK_BIN, "serve", "--config", first.config, "--listen", "127.0.0.1:0", "--audit", first.audit]
+    starting = [procs.start(cmd, env=TOKENS_ENV) for _ in range(3)]
+    ports = [listening_port(p) for p in starting]
+    assert len(set(ports)) == 3
+    rows = [r for r in jsonl(run_cli("audit", "export", "--audit", first.audit).stdout)
+            if r["pending_id"] == orphan["id"]]
+    assert [r["decision"] for r in rows] == ["approval_requested", "abandoned"], rows
     assert run_cli("audit", "verify", "--audit", first.audit).returncode == 0
 
 
