@@ -309,6 +309,8 @@ struct UnknownToolAnswer {
     /// The upstream's headers on that answer (as returned to agents), so a
     /// hidden tool's answer does not stand out by lacking them.
     headers: HeaderMap,
+    /// Whether the upstream answered as an event stream (replayed the same way).
+    streamed: bool,
     text: String,
 }
 
@@ -741,12 +743,12 @@ impl Gateway {
             let text = a.text.replace(PROBE_TOOL, escaped);
             Message::parse(bytes::Bytes::from(text))
                 .ok()
-                .map(|m| (a.status, a.headers, m))
+                .map(|m| (a.status, a.headers, a.streamed, m))
         }) {
-            Some((status, headers, m)) => Exchange::plain(Reply {
+            Some((status, headers, streamed, m)) => Exchange::plain(Reply {
                 status,
                 headers,
-                body: ReplyBody::Json(m.with_id(&id)),
+                body: replayed_body(m.with_id(&id), streamed),
             }),
             None => Exchange::answer(
                 jsonrpc::error_response(
@@ -805,6 +807,7 @@ async fn probe_unknown_tool(
         h
     });
     let reply = ctx.link.request(probe, probe_headers.as_ref()).await.ok()?;
+    let streamed = matches!(reply.body, ReplyBody::Stream(_));
     let answer = match reply.body {
         ReplyBody::Json(m) => m,
         ReplyBody::Stream(mut rx) => loop {
@@ -824,6 +827,17 @@ async fn probe_unknown_tool(
     looks_unknown.then(|| UnknownToolAnswer {
         status: reply.status,
         headers: reply.headers,
+        streamed,
         text: answer.text().to_owned(),
     })
+}
+
+/// The replayed unknown-tool answer, framed as the upstream framed the probe's.
+fn replayed_body(message: Message, streamed: bool) -> ReplyBody {
+    if !streamed {
+        return ReplyBody::Json(message);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.try_send(crate::upstream::Event { id: None, message });
+    ReplyBody::Stream(crate::upstream::Events::Queue(rx))
 }

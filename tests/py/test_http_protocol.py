@@ -560,27 +560,34 @@ def test_upstream_redirects_are_not_followed(mprocs, c):
         redirecting.close()
 
 
-def unknown_tool_with_headers(body: dict):
-    """Every tools/call is an unknown tool, answered with a header of the upstream's own."""
-    name = body["params"]["name"]
-    error = {"code": -32602, "message": f"Unknown tool: {name}"}
-    return "application/json", [("X-Powered-By", "tiny-upstream")], json.dumps(
-        {"jsonrpc": "2.0", "id": body.get("id"), "error": error}).encode()
+def unknown_tool_answer(framing: str):
+    """An upstream for which every tools/call is an unknown tool, answered as JSON or as an event
+    stream, with a header of its own."""
+    def respond(body: dict):
+        error = {"code": -32602, "message": f"Unknown tool: {body['params']['name']}"}
+        payload = json.dumps({"jsonrpc": "2.0", "id": body.get("id"), "error": error})
+        if framing == "sse":
+            return "text/event-stream", [("X-Powered-By", "tiny-upstream")], f"event: message\ndata: {payload}\n\n".encode()
+        return "application/json", [("X-Powered-By", "tiny-upstream")], payload.encode()
+    return respond
 
 
-def test_a_hidden_tool_answers_with_the_upstreams_headers_like_a_missing_one(mprocs, c):
+@pytest.mark.parametrize("framing", ["json", "sse"])
+def test_a_hidden_tool_is_answered_like_a_missing_one_headers_and_framing_included(mprocs, c, framing):
     """With the upstream's headers passed back, a hidden tool's (replayed) answer must carry them
-    too, or an agent could tell hidden tools from missing ones by the headers."""
-    upstream = TinyUpstream(unknown_tool_with_headers)
+    too, framed as the upstream frames it, or an agent could tell hidden tools from missing ones."""
+    upstream = TinyUpstream(unknown_tool_answer(framing))
     try:
         gw = mprocs.airlock(policy={"version": "1", "default": "allow", "hide": ["secret_tool"]}, url=upstream.url)
         answers = {}
         for req_id, tool in ((21, "no_such_tool"), (22, "secret_tool")):
             r = post(c, gw.mcp, call_body(req_id, tool, {}, meta=stateless_meta()), stateless_headers("tools/call", tool))
-            answers[tool] = (r.status_code, r.headers.get("x-powered-by"), rpc_error_of(r))
-        assert answers["secret_tool"] == (answers["no_such_tool"][0], "tiny-upstream",
+            answers[tool] = (r.status_code, r.headers.get("x-powered-by"), r.headers["content-type"].split(";")[0],
+                             answer(r, req_id)["error"])
+        assert answers["no_such_tool"][:3] == (200, "tiny-upstream",
+                                               "text/event-stream" if framing == "sse" else "application/json"), answers
+        assert answers["secret_tool"] == (*answers["no_such_tool"][:3],
                                           {"code": -32602, "message": "Unknown tool: secret_tool"}), answers
-        assert answers["no_such_tool"][1] == "tiny-upstream"
         assert not [b for b in upstream.calls if "secret_tool" in json.dumps(b)], "the hidden name reached the upstream"
     finally:
         upstream.close()
