@@ -238,7 +238,8 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     crate::slack::install(&gw).await?;
     // Holds an earlier run left open: this gateway's turn at start-up lasts
     // until they are dealt with, so two starting at once cannot both do it.
-    let startup = crate::audit::users::join(&gw.config.audit.path);
+    let path = gw.config.audit.path.clone();
+    let startup = tokio::task::spawn_blocking(move || crate::audit::users::join(&path)).await?;
     let abandoned = crate::hold::mark_abandoned(&gw, startup.company).await?;
     drop(startup);
     if abandoned > 0 {
