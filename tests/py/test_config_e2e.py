@@ -163,6 +163,16 @@ def test_a_bad_upstream_url_stops_start_up_naming_it(tmp_path):
         assert done.returncode == 1 and f"{cfg}:" in done.stderr and f"url `{url}` {why}" in done.stderr, done.stderr
 
 
+def test_an_unknown_upstream_filter_stops_start_up_naming_it(tmp_path):
+    cfg = tmp_path / "one.toml"
+    cfg.write_text(stdio_upstream("test") + APPROVER)
+    for mode in ("serve", "stdio"):
+        done = run_cli(mode, "--config", cfg, "--upstream", "nope", "--listen", "127.0.0.1:0",
+                       "--audit", tmp_path / "x.db", timeout=20, env={"AIRLOCK_TEST_ALICE": ALICE})
+        assert done.returncode == 1, (mode, done.stdout, done.stderr)
+        assert f"--upstream nope: no [[upstream]] with that name in {cfg}" in done.stderr, done.stderr
+
+
 # ----------------------------------------------------------------------------- audit rows
 
 
