@@ -175,32 +175,37 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
     })
 }
 
-async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
-    let mut config = build_config(&args)?;
-    // Bound first: `serve` on a taken port fails before it touches anything.
-    let listener = match bind(&config, stdio).await {
-        Ok(listener) => Some(listener),
+/// Binds the listener and points `public_url` (when the config leaves it
+/// unset) at the address actually bound: links in Slack and the login link
+/// must name it (port 0, or a stdio gateway that fell back to a free port).
+/// A stdio gateway that cannot listen at all runs without a dashboard.
+async fn listen(
+    config: &mut Config,
+    stdio: bool,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let listener = match bind(config, stdio).await {
+        Ok(listener) => listener,
         Err(e) if stdio => {
             tracing::warn!(
                 "dashboard not available: cannot listen on {}: {e}",
                 config.listen
             );
-            None
+            return Ok(None);
         }
         Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", config.listen)),
     };
-    // Links in Slack and the login link must name the port actually bound
-    // (port 0, or a stdio gateway that fell back to a free port).
-    if let Some(Ok(addr)) = listener.as_ref().map(|l| l.local_addr())
-        && !config.public_url_set
-    {
-        config.public_url = format!("http://{addr}");
+    if !config.public_url_set {
+        config.public_url = format!("http://{}", listener.local_addr()?);
     }
-    if config.approvers.is_empty() {
-        tracing::warn!("no [[approver]] is configured: held calls can only time out");
-    }
-    let shutdown = CancellationToken::new();
-    let events = Arc::new(crate::events::Events::default());
+    Ok(Some(listener))
+}
+
+/// Each upstream with its live policy; reloads are published as events.
+fn open_upstreams(
+    config: &Config,
+    events: &Arc<crate::events::Events>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<IndexMap<String, Arc<UpstreamRuntime>>> {
     let mut upstreams = IndexMap::new();
     for up in &config.upstreams {
         let events = events.clone();
@@ -225,6 +230,33 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("upstream `{}`", up.name))?;
         upstreams.insert(up.name.clone(), runtime);
     }
+    Ok(upstreams)
+}
+
+/// Records the holds an earlier run left open as abandoned. This gateway's
+/// turn at start-up lasts until they are dealt with, so two gateways starting
+/// at once on one audit file cannot both do it.
+async fn settle_leftover_holds(gw: &Gateway) -> anyhow::Result<()> {
+    let path = gw.config.audit.path.clone();
+    let startup = tokio::task::spawn_blocking(move || crate::audit::users::join(&path)).await?;
+    let abandoned = crate::hold::mark_abandoned(gw, startup.company).await?;
+    drop(startup);
+    if abandoned > 0 {
+        tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
+    let mut config = build_config(&args)?;
+    // Bound first: `serve` on a taken port fails before it touches anything.
+    let listener = listen(&mut config, stdio).await?;
+    if config.approvers.is_empty() {
+        tracing::warn!("no [[approver]] is configured: held calls can only time out");
+    }
+    let shutdown = CancellationToken::new();
+    let events = Arc::new(crate::events::Events::default());
+    let upstreams = open_upstreams(&config, &events, &shutdown)?;
     if let Some(dir) = config
         .audit
         .path
@@ -236,15 +268,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
     let gw = Gateway::new(config, upstreams, audit, events, shutdown);
     crate::slack::install(&gw).await?;
-    // Holds an earlier run left open: this gateway's turn at start-up lasts
-    // until they are dealt with, so two starting at once cannot both do it.
-    let path = gw.config.audit.path.clone();
-    let startup = tokio::task::spawn_blocking(move || crate::audit::users::join(&path)).await?;
-    let abandoned = crate::hold::mark_abandoned(&gw, startup.company).await?;
-    drop(startup);
-    if abandoned > 0 {
-        tracing::warn!("{abandoned} call(s) left waiting by a previous run recorded as abandoned");
-    }
+    settle_leftover_holds(&gw).await?;
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
