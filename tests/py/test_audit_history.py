@@ -166,13 +166,20 @@ def test_verify_passes_then_names_the_edited_row(procs):
     assert missing.returncode != 0 and "nope.db" in missing.stderr
 
 
-def test_restart_records_holds_left_open_as_abandoned(procs):
-    gw = start_gateway(procs)
-    call = HeldCall(gw.mcp, "delete_record", {"id": "lost"})
+def kill_while_holding(gw, hold_id: str) -> tuple[HeldCall, dict]:
+    """Holds a call on `gw`, then kills it with SIGKILL (no chance to record anything);
+    returns the call and its pending item."""
+    call = HeldCall(gw.mcp, "delete_record", {"id": hold_id})
     call.start()
-    [item] = gw.wait_pending(1)
+    [item] = gw.wait_pending(1, where=lambda p: p["arguments"] == {"id": hold_id})
     os.kill(gw.proc.popen.pid, signal.SIGKILL)
     gw.proc.popen.wait(10)
+    return call, item
+
+
+def test_restart_records_holds_left_open_as_abandoned(procs):
+    gw = start_gateway(procs)
+    call, item = kill_while_holding(gw, "lost")
     call.join(10)
     assert call.answer is None  # the agent saw its connection drop
 
@@ -213,11 +220,7 @@ def test_a_second_gateway_on_the_same_file_leaves_the_firsts_holds_alone(procs):
 
     # A hold left by a killed gateway stays open while another gateway runs, and is abandoned by
     # the next gateway that starts alone.
-    lost = HeldCall(first.mcp, "delete_record", {"id": "killed"})
-    lost.start()
-    [orphan] = first.wait_pending(1)
-    os.kill(first.proc.popen.pid, signal.SIGKILL)
-    first.proc.popen.wait(10)
+    _, orphan = kill_while_holding(first, "killed")
     assert second.proc.stop(signal.SIGTERM) == 0
     alone = start_gateway(procs, audit=first.audit, config=first.config)
     assert [r["decision"] for r in alone.decision_rows(orphan["id"])] == ["abandoned"]
@@ -228,11 +231,7 @@ def test_gateways_starting_together_abandon_a_leftover_hold_once(procs):
     """Start-ups on one audit file take turns: of three gateways started at the same moment, one
     finds itself alone and records the killed gateway's hold as abandoned; the others see company."""
     first = start_gateway(procs)
-    lost = HeldCall(first.mcp, "delete_record", {"id": "left-over"})
-    lost.start()
-    [orphan] = first.wait_pending(1)
-    os.kill(first.proc.popen.pid, signal.SIGKILL)
-    first.proc.popen.wait(10)
+    _, orphan = kill_while_holding(first, "left-over")
     cmd = [AIRLOCK_BIN, "serve", "--config", first.config, "--listen", "127.0.0.1:0", "--audit", first.audit]
     starting = [procs.start(cmd, env=TOKENS_ENV) for _ in range(3)]
     ports = [listening_port(p) for p in starting]
