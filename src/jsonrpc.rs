@@ -11,6 +11,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub mod line;
+
 /// Standard JSON-RPC error codes, plus the MCP ones the gateway produces.
 pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
@@ -274,6 +276,30 @@ impl Message {
             id: Some(id.clone()),
             method: self.method.clone(),
         }
+    }
+}
+
+impl Message {
+    /// The same message with `params._meta.progressToken` (requests) or
+    /// `params.progressToken` (progress notifications) set to `token` (raw
+    /// JSON text); unchanged when it has neither.
+    pub fn with_progress_token(&self, token: &str) -> Message {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(self.text()) else {
+            return self.clone();
+        };
+        let token: serde_json::Value =
+            serde_json::from_str(token).unwrap_or(serde_json::Value::Null);
+        if let Some(params) = value.get_mut("params") {
+            if let Some(meta) = params
+                .get_mut("_meta")
+                .filter(|m| m.get("progressToken").is_some())
+            {
+                meta["progressToken"] = token;
+            } else if params.get("progressToken").is_some() {
+                params["progressToken"] = token;
+            }
+        }
+        Message::from_value(&value)
     }
 }
 

@@ -24,7 +24,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, Reply, ReplyBody, UpstreamError, UpstreamSpec};
-use crate::jsonrpc::{self, Id, Kind, Message, code};
+use crate::jsonrpc::{self, Id, Kind, Message, code, line};
 
 /// Queue depth of one request's reply stream.
 const ROUTE_QUEUE: usize = 64;
@@ -174,7 +174,7 @@ impl StdioChild {
             if self.shared {
                 let n = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let ours: Arc<str> = Arc::from(format!("\"airlock-p-{n}\"").as_str());
-                outgoing = replace_progress_token(&outgoing, &ours);
+                outgoing = outgoing.with_progress_token(&ours);
                 token = Some((ours.clone(), raw));
                 self.progress.insert(ours, upstream_id.clone());
             } else {
@@ -363,7 +363,7 @@ impl StdioChild {
             return;
         };
         let message = match &route.token {
-            Some((_, original)) => replace_progress_token(&message, original),
+            Some((_, original)) => message.with_progress_token(original),
             None => message,
         };
         if route.tx.try_send(Event { id: None, message }).is_err() {
@@ -481,8 +481,13 @@ impl Drop for RouteGuard {
     }
 }
 
+/// The only place bytes reach the child's stdin. Invariant: one message, one
+/// line — each message goes through [`line::to_line`], so a line break the
+/// gateway read as JSON whitespace can never split it into two messages for
+/// the child (see `jsonrpc::line`).
 async fn write_lines(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(line) = rx.recv().await {
+    while let Some(message) = rx.recv().await {
+        let line = line::to_line(&message);
         let ok = stdin.write_all(&line).await.is_ok()
             && stdin.write_all(b"\n").await.is_ok()
             && stdin.flush().await.is_ok();
@@ -532,24 +537,4 @@ async fn read_until_exit(
         tracing::info!(command = %child.command, %status, "upstream child exited");
         child.fail_all(status);
     }
-}
-
-/// Rewrites `params._meta.progressToken` (requests) or `params.progressToken`
-/// (progress notifications) to `token` (raw JSON text).
-fn replace_progress_token(message: &Message, token: &str) -> Message {
-    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(message.text()) else {
-        return message.clone();
-    };
-    let token: serde_json::Value = serde_json::from_str(token).unwrap_or(serde_json::Value::Null);
-    if let Some(params) = value.get_mut("params") {
-        if let Some(meta) = params
-            .get_mut("_meta")
-            .filter(|m| m.get("progressToken").is_some())
-        {
-            meta["progressToken"] = token;
-        } else if params.get("progressToken").is_some() {
-            params["progressToken"] = token;
-        }
-    }
-    Message::from_value(&value)
 }
