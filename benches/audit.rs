@@ -38,7 +38,11 @@ fn allowed_rows(bencher: Bencher) {
         .expect("runtime");
     let dir = std::env::temp_dir().join(format!("airlock-audit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let audit = Audit::open(&dir.join("audit.db"), vec!["password".into()]).expect("open");
+    let audit = Audit::open(
+        &dir.join("audit.db"),
+        airlock::audit::Redactor::new(&["password"], false).unwrap(),
+    )
+    .expect("open");
     let records: Vec<Record> = (0..ROWS).map(record).collect();
     bencher
         .counter(divan::counter::ItemsCount::new(ROWS))

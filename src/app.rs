@@ -10,12 +10,14 @@ use anyhow::{Context, bail};
 use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, Audit};
-use crate::cli::{AuditCommand, Cli, Command, ServeArgs};
+use crate::audit::{self, Audit, checkpoint};
+use crate::cli::{Cli, Command, ServeArgs};
 use crate::config::{self, ApprovalConfig, AuditConfig, Config, Credential, UpstreamConfig};
 use crate::gateway::{Gateway, UpstreamRuntime};
 use crate::upstream::UpstreamSpec;
 use crate::{policy, reload};
+
+mod audit_cmd;
 
 /// Logs to stderr (stdout belongs to the protocol in stdio mode); `RUST_LOG` filters.
 pub fn init_tracing() {
@@ -34,7 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args, false).await,
         Command::Stdio(args) => serve(args, true).await,
         Command::Check { files } => Ok(check(&files)),
-        Command::Audit(cmd) => audit_command(cmd),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,
         Command::Deny(args) => crate::remote::decide(args, "deny").await,
@@ -165,7 +167,8 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         agents: Vec::new(),
         audit: AuditConfig {
             path: PathBuf::from("airlock.db"),
-            redact: config::default_redact(),
+            redact: audit::Redactor::defaults(),
+            checkpoints: config::CheckpointConfig::default(),
             fail_closed: false,
             record_allowed: true,
         },
@@ -266,6 +269,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
+    let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let gw = Gateway::new(config, upstreams, audit, events, shutdown);
     crate::slack::install(&gw).await?;
     settle_leftover_holds(&gw).await?;
@@ -299,10 +303,54 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         gw.shutdown.cancelled().await;
     }
     finish(&gw).await;
+    checkpoints.finish().await;
     if let Some(http) = http {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads (or generates) the signing key, says which public key verifies the
+/// checkpoints, and starts signing the chain's head every interval.
+fn start_checkpoints(
+    config: &Config,
+    audit: &Audit,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<checkpoint::publish::Publisher> {
+    let settings = &config.audit.checkpoints;
+    let env = std::env::var(checkpoint::KEY_ENV).ok();
+    let (signer, source) = checkpoint::load_signer(
+        env.as_deref().filter(|v| !v.trim().is_empty()),
+        settings.signing_key_file.as_deref(),
+        &config.audit.path,
+        true,
+    )?;
+    let file = checkpoint::checkpoints_path(&config.audit.path);
+    let publisher = checkpoint::publish::Publisher::new(
+        audit.clone(),
+        signer,
+        file,
+        settings.webhook_url.clone(),
+    );
+    let from = match &source {
+        checkpoint::KeySource::Env => checkpoint::KEY_ENV.to_owned(),
+        checkpoint::KeySource::File(path) => path.display().to_string(),
+        checkpoint::KeySource::Generated(path) => {
+            tracing::warn!(
+                "generated a new audit signing key in {}; keep its public key off this host",
+                path.display()
+            );
+            path.display().to_string()
+        }
+    };
+    tracing::info!(
+        "audit checkpoints: {} (every {} s when the history grew), Ed25519 public key {} (key from {from})",
+        publisher.file().display(),
+        settings.interval.as_secs(),
+        publisher.public_key(),
+    );
+    publisher.spawn(settings.interval, shutdown.clone());
+    Ok(publisher)
 }
 
 /// Binds the listen address. Several stdio gateways (one per client-spawned
@@ -425,63 +473,6 @@ async fn finish(gw: &Gateway) {
     futures::future::join_all(closing).await;
     futures::future::join_all(gw.upstreams.values().map(|u| u.close_shared())).await;
     gw.audit.flush().await;
-}
-
-/// `airlock audit verify|export`.
-fn audit_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        AuditCommand::Verify { audit: path } => {
-            let mut db = audit::Sqlite::open_existing(&path)?;
-            match audit::verify(&mut db) {
-                Ok(rows) => {
-                    println!("ok: {}: {rows} row(s), hash chain intact", path.display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(problem) => {
-                    eprintln!("error: {}: {problem}", path.display());
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-        AuditCommand::Export {
-            format,
-            since,
-            until,
-            matching,
-            audit: path,
-        } => {
-            for (flag, value) in [("--since", &since), ("--until", &until)] {
-                if let Some(v) = value {
-                    chrono::DateTime::parse_from_rfc3339(v).with_context(|| {
-                        format!("{flag} must be an RFC 3339 time like 2026-11-25T10:00:00Z")
-                    })?;
-                }
-            }
-            let utc = |v: Option<String>| {
-                v.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                    .map(|t| {
-                        t.with_timezone(&chrono::Utc)
-                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                    })
-            };
-            let mut db = audit::Sqlite::open_existing(&path)?;
-            let filter = audit::Filter {
-                since: utc(since),
-                until: utc(until),
-                tool: matching.tool,
-                upstream: matching.upstream,
-                agent: matching.agent,
-                decision: matching.decision,
-                decider: matching.decider,
-                ..Default::default()
-            };
-            use audit::AuditBackend;
-            let entries = db.query(&filter, false)?;
-            let stdout = std::io::stdout();
-            audit::export(&entries, format, &mut stdout.lock())?;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
 }
 
 /// `airlock check`: validates each file; 0 when all are valid.

@@ -8,6 +8,8 @@
 //! written, [`Audit::is_healthy`] is false and approvals fail closed.
 
 mod chain;
+pub mod checkpoint;
+mod redact;
 mod sqlite;
 pub mod users;
 
@@ -23,7 +25,8 @@ use serde_json::Value;
 use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 
-pub use chain::{GENESIS, arguments_hash, canonical_json, redact, row_hash};
+pub use chain::{GENESIS, arguments_hash, canonical_json, row_hash};
+pub use redact::{BadPattern, DEFAULT_PATTERNS, REDACTED, Redactor, redact};
 pub use sqlite::Sqlite;
 
 /// Why the audit store failed.
@@ -164,7 +167,7 @@ const QUERY_FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 impl Audit {
     /// Opens (creating if needed) the SQLite store and starts the writer thread.
-    pub fn open(path: &Path, redact: Vec<String>) -> Result<Audit, AuditError> {
+    pub fn open(path: &Path, redact: Redactor) -> Result<Audit, AuditError> {
         let writer = Sqlite::open(path)?;
         let reader = Sqlite::open(path)?;
         Ok(Audit::with_backends(
@@ -177,7 +180,7 @@ impl Audit {
     pub fn with_backends(
         writer: Box<dyn AuditBackend>,
         reader: Box<dyn AuditBackend>,
-        redact: Vec<String>,
+        redact: Redactor,
     ) -> Audit {
         let (tx, rx) = mpsc::channel(65_536);
         let shared = Arc::new(Shared {
@@ -282,7 +285,7 @@ impl Audit {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -301,7 +304,7 @@ fn row_id() -> String {
 
 /// Turns a record into the next chained row; also returns the canonical
 /// JSON text of its (redacted) arguments, which the backend stores.
-fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Sealed {
+fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &Redactor) -> Sealed {
     let parsed = record.arguments.as_deref().map(|raw| {
         serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
     });
@@ -314,7 +317,7 @@ fn seal(record: &Record, seq: i64, prev_hash: &str, redact: &[String]) -> Sealed
         chain::hex_digest(h)
     });
     let arguments = parsed.map(|mut v| {
-        if chain::redact(&mut v, redact) {
+        if redact.redact(&mut v) {
             arguments_text = Some(canonical_json(&v));
         }
         v
@@ -352,7 +355,7 @@ type Pending = (Box<Record>, Option<oneshot::Sender<Result<Entry, String>>>);
 fn write_loop(
     mut db: Box<dyn AuditBackend>,
     mut rx: mpsc::Receiver<Command>,
-    redact: Vec<String>,
+    redact: Redactor,
     shared: std::sync::Weak<Shared>,
 ) {
     let mut retry: VecDeque<Pending> = VecDeque::new();
@@ -545,17 +548,24 @@ pub fn export(
             let mut w = csv::Writer::from_writer(out);
             w.write_record(CSV_HEADER)?;
             for e in entries {
-                let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+                // Every text cell may hold a client's words (agent name,
+                // session, tool, arguments, reason, comment…); only the
+                // numbers Airlock itself writes are left as they are.
+                let text = |v: &str| csv_text_cell(v).into_owned();
+                let opt = |v: &Option<String>| v.as_deref().map(text).unwrap_or_default();
                 w.write_record([
                     e.seq.to_string(),
-                    e.id.clone(),
-                    e.at.clone(),
-                    e.decision.clone(),
+                    text(&e.id),
+                    text(&e.at),
+                    text(&e.decision),
                     opt(&e.session),
                     opt(&e.agent),
                     opt(&e.upstream),
                     opt(&e.tool),
-                    e.arguments.as_ref().map(canonical_json).unwrap_or_default(),
+                    e.arguments
+                        .as_ref()
+                        .map(|a| text(&canonical_json(a)))
+                        .unwrap_or_default(),
                     opt(&e.args_hash),
                     opt(&e.rule),
                     opt(&e.reason),
@@ -564,14 +574,36 @@ pub fn export(
                     opt(&e.channel),
                     opt(&e.comment),
                     e.wait_ms.map(|w| w.to_string()).unwrap_or_default(),
-                    e.prev_hash.clone(),
-                    e.hash.clone(),
+                    text(&e.prev_hash),
+                    text(&e.hash),
                 ])?;
             }
             w.flush()?;
         }
     }
     Ok(())
+}
+
+/// A text cell a spreadsheet will not run as a formula (CSV injection).
+///
+/// OWASP's guidance (<https://owasp.org/www-community/attacks/CSV_Injection>,
+/// and ASVS 5.0 requirement 1.2.10): a cell must not begin with `=`, `+`,
+/// `-`, `@`, tab, carriage return (ASVS adds the NUL character); prefix such
+/// a cell with a single quote, which spreadsheets read as "this is text".
+/// Some importers drop leading spaces and line breaks before they look at
+/// the first character, so a trigger after leading whitespace counts too.
+/// Quoting of separators and quotes is the CSV writer's (RFC 4180).
+pub fn csv_text_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    const TRIGGERS: [char; 7] = ['=', '+', '-', '@', '\t', '\r', '\0'];
+    let starts_with_trigger = value.starts_with(TRIGGERS)
+        || value
+            .trim_start_matches(|c: char| c.is_whitespace())
+            .starts_with(TRIGGERS);
+    if starts_with_trigger {
+        std::borrow::Cow::Owned(format!("'{value}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
 }
 
 pub const CSV_HEADER: [&str; 19] = [

@@ -45,9 +45,27 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Walk the hash chain; names the first broken row and exits 1 if there is one.
+    /// With --checkpoint, also checks the store against signed checkpoints,
+    /// which catches rows removed from the end and a re-hashed chain.
     Verify {
         #[arg(long, default_value = "airlock.db")]
         audit: PathBuf,
+        /// A checkpoints file (`<audit>.checkpoints`, or a copy kept elsewhere).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The Ed25519 public key (base64 or hex) the checkpoints must be signed
+        /// with (`airlock audit public-key`). Without it, each checkpoint is only
+        /// checked against the key it carries, which proves nothing against a key swap.
+        #[arg(long, value_name = "KEY", requires = "checkpoint")]
+        public_key: Option<String>,
+    },
+    /// Print the public key that verifies this store's checkpoints.
+    PublicKey {
+        #[arg(long, default_value = "airlock.db")]
+        audit: PathBuf,
+        /// The signing key file [default: AIRLOCK_AUDIT_SIGNING_KEY, else <audit>.key].
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
     },
     /// Write the history as JSON lines or CSV to stdout.
     Export {

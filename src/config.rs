@@ -85,13 +85,54 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub path: PathBuf,
-    /// Argument keys stored as `"[redacted]"`.
-    pub redact: Vec<String>,
+    /// Argument keys stored as `"[redacted]"`: `redact` patterns, after the
+    /// built-in ones unless `redact_defaults = false` (compiled once).
+    pub redact: crate::audit::Redactor,
+    /// Signed checkpoints of the chain's head (see docs/audit.md).
+    pub checkpoints: CheckpointConfig,
     /// `on_error = "fail_closed"`: refuse allowed calls while the store cannot be written.
     pub fail_closed: bool,
     /// `record_allowed = false`: no row per allowed call (they are still counted in /metrics).
     pub record_allowed: bool,
 }
+
+/// `[audit]` keys about signed checkpoints.
+#[derive(Clone)]
+pub struct CheckpointConfig {
+    /// `signing_key_file`: the Ed25519 seed; None: `AIRLOCK_AUDIT_SIGNING_KEY`,
+    /// else `<audit>.key` (generated on first start).
+    pub signing_key_file: Option<PathBuf>,
+    /// `checkpoint_interval`: how often the head is signed when it moved.
+    pub interval: Duration,
+    /// The URL named by `checkpoint_webhook_url_env`: each checkpoint is POSTed there.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            signing_key_file: None,
+            interval: Duration::from_secs(DEFAULT_CHECKPOINT_INTERVAL),
+            webhook_url: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for CheckpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointConfig")
+            .field("signing_key_file", &self.signing_key_file)
+            .field("interval", &self.interval)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_ref().map(|_| "[secret]"),
+            )
+            .finish()
+    }
+}
+
+/// Seconds between checkpoints unless `checkpoint_interval` says otherwise.
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 60;
 
 #[derive(Debug, Clone)]
 pub struct ApprovalConfig {
@@ -257,8 +298,12 @@ struct RawAudit {
     path: Option<PathBuf>,
     #[serde(default)]
     redact: Option<Vec<String>>,
+    redact_defaults: Option<bool>,
     on_error: Option<String>,
     record_allowed: Option<bool>,
+    signing_key_file: Option<PathBuf>,
+    checkpoint_interval: Option<u64>,
+    checkpoint_webhook_url_env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -444,6 +489,52 @@ pub fn parse(
             format!("audit.on_error must be \"fail_closed\" or \"allow\", got `{on_error}`"),
         ));
     }
+    let redact = crate::audit::Redactor::new(
+        raw.audit.redact.as_deref().unwrap_or_default(),
+        raw.audit.redact_defaults.unwrap_or(true),
+    )
+    .map_err(|e| invalid("redact", 0, format!("audit.redact: {e}")))?;
+    let checkpoint_interval = raw
+        .audit
+        .checkpoint_interval
+        .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL);
+    if !(1..=86_400).contains(&checkpoint_interval) {
+        return Err(invalid(
+            "checkpoint_interval",
+            0,
+            format!(
+                "audit.checkpoint_interval must be between 1 and 86400 seconds, got {checkpoint_interval}"
+            ),
+        ));
+    }
+    let webhook_url = match &raw.audit.checkpoint_webhook_url_env {
+        None => None,
+        Some(var) => match env(var).filter(|v| !v.trim().is_empty()) {
+            Some(url)
+                if url.trim().starts_with("http://") || url.trim().starts_with("https://") =>
+            {
+                Some(url.trim().to_owned())
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "checkpoint_webhook_url_env",
+                    0,
+                    format!(
+                        "audit.checkpoint_webhook_url_env: the URL in `{var}` must start with http:// or https://"
+                    ),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    "checkpoint_webhook_url_env",
+                    0,
+                    format!(
+                        "audit.checkpoint_webhook_url_env names environment variable `{var}`, which is not set"
+                    ),
+                ));
+            }
+        },
+    };
     let progress_interval = raw.approval.progress_interval.unwrap_or(10.0);
     if !(0.05..=3600.0).contains(&progress_interval) {
         return Err(invalid(
@@ -486,7 +577,12 @@ pub fn parse(
                     .path
                     .unwrap_or_else(|| PathBuf::from("airlock.db")),
             ),
-            redact: raw.audit.redact.unwrap_or_else(default_redact),
+            redact,
+            checkpoints: CheckpointConfig {
+                signing_key_file: raw.audit.signing_key_file.map(|p| base.join(p)),
+                interval: Duration::from_secs(checkpoint_interval),
+                webhook_url,
+            },
             fail_closed: raw.audit.on_error.as_deref() == Some("fail_closed"),
             record_allowed: raw.audit.record_allowed.unwrap_or(true),
         },
@@ -508,11 +604,6 @@ fn explain_toml_error(message: &str) -> String {
         ),
         None => message.to_owned(),
     }
-}
-
-/// Argument keys redacted in the audit history unless the config says otherwise.
-pub fn default_redact() -> Vec<String> {
-    ["password", "token", "secret"].map(String::from).to_vec()
 }
 
 fn credentials(
@@ -834,6 +925,62 @@ mod tests {
             .map(|_| ())
             .unwrap_err()
             .to_string()
+    }
+
+    const UP: &str = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+
+    #[test]
+    fn audit_redact_adds_globs_to_the_defaults() {
+        let c = parse_ok(&format!("{UP}[audit]\nredact = [\"ssn\", \"api_?ey\"]\n"));
+        assert!(c.audit.redact.matches("SSN") && c.audit.redact.matches("api_Key"));
+        assert!(c.audit.redact.matches("password"), "defaults stay");
+        let own = parse_ok(&format!(
+            "{UP}[audit]\nredact = [\"ssn\"]\nredact_defaults = false\n"
+        ));
+        assert!(own.audit.redact.matches("ssn") && !own.audit.redact.matches("password"));
+        let bad = parse_err(&format!("{UP}[audit]\nredact = [\"pass[word\"]\n"));
+        assert!(
+            bad.starts_with("a.toml:5:")
+                && bad.contains("audit.redact")
+                && bad.contains("pass[word"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn audit_checkpoint_keys() {
+        let c = parse_ok(&format!(
+            "{UP}[audit]\nsigning_key_file = \"keys/audit.key\"\ncheckpoint_interval = 5\ncheckpoint_webhook_url_env = \"HOOK\"\n"
+        ));
+        let cp = &c.audit.checkpoints;
+        assert_eq!(
+            cp.signing_key_file.as_deref(),
+            Some(Path::new("/etc/airlock/keys/audit.key"))
+        );
+        assert_eq!(cp.interval, Duration::from_secs(5));
+        assert!(
+            cp.webhook_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        );
+        assert!(
+            !format!("{cp:?}").contains("hooks.slack.com"),
+            "the URL is a secret"
+        );
+        let zero = parse_err(&format!("{UP}[audit]\ncheckpoint_interval = 0\n"));
+        assert!(zero.contains("audit.checkpoint_interval"), "{zero}");
+        let unset = parse_err(&format!(
+            "{UP}[audit]\ncheckpoint_webhook_url_env = \"NOPE\"\n"
+        ));
+        assert!(
+            unset.contains("`NOPE`") && unset.contains("not set"),
+            "{unset}"
+        );
+        let not_url = parse_err(&format!(
+            "{UP}[audit]\ncheckpoint_webhook_url_env = \"NOT_A_URL\"\n"
+        ));
+        assert!(not_url.contains("http://"), "{not_url}");
+        assert!(!not_url.contains("hooks.slack.com"), "{not_url}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct Slack {
     /// a scanner hammering the route must not flood the history.
     forged_rows: Mutex<(Instant, u32)>,
     /// `[audit] redact`: the same keys are hidden from Slack (a third party).
-    redact: Vec<String>,
+    redact: crate::audit::Redactor,
 }
 
 /// Forged-link audit rows per minute; more are only logged.
@@ -127,7 +127,7 @@ impl Slack {
                 .collect()
         };
         let mut item = item.clone();
-        crate::audit::redact(&mut item.arguments, &self.redact);
+        self.redact.redact(&mut item.arguments);
         item.agent = one_line(&item.agent);
         item.tool = one_line(&item.tool);
         item.rule = one_line(&item.rule);

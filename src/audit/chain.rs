@@ -1,4 +1,4 @@
-//! Tamper evidence: canonical rows, the hash chain, argument redaction.
+//! Tamper evidence: canonical rows and the hash chain.
 //!
 //! `hash = sha256(prev_hash ‖ canonical row)` in lower-case hex, where the
 //! canonical row is a JSON array of every field but the hashes, in a fixed
@@ -131,31 +131,6 @@ pub fn arguments_hash(arguments: &Value) -> String {
     hex_digest(h)
 }
 
-/// Replaces the values of keys named in `redact` (case-insensitive, at any
-/// depth); returns whether anything was replaced.
-pub fn redact(value: &mut Value, redact: &[String]) -> bool {
-    let mut changed = false;
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                if redact.iter().any(|r| r.eq_ignore_ascii_case(k)) {
-                    *v = Value::String("[redacted]".into());
-                    changed = true;
-                } else {
-                    changed |= self::redact(v, redact);
-                }
-            }
-        }
-        Value::Array(items) => {
-            for v in items {
-                changed |= self::redact(v, redact);
-            }
-        }
-        _ => {}
-    }
-    changed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,16 +199,5 @@ mod tests {
         h.update(GENESIS.as_bytes());
         h.update(reference.as_bytes());
         assert_eq!(row_hash(GENESIS, &entry), hex::encode(h.finalize()));
-    }
-
-    #[test]
-    fn redaction_reaches_nested_keys_case_insensitively() {
-        let mut v = json!({"user": "bob", "Password": "x", "nested": [{"token": "t", "ok": 1}]});
-        assert!(redact(&mut v, &["password".into(), "token".into()]));
-        assert!(!redact(&mut v, &["secret".into()]));
-        assert_eq!(
-            v,
-            json!({"user": "bob", "Password": "[redacted]", "nested": [{"token": "[redacted]", "ok": 1}]})
-        );
     }
 }

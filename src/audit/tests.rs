@@ -16,7 +16,7 @@ fn allowed(tool: &str, args: &str) -> Record {
 #[tokio::test]
 async fn rows_are_chained_redacted_and_verifiable() {
     let path = temp_db();
-    let audit = Audit::open(&path, vec!["password".into()]).unwrap();
+    let audit = Audit::open(&path, Redactor::new(&["password"], false).unwrap()).unwrap();
     for i in 0..10 {
         audit
             .record(allowed(
@@ -52,7 +52,7 @@ async fn rows_are_chained_redacted_and_verifiable() {
 #[tokio::test]
 async fn editing_a_row_breaks_the_chain_at_that_row() {
     let path = temp_db();
-    let audit = Audit::open(&path, vec![]).unwrap();
+    let audit = Audit::open(&path, Redactor::none()).unwrap();
     for _ in 0..5 {
         audit.record(allowed("echo", "{}")).await;
     }
@@ -71,7 +71,7 @@ async fn editing_a_row_breaks_the_chain_at_that_row() {
 #[tokio::test]
 async fn filters_and_cursor_pagination() {
     let path = temp_db();
-    let audit = Audit::open(&path, vec![]).unwrap();
+    let audit = Audit::open(&path, Redactor::none()).unwrap();
     for i in 0..7 {
         audit
             .record(allowed(if i % 2 == 0 { "a" } else { "b" }, "{}"))
@@ -93,7 +93,7 @@ async fn filters_and_cursor_pagination() {
 #[tokio::test]
 async fn exports_round_trip() {
     let path = temp_db();
-    let audit = Audit::open(&path, vec![]).unwrap();
+    let audit = Audit::open(&path, Redactor::none()).unwrap();
     audit
         .record(allowed("echo", r#"{"text":"a,\"b\"\nc"}"#))
         .await;
@@ -109,4 +109,66 @@ async fn exports_round_trip() {
     let record = reader.records().next().unwrap().unwrap();
     assert_eq!(&record[8], r#"{"text":"a,\"b\"\nc"}"#);
     assert_eq!(&record[18], rows[0].hash);
+}
+
+#[test]
+fn csv_cells_that_a_spreadsheet_would_run_are_quoted_as_text() {
+    for (cell, expected) in [
+        (
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "'=HYPERLINK(\"http://x\",\"y\")",
+        ),
+        ("+1", "'+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("\0x", "'\0x"),
+        ("  =1+1", "'  =1+1"),
+        ("\n@cmd", "'\n@cmd"),
+        ("plain", "plain"),
+        ("a=b", "a=b"),
+        ("'=already", "'=already"),
+        ("", ""),
+    ] {
+        assert_eq!(csv_text_cell(cell), expected, "{cell:?}");
+    }
+}
+
+#[tokio::test]
+async fn csv_export_neutralises_formulas_and_jsonl_stays_exact() {
+    let path = temp_db();
+    let audit = Audit::open(&path, Redactor::none()).unwrap();
+    audit
+        .record(Record {
+            decision: "denied",
+            agent: Some("=HYPERLINK(\"http://evil\",\"click\")".into()),
+            session: Some("@session".into()),
+            tool: Some("+tool".into()),
+            arguments: Some("-1".into()),
+            comment: Some(" =1+1".into()),
+            wait_ms: Some(-5),
+            ..Default::default()
+        })
+        .await;
+    audit.flush().await;
+    let rows = audit.query(Filter::default(), false).await.unwrap();
+    let mut csv_out = Vec::new();
+    export(&rows, ExportFormat::Csv, &mut csv_out).unwrap();
+    let mut reader = csv::Reader::from_reader(csv_out.as_slice());
+    let record = reader.records().next().unwrap().unwrap();
+    assert_eq!(&record[5], "'=HYPERLINK(\"http://evil\",\"click\")");
+    assert_eq!(&record[4], "'@session");
+    assert_eq!(&record[7], "'+tool");
+    assert_eq!(&record[8], "'-1");
+    assert_eq!(&record[15], "' =1+1");
+    assert_eq!(&record[16], "-5", "numbers Airlock writes stay numbers");
+    let mut jsonl = Vec::new();
+    export(&rows, ExportFormat::Jsonl, &mut jsonl).unwrap();
+    let back: Entry = serde_json::from_slice(jsonl.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(back, rows[0]);
+    assert_eq!(
+        back.agent.as_deref(),
+        Some("=HYPERLINK(\"http://evil\",\"click\")")
+    );
 }

@@ -283,3 +283,117 @@ def test_an_answered_call_is_in_the_history_read_right_after(procs):
         assert newest["arguments"] == {"text": f"now-{i}"}, (i, newest)
         exported = jsonl(gw.api("GET", "/api/audit/export", params={"tool": "echo"}).text)
         assert exported[-1]["arguments"] == {"text": f"now-{i}"}, (i, exported[-1])
+
+
+def rehash_chain(db: sqlite3.Connection):
+    """Recomputes every row's prev_hash and hash with the documented formula (docs/audit.md), as an
+    attacker with write access to the file can."""
+    prev = "0" * 64
+    rows = db.execute("SELECT seq, id, at, decision, session, agent, upstream, tool, arguments, args_hash,"
+                      " rule, reason, pending_id, decider, channel, comment, wait_ms FROM audit ORDER BY seq").fetchall()
+    for fields in rows:
+        canonical_row = json.dumps(list(fields), separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.sha256((prev + canonical_row).encode()).hexdigest()
+        db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, fields[0]))
+        prev = digest
+
+
+def copy_store(src, dst):
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def test_signed_checkpoints_catch_truncation_and_a_rehashed_chain(procs, tmp_path):
+    gw = start_gateway(procs)
+    some_history(gw)
+    wait_rows(gw, 6)
+    assert gw.proc.stop(signal.SIGTERM) == 0  # a graceful stop signs the final head
+    checkpoints = gw.audit.with_name(gw.audit.name + ".checkpoints")
+    lines = [json.loads(line) for line in checkpoints.read_text().splitlines()]
+    assert lines and lines[-1]["seq"] == 6, lines
+    assert set(lines[-1]) == {"seq", "hash", "time", "public_key", "signature"}
+    key = run_cli("audit", "public-key", "--audit", gw.audit)
+    assert key.returncode == 0, key.stderr
+    public_key = key.stdout.strip()
+    assert public_key == lines[-1]["public_key"]
+    assert public_key in gw.proc.stderr_text(), "the public key is announced at start"
+    key_file = gw.audit.with_name(gw.audit.name + ".key")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+    # A copy shipped elsewhere, and the untouched store: verified.
+    shipped = tmp_path / "shipped.checkpoints"
+    shipped.write_text(checkpoints.read_text())
+    ok = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped, "--public-key", public_key)
+    assert ok.returncode == 0, ok.stderr
+    assert "6 row(s), hash chain intact" in ok.stdout and "latest at row 6" in ok.stdout, ok.stdout
+
+    # Rows removed from the end: the chain alone still looks intact; the checkpoint does not.
+    truncated = copy_store(gw.audit, tmp_path / "truncated.db")
+    with sqlite3.connect(truncated) as db:
+        db.execute("DELETE FROM audit WHERE seq > 4")
+    alone = run_cli("audit", "verify", "--audit", truncated)
+    assert alone.returncode == 0 and "4 row(s)" in alone.stdout, (alone.stdout, alone.stderr)
+    caught = run_cli("audit", "verify", "--audit", truncated, "--checkpoint", shipped, "--public-key", public_key)
+    assert caught.returncode == 1, (caught.stdout, caught.stderr)
+    n = len(lines)
+    assert f"checkpoint line {n} (row 6," in caught.stderr and "row 6 is missing" in caught.stderr, caught.stderr
+    assert "ends at row 4" in caught.stderr, caught.stderr
+
+    # A row edited, then the whole chain re-hashed with the documented formula.
+    rewritten = copy_store(gw.audit, tmp_path / "rewritten.db")
+    with sqlite3.connect(rewritten) as db:
+        db.execute("UPDATE audit SET decision = 'approved', comment = 'fine' WHERE decision = 'denied_by_human'")
+        rehash_chain(db)
+    alone = run_cli("audit", "verify", "--audit", rewritten)
+    assert alone.returncode == 0 and "6 row(s), hash chain intact" in alone.stdout, (alone.stdout, alone.stderr)
+    caught = run_cli("audit", "verify", "--audit", rewritten, "--checkpoint", shipped, "--public-key", public_key)
+    assert caught.returncode == 1, (caught.stdout, caught.stderr)
+    assert f"checkpoint line {n} (row 6," in caught.stderr and "rewritten" in caught.stderr, caught.stderr
+
+    # Without a key of one's own the check still runs, with a warning that it proves little.
+    trusting = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped)
+    assert trusting.returncode == 0 and "no --public-key" in trusting.stderr, trusting.stderr
+    # A checkpoint signed by another key is refused when the kept key is given.
+    other = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped,
+                    "--public-key", "A" * 43 + "=")
+    assert other.returncode != 0, (other.stdout, other.stderr)
+
+
+def test_default_redaction_covers_credential_names_at_any_depth(procs):
+    gw = start_gateway(procs)
+    args = {"id": "r2", "api_key": "k-123", "config": {"passwd": "p-456"},
+            "accounts": [{"name": "a", "secret_value": "s-789"}, {"name": "b", "Access_Token": "t-000"}],
+            "max_tokens": 100}
+    call = HeldCall(gw.mcp, "delete_record", args)
+    call.start()
+    [item] = gw.wait_pending(1)
+    assert gw.decide(item["id"], "deny").status_code == 200
+    call.result()
+    [row, *_] = gw.audit_rows(pending_id=item["id"])
+    assert row["arguments"] == {
+        "id": "r2", "api_key": "[redacted]", "config": {"passwd": "[redacted]"},
+        "accounts": [{"name": "a", "secret_value": "[redacted]"}, {"name": "b", "Access_Token": "[redacted]"}],
+        "max_tokens": 100}, row["arguments"]
+    export = gw.api("GET", "/api/audit/export").text + run_cli("audit", "export", "--audit", gw.audit).stdout
+    for secret in ("k-123", "p-456", "s-789", "t-000"):
+        assert secret not in export
+
+
+def test_csv_export_neutralises_formulas_in_client_chosen_text(procs):
+    gw = start_gateway(procs)
+    for name, args in (("=HYPERLINK(\"http://evil.example\",\"click\")", {"a": 1}),
+                       ("echo", {"text": "@SUM(1+1)"})):
+        c = HeldCall(gw.mcp, name, args)
+        c.start()
+        c.join(20)  # the first is refused as an unknown tool; both are recorded
+    rows = wait_rows(gw, 2)
+    api_csv = gw.api("GET", "/api/audit/export", params={"format": "csv"}).text
+    cli_csv = run_cli("audit", "export", "--format", "csv", "--audit", gw.audit).stdout
+    assert api_csv == cli_csv
+    table = list(csv.DictReader(io.StringIO(api_csv)))
+    assert table[0]["tool"] == "'=HYPERLINK(\"http://evil.example\",\"click\")", table[0]
+    assert table[1]["arguments"] == canonical({"text": "@SUM(1+1)"})  # JSON starts with {: left alone
+    for row in table:
+        assert all(not v.lstrip().startswith(("=", "+", "-", "@")) for v in row.values()), row
+    assert rows[0]["tool"] == "=HYPERLINK(\"http://evil.example\",\"click\")"  # JSONL stays exact
