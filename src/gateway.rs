@@ -209,32 +209,45 @@ impl Session {
 }
 
 /// MRTR continuations of allowed calls: `requestState` → (session, tool,
-/// until). Kept only for rate-limited tools, so that answering the server's
-/// question does not count as a second call.
+/// arguments hash, until). Kept only for rate-limited tools, so that answering
+/// the server's question does not count as a second call. Like an approval's
+/// continuation (`Holds::continuation`), it is bound to the arguments: a
+/// retry that changes them is a new call and spends budget like one.
 #[derive(Default)]
-pub struct Retries(DashMap<String, (String, String, Instant)>);
+pub struct Retries(DashMap<String, (String, String, String, Instant)>);
 
 impl Retries {
     const TTL: Duration = Duration::from_secs(600);
 
-    fn remember(&self, answer: &Message, session: &str, tool: &str) {
+    fn remember(&self, answer: &Message, session: &str, tool: &str, args_hash: &str) {
         if let Some(state) = era::input_required_state(answer) {
             let until = Instant::now() + Self::TTL;
-            self.0
-                .insert(state, (session.to_owned(), tool.to_owned(), until));
+            let entry = (
+                session.to_owned(),
+                tool.to_owned(),
+                args_hash.to_owned(),
+                until,
+            );
+            self.0.insert(state, entry);
         }
     }
 
-    /// Whether `state` continues an allowed call of this session and tool (single use).
-    fn take(&self, state: &str, session: &str, tool: &str) -> bool {
+    /// Whether `state` continues an allowed call of this session, tool and
+    /// arguments (single use: a mismatch spends the state too).
+    fn take(&self, state: &str, session: &str, tool: &str, arguments: Option<&str>) -> bool {
         self.0
             .remove(state)
-            .is_some_and(|(_, (s, t, until))| s == session && t == tool && until > Instant::now())
+            .is_some_and(|(_, (s, t, args, until))| {
+                s == session
+                    && t == tool
+                    && args == crate::hold::hash_arguments(arguments)
+                    && until > Instant::now()
+            })
     }
 
     fn prune(&self) {
         let now = Instant::now();
-        self.0.retain(|_, v| v.2 > now);
+        self.0.retain(|_, v| v.3 > now);
     }
 }
 
@@ -535,7 +548,17 @@ impl Gateway {
             }
             Some("tools/list") => {
                 let policy = ctx.upstream.policy();
+                let id = message.id().cloned().unwrap_or_else(Id::null);
                 let reply = self.upstream_request(&ctx.link, message, headers).await?;
+                if reply.status < 400 && matches!(reply.body, ReplyBody::Other { .. }) {
+                    // A list Airlock cannot read cannot be filtered: never pass it on as is.
+                    let error = jsonrpc::error_response(
+                        &id,
+                        code::UPSTREAM_ERROR,
+                        "upstream answered tools/list with a body that is not a JSON-RPC message Airlock can read",
+                    );
+                    return Ok(Exchange::answer(error, ctx.era));
+                }
                 Ok(Exchange {
                     reply,
                     list_filter: Some(policy),
@@ -586,7 +609,7 @@ impl Gateway {
         let retry = peek
             .request_state
             .as_deref()
-            .is_some_and(|state| self.retries.take(state, &ctx.scope(), tool));
+            .is_some_and(|state| self.retries.take(state, &ctx.scope(), tool, arguments));
         let decision = if retry {
             gate::decide_retry(&policy, tool)
         } else {
@@ -611,18 +634,21 @@ impl Gateway {
                 }
                 self.record_outcome(ctx, "allowed", tool, arguments, &rule, None)
                     .await;
-                let rate_limited = policy.rate_limited(tool).then(|| tool.to_owned());
+                let rate_limited = policy
+                    .rate_limited(tool)
+                    .then(|| (tool.to_owned(), crate::hold::hash_arguments(arguments)));
                 drop(peek);
                 let started = Instant::now();
                 let mut reply = self.upstream_request(&ctx.link, message, headers).await?;
                 self.metrics.upstream_latency.observe(started.elapsed());
-                if let Some(tool) = rate_limited {
+                if let Some((tool, args_hash)) = rate_limited {
                     // An `input_required` answer (JSON or streamed): its retry
-                    // is the same call, not another one against the limit.
+                    // with the same arguments is the same call, not another
+                    // one against the limit.
                     let (gw, scope) = (self.clone(), ctx.scope());
                     reply.body = reply.body.tap(move |answer| {
                         if answer.kind() == jsonrpc::Kind::Response {
-                            gw.retries.remember(answer, &scope, &tool);
+                            gw.retries.remember(answer, &scope, &tool, &args_hash);
                         }
                     });
                 }

@@ -30,6 +30,8 @@ use crate::gateway::{CallContext, Exchange, Gateway, Session, UpstreamRuntime};
 use crate::jsonrpc::{self, Id, Kind, Message, code};
 use crate::upstream::{Event, Link, ReplyBody, UpstreamError};
 
+mod media_type;
+
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
 pub fn routes() -> Router<Gateway> {
@@ -248,20 +250,18 @@ async fn handle_post(
         Ok(agent) => agent,
         Err(response) => return refuse_unread(request, response).await,
     };
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
+    // Exactly one Content-Type, and it must say JSON (see `media_type`).
+    let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
+    let json = match (content_types.next(), content_types.next()) {
+        (Some(value), None) => value.to_str().is_ok_and(media_type::is_json),
+        _ => false,
+    };
     if !json {
         let response = rpc_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
             code::INVALID_REQUEST,
-            "Unsupported Media Type: Content-Type must be application/json",
+            "Unsupported Media Type: Content-Type must be application/json (a charset parameter, if any, utf-8)",
         );
         return refuse_unread(request, response).await;
     }
@@ -271,7 +271,7 @@ async fn handle_post(
     };
     let message = match Message::parse(body) {
         Ok(m) => m,
-        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.id(), e.code(), &e.to_string()),
     };
     // Mirrored headers, whatever the era: never duplicated, never disagreeing
     // with the body (the stateless era additionally requires them below).

@@ -89,12 +89,26 @@ pub enum FrameError {
     BadVersion,
     #[error("invalid request: `id` must be a string or an integer")]
     BadId,
+    /// A number that is not a plain integer (`1.0`, `1e0`, `-0`) or is too
+    /// large to survive a round trip through every JSON implementation: the
+    /// answer's id would not match the request's, and the call would hang.
+    #[error(
+        "invalid request: a numeric `id` must be an integer from -9007199254740991 to 9007199254740991, written without fraction, exponent or minus zero (got `{0}`)"
+    )]
+    NumericId(String),
     #[error("invalid request: message has neither `method` nor `result`/`error`")]
     NoMethod,
     #[error("invalid request: a request id must not be null")]
     NullId,
     #[error("invalid request: `{0}` must be a request with an id")]
     MustBeRequest(String),
+    /// JSON-RPC allows by-position (array) params; MCP never uses them, and
+    /// reading an array as named params would let the policy and the
+    /// upstream see different calls.
+    #[error(
+        "invalid params: `params` must be an object (MCP passes parameters by name, never by position), not {got}"
+    )]
+    ParamsNotObject { id: Option<Id>, got: &'static str },
 }
 
 impl FrameError {
@@ -102,8 +116,47 @@ impl FrameError {
     pub fn code(&self) -> i64 {
         match self {
             FrameError::NotUtf8 | FrameError::NotJson(_) => code::PARSE_ERROR,
+            FrameError::ParamsNotObject { .. } => code::INVALID_PARAMS,
             _ => code::INVALID_REQUEST,
         }
+    }
+
+    /// The id the error answer should carry: known only once the envelope
+    /// was read (invalid params); `None` means `null`.
+    pub fn id(&self) -> Option<&Id> {
+        match self {
+            FrameError::ParamsNotObject { id, .. } => id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The largest integer every JSON implementation holds exactly (2^53 - 1):
+/// a larger id may come back from a JavaScript upstream as another number.
+const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
+
+/// Whether a JSON number, as written, is an id every peer echoes unchanged:
+/// a plain integer (no fraction, exponent or `-0`) within ±(2^53 - 1).
+/// Responses are matched to requests by the id's text, so `1.0` or `1e0`
+/// (which many peers echo as `1`) would leave the call waiting forever.
+fn is_portable_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && text != "-0"
+        && digits.len() <= 16
+        && digits.parse::<u64>().is_ok_and(|n| n <= MAX_SAFE_INTEGER)
+}
+
+/// What kind of JSON value `params` is, when it is not an object (or null).
+fn params_shape(raw: &RawValue) -> Option<&'static str> {
+    match raw.get().as_bytes().first() {
+        Some(b'{') | Some(b'n') | None => None,
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(_) => Some("a number"),
     }
 }
 
@@ -120,6 +173,8 @@ struct Envelope<'a> {
     result: Option<&'a RawValue>,
     #[serde(borrow)]
     error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as a raw value instead of folding it into `None`.
@@ -157,13 +212,27 @@ impl Message {
             }
             Some(raw) if raw.get() == "null" => None,
             Some(raw) => {
-                let first = raw.get().as_bytes()[0];
+                let text = raw.get();
+                let first = text.as_bytes()[0];
                 if first != b'"' && first != b'-' && !first.is_ascii_digit() {
                     return Err(FrameError::BadId);
                 }
-                Some(Id::from_raw(raw.get()))
+                if first != b'"' && !is_portable_integer(text) {
+                    let shown = &text[..text.floor_char_boundary(40)];
+                    return Err(FrameError::NumericId(shown.to_owned()));
+                }
+                Some(Id::from_raw(text))
             }
         };
+        // Checked before anything reads the params: a serde struct reads an
+        // array by position, so `["delete_record", {…}]` would pass as named.
+        // (`null` is taken as absent, as it was before; a response's stray
+        // `params` means nothing and is left alone.)
+        if env.method.is_some()
+            && let Some(got) = env.params.and_then(params_shape)
+        {
+            return Err(FrameError::ParamsNotObject { id, got });
+        }
         let kind = match (&env.method, id.is_some()) {
             (Some(_), true) => Kind::Request,
             (Some(_), false) => Kind::Notification,

@@ -150,7 +150,7 @@ impl StdioAgent {
             Ok(m) => m,
             Err(e) => {
                 self.emit(jsonrpc::error_response(
-                    &Id::null(),
+                    e.id().unwrap_or(&Id::null()),
                     e.code(),
                     &e.to_string(),
                 ))

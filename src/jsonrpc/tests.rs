@@ -86,3 +86,74 @@ fn null_ids_and_policed_notifications_are_refused() {
         r#"{"id":5,"jsonrpc":"2.0","error":{"code":-32000,"message":"m"}}"#
     );
 }
+
+#[test]
+fn numeric_ids_must_be_plain_safe_integers() {
+    for ok in ["0", "7", "-3", "9007199254740991", "-9007199254740991"] {
+        let msg = parse(&format!(r#"{{"jsonrpc":"2.0","id":{ok},"method":"m"}}"#)).unwrap();
+        assert_eq!(msg.id().unwrap().raw(), ok);
+    }
+    for bad in [
+        "1.0",
+        "1e0",
+        "1E2",
+        "2.5",
+        "-0",
+        "1.5e3",
+        "9007199254740992",
+        "99999999999999999999",
+        "-9007199254740992",
+    ] {
+        assert_eq!(
+            parse(&format!(r#"{{"jsonrpc":"2.0","id":{bad},"method":"m"}}"#)).unwrap_err(),
+            FrameError::NumericId(bad.into()),
+            "{bad}"
+        );
+        // An agent's answer to a server request is held to the same rule.
+        let answer = parse(&format!(r#"{{"jsonrpc":"2.0","id":{bad},"result":{{}}}}"#));
+        assert_eq!(answer.unwrap_err().code(), code::INVALID_REQUEST, "{bad}");
+    }
+    // Leading zeros are not JSON at all.
+    assert_eq!(
+        parse(r#"{"jsonrpc":"2.0","id":01,"method":"m"}"#)
+            .unwrap_err()
+            .code(),
+        code::PARSE_ERROR
+    );
+    // Strings are ids as they are, whatever they spell.
+    assert!(parse(r#"{"jsonrpc":"2.0","id":"1.0","method":"m"}"#).is_ok());
+}
+
+#[test]
+fn by_position_params_are_invalid_params_with_the_request_id() {
+    let err = parse(
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":["delete_record",{"id":"x"}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), code::INVALID_PARAMS);
+    assert_eq!(err.id().map(Id::raw), Some("3"));
+    assert!(err.to_string().contains("not an array"), "{err}");
+    for (params, got) in [
+        ("\"x\"", "a string"),
+        ("1", "a number"),
+        ("true", "a boolean"),
+    ] {
+        let err = parse(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{params}}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::ParamsNotObject {
+                id: Some(Id::from_raw("1")),
+                got
+            }
+        );
+    }
+    // A notification has no id to answer with.
+    let note = parse(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":[1]}"#);
+    assert_eq!(note.unwrap_err().id(), None);
+    // Named params, and `null` (read as absent), are fine.
+    assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#).is_ok());
+    assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":null}"#).is_ok());
+}

@@ -601,3 +601,20 @@ def test_health_and_metrics_refuse_rebound_names_and_foreign_origins(gw, c):
         assert c.get(f"{gw.base}{path}", headers={"Host": "rebound.example:8080"}).status_code == 403, path
         assert c.get(f"{gw.base}{path}", headers={"Origin": "http://evil.example"}).status_code == 403, path
         assert c.get(f"{gw.base}{path}", headers={"Host": f"localhost:{gw.port}"}).status_code == 200, path
+
+
+@pytest.mark.parametrize("ctype", ["application/jsonfoo", "application/json-seq", "application/json+x",
+                                   "application/json; charset=latin1", "application/json; charset",
+                                   "text/json", "application/x-ndjson"])
+def test_content_type_must_be_exactly_json(gw, c, ctype):
+    r = post(c, gw.mcp, json.dumps(init_body()), {"Content-Type": ctype})
+    assert r.status_code == 415, (ctype, r.status_code, r.text)
+    assert "content-type" in rpc_error_of(r)["message"].lower()
+
+
+@pytest.mark.parametrize("ctype", ["Application/JSON", "application/json; charset=utf-8",
+                                   "application/json;charset=\"UTF-8\""])
+def test_json_content_type_with_parameters_or_in_another_case_is_accepted(gw, c, ctype):
+    r = post(c, gw.mcp, json.dumps(init_body()), {"Content-Type": ctype})
+    assert r.status_code == 200, (ctype, r.status_code, r.text)
+    assert "result" in answer(r, 1)

@@ -55,9 +55,9 @@ def upstream():
     u.close()
 
 
-def ask(client, gw, req_id: int, state: str | None = None) -> dict:
+def ask(client, gw, req_id: int, state: str | None = None, topic: str = "x") -> dict:
     """One `tools/call` of `ask` (a retry when `state` is given); returns its result."""
-    body = rm.call_body(req_id, "ask", {"topic": "x"}, rm.stateless_meta())
+    body = rm.call_body(req_id, "ask", {"topic": topic}, rm.stateless_meta())
     if state:
         n = int(state.split("-")[1])
         body["params"]["requestState"] = state
@@ -109,3 +109,18 @@ def test_streamed_input_required_rounds_of_an_approved_call_are_not_held_again(p
         assert text_of(done) == f"answered after {ROUNDS} rounds", done
     assert gw.pending() == []
     assert len(upstream.calls) == 1 + ROUNDS
+
+
+def test_a_retry_with_other_arguments_is_a_new_call_against_the_rate_limit(procs, upstream):
+    gw = start_gateway(procs, {"version": "1", "default": "allow",
+                               "rules": {"ask": {"action": "allow", "rate_limit": {"max": 1, "window": 60}}}},
+                       url=upstream.url)
+    with rm.client() as c:
+        first = ask(c, gw, 1)
+        assert first["resultType"] == "input_required", first
+        # The continuation is bound to the arguments it was given for: another
+        # topic under the same requestState spends budget, and there is none left.
+        swapped = ask(c, gw, 2, first["requestState"], topic="something else")
+        assert swapped["isError"] is True and swapped["_meta"]["airlock.decision"] == "rate_limited", swapped
+    assert len(upstream.calls) == 1
+    assert [row["decision"] for row in gw.audit_rows(tool="ask")] == ["allowed", "rate_limited"]

@@ -155,6 +155,19 @@ def test_hidden_tool_is_answered_like_an_unknown_tool(agent):
     assert hidden["error"]["message"] == unknown["error"]["message"].replace("no_such_tool", "secret_tool")
 
 
+def test_non_integer_ids_and_by_position_params_are_refused_and_never_forwarded(agent):
+    for raw_id in ["1.0", "1e0", "1E2", "2.5", "-0", "99999999999999999999"]:
+        agent.send_raw(b'{"jsonrpc":"2.0","id":%s,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":1}}}'
+                       % raw_id.encode())
+        err = agent.wait_for(lambda m: "error" in m and m.get("id") is None)
+        assert err["error"]["code"] == -32600 and f"`{raw_id}`" in err["error"]["message"], err
+    answer = agent.request({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": ["add", {"a": 1, "b": 1}]})
+    assert answer["error"]["code"] == -32602 and "must be an object" in answer["error"]["message"], answer
+    # The agent keeps working, and none of the refused calls reached the upstream.
+    assert agent.request(call_body(9, "add", {"a": 2, "b": 2}))["result"]["content"][0]["text"] == "4"
+    assert not [m for m in agent.stash if "result" in m], agent.stash
+
+
 def test_malformed_line_gets_a_parse_error_and_the_agent_keeps_working(agent):
     agent.send_raw(b'{"jsonrpc":"2.0","id":7,"method":')
     err = agent.wait_for(lambda m: "error" in m and m.get("id") is None)
