@@ -174,6 +174,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         },
         approval: ApprovalConfig::default(),
         slack: None,
+        server: config::ServerConfig::default(),
         quick: true,
     })
 }
@@ -282,15 +283,12 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         Some(listener) => {
             let addr = listener.local_addr()?;
             announce(&gw, addr, stdio);
-            let shutdown = gw.shutdown.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-            }))
+            Some(tokio::spawn(crate::listener::serve(
+                listener,
+                router,
+                gw.config.server,
+                gw.shutdown.clone(),
+            )))
         }
         None => None,
     };

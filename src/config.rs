@@ -57,6 +57,8 @@ pub struct Config {
     pub approval: ApprovalConfig,
     /// `[slack]`: announce held calls in Slack (see docs/slack.md).
     pub slack: Option<SlackConfig>,
+    /// `[server]`: limits on the HTTP listener's connections.
+    pub server: ServerConfig,
     /// Quick mode (`serve --policy … -- cmd`): one upstream served at `/mcp`.
     pub quick: bool,
 }
@@ -144,6 +146,36 @@ impl Default for ApprovalConfig {
     fn default() -> Self {
         ApprovalConfig {
             progress_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[server]`: what one connection to the HTTP listener may cost (see
+/// [`crate::listener`] and docs/reliability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Most connections open at once; beyond it new ones wait in the
+    /// kernel's backlog until one closes. Each held call keeps one open.
+    pub max_connections: usize,
+    /// From a connection's accept, or the first byte of its next request,
+    /// to the end of that request's headers.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request with
+    /// none in flight. Never applies while a response is being answered or
+    /// streamed (held calls, event streams, websockets).
+    pub idle_timeout: Duration,
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -244,6 +276,17 @@ struct RawConfig {
     #[serde(default)]
     approval: RawApproval,
     slack: Option<RawSlack>,
+    #[serde(default)]
+    server: RawServer,
+}
+
+/// Spanned, so that an error points at the value itself.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_connections: Option<toml::Spanned<u64>>,
+    header_timeout: Option<toml::Spanned<u64>>,
+    idle_timeout: Option<toml::Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -546,6 +589,8 @@ pub fn parse(
         ));
     }
 
+    let server = server(&raw.server, text, file)?;
+
     Ok(Config {
         listen,
         public_url,
@@ -590,7 +635,43 @@ pub fn parse(
             progress_interval: Duration::from_secs_f64(progress_interval),
         },
         slack,
+        server,
         quick: false,
+    })
+}
+
+/// `[server]`: every limit is at least 1 (0 would refuse every connection
+/// or cut every request).
+fn server(raw: &RawServer, text: &str, file: &str) -> Result<ServerConfig, ConfigError> {
+    let at_least_one = |value: &Option<toml::Spanned<u64>>, key: &str, unit: &str| match value {
+        Some(v) if *v.get_ref() == 0 => {
+            let (line, column) = line_col(text, v.span().start);
+            Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                column,
+                message: format!("server.{key} must be at least 1{unit}"),
+            })
+        }
+        other => Ok(other.as_ref().map(|v| *v.get_ref())),
+    };
+    let defaults = ServerConfig::default();
+    let max_connections = at_least_one(&raw.max_connections, "max_connections", "")?
+        .map_or(defaults.max_connections, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    let seconds = |value, key, default| {
+        at_least_one(value, key, " (seconds)").map(|s| s.map_or(default, Duration::from_secs))
+    };
+    Ok(ServerConfig {
+        // The semaphore behind the cap holds at most `usize::MAX >> 3` permits.
+        max_connections: max_connections.min(tokio::sync::Semaphore::MAX_PERMITS),
+        header_timeout: seconds(
+            &raw.header_timeout,
+            "header_timeout",
+            defaults.header_timeout,
+        )?,
+        idle_timeout: seconds(&raw.idle_timeout, "idle_timeout", defaults.idle_timeout)?,
     })
 }
 
@@ -1023,6 +1104,36 @@ redact = ["password"]
         assert_eq!(c.approvers[0].name, "alice");
         assert_eq!(c.audit.path, Path::new("/etc/airlock/audit.db"));
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn server_limits_default_and_are_read_from_the_server_table() {
+        let upstream = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+        assert_eq!(parse_ok(upstream).server, ServerConfig::default());
+        let c = parse_ok(&format!(
+            "{upstream}[server]\nmax_connections = 50\nheader_timeout = 2\nidle_timeout = 30\n"
+        ));
+        assert_eq!(c.server.max_connections, 50);
+        assert_eq!(c.server.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_zero_server_limit_is_an_error_naming_the_key_and_line() {
+        let upstream = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+        for key in ["max_connections", "header_timeout", "idle_timeout"] {
+            let e = parse_err(&format!("{upstream}[server]\n{key} = 0\n"));
+            assert!(e.starts_with("a.toml:5:"), "{e}");
+            assert!(
+                e.contains(&format!("server.{key} must be at least 1")),
+                "{e}"
+            );
+        }
+        let typo = parse_err(&format!("{upstream}[server]\nmax_conections = 5\n"));
+        assert!(
+            typo.starts_with("a.toml:5:") && typo.contains("max_conections"),
+            "{typo}"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! - [`hold`]: calls waiting for a human.
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
 //! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
-//! - [`server`]: the HTTP routes.
+//! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them
+//!   (connection cap, header and idle timeouts, `TCP_NODELAY`).
 //!
 //! # The path of one `tools/call`
 //!
@@ -40,6 +41,7 @@ pub mod gateway;
 pub mod hold;
 pub mod http_agent;
 pub mod jsonrpc;
+pub mod listener;
 pub mod login;
 pub mod memory;
 pub mod metrics;

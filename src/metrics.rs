@@ -22,6 +22,56 @@ pub const OUTCOMES: [&str; 10] = [
 /// Upstream child processes started and not yet reaped (process-wide).
 pub static UPSTREAM_CHILDREN: AtomicUsize = AtomicUsize::new(0);
 
+/// The HTTP listener's connections (process-wide: one listener per process).
+pub static LISTENER: ListenerMetrics = ListenerMetrics {
+    open: AtomicUsize::new(0),
+    limit_waits: AtomicU64::new(0),
+    accept_errors: AtomicU64::new(0),
+    header_timeouts: AtomicU64::new(0),
+    idle_timeouts: AtomicU64::new(0),
+};
+
+/// Counted by [`crate::listener`].
+pub struct ListenerMetrics {
+    /// Connections accepted and not yet closed (upgraded websockets included).
+    pub open: AtomicUsize,
+    /// Times the accept loop waited because `max_connections` were open.
+    pub limit_waits: AtomicU64,
+    /// Failed accepts other than a peer giving up (EMFILE, ENFILE, ENOBUFS…).
+    pub accept_errors: AtomicU64,
+    /// Connections closed for not sending a request's headers in time.
+    pub header_timeouts: AtomicU64,
+    /// Keep-alive connections closed for waiting too long for their next request.
+    pub idle_timeouts: AtomicU64,
+}
+
+impl ListenerMetrics {
+    fn render(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP airlock_http_connections_open HTTP connections open (websockets included).\n# TYPE airlock_http_connections_open gauge\nairlock_http_connections_open {}",
+            self.open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_http_connection_limit_waits_total Times a new connection had to wait because max_connections were open.\n# TYPE airlock_http_connection_limit_waits_total counter\nairlock_http_connection_limit_waits_total {}",
+            get(&self.limit_waits)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_http_accept_errors_total Failed accepts (e.g. out of file descriptors); the listener backs off and retries.\n# TYPE airlock_http_accept_errors_total counter\nairlock_http_accept_errors_total {}",
+            get(&self.accept_errors)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_http_connections_timed_out_total Connections closed by the listener, by reason (header_timeout, idle_timeout).\n# TYPE airlock_http_connections_timed_out_total counter\nairlock_http_connections_timed_out_total{{reason=\"header\"}} {}\nairlock_http_connections_timed_out_total{{reason=\"idle\"}} {}",
+            get(&self.header_timeouts),
+            get(&self.idle_timeouts)
+        );
+    }
+}
+
 /// What the process holds right now, for `/metrics`: the figures a leak
 /// would make grow (tasks, file descriptors, child processes).
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +236,7 @@ impl Metrics {
             "# HELP airlock_upstream_children Upstream child processes running (not yet reaped).\n# TYPE airlock_upstream_children gauge\nairlock_upstream_children {}",
             resources.upstream_children
         );
+        LISTENER.render(&mut out);
         self.approval_wait.render(
             "airlock_approval_wait_seconds",
             "Time from hold to human decision.",

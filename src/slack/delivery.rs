@@ -98,6 +98,7 @@ pub fn start(gw: &Gateway, config: SlackConfig, key: Arc<LinkKey>) -> Outbox {
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+        .tcp_nodelay(true)
         .build()
         .expect("building the Slack HTTP client");
     let courier = Arc::new(Courier {

@@ -57,6 +57,9 @@ impl HttpUpstream {
             // Warm connections for bursts; closed after 15 s unused (a load
             // spike's connections do not stay open for minutes).
             .pool_idle_timeout(POOL_IDLE)
+            // reqwest's default, said out loud: a streamed request's last small
+            // write must not wait for the upstream's delayed ACK.
+            .tcp_nodelay(true)
             .build()
             .map_err(|e| UpstreamError::Unreachable {
                 url: url.clone(),

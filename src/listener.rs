@@ -1,0 +1,432 @@
+//! The HTTP listener: our own accept loop in place of `axum::serve`.
+//!
+//! A gateway that holds calls for minutes keeps many connections open on
+//! purpose, so it must bound what a connection that does *nothing* can cost.
+//! `axum::serve` gives no say over that: no header timeout, no cap, accept
+//! errors answered with a fixed 1 s sleep and an error line each time. Here:
+//!
+//! - **Cap.** A semaphore permit per connection (`[server] max_connections`).
+//!   When all are taken the loop stops accepting and waits for one: new
+//!   connections queue in the kernel's backlog instead of being accepted and
+//!   dropped, and the process never needs more descriptors than the cap.
+//!   The permit lives in the socket, so an upgraded websocket keeps its own.
+//! - **Header timeout.** From accept, or from the first byte of the next
+//!   request on a keep-alive connection, the headers must be complete within
+//!   `header_timeout`. A slowloris client sending a line now and then is cut.
+//! - **Idle timeout.** A keep-alive connection with no request in flight
+//!   waits at most `idle_timeout` for its next one. A request is in flight
+//!   from its headers until its response body is finished, so held calls,
+//!   event streams and websockets are never cut by it.
+//! - **Accept errors** (EMFILE, ENFILE, ENOBUFS…) back off from 10 ms up to
+//!   1 s and retry; the loop never ends on them, and they are logged once
+//!   per episode, not once per retry.
+//! - **`TCP_NODELAY`** on every accepted socket: the last small write of an
+//!   event stream must not wait for the client's delayed ACK (~40 ms).
+//!
+//! Why not hyper's own `header_read_timeout`: hyper 1.x starts it as soon as
+//! a connection goes idle (its `State::idle` re-arms the read), so it is also
+//! the idle timeout, and a keep-alive connection could not wait longer for
+//! its next request than a slow client may take over its headers. The
+//! watchdog below keeps the two apart, as Go's `ReadHeaderTimeout` and
+//! `IdleTimeout` do.
+
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::metrics::LISTENER;
+
+/// First pause after a failed accept; doubled per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Least time between two log lines about one ongoing condition.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Serves `router` on `listener` until `shutdown`, then lets open
+/// connections finish their in-flight requests (the caller bounds that wait).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerConfig,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut failures = Failures::default();
+    let mut full_logged: Option<Instant> = None;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                LISTENER.limit_waits.fetch_add(1, Ordering::Relaxed);
+                if full_logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                    full_logged = Some(Instant::now());
+                    tracing::warn!(
+                        "{} connections open (server.max_connections): new ones wait until one closes",
+                        limits.max_connections
+                    );
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                failures.recovered();
+                let connection = Connection::new(stream, permit, router.clone(), limits);
+                connections.spawn(connection.serve(peer, shutdown.clone()));
+            }
+            Err(e) => {
+                drop(permit);
+                if let Some(pause) = failures.failed(&e) {
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// The accept loop's run of failures, for backoff and for logging once.
+#[derive(Default)]
+struct Failures {
+    /// Failures since the last successful accept.
+    count: u64,
+    next_pause: Option<Duration>,
+    logged: Option<Instant>,
+}
+
+impl Failures {
+    /// Counts a failed accept; returns how long to pause before the next.
+    fn failed(&mut self, e: &std::io::Error) -> Option<Duration> {
+        use std::io::ErrorKind;
+        // The peer gave up before we took its connection: nothing is wrong here.
+        if matches!(
+            e.kind(),
+            ErrorKind::ConnectionAborted
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionRefused
+        ) {
+            return None;
+        }
+        LISTENER.accept_errors.fetch_add(1, Ordering::Relaxed);
+        self.count += 1;
+        if self.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            self.logged = Some(Instant::now());
+            tracing::warn!(
+                "cannot accept connections: {e} ({} failure(s) so far); retrying with backoff up to {MAX_BACKOFF:?}",
+                self.count
+            );
+        }
+        let pause = self.next_pause.unwrap_or(MIN_BACKOFF);
+        self.next_pause = Some((pause * 2).min(MAX_BACKOFF));
+        Some(pause)
+    }
+
+    /// A connection was accepted: the run of failures, if any, is over.
+    fn recovered(&mut self) {
+        if self.count > 0 {
+            tracing::info!(
+                "accepting connections again after {} failure(s)",
+                self.count
+            );
+            *self = Failures::default();
+        }
+    }
+}
+
+/// One accepted connection, before hyper takes it.
+struct Connection {
+    socket: Socket,
+    activity: Arc<Activity>,
+    router: Router,
+    limits: ServerConfig,
+}
+
+/// Why the watchdog closed a connection.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Header,
+    Idle,
+}
+
+impl Connection {
+    fn new(
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+        router: Router,
+        limits: ServerConfig,
+    ) -> Connection {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        let activity = Arc::new(Activity::new());
+        LISTENER.open.fetch_add(1, Ordering::Relaxed);
+        let socket = Socket {
+            stream,
+            activity: activity.clone(),
+            _permit: permit,
+        };
+        Connection {
+            socket,
+            activity,
+            router,
+            limits,
+        }
+    }
+
+    async fn serve(self, peer: SocketAddr, shutdown: CancellationToken) {
+        let Connection {
+            socket,
+            activity,
+            router,
+            limits,
+        } = self;
+        let busy = activity.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            // What `into_make_service_with_connect_info` did: handlers read the peer.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let in_flight = busy.begin();
+            let mut router = router.clone();
+            async move {
+                // `Router::poll_ready` is always ready, so `call` needs no `ready()`.
+                let response = tower_service::Service::call(&mut router, request).await;
+                // The request stays in flight until hyper drops the body
+                // (finished or abandoned): the closure owns the guard.
+                response.map(|r| {
+                    r.map(move |body| {
+                        body.map_frame(move |frame| {
+                            // Mentioned, so the `move` closure owns it.
+                            let _ = &in_flight;
+                            frame
+                        })
+                    })
+                })
+            }
+        });
+        let mut conn = pin!(
+            hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                // The watchdog times headers (see the module doc).
+                .header_read_timeout(None)
+                .serve_connection(TokioIo::new(socket), service)
+                .with_upgrades()
+        );
+        let mut watchdog = pin!(activity.watch(limits));
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            }
+            cut = &mut watchdog => {
+                let counter = match cut {
+                    Cut::Header => &LISTENER.header_timeouts,
+                    Cut::Idle => &LISTENER.idle_timeouts,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "connection closed: {cut:?} timeout");
+            }
+            () = shutdown.cancelled() => {
+                // Idle connections close now; busy ones after their response.
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = &mut watchdog => {}
+                }
+            }
+        }
+    }
+}
+
+/// The accepted socket as hyper sees it. Reads tell [`Activity`] that a
+/// request has started; dropping it (connection closed, or the websocket it
+/// was upgraded to ended) gives back the permit.
+struct Socket {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        LISTENER.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Milliseconds since the connection was accepted; `NONE` for "not yet".
+const NONE: u64 = u64::MAX;
+
+/// What a connection is doing, shared by its socket, its requests and its
+/// watchdog. Atomics rather than a lock: every read touches it.
+struct Activity {
+    accepted: Instant,
+    /// Requests whose response is not finished.
+    in_flight: AtomicUsize,
+    /// When the connection last became idle (accept, or a response finished).
+    idle_since: AtomicU64,
+    /// When bytes of a request whose headers are not complete began to arrive.
+    request_started: AtomicU64,
+    /// Wakes the watchdog on each change (one stored permit: none is lost).
+    changed: Notify,
+}
+
+/// Ends one request's time in flight when dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            activity.idle_since.store(activity.now(), Ordering::Release);
+            activity.changed.notify_one();
+        }
+    }
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            accepted: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            // A new connection owes its first request's headers from the start.
+            request_started: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.accepted.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, millis: u64) -> Instant {
+        self.accepted + Duration::from_millis(millis)
+    }
+
+    /// Bytes arrived. With no request in flight they start the next one's
+    /// headers. (Bytes hyper buffered during the previous request are not
+    /// seen here; such a request waits under the idle timeout instead.)
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.request_started.load(Ordering::Acquire) == NONE
+        {
+            self.request_started.store(self.now(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Hyper has a request's headers: it is in flight until the guard drops.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.request_started.store(NONE, Ordering::Release);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// The current deadline and its kind; None while a request is in flight.
+    fn deadline(&self, limits: ServerConfig) -> Option<(Instant, Cut)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.request_started.load(Ordering::Acquire) {
+            NONE => Some((
+                self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout,
+                Cut::Idle,
+            )),
+            started => Some((self.at(started) + limits.header_timeout, Cut::Header)),
+        }
+    }
+
+    /// Resolves when the connection has overrun a deadline.
+    async fn watch(&self, limits: ServerConfig) -> Cut {
+        loop {
+            match self.deadline(limits) {
+                None => self.changed.notified().await,
+                Some((at, cut)) if at <= Instant::now() => return cut,
+                Some((at, _)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

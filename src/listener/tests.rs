@@ -1,0 +1,68 @@
+use super::*;
+
+fn limits() -> ServerConfig {
+    ServerConfig {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Polls `watch` until it resolves, with paused time; returns the cut and when.
+async fn cut_after(activity: &Activity) -> (Cut, Duration) {
+    let start = Instant::now();
+    let cut = activity.watch(limits()).await;
+    (cut, start.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_owes_its_headers_within_the_header_timeout() {
+    let activity = Activity::new();
+    let (cut, after) = cut_after(&activity).await;
+    assert!(matches!(cut, Cut::Header), "{cut:?}");
+    assert_eq!(after, Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_gets_the_idle_timeout_then_the_header_timeout() {
+    let activity = Arc::new(Activity::new());
+    drop(activity.begin());
+    let (cut, after) = cut_after(&activity).await;
+    assert!(matches!(cut, Cut::Idle), "{cut:?}");
+    assert_eq!(after, Duration::from_secs(10));
+
+    drop(activity.begin());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    activity.bytes_read();
+    let (cut, after) = cut_after(&activity).await;
+    assert!(matches!(cut, Cut::Header), "{cut:?}");
+    assert_eq!(after, Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_flight_is_never_cut_and_the_idle_clock_starts_when_it_ends() {
+    let activity = Arc::new(Activity::new());
+    let in_flight = activity.begin();
+    let watch = tokio::time::timeout(Duration::from_secs(3600), activity.watch(limits()));
+    assert!(watch.await.is_err(), "cut while a request was in flight");
+    let ended = Instant::now();
+    drop(in_flight);
+    let cut = activity.watch(limits()).await;
+    assert!(matches!(cut, Cut::Idle), "{cut:?}");
+    assert_eq!(ended.elapsed(), Duration::from_secs(10));
+}
+
+#[test]
+fn accept_failures_back_off_doubling_up_to_a_second_and_peer_aborts_do_not() {
+    let mut failures = Failures::default();
+    let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+    assert_eq!(failures.failed(&aborted), None);
+    let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+    let pauses: Vec<_> = (0..9).filter_map(|_| failures.failed(&emfile)).collect();
+    assert_eq!(pauses[0], MIN_BACKOFF);
+    assert_eq!(pauses[1], MIN_BACKOFF * 2);
+    assert_eq!(*pauses.last().unwrap(), MAX_BACKOFF);
+    assert_eq!(failures.count, 9);
+    failures.recovered();
+    assert_eq!(failures.failed(&emfile), Some(MIN_BACKOFF));
+}
