@@ -539,6 +539,11 @@ async fn healthz(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
             let state = up.policy_status.problem().map_or("ok", |p| p.summary());
             (up.name.clone(), serde_json::Value::from(state))
         }).collect::<serde_json::Map<_, _>>(),
+        // An upstream that broke the protocol lately (a bad line on stdout).
+        // Not the gateway's health: its other calls and upstreams still work.
+        "upstreams": gw.upstreams.values().map(|up| {
+            (up.name.clone(), serde_json::Value::from(up.health.summary()))
+        }).collect::<serde_json::Map<_, _>>(),
     });
     let status = if healthy {
         StatusCode::OK
@@ -563,6 +568,29 @@ fn policy_metrics(gw: &Gateway) -> String {
     out
 }
 
+/// Per upstream: bad lines from its stdio children, and children stopped for one.
+fn upstream_metrics(gw: &Gateway) -> String {
+    let mut out = String::from(
+        "# HELP airlock_upstream_protocol_errors_total Lines a stdio upstream wrote that are not UTF-8, not JSON-RPC or over the size limit.\n# TYPE airlock_upstream_protocol_errors_total counter\n",
+    );
+    for up in gw.upstreams.values() {
+        out.push_str(&format!(
+            "airlock_upstream_protocol_errors_total{{upstream=\"{}\"}} {}\n",
+            up.name,
+            up.health.protocol_errors()
+        ));
+    }
+    out.push_str("# HELP airlock_upstream_children_stopped_total Session children Airlock stopped because they broke the protocol.\n# TYPE airlock_upstream_children_stopped_total counter\n");
+    for up in gw.upstreams.values() {
+        out.push_str(&format!(
+            "airlock_upstream_children_stopped_total{{upstream=\"{}\"}} {}\n",
+            up.name,
+            up.health.broken_links()
+        ));
+    }
+    out
+}
+
 async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     if let Some(refused) = refuse_rebound(&gw, &headers) {
         return refused;
@@ -575,6 +603,7 @@ async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         crate::metrics::Resources::now(),
     );
     text.push_str(&policy_metrics(&gw));
+    text.push_str(&upstream_metrics(&gw));
     (
         [(
             header::CONTENT_TYPE,

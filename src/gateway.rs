@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::upstream::http::{HttpSession, HttpUpstream};
 use crate::upstream::stdio::StdioChild;
-use crate::upstream::{Link, Reply, ReplyBody, UpstreamError, UpstreamSpec};
+use crate::upstream::{Health, Link, Reply, ReplyBody, UpstreamError, UpstreamSpec};
 
 /// Longest line a stdio upstream may write (one JSON-RPC message).
 const MAX_STDIO_LINE: usize = 64 * 1024 * 1024;
@@ -81,6 +81,8 @@ pub struct UpstreamRuntime {
     shared_child: Mutex<Option<Arc<StdioChild>>>,
     /// The session-less HTTP session used by stateless-era requests.
     stateless_http: Option<Arc<HttpSession>>,
+    /// Protocol errors of its stdio children (`/healthz`, `/metrics`).
+    pub health: Arc<Health>,
 }
 
 impl UpstreamRuntime {
@@ -102,6 +104,7 @@ impl UpstreamRuntime {
             http,
             shared_child: Mutex::new(None),
             stateless_http,
+            health: Arc::default(),
         }))
     }
 
@@ -125,11 +128,14 @@ impl UpstreamRuntime {
                 &self.spec,
                 false,
                 MAX_STDIO_LINE,
+                self.health.clone(),
             )?)),
         }
     }
 
     /// The connection stateless-era requests share; a dead child is replaced.
+    /// A bad line from it fails only the call it names, so it is never
+    /// stopped for one (see `upstream::stdio`); one that exits is replaced here.
     pub fn stateless_link(&self) -> Result<Link, UpstreamError> {
         if let Some(session) = &self.stateless_http {
             return Ok(Link::Http(session.clone()));
@@ -138,7 +144,8 @@ impl UpstreamRuntime {
         match shared.as_ref() {
             Some(child) if !child.is_dead() => Ok(Link::Stdio(child.clone())),
             _ => {
-                let child = StdioChild::spawn(&self.spec, true, MAX_STDIO_LINE)?;
+                let child =
+                    StdioChild::spawn(&self.spec, true, MAX_STDIO_LINE, self.health.clone())?;
                 *shared = Some(child.clone());
                 Ok(Link::Stdio(child))
             }

@@ -454,13 +454,21 @@ async fn find_session(
         Some(session)
             if session.upstream.name == upstream.name && session.owner.as_deref() == agent =>
         {
-            if session.link.is_dead() {
+            if let Some(why) = session.link.dead_error() {
                 gw.close_session(sid).await;
+                let message = match why {
+                    UpstreamError::Broken { what } => format!(
+                        "Session not found: its upstream server broke the protocol (it {what}) and was stopped; start a new session"
+                    ),
+                    _ => {
+                        "Session not found: its upstream server exited; start a new session".into()
+                    }
+                };
                 return Err(rpc_error(
                     StatusCode::NOT_FOUND,
                     None,
                     code::SESSION_NOT_FOUND,
-                    "Session not found: its upstream server exited; start a new session",
+                    &message,
                 ));
             }
             session.touch(gw);

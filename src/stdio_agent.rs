@@ -116,9 +116,11 @@ impl StdioAgent {
                 if message.method() != Some("initialize")
                     && message.method() != Some("server/discover") =>
             {
-                let _ = link;
-                return Err(UpstreamError::Exited {
-                    status: "it can be restarted by a new initialize".into(),
+                return Err(match link.dead_error() {
+                    Some(broken @ UpstreamError::Broken { .. }) => broken,
+                    _ => UpstreamError::Exited {
+                        status: "it can be restarted by a new initialize".into(),
+                    },
                 });
             }
             _ => {}

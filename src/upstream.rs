@@ -7,7 +7,9 @@
 pub mod http;
 pub mod stdio;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use tokio::sync::mpsc;
@@ -62,6 +64,60 @@ pub enum UpstreamError {
     Timeout { seconds: u64 },
     #[error("upstream server sent an unreadable answer: {reason}")]
     BadReply { reason: String },
+    /// A stdio child that wrote something no JSON-RPC reader can frame (a
+    /// line that is not UTF-8 or over the size limit); Airlock stopped it.
+    #[error("upstream server broke the protocol: it {what}; Airlock stopped it")]
+    Broken { what: String },
+}
+
+/// How long a protocol error keeps an upstream `degraded` in `/healthz`.
+const DEGRADED_FOR: Duration = Duration::from_secs(600);
+
+/// How one upstream's links have behaved, shared by all of them (every
+/// session's child and the shared one), for `/healthz` and `/metrics`.
+#[derive(Default)]
+pub struct Health {
+    protocol_errors: AtomicU64,
+    broken_links: AtomicU64,
+    /// When the last protocol error happened and what the upstream did.
+    last: Mutex<Option<(Instant, String)>>,
+}
+
+impl Health {
+    /// Counts a line the upstream should not have written; `broke_link`
+    /// when Airlock stopped the child because of it.
+    pub fn protocol_error(&self, what: &str, broke_link: bool) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        if broke_link {
+            self.broken_links.fetch_add(1, Ordering::Relaxed);
+        }
+        *self.last.lock().expect("health lock") = Some((Instant::now(), what.to_owned()));
+    }
+
+    /// Lines that were not UTF-8, not JSON-RPC or over the size limit.
+    pub fn protocol_errors(&self) -> u64 {
+        self.protocol_errors.load(Ordering::Relaxed)
+    }
+
+    /// Children stopped because of a protocol error.
+    pub fn broken_links(&self) -> u64 {
+        self.broken_links.load(Ordering::Relaxed)
+    }
+
+    /// `"ok"`, or `"degraded: …"` naming the last protocol error while it is
+    /// recent (ten minutes).
+    pub fn summary(&self) -> String {
+        let last = self.last.lock().expect("health lock").clone();
+        match last {
+            Some((at, what)) if at.elapsed() < DEGRADED_FOR => format!(
+                "degraded: {} s ago it {what} (protocol errors: {}, children stopped: {})",
+                at.elapsed().as_secs(),
+                self.protocol_errors(),
+                self.broken_links()
+            ),
+            _ => "ok".into(),
+        }
+    }
 }
 
 /// One item of a streamed reply, in SSE terms.
@@ -291,11 +347,19 @@ impl Link {
         }
     }
 
-    /// Whether the upstream is gone for good (a dead child).
+    /// Whether the upstream is gone for good (a dead or stopped child).
     pub fn is_dead(&self) -> bool {
         match self {
             Link::Stdio(child) => child.is_dead(),
             Link::Http(_) => false,
+        }
+    }
+
+    /// Why a dead link is dead, as the agent is told (see [`Link::is_dead`]).
+    pub fn dead_error(&self) -> Option<UpstreamError> {
+        match self {
+            Link::Stdio(child) if child.is_dead() => Some(child.exited_error()),
+            _ => None,
         }
     }
 }

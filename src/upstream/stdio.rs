@@ -7,27 +7,39 @@
 //!
 //! The child runs in its own process group so that `npx`-style launchers and
 //! their grandchildren are ended together (no orphans).
+//!
+//! Stdout is read as bytes, one line at a time ([`LineDecoder`]), so no line
+//! ends the reader: a line that is not UTF-8, not JSON-RPC or over the size
+//! limit is a protocol error. It fails the request whose `id` can still be
+//! read from it ([`lenient_id`]); in shared mode nothing else (other agents'
+//! calls are not theirs to lose), in a session's own child every waiting
+//! call. A line that is not UTF-8 or over the limit also stops a session's
+//! child: its session ends with an error saying why (see docs/reliability.md).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use dashmap::DashMap;
 use futures::StreamExt;
 use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, Reply, ReplyBody, UpstreamError, UpstreamSpec};
+use super::{Event, Health, Reply, ReplyBody, UpstreamError, UpstreamSpec};
 use crate::jsonrpc::{self, Id, Kind, Message, code, line};
 
 /// Queue depth of one request's reply stream.
 const ROUTE_QUEUE: usize = 64;
+
+/// How much of an over-long line is kept to look for its `id`.
+const TOO_LONG_HEAD: usize = 16 * 1024;
 
 /// A running child process and the requests waiting on it.
 pub struct StdioChild {
@@ -48,7 +60,20 @@ pub struct StdioChild {
     /// Cancelled once the child has exited and every route has been failed.
     dead: CancellationToken,
     exit_status: OnceLock<String>,
+    /// Set when Airlock stopped the child for breaking the protocol: what it did.
+    broken: OnceLock<String>,
+    /// The upstream's protocol-error counts, shared with its other links.
+    health: Arc<Health>,
+    max_line: usize,
     pid: Option<u32>,
+}
+
+/// A line from the child that is not a JSON-RPC message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    NotUtf8,
+    TooLong,
+    NotJsonRpc,
 }
 
 struct Route {
@@ -72,11 +97,13 @@ struct MetaPeek<'a> {
 }
 
 impl StdioChild {
-    /// Starts the child. `shared` turns on id and progress-token remapping.
+    /// Starts the child. `shared` turns on id and progress-token remapping;
+    /// protocol errors are counted in `health`.
     pub fn spawn(
         spec: &UpstreamSpec,
         shared: bool,
         max_line: usize,
+        health: Arc<Health>,
     ) -> Result<Arc<StdioChild>, UpstreamError> {
         let UpstreamSpec::Stdio {
             command,
@@ -117,21 +144,29 @@ impl StdioChild {
             next_id: AtomicU64::new(1),
             dead: CancellationToken::new(),
             exit_status: OnceLock::new(),
+            broken: OnceLock::new(),
+            health,
+            max_line,
             pid: child.id(),
         });
         tokio::spawn(write_lines(stdin, writer_rx));
         let weak = Arc::downgrade(&this);
-        let lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(max_line));
+        let lines = FramedRead::new(stdout, LineDecoder::new(max_line));
         tokio::spawn(read_until_exit(weak, lines, child));
         tracing::info!(command = %this.command, pid = ?this.pid, "started upstream child");
         Ok(this)
     }
 
+    /// Exited, or stopped for breaking the protocol (it may still be exiting).
     pub fn is_dead(&self) -> bool {
-        self.dead.is_cancelled()
+        self.dead.is_cancelled() || self.broken.get().is_some()
     }
 
-    fn exited_error(&self) -> UpstreamError {
+    /// Why requests to this child fail now.
+    pub(crate) fn exited_error(&self) -> UpstreamError {
+        if let Some(what) = self.broken.get() {
+            return UpstreamError::Broken { what: what.clone() };
+        }
         UpstreamError::Exited {
             status: self
                 .exit_status
@@ -408,39 +443,129 @@ impl StdioChild {
 
     /// Called once the child has exited: fail every waiting request.
     fn fail_all(&self, status: String) {
-        self.progress.clear();
         let _ = self.exit_status.set(status);
         let reason = self.exited_error().to_string();
-        let ids: Vec<Id> = self.routes.iter().map(|r| r.key().clone()).collect();
-        for id in ids {
-            if let Some((_, route)) = self.routes.remove(&id) {
-                let error =
-                    jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, &reason);
-                let _ = route.tx.try_send(Event {
-                    id: None,
-                    message: error,
-                });
-            }
-        }
+        self.fail_routes(None, &reason);
+        self.progress.clear();
         self.unsolicited.lock().expect("unsolicited lock").take();
         self.dead.cancel();
     }
 
-    /// Fails every waiting request because the child wrote something unreadable.
-    fn fail_in_flight(&self, reason: &str) {
-        self.progress.clear();
-        let ids: Vec<Id> = self.routes.iter().map(|r| r.key().clone()).collect();
-        for id in ids {
-            if let Some((_, route)) = self.routes.remove(&id) {
-                let error =
-                    jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, reason);
-                let _ = route.tx.try_send(Event {
-                    id: None,
-                    message: error,
-                });
-            }
+    /// Handles a line that is not a JSON-RPC message: fails the call it can
+    /// be traced to, else (in a session's own child) every waiting call; a
+    /// session's child that wrote bytes no reader can frame is stopped.
+    fn protocol_error(self: &Arc<Self>, fault: Fault, line: &[u8], detail: &str) {
+        let what = fault.describe(self.max_line, detail);
+        let fatal = !self.shared && fault != Fault::NotJsonRpc;
+        self.health.protocol_error(&what, fatal);
+        let id = lenient_id(line);
+        tracing::warn!(command = %self.command, ?id, shared = self.shared, "upstream protocol error: it {what}");
+        if fatal {
+            self.break_link(what);
+            return;
+        }
+        let reason = format!("upstream server broke the protocol: it {what}");
+        let attributed = id.is_some_and(|id| self.fail_routes(Some(&id), &reason) > 0);
+        if attributed {
+            return;
+        }
+        if self.shared {
+            // Which agent's call it was cannot be told: failing them all
+            // would let one agent's call take the others down.
+            tracing::warn!(command = %self.command, "no call could be matched to the bad line; none failed");
+        } else {
+            self.fail_routes(None, &reason); // one agent's link: all its calls
         }
     }
+
+    /// Stops a child that can no longer be trusted to answer: every waiting
+    /// call fails now, later requests fail at once, and the process group ends.
+    fn break_link(self: &Arc<Self>, what: String) {
+        if self.broken.set(what).is_err() {
+            return;
+        }
+        let reason = self.exited_error().to_string();
+        self.fail_routes(None, &reason);
+        let this = self.clone();
+        tokio::spawn(async move { this.shutdown().await });
+    }
+
+    /// Answers the waiting request `only` (or every one) with an error;
+    /// returns how many there were.
+    fn fail_routes(&self, only: Option<&Id>, reason: &str) -> usize {
+        let ids: Vec<Id> = match only {
+            Some(id) => vec![id.clone()],
+            None => self.routes.iter().map(|r| r.key().clone()).collect(),
+        };
+        let mut failed = 0;
+        for id in ids {
+            let Some((_, route)) = self.routes.remove(&id) else {
+                continue;
+            };
+            match &route.token {
+                Some((ours, _)) => {
+                    self.progress.remove(ours);
+                }
+                None => self.progress.retain(|_, v| v != &id),
+            }
+            let error = jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, reason);
+            send_without_blocking(
+                route.tx,
+                Event {
+                    id: None,
+                    message: error,
+                },
+            );
+            failed += 1;
+        }
+        failed
+    }
+}
+
+impl Fault {
+    /// What the upstream did, after "it" (for errors, logs and `/healthz`).
+    fn describe(self, max_line: usize, detail: &str) -> String {
+        match self {
+            Fault::NotUtf8 => "wrote a line to stdout that is not UTF-8".into(),
+            Fault::TooLong => format!(
+                "wrote a line to stdout over the {} MiB limit",
+                max_line / (1024 * 1024)
+            ),
+            Fault::NotJsonRpc => format!("wrote invalid JSON-RPC to stdout ({detail})"),
+        }
+    }
+}
+
+/// The top-level `id` of a line that is not a valid message, read
+/// leniently: bytes that are not UTF-8 are replaced, and only the members
+/// before `id` must parse (a truncated or garbled `result` after it does not
+/// matter). Only a string or a number counts.
+fn lenient_id(line: &[u8]) -> Option<Id> {
+    struct FindId<'a>(&'a mut Option<Box<RawValue>>);
+    impl<'de> Visitor<'de> for FindId<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "id" {
+                    *self.0 = Some(map.next_value()?);
+                    // Stop here: what follows may be the garbage.
+                    return Err(de::Error::custom("found the id"));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let text = String::from_utf8_lossy(line);
+    let mut found = None;
+    let mut reader = serde_json::Deserializer::from_str(&text);
+    let _ = de::Deserializer::deserialize_map(&mut reader, FindId(&mut found));
+    let raw = found?;
+    let raw = raw.get();
+    matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')).then(|| Id::from_raw(raw))
 }
 
 /// Queues an event for one agent; if its queue is full, a small task waits
@@ -500,35 +625,48 @@ async fn write_lines(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiv
 
 async fn read_until_exit(
     child_ref: Weak<StdioChild>,
-    mut lines: FramedRead<tokio::process::ChildStdout, LinesCodec>,
+    mut lines: FramedRead<tokio::process::ChildStdout, LineDecoder>,
     mut process: tokio::process::Child,
 ) {
     while let Some(line) = lines.next().await {
         let Some(child) = child_ref.upgrade() else {
             break;
         };
+        if child.broken.get().is_some() {
+            continue; // stopping: nobody is waiting for what it writes
+        }
         match line {
-            Ok(line) if line.trim().is_empty() => {}
-            Ok(line) => match Message::parse(Bytes::from(line)) {
-                Ok(message) => child.dispatch(message).await,
-                Err(e) => {
-                    tracing::warn!(command = %child.command, "upstream wrote invalid JSON-RPC to stdout: {e}");
-                    child.fail_in_flight(&format!(
-                        "upstream server wrote invalid JSON-RPC to stdout ({e})"
-                    ));
+            Ok(Line::Complete(line)) if line.iter().all(u8::is_ascii_whitespace) => {}
+            Ok(Line::Complete(line)) => {
+                let line = line.freeze();
+                match Message::parse(line.clone()) {
+                    Ok(message) => child.dispatch(message).await,
+                    Err(jsonrpc::FrameError::NotUtf8) => {
+                        child.protocol_error(Fault::NotUtf8, &line, "")
+                    }
+                    Err(e) => child.protocol_error(Fault::NotJsonRpc, &line, &e.to_string()),
                 }
-            },
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
-                tracing::warn!(command = %child.command, "upstream wrote a line over the size limit");
-                child.fail_in_flight("upstream server wrote a message over the size limit");
             }
-            Err(LinesCodecError::Io(e)) => {
+            Ok(Line::TooLong { head }) => child.protocol_error(Fault::TooLong, &head, ""),
+            Err(e) => {
                 tracing::warn!(command = %child.command, "reading upstream stdout failed: {e}");
+                child.break_link(format!("could not be read from ({e})"));
                 break;
             }
         }
     }
-    let status = match process.wait().await {
+    // Stdout is closed: a child that keeps running can never answer again.
+    let status = match tokio::time::timeout(Duration::from_secs(5), process.wait()).await {
+        Ok(waited) => waited,
+        Err(_) => {
+            if let Some(pid) = process.id() {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::SIGKILL);
+            }
+            process.wait().await
+        }
+    };
+    let status = match status {
         Ok(status) => status.to_string(),
         Err(e) => format!("wait failed: {e}"),
     };
@@ -538,3 +676,101 @@ async fn read_until_exit(
         child.fail_all(status);
     }
 }
+
+/// One line of the child's stdout.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// Without its `\n` (and a `\r` before it).
+    Complete(BytesMut),
+    /// A line over the limit, discarded up to its end; `head` is its start.
+    TooLong { head: Bytes },
+}
+
+/// Splits stdout into lines of bytes. Unlike `LinesCodec` it never fails on
+/// content (after a codec error `FramedRead` stops reading for good): UTF-8
+/// is checked by the parser, and a line over `max` is reported once as
+/// [`Line::TooLong`] and skipped to its newline, and reading goes on.
+struct LineDecoder {
+    max: usize,
+    /// Where to resume looking for `\n` (bytes before it have none).
+    searched: usize,
+    /// Inside an over-long line: drop bytes up to the next `\n`.
+    discarding: bool,
+}
+
+impl LineDecoder {
+    fn new(max: usize) -> LineDecoder {
+        LineDecoder {
+            max,
+            searched: 0,
+            discarding: false,
+        }
+    }
+
+    fn too_long(&mut self, buf: &mut BytesMut, upto: usize) -> Line {
+        let head = Bytes::copy_from_slice(&buf[..upto.min(TOO_LONG_HEAD)]);
+        buf.advance(upto);
+        Line::TooLong { head }
+    }
+}
+
+impl Decoder for LineDecoder {
+    type Item = Line;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, std::io::Error> {
+        loop {
+            let newline = buf[self.searched..].iter().position(|b| *b == b'\n');
+            let Some(offset) = newline else {
+                if self.discarding {
+                    buf.clear();
+                    self.searched = 0;
+                    return Ok(None);
+                }
+                if buf.len() > self.max {
+                    self.discarding = true;
+                    self.searched = 0;
+                    let all = buf.len();
+                    return Ok(Some(self.too_long(buf, all)));
+                }
+                self.searched = buf.len();
+                return Ok(None);
+            };
+            let end = self.searched + offset;
+            self.searched = 0;
+            if self.discarding {
+                self.discarding = false;
+                buf.advance(end + 1);
+                continue;
+            }
+            if end > self.max {
+                let line = self.too_long(buf, end);
+                buf.advance(1);
+                return Ok(Some(line));
+            }
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            return Ok(Some(Line::Complete(line)));
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, std::io::Error> {
+        if let Some(line) = self.decode(buf)? {
+            return Ok(Some(line));
+        }
+        if self.discarding || buf.is_empty() {
+            buf.clear();
+            return Ok(None);
+        }
+        // A last line without its newline.
+        self.searched = 0;
+        let line = buf.split();
+        Ok(Some(Line::Complete(line)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

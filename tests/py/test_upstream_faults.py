@@ -8,11 +8,13 @@ Each test passes a path unique to it in the upstream's command line, so the
 import os
 import signal
 import sys
+import time
 
 import httpx
 import pytest
 
-from harness import free_port
+from harness import free_port, text_of
+from holdkit import HeldCall, start_gateway
 from rawmcp import (
     answer, call_body, client, init_body, marked_testserver, open_session, post, procs_with,
     rpc_error_of, session_headers, stateless_headers, stateless_meta, wait_until,
@@ -279,3 +281,119 @@ def test_idle_session_is_reaped_and_its_upstream_ends(procs, tmp_path, marker, c
     assert wait_until(lambda: not procs_with(marker), timeout=6), "idle session's child still running"
     r = echo(c, url, sid)
     assert r.status_code == 404
+
+
+# ----------------------------------------------------------------------------- bad lines on stdout
+#
+# The testserver's `garbage` tool writes one line that is not a JSON-RPC message
+# instead of its answer, then never answers. Every wait is bounded: the gateway
+# this replaced stopped reading the child on such a line, so calls hung.
+
+WAIT = 10  # seconds a prompt answer may take, at most
+
+
+def garbage(c, url, headers, kind, req_id, with_id=True, meta=None) -> httpx.Response:
+    body = call_body(req_id, "garbage", {"kind": kind, "with_id": with_id}, meta=meta)
+    try:
+        return post(c, url, body, headers, timeout=WAIT + 20 if kind == "too_long" else WAIT)
+    except httpx.ReadTimeout:
+        pytest.fail(f"a call whose upstream wrote a {kind} line got no answer (hang)")
+
+
+def stateless_garbage(c, url, kind, req_id, with_id=True) -> httpx.Response:
+    return garbage(c, url, stateless_headers("tools/call", "garbage"), kind, req_id, with_id, stateless_meta())
+
+
+def upstream_health(gw) -> str:
+    h = httpx.get(f"{gw.base}/healthz", timeout=5).json()
+    assert h["status"] == "ok", h  # one upstream's fault is not the gateway's
+    states = list(h.get("upstreams", {}).values())
+    assert len(states) == 1, h
+    return states[0]
+
+
+def metric(gw, name: str) -> float:
+    text = httpx.get(f"{gw.base}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def later_call_on_a_broken_session_fails_fast(c, url, sid, what: str):
+    try:
+        r = echo(c, url, sid, req_id=9)  # no longer routed to the stopped child
+    except httpx.ReadTimeout:
+        pytest.fail("a later call on the session whose child broke the protocol hung")
+    assert r.status_code == 404, r.text
+    err = rpc_error_of(r)
+    assert "broke the protocol" in err["message"] and what in err["message"], err
+
+
+@pytest.mark.parametrize("kind, what", [("not_utf8", "not UTF-8"), ("too_long", "over the 64 MiB limit")])
+def test_session_child_writing_an_unframeable_line_fails_the_call_is_stopped_and_reported(procs, marker, c,
+                                                                                          kind, what):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    sid = open_session(c, gw.mcp)
+    r = garbage(c, gw.mcp, session_headers(sid), kind, 5)
+    err = answer(r, 5)["error"]
+    assert err["code"] == -32000, err
+    # The child is stopped (its process group killed), and /healthz and /metrics say why.
+    assert wait_until(lambda: not procs_with(marker), timeout=8), f"child still running: {procs_with(marker)}"
+    assert "broke the protocol" in err["message"] and what in err["message"], err
+    assert "stopped" in err["message"], err
+    state = upstream_health(gw)
+    assert state.startswith("degraded:") and what in state, state
+    assert metric(gw, "airlock_upstream_protocol_errors_total") == 1
+    assert metric(gw, "airlock_upstream_children_stopped_total") == 1
+    later_call_on_a_broken_session_fails_fast(c, gw.mcp, sid, what)
+    # A new session gets a fresh child that works.
+    sid2 = open_session(c, gw.mcp)
+    assert answer(echo(c, gw.mcp, sid2, "fresh"), 3)["result"]["content"][0]["text"] == "fresh"
+
+
+def test_shared_child_bad_line_with_an_id_fails_only_that_call(procs, marker, c):
+    gw = procs.airlock(upstream=marked_testserver(marker))
+    slow = HeldCall(gw.mcp, "slow", {"steps": 1, "delay_ms": 2500}, req_id=1)  # agent B
+    slow.start()
+    time.sleep(0.5)  # B's call is in flight on the shared child
+    r = stateless_garbage(c, gw.mcp, "not_utf8", 1)  # agent A, same JSON-RPC id as B
+    err = rpc_error_of(r)
+    assert err["code"] == -32000 and "not UTF-8" in err["message"], err
+    assert text_of(slow.result(WAIT)) == "done after 1 steps"
+    # The shared child was not restarted for it, and keeps answering.
+    assert len(procs_with(marker)) == 1
+    r = post(c, gw.mcp, call_body(3, "echo", {"text": "after"}, meta=stateless_meta()),
+             stateless_headers("tools/call", "echo"), timeout=WAIT)
+    assert r.json()["result"]["content"][0]["text"] == "after"
+    assert "not UTF-8" in upstream_health(gw)
+    assert metric(gw, "airlock_upstream_children_stopped_total") == 0
+
+
+def test_shared_child_bad_line_without_an_id_fails_no_other_agents_call(procs, tmp_path, marker, c):
+    # Which call the line answered cannot be told: it fails none; A's call ends at upstream_timeout.
+    gw = procs.airlock(config=config_file(tmp_path, marker, "upstream_timeout = 4"))
+    url = gw.endpoint("up")
+    slow = HeldCall(url, "slow", {"steps": 1, "delay_ms": 2500}, req_id=1)  # agent B
+    slow.start()
+    time.sleep(0.5)
+    r = stateless_garbage(c, url, "not_json", 2, with_id=False)  # agent A
+    assert "within 4 s" in rpc_error_of(r)["message"]
+    assert text_of(slow.result(WAIT)) == "done after 1 steps"
+    assert "invalid JSON-RPC" in upstream_health(gw)
+    assert metric(gw, "airlock_upstream_protocol_errors_total") == 1
+
+
+def test_approved_held_call_whose_upstream_breaks_gets_an_error_not_a_hang(procs, c):
+    policy = {"version": "1", "default": "allow",
+              "rules": {"garbage": {"action": "require_approval", "reason": "test"}}}
+    gw = start_gateway(procs, policy)
+    sid = open_session(c, gw.mcp)
+    held = HeldCall(gw.mcp, "garbage", {"kind": "not_utf8"}, req_id=4, session=sid)
+    held.start()
+    (item,) = gw.wait_pending(1)
+    assert gw.decide(item["id"], "approve").status_code == 200
+    held.join(WAIT)
+    assert not held.is_alive(), "the approved call hung after its upstream wrote a line that is not UTF-8"
+    assert held.answer is not None and held.answer["error"]["code"] == -32000, (held.status, held.messages)
+    assert "not UTF-8" in held.answer["error"]["message"]

@@ -32,7 +32,8 @@ from mcp.shared.exceptions import MCPError
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "testserver.py")
 PY = sys.executable
-EXPECTED_TOOLS = {"echo", "add", "slow", "sample", "elicit", "large", "crash", "delete_record", "secret_tool"}
+EXPECTED_TOOLS = {"echo", "add", "slow", "sample", "elicit", "large", "crash", "delete_record", "secret_tool",
+                  "garbage"}
 
 results: list[tuple[str, bool, str]] = []
 raw_facts: dict[str, Any] = {}

@@ -28,7 +28,12 @@ is the compact JSON (separators ",", ":") of the accepted content (schema {"answ
 `elicited: {"answer":"yes"}`, or of the action string on decline/cancel, e.g. `elicited: "decline"`;
 large{size} -> text of exactly `size` bytes of "x"; crash{} -> os._exit(3) with no answer;
 delete_record{id} -> "deleted <id>" (annotations destructiveHint=true);
-secret_tool{} -> "secret". Resource test://hello ("hello"), prompt greet{name} ->
+secret_tool{} -> "secret";
+garbage{kind, with_id=true, size=64 MiB + 16} (stdio only) -> instead of an answer, writes one line to
+stdout that is not a JSON-RPC message, then never answers: kind "not_utf8" (bytes 0xff 0xfe where the
+result should be), "not_json" (a truncated result), "too_long" (a line of `size` bytes, over the 64 MiB
+line limit of Airlock's stdio reader). with_id=true starts the line like a response to this call
+(`{"jsonrpc":"2.0","id":<this request's id>,"result":…`), with_id=false gives it no id. Resource test://hello ("hello"), prompt greet{name} ->
 one user message "Hello, <name>!". All tool results are unstructured (content only, no
 structuredContent/outputSchema).
 
@@ -101,6 +106,10 @@ from mcp.server.mcpserver.resolve import Elicit, Resolve, Sample
 from mcp.shared.exceptions import MCPError
 
 SERVER_NAME = "airlock-testserver"
+
+# The stdio wire, duplicated before the SDK diverts fd 1 to stderr (so that
+# stray prints cannot corrupt the protocol); the garbage tool writes here.
+WIRE_FD: int | None = None
 
 
 def log(*args: Any) -> None:
@@ -181,6 +190,29 @@ def build_server(unknown_tool: str, era: str) -> MCPServer:
     @mcp.tool(description="A tool that policies hide", structured_output=False)
     def secret_tool() -> str:
         return "secret"
+
+    @mcp.tool(description="Write a line that is not JSON-RPC to stdout instead of answering", structured_output=False)
+    async def garbage(ctx: Context, kind: str, with_id: bool = True, size: int = 64 * 1024 * 1024 + 16) -> str:
+        head = b'{"jsonrpc":"2.0",'
+        if with_id:
+            head += b'"id":' + json.dumps(ctx.request_context.request_id).encode() + b","
+        head += b'"result":'
+        if kind == "not_utf8":
+            line = head + b'{"content":[{"type":"text","text":"\xff\xfe"}]}}\n'
+        elif kind == "not_json":
+            line = head + b'{"content":[{"type":"te\n'
+        elif kind == "too_long":
+            line = head + b'"' + b"x" * max(0, size - len(head) - 3) + b'"}\n'
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+        log(f"garbage tool: writing a {kind} line of {len(line)} bytes to stdout")
+        if WIRE_FD is None:
+            raise ValueError("garbage needs the stdio transport")
+        view = memoryview(line)
+        while view:  # one write(2) for short lines, so no other message is cut in two
+            view = view[os.write(WIRE_FD, view):]
+        await anyio.sleep_forever()
+        return "unreachable"
 
     @mcp.resource("test://hello", name="hello", mime_type="text/plain")
     def hello() -> str:
@@ -426,6 +458,8 @@ def main(argv: list[str] | None = None) -> None:
 
     mcp = build_server(args.unknown_tool, args.era)
     if args.transport == "stdio":
+        global WIRE_FD
+        WIRE_FD = os.dup(1)
         anyio.run(run_stdio, mcp, args.era)
     else:
         anyio.run(run_http, mcp, args)
