@@ -661,22 +661,20 @@ fn to_response(
     response
 }
 
-/// One SSE frame; multi-line data is split into several `data:` lines.
+/// One SSE frame with one `data:` line. SSE ends a line at LF, CR or CRLF, so
+/// the message goes through [`line::to_line`] first: a raw CR that JSON reads
+/// as whitespace would otherwise cut the event in two.
 fn sse_frame(event: &Event) -> Bytes {
-    let text = event.message.text();
-    let mut out = String::with_capacity(text.len() + 32);
+    let data = crate::jsonrpc::line::to_line(event.message.raw());
+    let mut out = Vec::with_capacity(data.len() + 32);
     if let Some(id) = &event.id {
-        out.push_str("id: ");
-        out.push_str(id);
-        out.push('\n');
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
     }
-    out.push_str("event: message\n");
-    for line in text.split('\n') {
-        out.push_str("data: ");
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
-        out.push('\n');
-    }
-    out.push('\n');
+    out.extend_from_slice(b"event: message\ndata: ");
+    out.extend_from_slice(&data);
+    out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
 

@@ -9,28 +9,25 @@
 //! message: same kind, method and id, the same tool name and arguments as the
 //! gate's `CallPeek`, and the same JSON value as a whole.
 //!
-//! The first input byte picks the era's path to the child: even = handshake
-//! era (own child per session: the agent's bytes go as they are), odd =
-//! stateless era (the shared child: the id and any progress token are
-//! rewritten to the gateway's own first, as `StdioChild::request` does).
-//! Seeds: fuzz/corpus/line_framing (docs/reliability.md).
-#![no_main]
+//! Two targets run it, one per era's path to the child:
+//! `line_framing_handshake` (own child per session: the agent's bytes go as
+//! they are) and `line_framing_stateless` (the shared child: the id and any
+//! progress token are first rewritten to the gateway's own, as
+//! `StdioChild::request` does). Seeds: fuzz/corpus/line_framing_* (see
+//! docs/reliability.md).
 
 use airlock::era::CallPeek;
 use airlock::jsonrpc::line::{is_one_line, to_line};
 use airlock::jsonrpc::{Id, Message};
 use bytes::Bytes;
-use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&mode, body)) = data.split_first() else {
+/// Checks one input; `shared_child` takes the stateless era's shared-child path.
+pub fn check(data: &[u8], shared_child: bool) {
+    let Ok(accepted) = Message::parse(Bytes::copy_from_slice(data)) else {
         return;
     };
-    let Ok(accepted) = Message::parse(Bytes::copy_from_slice(body)) else {
-        return;
-    };
-    let sent = if mode % 2 == 1 && accepted.is_request() {
+    let sent = if shared_child && accepted.is_request() {
         let ours = accepted.with_id(&Id::from_raw("\"airlock-7\""));
         ours.with_progress_token("\"airlock-p-8\"")
     } else {
@@ -78,4 +75,4 @@ fuzz_target!(|data: &[u8]| {
             b.map(|p| p.map(|p| p.name.into_owned()))
         ),
     }
-});
+}
