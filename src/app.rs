@@ -417,40 +417,49 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool, login: Option<&(PathBuf
                 "  Dashboard:    {}",
                 login_file::link(base, token)
             ));
+            output::say(format_args!("  Approver token: {token}"));
+            let again = match login {
+                Some(_) => {
+                    let audit = std::fs::canonicalize(&gw.config.audit.path)
+                        .unwrap_or_else(|_| gw.config.audit.path.clone());
+                    format!(
+                        "; `airlock login-link --audit {}` prints the link again (add --token for the token alone)",
+                        audit.display()
+                    )
+                }
+                None => String::new(),
+            };
             output::say(format_args!(
-                "  Approver token (the one in the dashboard link, for `airlock pending`/`approve`): {token}"
+                "  (the dashboard link carries the same token{again})"
             ));
-            if let Some((path, _)) = login {
-                let audit = std::fs::canonicalize(&gw.config.audit.path)
-                    .unwrap_or_else(|_| gw.config.audit.path.clone());
-                output::say(format_args!(
-                    "  Lost it? `airlock login-link --audit {}` prints the link again (from {}, readable only by you).",
-                    audit.display(),
-                    path.display()
-                ));
-            }
         }
         (None, _) => output::say(format_args!("  Dashboard:    {base}/")),
     }
 }
 
+/// Cancels `shutdown` on SIGTERM or SIGINT. Both are hooked before this
+/// returns (before the start-up text says the gateway is up), so a signal
+/// that follows the first stdout line always means a graceful end.
 fn spawn_signal_handler(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT: {e}");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    return;
-                }
-            };
         let signal = tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
         };
         // Cancel first: nothing that happens to the log line may stop the shutdown.
         shutdown.cancel();
-        tracing::info!(signal, "shutting down");
+        tracing::info!(%signal, "shutting down");
     });
 }
 

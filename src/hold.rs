@@ -348,6 +348,18 @@ pub async fn decide(
         }),
     );
     gw.notify_resolved(&pending.item, &resolution);
+    tracing::info!(
+        pending = %id,
+        tool = %pending.item.tool,
+        upstream = %pending.item.upstream,
+        agent = %pending.item.agent,
+        outcome = %decision.audit_decision(),
+        released = %resolution.outcome,
+        decider = resolution.decider.as_deref().map(tracing::field::display),
+        %channel,
+        wait_ms = wait.as_millis() as u64,
+        "held call decided"
+    );
     Ok(resolution)
 }
 
@@ -458,7 +470,16 @@ pub async fn hold_call(
     gw.events
         .publish("pending.created", json!({ "pending": item }));
     gw.notify_created(&item);
-    tracing::info!(pending = %id, %tool, agent = %item.agent, "call held for approval");
+    tracing::info!(
+        pending = %id,
+        %tool,
+        upstream = %item.upstream,
+        agent = %item.agent,
+        outcome = %"held",
+        rule = %item.rule,
+        expires_at = %item.expires_at,
+        "call held for approval"
+    );
 
     let (progress_token, as_task) = {
         let peek = era::peek(&message);

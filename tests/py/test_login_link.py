@@ -25,7 +25,7 @@ def test_login_link_prints_the_running_gateways_link_and_token(procs, monkeypatc
     dashboard = gw.proc.wait_for_line("  Dashboard:").split(":", 1)[1].strip()
     token_line = gw.proc.wait_for_line("  Approver token")
     assert token_line.endswith(dashboard.split("#token=", 1)[1]), (dashboard, token_line)
-    assert "airlock login-link --audit" in gw.proc.wait_for_line("  Lost it?")
+    assert "airlock login-link --audit" in gw.proc.wait_for_line("  (the dashboard link carries the same token")
     audit = audit_of(gw)
     login_file = audit.with_name(audit.name + ".login")
     assert stat.S_IMODE(login_file.stat().st_mode) == 0o600
