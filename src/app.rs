@@ -423,7 +423,7 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool, login: Option<&(PathBuf
                     let audit = std::fs::canonicalize(&gw.config.audit.path)
                         .unwrap_or_else(|_| gw.config.audit.path.clone());
                     format!(
-                        "; `airlock login-link --audit {}` prints the link again (add --token for the token alone)",
+                        "; `airlock login-link --audit {}` prints the link again, with --token the token alone",
                         audit.display()
                     )
                 }

@@ -642,6 +642,13 @@ impl Gateway {
                         rule,
                         retry_after: None,
                     };
+                    log_outcome(
+                        ctx,
+                        refusal.decision,
+                        tool,
+                        &refusal.rule,
+                        Some(&refusal.reason),
+                    );
                     return Ok(Exchange::answer(
                         gate::refusal_response(&id, &refusal, ctx.era),
                         ctx.era,
@@ -886,7 +893,13 @@ fn replayed_body(message: Message, streamed: bool) -> ReplyBody {
 /// One log line per policy outcome of a `tools/call` (never its arguments:
 /// those belong to the audit store, redacted). Allowed calls are the hot
 /// path and log at debug; every refusal at info. See docs/operations.md.
-fn log_outcome(ctx: &CallContext, outcome: &str, tool: &str, rule: &str, reason: Option<&str>) {
+pub(crate) fn log_outcome(
+    ctx: &CallContext,
+    outcome: &str,
+    tool: &str,
+    rule: &str,
+    reason: Option<&str>,
+) {
     if outcome == "allowed" {
         tracing::debug!(
             %tool,

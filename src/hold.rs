@@ -385,6 +385,7 @@ pub async fn hold_call(
 ) -> Result<Exchange, UpstreamError> {
     let request_id = message.id().cloned().unwrap_or_else(Id::null);
     let refuse = |text: String, decision: &'static str| {
+        crate::gateway::log_outcome(ctx, decision, &tool, &rule, Some(&text));
         let refusal = Refusal {
             decision,
             rule: rule.clone(),
