@@ -97,7 +97,8 @@ fn hide_secrets_from_children(config: &mut Config) {
     }
 }
 
-/// The approver token made up at start-up in quick mode (printed once).
+/// The approver token made up at start-up in quick mode (printed, and kept
+/// in the login file for `airlock login-link`).
 static GENERATED_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
