@@ -18,18 +18,10 @@ use crate::upstream::UpstreamSpec;
 use crate::{policy, reload};
 
 mod audit_cmd;
+mod login_file;
+mod output;
 
-/// Logs to stderr (stdout belongs to the protocol in stdio mode); `RUST_LOG` filters.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("airlock=info,warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
+pub use output::{complain, init_tracing};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -40,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,
         Command::Deny(args) => crate::remote::decide(args, "deny").await,
+        Command::LoginLink { audit, token } => login_file::print(&audit, token),
     }
 }
 
@@ -104,7 +97,8 @@ fn hide_secrets_from_children(config: &mut Config) {
     }
 }
 
-/// The approver token made up at start-up in quick mode (printed once).
+/// The approver token made up at start-up in quick mode (printed, and kept
+/// in the login file for `airlock login-link`).
 static GENERATED_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -279,10 +273,12 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
 
     let router = crate::server::router(gw.clone());
+    let mut login = None;
     let http = match listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
-            announce(&gw, addr, stdio);
+            login = write_login_file(&gw);
+            announce(&gw, addr, stdio, login.as_ref());
             Some(tokio::spawn(crate::listener::serve(
                 listener,
                 router,
@@ -301,6 +297,9 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         gw.shutdown.cancelled().await;
     }
     finish(&gw).await;
+    if let Some((path, link)) = &login {
+        login_file::remove(path, link);
+    }
     checkpoints.finish().await;
     if let Some(http) = http {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
@@ -367,26 +366,37 @@ async fn bind(config: &Config, stdio: bool) -> std::io::Result<tokio::net::TcpLi
     }
 }
 
-/// Prints where to connect; the only line on stdout in serve mode is the first.
-fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
+/// Writes the generated token's login link to the login file, so that
+/// `airlock login-link` can show it again; returns the file and the link.
+fn write_login_file(gw: &Gateway) -> Option<(PathBuf, String)> {
+    let token = GENERATED_TOKEN.get()?;
+    let path = login_file::path(&gw.config.audit.path);
+    let link = login_file::link(&gw.config.public_url, token);
+    match login_file::write(&path, &link) {
+        Ok(()) => Some((path, link)),
+        Err(e) => {
+            tracing::warn!(
+                "could not write the login link to {}: {e}; set AIRLOCK_APPROVER_TOKEN",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Prints where to connect; the first line on stdout in serve mode is
+/// machine-readable (tests and scripts wait for it).
+fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool, login: Option<&(PathBuf, String)>) {
+    let base = &gw.config.public_url;
     if stdio {
         // stdout belongs to the protocol and stderr often ends up in log files
-        // an agent can read: the generated token goes to a private file.
-        match GENERATED_TOKEN.get() {
-            Some(token) => {
-                let path = token_file(&gw.config.audit.path);
-                match write_private(&path, &format!("http://{addr}/login#token={token}\n")) {
-                    Ok(()) => tracing::info!(
-                        "dashboard: http://{addr}/ (login link in {}, readable only by you)",
-                        path.display()
-                    ),
-                    Err(e) => tracing::warn!(
-                        "dashboard: http://{addr}/ — could not write the login link to {}: {e}; set AIRLOCK_APPROVER_TOKEN",
-                        path.display()
-                    ),
-                }
-            }
-            None => tracing::info!("dashboard: http://{addr}/"),
+        // an agent can read: the generated token is only in the private file.
+        match login {
+            Some((path, _)) => tracing::info!(
+                "dashboard: {base}/ (login link in {}, readable only by you; `airlock login-link` prints it)",
+                path.display()
+            ),
+            None => tracing::info!("dashboard: {base}/"),
         }
         return;
     }
@@ -398,60 +408,59 @@ fn announce(gw: &Gateway, addr: SocketAddr, stdio: bool) {
             .map(|n| format!("http://{addr}/mcp/{n}"))
             .collect()
     };
-    // The first line is machine-readable (tests and scripts wait for it).
-    println!("airlock listening on http://{addr}");
+    output::say(format_args!("airlock listening on http://{addr}"));
     for p in paths {
-        println!("  MCP endpoint: {p}");
+        output::say(format_args!("  MCP endpoint: {p}"));
     }
-    let base = &gw.config.public_url;
-    match GENERATED_TOKEN.get() {
-        Some(token) => {
-            println!("  Dashboard:    {base}/login#token={token}");
-            println!("  Approver token (shown once): {token}");
-        }
-        None => println!("  Dashboard:    {base}/"),
-    }
-}
-
-/// Where `airlock stdio` keeps its generated login link: beside the audit store.
-fn token_file(audit: &Path) -> PathBuf {
-    let mut name = audit
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".login");
-    audit.with_file_name(name)
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())
-}
-
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    return;
+    match (GENERATED_TOKEN.get(), login) {
+        (Some(token), login) => {
+            output::say(format_args!(
+                "  Dashboard:    {}",
+                login_file::link(base, token)
+            ));
+            output::say(format_args!("  Approver token: {token}"));
+            let again = match login {
+                Some(_) => {
+                    let audit = std::fs::canonicalize(&gw.config.audit.path)
+                        .unwrap_or_else(|_| gw.config.audit.path.clone());
+                    format!(
+                        "; `airlock login-link --audit {}` prints the link again, with --token the token alone",
+                        audit.display()
+                    )
                 }
+                None => String::new(),
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            output::say(format_args!(
+                "  (the dashboard link carries the same token{again})"
+            ));
         }
-        tracing::info!("shutting down");
+        (None, _) => output::say(format_args!("  Dashboard:    {base}/")),
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT. Both are hooked before this
+/// returns (before the start-up text says the gateway is up), so a signal
+/// that follows the first stdout line always means a graceful end.
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let signal = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        // Cancel first: nothing that happens to the log line may stop the shutdown.
         shutdown.cancel();
+        tracing::info!(%signal, "shutting down");
     });
 }
 

@@ -40,6 +40,17 @@ pub enum Command {
     Approve(DecideArgs),
     /// Deny a held call on a running gateway.
     Deny(DecideArgs),
+    /// Print the login link of a gateway running on this machine with a
+    /// generated approver token (read from `<audit>.login`, readable only by
+    /// the gateway's user).
+    LoginLink {
+        /// The running gateway's audit database (its --audit).
+        #[arg(long, default_value = "airlock.db")]
+        audit: PathBuf,
+        /// Print only the approver token (e.g. for AIRLOCK_APPROVER_TOKEN).
+        #[arg(long)]
+        token: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

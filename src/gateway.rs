@@ -120,16 +120,24 @@ impl UpstreamRuntime {
         reloads
     }
 
+    /// Starts a stdio child and says so: its first answer can take seconds
+    /// (`npx` may be downloading it), and the call that started it waits.
+    fn start_child(&self, shared: bool) -> Result<Arc<StdioChild>, UpstreamError> {
+        let child = StdioChild::spawn(&self.spec, shared, MAX_STDIO_LINE, self.health.clone())?;
+        tracing::info!(
+            upstream = %self.name,
+            pid = child.pid(),
+            shared,
+            "upstream starting (the call that needs it waits for its first answer)"
+        );
+        Ok(child)
+    }
+
     /// A fresh upstream connection for one handshake-era agent session.
     pub fn session_link(&self) -> Result<Link, UpstreamError> {
         match &self.http {
             Some(http) => Ok(Link::Http(http.session())),
-            None => Ok(Link::Stdio(StdioChild::spawn(
-                &self.spec,
-                false,
-                MAX_STDIO_LINE,
-                self.health.clone(),
-            )?)),
+            None => Ok(Link::Stdio(self.start_child(false)?)),
         }
     }
 
@@ -144,8 +152,7 @@ impl UpstreamRuntime {
         match shared.as_ref() {
             Some(child) if !child.is_dead() => Ok(Link::Stdio(child.clone())),
             _ => {
-                let child =
-                    StdioChild::spawn(&self.spec, true, MAX_STDIO_LINE, self.health.clone())?;
+                let child = self.start_child(true)?;
                 *shared = Some(child.clone());
                 Ok(Link::Stdio(child))
             }
@@ -449,6 +456,7 @@ impl Gateway {
         reason: Option<&str>,
     ) {
         self.metrics.count(decision);
+        log_outcome(ctx, decision, tool, rule, reason);
         if decision == "allowed" && !self.config.audit.record_allowed {
             return;
         }
@@ -634,6 +642,13 @@ impl Gateway {
                         rule,
                         retry_after: None,
                     };
+                    log_outcome(
+                        ctx,
+                        refusal.decision,
+                        tool,
+                        &refusal.rule,
+                        Some(&refusal.reason),
+                    );
                     return Ok(Exchange::answer(
                         gate::refusal_response(&id, &refusal, ctx.era),
                         ctx.era,
@@ -873,4 +888,36 @@ fn replayed_body(message: Message, streamed: bool) -> ReplyBody {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let _ = tx.try_send(crate::upstream::Event { id: None, message });
     ReplyBody::Stream(crate::upstream::Events::Queue(rx))
+}
+
+/// One log line per policy outcome of a `tools/call` (never its arguments:
+/// those belong to the audit store, redacted). Allowed calls are the hot
+/// path and log at debug; every refusal at info. See docs/operations.md.
+pub(crate) fn log_outcome(
+    ctx: &CallContext,
+    outcome: &str,
+    tool: &str,
+    rule: &str,
+    reason: Option<&str>,
+) {
+    if outcome == "allowed" {
+        tracing::debug!(
+            %tool,
+            upstream = %ctx.upstream.name,
+            agent = %ctx.agent,
+            %outcome,
+            %rule,
+            "tools/call decided"
+        );
+    } else {
+        tracing::info!(
+            %tool,
+            upstream = %ctx.upstream.name,
+            agent = %ctx.agent,
+            %outcome,
+            %rule,
+            reason,
+            "tools/call decided"
+        );
+    }
 }

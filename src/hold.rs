@@ -348,6 +348,18 @@ pub async fn decide(
         }),
     );
     gw.notify_resolved(&pending.item, &resolution);
+    tracing::info!(
+        pending = %id,
+        tool = %pending.item.tool,
+        upstream = %pending.item.upstream,
+        agent = %pending.item.agent,
+        outcome = %decision.audit_decision(),
+        released = %resolution.outcome,
+        decider = resolution.decider.as_deref().map(tracing::field::display),
+        %channel,
+        wait_ms = wait.as_millis() as u64,
+        "held call decided"
+    );
     Ok(resolution)
 }
 
@@ -373,6 +385,7 @@ pub async fn hold_call(
 ) -> Result<Exchange, UpstreamError> {
     let request_id = message.id().cloned().unwrap_or_else(Id::null);
     let refuse = |text: String, decision: &'static str| {
+        crate::gateway::log_outcome(ctx, decision, &tool, &rule, Some(&text));
         let refusal = Refusal {
             decision,
             rule: rule.clone(),
@@ -458,7 +471,16 @@ pub async fn hold_call(
     gw.events
         .publish("pending.created", json!({ "pending": item }));
     gw.notify_created(&item);
-    tracing::info!(pending = %id, %tool, agent = %item.agent, "call held for approval");
+    tracing::info!(
+        pending = %id,
+        %tool,
+        upstream = %item.upstream,
+        agent = %item.agent,
+        outcome = %"held",
+        rule = %item.rule,
+        expires_at = %item.expires_at,
+        "call held for approval"
+    );
 
     let (progress_token, as_task) = {
         let peek = era::peek(&message);

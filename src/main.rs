@@ -8,14 +8,14 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("airlock: cannot start the async runtime: {e}");
+            airlock::app::complain(format_args!("airlock: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let code = match runtime.block_on(airlock::app::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("airlock: {e:#}");
+            airlock::app::complain(format_args!("airlock: {e:#}"));
             ExitCode::FAILURE
         }
     };

@@ -153,8 +153,13 @@ impl StdioChild {
         let weak = Arc::downgrade(&this);
         let lines = FramedRead::new(stdout, LineDecoder::new(max_line));
         tokio::spawn(read_until_exit(weak, lines, child));
-        tracing::info!(command = %this.command, pid = ?this.pid, "started upstream child");
+        tracing::debug!(command = %this.command, pid = this.pid, "started upstream child");
         Ok(this)
+    }
+
+    /// The child's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// Exited, or stopped for breaking the protocol (it may still be exiting).
@@ -313,7 +318,7 @@ impl StdioChild {
                     return;
                 };
                 let Some((_, route)) = self.routes.remove(id) else {
-                    tracing::debug!(command = %self.command, ?id, "response for a request nobody waits for");
+                    tracing::debug!(command = %self.command, id = id.raw(), "response for a request nobody waits for");
                     return;
                 };
                 if let Some((ours, _)) = &route.token {
@@ -459,7 +464,7 @@ impl StdioChild {
         let fatal = !self.shared && fault != Fault::NotJsonRpc;
         self.health.protocol_error(&what, fatal);
         let id = lenient_id(line);
-        tracing::warn!(command = %self.command, ?id, shared = self.shared, "upstream protocol error: it {what}");
+        tracing::warn!(command = %self.command, id = id.as_ref().map(Id::raw), shared = self.shared, "upstream protocol error: it {what}");
         if fatal {
             self.break_link(what);
             return;

@@ -213,7 +213,7 @@ def test_stdout_carries_only_jsonrpc_and_logs_go_to_stderr(agent):
         message = json.loads(line)
         assert message.get("jsonrpc") == "2.0", line
     assert any(m.get("method") == "notifications/progress" for m in map(json.loads, agent.proc.stdout_log))
-    assert "started upstream child" in agent.proc.stderr_text()
+    assert "upstream starting" in agent.proc.stderr_text()
 
 
 def test_stdin_eof_exits_0_and_ends_the_upstream(make_agent, tmp_path):
