@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use dashmap::DashMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -371,9 +371,14 @@ impl StdioChild {
         };
         let original: serde_json::Value =
             serde_json::from_str(route.original_id.raw()).unwrap_or(serde_json::Value::Null);
-        if let Some(meta) = value.pointer_mut("/params/_meta") {
-            meta[SUBSCRIPTION] = original;
-        }
+        // `M` also reads an array positionally: only an object's key is replaced.
+        let Some(meta) = value
+            .pointer_mut("/params/_meta")
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            return false;
+        };
+        meta.insert(SUBSCRIPTION.to_owned(), original);
         send_without_blocking(
             route.tx.clone(),
             Event {
@@ -645,7 +650,17 @@ async fn read_until_exit(
             Ok(Line::Complete(line)) => {
                 let line = line.freeze();
                 match Message::parse(line.clone()) {
-                    Ok(message) => child.dispatch(message).await,
+                    Ok(message) => {
+                        // This task reads for every agent of the child: a bug in
+                        // routing one message must not end it (calls would hang).
+                        let routed = std::panic::AssertUnwindSafe(child.dispatch(message))
+                            .catch_unwind()
+                            .await;
+                        if routed.is_err() {
+                            tracing::error!(command = %child.command, "routing a message from the upstream panicked; dropped it");
+                            child.protocol_error(Fault::NotJsonRpc, &line, "Airlock could not route it");
+                        }
+                    }
                     Err(jsonrpc::FrameError::NotUtf8) => {
                         child.protocol_error(Fault::NotUtf8, &line, "")
                     }

@@ -6,6 +6,7 @@ Each test passes a path unique to it in the upstream's command line, so the
 /proc scan (`procs_with`) sees only that test's children.
 """
 import os
+from pathlib import Path
 import signal
 import sys
 import time
@@ -397,3 +398,16 @@ def test_approved_held_call_whose_upstream_breaks_gets_an_error_not_a_hang(procs
     assert not held.is_alive(), "the approved call hung after its upstream wrote a line that is not UTF-8"
     assert held.answer is not None and held.answer["error"]["code"] == -32000, (held.status, held.messages)
     assert "not UTF-8" in held.answer["error"]["message"]
+
+
+def test_a_hostile_meta_array_cannot_stop_the_shared_childs_reader(procs, c):
+    """A notification whose `_meta` is an array holding an in-flight id (read
+    positionally, it looked like a subscription id) once panicked the task
+    that reads the shared child's stdout: every agent's call then hung."""
+    hostile = [sys.executable, str(Path(__file__).resolve().parents[1] / "servers" / "hostile_stdio.py")]
+    gw = procs.airlock(upstream=hostile)
+    for n in range(3):
+        r = post(c, gw.mcp, call_body(n + 1, "echo", {"text": "x"}, meta=stateless_meta()),
+                 stateless_headers("tools/call", "echo"), timeout=10)
+        assert r.status_code == 200, r.text
+        assert answer(r, n + 1)["result"]["content"][0]["text"] == "ok", r.text
