@@ -201,6 +201,11 @@ impl Session {
         }
     }
 
+    /// The version negotiated by `initialize`, when known.
+    pub fn protocol_version(&self) -> Option<&str> {
+        self.protocol_version.get().map(String::as_str)
+    }
+
     /// Whether a request's `MCP-Protocol-Version` fits this session.
     pub fn accepts_protocol_version(&self, version: &str) -> bool {
         match self.protocol_version.get() {
@@ -862,8 +867,11 @@ async fn probe_unknown_tool(
             let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
                 .ok()??;
-            if event.message.kind() == jsonrpc::Kind::Response {
-                break event.message;
+            if let Some(m) = event
+                .message
+                .filter(|m| m.kind() == jsonrpc::Kind::Response)
+            {
+                break m;
             }
         },
         _ => return None,
@@ -886,7 +894,7 @@ fn replayed_body(message: Message, streamed: bool) -> ReplyBody {
         return ReplyBody::Json(message);
     }
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let _ = tx.try_send(crate::upstream::Event { id: None, message });
+    let _ = tx.try_send(crate::upstream::Event::new(message));
     ReplyBody::Stream(crate::upstream::Events::Queue(rx))
 }
 
