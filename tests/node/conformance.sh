@@ -13,6 +13,7 @@
 # A scenario passes when none of its checks is a FAILURE (the CLI's own ✓/✗ rule).
 # CONFORMANCE_PACKAGE picks the pinned suite: `@modelcontextprotocol/conformance` (0.1.16, default) or
 # `conformance-next` (the npm alias of 0.2.0-alpha.12, which has `--requirements <revision>`).
+# CONFORMANCE_NODE_MODULES overrides the node_modules directory (default: the one beside this script).
 # Exit: 0 when a summary was written (whatever passed), 2 on usage/setup errors or no results.
 # Raw results stay in $CONFORMANCE_RESULTS_DIR when set, else in a temp dir that is removed.
 set -euo pipefail
