@@ -361,10 +361,13 @@ async fn handle_post(
             return to_response(exchange, None, false, None);
         }
         let mut exchange = exchange;
+        if let ReplyBody::Json(answer) = &exchange.reply.body {
+            session.remember_protocol_version(answer);
+        }
         let remember = session.clone();
         exchange.reply.body = exchange.reply.body.tap(move |answer| {
             if answer.kind() == Kind::Response {
-                remember.remember_protocol_version(answer);
+                remember.remember_negotiated_version(answer);
             }
         });
         return to_response(
