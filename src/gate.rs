@@ -198,6 +198,18 @@ pub fn acknowledges_tool_list_changes(message: &Message) -> bool {
             == Some(true)
 }
 
+/// Whether a response carries a tool list (`result.tools`): what a stream
+/// that may replay any earlier answer (a resumed `GET`) must filter.
+pub fn carries_tool_list(response: &Message) -> bool {
+    #[derive(Deserialize)]
+    struct HasTools<'a> {
+        #[serde(borrow)]
+        #[allow(dead_code)]
+        tools: &'a serde_json::value::RawValue,
+    }
+    response.result::<HasTools<'_>>().is_some()
+}
+
 pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
     if response.result::<serde::de::IgnoredAny>().is_none() {
         return response; // an error answer: nothing to filter

@@ -183,6 +183,10 @@ pub struct Session {
     pub in_flight: AtomicUsize,
     /// The version the upstream chose in `initialize`, when it answered with JSON.
     protocol_version: std::sync::OnceLock<String>,
+    /// The version the upstream chose, however it answered (JSON or SSE):
+    /// decides whether held calls get resumable streams. Unlike
+    /// `protocol_version` it does not constrain later headers.
+    negotiated: std::sync::OnceLock<String>,
 }
 
 /// Protocol versions of the handshake era.
@@ -197,8 +201,27 @@ impl Session {
             protocol_version: Option<String>,
         }
         if let Some(v) = answer.result::<R>().and_then(|r| r.protocol_version) {
+            let _ = self.negotiated.set(v.clone());
             let _ = self.protocol_version.set(v);
         }
+    }
+
+    /// Remembers the version of an `initialize` answered on a stream, for
+    /// [`Session::protocol_version`] only.
+    pub fn remember_negotiated_version(&self, answer: &Message) {
+        #[derive(serde::Deserialize)]
+        struct R {
+            #[serde(rename = "protocolVersion")]
+            protocol_version: Option<String>,
+        }
+        if let Some(v) = answer.result::<R>().and_then(|r| r.protocol_version) {
+            let _ = self.negotiated.set(v);
+        }
+    }
+
+    /// The version negotiated by `initialize`, when known.
+    pub fn protocol_version(&self) -> Option<&str> {
+        self.negotiated.get().map(String::as_str)
     }
 
     /// Whether a request's `MCP-Protocol-Version` fits this session.
@@ -387,6 +410,7 @@ impl Gateway {
             last_seen: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             protocol_version: std::sync::OnceLock::new(),
+            negotiated: std::sync::OnceLock::new(),
         });
         session.touch(self);
         self.sessions.insert(session.id.clone(), session.clone());
@@ -862,8 +886,11 @@ async fn probe_unknown_tool(
             let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
                 .ok()??;
-            if event.message.kind() == jsonrpc::Kind::Response {
-                break event.message;
+            if let Some(m) = event
+                .message
+                .filter(|m| m.kind() == jsonrpc::Kind::Response)
+            {
+                break m;
             }
         },
         _ => return None,
@@ -886,7 +913,7 @@ fn replayed_body(message: Message, streamed: bool) -> ReplyBody {
         return ReplyBody::Json(message);
     }
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let _ = tx.try_send(crate::upstream::Event { id: None, message });
+    let _ = tx.try_send(crate::upstream::Event::new(message));
     ReplyBody::Stream(crate::upstream::Events::Queue(rx))
 }
 

@@ -8,7 +8,11 @@
 //!
 //! The agent's request stays open as a stream: progress notifications while
 //! it waits (when it sent a `progressToken`), then the upstream's answer
-//! (approved) or a refusal. If the agent goes away, the hold is cancelled.
+//! (approved) or a refusal. If the agent goes away, the hold is cancelled —
+//! in a handshake-era HTTP session only once it has not come back with
+//! `Last-Event-ID` within a grace period (see [`stream`]).
+
+pub mod stream;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +31,7 @@ use crate::gateway::{CallContext, Exchange, Gateway};
 use crate::jsonrpc::{self, Id, Message};
 use crate::policy::{Approval, OnTimeout};
 use crate::upstream::{Event, Reply, ReplyBody, UpstreamError};
+use stream::HeldStream;
 
 /// A pending approval as the API, events and notifications show it.
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +130,9 @@ pub struct Holds {
     /// that state, for the same tool and arguments, continues the approved
     /// call instead of being held again.
     continuations: DashMap<String, (String, String, String, Instant)>,
+    /// Resumable held-call streams by pending id, open or finished less than
+    /// [`stream::GRACE`] ago.
+    streams: DashMap<String, Arc<HeldStream>>,
 }
 
 /// The canonical hash of raw arguments (absent arguments hash like `{}`).
@@ -491,16 +499,21 @@ pub async fn hold_call(
             as_task,
         )
     };
-    // Small: a held call carries a few progress notes, then its answer.
-    let (out_tx, out_rx) = crate::upstream::held_channel(4);
-    let (sink, answer_now) = if as_task {
+    let (sink, answer_now, out_rx) = if as_task {
         let (task_id, created) = gw.tasks.create(&id, &ctx.session_key, approval.timeout);
         (
             Sink::Task(task_id),
             Some(jsonrpc::result_response(&request_id, created)),
+            None,
         )
     } else {
-        (Sink::Stream(out_tx.tx, Some(out_tx.gone)), None)
+        let resumable = resumable_session(gw, ctx);
+        let (held, events) = HeldStream::open(&id, resumable);
+        let held = Arc::new(held);
+        if held.resumable() {
+            gw.holds.streams.insert(id.clone(), held.clone());
+        }
+        (Sink::Stream(held), None, Some(events))
     };
     let waiter = Waiter {
         gw: gw.clone(),
@@ -526,9 +539,10 @@ pub async fn hold_call(
         sink,
     };
     tokio::spawn(waiter.run(wake_rx));
-    if let Some(created) = answer_now {
+    let (Some(out_rx), None) = (out_rx, &answer_now) else {
+        let created = answer_now.expect("a task's answer is ready at once");
         return Ok(Exchange::answer(created, ctx.era));
-    }
+    };
     Ok(Exchange {
         reply: Reply {
             status: 200,
@@ -537,6 +551,18 @@ pub async fn hold_call(
         },
         list_filter: None,
     })
+}
+
+/// The session a held call's stream may be resumed in: a handshake-era HTTP
+/// session that negotiated 2025-11-25 or later (older clients cannot parse
+/// the priming event, and their spec does not promise resumption).
+fn resumable_session(gw: &Gateway, ctx: &CallContext) -> Option<String> {
+    if ctx.era != crate::era::Era::Handshake {
+        return None;
+    }
+    let session = gw.sessions.get(&ctx.session_key)?;
+    let version = session.protocol_version()?;
+    (version >= "2025-11-25").then(|| ctx.session_key.clone())
 }
 
 /// The task that waits for a decision on behalf of the held request.
@@ -559,11 +585,8 @@ struct Waiter {
 /// Where the held call's answer goes.
 enum Sink {
     /// The agent's open request (SSE on HTTP, the pending line on stdio),
-    /// and what tells that the agent went away (taken by the waiting loop).
-    Stream(
-        futures::channel::mpsc::Sender<Event>,
-        Option<oneshot::Receiver<()>>,
-    ),
+    /// resumable in a handshake-era HTTP session.
+    Stream(Arc<HeldStream>),
     /// A task the agent polls (stateless era with the tasks extension).
     Task(String),
 }
@@ -571,6 +594,12 @@ enum Sink {
 impl Waiter {
     /// Passes a message to the agent; false when the agent is gone.
     async fn deliver(&self, message: Message) -> bool {
+        self.relay(message, None).await
+    }
+
+    /// Passes a message to the agent, with the upstream's SSE event id and
+    /// `retry` if it had them; false when the agent is gone for good.
+    async fn relay(&self, message: Message, upstream: Option<&Event>) -> bool {
         if message.kind() == jsonrpc::Kind::Response {
             self.gw.holds.remember_continuation(
                 &message,
@@ -580,11 +609,9 @@ impl Waiter {
             );
         }
         match &self.sink {
-            Sink::Stream(tx, _) => {
-                let mut tx = tx.clone();
-                futures::SinkExt::send(&mut tx, Event { id: None, message })
-                    .await
-                    .is_ok()
+            Sink::Stream(held) => {
+                let (id, retry) = upstream.map_or((None, None), |e| (e.id.clone(), e.retry));
+                held.send(message, id, retry).await
             }
             Sink::Task(task_id) => {
                 if message.kind() == jsonrpc::Kind::Response {
@@ -595,21 +622,15 @@ impl Waiter {
         }
     }
 
-    async fn run(mut self, mut wake: oneshot::Receiver<Resolution>) {
-        // Resolves when a streaming agent goes away; never for tasks.
-        let mut gone_signal = match &mut self.sink {
-            Sink::Stream(_, gone) => gone.take(),
+    async fn run(self, mut wake: oneshot::Receiver<Resolution>) {
+        let held = match &self.sink {
+            Sink::Stream(held) => Some(held.clone()),
             Sink::Task(_) => None,
         };
-        let agent_gone = async move {
-            match gone_signal.as_mut() {
-                Some(signal) => {
-                    let _ = signal.await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(agent_gone);
+        // Resolves when a streaming agent goes away; never for tasks.
+        let mut gone_signal = held.as_ref().and_then(|h| h.take_gone());
+        // While a resumable stream is detached: when the hold gives up on it.
+        let mut detached_until: Option<tokio::time::Instant> = None;
         // The `decide` and `deliver` futures below are boxed: this loop is
         // what a held call keeps in memory while it waits, and an async
         // state machine is as large as its largest await.
@@ -624,7 +645,10 @@ impl Waiter {
             tokio::select! {
                 r = &mut wake => match r {
                     Ok(r) => break r,
-                    Err(_) => return,
+                    Err(_) => {
+                        self.finish(held.as_ref());
+                        return;
+                    }
                 },
                 _ = tokio::time::sleep_until(deadline), if !timed_out => {
                     // Latch only when the timeout itself won. If another
@@ -635,11 +659,26 @@ impl Waiter {
                         deadline = tokio::time::Instant::now() + Duration::from_secs(1);
                     }
                 }
-                _ = &mut agent_gone, if !gone => {
-                    gone = true;
-                    let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into()))).await;
+                _ = stream_gone(&mut gone_signal), if !gone => {
+                    gone_signal = None;
+                    if held.as_ref().is_some_and(|h| h.resumable()) {
+                        tracing::info!(pending = %self.id, "agent stream of a held call dropped; waiting {} s for it to resume", stream::GRACE.as_secs());
+                        detached_until = Some(tokio::time::Instant::now() + stream::GRACE);
+                    } else {
+                        gone = true;
+                        let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into()))).await;
+                    }
                 }
-                _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(..)) => {
+                _ = attached(held.as_deref()), if !gone => {
+                    gone_signal = held.as_ref().and_then(|h| h.take_gone());
+                    detached_until = None;
+                }
+                _ = tokio::time::sleep_until(detached_until.unwrap_or(deadline)), if detached_until.is_some() && !gone => {
+                    gone = true;
+                    detached_until = None;
+                    let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some(format!("the agent's stream dropped and was not resumed within {} s", stream::GRACE.as_secs())))).await;
+                }
+                _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(..)) && detached_until.is_none() => {
                     sent += 1;
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let note = self.progress(sent, left);
@@ -652,7 +691,18 @@ impl Waiter {
         };
         // Boxed: only a decided call pays for the (large) release future;
         // a waiting one stays a small task (docs/benchmarks.md, Holds).
+        let gw = self.gw.clone();
+        let id = self.id.clone();
         Box::pin(self.release(resolution, sent)).await;
+        if let Some(held) = held {
+            finish_stream(&gw, &id, &held);
+        }
+    }
+
+    fn finish(&self, held: Option<&Arc<HeldStream>>) {
+        if let Some(held) = held {
+            finish_stream(&self.gw, &self.id, held);
+        }
     }
 
     fn progress(&self, n: u64, left: Duration) -> Message {
@@ -756,9 +806,17 @@ impl Waiter {
                     self.deliver(m).await;
                 }
                 ReplyBody::Stream(mut rx) => {
-                    while let Some(event) = rx.recv().await {
-                        let message = shift_progress(event.message, progress_sent);
-                        if !self.deliver(message).await {
+                    while let Some(mut event) = rx.recv().await {
+                        let Some(message) = event.message.take() else {
+                            // The upstream's priming event: its id resumes
+                            // the upstream's stream.
+                            if let Sink::Stream(held) = &self.sink {
+                                held.push(None, event.id, event.retry);
+                            }
+                            continue;
+                        };
+                        let message = shift_progress(message, progress_sent);
+                        if !self.relay(message, Some(&event)).await {
                             return;
                         }
                     }
@@ -782,6 +840,38 @@ impl Waiter {
                 self.deliver(m).await;
             }
         }
+    }
+}
+
+/// Resolves when the agent's current attachment goes away; never without one.
+async fn stream_gone(signal: &mut Option<oneshot::Receiver<()>>) {
+    match signal {
+        Some(signal) => {
+            let _ = signal.await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when an agent re-attached to a resumable stream; never otherwise.
+async fn attached(held: Option<&HeldStream>) {
+    match held {
+        Some(held) if held.resumable() => held.attached.notified().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Ends a held call's stream; a resumable one stays for [`stream::GRACE`]
+/// so an agent whose stream dropped can still fetch the answer.
+fn finish_stream(gw: &Gateway, id: &str, held: &Arc<HeldStream>) {
+    held.finish();
+    if held.resumable() {
+        let gw = gw.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(stream::GRACE).await;
+            gw.holds.streams.remove(&id);
+        });
     }
 }
 

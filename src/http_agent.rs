@@ -360,9 +360,16 @@ async fn handle_post(
             gw.close_session(&sid).await;
             return to_response(exchange, None, false, None);
         }
+        let mut exchange = exchange;
         if let ReplyBody::Json(answer) = &exchange.reply.body {
             session.remember_protocol_version(answer);
         }
+        let remember = session.clone();
+        exchange.reply.body = exchange.reply.body.tap(move |answer| {
+            if answer.kind() == Kind::Response {
+                remember.remember_negotiated_version(answer);
+            }
+        });
         return to_response(
             exchange,
             Some(&sid),
@@ -623,12 +630,16 @@ fn to_response(
         ReplyBody::Stream(rx) => {
             let events = rx.map(move |event| {
                 let _busy = &busy;
-                let event = match &list_filter {
-                    Some(policy) if event.message.kind() == Kind::Response => Event {
-                        message: gate::filter_tools_list(policy, event.message),
-                        id: event.id,
-                    },
-                    _ => event,
+                let event = match (&list_filter, event.message) {
+                    (Some(policy), Some(m))
+                        if m.kind() == Kind::Response && gate::carries_tool_list(&m) =>
+                    {
+                        Event {
+                            message: Some(gate::filter_tools_list(policy, m)),
+                            ..event
+                        }
+                    }
+                    (_, message) => Event { message, ..event },
                 };
                 Ok::<_, Infallible>(sse_frame(&event))
             });
@@ -661,20 +672,37 @@ fn to_response(
     response
 }
 
-/// One SSE frame with one `data:` line. SSE ends a line at LF, CR or CRLF, so
-/// the message goes through [`line::to_line`] first: a raw CR that JSON reads
-/// as whitespace would otherwise cut the event in two.
+/// One SSE frame with one `data:` line (empty for a priming event), after
+/// the event's `id` and `retry` when it has them. SSE ends a line at LF, CR
+/// or CRLF, so the message goes through [`line::to_line`] first: a raw CR
+/// that JSON reads as whitespace would otherwise cut the event in two. An
+/// id with a line break (never sent by a sane upstream) is dropped for the
+/// same reason.
 fn sse_frame(event: &Event) -> Bytes {
-    let data = crate::jsonrpc::line::to_line(event.message.raw());
-    let mut out = Vec::with_capacity(data.len() + 32);
-    if let Some(id) = &event.id {
+    let data = event
+        .message
+        .as_ref()
+        .map(|m| crate::jsonrpc::line::to_line(m.raw()));
+    let len = data.as_ref().map_or(0, |d| d.len());
+    let mut out = Vec::with_capacity(len + 64);
+    if let Some(id) = &event.id
+        && !id.contains(['\r', '\n'])
+    {
         out.extend_from_slice(b"id: ");
         out.extend_from_slice(id.as_bytes());
         out.push(b'\n');
     }
-    out.extend_from_slice(b"event: message\ndata: ");
-    out.extend_from_slice(&data);
-    out.extend_from_slice(b"\n\n");
+    if let Some(retry) = event.retry {
+        out.extend_from_slice(format!("retry: {retry}\n").as_bytes());
+    }
+    match &data {
+        Some(data) => {
+            out.extend_from_slice(b"event: message\ndata: ");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\n\n");
+        }
+        None => out.extend_from_slice(b"data: \n\n"),
+    }
     Bytes::from(out)
 }
 
@@ -694,6 +722,33 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
         Ok(s) => s,
         Err(response) => return response,
     };
+    // A `Last-Event-ID` that Airlock issued resumes a held call's stream;
+    // any other goes to the upstream, which replays its own stream.
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok())
+        && let Some(resumed) = crate::hold::stream::resume(&gw.holds, &session.id, last)
+    {
+        return match resumed {
+            Ok(events) => to_response(
+                Exchange {
+                    reply: crate::upstream::Reply {
+                        status: 200,
+                        headers: HeaderMap::new(),
+                        body: ReplyBody::Stream(events),
+                    },
+                    list_filter: None,
+                },
+                None,
+                false,
+                Some(InFlight::new(&gw, Some(session))),
+            ),
+            Err(e) => rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                code::INVALID_REQUEST,
+                &e.to_string(),
+            ),
+        };
+    }
     let forwarded = upstream_headers(&gw, &headers);
     match session.link.listen(Some(&forwarded)).await {
         Ok(mut reply) => {
@@ -705,10 +760,12 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
                     None,
                 ));
             }
+            // A resumed stream may replay an answer to `tools/list`: it is
+            // filtered like the answer on the POST stream would have been.
             to_response(
                 Exchange {
                     reply,
-                    list_filter: None,
+                    list_filter: Some(upstream.policy()),
                 },
                 None,
                 false,

@@ -141,7 +141,9 @@ impl StdioAgent {
                 && let ReplyBody::Stream(mut rx) = reply.body
             {
                 while let Some(event) = rx.recv().await {
-                    this.emit(event.message).await;
+                    if let Some(message) = event.message {
+                        this.emit(message).await;
+                    }
                 }
             }
         });
@@ -255,7 +257,9 @@ impl StdioAgent {
             ReplyBody::Json(m) => self.emit(filter(m)).await,
             ReplyBody::Stream(mut rx) => {
                 while let Some(event) = rx.recv().await {
-                    self.emit(filter(event.message)).await;
+                    if let Some(message) = event.message {
+                        self.emit(filter(message)).await;
+                    }
                 }
             }
             ReplyBody::Empty | ReplyBody::Other { .. } => {

@@ -123,9 +123,42 @@ impl Health {
 /// One item of a streamed reply, in SSE terms.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// The upstream's SSE event id, kept so `Last-Event-ID` resumption passes through.
+    /// The SSE event id: the upstream's, passed through, or one Airlock
+    /// issued for a stream of its own (a held call), so that `Last-Event-ID`
+    /// resumption works (docs/protocol.md, "Resumable streams").
     pub id: Option<String>,
-    pub message: Message,
+    /// The SSE `retry` field (milliseconds before a client reconnects).
+    pub retry: Option<u64>,
+    /// `None` for an event without data: a priming event that only carries
+    /// an id (and maybe `retry`) for the client to resume from.
+    pub message: Option<Message>,
+}
+
+impl Event {
+    /// An event that carries one message and nothing else.
+    pub fn new(message: Message) -> Event {
+        Event {
+            id: None,
+            retry: None,
+            message: Some(message),
+        }
+    }
+
+    /// An event without data: a cursor to resume from, and a reconnect delay.
+    pub fn priming(id: String, retry: Option<u64>) -> Event {
+        Event {
+            id: Some(id),
+            retry,
+            message: None,
+        }
+    }
+
+    /// Whether this event carries a JSON-RPC response (the end of a request's stream).
+    pub fn is_response(&self) -> bool {
+        self.message
+            .as_ref()
+            .is_some_and(|m| m.kind() == crate::jsonrpc::Kind::Response)
+    }
 }
 
 /// What the agent gets back for one forwarded message.
@@ -210,7 +243,7 @@ impl Events {
                 let event = tokio::select! {
                     event = self.recv() => match event {
                         Some(event) => {
-                            armed = armed || armed_by.is_some_and(|arms| arms(&event.message));
+                            armed = armed || event.message.as_ref().is_some_and(|m| armed_by.is_some_and(|arms| arms(m)));
                             event
                         }
                         None => return,
@@ -223,7 +256,7 @@ impl Events {
                         if !armed {
                             continue;
                         }
-                        Event { id: None, message: notice() }
+                        Event::new(notice())
                     }
                     _ = tx.closed() => return,
                 };
@@ -271,8 +304,12 @@ impl futures::Stream for Events {
             Events::Held(held) => futures::StreamExt::poll_next_unpin(&mut held.rx, cx),
             Events::Tapped(inner, tap) => {
                 let polled = futures::StreamExt::poll_next_unpin(inner.as_mut(), cx);
-                if let std::task::Poll::Ready(Some(event)) = &polled {
-                    tap(&event.message);
+                if let std::task::Poll::Ready(Some(Event {
+                    message: Some(message),
+                    ..
+                })) = &polled
+                {
+                    tap(message);
                 }
                 polled
             }

@@ -293,8 +293,13 @@ impl HttpSession {
         })
     }
 
-    /// Parses an SSE body into messages; if a request's stream ends without
-    /// its response, the agent gets an error response instead of silence.
+    /// Parses an SSE body into events. Event ids, `retry` and priming events
+    /// (an id with empty data) pass through, so the agent can resume with
+    /// `Last-Event-ID`. If a request's stream ends without its response, the
+    /// agent gets an error response instead of silence — unless the upstream
+    /// gave an event id: then the stream was closed for polling (or broke)
+    /// and the agent resumes it with a `GET` (2025-11-25 transports,
+    /// "Resumability and Redelivery").
     fn pump_events(
         &self,
         response: reqwest::Response,
@@ -308,6 +313,7 @@ impl HttpSession {
         tokio::spawn(async move {
             let mut events = response.bytes_stream().eventsource();
             let mut answered = false;
+            let mut resumable = false;
             let mut failure = None;
             while let Some(event) = events.next().await {
                 let event = match event {
@@ -317,21 +323,28 @@ impl HttpSession {
                         break;
                     }
                 };
-                if event.data.trim().is_empty() {
-                    continue; // priming event or keep-alive
-                }
-                let message = match Message::parse(Bytes::from(event.data)) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(%url, "upstream sent an SSE event that is not JSON-RPC: {e}");
-                        continue;
+                let id = (!event.id.is_empty()).then_some(event.id);
+                let retry = event.retry.map(|r| r.as_millis() as u64);
+                resumable |= id.is_some();
+                let message = if event.data.trim().is_empty() {
+                    if id.is_none() && retry.is_none() {
+                        continue; // keep-alive: nothing to relay
+                    }
+                    None // priming event
+                } else {
+                    match Message::parse(Bytes::from(event.data)) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::warn!(%url, "upstream sent an SSE event that is not JSON-RPC: {e}");
+                            continue;
+                        }
                     }
                 };
                 let is_answer = request_id.is_some()
-                    && message.kind() == jsonrpc::Kind::Response
-                    && message.id() == request_id.as_ref();
-                let id = (!event.id.is_empty()).then_some(event.id);
-                if tx.send(Event { id, message }).await.is_err() {
+                    && message.as_ref().is_some_and(|m| {
+                        m.kind() == jsonrpc::Kind::Response && m.id() == request_id.as_ref()
+                    });
+                if tx.send(Event { id, retry, message }).await.is_err() {
                     return; // agent gone; dropping the body closes the upstream stream
                 }
                 if is_answer {
@@ -339,16 +352,17 @@ impl HttpSession {
                     break;
                 }
             }
-            if let (Some(id), false) = (request_id, answered) {
+            if let (Some(id), false, false) = (request_id, answered, resumable) {
                 let reason = match failure {
                     Some(e) => format!("upstream stream broke before the answer: {e}"),
                     None => "upstream closed the stream before answering".to_owned(),
                 };
                 let _ = tx
-                    .send(Event {
-                        id: None,
-                        message: jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &reason),
-                    })
+                    .send(Event::new(jsonrpc::error_response(
+                        &id,
+                        code::UPSTREAM_ERROR,
+                        &reason,
+                    )))
                     .await;
             }
         });

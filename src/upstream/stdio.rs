@@ -238,15 +238,19 @@ impl StdioChild {
         self.write(outgoing.raw().clone()).await?;
         // The guard removes the route (and tells the child) if the agent goes away.
         let first = rx.recv().await.ok_or_else(|| self.exited_error())?;
-        if first.message.kind() == Kind::Response {
-            return Ok(Reply::json(first.message)); // dispatch removed the route: the guard is a no-op
+        if let Some(answer) = first
+            .message
+            .as_ref()
+            .filter(|m| m.kind() == Kind::Response)
+        {
+            return Ok(Reply::json(answer.clone())); // dispatch removed the route: the guard is a no-op
         }
         let (out_tx, out_rx) = mpsc::channel(ROUTE_QUEUE);
         tokio::spawn(async move {
             let _guard = guard;
             let mut next = Some(first);
             while let Some(event) = next {
-                let done = event.message.kind() == Kind::Response;
+                let done = event.is_response();
                 if out_tx.send(event).await.is_err() {
                     return; // agent gone: the guard cancels upstream
                 }
@@ -332,7 +336,7 @@ impl StdioChild {
                     message
                 };
                 // Never wait on one agent here: this task reads for everyone.
-                send_without_blocking(route.tx, Event { id: None, message });
+                send_without_blocking(route.tx, Event::new(message));
             }
             _ if message.method() == Some("notifications/progress") => self.route_progress(message),
             Kind::Notification if self.shared && self.route_subscription(&message) => {}
@@ -379,13 +383,7 @@ impl StdioChild {
             return false;
         };
         meta.insert(SUBSCRIPTION.to_owned(), original);
-        send_without_blocking(
-            route.tx.clone(),
-            Event {
-                id: None,
-                message: Message::from_value(&value),
-            },
-        );
+        send_without_blocking(route.tx.clone(), Event::new(Message::from_value(&value)));
         true
     }
 
@@ -411,7 +409,7 @@ impl StdioChild {
             Some((_, original)) => message.with_progress_token(original),
             None => message,
         };
-        if route.tx.try_send(Event { id: None, message }).is_err() {
+        if route.tx.try_send(Event::new(message)).is_err() {
             tracing::debug!(command = %self.command, "dropped a progress notification: agent is slow");
         }
     }
@@ -445,7 +443,7 @@ impl StdioChild {
         };
         match target {
             Some(tx) => {
-                send_without_blocking(tx, Event { id: None, message });
+                send_without_blocking(tx, Event::new(message));
             }
             None => tracing::debug!(command = %self.command, "no open stream for {message:?}"),
         }
@@ -519,13 +517,7 @@ impl StdioChild {
                 None => self.progress.retain(|_, v| v != &id),
             }
             let error = jsonrpc::error_response(&route.original_id, code::UPSTREAM_ERROR, reason);
-            send_without_blocking(
-                route.tx,
-                Event {
-                    id: None,
-                    message: error,
-                },
-            );
+            send_without_blocking(route.tx, Event::new(error));
             failed += 1;
         }
         failed

