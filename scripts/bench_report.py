@@ -227,6 +227,29 @@ def render(data, policy):
         parts += ["### Peers: HTTP client → proxy → stdio echo server (same workload)", "",
                   table(["proxy", "seq p50 µs", "seq p99 µs", "seq p99.9 µs", "calls/s, 64 clients", "proxy CPU %", "proxy RSS MiB", "Airlock calls/s ÷ this"], rows), ""]
 
+    sdk = r.get("sdk", {})
+    if any(isinstance(v, dict) and "direct" in v for v in sdk.values()):
+        labels = {"python_http": "Python SDK `MCPServer`, Streamable HTTP (event-stream answers)",
+                  "python_stdio": "Python SDK `MCPServer`, stdio (`airlock stdio`)",
+                  "typescript_http": "TypeScript SDK (`server-everything`), Streamable HTTP (event-stream answers)"}
+        rows = []
+        for key, v in sdk.items():
+            if not isinstance(v, dict) or "direct" not in v:
+                continue
+            d, a, add = v["direct"], v["airlock"], v["added"]
+            conns = v.get("upstream_connections_opened")
+            rows.append((labels.get(key, key), f(d.get("n")), f(d.get("p50_us")), f(a.get("p50_us")), f(add.get("p50_us")),
+                         f(d.get("p99_us")), f(a.get("p99_us")), f(add.get("p99_us")), "–" if conns is None else f(conns)))
+        run = sdk.get("run") or {}
+        parts += ["### Official SDK servers as upstreams (sequential, µs per allowed `tools/call`)", "",
+                  "Direct and through Airlock interleaved in blocks of 100 calls, one keep-alive client per path"
+                  + (f"; measured by `{run['command']}` on {run['date']} (commit `{run.get('commit')}`)" if run else "")
+                  + ". The last column is `airlock_upstream_connections_opened_total` over the measured calls.", "",
+                  table(["upstream", "calls", "direct p50", "Airlock p50", "added p50", "direct p99", "Airlock p99", "added p99",
+                         "new upstream connections"], rows), ""]
+    elif "error" in sdk:
+        parts += [f"SDK servers: error: {sdk['error']}", ""]
+
     h = r.get("holds", {})
     if "kib_per_hold" in h:
         rows = [

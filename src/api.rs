@@ -588,6 +588,15 @@ fn upstream_metrics(gw: &Gateway) -> String {
             up.health.broken_links()
         ));
     }
+    out.push_str("# HELP airlock_upstream_connections_opened_total TCP connections opened to an HTTP upstream (a warmed-up sequential client reuses one and adds none).\n# TYPE airlock_upstream_connections_opened_total counter\n");
+    for up in gw.upstreams.values() {
+        if let Some(opened) = up.connections_opened() {
+            out.push_str(&format!(
+                "airlock_upstream_connections_opened_total{{upstream=\"{}\"}} {opened}\n",
+                up.name
+            ));
+        }
+    }
     out
 }
 

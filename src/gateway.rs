@@ -108,6 +108,11 @@ impl UpstreamRuntime {
         }))
     }
 
+    /// Connections opened to an HTTP upstream so far; `None` for a stdio upstream.
+    pub fn connections_opened(&self) -> Option<u64> {
+        self.http.as_ref().map(|h| h.connections_opened())
+    }
+
     /// The policy in force now (a reload swaps it for the next call).
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.borrow().clone()

@@ -5,12 +5,13 @@
 //! renders docs/benchmarks.md); by hand:
 //!
 //! ```text
-//! cargo bench --bench gateway -- [--quick] [--only latency,throughput,audit,peers,holds,ws,load] [--out FILE]
+//! cargo bench --bench gateway -- [--quick] [--only latency,throughput,audit,peers,sdk,holds,ws,load] [--out FILE]
 //! ```
 //!
 //! Environment: `AIRLOCK_BIN`, `ECHO_BIN` (default: next to this binary's
 //! target dir), `BENCH_MCP_PROXY_PY`, `BENCH_SUPERGATEWAY`,
-//! `BENCH_MCP_PROXY_NPM` (peers; skipped when unset).
+//! `BENCH_MCP_PROXY_NPM` (peers; skipped when unset), `BENCH_SDK_PYTHON`
+//! (the Python SDK server's interpreter, see `sdk`).
 //!
 //! Every loop is bounded by a count and by time; every process it starts is
 //! in its own process group and is ended when the driver ends.
@@ -20,6 +21,7 @@ mod holds;
 mod load;
 mod procs;
 mod scenarios;
+mod sdk;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -72,9 +72,12 @@ impl Proc {
                     let Ok(line) = line else { break };
                     if !sent && let Some(rest) = line.strip_prefix(&prefix) {
                         let _ = tx.send(
+                            // `127.0.0.1:PORT`, without a path (`…/mcp`).
                             rest.trim()
                                 .trim_start_matches("http://")
-                                .trim_end_matches('/')
+                                .split('/')
+                                .next()
+                                .unwrap_or_default()
                                 .to_owned(),
                         );
                         sent = true;

@@ -80,7 +80,7 @@ fn diff(a: &Value, b: &Value, key: &str) -> Value {
 }
 
 /// The differences of two latency summaries (through minus direct).
-fn added(through: &Value, direct: &Value) -> Value {
+pub fn added(through: &Value, direct: &Value) -> Value {
     json!({
         "p50_us": diff(through, direct, "p50_us"),
         "p90_us": diff(through, direct, "p90_us"),
@@ -111,6 +111,8 @@ pub fn echo_http(o: &Opts, name: &str) -> io::Result<Proc> {
 pub enum Upstream<'a> {
     Url(SocketAddr),
     Stdio(&'a Path),
+    /// A stdio server started by this command line (program, then arguments).
+    Command(&'a [String]),
 }
 
 /// Writes an airlock.toml (and its policy) for one instance; returns its path.
@@ -130,6 +132,9 @@ pub fn config(
             "command = {:?}\nargs = [\"stdio\"]",
             echo.display().to_string()
         ),
+        Upstream::Command(command) => {
+            format!("command = {:?}\nargs = {:?}", command[0], &command[1..])
+        }
     };
     let text = format!(
         "listen = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"echo\"\n{upstream}\npolicy = {policy:?}\n\n\
@@ -705,6 +710,12 @@ pub async fn run_all(o: &Opts) -> Value {
     }
     if o.wants("peers") {
         out.insert("peers".into(), peers(o).await.unwrap_or_else(failed));
+    }
+    if o.wants("sdk") {
+        out.insert(
+            "sdk".into(),
+            crate::sdk::sdk(o).await.unwrap_or_else(failed),
+        );
     }
     if o.wants("holds") {
         out.insert(

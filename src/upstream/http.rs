@@ -5,7 +5,11 @@
 //! never gets an id. Agent headers pass through except hop-by-hop ones and
 //! the ones the gateway owns (see [`forwardable`]).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -28,6 +32,9 @@ pub struct HttpUpstream {
     target: reqwest::Url,
     /// Configured headers (e.g. `Authorization` from an env var); override agent headers.
     headers: HeaderMap,
+    /// TCP connections opened to the upstream (counted by [`CountConnects`]):
+    /// a warmed-up sequential client should add none (the pool reuses them).
+    connections_opened: Arc<AtomicU64>,
 }
 
 /// How long an unused pooled connection to the upstream stays open.
@@ -48,7 +55,9 @@ impl HttpUpstream {
             let value = HeaderValue::try_from(value.as_str()).map_err(|_| bad("value"))?;
             map.insert(name, value);
         }
+        let connections_opened = Arc::new(AtomicU64::new(0));
         let client = reqwest::Client::builder()
+            .connector_layer(CountConnectsLayer(connections_opened.clone()))
             .connect_timeout(Duration::from_secs(10))
             // A redirect would send the configured headers (credentials) to
             // wherever the upstream points; the agent sees the 3xx instead.
@@ -74,7 +83,13 @@ impl HttpUpstream {
             url: url.clone(),
             target,
             headers: map,
+            connections_opened,
         }))
+    }
+
+    /// Connections opened to the upstream so far (`/metrics`).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
     }
 
     /// A new session with no upstream session id yet.
@@ -311,7 +326,17 @@ impl HttpSession {
             .and_then(|m| m.id().cloned());
         let url = self.upstream.url.clone();
         tokio::spawn(async move {
-            let mut events = response.bytes_stream().eventsource();
+            // Bytes the stream may still deliver; lowered to the drain budget
+            // once the answer is out (see `drain`).
+            let budget = Arc::new(AtomicI64::new(i64::MAX));
+            let left = budget.clone();
+            let mut events = response
+                .bytes_stream()
+                .take_while(move |chunk| {
+                    let n = chunk.as_ref().map_or(0, |b| b.len() as i64);
+                    futures::future::ready(left.fetch_sub(n, Ordering::Relaxed) >= n)
+                })
+                .eventsource();
             let mut answered = false;
             let mut resumable = false;
             let mut failure = None;
@@ -352,6 +377,22 @@ impl HttpSession {
                     break;
                 }
             }
+            if answered {
+                // The agent has its answer. Upstreams end the stream right
+                // after it: wait briefly for that end with the agent's stream
+                // still open (as it would be, direct), so the connection is
+                // back in the pool before the agent's next call; past the
+                // grace, the agent's stream ends and the rest is drained here.
+                budget.store(DRAIN_BYTES, Ordering::Relaxed);
+                if tokio::time::timeout(END_GRACE, drain(&mut events))
+                    .await
+                    .is_err()
+                {
+                    drop(tx);
+                    let _ = tokio::time::timeout(DRAIN_TIME, drain(&mut events)).await;
+                }
+                return;
+            }
             if let (Some(id), false, false) = (request_id, answered, resumable) {
                 let reason = match failure {
                     Some(e) => format!("upstream stream broke before the answer: {e}"),
@@ -367,6 +408,74 @@ impl HttpSession {
             }
         });
         rx
+    }
+}
+
+/// Reads what is left of an answered event stream to its end, so the
+/// connection goes back to the pool: hyper closes a connection whose response
+/// body is dropped before its end, and the next call pays a new connect (and
+/// the upstream's per-connection setup). Bounded by [`DRAIN_BYTES`] (the byte
+/// gate in `pump_events` ends the stream beyond it) and by the caller's
+/// timeouts; past either, the connection is dropped. Events after the answer
+/// are dropped, as the agent's stream is done.
+async fn drain<S: futures::Stream + Unpin>(events: &mut S) {
+    while events.next().await.is_some() {}
+}
+
+/// How long the agent's stream stays open after its answer, waiting for the
+/// upstream's stream to end (it usually ends within microseconds).
+const END_GRACE: Duration = Duration::from_millis(20);
+/// How long an answered event stream may then take to end for its connection
+/// to be kept.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// The most an answered event stream may still send for its connection to
+/// be kept.
+const DRAIN_BYTES: i64 = 64 * 1024;
+
+/// A connector layer that counts the connections reqwest opens (reqwest has
+/// no other hook for it). Generic over the request and response types, which
+/// reqwest keeps unnameable.
+#[derive(Clone)]
+struct CountConnects<S> {
+    inner: S,
+    opened: Arc<AtomicU64>,
+}
+
+/// Wraps reqwest's connector in [`CountConnects`].
+#[derive(Clone)]
+struct CountConnectsLayer(Arc<AtomicU64>);
+
+impl<S> tower_layer::Layer<S> for CountConnectsLayer {
+    type Service = CountConnects<S>;
+    fn layer(&self, inner: S) -> CountConnects<S> {
+        CountConnects {
+            inner,
+            opened: self.0.clone(),
+        }
+    }
+}
+
+impl<S, R> tower_service::Service<R> for CountConnects<S>
+where
+    S: tower_service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: R) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            let conn = connecting.await?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(conn)
+        })
     }
 }
 

@@ -417,7 +417,10 @@ async def run_http(mcp: MCPServer, args: argparse.Namespace) -> None:
         app = RequestLogger(app, args.log_requests)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, as uvicorn's own sockets have: asyncio sets TCP_NODELAY only on
+    # connections of such a socket (without it, every answer after the first on a
+    # keep-alive connection waits ~40 ms for the client's delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(128)

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""CPU instructions Airlock executes per allowed `tools/call` (callgrind), a
+figure that does not move with the machine's load the way timings do.
+
+    scripts/callgrind_per_call.py [--calls 1000] [--warmup 200]
+
+Needs a release build (`cargo build --release --bin airlock --example
+echo_server`), valgrind, and a Python with httpx (the test virtualenv).
+Starts the Rust echo upstream (HTTP), Airlock under callgrind in front of it
+(allow policy, audit on), opens one handshake-era session, makes `--warmup`
+calls, zeroes the counters (`callgrind_control -z`), makes `--calls`
+sequential calls from one keep-alive client, dumps (`callgrind_control -d`)
+and prints Airlock's instructions (Ir) per call: every thread, the audit
+writer included. The client and the upstream are not measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/airlock-target"))
+POLICY = {"version": "1", "default": "deny", "rules": {"echo": {"action": "allow"}}}
+
+
+def announced(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(prefix + r"\s*(?:http://)?([0-9.]+:[0-9]+)", line)
+        if m:
+            return m.group(1)
+    raise SystemExit(f"no '{prefix}' line from {proc.args[0]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--warmup", type=int, default=200)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="airlock-callgrind-"))
+    echo = subprocess.Popen([TARGET / "release/examples/echo_server", "http", "127.0.0.1:0", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    gw = None
+    try:
+        upstream = announced(echo, "listening on")
+        (tmp / "policy.json").write_text(json.dumps(POLICY))
+        (tmp / "airlock.toml").write_text(
+            f'listen = "127.0.0.1:0"\n\n[[upstream]]\nname = "echo"\nurl = "http://{upstream}/mcp"\n'
+            f'policy = "{tmp / "policy.json"}"\n\n[audit]\npath = "{tmp / "audit.db"}"\n')
+        out = tmp / "callgrind.out"
+        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
+                               TARGET / "release/airlock", "serve", "--config", tmp / "airlock.toml"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "AIRLOCK_APPROVER_TOKEN": "callgrind-approver-token-0123456789"})
+        base = f"http://{announced(gw, 'airlock listening on')}/mcp/echo"
+        h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        with httpx.Client(timeout=60) as c:
+            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "callgrind", "version": "1"}}}
+            r = c.post(base, json=init, headers=h)
+            h = {**h, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-06-18"}
+            c.post(base, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
+
+            def calls(n: int) -> None:
+                for i in range(n):
+                    body = {"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+                            "params": {"name": "echo", "arguments": {"text": "hello from callgrind", "n": i}}}
+                    r = c.post(base, json=body, headers=h)
+                    assert r.status_code == 200 and '"isError":true' not in r.text, r.text
+
+            calls(a.warmup)
+            subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, capture_output=True)
+            calls(a.calls)
+            subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, capture_output=True)
+        dumps = sorted(tmp.glob("callgrind.out.*.*"), key=lambda p: p.stat().st_mtime)
+        total = 0
+        for line in dumps[-1].read_text(errors="replace").splitlines():
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+                break
+        print(f"{total:,} instructions for {a.calls} calls: {total // a.calls:,} per allowed call "
+              f"(dump {dumps[-1]})")
+    finally:
+        for p in (gw, echo):
+            if p and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    main()
