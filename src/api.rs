@@ -531,6 +531,9 @@ async fn healthz(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     let body = json!({
         "status": if healthy { "ok" } else { "degraded" },
         "audit": if healthy { "ok".to_owned() } else { format!("cannot write: {}", gw.audit.last_error().unwrap_or_default()) },
+        // A refused checkpoint: the store can still be written (calls go on),
+        // but the history signed before was changed behind the gateway.
+        "audit_checkpoints": gw.audit.checkpoint_problem().map_or("ok".to_owned(), |p| format!("refused: {p}")),
         "pending": gw.holds.len(),
         "sessions": gw.sessions.len(),
         // A refused policy edit does not make the gateway unhealthy (the
@@ -609,6 +612,7 @@ async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         gw.sessions.len(),
         gw.audit.is_healthy(),
         gw.audit.rows_written(),
+        gw.audit.checkpoint_refusals(),
         crate::metrics::Resources::now(),
     );
     text.push_str(&policy_metrics(&gw));

@@ -121,8 +121,12 @@ pub trait AuditBackend: Send {
     /// Proves the store is writable (a tiny write), for health checks.
     fn probe(&mut self) -> Result<(), AuditError>;
     fn query(&mut self, filter: &Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError>;
-    /// Visits every row in order until `visit` returns false.
-    fn scan(&mut self, visit: &mut dyn FnMut(Entry) -> bool) -> Result<(), AuditError>;
+    /// Visits every row from `from_seq` on, in order, until `visit` returns false.
+    fn scan(
+        &mut self,
+        from_seq: i64,
+        visit: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), AuditError>;
     /// `approval_requested` rows with no decision after them.
     fn open_approvals(&mut self) -> Result<Vec<Entry>, AuditError>;
     fn meta(&mut self, key: &str) -> Result<Option<String>, AuditError>;
@@ -147,6 +151,11 @@ struct Shared {
     healthy: AtomicBool,
     last_error: Mutex<Option<String>>,
     written: AtomicU64,
+    /// Heads the checkpoint publisher refused to sign (the history it signed
+    /// before was changed), and why the last time: for `/metrics` and
+    /// `/healthz`.
+    checkpoint_refusals: AtomicU64,
+    checkpoint_problem: Mutex<Option<String>>,
 }
 
 /// Rows kept for retry while the store cannot be written.
@@ -189,6 +198,8 @@ impl Audit {
             healthy: AtomicBool::new(true),
             last_error: Mutex::new(None),
             written: AtomicU64::new(0),
+            checkpoint_refusals: AtomicU64::new(0),
+            checkpoint_problem: Mutex::new(None),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -253,6 +264,22 @@ impl Audit {
 
     pub fn last_error(&self) -> Option<String> {
         self.0.last_error.lock().expect("lock").clone()
+    }
+
+    /// Called by the checkpoint publisher each time it refuses to sign.
+    pub fn checkpoint_refused(&self, problem: String) {
+        self.0.checkpoint_refusals.fetch_add(1, Ordering::Relaxed);
+        *self.0.checkpoint_problem.lock().expect("lock") = Some(problem);
+    }
+
+    /// How many times a checkpoint was refused since start.
+    pub fn checkpoint_refusals(&self) -> u64 {
+        self.0.checkpoint_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Why the last checkpoint was refused, if one was.
+    pub fn checkpoint_problem(&self) -> Option<String> {
+        self.0.checkpoint_problem.lock().expect("lock").clone()
     }
 
     pub fn rows_written(&self) -> u64 {
@@ -490,11 +517,57 @@ fn drain(
 
 /// `airlock audit verify`: walks the chain; `Err` names the first broken row.
 pub fn verify(db: &mut dyn AuditBackend) -> Result<u64, String> {
-    let mut prev = GENESIS.to_owned();
-    let mut expected_seq = 1;
+    walk_chain(db, 1, GENESIS, None)
+}
+
+/// Checks the chain from a head signed earlier (`seq`, `hash`) up to row
+/// `to`, reading only those rows: the row at `seq` is still there with that
+/// hash and its contents, and every later row up to `to` links to it.
+/// `Err` names the first problem (the checkpoint publisher refuses to sign
+/// on it).
+pub fn verify_since(
+    db: &mut dyn AuditBackend,
+    (seq, hash): (i64, &str),
+    to: i64,
+) -> Result<u64, String> {
+    if to < seq {
+        return Err(format!(
+            "the store ends at row {to}, but row {seq} was signed; rows were removed from the end"
+        ));
+    }
+    let mut first = None;
+    db.scan(seq, &mut |entry| {
+        first = Some(entry);
+        false
+    })
+    .map_err(|e| e.to_string())?;
+    match first {
+        Some(e) if e.seq != seq => Err(format!("row {seq}, signed earlier, is missing")),
+        None => Err(format!("row {seq}, signed earlier, is missing")),
+        Some(e) if e.hash != hash => Err(format!(
+            "row {seq} has hash {}, but {hash} was signed; the history up to row {seq} was rewritten",
+            e.hash
+        )),
+        Some(e) => walk_chain(db, seq, &e.prev_hash, Some(to)),
+    }
+}
+
+/// Walks the rows from `from_seq` (whose `prev_hash` must be `prev`) up to
+/// `to` (or the end); counts them or names the first broken one.
+fn walk_chain(
+    db: &mut dyn AuditBackend,
+    from_seq: i64,
+    prev: &str,
+    to: Option<i64>,
+) -> Result<u64, String> {
+    let mut prev = prev.to_owned();
+    let mut expected_seq = from_seq;
     let mut count = 0u64;
     let mut broken = None;
-    db.scan(&mut |entry| {
+    db.scan(from_seq, &mut |entry| {
+        if to.is_some_and(|to| entry.seq > to) {
+            return false;
+        }
         let problem = if entry.seq != expected_seq {
             Some(format!(
                 "row {expected_seq} is missing (next row is {})",
@@ -525,9 +598,14 @@ pub fn verify(db: &mut dyn AuditBackend) -> Result<u64, String> {
         true
     })
     .map_err(|e| e.to_string())?;
-    match broken {
-        Some(problem) => Err(problem),
-        None => Ok(count),
+    if let Some(problem) = broken {
+        return Err(problem);
+    }
+    match to {
+        Some(to) if expected_seq <= to => Err(format!(
+            "row {expected_seq} is missing (the store ends before row {to})"
+        )),
+        _ => Ok(count),
     }
 }
 

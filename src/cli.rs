@@ -65,10 +65,24 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
         /// The Ed25519 public key (base64 or hex) the checkpoints must be signed
-        /// with (`airlock audit public-key`). Without it, each checkpoint is only
-        /// checked against the key it carries, which proves nothing against a key swap.
+        /// with (`airlock audit public-key`). --checkpoint needs this,
+        /// --public-key-file or --trust-embedded-key.
         #[arg(long, value_name = "KEY", requires = "checkpoint")]
         public_key: Option<String>,
+        /// A file holding that public key (e.g. `airlock audit public-key > audit.pub`).
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "checkpoint",
+            conflicts_with = "public_key"
+        )]
+        public_key_file: Option<PathBuf>,
+        /// Check each checkpoint against the public key written in it. This proves
+        /// nothing against someone who rewrote the store and re-signed the
+        /// checkpoints with a key of their own; it only shows that the file is
+        /// consistent with the store.
+        #[arg(long, requires = "checkpoint", conflicts_with_all = ["public_key", "public_key_file"])]
+        trust_embedded_key: bool,
     },
     /// Print the public key that verifies this store's checkpoints.
     PublicKey {

@@ -185,6 +185,7 @@ impl Metrics {
         sessions: usize,
         audit_healthy: bool,
         audit_rows: u64,
+        checkpoint_refusals: u64,
         resources: Resources,
     ) -> String {
         let mut out = String::new();
@@ -214,6 +215,10 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP airlock_audit_rows_written_total Rows written to the audit store.\n# TYPE airlock_audit_rows_written_total counter\nairlock_audit_rows_written_total {audit_rows}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_audit_checkpoint_refused_total Heads not signed because the history signed before was changed.\n# TYPE airlock_audit_checkpoint_refused_total counter\nairlock_audit_checkpoint_refused_total {checkpoint_refusals}"
         );
         let _ = writeln!(
             out,

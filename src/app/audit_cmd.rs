@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ed25519_dalek::VerifyingKey;
 
 use crate::audit::{self, checkpoint};
 use crate::cli::AuditCommand;
@@ -16,7 +17,19 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             audit: path,
             checkpoint,
             public_key,
-        } => verify(&path, checkpoint.as_deref(), public_key.as_deref()),
+            public_key_file,
+            trust_embedded_key,
+        } => {
+            let Some(checkpoints) = checkpoint else {
+                return verify(&path, None);
+            };
+            let key = trusted_key(
+                public_key.as_deref(),
+                public_key_file.as_deref(),
+                trust_embedded_key,
+            )?;
+            verify(&path, Some((&checkpoints, key)))
+        }
         AuditCommand::PublicKey {
             audit: path,
             key_file,
@@ -68,16 +81,44 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The key checkpoints are checked with: `None` only when the caller said
+/// `--trust-embedded-key`. Without any of the three, an error saying why:
+/// checking each line with the key it carries passes a store and checkpoints
+/// rewritten and re-signed with another key.
+fn trusted_key(
+    public_key: Option<&str>,
+    public_key_file: Option<&Path>,
+    trust_embedded_key: bool,
+) -> anyhow::Result<Option<VerifyingKey>> {
+    match (public_key, public_key_file) {
+        (Some(text), _) => Ok(Some(checkpoint::parse_public_key(text, "--public-key")?)),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the public key file {}", file.display()))?;
+            let what = format!("--public-key-file {}", file.display());
+            Ok(Some(checkpoint::parse_public_key(&text, &what)?))
+        }
+        (None, None) if trust_embedded_key => Ok(None),
+        (None, None) => anyhow::bail!(
+            "--checkpoint needs the public key you kept: --public-key KEY or --public-key-file FILE \
+(from `airlock audit public-key` or the gateway's start-up log). The key written in each checkpoint \
+proves nothing: whoever rewrote the store can re-sign the file with a key of their own. \
+To check against the embedded keys anyway, say --trust-embedded-key"
+        ),
+    }
+}
+
 /// `airlock audit verify`: the chain, then (with `--checkpoint`) every
-/// checkpoint against the store. Prints every problem; exit 1 if any.
+/// checkpoint against the store, with the kept key (`None`: each line's
+/// own, `--trust-embedded-key`). Prints every problem; exit 1 if any.
 fn verify(
     path: &Path,
-    checkpoints: Option<&Path>,
-    public_key: Option<&str>,
+    checkpoints: Option<(&Path, Option<VerifyingKey>)>,
 ) -> anyhow::Result<ExitCode> {
-    let key = public_key
-        .map(|k| checkpoint::parse_public_key(k, "--public-key"))
-        .transpose()?;
+    let (checkpoints, key) = match checkpoints {
+        Some((file, key)) => (Some(file), key),
+        None => (None, None),
+    };
     let text = match checkpoints {
         Some(file) => Some(
             std::fs::read_to_string(file)
@@ -104,9 +145,9 @@ fn verify(
     };
     if key.is_none() {
         eprintln!(
-            "warning: no --public-key: each checkpoint is checked against the key written in it, \
+            "warning: --trust-embedded-key: each checkpoint is checked against the key written in it, \
 which proves nothing against someone who re-signed the file with a key of their own; \
-pass the public key you kept (airlock audit public-key)"
+pass the public key you kept (--public-key, from airlock audit public-key)"
         );
     }
     let report = checkpoint::verify_checkpoints(&mut db, &text, key.as_ref())?;
@@ -138,4 +179,60 @@ pass the public key you kept (airlock audit public-key)"
         report.last_seq - latest.seq,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        checkpoint::Signer::from_seed(&[7u8; 32])
+            .public_key()
+            .to_owned()
+    }
+
+    #[test]
+    fn audit_verify_with_checkpoints_needs_a_kept_key_or_an_explicit_trust() {
+        let refused = trusted_key(None, None, false).unwrap_err().to_string();
+        assert!(
+            refused.contains("--public-key") && refused.contains("--trust-embedded-key"),
+            "{refused}"
+        );
+        assert!(trusted_key(None, None, true).unwrap().is_none());
+        assert!(trusted_key(Some(&key()), None, false).unwrap().is_some());
+        assert!(trusted_key(Some("nonsense"), None, false).is_err());
+    }
+
+    #[test]
+    fn audit_verify_reads_the_kept_key_from_a_file() {
+        let file = std::env::temp_dir().join(format!("airlock-pub-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&file, format!("{}\n", key())).unwrap();
+        let from_file = trusted_key(None, Some(&file), false).unwrap();
+        assert_eq!(from_file, trusted_key(Some(&key()), None, false).unwrap());
+        std::fs::remove_file(&file).unwrap();
+        let missing = trusted_key(None, Some(&file), false).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("cannot read the public key file"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn audit_verify_flags_parse_and_conflict() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            crate::cli::Cli::try_parse_from(
+                ["airlock", "audit", "verify", "--checkpoint", "c"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        assert!(parse(&["--trust-embedded-key"]).is_ok());
+        assert!(parse(&["--public-key-file", "k"]).is_ok());
+        let key = key();
+        assert!(parse(&["--public-key", &key, "--trust-embedded-key"]).is_err());
+        assert!(parse(&["--public-key", &key, "--public-key-file", "k"]).is_err());
+    }
 }

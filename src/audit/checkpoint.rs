@@ -41,6 +41,22 @@ pub enum CheckpointError {
         "no audit signing key: {path} does not exist (a gateway creates it at its first start)"
     )]
     NoKey { path: String },
+    #[error(
+        "refusing the audit signing key {path}: it is a symbolic link; point signing_key_file at the file itself"
+    )]
+    KeyIsSymlink { path: String },
+    #[error("refusing the audit signing key {path}: it is not a regular file")]
+    KeyNotAFile { path: String },
+    #[error(
+        "refusing the audit signing key {path}: it is owned by uid {owner}, not by this user (uid {euid}); run airlock as its owner, or `chown` the file"
+    )]
+    KeyNotOwned { path: String, owner: u32, euid: u32 },
+    #[error(
+        "refusing the audit signing key {path}: group or others may access it (mode {mode:04o}); run `chmod 600 {path}`"
+    )]
+    KeyTooOpen { path: String, mode: u32 },
+    #[error("not a valid checkpoint: {0}")]
+    BadCheckpoint(&'static str),
 }
 
 /// One line of a checkpoints file.
@@ -60,7 +76,28 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
-/// The exact bytes a checkpoint's signature covers.
+/// Checks what goes into [`signed_bytes`], so that one message has one
+/// reading: `seq` at least 1, `hash` 64 lower-case hex digits, `time` RFC 3339
+/// (neither can then hold the `\n` that separates the fields).
+pub fn validate(seq: i64, hash: &str, time: &str) -> Result<(), CheckpointError> {
+    if seq < 1 {
+        return Err(CheckpointError::BadCheckpoint("seq must be 1 or more"));
+    }
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if hash.len() != 64 || !hash.bytes().all(lower_hex) {
+        return Err(CheckpointError::BadCheckpoint(
+            "hash must be 64 lower-case hex digits",
+        ));
+    }
+    if chrono::DateTime::parse_from_rfc3339(time).is_err() {
+        return Err(CheckpointError::BadCheckpoint(
+            "time must be an RFC 3339 time",
+        ));
+    }
+    Ok(())
+}
+
+/// The exact bytes a checkpoint's signature covers (unchecked: see [`validate`]).
 pub fn signed_bytes(seq: i64, hash: &str, time: &str) -> Vec<u8> {
     format!("airlock-audit-checkpoint/v1\n{seq}\n{hash}\n{time}\n").into_bytes()
 }
@@ -125,20 +162,25 @@ impl Signer {
         self.key.verifying_key()
     }
 
-    pub fn sign(&self, seq: i64, hash: &str, time: &str) -> Checkpoint {
+    /// Signs a head; refuses fields [`validate`] rejects.
+    pub fn sign(&self, seq: i64, hash: &str, time: &str) -> Result<Checkpoint, CheckpointError> {
+        validate(seq, hash, time)?;
         let signature = self.key.sign(&signed_bytes(seq, hash, time));
-        Checkpoint {
+        Ok(Checkpoint {
             seq,
             hash: hash.to_owned(),
             time: time.to_owned(),
             public_key: self.public.clone(),
             signature: b64(&signature.to_bytes()),
-        }
+        })
     }
 }
 
-/// Whether `checkpoint` was signed by `key`.
+/// Whether `checkpoint` is valid ([`validate`]) and was signed by `key`.
 pub fn signature_holds(checkpoint: &Checkpoint, key: &VerifyingKey) -> bool {
+    if validate(checkpoint.seq, &checkpoint.hash, &checkpoint.time).is_err() {
+        return false;
+    }
     let Ok(bytes) = decode_bytes::<64>(&checkpoint.signature, "signature") else {
         return false;
     };
@@ -191,24 +233,90 @@ pub fn load_signer(
         Some(path) => (path.to_owned(), false),
         None => (default_key_path(audit), generate),
     };
-    match std::fs::read_to_string(&path) {
+    match read_key_file(&path) {
         Ok(text) => {
             let seed = decode_bytes::<32>(&text, &path.display().to_string())?;
             Ok((Signer::from_seed(&seed), KeySource::File(path)))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => generate_key(&path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CheckpointError::NoKey {
+        Err(e) if e.kind() == Some(std::io::ErrorKind::NotFound) && may_create => {
+            generate_key(&path)
+        }
+        Err(e) if e.kind() == Some(std::io::ErrorKind::NotFound) => Err(CheckpointError::NoKey {
             path: path.display().to_string(),
         }),
-        Err(e) => Err(CheckpointError::ReadKey {
+        Err(KeyFileError::Io(e)) => Err(CheckpointError::ReadKey {
             path: path.display().to_string(),
             reason: e.to_string(),
         }),
+        Err(KeyFileError::Refused(e)) => Err(e),
     }
 }
 
+enum KeyFileError {
+    Io(std::io::Error),
+    Refused(CheckpointError),
+}
+
+impl KeyFileError {
+    fn kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            KeyFileError::Io(e) => Some(e.kind()),
+            KeyFileError::Refused(_) => None,
+        }
+    }
+}
+
+/// Reads a key file that only its owner can reach: not through a symbolic
+/// link (O_NOFOLLOW), a regular file, owned by the effective user, with no
+/// access for group or others. Checked on the open file, so the checks and
+/// the read see the same file.
+fn read_key_file(path: &Path) -> Result<String, KeyFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = || path.display().to_string();
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        // O_NOFOLLOW on a symbolic link: ELOOP.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(KeyFileError::Refused(CheckpointError::KeyIsSymlink {
+                path: shown(),
+            }));
+        }
+        Err(e) => return Err(KeyFileError::Io(e)),
+    };
+    let meta = file.metadata().map_err(KeyFileError::Io)?;
+    let refused = if !meta.is_file() {
+        Some(CheckpointError::KeyNotAFile { path: shown() })
+    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
+        Some(CheckpointError::KeyNotOwned {
+            path: shown(),
+            owner: meta.uid(),
+            euid: nix::unistd::geteuid().as_raw(),
+        })
+    } else if meta.mode() & 0o077 != 0 {
+        Some(CheckpointError::KeyTooOpen {
+            path: shown(),
+            mode: meta.mode() & 0o7777,
+        })
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        return Err(KeyFileError::Refused(refused));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(KeyFileError::Io)?;
+    Ok(text)
+}
+
 /// Writes a new seed (hex) to `path`, readable only by its owner. Two
-/// gateways starting at once on one store: the second reads the first's.
+/// gateways starting at once on one store: the second reads the first's,
+/// with the checks of any key file (a file or link planted there is refused,
+/// not used).
 fn generate_key(path: &Path) -> Result<(Signer, KeySource), CheckpointError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -252,6 +360,10 @@ pub fn head(db: &mut dyn AuditBackend) -> Result<Option<(i64, String)>, super::A
 
 /// The hash of the row at `seq`, if there is one.
 fn hash_at(db: &mut dyn AuditBackend, seq: i64) -> Result<Option<String>, super::AuditError> {
+    // `seq - 1` would overflow for i64::MIN; no row has a seq below 1.
+    if seq < 1 {
+        return Ok(None);
+    }
     let filter = Filter {
         cursor: Some(seq - 1),
         limit: Some(1),
@@ -307,6 +419,10 @@ pub fn verify_checkpoints(
                 continue;
             }
         };
+        if let Err(e) = validate(checkpoint.seq, &checkpoint.hash, &checkpoint.time) {
+            report.problems.push(format!("checkpoint line {n}: {e}"));
+            continue;
+        }
         if !report.keys_seen.contains(&checkpoint.public_key) {
             report.keys_seen.push(checkpoint.public_key.clone());
         }

@@ -209,11 +209,15 @@ impl AuditBackend for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn scan(&mut self, visit: &mut dyn FnMut(Entry) -> bool) -> Result<(), AuditError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq ASC"))?;
-        let mut rows = stmt.query([])?;
+    fn scan(
+        &mut self,
+        from_seq: i64,
+        visit: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), AuditError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM audit WHERE seq >= ?1 ORDER BY seq ASC"
+        ))?;
+        let mut rows = stmt.query([from_seq])?;
         while let Some(row) = rows.next()? {
             if !visit(row_to_entry(row)?) {
                 break;

@@ -351,9 +351,18 @@ def test_signed_checkpoints_catch_truncation_and_a_rehashed_chain(procs, tmp_pat
     assert caught.returncode == 1, (caught.stdout, caught.stderr)
     assert f"checkpoint line {n} (row 6," in caught.stderr and "rewritten" in caught.stderr, caught.stderr
 
-    # Without a key of one's own the check still runs, with a warning that it proves little.
-    trusting = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped)
-    assert trusting.returncode == 0 and "no --public-key" in trusting.stderr, trusting.stderr
+    # Without a key of one's own the check is refused, saying why...
+    keyless = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped)
+    assert keyless.returncode != 0, (keyless.stdout, keyless.stderr)
+    assert "--public-key" in keyless.stderr and "--trust-embedded-key" in keyless.stderr, keyless.stderr
+    # ...unless asked for by name, with a warning that it proves little.
+    trusting = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped, "--trust-embedded-key")
+    assert trusting.returncode == 0 and "--trust-embedded-key" in trusting.stderr, trusting.stderr
+    # The kept key may also come from a file.
+    pub = tmp_path / "audit.pub"
+    pub.write_text(key.stdout)
+    from_file = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped, "--public-key-file", pub)
+    assert from_file.returncode == 0, from_file.stderr
     # A checkpoint signed by another key is refused when the kept key is given.
     other = run_cli("audit", "verify", "--audit", gw.audit, "--checkpoint", shipped,
                     "--public-key", "A" * 43 + "=")

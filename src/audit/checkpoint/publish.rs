@@ -2,10 +2,16 @@
 //! a graceful shutdown. Each goes to `<audit>.checkpoints` (appended, one
 //! line) and, when configured, to a webhook — best effort, retried, never on
 //! a call's path.
+//!
+//! Before signing a new head the publisher checks that the history it signed
+//! last is still there: the row at the last checkpoint's `seq` with its
+//! `hash`, and an intact chain from there to the new head. If not, it signs
+//! nothing (a signature would vouch for the rewritten history), logs an
+//! error and counts the refusal ([`Audit::checkpoint_refused`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +27,10 @@ const WEBHOOK_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const WEBHOOK_QUEUE: usize = 64;
 /// How long a shutdown waits for the webhook to take the last checkpoint.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// At most one error line per this long about refused checkpoints.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(300);
+/// How much of the end of the checkpoints file is read at start for its last line.
+const TAIL_BYTES: u64 = 64 * 1024;
 
 /// Signs and ships checkpoints for one audit store. Cheap to clone.
 #[derive(Clone)]
@@ -30,9 +40,12 @@ struct Inner {
     audit: Audit,
     signer: Signer,
     file: PathBuf,
-    /// The head last signed (also read back from the file at start), so an
-    /// idle store does not add a line a minute.
-    last: Mutex<Option<(i64, String)>>,
+    /// The head last signed and written (also read back from the file at
+    /// start), so an idle store does not add a line a minute and a rewrite
+    /// is caught. Held through a whole checkpoint, so two never overlap.
+    last: tokio::sync::Mutex<Option<(i64, String)>>,
+    /// When a refusal was last logged, and refusals since not logged.
+    refusal_log: Mutex<(Option<Instant>, u64)>,
     webhook: Mutex<Option<mpsc::Sender<String>>>,
     webhook_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -58,7 +71,8 @@ impl Publisher {
             audit,
             signer,
             file,
-            last: Mutex::new(last),
+            last: tokio::sync::Mutex::new(last),
+            refusal_log: Mutex::new((None, 0)),
             webhook: Mutex::new(webhook),
             webhook_task: Mutex::new(webhook_task),
         }))
@@ -72,43 +86,103 @@ impl Publisher {
         &self.0.file
     }
 
-    /// Signs the head if it moved since the last checkpoint; returns it.
+    /// Signs the head if it moved since the last checkpoint and the history
+    /// signed then is intact; returns the checkpoint once it is written.
     pub async fn checkpoint(&self) -> Option<Checkpoint> {
-        let head = match self.0.audit.read(|db| super::head(db)).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return None,
+        let mut last = self.0.last.lock().await;
+        let since = last.clone();
+        let checked = self
+            .0
+            .audit
+            .read(move |db| {
+                let Some(head) = super::head(db)? else {
+                    return Ok(Ok(None));
+                };
+                if since.as_ref() == Some(&head) {
+                    return Ok(Ok(None));
+                }
+                Ok(match &since {
+                    Some((seq, hash)) => {
+                        crate::audit::verify_since(db, (*seq, hash), head.0).map(|_| Some(head))
+                    }
+                    None => Ok(Some(head)),
+                })
+            })
+            .await;
+        let head = match checked {
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) => return None,
+            Ok(Err(problem)) => {
+                self.refuse(problem);
+                return None;
+            }
             Err(e) => {
-                tracing::warn!("audit checkpoint skipped: cannot read the head: {e}");
+                tracing::warn!("audit checkpoint skipped: cannot read the store: {e}");
                 return None;
             }
         };
-        if self.0.last.lock().expect("lock").as_ref() == Some(&head) {
-            return None;
-        }
-        let checkpoint = self
+        let checkpoint = match self
             .0
             .signer
-            .sign(head.0, &head.1, &crate::audit::now_rfc3339());
+            .sign(head.0, &head.1, &crate::audit::now_rfc3339())
+        {
+            Ok(checkpoint) => checkpoint,
+            Err(e) => {
+                self.refuse(format!("row {}: {e}", head.0));
+                return None;
+            }
+        };
         let line = serde_json::to_string(&checkpoint).expect("a checkpoint serialises");
         let file = self.0.file.clone();
         let text = line.clone();
         let written = tokio::task::spawn_blocking(move || append_line(&file, &text)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(
-                "cannot append the audit checkpoint to {}: {e}",
-                self.0.file.display()
-            ),
-            Err(e) => tracing::error!("audit checkpoint writer failed: {e}"),
-        }
-        *self.0.last.lock().expect("lock") = Some(head);
         let webhook = self.0.webhook.lock().expect("lock").clone();
         if let Some(tx) = webhook
             && tx.try_send(line).is_err()
         {
             tracing::warn!("audit checkpoint webhook is behind: a checkpoint was not sent");
         }
-        Some(checkpoint)
+        match written {
+            Ok(Ok(())) => {
+                *last = Some(head);
+                Some(checkpoint)
+            }
+            // `last` stays: the next interval signs the head again.
+            Ok(Err(e)) => {
+                tracing::error!(
+                    "cannot append the audit checkpoint to {}: {e}",
+                    self.0.file.display()
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!("audit checkpoint writer failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Counts a refusal, shows it on `/healthz`, and logs it (at most once
+    /// per [`REFUSAL_LOG_EVERY`]).
+    fn refuse(&self, problem: String) {
+        let message = format!(
+            "audit checkpoint refused: {problem}; the history signed in {} was changed, so the new head is not signed — investigate, and keep the store and checkpoints as evidence",
+            self.0.file.display()
+        );
+        self.0.audit.checkpoint_refused(problem);
+        let mut log = self.0.refusal_log.lock().expect("lock");
+        let due = log.0.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY);
+        if due {
+            let unlogged = std::mem::take(&mut log.1);
+            if unlogged > 0 {
+                tracing::error!("{message} ({unlogged} more refusal(s) since the last message)");
+            } else {
+                tracing::error!("{message}");
+            }
+            log.0 = Some(Instant::now());
+        } else {
+            log.1 += 1;
+        }
     }
 
     /// Checkpoints every `interval` until `shutdown`; the final checkpoint
@@ -152,13 +226,27 @@ fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// The last checkpoint in `path`, if it has one.
+/// The last checkpoint in `path`, if it has one (reading only its end).
 fn last_line(path: &std::path::Path) -> Option<Checkpoint> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok())
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    match serde_json::from_str(line) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(e) => {
+            tracing::warn!(
+                "the last line of {} is not a checkpoint ({e}); the next checkpoint does not check the history against it",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// POSTs each checkpoint (the JSON line) to the webhook, retrying with

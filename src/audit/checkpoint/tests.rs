@@ -33,13 +33,52 @@ async fn store_with_rows(n: usize) -> (PathBuf, Audit) {
 fn checkpoint_line(path: &Path, signer: &Signer) -> String {
     let mut db = Sqlite::open_existing(path).unwrap();
     let (seq, hash) = head(&mut db).unwrap().unwrap();
-    serde_json::to_string(&signer.sign(seq, &hash, "2026-11-25T10:00:00.000Z")).unwrap()
+    serde_json::to_string(&signer.sign(seq, &hash, "2026-11-25T10:00:00.000Z").unwrap()).unwrap()
+}
+
+/// Runs `edit` on the store, then recomputes every hash from there on, as an
+/// attacker with the file and the documented formula can.
+fn rewrite_and_rehash(path: &Path, edit: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute(edit, []).unwrap();
+    let mut entries = Vec::new();
+    Sqlite::open_existing(path)
+        .unwrap()
+        .scan(1, &mut |e| {
+            entries.push(e);
+            true
+        })
+        .unwrap();
+    let mut prev = crate::audit::GENESIS.to_owned();
+    for e in &entries {
+        let hash = row_hash(&prev, e);
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![prev, hash, e.seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+}
+
+async fn add_rows(audit: &Audit, n: usize) {
+    for _ in 0..n {
+        audit
+            .record(Record {
+                decision: "denied",
+                ..Default::default()
+            })
+            .await;
+    }
+    audit.flush().await;
 }
 
 #[test]
 fn a_checkpoint_verifies_with_its_key_and_not_after_any_change() {
     let s = signer();
-    let c = s.sign(12, &"ab".repeat(32), "2026-11-25T10:00:00.000Z");
+    let c = s
+        .sign(12, &"ab".repeat(32), "2026-11-25T10:00:00.000Z")
+        .unwrap();
     assert!(signature_holds(&c, &s.verifying_key()));
     let other = Signer::from_seed(&[8u8; 32]);
     assert!(!signature_holds(&c, &other.verifying_key()));
@@ -169,29 +208,7 @@ async fn rewriting_and_rehashing_the_chain_is_caught() {
     let (path, _audit) = store_with_rows(4).await;
     let s = signer();
     let text = checkpoint_line(&path, &s);
-    // Edit row 2, then recompute every hash from there on, as an attacker
-    // with the file and the documented formula can.
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE audit SET tool = 'innocent' WHERE seq = 2", [])
-        .unwrap();
-    let mut entries = Vec::new();
-    Sqlite::open_existing(&path)
-        .unwrap()
-        .scan(&mut |e| {
-            entries.push(e);
-            true
-        })
-        .unwrap();
-    let mut prev = crate::audit::GENESIS.to_owned();
-    for e in &entries {
-        let hash = row_hash(&prev, e);
-        conn.execute(
-            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            rusqlite::params![prev, hash, e.seq],
-        )
-        .unwrap();
-        prev = hash;
-    }
+    rewrite_and_rehash(&path, "UPDATE audit SET tool = 'innocent' WHERE seq = 2");
     let mut db = Sqlite::open_existing(&path).unwrap();
     assert_eq!(verify(&mut db), Ok(4), "the chain alone cannot tell");
     let report = verify_checkpoints(&mut db, &text, Some(&s.verifying_key())).unwrap();
@@ -223,7 +240,7 @@ async fn a_forged_or_garbled_line_is_named() {
         report.problems[1].starts_with("checkpoint line 3 ")
             && report.problems[1].contains("signature does not verify")
     );
-    // Without a key of one's own, each line's key is trusted: the forgery passes.
+    // With the embedded keys trusted (--trust-embedded-key), the forgery passes.
     let trusting = verify_checkpoints(&mut db, &text, None).unwrap();
     assert_eq!((trusting.verified, trusting.keys_seen.len()), (2, 2));
 }
@@ -251,4 +268,228 @@ async fn the_publisher_signs_only_when_the_head_moved() {
     let mut db = Sqlite::open_existing(&path).unwrap();
     let report = verify_checkpoints(&mut db, &text, Some(&signer().verifying_key())).unwrap();
     assert_eq!((report.verified, report.problems.len()), (2, 0));
+}
+
+#[test]
+fn signing_and_verifying_refuse_an_ambiguous_or_invalid_head() {
+    let s = signer();
+    let hash = "ab".repeat(32);
+    let time = "2026-11-25T10:00:00.000Z";
+    for (seq, hash, time) in [
+        (0, hash.as_str(), time),
+        (-1, &hash, time),
+        (i64::MIN, &hash, time),
+        (1, &"AB".repeat(32), time),
+        (1, &"ab".repeat(31), time),
+        (1, &format!("{}\n2", "ab".repeat(31)), time),
+        (1, &"zz".repeat(32), time),
+        (1, &hash, "yesterday"),
+        (1, &hash, "2026-11-25T10:00:00.000Z\n"),
+        (1, &hash, ""),
+    ] {
+        let refused = s.sign(seq, hash, time);
+        assert!(
+            matches!(refused, Err(CheckpointError::BadCheckpoint(_))),
+            "{seq} {hash:?} {time:?}: {refused:?}"
+        );
+        // A line carrying such fields, signed over the raw bytes, is refused too.
+        let forged = Checkpoint {
+            seq,
+            hash: hash.to_owned(),
+            time: time.to_owned(),
+            public_key: s.public_key().to_owned(),
+            signature: b64(&s.key.sign(&signed_bytes(seq, hash, time)).to_bytes()),
+        };
+        assert!(!signature_holds(&forged, &s.verifying_key()), "{forged:?}");
+    }
+    assert!(s.sign(1, &hash, "2026-11-25T10:00:00+01:00").is_ok());
+}
+
+#[tokio::test]
+async fn a_checkpoint_line_with_an_invalid_seq_is_named_not_a_panic() {
+    let (path, _audit) = store_with_rows(1).await;
+    let line = format!(
+        r#"{{"seq":{},"hash":"{}","time":"2026-11-25T10:00:00.000Z","public_key":"{}","signature":"{}"}}"#,
+        i64::MIN,
+        "ab".repeat(32),
+        signer().public_key(),
+        b64(&[0u8; 64])
+    );
+    let mut db = Sqlite::open_existing(&path).unwrap();
+    let report = verify_checkpoints(&mut db, &line, Some(&signer().verifying_key())).unwrap();
+    assert_eq!(report.verified, 0);
+    let [problem] = &report.problems[..] else {
+        panic!("{:?}", report.problems)
+    };
+    assert!(problem.contains("seq must be 1 or more"), "{problem}");
+    assert_eq!(hash_at(&mut db, i64::MIN).unwrap(), None);
+}
+
+fn write_key(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{}\n", hex::encode([7u8; 32]))).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_key_file_others_may_read_is_refused_with_the_fix() {
+    let key = temp_db().with_extension("key");
+    for mode in [0o640, 0o604, 0o660, 0o610] {
+        write_key(&key, mode);
+        let refused = load_signer(None, Some(&key), &temp_db(), false).unwrap_err();
+        assert!(
+            matches!(refused, CheckpointError::KeyTooOpen { .. }),
+            "{mode:o}: {refused}"
+        );
+        let message = refused.to_string();
+        assert!(
+            message.contains(&format!("chmod 600 {}", key.display())),
+            "{message}"
+        );
+    }
+    write_key(&key, 0o400);
+    let (accepted, source) = load_signer(None, Some(&key), &temp_db(), false).unwrap();
+    assert_eq!(accepted.public_key(), signer().public_key());
+    assert_eq!(source, KeySource::File(key));
+}
+
+#[test]
+fn a_key_file_behind_a_symlink_is_refused() {
+    let key = temp_db().with_extension("key");
+    write_key(&key, 0o600);
+    let link = temp_db().with_extension("link");
+    std::os::unix::fs::symlink(&key, &link).unwrap();
+    let refused = load_signer(None, Some(&link), &temp_db(), false).unwrap_err();
+    assert!(
+        matches!(refused, CheckpointError::KeyIsSymlink { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains(&link.display().to_string()));
+}
+
+#[test]
+fn a_key_file_owned_by_another_user_is_refused() {
+    let key = temp_db().with_extension("key");
+    write_key(&key, 0o600);
+    if !nix::unistd::geteuid().is_root() {
+        // Only root can give a file away; as anyone else the check is not reachable here.
+        return;
+    }
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let refused = load_signer(None, Some(&key), &temp_db(), false).unwrap_err();
+    assert!(
+        matches!(refused, CheckpointError::KeyNotOwned { owner: 65534, .. }),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_planted_default_key_is_checked_not_silently_loaded() {
+    let audit = temp_db();
+    let key = default_key_path(&audit);
+    write_key(&key, 0o644);
+    let refused = load_signer(None, None, &audit, true).unwrap_err();
+    assert!(
+        matches!(refused, CheckpointError::KeyTooOpen { .. }),
+        "{refused}"
+    );
+    // The race of two gateways creating it: the loser loads it, checked.
+    let refused = generate_key(&key).unwrap_err();
+    assert!(
+        matches!(refused, CheckpointError::KeyTooOpen { .. }),
+        "{refused}"
+    );
+    std::fs::remove_file(&key).unwrap();
+    let elsewhere = temp_db();
+    write_key(&elsewhere, 0o600);
+    std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
+    let refused = generate_key(&key).unwrap_err();
+    assert!(
+        matches!(refused, CheckpointError::KeyIsSymlink { .. }),
+        "{refused}"
+    );
+}
+
+fn line_count(file: &Path) -> usize {
+    std::fs::read_to_string(file).map_or(0, |t| t.lines().count())
+}
+
+#[tokio::test]
+async fn the_publisher_refuses_to_sign_a_rewritten_history() {
+    let (path, audit) = store_with_rows(4).await;
+    let file = checkpoints_path(&path);
+    let publisher = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
+    assert_eq!(publisher.checkpoint().await.map(|c| c.seq), Some(4));
+    rewrite_and_rehash(&path, "UPDATE audit SET tool = 'innocent' WHERE seq = 2");
+    add_rows(&audit, 1).await;
+    for attempt in 1..=2 {
+        assert!(publisher.checkpoint().await.is_none());
+        assert_eq!(audit.checkpoint_refusals(), attempt);
+    }
+    let problem = audit.checkpoint_problem().unwrap();
+    assert!(
+        problem.contains("row 4 has hash") && problem.contains("rewritten"),
+        "{problem}"
+    );
+    assert_eq!(line_count(&file), 1, "nothing more was signed");
+}
+
+#[tokio::test]
+async fn the_publisher_refuses_after_rows_were_removed_or_a_later_row_changed() {
+    // Rows removed from the end, then new ones written past the signed seq.
+    let (path, audit) = store_with_rows(4).await;
+    let publisher = publish::Publisher::new(audit.clone(), signer(), checkpoints_path(&path), None);
+    publisher.checkpoint().await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("DELETE FROM audit WHERE seq > 2", []).unwrap();
+    assert!(publisher.checkpoint().await.is_none(), "a shorter head");
+    add_rows(&audit, 3).await;
+    assert!(publisher.checkpoint().await.is_none(), "a longer, new tail");
+    assert_eq!(audit.checkpoint_refusals(), 2);
+
+    // A row after the signed one changed (not re-hashed): the chain to the new head is broken.
+    let (path, audit) = store_with_rows(2).await;
+    let publisher = publish::Publisher::new(audit.clone(), signer(), checkpoints_path(&path), None);
+    publisher.checkpoint().await.unwrap();
+    add_rows(&audit, 2).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE audit SET decision = 'allowed' WHERE seq = 3", [])
+        .unwrap();
+    assert!(publisher.checkpoint().await.is_none());
+    let problem = audit.checkpoint_problem().unwrap();
+    assert!(problem.contains("row 3"), "{problem}");
+}
+
+#[tokio::test]
+async fn a_rewrite_between_runs_is_caught_at_the_first_checkpoint_after_restart() {
+    let (path, audit) = store_with_rows(3).await;
+    let file = checkpoints_path(&path);
+    let publisher = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
+    publisher.checkpoint().await.unwrap();
+    drop(publisher);
+    rewrite_and_rehash(&path, "UPDATE audit SET tool = 'innocent' WHERE seq = 1");
+    add_rows(&audit, 1).await;
+    let restarted = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
+    assert!(restarted.checkpoint().await.is_none());
+    assert_eq!(audit.checkpoint_refusals(), 1);
+    assert_eq!(line_count(&file), 1);
+}
+
+#[tokio::test]
+async fn a_failed_append_is_retried_at_the_next_checkpoint() {
+    let (path, audit) = store_with_rows(2).await;
+    let dir = temp_db();
+    let file = dir.join("airlock.db.checkpoints");
+    let publisher = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
+    assert!(
+        publisher.checkpoint().await.is_none(),
+        "the directory is missing"
+    );
+    std::fs::create_dir(&dir).unwrap();
+    assert_eq!(publisher.checkpoint().await.map(|c| c.seq), Some(2));
+    assert_eq!(line_count(&file), 1);
+    let mut db = Sqlite::open_existing(&path).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let report = verify_checkpoints(&mut db, &text, Some(&signer().verifying_key())).unwrap();
+    assert_eq!((report.verified, report.problems.len()), (1, 0));
 }
