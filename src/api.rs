@@ -30,8 +30,9 @@ use crate::hold::{self, DecideError, Verdict};
 use crate::login::{self, CSRF_HEADER};
 
 pub fn routes() -> Router<Gateway> {
-    Router::new()
-        .route("/api/login", post(login_handler))
+    // Login is open to anyone: its bodies are read under a small limit.
+    let login = Router::new().route("/api/login", post(login_handler));
+    let api = Router::new()
         .route("/api/logout", post(logout_handler))
         .route("/api/me", get(me))
         .route("/api/status", get(status))
@@ -43,32 +44,51 @@ pub fn routes() -> Router<Gateway> {
         .route("/api/audit/export", get(audit_export))
         .route("/api/ws", get(websocket))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn(read_body_first))
+        .route("/metrics", get(metrics));
+    reading_bodies_first(api, MAX_BODY).merge(reading_bodies_first(login, LOGIN_MAX_BODY))
 }
 
-/// Largest request body the API and the decision pages accept.
+/// Largest request body the API accepts.
 const MAX_BODY: usize = 2 * 1024 * 1024;
+/// Largest `POST /api/login` body: `{"token": "…"}`, read before any auth.
+pub const LOGIN_MAX_BODY: usize = 16 * 1024;
 
-/// Reads the whole request body before any handler (or auth check) runs.
-/// A request refused before its body was read (401, 403 CSRF) would leave
-/// the connection half-read, and hyper then closes it: a client reusing that
-/// keep-alive connection for its next request would see "server disconnected"
-/// instead of an answer. API bodies are small, so reading them first is cheap.
+/// `router` with every request body read first, at most `limit` bytes
+/// ([`read_body_first`]); axum's extractors are told the same limit.
+pub fn reading_bodies_first(router: Router<Gateway>, limit: usize) -> Router<Gateway> {
+    router
+        .layer(axum::middleware::from_fn_with_state(limit, read_body_first))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+}
+
+/// Reads the whole request body, at most `limit` bytes, before any handler
+/// (or auth check) runs. A request refused before its body was read (401,
+/// 403 CSRF) would leave the connection half-read, and hyper then closes it:
+/// a client reusing that keep-alive connection for its next request would
+/// see "server disconnected" instead of an answer. API bodies are small, so
+/// reading them first is cheap. A body that does not arrive within
+/// `[server] body_timeout` is answered 408.
 pub async fn read_body_first(
+    State(limit): State<usize>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, MAX_BODY).await {
+    match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => {
             next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
+        Err(e) if crate::listener::is_body_timeout(&e) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "request body not received in time",
+        )
+        .into_response(),
         Err(_) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body exceeds {MAX_BODY} bytes (or could not be read)"),
+            format!("request body exceeds {limit} bytes (or could not be read)"),
         )
         .into_response(),
     }

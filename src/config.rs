@@ -164,11 +164,24 @@ pub struct ServerConfig {
     /// none in flight. Never applies while a response is being answered or
     /// streamed (held calls, event streams, websockets).
     pub idle_timeout: Duration,
+    /// From the end of a request's headers to the end of its body: a client
+    /// trickling a body byte by byte would otherwise hold its connection
+    /// (and its permit) for as long as it likes.
+    pub body_timeout: Duration,
+    /// Longest a write to a client may stay blocked with no byte taken: a
+    /// client that stops reading a response is cut. Held calls and event
+    /// streams leave no write pending while they wait, so they are not.
+    pub write_timeout: Duration,
 }
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest any `[server]` timeout may be: a deadline is `Instant + timeout`,
+/// and a huge timeout would overflow it.
+pub const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -176,6 +189,8 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -287,6 +302,8 @@ struct RawServer {
     max_connections: Option<toml::Spanned<u64>>,
     header_timeout: Option<toml::Spanned<u64>>,
     idle_timeout: Option<toml::Spanned<u64>>,
+    body_timeout: Option<toml::Spanned<u64>>,
+    write_timeout: Option<toml::Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -641,17 +658,21 @@ pub fn parse(
 }
 
 /// `[server]`: every limit is at least 1 (0 would refuse every connection
-/// or cut every request).
+/// or cut every request), and a timeout at most a day (see
+/// [`MAX_SERVER_TIMEOUT`]).
 fn server(raw: &RawServer, text: &str, file: &str) -> Result<ServerConfig, ConfigError> {
+    let invalid = |v: &toml::Spanned<u64>, message: String| {
+        let (line, column) = line_col(text, v.span().start);
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
     let at_least_one = |value: &Option<toml::Spanned<u64>>, key: &str, unit: &str| match value {
         Some(v) if *v.get_ref() == 0 => {
-            let (line, column) = line_col(text, v.span().start);
-            Err(ConfigError::Invalid {
-                file: file.to_owned(),
-                line,
-                column,
-                message: format!("server.{key} must be at least 1{unit}"),
-            })
+            Err(invalid(v, format!("server.{key} must be at least 1{unit}")))
         }
         other => Ok(other.as_ref().map(|v| *v.get_ref())),
     };
@@ -660,8 +681,16 @@ fn server(raw: &RawServer, text: &str, file: &str) -> Result<ServerConfig, Confi
         .map_or(defaults.max_connections, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
         });
-    let seconds = |value, key, default| {
-        at_least_one(value, key, " (seconds)").map(|s| s.map_or(default, Duration::from_secs))
+    let seconds = |value: &Option<toml::Spanned<u64>>, key: &str, default| {
+        let max = MAX_SERVER_TIMEOUT.as_secs();
+        match value {
+            Some(v) if *v.get_ref() > max => Err(invalid(
+                v,
+                format!("server.{key} must be at most {max} (seconds: one day)"),
+            )),
+            _ => at_least_one(value, key, " (seconds)")
+                .map(|s| s.map_or(default, Duration::from_secs)),
+        }
     };
     Ok(ServerConfig {
         // The semaphore behind the cap holds at most `usize::MAX >> 3` permits.
@@ -672,6 +701,8 @@ fn server(raw: &RawServer, text: &str, file: &str) -> Result<ServerConfig, Confi
             defaults.header_timeout,
         )?,
         idle_timeout: seconds(&raw.idle_timeout, "idle_timeout", defaults.idle_timeout)?,
+        body_timeout: seconds(&raw.body_timeout, "body_timeout", defaults.body_timeout)?,
+        write_timeout: seconds(&raw.write_timeout, "write_timeout", defaults.write_timeout)?,
     })
 }
 
@@ -1111,17 +1142,48 @@ redact = ["password"]
         let upstream = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
         assert_eq!(parse_ok(upstream).server, ServerConfig::default());
         let c = parse_ok(&format!(
-            "{upstream}[server]\nmax_connections = 50\nheader_timeout = 2\nidle_timeout = 30\n"
+            "{upstream}[server]\nmax_connections = 50\nheader_timeout = 2\nidle_timeout = 30\n\
+             body_timeout = 5\nwrite_timeout = 7\n"
         ));
         assert_eq!(c.server.max_connections, 50);
         assert_eq!(c.server.header_timeout, Duration::from_secs(2));
         assert_eq!(c.server.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.body_timeout, Duration::from_secs(5));
+        assert_eq!(c.server.write_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_server_timeout_over_a_day_is_an_error_naming_the_key_and_line() {
+        let upstream = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+        for key in [
+            "header_timeout",
+            "idle_timeout",
+            "body_timeout",
+            "write_timeout",
+        ] {
+            let e = parse_err(&format!(
+                "{upstream}[server]\n{key} = 9223372036854775807\n"
+            ));
+            assert!(e.starts_with("a.toml:5:"), "{e}");
+            assert!(
+                e.contains(&format!("server.{key} must be at most 86400")),
+                "{e}"
+            );
+            let c = parse_ok(&format!("{upstream}[server]\n{key} = 86400\n"));
+            assert!(format!("{:?}", c.server).contains("86400s"));
+        }
     }
 
     #[test]
     fn a_zero_server_limit_is_an_error_naming_the_key_and_line() {
         let upstream = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
-        for key in ["max_connections", "header_timeout", "idle_timeout"] {
+        for key in [
+            "max_connections",
+            "header_timeout",
+            "idle_timeout",
+            "body_timeout",
+            "write_timeout",
+        ] {
             let e = parse_err(&format!("{upstream}[server]\n{key} = 0\n"));
             assert!(e.starts_with("a.toml:5:"), "{e}");
             assert!(

@@ -13,15 +13,25 @@
 //! - **Header timeout.** From accept, or from the first byte of the next
 //!   request on a keep-alive connection, the headers must be complete within
 //!   `header_timeout`. A slowloris client sending a line now and then is cut.
+//!   Headers may take at most [`MAX_BUF`] bytes (hyper answers 431 beyond).
+//! - **Body timeout.** Once its headers are in, a request's body must arrive
+//!   within `body_timeout` ([`body`]); a client trickling it is cut.
+//! - **Write timeout.** A write that takes no byte for `write_timeout` ends
+//!   the connection: a client that stops reading a response is cut. Held
+//!   calls and event streams write nothing while they wait, so they are not.
 //! - **Idle timeout.** A keep-alive connection with no request in flight
-//!   waits at most `idle_timeout` for its next one. A request is in flight
+//!   and no byte written for `idle_timeout` is closed. A request is in flight
 //!   from its headers until its response body is finished, so held calls,
 //!   event streams and websockets are never cut by it.
+//! - **Open files.** At start the soft `RLIMIT_NOFILE` is raised to the hard
+//!   limit and the cap kept below it ([`descriptors`]).
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS…) back off from 10 ms up to
 //!   1 s and retry; the loop never ends on them, and they are logged once
 //!   per episode, not once per retry.
 //! - **`TCP_NODELAY`** on every accepted socket: the last small write of an
 //!   event stream must not wait for the client's delayed ACK (~40 ms).
+//!   **`SO_KEEPALIVE`** too (probes after 60 s of silence): a client that
+//!   vanished (laptop closed mid-websocket) gives back its permit.
 //!
 //! Why not hyper's own `header_read_timeout`: hyper 1.x starts it as soon as
 //! a connection goes idle (its `State::idle` re-arms the read), so it is also
@@ -30,6 +40,7 @@
 //! watchdog below keeps the two apart, as Go's `ReadHeaderTimeout` and
 //! `IdleTimeout` do.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -45,18 +56,31 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::metrics::LISTENER;
 
+mod body;
+mod descriptors;
+
+pub use body::is_body_timeout;
+
 /// First pause after a failed accept; doubled per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Least time between two log lines about one ongoing condition.
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Most bytes hyper buffers per connection, and the most a request's
+/// headers may take (hyper's default is about 400 KB; MCP headers, even
+/// with `Mcp-Param-*`, are a few KB).
+const MAX_BUF: usize = 64 * 1024;
+/// Silence on a connection before the kernel's first keep-alive probe, and
+/// between probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown`, then lets open
 /// connections finish their in-flight requests (the caller bounds that wait).
@@ -66,6 +90,10 @@ pub async fn serve(
     limits: ServerConfig,
     shutdown: CancellationToken,
 ) {
+    let limits = ServerConfig {
+        max_connections: descriptors::effective_cap(limits.max_connections),
+        ..limits
+    };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut failures = Failures::default();
@@ -78,7 +106,7 @@ pub async fn serve(
                 if full_logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
                     full_logged = Some(Instant::now());
                     tracing::warn!(
-                        "{} connections open (server.max_connections): new ones wait until one closes",
+                        "{} connections open (server.max_connections, or the open-file limit): new ones wait until one closes",
                         limits.max_connections
                     );
                 }
@@ -187,11 +215,19 @@ impl Connection {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL);
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!("cannot set SO_KEEPALIVE: {e}");
+        }
         let activity = Arc::new(Activity::new());
         LISTENER.open.fetch_add(1, Ordering::Relaxed);
         let socket = Socket {
             stream,
             activity: activity.clone(),
+            write_timeout: limits.write_timeout,
+            write_stall: None,
             _permit: permit,
         };
         Connection {
@@ -210,7 +246,10 @@ impl Connection {
             limits,
         } = self;
         let busy = activity.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let body_timeout = limits.body_timeout;
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let mut request =
+                request.map(|body| axum::body::Body::new(body::TimedBody::new(body, body_timeout)));
             // What `into_make_service_with_connect_info` did: handlers read the peer.
             request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = busy.begin();
@@ -236,6 +275,9 @@ impl Connection {
                 .keep_alive(true)
                 // The watchdog times headers (see the module doc).
                 .header_read_timeout(None)
+                .max_buf_size(MAX_BUF)
+                // A read can overshoot `max_buf_size`; this bounds what is parsed.
+                .max_header_size(MAX_BUF)
                 .serve_connection(TokioIo::new(socket), service)
                 .with_upgrades()
         );
@@ -267,12 +309,44 @@ impl Connection {
 }
 
 /// The accepted socket as hyper sees it. Reads tell [`Activity`] that a
-/// request has started; dropping it (connection closed, or the websocket it
-/// was upgraded to ended) gives back the permit.
+/// request has started, writes that the connection is not idle; a write
+/// blocked for `write_timeout` fails. Dropping it (connection closed, or
+/// the websocket it was upgraded to ended) gives back the permit.
 struct Socket {
     stream: TcpStream,
     activity: Arc<Activity>,
+    write_timeout: Duration,
+    /// Set while a write is blocked: when it began to be, as a timer.
+    write_stall: Option<Pin<Box<Sleep>>>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Socket {
+    /// Accounts for one polled write (or flush): progress clears the stall
+    /// timer; a write blocked longer than `write_timeout` becomes an error.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stall = None;
+            self.activity.bytes_written();
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        LISTENER.write_timeouts.fetch_add(1, Ordering::Relaxed);
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no byte written for {timeout:?} (server.write_timeout)"),
+        )))
+    }
 }
 
 impl Drop for Socket {
@@ -303,7 +377,9 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.written(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -311,7 +387,9 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.written(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -338,6 +416,9 @@ struct Activity {
     in_flight: AtomicUsize,
     /// When the connection last became idle (accept, or a response finished).
     idle_since: AtomicU64,
+    /// When a write last made progress: a response still being flushed
+    /// after hyper let go of its body keeps the connection from being idle.
+    last_write: AtomicU64,
     /// When bytes of a request whose headers are not complete began to arrive.
     request_started: AtomicU64,
     /// Wakes the watchdog on each change (one stored permit: none is lost).
@@ -363,6 +444,7 @@ impl Activity {
             accepted: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
             // A new connection owes its first request's headers from the start.
             request_started: AtomicU64::new(0),
             changed: Notify::new(),
@@ -389,6 +471,12 @@ impl Activity {
         }
     }
 
+    /// A write made progress. No wake-up: the watchdog re-reads the
+    /// deadline when its timer fires.
+    fn bytes_written(&self) {
+        self.last_write.store(self.now(), Ordering::Relaxed);
+    }
+
     /// Hyper has a request's headers: it is in flight until the guard drops.
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -403,10 +491,14 @@ impl Activity {
             return None;
         }
         match self.request_started.load(Ordering::Acquire) {
-            NONE => Some((
-                self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout,
-                Cut::Idle,
-            )),
+            NONE => {
+                let idle_since = self.idle_since.load(Ordering::Acquire);
+                let last_write = self.last_write.load(Ordering::Relaxed);
+                Some((
+                    self.at(idle_since.max(last_write)) + limits.idle_timeout,
+                    Cut::Idle,
+                ))
+            }
             started => Some((self.at(started) + limits.header_timeout, Cut::Header)),
         }
     }

@@ -29,6 +29,8 @@ pub static LISTENER: ListenerMetrics = ListenerMetrics {
     accept_errors: AtomicU64::new(0),
     header_timeouts: AtomicU64::new(0),
     idle_timeouts: AtomicU64::new(0),
+    body_timeouts: AtomicU64::new(0),
+    write_timeouts: AtomicU64::new(0),
 };
 
 /// Counted by [`crate::listener`].
@@ -43,6 +45,10 @@ pub struct ListenerMetrics {
     pub header_timeouts: AtomicU64,
     /// Keep-alive connections closed for waiting too long for their next request.
     pub idle_timeouts: AtomicU64,
+    /// Requests whose body did not arrive within `body_timeout`.
+    pub body_timeouts: AtomicU64,
+    /// Connections cut because a write took no byte for `write_timeout`.
+    pub write_timeouts: AtomicU64,
 }
 
 impl ListenerMetrics {
@@ -65,9 +71,11 @@ impl ListenerMetrics {
         );
         let _ = writeln!(
             out,
-            "# HELP airlock_http_connections_timed_out_total Connections closed by the listener, by reason (header_timeout, idle_timeout).\n# TYPE airlock_http_connections_timed_out_total counter\nairlock_http_connections_timed_out_total{{reason=\"header\"}} {}\nairlock_http_connections_timed_out_total{{reason=\"idle\"}} {}",
+            "# HELP airlock_http_connections_timed_out_total Connections closed by the listener, by reason (header_timeout, idle_timeout, body_timeout, write_timeout).\n# TYPE airlock_http_connections_timed_out_total counter\nairlock_http_connections_timed_out_total{{reason=\"header\"}} {}\nairlock_http_connections_timed_out_total{{reason=\"idle\"}} {}\nairlock_http_connections_timed_out_total{{reason=\"body\"}} {}\nairlock_http_connections_timed_out_total{{reason=\"write\"}} {}",
             get(&self.header_timeouts),
-            get(&self.idle_timeouts)
+            get(&self.idle_timeouts),
+            get(&self.body_timeouts),
+            get(&self.write_timeouts)
         );
     }
 }

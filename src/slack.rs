@@ -106,13 +106,22 @@ pub async fn install(gw: &Gateway) -> Result<(), SlackError> {
 
 /// The routes: decision links, their stylesheet, and Slack-app interactions.
 /// Without `[slack]` they answer 404.
+/// Both are open to anyone (their auth is in the body or the link), so
+/// their bodies are read under small limits.
 pub fn routes() -> Router<Gateway> {
-    Router::new()
+    use crate::api::reading_bodies_first;
+    let approve = Router::new()
         .route("/approve/{token}", get(confirm::show).post(confirm::decide))
-        .route("/slack/confirm.css", get(confirm::stylesheet))
-        .route("/slack/interactions", post(interactions::handle))
-        .layer(axum::middleware::from_fn(crate::api::read_body_first))
+        .route("/slack/confirm.css", get(confirm::stylesheet));
+    let interactions = Router::new().route("/slack/interactions", post(interactions::handle));
+    reading_bodies_first(approve, APPROVE_MAX_BODY)
+        .merge(reading_bodies_first(interactions, INTERACTIONS_MAX_BODY))
 }
+
+/// Largest decision-page form (`POST /approve/{token}`): a comment at most.
+pub const APPROVE_MAX_BODY: usize = 64 * 1024;
+/// Largest Slack interaction payload (Slack's own are a few KB).
+pub const INTERACTIONS_MAX_BODY: usize = 256 * 1024;
 
 /// Queues Slack messages for holds and decisions; never blocks.
 struct SlackNotifier(Arc<Slack>);

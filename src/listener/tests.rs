@@ -5,6 +5,8 @@ fn limits() -> ServerConfig {
         max_connections: 4,
         header_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
     }
 }
 
@@ -65,4 +67,34 @@ fn accept_failures_back_off_doubling_up_to_a_second_and_peer_aborts_do_not() {
     assert_eq!(failures.count, 9);
     failures.recovered();
     assert_eq!(failures.failed(&emfile), Some(MIN_BACKOFF));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_still_being_written_keep_an_idle_connection_open() {
+    let activity = Arc::new(Activity::new());
+    drop(activity.begin());
+    let idle_from = Instant::now();
+    tokio::time::advance(Duration::from_secs(8)).await;
+    activity.bytes_written();
+    let cut = activity.watch(limits()).await;
+    assert!(matches!(cut, Cut::Idle), "{cut:?}");
+    assert_eq!(idle_from.elapsed(), Duration::from_secs(18));
+}
+
+#[test]
+fn the_connection_cap_stays_below_the_open_file_limit_minus_a_reserve() {
+    use descriptors::{connection_cap, reserve};
+    // A tenth of the limit, at least 128, at most half.
+    assert_eq!(reserve(1_048_576), 104_857);
+    assert_eq!(reserve(1024), 128);
+    assert_eq!(reserve(64), 32);
+    assert_eq!(reserve(1), 0);
+    // The default cap fits a raised limit; a common soft limit clamps it.
+    assert_eq!(connection_cap(16_384, 1_048_576), 16_384);
+    assert_eq!(connection_cap(16_384, 1024), 896);
+    assert_eq!(connection_cap(24, 64), 24);
+    assert_eq!(connection_cap(50, 64), 32);
+    // Never 0, whatever the limit.
+    assert_eq!(connection_cap(16_384, 0), 1);
+    assert_eq!(connection_cap(16_384, 1), 1);
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import select
 import socket
 import statistics
+import subprocess
 import threading
 import time
 
@@ -202,9 +203,11 @@ def test_a_held_call_and_a_websocket_outlive_the_idle_timeout(procs):
 
 
 def test_accept_errors_back_off_and_the_gateway_recovers_when_descriptors_free_up(procs):
-    """Without a cap below the descriptor limit, accept fails (EMFILE): the
-    gateway backs off and logs once, and serves again once clients leave."""
-    gw = start(procs, {"header_timeout": 30}, nofile=64)
+    """Descriptors can still run out below the cap (the limit lowered under a
+    running gateway, here with prlimit): accept fails (EMFILE), the gateway
+    backs off and logs once, and serves again once clients leave."""
+    gw = start(procs, {"header_timeout": 30})
+    subprocess.run(["prlimit", f"--pid={gw.proc.popen.pid}", "--nofile=64:64"], check=True)
     idle = []
     try:
         for _ in range(80):
@@ -226,6 +229,145 @@ def test_accept_errors_back_off_and_the_gateway_recovers_when_descriptors_free_u
     assert gw.metrics()["airlock_http_accept_errors_total"] > 0
     said = [line for line in gw.proc.stderr_log if "cannot accept connections" in line]
     assert 1 <= len(said) <= 2, said  # once per episode, not once per retry
+
+
+def test_the_default_cap_is_clamped_below_the_open_file_limit(procs):
+    """Under a 128-descriptor limit the default cap (16,384) becomes 64 (128
+    minus a reserve of half): 100 idle clients queue instead of making
+    accept fail, and the clamp is logged."""
+    gw = start(procs, {"header_timeout": 2}, nofile=128)
+    said = [line for line in gw.proc.stderr_log if "accepting up to 64 connections at once" in line]
+    assert said and "WARN" in said[0], gw.proc.stderr_text()[-2000:]
+    idle = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(100)]
+    try:
+        time.sleep(1)
+        health = httpx.get(f"{gw.base}/healthz", timeout=15)
+        assert health.status_code == 200
+    finally:
+        for s in idle:
+            s.close()
+    metrics = gw.metrics()
+    assert metrics["airlock_http_accept_errors_total"] == 0
+    assert metrics["airlock_http_connection_limit_waits_total"] > 0
+
+
+class BodyTrickler:
+    """Sends the headers of a `POST /api/login` announcing a 100,000-byte body,
+    then one byte of it at each `tick`."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(
+            b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{"
+        )
+        self.closed = False
+
+    def tick(self):
+        try:
+            self.sock.sendall(b" ")
+        except OSError:
+            self.closed = True
+
+    def poll(self) -> bool:
+        if not self.closed and closed_by_peer(self.sock):
+            self.closed = True
+        return self.closed
+
+    def close(self):
+        self.sock.close()
+
+
+def test_trickled_request_bodies_are_cut_and_cannot_lock_out_healthz(procs):
+    """Headers in, then a body byte a second on an unauthenticated route:
+    before `body_timeout` such a connection held its permit forever, and a
+    cap's worth of them locked everyone out."""
+    gw = start(procs, {"max_connections": 8, "header_timeout": 2, "body_timeout": 2, "idle_timeout": 30})
+    stop = threading.Event()
+
+    def attack():
+        clients: list[BodyTrickler] = []
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            for c in [c for c in clients if c.poll()]:
+                c.close()
+                clients.remove(c)
+            while len(clients) < 16:
+                clients.append(BodyTrickler(gw.port))
+            if time.monotonic() >= next_tick:
+                for c in clients:
+                    c.tick()
+                next_tick += 1
+            time.sleep(0.05)
+        for c in clients:
+            c.close()
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    try:
+        time.sleep(3)  # the cap is full of tricklers
+        started = time.monotonic()
+        health = httpx.get(f"{gw.base}/healthz", timeout=20)
+        waited = time.monotonic() - started
+        assert health.status_code == 200, health.text
+        assert waited < 15, waited
+        assert attacker.is_alive(), "the attack ended early"
+    finally:
+        stop.set()
+        attacker.join(20)
+    assert gw.metrics()['airlock_http_connections_timed_out_total{reason="body"}'] >= 8
+    # The one who trickles hears why.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 408 "), "expected 408 Request Timeout"
+
+
+def test_a_login_body_over_16_kib_is_refused_before_it_is_read_whole(procs):
+    gw = start(procs, {})
+    big = httpx.post(f"{gw.base}/api/login", json={"token": "x" * 20_000}, timeout=10)
+    assert big.status_code == 413, big.text
+    wrong = httpx.post(f"{gw.base}/api/login", json={"token": "x" * 100}, timeout=10)
+    assert wrong.status_code == 401, wrong.text
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_write_timeout(procs):
+    """Thousands of pipelined `GET /metrics` and no read: the gateway's writes
+    block, and after `write_timeout` the connection is closed."""
+    gw = start(procs, {"write_timeout": 2, "idle_timeout": 60})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.settimeout(0.5)
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    try:
+        for _ in range(5000):
+            sock.sendall(request)
+    except (TimeoutError, OSError):
+        pass  # the gateway stopped reading: its writes are blocked
+    deadline = time.monotonic() + 15
+    cut = 0
+    while time.monotonic() < deadline and not cut:
+        cut = gw.metrics()['airlock_http_connections_timed_out_total{reason="write"}']
+        time.sleep(0.2)
+    assert cut >= 1, "a connection whose client stopped reading stayed open"
+    sock.settimeout(5)
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass  # reset: also closed
+    sock.close()
+
+
+def test_headers_over_64_kib_are_refused_with_431_and_the_gateway_keeps_serving(procs):
+    gw = start(procs, {})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100 * 1024 + b"\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    # Headers of a few tens of KB (Mcp-Param-* included) still fit.
+    ok = httpx.get(f"{gw.base}/healthz", headers={"Mcp-Param-Big": "b" * 32 * 1024}, timeout=10)
+    assert ok.status_code == 200
 
 
 def test_event_stream_answers_are_not_delayed_by_nagle(procs):
