@@ -318,58 +318,97 @@ impl Message {
     /// The same message with another id; only the top-level object is rewritten,
     /// nested values stay as their original text.
     pub fn with_id(&self, id: &Id) -> Message {
-        let fields: indexmap_like::Fields<'_> =
-            serde_json::from_str(self.text()).expect("parsed once already");
-        let mut out = String::with_capacity(self.raw.len() + 16);
-        out.push('{');
-        let mut first = true;
-        let has_id = fields.0.iter().any(|(k, _)| k == "id");
+        let has_id = object_fields(self.text()).is_some_and(|f| f.0.iter().any(|(k, _)| k == "id"));
+        let (mut text, _) = rebuild_object(self.text(), |key, _| {
+            (key == "id").then(|| id.raw().to_owned())
+        })
+        .expect("parsed once already: an object");
         if !has_id {
-            out.push_str("\"id\":");
-            out.push_str(id.raw());
-            first = false;
-        }
-        for (key, value) in fields.0 {
-            if !first {
-                out.push(',');
+            text.insert_str(1, &format!("\"id\":{},", id.raw()));
+            if text.ends_with(",}") {
+                text.replace_range(text.len() - 2.., "}");
             }
-            first = false;
-            out.push_str(&serde_json::to_string(&key).expect("a string serialises"));
-            out.push(':');
-            out.push_str(if key == "id" { id.raw() } else { value.get() });
         }
-        out.push('}');
         Message {
-            raw: Bytes::from(out),
+            raw: Bytes::from(text),
             kind: self.kind,
             id: Some(id.clone()),
             method: self.method.clone(),
         }
     }
-}
 
-impl Message {
     /// The same message with `params._meta.progressToken` (requests) or
     /// `params.progressToken` (progress notifications) set to `token` (raw
-    /// JSON text); unchanged when it has neither.
+    /// JSON text); unchanged when it has neither. Only those values are
+    /// replaced: every other value keeps its original text (a round trip
+    /// through `Value` would fold duplicate keys the gate refused, so the
+    /// child could read a call the policy never saw).
     pub fn with_progress_token(&self, token: &str) -> Message {
-        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(self.text()) else {
-            return self.clone();
-        };
-        let token: serde_json::Value =
-            serde_json::from_str(token).unwrap_or(serde_json::Value::Null);
-        if let Some(params) = value.get_mut("params") {
-            if let Some(meta) = params
-                .get_mut("_meta")
-                .filter(|m| m.get("progressToken").is_some())
-            {
-                meta["progressToken"] = token;
-            } else if params.get("progressToken").is_some() {
-                params["progressToken"] = token;
+        let in_params = |params: &RawValue| -> Option<String> {
+            let (text, replaced) = rebuild_object(params.get(), |key, meta| {
+                if key != "_meta" {
+                    return None;
+                }
+                match rebuild_object(meta.get(), |k, _| {
+                    (k == "progressToken").then(|| token.to_owned())
+                }) {
+                    Some((text, true)) => Some(text),
+                    _ => None,
+                }
+            })?;
+            if replaced {
+                return Some(text);
             }
+            match rebuild_object(params.get(), |k, _| {
+                (k == "progressToken").then(|| token.to_owned())
+            }) {
+                Some((text, true)) => Some(text),
+                _ => None,
+            }
+        };
+        let rebuilt = rebuild_object(self.text(), |key, params| {
+            (key == "params").then(|| in_params(params)).flatten()
+        });
+        match rebuilt {
+            Some((text, true)) => Message::parse(Bytes::from(text)).unwrap_or_else(|_| self.clone()),
+            _ => self.clone(),
         }
-        Message::from_value(&value)
     }
+}
+
+/// The top-level fields of a JSON object, values as their raw text.
+fn object_fields(text: &str) -> Option<indexmap_like::Fields<'_>> {
+    serde_json::from_str(text).ok()
+}
+
+/// Rebuilds a JSON object's text with the values `replace` returns new text
+/// for (every occurrence of a key, duplicates included); the other values
+/// keep their original text. `None` when `text` is not an object; the flag
+/// says whether anything was replaced.
+fn rebuild_object(
+    text: &str,
+    mut replace: impl FnMut(&str, &RawValue) -> Option<String>,
+) -> Option<(String, bool)> {
+    let fields = object_fields(text)?;
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut replaced = false;
+    out.push('{');
+    for (n, (key, value)) in fields.0.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).expect("a string serialises"));
+        out.push(':');
+        match replace(key, value) {
+            Some(new) => {
+                replaced = true;
+                out.push_str(&new);
+            }
+            None => out.push_str(value.get()),
+        }
+    }
+    out.push('}');
+    Some((out, replaced))
 }
 
 mod indexmap_like {

@@ -157,3 +157,28 @@ fn by_position_params_are_invalid_params_with_the_request_id() {
     assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#).is_ok());
     assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":null}"#).is_ok());
 }
+
+#[test]
+fn progress_token_rewrite_keeps_every_other_value_as_written() {
+    // Duplicate keys stay duplicated (the gate refused them; a Value round
+    // trip would fold them into one readable call), numbers and escapes stay.
+    let raw = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b","arguments":{"n":100000000000000000001,"s":"\u0061"},"_meta":{"progressToken":"p","x":1}}}"#;
+    let out = parse(raw).unwrap().with_progress_token(r#""airlock-p-1""#);
+    assert_eq!(
+        out.text(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b","arguments":{"n":100000000000000000001,"s":"\u0061"},"_meta":{"progressToken":"airlock-p-1","x":1}}}"#
+    );
+    let note = parse(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#).unwrap();
+    assert_eq!(
+        note.with_progress_token("\"t\"").text(),
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}"#
+    );
+    let none = parse(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#).unwrap();
+    assert_eq!(none.with_progress_token("\"t\"").text(), none.text());
+}
+
+#[test]
+fn id_rewrite_adds_an_id_to_an_object_without_one() {
+    let m = parse(r#"{"jsonrpc":"2.0","id":"x","result":{}}"#).unwrap();
+    assert_eq!(m.with_id(&Id::from_raw("5")).text(), r#"{"jsonrpc":"2.0","id":5,"result":{}}"#);
+}
