@@ -345,6 +345,9 @@ async fn handle_post(
         };
         let sid = session.id.clone();
         let id = message.id().cloned();
+        // In flight from the start: the child's start-up can outlast a short
+        // `session_idle_timeout`, and the reaper must not close it meanwhile.
+        let busy = InFlight::new(&gw, Some(session.clone()));
         let exchange = match gw.forward(&ctx, message, Some(&forwarded)).await {
             Ok(exchange) => exchange,
             Err(e) => {
@@ -370,12 +373,7 @@ async fn handle_post(
                 remember.remember_negotiated_version(answer);
             }
         });
-        return to_response(
-            exchange,
-            Some(&sid),
-            false,
-            Some(InFlight::new(&gw, Some(session))),
-        );
+        return to_response(exchange, Some(&sid), false, Some(busy));
     }
 
     // No session and no initialize: this must be a stateless-era request.
@@ -591,6 +589,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(s) = &self.1 {
+            // Idle time counts from the end of the last request, not its start.
+            s.touch(&self.0);
             s.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }

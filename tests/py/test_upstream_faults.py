@@ -375,6 +375,10 @@ def test_shared_child_bad_line_without_an_id_fails_no_other_agents_call(procs, t
     # Which call the line answered cannot be told: it fails none; A's call ends at upstream_timeout.
     gw = procs.airlock(config=config_file(tmp_path, marker, "upstream_timeout = 4"))
     url = gw.endpoint("up")
+    # Start the shared child first: its start-up would count against B's 4 s.
+    warm = post(c, url, call_body(9, "echo", {"text": "warm"}, meta=stateless_meta()),
+                stateless_headers("tools/call", "echo"))
+    assert warm.status_code == 200, warm.text
     slow = HeldCall(url, "slow", {"steps": 1, "delay_ms": 2500}, req_id=1)  # agent B
     slow.start()
     time.sleep(0.5)
