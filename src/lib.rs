@@ -29,6 +29,7 @@
 
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod cli;
