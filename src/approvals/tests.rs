@@ -9,19 +9,29 @@ use tokio::time::{advance, timeout};
 
 use super::*;
 
-fn config(replica: &str) -> Config {
-    Config {
-        replica: replica.into(),
-        heartbeat: Duration::from_secs(1),
-        lease: Duration::from_secs(5),
-        clock: Clock::tokio(),
-    }
+/// Replicas sharing one store and one clock (as NTP-synced hosts would).
+struct Cluster {
+    store: Arc<MemoryStore>,
+    clock: Clock,
 }
 
-async fn service(store: &Arc<MemoryStore>, replica: &str) -> Approvals {
-    Approvals::start(store.clone(), config(replica))
-        .await
-        .unwrap()
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            store: Arc::new(MemoryStore::new()),
+            clock: Clock::tokio(),
+        }
+    }
+
+    async fn replica(&self, name: &str) -> Approvals {
+        let config = Config {
+            replica: name.into(),
+            heartbeat: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+            clock: self.clock,
+        };
+        Approvals::start(self.store.clone(), config).await.unwrap()
+    }
 }
 
 fn held(tool: &str, secs: u64, on_timeout: OnTimeout) -> NewApproval {
@@ -80,7 +90,7 @@ async fn resolutions_of(
 
 #[tokio::test(start_paused = true)]
 async fn second_decider_gets_already_decided_with_who_won() {
-    let approvals = service(&Arc::new(MemoryStore::new()), "a").await;
+    let approvals = Cluster::new().replica("a").await;
     let p = approvals
         .create(held("delete", 300, OnTimeout::Deny))
         .await
@@ -107,7 +117,7 @@ async fn second_decider_gets_already_decided_with_who_won() {
 
 #[tokio::test(start_paused = true)]
 async fn unknown_id_is_not_found() {
-    let approvals = service(&Arc::new(MemoryStore::new()), "a").await;
+    let approvals = Cluster::new().replica("a").await;
     let id = Uuid::now_v7();
     assert!(matches!(
         approvals.decide(id, by("alice", Choice::Approve)).await,
@@ -121,8 +131,8 @@ async fn unknown_id_is_not_found() {
 
 #[tokio::test(start_paused = true)]
 async fn timeout_fires_once_with_on_timeout_even_with_two_replicas() {
-    let store = Arc::new(MemoryStore::new());
-    let (a, b) = (service(&store, "a").await, service(&store, "b").await);
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.replica("a").await, cluster.replica("b").await);
     let (mut events_a, mut events_b) = (a.subscribe(), b.subscribe());
     let allow = a.create(held("read", 30, OnTimeout::Allow)).await.unwrap();
     let deny = b.create(held("delete", 60, OnTimeout::Deny)).await.unwrap();
@@ -156,7 +166,7 @@ async fn timeout_fires_once_with_on_timeout_even_with_two_replicas() {
 
 #[tokio::test(start_paused = true)]
 async fn no_timeout_before_expiry() {
-    let approvals = service(&Arc::new(MemoryStore::new()), "a").await;
+    let approvals = Cluster::new().replica("a").await;
     let p = approvals
         .create(held("delete", 300, OnTimeout::Deny))
         .await
@@ -171,7 +181,7 @@ async fn no_timeout_before_expiry() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_resolves_the_waiter_as_cancelled() {
-    let approvals = service(&Arc::new(MemoryStore::new()), "a").await;
+    let approvals = Cluster::new().replica("a").await;
     let p = approvals
         .create(held("delete", 300, OnTimeout::Allow))
         .await
@@ -199,8 +209,8 @@ async fn cancel_resolves_the_waiter_as_cancelled() {
 
 #[tokio::test(start_paused = true)]
 async fn many_concurrent_deciders_exactly_one_wins() {
-    let store = Arc::new(MemoryStore::new());
-    let replicas = [service(&store, "a").await, service(&store, "b").await];
+    let cluster = Cluster::new();
+    let replicas = [cluster.replica("a").await, cluster.replica("b").await];
     let mut events = replicas[0].subscribe();
     let p = replicas[0]
         .create(held("delete", 300, OnTimeout::Deny))
@@ -245,8 +255,8 @@ async fn many_concurrent_deciders_exactly_one_wins() {
 
 #[tokio::test(start_paused = true)]
 async fn waiter_on_one_replica_is_woken_by_a_decision_on_another() {
-    let store = Arc::new(MemoryStore::new());
-    let (a, b) = (service(&store, "a").await, service(&store, "b").await);
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.replica("a").await, cluster.replica("b").await);
     let p = a
         .create(held("delete", 300, OnTimeout::Deny))
         .await
@@ -263,7 +273,7 @@ async fn waiter_on_one_replica_is_woken_by_a_decision_on_another() {
 
 #[tokio::test(start_paused = true)]
 async fn wait_after_the_decision_returns_it_at_once() {
-    let approvals = service(&Arc::new(MemoryStore::new()), "a").await;
+    let approvals = Cluster::new().replica("a").await;
     let p = approvals
         .create(held("delete", 300, OnTimeout::Deny))
         .await
@@ -277,8 +287,8 @@ async fn wait_after_the_decision_returns_it_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn events_are_emitted_in_order() {
-    let store = Arc::new(MemoryStore::new());
-    let (a, b) = (service(&store, "a").await, service(&store, "b").await);
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.replica("a").await, cluster.replica("b").await);
     let mut events = b.subscribe();
     let first = a.create(held("one", 300, OnTimeout::Deny)).await.unwrap();
     let second = a.create(held("two", 300, OnTimeout::Deny)).await.unwrap();
@@ -319,8 +329,8 @@ async fn events_are_emitted_in_order() {
 
 #[tokio::test(start_paused = true)]
 async fn list_is_oldest_first_across_replicas() {
-    let store = Arc::new(MemoryStore::new());
-    let (a, b) = (service(&store, "a").await, service(&store, "b").await);
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.replica("a").await, cluster.replica("b").await);
     let mut made = Vec::new();
     for i in 0..6 {
         let replica = if i % 2 == 0 { &a } else { &b };
@@ -338,11 +348,11 @@ async fn list_is_oldest_first_across_replicas() {
 
 #[tokio::test(start_paused = true)]
 async fn dead_replicas_pendings_are_abandoned_once_within_the_lease() {
-    let store = Arc::new(MemoryStore::new());
+    let cluster = Cluster::new();
     let (a, b, c) = (
-        service(&store, "a").await,
-        service(&store, "b").await,
-        service(&store, "c").await,
+        cluster.replica("a").await,
+        cluster.replica("b").await,
+        cluster.replica("c").await,
     );
     let mut events = b.subscribe();
     let on_a = a
@@ -383,8 +393,8 @@ async fn dead_replicas_pendings_are_abandoned_once_within_the_lease() {
 
 #[tokio::test(start_paused = true)]
 async fn close_owned_ends_only_this_replicas_approvals() {
-    let store = Arc::new(MemoryStore::new());
-    let (a, b) = (service(&store, "a").await, service(&store, "b").await);
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.replica("a").await, cluster.replica("b").await);
     let on_a = a
         .create(held("delete", 300, OnTimeout::Allow))
         .await
@@ -407,7 +417,7 @@ async fn close_owned_ends_only_this_replicas_approvals() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_closes_waiters() {
-    let approvals = service(&Arc::new(MemoryStore::new()), "a").await;
+    let approvals = Cluster::new().replica("a").await;
     let p = approvals
         .create(held("delete", 300, OnTimeout::Deny))
         .await
