@@ -213,7 +213,7 @@ impl Approvals {
         let open = store.list_pending().await?;
         let (timers, timer_rx) = mpsc::unbounded_channel();
         for approval in open {
-            let _ = timers.send(TimerCmd::Schedule(approval));
+            let _ = timers.send(TimerCmd::Schedule(Box::new(approval)));
         }
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -270,7 +270,9 @@ impl Approvals {
         shared.store.insert_pending(&approval).await?;
         // The pump schedules it too (from the store's event); scheduling
         // here as well means no window where a timer is missing.
-        let _ = shared.timers.send(TimerCmd::Schedule(approval.clone()));
+        let _ = shared
+            .timers
+            .send(TimerCmd::Schedule(Box::new(approval.clone())));
         Ok(approval)
     }
 

@@ -22,7 +22,7 @@ use super::store::{ResolveError, StoreEvent, StoredApproval};
 /// A change to the timer schedule.
 pub(super) enum TimerCmd {
     /// Time this pending out at its `expires_at` (idempotent).
-    Schedule(PendingApproval),
+    Schedule(Box<PendingApproval>),
     /// It was resolved: forget its timer.
     Unschedule(Uuid),
 }
@@ -36,7 +36,9 @@ pub(super) async fn pump(shared: Arc<Shared>, mut watch: BoxStream<'static, Stor
         };
         match event {
             Some(StoreEvent::Created(approval)) => {
-                let _ = shared.timers.send(TimerCmd::Schedule(approval.clone()));
+                let _ = shared
+                    .timers
+                    .send(TimerCmd::Schedule(Box::new(approval.clone())));
                 let _ = shared.events.send(ApprovalEvent::Created(approval));
             }
             Some(StoreEvent::Resolved(approval, resolution)) => {
@@ -73,7 +75,7 @@ async fn resync(shared: &Shared) {
     };
     let open_ids: HashSet<Uuid> = open.iter().map(|a| a.id).collect();
     for approval in open {
-        let _ = shared.timers.send(TimerCmd::Schedule(approval));
+        let _ = shared.timers.send(TimerCmd::Schedule(Box::new(approval)));
     }
     let waiting: Vec<Uuid> = shared.waiters().keys().copied().collect();
     for id in waiting.into_iter().filter(|id| !open_ids.contains(id)) {
@@ -115,7 +117,7 @@ pub(super) async fn timers(shared: Arc<Shared>, mut commands: mpsc::UnboundedRec
                     if let Some(old) = by_id.insert(approval.id, at) {
                         due.remove(&(old, approval.id));
                     }
-                    due.insert((at, approval.id), approval);
+                    due.insert((at, approval.id), *approval);
                 }
                 Some(TimerCmd::Unschedule(id)) => {
                     if let Some(at) = by_id.remove(&id) {

@@ -88,7 +88,7 @@ impl State {
 }
 
 fn oldest_first(mut list: Vec<PendingApproval>) -> Vec<PendingApproval> {
-    list.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+    list.sort_by_key(|a| (a.created_at, a.id));
     list
 }
 
