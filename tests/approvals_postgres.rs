@@ -287,6 +287,12 @@ async fn stopped_replicas_pendings_are_abandoned_once_by_the_others() {
         ))
         .await
         .unwrap();
+    for p in &held_on_a {
+        assert!(matches!(
+            event_about(&mut events_b, p.id).await,
+            ApprovalEvent::Created(_)
+        ));
+    }
     let stopped = Instant::now();
     a.shutdown().await; // no more heartbeats from a
 
@@ -316,8 +322,9 @@ async fn stopped_replicas_pendings_are_abandoned_once_by_the_others() {
         abandoned_after >= LEASE - HEARTBEAT,
         "not before the lease lapsed: {abandoned_after:?}"
     );
+    // Bounded: lease + a heartbeat, plus slack for a loaded CI machine.
     assert!(
-        abandoned_after <= LEASE + 3 * HEARTBEAT + Duration::from_millis(500),
+        abandoned_after <= LEASE + HEARTBEAT + Duration::from_secs(2),
         "{abandoned_after:?}"
     );
     // Exactly once although b and c both look every heartbeat.
