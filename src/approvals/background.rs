@@ -61,6 +61,9 @@ pub(super) async fn pump(shared: Arc<Shared>, mut watch: BoxStream<'static, Stor
             }
         }
     }
+    // No one will wake them now: waiters get `WaitError::Closed` rather
+    // than hang (also when the last handle is dropped without `shutdown`).
+    shared.waiters().clear();
 }
 
 /// After missed changes: reschedule every open pending and wake the

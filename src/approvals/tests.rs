@@ -427,3 +427,17 @@ async fn shutdown_closes_waiters() {
     approvals.shutdown().await;
     assert!(matches!(waiter.await.unwrap(), Err(WaitError::Closed)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_closes_waiters() {
+    let approvals = Cluster::new().replica("a").await;
+    let p = approvals
+        .create(held("delete", 300, OnTimeout::Deny))
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(approvals.wait(p.id));
+    tokio::task::yield_now().await;
+    drop(approvals);
+    let closed = timeout(Duration::from_secs(1), waiter).await.unwrap();
+    assert!(matches!(closed.unwrap(), Err(WaitError::Closed)));
+}
