@@ -12,6 +12,8 @@
 //! - [`gateway`]: shared state, sessions, and the forwarding of one message.
 //! - [`gate`]: the interception — `tools/call` decisions, `tools/list` filtering.
 //! - [`hold`]: calls waiting for a human.
+//! - [`approvals`]: pending approvals as a service behind a store (in-process or
+//!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
 //! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
 //! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them
@@ -29,6 +31,7 @@
 
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod cli;
