@@ -513,7 +513,8 @@ fn check_policy(file: &Path) -> Result<String, String> {
         eprintln!("warning: {}: {warning}", file.display());
     }
     Ok(format!(
-        "{} rule(s), default {}",
+        "{}, {} rule(s), default {}",
+        policy.format.as_str(),
         policy.rules().len(),
         policy.default.as_str()
     ))

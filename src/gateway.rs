@@ -625,11 +625,19 @@ impl Gateway {
             .request_state
             .as_deref()
             .is_some_and(|state| self.retries.take(state, &ctx.scope(), tool, arguments));
+        let facts = crate::policy::Facts::new(
+            tool,
+            arguments,
+            &ctx.agent,
+            &ctx.upstream.name,
+            &ctx.session_key,
+        );
         let decision = if retry {
-            gate::decide_retry(&policy, tool)
+            gate::decide_retry(&policy, &facts)
         } else {
-            gate::decide_call(&policy, tool, &ctx.session_key)
+            gate::decide_call(&policy, &facts)
         };
+        drop(facts);
         match decision {
             CallDecision::Allow { rule } => {
                 if self.config.audit.fail_closed && !self.audit.is_healthy() {
