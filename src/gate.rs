@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::era::Era;
 use crate::jsonrpc::{self, Id, Message};
-use crate::policy::{Action, Approval, Branch, Facts, Policy, Verdict};
+use crate::policy::{Action, Approval, Branch, Facts, Hints, Policy, ToolHints, Verdict};
 
 /// What the gate decided about one `tools/call`.
 pub enum CallDecision {
@@ -64,14 +64,25 @@ fn decide(policy: &Policy, facts: &Facts<'_>, spend: bool) -> CallDecision {
     let verdict = policy.decide(tool);
     let (mut action, mut reason, mut rule, rate, approval, limits) = match verdict {
         Verdict::Hidden => return CallDecision::Hidden,
-        Verdict::Default(action) => (
-            action,
-            None,
-            "default".to_owned(),
-            None,
-            Approval::default(),
-            &[][..],
-        ),
+        Verdict::Default(action) => match policy.by_annotations(facts.hints.as_ref()) {
+            // Annotations decide tools no rule names (docs/policy.md).
+            Some((action, hint)) => (
+                action,
+                Some(format!("the server declares `{hint}` for this tool")),
+                format!("annotations.{hint}"),
+                None,
+                Approval::default(),
+                &[][..],
+            ),
+            None => (
+                action,
+                None,
+                "default".to_owned(),
+                None,
+                Approval::default(),
+                &[][..],
+            ),
+        },
         Verdict::Rule(r) => {
             let choice = r.choose(facts);
             (
@@ -114,7 +125,9 @@ fn decide(policy: &Policy, facts: &Facts<'_>, spend: bool) -> CallDecision {
                 reason,
                 retry_after: None,
             };
-            if by_default && refusal.rule == "default" {
+            // Not listed, so answered like a tool that does not exist.
+            if by_default && (refusal.rule == "default" || refusal.rule.starts_with("annotations."))
+            {
                 CallDecision::DeniedByDefault(refusal)
             } else {
                 CallDecision::Refuse(refusal)
@@ -206,6 +219,8 @@ struct ListPeek<'a> {
 struct ToolPeek<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
+    #[serde(default)]
+    annotations: Option<Hints>,
 }
 
 /// Filters a `tools/list` response: drops tools the agent may not see and
@@ -250,16 +265,22 @@ pub fn acknowledges_tool_list_changes(message: &Message) -> bool {
             == Some(true)
 }
 
-pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
+///
+/// Also remembers the annotations each tool declared in `hints`, for the
+/// policy's `annotations` defaults.
+pub fn filter_tools_list(policy: &Policy, hints: &ToolHints, response: Message) -> Message {
     if response.result::<serde::de::IgnoredAny>().is_none() {
         return response; // an error answer: nothing to filter
     }
     // Fast path: every entry has a plain name and nothing changes.
     if let Some(list) = response.result::<ListPeek<'_>>() {
-        let changes = list
-            .tools
-            .iter()
-            .any(|t| !policy.lists(&t.name) || policy.always_held(&t.name));
+        for tool in &list.tools {
+            hints.remember(&tool.name, tool.annotations.unwrap_or_default());
+        }
+        let changes = list.tools.iter().any(|t| {
+            let declared = t.annotations.as_ref();
+            !policy.lists_with(&t.name, declared) || policy.always_held(&t.name, declared)
+        });
         if !changes {
             return response;
         }
@@ -273,14 +294,20 @@ pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
         .pointer_mut("/result/tools")
         .and_then(Value::as_array_mut)
     {
+        let declared = |t: &Value| {
+            t.get("annotations")
+                .and_then(|a| Hints::deserialize(a).ok())
+        };
         tools.retain(|t| {
             t.get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|n| policy.lists(n))
+                .is_some_and(|n| policy.lists_with(n, declared(t).as_ref()))
         });
         for tool in tools.iter_mut() {
+            let hinted = declared(tool);
             let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
-            if policy.always_held(name) {
+            hints.remember(name, hinted.unwrap_or_default());
+            if policy.always_held(name, hinted.as_ref()) {
                 let described = match tool.get("description").and_then(Value::as_str) {
                     Some(d) if !d.is_empty() => format!("{d}\n\n{APPROVAL_NOTE}"),
                     _ => APPROVAL_NOTE.to_owned(),
@@ -395,7 +422,11 @@ mod tests {
     #[test]
     fn list_filter_drops_hidden_and_unallowed_tools_and_notes_approval() {
         let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echo"},{"name":"secret_tool"},{"name":"delete_record","description":"Deletes"},{"name":"other"}],"ttlMs":5}}"#;
-        let out = filter_tools_list(&policy(), Message::parse(Bytes::from(raw)).unwrap());
+        let out = filter_tools_list(
+            &policy(),
+            &ToolHints::default(),
+            Message::parse(Bytes::from(raw)).unwrap(),
+        );
         let v: Value = serde_json::from_str(out.text()).unwrap();
         let names: Vec<&str> = v["result"]["tools"]
             .as_array()
@@ -416,7 +447,11 @@ mod tests {
     #[test]
     fn list_filter_keeps_the_original_bytes_when_nothing_changes() {
         let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo",  "description":"Echo"}]}}"#;
-        let out = filter_tools_list(&policy(), Message::parse(Bytes::from(raw)).unwrap());
+        let out = filter_tools_list(
+            &policy(),
+            &ToolHints::default(),
+            Message::parse(Bytes::from(raw)).unwrap(),
+        );
         assert_eq!(out.text(), raw);
     }
 
@@ -480,5 +515,75 @@ mod tests {
             panic!()
         };
         assert_eq!(r.rule, "*[rule no-x: args.x exists true]");
+    }
+
+    #[test]
+    fn annotations_decide_only_tools_no_rule_names() {
+        let p = parse_str(
+            r#"{"version":"1","default":"deny",
+                "annotations":{"destructiveHint":"require_approval","readOnlyHint":"allow"},
+                "rules":{"drop_all":{"action":"deny"}}}"#,
+            "t.json",
+        )
+        .unwrap();
+        let destructive = Hints {
+            destructive_hint: Some(true),
+            read_only_hint: Some(true),
+            ..Hints::default()
+        };
+        let read_only = Hints {
+            read_only_hint: Some(true),
+            ..Hints::default()
+        };
+        let with =
+            |tool, hints| decide_call(&p, &Facts::new(tool, None, "a", "u", "s").with_hints(hints));
+        let CallDecision::NeedsApproval { rule, reason, .. } = with("wipe", Some(destructive))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            rule, "annotations.destructiveHint",
+            "the most restrictive hint wins"
+        );
+        assert_eq!(
+            reason.as_deref(),
+            Some("the server declares `destructiveHint` for this tool")
+        );
+        assert!(matches!(
+            with("read", Some(read_only)),
+            CallDecision::Allow { .. }
+        ));
+        assert!(matches!(
+            with("read", None),
+            CallDecision::DeniedByDefault(_)
+        ));
+        assert!(
+            matches!(with("drop_all", Some(read_only)), CallDecision::Refuse(_)),
+            "a hint never allows what a rule denies"
+        );
+        assert!(p.lists_with("read", Some(&read_only)));
+        assert!(!p.lists_with("other", Some(&Hints::default())));
+        assert!(p.always_held("wipe", Some(&destructive)));
+        let warnings = crate::policy::lint(&p).join("\n");
+        assert!(warnings.contains("self-declared"), "{warnings}");
+    }
+
+    #[test]
+    fn list_filter_remembers_annotations_and_applies_them() {
+        let p = parse_str(
+            r#"{"version":"1","default":"deny","annotations":{"destructiveHint":"require_approval"}}"#,
+            "t.json",
+        )
+        .unwrap();
+        let hints = ToolHints::default();
+        let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo"},{"name":"delete_record","annotations":{"destructiveHint":true}}]}}"#;
+        let out = filter_tools_list(&p, &hints, Message::parse(Bytes::from(raw)).unwrap());
+        let v: Value = serde_json::from_str(out.text()).unwrap();
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(v["result"]["tools"][0]["description"], APPROVAL_NOTE);
+        assert_eq!(
+            hints.get("delete_record").unwrap().destructive_hint,
+            Some(true)
+        );
     }
 }

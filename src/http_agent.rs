@@ -601,7 +601,7 @@ fn to_response(
         ReplyBody::Empty => status.into_response(),
         ReplyBody::Json(message) => {
             let message = match &list_filter {
-                Some(policy) => gate::filter_tools_list(policy, message),
+                Some((policy, hints)) => gate::filter_tools_list(policy, hints, message),
                 None => message,
             };
             let status = if status_from_body && reply.status == 200 {
@@ -624,8 +624,8 @@ fn to_response(
             let events = rx.map(move |event| {
                 let _busy = &busy;
                 let event = match &list_filter {
-                    Some(policy) if event.message.kind() == Kind::Response => Event {
-                        message: gate::filter_tools_list(policy, event.message),
+                    Some((policy, hints)) if event.message.kind() == Kind::Response => Event {
+                        message: gate::filter_tools_list(policy, hints, event.message),
                         id: event.id,
                     },
                     _ => event,

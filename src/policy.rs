@@ -23,6 +23,7 @@
 
 mod cond;
 mod formats;
+mod hints;
 mod lint;
 mod load;
 mod window;
@@ -35,6 +36,7 @@ use globset::GlobSet;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub use cond::{Cond, Facts};
+pub use hints::{HINTS, Hints, ToolHints};
 pub use lint::lint;
 pub use load::{LoadError, MAX_APPROVAL_TIMEOUT, load_file, parse_str};
 pub use window::{Scope, WindowLimit};
@@ -278,6 +280,8 @@ pub struct Policy {
     /// PolicyLayer's `all_tools`, Intercept's `"*"` rules (deny branches and limits).
     pub all_tools: Option<Rule>,
     pub format: Format,
+    /// `annotations`: hint name → action for tools no rule names.
+    pub annotations: Vec<(String, Action)>,
 }
 
 impl Policy {
@@ -324,20 +328,38 @@ impl Policy {
     /// Whether `tools/list` should show this tool to agents: not hidden, and
     /// not denied whatever its arguments under `default: deny`.
     pub fn lists(&self, tool: &str) -> bool {
+        self.lists_with(tool, None)
+    }
+
+    /// [`Policy::lists`] for a tool whose server declared `hints`.
+    pub fn lists_with(&self, tool: &str, hints: Option<&Hints>) -> bool {
         match self.decide(tool) {
             Verdict::Hidden => false,
             Verdict::Rule(rule) => !(self.default == Action::Deny && rule.always(Action::Deny)),
-            Verdict::Default(action) => action != Action::Deny,
+            Verdict::Default(action) => {
+                self.by_annotations(hints).map_or(action, |a| a.0) != Action::Deny
+            }
         }
     }
 
     /// Whether every call to this tool waits for a human, whatever its arguments.
-    pub fn always_held(&self, tool: &str) -> bool {
+    pub fn always_held(&self, tool: &str, hints: Option<&Hints>) -> bool {
         match self.decide(tool) {
             Verdict::Rule(rule) => rule.always(Action::RequireApproval),
-            Verdict::Default(action) => action == Action::RequireApproval,
+            Verdict::Default(action) => {
+                self.by_annotations(hints).map_or(action, |a| a.0) == Action::RequireApproval
+            }
             Verdict::Hidden => false,
         }
+    }
+
+    /// The action `annotations` gives a tool no rule names, from the hints
+    /// its server declared, and the hint that decided.
+    pub fn by_annotations(&self, hints: Option<&Hints>) -> Option<(Action, &'static str)> {
+        if self.annotations.is_empty() {
+            return None;
+        }
+        hints::decide(&self.annotations, hints?)
     }
 
     pub fn rules(&self) -> &[Rule] {

@@ -76,6 +76,8 @@ pub struct Facts<'a> {
     pub agent: &'a str,
     pub upstream: &'a str,
     pub session: &'a str,
+    /// The annotations the tool's server declared (for `annotations` defaults).
+    pub hints: Option<super::Hints>,
     parsed: OnceCell<Option<Value>>,
 }
 
@@ -93,8 +95,15 @@ impl<'a> Facts<'a> {
             agent,
             upstream,
             session,
+            hints: None,
             parsed: OnceCell::new(),
         }
+    }
+
+    /// The same facts, with the hints the tool's server declared.
+    pub fn with_hints(mut self, hints: Option<super::Hints>) -> Facts<'a> {
+        self.hints = hints;
+        self
     }
 
     /// The arguments as a JSON value, parsed on first use (unreadable: none).

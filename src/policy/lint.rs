@@ -46,6 +46,12 @@ pub fn lint(policy: &Policy) -> Vec<String> {
             ));
         }
     }
+    for (hint, action) in &policy.annotations {
+        warnings.push(format!(
+            "annotations: `{hint}: {}` trusts what the server says about its own tools (annotations are self-declared hints); it decides only tools no rule names",
+            action.as_str()
+        ));
+    }
     warnings
 }
 

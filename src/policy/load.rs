@@ -50,6 +50,9 @@ struct RawPolicy {
     hide: Vec<String>,
     #[serde(default)]
     rules: IndexMap<String, RawRule>,
+    /// Tool annotation → action for tools no rule names (see `hints.rs`).
+    #[serde(default)]
+    annotations: IndexMap<String, Action>,
     /// Free text for humans; ignored.
     #[serde(default)]
     #[allow(dead_code)]
@@ -345,7 +348,22 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
             limits: Vec::new(),
         });
     }
-    assemble(default, &raw.hide, rules, None, Format::Airlock, &src)
+    let mut policy = assemble(default, &raw.hide, rules, None, Format::Airlock, &src)?;
+    for (hint, action) in raw.annotations {
+        if !super::HINTS.contains(&hint.as_str()) {
+            let known: Vec<String> = super::HINTS.iter().map(|h| (*h).to_owned()).collect();
+            return Err(src.error(
+                &["annotations", hint.as_str()],
+                format!(
+                    "unknown annotation `{hint}`: expected one of {}{}",
+                    super::HINTS.join(", "),
+                    crate::suggest::suggestion(&hint, &known)
+                ),
+            ));
+        }
+        policy.annotations.push((hint, action));
+    }
+    Ok(policy)
 }
 
 /// Compiles a rule's `when` list; each branch knows its line for `airlock check`.
@@ -444,6 +462,7 @@ pub(super) fn assemble(
         rules,
         all_tools,
         format,
+        annotations: Vec::new(),
     })
 }
 

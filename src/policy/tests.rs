@@ -476,7 +476,7 @@ fn airlock_when_branches_choose_the_action_first_match_wins() {
         "deny@when 1: args.amount gt 10000"
     );
     assert!(p.lists("create_refund"));
-    assert!(!p.always_held("create_refund"));
+    assert!(!p.always_held("create_refund", None));
     let Verdict::Rule(r) = p.decide("create_refund") else {
         panic!()
     };

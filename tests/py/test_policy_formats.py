@@ -187,3 +187,46 @@ def test_conditions_choose_allow_hold_or_deny_and_the_hold_names_the_condition(p
     rows = gw.audit_rows(pending_id=item["id"])
     assert [r["decision"] for r in rows] == ["approval_requested", "approved"]
     assert rows[0]["rule"] == item["rule"], json.dumps(rows[0])
+
+
+ANNOTATIONS_POLICY = {
+    "version": "1",
+    "default": "deny",
+    "annotations": {"destructiveHint": "require_approval"},
+    "rules": {"echo": {"action": "allow"}},
+}
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_annotations_send_a_tool_no_rule_names_to_approval(procs, era):
+    """delete_record declares destructiveHint in tools/list; no rule names it."""
+    from mcp import Client
+
+    gw = start_gateway(procs, ANNOTATIONS_POLICY)
+    seen: dict = {}
+
+    async def approver():
+        async with httpx.AsyncClient(base_url=gw.base, headers={"Authorization": f"Bearer {ALICE}"}) as c:
+            started = time.monotonic()
+            while not (items := (await c.get("/api/pending")).json()["pending"]):
+                assert time.monotonic() - started < 15, "call was never held"
+                await anyio.sleep(0.05)
+            seen["item"] = items[0]
+            r = await c.post(f"/api/pending/{items[0]['id']}/approve", json={})
+            assert r.status_code == 200, r.text
+
+    async def main():
+        async with Client(gw.mcp, mode=era, read_timeout_seconds=30) as client:
+            listed = await client.list_tools()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(approver)
+                held = await client.call_tool("delete_record", {"id": "9"}, read_timeout_seconds=30)
+            return listed, held
+
+    listed, held = anyio.run(main)
+    by_name = {t.name: t for t in listed.tools}
+    assert set(by_name) == {"echo", "delete_record"}, "undeclared tools stay denied by default"
+    assert by_name["delete_record"].description.endswith(
+        "[Airlock: a human must approve each call to this tool; the call waits for their decision.]")
+    assert [c.text for c in held.content] == ["deleted 9"]
+    assert seen["item"]["rule"] == "annotations.destructiveHint"
