@@ -223,9 +223,6 @@ struct ToolPeek<'a> {
     annotations: Option<Hints>,
 }
 
-/// Filters a `tools/list` response: drops tools the agent may not see and
-/// notes the ones that need approval. Returns the message untouched (same
-/// bytes) when nothing changes.
 /// Sent to handshake-era sessions when their upstream's policy is reloaded:
 /// what `tools/list` shows may have changed (hidden, denied-by-default or
 /// approval-annotated tools), so clients list again.
@@ -265,9 +262,10 @@ pub fn acknowledges_tool_list_changes(message: &Message) -> bool {
             == Some(true)
 }
 
-///
-/// Also remembers the annotations each tool declared in `hints`, for the
-/// policy's `annotations` defaults.
+/// Filters a `tools/list` response: drops tools the agent may not see and
+/// notes the ones that need approval. Returns the message untouched (same
+/// bytes) when nothing changes. Also remembers the annotations each tool
+/// declared in `hints`, for the policy's `annotations` defaults.
 pub fn filter_tools_list(policy: &Policy, hints: &ToolHints, response: Message) -> Message {
     if response.result::<serde::de::IgnoredAny>().is_none() {
         return response; // an error answer: nothing to filter
