@@ -27,7 +27,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args, false).await,
         Command::Stdio(args) => serve(args, true).await,
-        Command::Check { files } => Ok(check(&files)),
+        Command::Check {
+            files,
+            against: None,
+            ..
+        } => Ok(check(&files)),
+        Command::Check {
+            files,
+            against: Some(target),
+            format,
+        } => check_against(&files, &target, format).await,
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,
@@ -505,6 +514,32 @@ fn check(files: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `airlock check POLICY --against TARGET`: the policy's outcome per tool of
+/// a live server (see `inspect.rs`).
+async fn check_against(
+    files: &[PathBuf],
+    target: &str,
+    format: crate::cli::CheckFormat,
+) -> anyhow::Result<ExitCode> {
+    let [file] = files else {
+        bail!("--against takes exactly one policy file");
+    };
+    let policy = policy::load_file(file)?;
+    for warning in policy::lint(&policy) {
+        eprintln!("warning: {}: {warning}", file.display());
+    }
+    let tools = crate::inspect::list_tools(target).await?;
+    let rows = crate::inspect::rows(&policy, &tools);
+    match format {
+        crate::cli::CheckFormat::Table => println!("{}", crate::inspect::table(&rows)),
+        crate::cli::CheckFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::inspect::json_rows(&rows))?
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_policy(file: &Path) -> Result<String, String> {

@@ -12,6 +12,7 @@
 //! - [`upstream`]: the server side (stdio child, Streamable HTTP).
 //! - [`gateway`]: shared state, sessions, and the forwarding of one message.
 //! - [`gate`]: the interception — `tools/call` decisions, `tools/list` filtering.
+//! - [`inspect`]: `airlock check --against`: a policy's outcome per tool of a live server.
 //! - [`hold`]: calls waiting for a human.
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
 //! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
@@ -42,6 +43,7 @@ pub mod gate;
 pub mod gateway;
 pub mod hold;
 pub mod http_agent;
+pub mod inspect;
 pub mod jsonrpc;
 pub mod listener;
 pub mod login;

@@ -230,3 +230,35 @@ def test_annotations_send_a_tool_no_rule_names_to_approval(procs, era):
         "[Airlock: a human must approve each call to this tool; the call waits for their decision.]")
     assert [c.text for c in held.content] == ["deleted 9"]
     assert seen["item"]["rule"] == "annotations.destructiveHint"
+
+
+def check_against(policy, target: str, *extra: str):
+    import subprocess
+
+    from harness import AIRLOCK_BIN
+    return subprocess.run([AIRLOCK_BIN, "check", str(policy), "--against", target, *extra],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_against_a_stdio_server_prints_each_tools_outcome():
+    from harness import PYTHON, TESTSERVER
+    done = check_against(POLICYLAYER, f"{PYTHON} {TESTSERVER} stdio")
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split(None, 3) for line in done.stdout.splitlines()[1:]}
+    assert done.stdout.splitlines()[0].split() == ["TOOL", "ANNOTATIONS", "RISK", "OUTCOME", "RULE"]
+    assert rows["echo"][1:3] == ["-", "unknown"] and rows["echo"][3].split() == ["allow", "echo"]
+    assert rows["delete_record"][1:3] == ["destructiveHint", "destructive"]
+    assert rows["delete_record"][3].startswith("depends on arguments (deny | allow)")
+    assert rows["secret_tool"][3].split() == ["hidden", "hide"]
+    assert rows["large"][3].split() == ["deny", "default"]
+
+
+def test_check_against_an_http_server_answers_json(procs):
+    _, url = procs.testserver_http()
+    done = check_against(INTERCEPT, url, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    rows = {r["tool"]: r for r in json.loads(done.stdout)}
+    assert rows["delete_record"] == {"tool": "delete_record", "annotations": {"destructiveHint": True},
+                                     "risk": "destructive", "outcome": "deny", "rule": "delete_record"}
+    assert rows["echo"]["outcome"] == "depends on arguments (allow | deny)", "the `*` rule may deny"
+    assert rows["secret_tool"]["outcome"] == "hidden"
