@@ -20,6 +20,7 @@ use crate::{policy, reload};
 mod audit_cmd;
 mod login_file;
 mod output;
+mod replay;
 
 pub use output::{complain, init_tracing};
 
@@ -37,6 +38,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             against: Some(target),
             format,
         } => check_against(&files, &target, format).await,
+        Command::Replay {
+            policy,
+            audit,
+            upstream,
+            format,
+        } => replay::run(&policy, &audit, upstream.as_deref(), format),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,

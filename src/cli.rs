@@ -38,6 +38,19 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = CheckFormat::Table, requires = "against")]
         format: CheckFormat,
     },
+    /// Run a candidate policy against the recorded calls of an audit store and
+    /// list those whose outcome would change.
+    Replay {
+        /// The candidate policy.
+        policy: PathBuf,
+        #[arg(long, default_value = "airlock.db")]
+        audit: PathBuf,
+        /// Only calls to this upstream (policies are per upstream).
+        #[arg(long)]
+        upstream: Option<String>,
+        #[arg(long, value_enum, default_value_t = CheckFormat::Table)]
+        format: CheckFormat,
+    },
     /// Inspect the audit history (reads the database directly).
     #[command(subcommand)]
     Audit(AuditCommand),

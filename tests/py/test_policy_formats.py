@@ -262,3 +262,28 @@ def test_check_against_an_http_server_answers_json(procs):
                                      "risk": "destructive", "outcome": "deny", "rule": "delete_record"}
     assert rows["echo"]["outcome"] == "depends on arguments (allow | deny)", "the `*` rule may deny"
     assert rows["secret_tool"]["outcome"] == "hidden"
+
+
+def test_replay_lists_recorded_calls_whose_outcome_a_candidate_policy_changes(procs, tmp_path):
+    import subprocess
+
+    from harness import AIRLOCK_BIN
+    gw = start_gateway(procs, {"version": "1", "default": "deny",
+                               "rules": {"echo": {"action": "allow"}, "add": {"action": "allow"}}})
+    steps = run("legacy", gw.mcp, [call("echo", text="x"), call("add", a=1, b=1), call("add", a=500, b=1),
+                                   call("large", size=1)])
+    assert [outcome(s) for s in steps] == ["ok: x", "ok: 2", "ok: 501", "error -32602"]
+    gw.proc.stop()
+    candidate = tmp_path / "candidate.json"
+    candidate.write_text(json.dumps({"version": "1", "default": "deny", "rules": {
+        "echo": {"action": "allow"},
+        "add": {"when": [{"if": [{"path": "args.a", "op": "gt", "value": 100}], "action": "require_approval"},
+                         {"action": "allow"}]},
+        "large": {"action": "allow"}}}))
+    done = subprocess.run([AIRLOCK_BIN, "replay", str(candidate), "--audit", str(gw.audit), "--format", "json"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    changed = [(c["tool"], c["recorded"], c["now"], c["rule"]) for c in json.loads(done.stdout)]
+    assert changed == [("add", "allow", "require_approval", "add[when 1: args.a gt 100]"),
+                       ("large", "deny", "allow", "large")]
+    assert "4 recorded call(s) replayed, 2 would change" in done.stderr
