@@ -4,9 +4,11 @@
 //!
 //! `cargo bench --bench policy` (divan; each decision sample is 1,000 calls,
 //! so the timer's precision does not show). Target (issue 7): ≤ 1 µs per
-//! decision at 1,000 rules.
+//! decision at 1,000 rules. `conditions_*`: the same rule shapes, each with
+//! condition branches (issue 13), decided against a call's raw arguments,
+//! parse included.
 
-use airlock::policy::{Policy, parse_str};
+use airlock::policy::{Facts, Policy, Verdict, parse_str};
 use divan::{Bencher, black_box};
 
 fn main() {
@@ -34,6 +36,48 @@ fn policy(n: usize) -> Policy {
         rules.join(",")
     );
     parse_str(&text, "bench.json").expect("the generated policy is valid")
+}
+
+/// A policy with `n` rules like [`policy`], each choosing its action by
+/// conditions: a numeric bound, a regex and an `any` group over a fact.
+fn conditional_policy(n: usize) -> Policy {
+    let mut rules = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = match i % 4 {
+            0 => format!("tool_{i}"),
+            1 => format!("svc{i}_*"),
+            2 => format!("*_op{i}"),
+            _ => format!("team{i}*write*"),
+        };
+        rules.push(format!(
+            r#""{key}":{{"when":[
+                {{"if":[{{"path":"args.amount","op":"gt","value":10000}}],"action":"deny","reason":"too large"}},
+                {{"if":[{{"path":"args.path","op":"regex","value":"^/(etc|root)/"}}],"action":"deny"}},
+                {{"if":[{{"any":[{{"path":"args.amount","op":"gte","value":100}},{{"path":"agent","op":"in","value":["intern","ci"]}}]}}],"action":"require_approval"}},
+                {{"action":"allow"}}]}}"#
+        ));
+    }
+    let text = format!(
+        r#"{{"version":"1","default":"deny","hide":["debug_*","*_internal"],"rules":{{{}}}}}"#,
+        rules.join(",")
+    );
+    parse_str(&text, "bench.json").expect("the generated policy is valid")
+}
+
+/// Match plus condition branches: the last-but-one branch decides, so every
+/// condition is evaluated and the arguments are parsed once per call.
+#[divan::bench(args = SIZES, sample_count = 200, sample_size = 1000)]
+fn conditions_glob_hit(bencher: Bencher, n: usize) {
+    let p = conditional_policy(n);
+    let tool = format!("svc{}_refund", ((n / 2) & !3) + 1);
+    let args = r#"{"amount":250,"path":"/tmp/x","note":"refund for order 17"}"#;
+    bencher.bench_local(|| {
+        let facts = Facts::new(black_box(&tool), Some(black_box(args)), "claude", "up", "s");
+        match p.decide(facts.tool) {
+            Verdict::Rule(rule) => Some(rule.choose(&facts).action),
+            other => other.action(),
+        }
+    });
 }
 
 /// An exact rule (a hash lookup after the hide check).

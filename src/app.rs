@@ -20,6 +20,7 @@ use crate::{policy, reload};
 mod audit_cmd;
 mod login_file;
 mod output;
+mod replay;
 
 pub use output::{complain, init_tracing};
 
@@ -27,7 +28,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args, false).await,
         Command::Stdio(args) => serve(args, true).await,
-        Command::Check { files } => Ok(check(&files)),
+        Command::Check {
+            files,
+            against: None,
+            ..
+        } => Ok(check(&files)),
+        Command::Check {
+            files,
+            against: Some(target),
+            format,
+        } => check_against(&files, &target, format).await,
+        Command::Replay {
+            policy,
+            audit,
+            upstream,
+            format,
+        } => replay::run(&policy, &audit, upstream.as_deref(), format),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,
@@ -507,13 +523,40 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// `airlock check POLICY --against TARGET`: the policy's outcome per tool of
+/// a live server (see `inspect.rs`).
+async fn check_against(
+    files: &[PathBuf],
+    target: &str,
+    format: crate::cli::CheckFormat,
+) -> anyhow::Result<ExitCode> {
+    let [file] = files else {
+        bail!("--against takes exactly one policy file");
+    };
+    let policy = policy::load_file(file)?;
+    for warning in policy::lint(&policy) {
+        eprintln!("warning: {}: {warning}", file.display());
+    }
+    let tools = crate::inspect::list_tools(target).await?;
+    let rows = crate::inspect::rows(&policy, &tools);
+    match format {
+        crate::cli::CheckFormat::Table => println!("{}", crate::inspect::table(&rows)),
+        crate::cli::CheckFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::inspect::json_rows(&rows))?
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn check_policy(file: &Path) -> Result<String, String> {
     let policy = policy::load_file(file).map_err(|e| e.to_string())?;
     for warning in policy::lint(&policy) {
         eprintln!("warning: {}: {warning}", file.display());
     }
     Ok(format!(
-        "{} rule(s), default {}",
+        "{}, {} rule(s), default {}",
+        policy.format.as_str(),
         policy.rules().len(),
         policy.default.as_str()
     ))

@@ -27,9 +27,29 @@ pub enum Command {
     Stdio(ServeArgs),
     /// Validate policy files and configs; prints errors with file:line:column and warnings.
     Check {
-        /// Policy files (.json) or configs (.toml).
+        /// Policy files (.json, .yaml) or configs (.toml).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Connect to this MCP server (a command line, split on blanks, or an
+        /// http(s) URL), list its tools and show what the policy does to each.
+        #[arg(long, value_name = "COMMAND|URL")]
+        against: Option<String>,
+        /// Output of --against: a table or JSON.
+        #[arg(long, value_enum, default_value_t = CheckFormat::Table, requires = "against")]
+        format: CheckFormat,
+    },
+    /// Run a candidate policy against the recorded calls of an audit store and
+    /// list those whose outcome would change.
+    Replay {
+        /// The candidate policy.
+        policy: PathBuf,
+        #[arg(long, default_value = "airlock.db")]
+        audit: PathBuf,
+        /// Only calls to this upstream (policies are per upstream).
+        #[arg(long)]
+        upstream: Option<String>,
+        #[arg(long, value_enum, default_value_t = CheckFormat::Table)]
+        format: CheckFormat,
     },
     /// Inspect the audit history (reads the database directly).
     #[command(subcommand)]
@@ -51,6 +71,13 @@ pub enum Command {
         #[arg(long)]
         token: bool,
     },
+}
+
+/// How `airlock check --against` prints its answer.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

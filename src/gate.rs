@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::era::Era;
 use crate::jsonrpc::{self, Id, Message};
-use crate::policy::{Action, Approval, Policy, Verdict};
+use crate::policy::{Action, Approval, Branch, Facts, Hints, Policy, ToolHints, Verdict};
 
 /// What the gate decided about one `tools/call`.
 pub enum CallDecision {
@@ -45,37 +45,78 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
 }
 
-/// Decides a `tools/call` for `tool` by an agent session keyed `session`.
-pub fn decide_call(policy: &Policy, tool: &str, session: &str) -> CallDecision {
-    decide(policy, tool, Some(session))
+/// Decides a `tools/call`; `facts` name the tool, its raw arguments, the
+/// agent, upstream and session (whose rate-limit budget the call spends).
+pub fn decide_call(policy: &Policy, facts: &Facts<'_>) -> CallDecision {
+    decide(policy, facts, true)
 }
 
 /// Decides the retry of a call that was already allowed and asked the client
 /// for input (MRTR): the same rules apply, but it does not spend rate-limit
 /// budget a second time.
-pub fn decide_retry(policy: &Policy, tool: &str) -> CallDecision {
-    decide(policy, tool, None)
+pub fn decide_retry(policy: &Policy, facts: &Facts<'_>) -> CallDecision {
+    decide(policy, facts, false)
 }
 
-/// `session`: whose rate-limit budget the call spends (None: spends none).
-fn decide(policy: &Policy, tool: &str, session: Option<&str>) -> CallDecision {
+/// `spend`: whether the call counts against rate limits.
+fn decide(policy: &Policy, facts: &Facts<'_>, spend: bool) -> CallDecision {
+    let tool = facts.tool;
     let verdict = policy.decide(tool);
-    let rule = verdict.rule_name().to_owned();
-    let (action, reason, rate, approval) = match verdict {
+    let (mut action, mut reason, mut rule, rate, approval, limits) = match verdict {
         Verdict::Hidden => return CallDecision::Hidden,
-        Verdict::Default(action) => (action, None, None, Approval::default()),
-        Verdict::Rule(r) => (
-            r.action,
-            r.reason.clone(),
-            r.rate_limit.as_ref(),
-            r.approval,
-        ),
+        Verdict::Default(action) => match policy.by_annotations(facts.hints.as_ref()) {
+            // Annotations decide tools no rule names (docs/policy.md).
+            Some((action, hint)) => (
+                action,
+                Some(format!("the server declares `{hint}` for this tool")),
+                format!("annotations.{hint}"),
+                None,
+                Approval::default(),
+                &[][..],
+            ),
+            None => (
+                action,
+                None,
+                "default".to_owned(),
+                None,
+                Approval::default(),
+                &[][..],
+            ),
+        },
+        Verdict::Rule(r) => {
+            let choice = r.choose(facts);
+            (
+                choice.action,
+                choice.reason.map(str::to_owned),
+                rule_label(&r.key, choice.branch),
+                r.rate_limit.as_ref(),
+                r.approval,
+                &r.limits[..],
+            )
+        }
     };
+    // The policy-wide guard (PolicyLayer `all_tools`, Intercept `"*"` rules)
+    // can still deny what the tool's own rule lets through.
+    let by_default = matches!(verdict, Verdict::Default(_));
+    let guard = policy.all_tools.as_ref();
+    if action != Action::Deny
+        && let Some(guard) = guard
+    {
+        let choice = guard.choose(facts);
+        if choice.action == Action::Deny {
+            action = Action::Deny;
+            reason = choice.reason.map(str::to_owned);
+            rule = rule_label(&guard.key, choice.branch);
+        }
+    }
     match action {
         Action::Deny => {
-            let reason = reason.unwrap_or_else(|| match verdict {
-                Verdict::Default(_) => "no rule allows this tool (policy default: deny)".into(),
-                _ => format!("denied by policy rule `{rule}`"),
+            let reason = reason.unwrap_or_else(|| {
+                if by_default {
+                    "no rule allows this tool (policy default: deny)".into()
+                } else {
+                    format!("denied by policy rule `{rule}`")
+                }
             });
             let refusal = Refusal {
                 decision: "denied",
@@ -84,26 +125,28 @@ fn decide(policy: &Policy, tool: &str, session: Option<&str>) -> CallDecision {
                 reason,
                 retry_after: None,
             };
-            match verdict {
-                Verdict::Default(_) => CallDecision::DeniedByDefault(refusal),
-                _ => CallDecision::Refuse(refusal),
+            // Not listed, so answered like a tool that does not exist.
+            if by_default && (refusal.rule == "default" || refusal.rule.starts_with("annotations."))
+            {
+                CallDecision::DeniedByDefault(refusal)
+            } else {
+                CallDecision::Refuse(refusal)
             }
         }
         Action::Allow | Action::RequireApproval => {
-            if let (Some(limit), Some(session)) = (rate, session)
-                && let Err(wait) = limit.check(session)
-            {
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                let reason = budget_text(limit.max, limit.window);
-                return CallDecision::Refuse(Refusal {
-                    decision: "rate_limited",
-                    text: format!(
-                        "Airlock rate-limited this call to `{tool}`: {reason} (rule `{rule}`). Retry in {secs} s."
-                    ),
-                    rule,
-                    reason,
-                    retry_after: Some(Duration::from_secs(secs)),
-                });
+            if spend {
+                if let Some(limit) = rate
+                    && let Err(wait) = limit.check(facts.session)
+                {
+                    let reason = budget_text(limit.max, limit.window);
+                    return rate_limited(tool, rule, reason, wait);
+                }
+                let guard_limits = guard.map(|g| &g.limits[..]).unwrap_or_default();
+                for limit in limits.iter().chain(guard_limits) {
+                    if let Err(wait) = limit.take(facts.agent, facts.session) {
+                        return rate_limited(tool, rule, limit.describe(), wait);
+                    }
+                }
             }
             if action == Action::Allow {
                 CallDecision::Allow { rule }
@@ -116,6 +159,28 @@ fn decide(policy: &Policy, tool: &str, session: Option<&str>) -> CallDecision {
             }
         }
     }
+}
+
+/// The rule as audit rows and holds name it: its key, plus the branch that
+/// decided (`create_refund[when 2: args.amount gte 100]`).
+fn rule_label(key: &str, branch: Option<&Branch>) -> String {
+    match branch {
+        None => key.to_owned(),
+        Some(b) => format!("{key}[{}]", b.label),
+    }
+}
+
+fn rate_limited(tool: &str, rule: String, reason: String, wait: Duration) -> CallDecision {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    CallDecision::Refuse(Refusal {
+        decision: "rate_limited",
+        text: format!(
+            "Airlock rate-limited this call to `{tool}`: {reason} (rule `{rule}`). Retry in {secs} s."
+        ),
+        rule,
+        reason,
+        retry_after: Some(Duration::from_secs(secs)),
+    })
 }
 
 /// The `CallToolResult` (`isError: true`) that tells the agent about a refusal.
@@ -154,11 +219,10 @@ struct ListPeek<'a> {
 struct ToolPeek<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
+    #[serde(default)]
+    annotations: Option<Hints>,
 }
 
-/// Filters a `tools/list` response: drops tools the agent may not see and
-/// notes the ones that need approval. Returns the message untouched (same
-/// bytes) when nothing changes.
 /// Sent to handshake-era sessions when their upstream's policy is reloaded:
 /// what `tools/list` shows may have changed (hidden, denied-by-default or
 /// approval-annotated tools), so clients list again.
@@ -210,15 +274,22 @@ pub fn carries_tool_list(response: &Message) -> bool {
     response.result::<HasTools<'_>>().is_some()
 }
 
-pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
+/// Filters a `tools/list` response: drops tools the agent may not see and
+/// notes the ones that need approval. Returns the message untouched (same
+/// bytes) when nothing changes. Also remembers the annotations each tool
+/// declared in `hints`, for the policy's `annotations` defaults.
+pub fn filter_tools_list(policy: &Policy, hints: &ToolHints, response: Message) -> Message {
     if response.result::<serde::de::IgnoredAny>().is_none() {
         return response; // an error answer: nothing to filter
     }
     // Fast path: every entry has a plain name and nothing changes.
     if let Some(list) = response.result::<ListPeek<'_>>() {
+        for tool in &list.tools {
+            hints.remember(&tool.name, tool.annotations.unwrap_or_default());
+        }
         let changes = list.tools.iter().any(|t| {
-            !policy.lists(&t.name)
-                || policy.decide(&t.name).action() == Some(Action::RequireApproval)
+            let declared = t.annotations.as_ref();
+            !policy.lists_with(&t.name, declared) || policy.always_held(&t.name, declared)
         });
         if !changes {
             return response;
@@ -233,14 +304,20 @@ pub fn filter_tools_list(policy: &Policy, response: Message) -> Message {
         .pointer_mut("/result/tools")
         .and_then(Value::as_array_mut)
     {
+        let declared = |t: &Value| {
+            t.get("annotations")
+                .and_then(|a| Hints::deserialize(a).ok())
+        };
         tools.retain(|t| {
             t.get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|n| policy.lists(n))
+                .is_some_and(|n| policy.lists_with(n, declared(t).as_ref()))
         });
         for tool in tools.iter_mut() {
+            let hinted = declared(tool);
             let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
-            if policy.decide(name).action() == Some(Action::RequireApproval) {
+            hints.remember(name, hinted.unwrap_or_default());
+            if policy.always_held(name, hinted.as_ref()) {
                 let described = match tool.get("description").and_then(Value::as_str) {
                     Some(d) if !d.is_empty() => format!("{d}\n\n{APPROVAL_NOTE}"),
                     _ => APPROVAL_NOTE.to_owned(),
@@ -273,6 +350,10 @@ mod tests {
     use crate::policy::parse_str;
     use bytes::Bytes;
 
+    fn call(policy: &Policy, tool: &str) -> CallDecision {
+        decide_call(policy, &Facts::new(tool, None, "agent", "up", "s"))
+    }
+
     fn policy() -> Policy {
         parse_str(
             r#"{"version":"1","default":"deny","hide":["secret_tool"],"rules":{
@@ -297,7 +378,7 @@ mod tests {
 
     #[test]
     fn denied_call_names_the_tool_rule_and_reason() {
-        let CallDecision::Refuse(r) = decide_call(&policy(), "crash", "s") else {
+        let CallDecision::Refuse(r) = call(&policy(), "crash") else {
             panic!()
         };
         assert_eq!(r.decision, "denied");
@@ -305,7 +386,7 @@ mod tests {
             r.text,
             "Airlock denied this call to `crash`: it breaks things (rule `crash`)."
         );
-        let CallDecision::DeniedByDefault(d) = decide_call(&policy(), "other", "s") else {
+        let CallDecision::DeniedByDefault(d) = call(&policy(), "other") else {
             panic!()
         };
         assert!(
@@ -319,11 +400,8 @@ mod tests {
     #[test]
     fn rate_limited_call_says_when_to_retry() {
         let p = policy();
-        assert!(matches!(
-            decide_call(&p, "add", "s"),
-            CallDecision::Allow { .. }
-        ));
-        let CallDecision::Refuse(r) = decide_call(&p, "add", "s") else {
+        assert!(matches!(call(&p, "add"), CallDecision::Allow { .. }));
+        let CallDecision::Refuse(r) = call(&p, "add") else {
             panic!()
         };
         assert_eq!(r.decision, "rate_limited");
@@ -339,12 +417,10 @@ mod tests {
     #[test]
     fn hidden_and_approval_decisions() {
         assert!(matches!(
-            decide_call(&policy(), "secret_tool", "s"),
+            call(&policy(), "secret_tool"),
             CallDecision::Hidden
         ));
-        let CallDecision::NeedsApproval { rule, reason, .. } =
-            decide_call(&policy(), "delete_x", "s")
-        else {
+        let CallDecision::NeedsApproval { rule, reason, .. } = call(&policy(), "delete_x") else {
             panic!()
         };
         assert_eq!(
@@ -356,7 +432,11 @@ mod tests {
     #[test]
     fn list_filter_drops_hidden_and_unallowed_tools_and_notes_approval() {
         let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echo"},{"name":"secret_tool"},{"name":"delete_record","description":"Deletes"},{"name":"other"}],"ttlMs":5}}"#;
-        let out = filter_tools_list(&policy(), Message::parse(Bytes::from(raw)).unwrap());
+        let out = filter_tools_list(
+            &policy(),
+            &ToolHints::default(),
+            Message::parse(Bytes::from(raw)).unwrap(),
+        );
         let v: Value = serde_json::from_str(out.text()).unwrap();
         let names: Vec<&str> = v["result"]["tools"]
             .as_array()
@@ -377,7 +457,143 @@ mod tests {
     #[test]
     fn list_filter_keeps_the_original_bytes_when_nothing_changes() {
         let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo",  "description":"Echo"}]}}"#;
-        let out = filter_tools_list(&policy(), Message::parse(Bytes::from(raw)).unwrap());
+        let out = filter_tools_list(
+            &policy(),
+            &ToolHints::default(),
+            Message::parse(Bytes::from(raw)).unwrap(),
+        );
         assert_eq!(out.text(), raw);
+    }
+
+    #[test]
+    fn a_branch_names_the_condition_in_the_rule_and_holds_with_it() {
+        let p = parse_str(
+            r#"{"version":"1","default":"deny","rules":{"create_refund":{"when":[
+                {"if":[{"path":"args.amount","op":"gt","value":10000}],"action":"deny","reason":"too large"},
+                {"if":[{"path":"args.amount","op":"gte","value":100}],"action":"require_approval"},
+                {"action":"allow"}]}}}"#,
+            "t.json",
+        )
+        .unwrap();
+        let at = |args: &str| {
+            decide_call(
+                &p,
+                &Facts::new("create_refund", Some(args), "agent", "up", "s"),
+            )
+        };
+        let CallDecision::NeedsApproval { rule, .. } = at(r#"{"amount":150}"#) else {
+            panic!()
+        };
+        assert_eq!(rule, "create_refund[when 2: args.amount gte 100]");
+        let CallDecision::Refuse(r) = at(r#"{"amount":20000}"#) else {
+            panic!()
+        };
+        assert_eq!(
+            r.text,
+            "Airlock denied this call to `create_refund`: too large (rule `create_refund[when 1: args.amount gt 10000]`)."
+        );
+        assert!(matches!(at(r#"{"amount":1}"#), CallDecision::Allow { .. }));
+    }
+
+    #[test]
+    fn window_limits_and_the_all_tools_guard_refuse_visibly() {
+        let p = parse_str(
+            r#"{"version":"1","default":"allow","all_tools":{"limits":[{"window":"day","max":2}]},
+                "tools":{"echo":{}}}"#,
+            "t.json",
+        )
+        .unwrap();
+        assert!(matches!(call(&p, "echo"), CallDecision::Allow { .. }));
+        assert!(matches!(call(&p, "other"), CallDecision::Allow { .. }));
+        let CallDecision::Refuse(r) = call(&p, "echo") else {
+            panic!()
+        };
+        assert_eq!(r.decision, "rate_limited");
+        assert!(
+            r.reason
+                .starts_with("2 calls per day (UTC calendar day, per agent"),
+            "{}",
+            r.reason
+        );
+        let y = crate::policy::parse_str(
+            "version: 1\ntools:\n  \"*\":\n    rules:\n      - name: no-x\n        action: deny\n        conditions: [{path: args.x, op: exists}]\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let f = Facts::new("anything", Some(r#"{"x":1}"#), "a", "u", "s");
+        let CallDecision::Refuse(r) = decide_call(&y, &f) else {
+            panic!()
+        };
+        assert_eq!(r.rule, "*[rule no-x: args.x exists true]");
+    }
+
+    #[test]
+    fn annotations_decide_only_tools_no_rule_names() {
+        let p = parse_str(
+            r#"{"version":"1","default":"deny",
+                "annotations":{"destructiveHint":"require_approval","readOnlyHint":"allow"},
+                "rules":{"drop_all":{"action":"deny"}}}"#,
+            "t.json",
+        )
+        .unwrap();
+        let destructive = Hints {
+            destructive_hint: Some(true),
+            read_only_hint: Some(true),
+            ..Hints::default()
+        };
+        let read_only = Hints {
+            read_only_hint: Some(true),
+            ..Hints::default()
+        };
+        let with =
+            |tool, hints| decide_call(&p, &Facts::new(tool, None, "a", "u", "s").with_hints(hints));
+        let CallDecision::NeedsApproval { rule, reason, .. } = with("wipe", Some(destructive))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            rule, "annotations.destructiveHint",
+            "the most restrictive hint wins"
+        );
+        assert_eq!(
+            reason.as_deref(),
+            Some("the server declares `destructiveHint` for this tool")
+        );
+        assert!(matches!(
+            with("read", Some(read_only)),
+            CallDecision::Allow { .. }
+        ));
+        assert!(matches!(
+            with("read", None),
+            CallDecision::DeniedByDefault(_)
+        ));
+        assert!(
+            matches!(with("drop_all", Some(read_only)), CallDecision::Refuse(_)),
+            "a hint never allows what a rule denies"
+        );
+        assert!(p.lists_with("read", Some(&read_only)));
+        assert!(!p.lists_with("other", Some(&Hints::default())));
+        assert!(p.always_held("wipe", Some(&destructive)));
+        let warnings = crate::policy::lint(&p).join("\n");
+        assert!(warnings.contains("self-declared"), "{warnings}");
+    }
+
+    #[test]
+    fn list_filter_remembers_annotations_and_applies_them() {
+        let p = parse_str(
+            r#"{"version":"1","default":"deny","annotations":{"destructiveHint":"require_approval"}}"#,
+            "t.json",
+        )
+        .unwrap();
+        let hints = ToolHints::default();
+        let raw = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo"},{"name":"delete_record","annotations":{"destructiveHint":true}}]}}"#;
+        let out = filter_tools_list(&p, &hints, Message::parse(Bytes::from(raw)).unwrap());
+        let v: Value = serde_json::from_str(out.text()).unwrap();
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(v["result"]["tools"][0]["description"], APPROVAL_NOTE);
+        assert_eq!(
+            hints.get("delete_record").unwrap().destructive_hint,
+            Some(true)
+        );
     }
 }

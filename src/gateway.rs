@@ -83,6 +83,8 @@ pub struct UpstreamRuntime {
     stateless_http: Option<Arc<HttpSession>>,
     /// Protocol errors of its stdio children (`/healthz`, `/metrics`).
     pub health: Arc<Health>,
+    /// Tool annotations its `tools/list` answers declared (policy `annotations`).
+    pub hints: Arc<crate::policy::ToolHints>,
 }
 
 impl UpstreamRuntime {
@@ -105,6 +107,7 @@ impl UpstreamRuntime {
             shared_child: Mutex::new(None),
             stateless_http,
             health: Arc::default(),
+            hints: Arc::default(),
         }))
     }
 
@@ -320,8 +323,9 @@ impl CallContext {
 /// A reply plus what still has to be done to it on the way to the agent.
 pub struct Exchange {
     pub reply: Reply,
-    /// Set for `tools/list`: filter the response with this policy.
-    pub list_filter: Option<Arc<Policy>>,
+    /// Set for `tools/list`: filter the response with this policy and
+    /// remember the declared annotations in these hints.
+    pub list_filter: Option<(Arc<Policy>, Arc<crate::policy::ToolHints>)>,
 }
 
 impl Exchange {
@@ -605,7 +609,7 @@ impl Gateway {
                 }
                 Ok(Exchange {
                     reply,
-                    list_filter: Some(policy),
+                    list_filter: Some((policy, ctx.upstream.hints.clone())),
                 })
             }
             _ => Ok(Exchange::plain(
@@ -654,11 +658,25 @@ impl Gateway {
             .request_state
             .as_deref()
             .is_some_and(|state| self.retries.take(state, &ctx.scope(), tool, arguments));
-        let decision = if retry {
-            gate::decide_retry(&policy, tool)
+        let hints = if policy.annotations.is_empty() {
+            None
         } else {
-            gate::decide_call(&policy, tool, &ctx.session_key)
+            ctx.upstream.hints.get(tool)
         };
+        let facts = crate::policy::Facts::new(
+            tool,
+            arguments,
+            &ctx.agent,
+            &ctx.upstream.name,
+            &ctx.session_key,
+        )
+        .with_hints(hints);
+        let decision = if retry {
+            gate::decide_retry(&policy, &facts)
+        } else {
+            gate::decide_call(&policy, &facts)
+        };
+        drop(facts);
         match decision {
             CallDecision::Allow { rule } => {
                 if self.config.audit.fail_closed && !self.audit.is_healthy() {
@@ -714,7 +732,7 @@ impl Gateway {
                     "denied",
                     tool,
                     arguments,
-                    "default",
+                    &refusal.rule,
                     Some(&refusal.reason),
                 )
                 .await;

@@ -885,7 +885,9 @@ fn shift_progress(message: Message, by: u64) -> Message {
     };
     for key in ["progress", "total"] {
         let shifted = match value.pointer(&format!("/params/{key}")) {
-            Some(Value::Number(n)) if n.is_u64() => json!(n.as_u64().unwrap_or(0).saturating_add(by)),
+            Some(Value::Number(n)) if n.is_u64() => {
+                json!(n.as_u64().unwrap_or(0).saturating_add(by))
+            }
             Some(Value::Number(n)) => json!(n.as_f64().unwrap_or(0.0) + by as f64),
             _ => continue,
         };

@@ -608,7 +608,7 @@ fn to_response(
         ReplyBody::Empty => status.into_response(),
         ReplyBody::Json(message) => {
             let message = match &list_filter {
-                Some(policy) => gate::filter_tools_list(policy, message),
+                Some((policy, hints)) => gate::filter_tools_list(policy, hints, message),
                 None => message,
             };
             let status = if status_from_body && reply.status == 200 {
@@ -631,11 +631,11 @@ fn to_response(
             let events = rx.map(move |event| {
                 let _busy = &busy;
                 let event = match (&list_filter, event.message) {
-                    (Some(policy), Some(m))
+                    (Some((policy, hints)), Some(m))
                         if m.kind() == Kind::Response && gate::carries_tool_list(&m) =>
                     {
                         Event {
-                            message: Some(gate::filter_tools_list(policy, m)),
+                            message: Some(gate::filter_tools_list(policy, hints, m)),
                             ..event
                         }
                     }
@@ -765,7 +765,7 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
             to_response(
                 Exchange {
                     reply,
-                    list_filter: Some(upstream.policy()),
+                    list_filter: Some((upstream.policy(), upstream.hints.clone())),
                 },
                 None,
                 false,

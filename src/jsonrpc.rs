@@ -370,7 +370,9 @@ impl Message {
             (key == "params").then(|| in_params(params)).flatten()
         });
         match rebuilt {
-            Some((text, true)) => Message::parse(Bytes::from(text)).unwrap_or_else(|_| self.clone()),
+            Some((text, true)) => {
+                Message::parse(Bytes::from(text)).unwrap_or_else(|_| self.clone())
+            }
             _ => self.clone(),
         }
     }

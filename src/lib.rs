@@ -4,13 +4,15 @@
 //!
 //! - [`cli`], [`app`]: flags and wiring (`main` only parses and calls `app::run`).
 //! - [`config`]: `airlock.toml` → validated [`config::Config`].
-//! - [`policy`]: PolicyLayer-style JSON, compiled once; [`reload`] swaps it live.
+//! - [`policy`]: Airlock JSON, PolicyLayer JSON and Intercept YAML, compiled
+//!   once into one rule set with conditions; [`reload`] swaps it live.
 //! - [`jsonrpc`]: message framing; the few typed bits the gateway reads.
 //! - [`era`]: handshake era vs stateless (2026-07-28) era: detection, header checks.
 //! - [`http_agent`], [`stdio_agent`]: the agent side (Streamable HTTP, stdio).
 //! - [`upstream`]: the server side (stdio child, Streamable HTTP).
 //! - [`gateway`]: shared state, sessions, and the forwarding of one message.
 //! - [`gate`]: the interception — `tools/call` decisions, `tools/list` filtering.
+//! - [`inspect`]: `airlock check --against`: a policy's outcome per tool of a live server.
 //! - [`hold`]: calls waiting for a human.
 //! - [`approvals`]: pending approvals as a service behind a store (in-process or
 //!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
@@ -23,7 +25,8 @@
 //!
 //! `http_agent` reads and frames the body, finds the session (or checks the
 //! stateless-era headers against the body), and calls `Gateway::forward`.
-//! `gate::decide_call` matches the tool against the live policy: allowed calls
+//! `gate::decide_call` matches the tool against the live policy (and, when the
+//! matched rule has conditions, its arguments, agent, upstream and session): allowed calls
 //! go to the upstream `Link` as their original bytes; refusals are answered
 //! with a `CallToolResult` (`isError: true`); held calls wait in `hold`.
 // The one exception is `memory` (two glibc calls to return freed memory).
@@ -43,6 +46,7 @@ pub mod gate;
 pub mod gateway;
 pub mod hold;
 pub mod http_agent;
+pub mod inspect;
 pub mod jsonrpc;
 pub mod listener;
 pub mod login;

@@ -1,4 +1,10 @@
-//! The policy engine: PolicyLayer-style JSON, compiled once, evaluated per call.
+//! The policy engine: three file formats, compiled once into one [`Policy`],
+//! evaluated per call.
+//!
+//! Airlock's JSON (`rules`), PolicyLayer's JSON document (`tools` with
+//! `require` / `deny_if` / `limits`) and Intercept's YAML (`tools` with
+//! `rules`) all compile to the same rules with ordered condition
+//! [`Branch`]es, so the gate has one decision path (see docs/policy.md).
 //!
 //! A [`Policy`] is immutable once built. Matching order for a tool name:
 //! 1. `hide` (exact or glob) → [`Verdict::Hidden`];
@@ -7,11 +13,20 @@
 //!    fewest wildcards, then the one written first in the file;
 //! 4. `default`.
 //!
-//! Rate-limit state lives in the compiled rule (a keyed `governor` limiter),
-//! so a reload that keeps a rule's key and limit keeps its counters.
+//! Within the rule, the first branch whose condition holds picks the action
+//! ([`Rule::choose`]); then the policy-wide guard (`all_tools` / Intercept's
+//! `"*"` rules) may still deny.
+//!
+//! Rate-limit state lives in the compiled rule (a keyed `governor` limiter,
+//! or calendar-window counters), so a reload that keeps a rule's key and
+//! limit keeps its counters.
 
+mod cond;
+mod formats;
+mod hints;
 mod lint;
 mod load;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +35,32 @@ use std::time::Duration;
 use globset::GlobSet;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+pub use cond::{Cond, Facts};
+pub use hints::{HINTS, Hints, ToolHints};
 pub use lint::lint;
 pub use load::{LoadError, MAX_APPROVAL_TIMEOUT, load_file, parse_str};
+pub use window::{Scope, WindowLimit};
+
+/// Which file format a policy was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Airlock's JSON: `rules` with `action` / `when` / `rate_limit`.
+    Airlock,
+    /// PolicyLayer's JSON document: `tools` with `require` / `deny_if` / `limits`.
+    PolicyLayer,
+    /// Intercept's YAML: `tools` with `rules` of `conditions`.
+    Intercept,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Airlock => "Airlock JSON",
+            Format::PolicyLayer => "PolicyLayer JSON",
+            Format::Intercept => "Intercept YAML",
+        }
+    }
+}
 
 /// What a rule (or the default) does with a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -116,10 +155,82 @@ fn quota_for(max: u32, window: Duration) -> Quota {
 pub struct Rule {
     /// The key as written in `rules` (exact name or glob).
     pub key: String,
+    /// The action when no branch matches (the rule's `action`).
     pub action: Action,
     pub reason: Option<String>,
     pub rate_limit: Option<RateLimit>,
     pub approval: Approval,
+    /// Checked in order; the first whose condition holds picks the action.
+    pub branches: Vec<Branch>,
+    /// Calendar-window counters every call this rule lets through spends.
+    pub limits: Vec<WindowLimit>,
+}
+
+/// One ordered, conditional choice of a rule.
+#[derive(Clone)]
+pub struct Branch {
+    pub when: Cond,
+    pub action: Action,
+    pub reason: Option<String>,
+    /// Names the branch in the audit row and the hold:
+    /// `when 2: args.amount gte 100`, `deny_if 1: …`, `rule max-amount: …`.
+    pub label: String,
+    /// Line of the branch in the policy file (0: unknown).
+    pub line: usize,
+}
+
+/// What a rule picked for one call.
+pub struct Choice<'a> {
+    pub action: Action,
+    pub reason: Option<&'a str>,
+    pub branch: Option<&'a Branch>,
+}
+
+impl Rule {
+    /// The first branch whose condition holds, else the rule's own action.
+    /// Arguments are parsed only if a branch reads them.
+    pub fn choose<'a>(&'a self, facts: &Facts<'_>) -> Choice<'a> {
+        for branch in &self.branches {
+            if branch.when.holds(facts) {
+                return Choice {
+                    action: branch.action,
+                    reason: branch.reason.as_deref().or(self.reason.as_deref()),
+                    branch: Some(branch),
+                };
+            }
+        }
+        Choice {
+            action: self.action,
+            reason: self.reason.as_deref(),
+            branch: None,
+        }
+    }
+
+    /// Whether every call to this rule's tools ends in `action`, whatever the arguments.
+    pub fn always(&self, action: Action) -> bool {
+        for branch in &self.branches {
+            if branch.action != action {
+                return false;
+            }
+            if branch.when.is_always() {
+                return true; // later branches and the rule's action are never reached
+            }
+        }
+        self.action == action
+    }
+
+    /// A rule that names a tool and decides nothing itself (PolicyLayer's `{}`).
+    pub(crate) fn plain(key: String, action: Action) -> Rule {
+        Rule {
+            key,
+            action,
+            reason: None,
+            rate_limit: None,
+            approval: Approval::default(),
+            branches: Vec::new(),
+            limits: Vec::new(),
+        }
+    }
 }
 
 /// The outcome of matching a tool name.
@@ -134,7 +245,8 @@ pub enum Verdict<'a> {
 }
 
 impl Verdict<'_> {
-    /// The action this verdict leads to (before rate limits).
+    /// The action this verdict leads to when no condition matches (before
+    /// rate limits).
     pub fn action(&self) -> Option<Action> {
         match self {
             Verdict::Hidden => None,
@@ -164,6 +276,12 @@ pub struct Policy {
     globs: GlobSet,
     glob_rules: Vec<usize>,
     rules: Vec<Rule>,
+    /// Applies after the tool's own rule to every call it does not deny:
+    /// PolicyLayer's `all_tools`, Intercept's `"*"` rules (deny branches and limits).
+    pub all_tools: Option<Rule>,
+    pub format: Format,
+    /// `annotations`: hint name → action for tools no rule names.
+    pub annotations: Vec<(String, Action)>,
 }
 
 impl Policy {
@@ -196,16 +314,52 @@ impl Policy {
 
     /// Whether calls to this tool are rate-limited.
     pub fn rate_limited(&self, tool: &str) -> bool {
-        matches!(self.decide(tool), Verdict::Rule(r) if r.rate_limit.is_some())
+        let all = self
+            .all_tools
+            .as_ref()
+            .is_some_and(|r| !r.limits.is_empty());
+        match self.decide(tool) {
+            Verdict::Rule(r) => all || r.rate_limit.is_some() || !r.limits.is_empty(),
+            Verdict::Default(_) => all,
+            Verdict::Hidden => false,
+        }
     }
 
-    /// Whether `tools/list` should show this tool to agents.
+    /// Whether `tools/list` should show this tool to agents: not hidden, and
+    /// not denied whatever its arguments under `default: deny`.
     pub fn lists(&self, tool: &str) -> bool {
+        self.lists_with(tool, None)
+    }
+
+    /// [`Policy::lists`] for a tool whose server declared `hints`.
+    pub fn lists_with(&self, tool: &str, hints: Option<&Hints>) -> bool {
         match self.decide(tool) {
             Verdict::Hidden => false,
-            Verdict::Rule(rule) => !(self.default == Action::Deny && rule.action == Action::Deny),
-            Verdict::Default(action) => action != Action::Deny,
+            Verdict::Rule(rule) => !(self.default == Action::Deny && rule.always(Action::Deny)),
+            Verdict::Default(action) => {
+                self.by_annotations(hints).map_or(action, |a| a.0) != Action::Deny
+            }
         }
+    }
+
+    /// Whether every call to this tool waits for a human, whatever its arguments.
+    pub fn always_held(&self, tool: &str, hints: Option<&Hints>) -> bool {
+        match self.decide(tool) {
+            Verdict::Rule(rule) => rule.always(Action::RequireApproval),
+            Verdict::Default(action) => {
+                self.by_annotations(hints).map_or(action, |a| a.0) == Action::RequireApproval
+            }
+            Verdict::Hidden => false,
+        }
+    }
+
+    /// The action `annotations` gives a tool no rule names, from the hints
+    /// its server declared, and the hint that decided.
+    pub fn by_annotations(&self, hints: Option<&Hints>) -> Option<(Action, &'static str)> {
+        if self.annotations.is_empty() {
+            return None;
+        }
+        hints::decide(&self.annotations, hints?)
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -214,9 +368,12 @@ impl Policy {
 
     /// Forgets idle rate-limit state of every rule.
     pub fn forget_idle(&self) {
-        for rule in &self.rules {
+        for rule in self.rules.iter().chain(&self.all_tools) {
             if let Some(rate) = &rule.rate_limit {
                 rate.forget_idle();
+            }
+            for limit in &rule.limits {
+                limit.forget_idle();
             }
         }
     }
@@ -236,6 +393,20 @@ impl Policy {
                 && new.window == old.window
             {
                 new.limiter = old.limiter.clone();
+            }
+        }
+        let old_windows: HashMap<&str, &WindowLimit> = old
+            .rules
+            .iter()
+            .chain(&old.all_tools)
+            .flat_map(|r| &r.limits)
+            .map(|l| (l.counter.as_str(), l))
+            .collect();
+        for rule in self.rules.iter_mut().chain(&mut self.all_tools) {
+            for limit in &mut rule.limits {
+                if let Some(old) = old_windows.get(limit.counter.as_str()) {
+                    limit.inherit(old);
+                }
             }
         }
     }

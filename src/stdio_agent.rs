@@ -240,7 +240,9 @@ impl StdioAgent {
         };
         let Exchange { reply, list_filter } = exchange;
         let filter = |m: Message| match &list_filter {
-            Some(policy) if m.kind() == Kind::Response => gate::filter_tools_list(policy, m),
+            Some((policy, hints)) if m.kind() == Kind::Response => {
+                gate::filter_tools_list(policy, hints, m)
+            }
             _ => m,
         };
         // An HTTP upstream may answer errors with `"id": null` (it could not

@@ -180,5 +180,8 @@ fn progress_token_rewrite_keeps_every_other_value_as_written() {
 #[test]
 fn id_rewrite_adds_an_id_to_an_object_without_one() {
     let m = parse(r#"{"jsonrpc":"2.0","id":"x","result":{}}"#).unwrap();
-    assert_eq!(m.with_id(&Id::from_raw("5")).text(), r#"{"jsonrpc":"2.0","id":5,"result":{}}"#);
+    assert_eq!(
+        m.with_id(&Id::from_raw("5")).text(),
+        r#"{"jsonrpc":"2.0","id":5,"result":{}}"#
+    );
 }

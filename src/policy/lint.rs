@@ -1,5 +1,6 @@
 //! Warnings about policies that load but probably do not say what was meant:
-//! rules that can never match and globs shadowed by other rules.
+//! rules that can never match, globs shadowed by other rules, and condition
+//! branches that can never be reached.
 
 use super::{Action, Policy, Verdict, load::is_glob};
 
@@ -37,10 +38,64 @@ pub fn lint(policy: &Policy) -> Vec<String> {
                 ));
             }
         }
-        if rule.action == Action::Deny && rule.rate_limit.is_some() {
+        warnings.extend(shadowed_branches(rule));
+        if rule.always(Action::Deny) && rule.rate_limit.is_some() {
             warnings.push(format!(
                 "rule `{}` has a rate_limit that never applies: its action is deny",
                 rule.key
+            ));
+        }
+    }
+    for (hint, action) in &policy.annotations {
+        warnings.push(format!(
+            "annotations: `{hint}: {}` trusts what the server says about its own tools (annotations are self-declared hints); it decides only tools no rule names",
+            action.as_str()
+        ));
+    }
+    warnings
+}
+
+/// Branches after one that always matches, and branches whose condition
+/// repeats an earlier one: first match wins, so neither is ever reached.
+fn shadowed_branches(rule: &super::Rule) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let line = |l: usize| {
+        if l == 0 {
+            String::new()
+        } else {
+            format!(" (line {l})")
+        }
+    };
+    for (i, branch) in rule.branches.iter().enumerate() {
+        let earlier = &rule.branches[..i];
+        let by = earlier
+            .iter()
+            .find(|e| e.when.is_always())
+            .map(|e| (e, "has no condition and always matches"))
+            .or_else(|| {
+                earlier
+                    .iter()
+                    .find(|e| e.when.describe() == branch.when.describe())
+                    .map(|e| (e, "has the same condition"))
+            });
+        if let Some((first, why)) = by {
+            let contradicts = if first.action == branch.action {
+                String::new()
+            } else {
+                format!(
+                    "; it would {} where `{}` does {}",
+                    branch.action.as_str(),
+                    first.label,
+                    first.action.as_str()
+                )
+            };
+            warnings.push(format!(
+                "rule `{}`: branch `{}`{} is never reached: `{}`{} {why}{contradicts}",
+                rule.key,
+                branch.label,
+                line(branch.line),
+                first.label,
+                line(first.line),
             ));
         }
     }

@@ -1,4 +1,10 @@
-//! Reading a policy file: serde `RawPolicy` → validated, compiled [`Policy`].
+//! Reading a policy file: the format is told by content (and a `.yaml` /
+//! `.yml` name), then serde `Raw…` → validated, compiled [`Policy`].
+//!
+//! - JSON whose top level has `tools` or `all_tools`: PolicyLayer's document
+//!   (see `formats.rs`);
+//! - other JSON: Airlock's own shape (`rules`), read here;
+//! - YAML: Intercept's `policy.yaml` (see `formats.rs`).
 //!
 //! Every error names the file, line, column and the key path
 //! (`rules.odoo_unlink.acton`), and suggests the nearest known key or value.
@@ -11,7 +17,9 @@ use globset::{Glob, GlobBuilder, GlobSetBuilder};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::{Action, Approval, OnTimeout, Policy, RateLimit, Rule};
+use serde_json::Value;
+
+use super::{Action, Approval, Branch, Cond, Format, OnTimeout, Policy, RateLimit, Rule};
 use crate::suggest::{parse_unknown, suggestion};
 
 /// A policy file that cannot be used, with where and why.
@@ -34,6 +42,7 @@ pub enum LoadError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
+    #[serde(deserialize_with = "version_text")]
     version: String,
     #[serde(default)]
     default: Option<Action>,
@@ -41,6 +50,9 @@ struct RawPolicy {
     hide: Vec<String>,
     #[serde(default)]
     rules: IndexMap<String, RawRule>,
+    /// Tool annotation → action for tools no rule names (see `hints.rs`).
+    #[serde(default)]
+    annotations: IndexMap<String, Action>,
     /// Free text for humans; ignored.
     #[serde(default)]
     #[allow(dead_code)]
@@ -50,13 +62,29 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
-    action: Action,
+    /// Required unless `when` is given; then it is what happens when no branch matches.
+    #[serde(default)]
+    action: Option<Action>,
     #[serde(default)]
     reason: Option<String>,
+    /// Ordered branches: the first whose `if` holds picks the action.
+    #[serde(default)]
+    when: Option<Vec<RawBranch>>,
     #[serde(default)]
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     approval: Option<RawApproval>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBranch {
+    /// Conditions (ANDed); absent: the branch always matches.
+    #[serde(rename = "if", default)]
+    conditions: Option<Vec<Value>>,
+    action: Action,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -88,15 +116,51 @@ pub fn load_file(path: &Path) -> Result<Policy, LoadError> {
     parse_str(&text, &file)
 }
 
-/// Parses and compiles policy text; `file` is only used in error messages.
+/// Parses and compiles policy text; `file` names it in error messages, and a
+/// `.yaml` / `.yml` name means YAML.
 pub fn parse_str(text: &str, file: &str) -> Result<Policy, LoadError> {
+    let yaml_name = file.ends_with(".yaml") || file.ends_with(".yml");
+    if yaml_name || !looks_like_json(text) {
+        return super::formats::intercept(text, file);
+    }
+    let is_policylayer = serde_json::from_str::<Value>(text).is_ok_and(|v| {
+        v.as_object()
+            .is_some_and(|top| top.contains_key("tools") || top.contains_key("all_tools"))
+    });
+    if is_policylayer {
+        return super::formats::policylayer(text, file);
+    }
     let raw = deserialize(text, file)?;
     compile(raw, text, file)
 }
 
-fn deserialize(text: &str, file: &str) -> Result<RawPolicy, LoadError> {
+/// JSON starts with `{` (after blanks); anything else is read as YAML.
+fn looks_like_json(text: &str) -> bool {
+    text.trim_start_matches('\u{feff}')
+        .trim_start()
+        .starts_with('{')
+}
+
+/// `version` as a string or a number (`"1"`, `1`).
+pub(super) fn version_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        N(u64),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::S(s) => s,
+        Text::N(n) => n.to_string(),
+    })
+}
+
+pub(super) fn deserialize<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, LoadError> {
     let de = &mut serde_json::Deserializer::from_str(text);
-    let result: Result<RawPolicy, _> = serde_path_to_error::deserialize(de);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
     result.map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
@@ -126,7 +190,7 @@ fn deserialize(text: &str, file: &str) -> Result<RawPolicy, LoadError> {
 }
 
 /// Turns serde's wording into ours: names the key path and suggests a fix.
-fn explain_serde_error(path: &str, message: &str) -> String {
+pub(super) fn explain_serde_error(path: &str, message: &str) -> String {
     // serde_json appends " at line X column Y"; we print the location ourselves.
     let message = message.split(" at line ").next().unwrap_or(message);
     if let Some((field, expected)) = parse_unknown(message, "unknown field `") {
@@ -166,56 +230,67 @@ fn explain_serde_error(path: &str, message: &str) -> String {
     }
 }
 
-fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> {
-    let invalid = |path: &[&str], message: String| {
-        let (line, column) = locate(text, path);
+/// Where errors of one file point: its text and name.
+pub(super) struct Source<'a> {
+    pub text: &'a str,
+    pub file: &'a str,
+    pub yaml: bool,
+}
+
+impl Source<'_> {
+    /// An error at the key path `path` (found by walking the text).
+    pub fn error(&self, path: &[&str], message: String) -> LoadError {
+        let (line, column) = if self.yaml {
+            locate_yaml(self.text, path)
+        } else {
+            locate(self.text, path)
+        };
+        self.error_at(line, column, message)
+    }
+
+    pub fn error_at(&self, line: usize, column: usize, message: String) -> LoadError {
         LoadError::Invalid {
-            file: file.to_owned(),
+            file: self.file.to_owned(),
             line,
             column,
             message,
         }
+    }
+}
+
+fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> {
+    let src = Source {
+        text,
+        file,
+        yaml: false,
     };
-    if raw.version != "1" {
-        return Err(invalid(
-            &["version"],
-            format!("unsupported version `{}` (expected \"1\")", raw.version),
-        ));
-    }
-
-    let mut hide_exact = HashSet::new();
-    let mut hide_globs = GlobSetBuilder::new();
-    for (i, entry) in raw.hide.iter().enumerate() {
-        let path = format!("hide[{i}]");
-        if entry.is_empty() {
-            return Err(invalid(&["hide"], format!("{path} is empty")));
-        }
-        if is_glob(entry) {
-            hide_globs.add(glob(entry).map_err(|e| invalid(&["hide"], format!("{path}: {e}")))?);
-        } else {
-            hide_exact.insert(entry.clone());
-        }
-    }
-
+    check_version(&raw.version, &src)?;
+    let default = raw.default.unwrap_or(Action::Deny);
     let mut rules = Vec::with_capacity(raw.rules.len());
-    let mut exact = HashMap::new();
-    let mut glob_entries = Vec::new();
-    for (index, (key, raw_rule)) in raw.rules.into_iter().enumerate() {
-        let at = |field: &str| -> Vec<String> {
-            let mut p = vec!["rules".to_owned(), key.clone()];
-            if !field.is_empty() {
-                p.extend(field.split('.').map(str::to_owned));
-            }
-            p
-        };
+    for (key, raw_rule) in raw.rules {
         let err = |field: &str, message: String| {
-            let path = at(field);
-            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-            invalid(&refs, message)
+            let mut path = vec!["rules", key.as_str()];
+            path.extend(field.split('.').filter(|f| !f.is_empty()));
+            src.error(&path, message)
         };
         if key.is_empty() {
             return Err(err("", "rules: a rule key is empty".into()));
         }
+        let branches = match &raw_rule.when {
+            None => Vec::new(),
+            Some(list) => compile_when(&key, list, &src)?,
+        };
+        let action = match (raw_rule.action, &raw_rule.when) {
+            (Some(action), _) => action,
+            // No branch matched and the rule says nothing else: the default.
+            (None, Some(_)) => default,
+            (None, None) => {
+                return Err(err(
+                    "",
+                    format!("missing key `action` in rules.{key} (or ordered branches in `when`)"),
+                ));
+            }
+        };
         let rate_limit = match raw_rule.rate_limit {
             None => None,
             Some(rl) => {
@@ -234,14 +309,16 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
                 Some(RateLimit::new(rl.max, Duration::from_secs(rl.window)))
             }
         };
+        let asks = action == Action::RequireApproval
+            || branches.iter().any(|b| b.action == Action::RequireApproval);
         let approval = match raw_rule.approval {
             None => Approval::default(),
-            Some(_) if raw_rule.action != Action::RequireApproval => {
+            Some(_) if !asks => {
                 return Err(err(
                     "approval",
                     format!(
                         "rules.{key}.approval only applies to action \"require_approval\" (this rule's action is \"{}\")",
-                        raw_rule.action.as_str()
+                        action.as_str()
                     ),
                 ));
             }
@@ -261,21 +338,108 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
                 }
             }
         };
-        if is_glob(&key) {
-            let compiled = glob(&key).map_err(|e| err("", format!("rules.{key}: {e}")))?;
-            glob_entries.push((specificity(&key, index), compiled, rules.len()));
-        } else {
-            exact.insert(key.clone(), rules.len());
-        }
         rules.push(Rule {
             key,
-            action: raw_rule.action,
+            action,
             reason: raw_rule.reason,
             rate_limit,
             approval,
+            branches,
+            limits: Vec::new(),
         });
     }
+    let mut policy = assemble(default, &raw.hide, rules, None, Format::Airlock, &src)?;
+    for (hint, action) in raw.annotations {
+        if !super::HINTS.contains(&hint.as_str()) {
+            let known: Vec<String> = super::HINTS.iter().map(|h| (*h).to_owned()).collect();
+            return Err(src.error(
+                &["annotations", hint.as_str()],
+                format!(
+                    "unknown annotation `{hint}`: expected one of {}{}",
+                    super::HINTS.join(", "),
+                    crate::suggest::suggestion(&hint, &known)
+                ),
+            ));
+        }
+        policy.annotations.push((hint, action));
+    }
+    Ok(policy)
+}
 
+/// Compiles a rule's `when` list; each branch knows its line for `airlock check`.
+fn compile_when(key: &str, list: &[RawBranch], src: &Source<'_>) -> Result<Vec<Branch>, LoadError> {
+    let (when_line, when_column) = locate(src.text, &["rules", key, "when"]);
+    let lines = array_item_lines(src.text, &["rules", key, "when"]);
+    let mut branches = Vec::with_capacity(list.len());
+    for (i, raw) in list.iter().enumerate() {
+        let line = lines.get(i).copied().unwrap_or(when_line);
+        let when = match &raw.conditions {
+            None => Cond::All(Vec::new()),
+            Some(items) => Cond::compile_list(items).map_err(|e| {
+                let column = if lines.get(i).is_some() {
+                    1
+                } else {
+                    when_column
+                };
+                src.error_at(line, column, format!("rules.{key}.when[{i}].if: {e}"))
+            })?,
+        };
+        let label = format!("when {}: {}", i + 1, when.describe());
+        branches.push(Branch {
+            when,
+            action: raw.action,
+            reason: raw.reason.clone(),
+            label,
+            line,
+        });
+    }
+    Ok(branches)
+}
+
+pub(super) fn check_version(version: &str, src: &Source<'_>) -> Result<(), LoadError> {
+    if version != "1" {
+        return Err(src.error(
+            &["version"],
+            format!("unsupported version `{version}` (expected \"1\")"),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the lookup structures shared by every format: `hide`, exact names
+/// and globs in precedence order.
+pub(super) fn assemble(
+    default: Action,
+    hide: &[String],
+    rules: Vec<Rule>,
+    all_tools: Option<Rule>,
+    format: Format,
+    src: &Source<'_>,
+) -> Result<Policy, LoadError> {
+    let mut hide_exact = HashSet::new();
+    let mut hide_globs = GlobSetBuilder::new();
+    for (i, entry) in hide.iter().enumerate() {
+        let path = format!("hide[{i}]");
+        if entry.is_empty() {
+            return Err(src.error(&["hide"], format!("{path} is empty")));
+        }
+        if is_glob(entry) {
+            hide_globs.add(glob(entry).map_err(|e| src.error(&["hide"], format!("{path}: {e}")))?);
+        } else {
+            hide_exact.insert(entry.clone());
+        }
+    }
+    let mut exact = HashMap::new();
+    let mut glob_entries = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        if is_glob(&rule.key) {
+            let compiled = glob(&rule.key)
+                .map_err(|e| src.error(&[rule.key.as_str()], format!("{}: {e}", rule.key)))?;
+            glob_entries.push((specificity(&rule.key, index), compiled, index));
+        } else {
+            exact.insert(rule.key.clone(), index);
+        }
+    }
     // Most specific first, so the lowest matching index wins (see `Policy::decide`).
     glob_entries.sort_by_key(|entry| entry.0);
     let mut globs = GlobSetBuilder::new();
@@ -285,21 +449,20 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
         glob_rules.push(rule);
     }
     let build = |b: GlobSetBuilder, what: &str| {
-        b.build().map_err(|e| LoadError::Invalid {
-            file: file.to_owned(),
-            line: 1,
-            column: 1,
-            message: format!("{what}: {e}"),
-        })
+        b.build()
+            .map_err(|e| src.error_at(1, 1, format!("{what}: {e}")))
     };
     Ok(Policy {
-        default: raw.default.unwrap_or(Action::Deny),
+        default,
         hide_exact,
         hide_globs: build(hide_globs, "hide")?,
         exact,
         globs: build(globs, "rules")?,
         glob_rules,
         rules,
+        all_tools,
+        format,
+        annotations: Vec::new(),
     })
 }
 
@@ -329,7 +492,7 @@ pub(super) fn is_glob(key: &str) -> bool {
     key.contains(['*', '?', '[', ']', '{', '}'])
 }
 
-fn glob(pattern: &str) -> Result<Glob, String> {
+pub(super) fn glob(pattern: &str) -> Result<Glob, String> {
     GlobBuilder::new(pattern)
         .literal_separator(false)
         .backslash_escape(true)
@@ -340,7 +503,7 @@ fn glob(pattern: &str) -> Result<Glob, String> {
 /// Finds the line and column of a key path (`["rules", "x", "action"]`) in the
 /// source text, walking forward one quoted key at a time. Falls back to the
 /// last position found.
-fn locate(text: &str, path: &[&str]) -> (usize, usize) {
+pub(super) fn locate(text: &str, path: &[&str]) -> (usize, usize) {
     let mut pos = 0;
     for segment in path {
         let quoted = serde_json::to_string(segment).unwrap_or_default();
@@ -348,6 +511,77 @@ fn locate(text: &str, path: &[&str]) -> (usize, usize) {
             pos += found;
         } else {
             break;
+        }
+    }
+    let before = &text[..pos];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Lines of the items of the JSON array at `path` (e.g. a rule's `when`),
+/// found by scanning the text; empty when the array cannot be found.
+fn array_item_lines(text: &str, path: &[&str]) -> Vec<usize> {
+    let mut pos = 0;
+    for segment in path {
+        let quoted = serde_json::to_string(segment).unwrap_or_default();
+        match text[pos..].find(&quoted) {
+            Some(found) => pos += found + quoted.len(),
+            None => return Vec::new(),
+        }
+    }
+    let Some(open) = text[pos..].find('[') else {
+        return Vec::new();
+    };
+    let (mut depth, mut in_string, mut escaped, mut expect_item) = (0usize, false, false, true);
+    let mut lines = Vec::new();
+    for (offset, c) in text[pos + open..].char_indices() {
+        let at = pos + open + offset;
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if depth == 1 && expect_item && !c.is_whitespace() && c != ']' {
+            lines.push(text[..at].matches('\n').count() + 1);
+            expect_item = false;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => depth += 1,
+            ']' | '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            ',' if depth == 1 => expect_item = true,
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// Finds the line and column of a key path in YAML text: each segment is
+/// looked for as `key:` (bare or quoted) after the previous one.
+pub(super) fn locate_yaml(text: &str, path: &[&str]) -> (usize, usize) {
+    let mut pos = 0;
+    for segment in path {
+        let candidates = [
+            format!("{segment}:"),
+            format!("\"{segment}\":"),
+            format!("'{segment}':"),
+        ];
+        if let Some(found) = candidates
+            .iter()
+            .filter_map(|c| text[pos..].find(c.as_str()))
+            .min()
+        {
+            pos += found;
         }
     }
     let before = &text[..pos];

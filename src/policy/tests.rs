@@ -305,3 +305,277 @@ fn a_thousand_glob_rules_still_decide_correctly() {
     assert_eq!(rule_of(&p, "tool999_x"), "tool999_*:allow");
     assert_eq!(rule_of(&p, "nope"), "default:deny");
 }
+
+// ----------------------------------------------------------------- formats and conditions
+
+fn facts<'a>(tool: &'a str, args: &'a str) -> Facts<'a> {
+    Facts::new(tool, Some(args), "agent-a", "up", "sess-1")
+}
+
+/// `action` or `action@label` of the rule that decides `tool` with `args`.
+fn choose(p: &Policy, tool: &str, args: &str) -> String {
+    let f = facts(tool, args);
+    let own = match p.decide(tool) {
+        Verdict::Hidden => return "hidden".into(),
+        Verdict::Default(a) => (a, None),
+        Verdict::Rule(r) => {
+            let c = r.choose(&f);
+            (c.action, c.branch.map(|b| b.label.clone()))
+        }
+    };
+    let (action, label) = match (&p.all_tools, own.0) {
+        (Some(guard), a) if a != Action::Deny => {
+            let c = guard.choose(&f);
+            if c.action == Action::Deny {
+                (c.action, c.branch.map(|b| b.label.clone()))
+            } else {
+                own
+            }
+        }
+        _ => own,
+    };
+    match label {
+        Some(l) => format!("{}@{l}", action.as_str()),
+        None => action.as_str().to_owned(),
+    }
+}
+
+fn shipped(name: &str) -> Policy {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies")
+        .join(name);
+    load_file(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn policylayer_example_reads_as_policylayer_and_decides_by_arguments() {
+    let p = shipped("policylayer-example.json");
+    assert_eq!(p.format, Format::PolicyLayer);
+    assert_eq!(p.default, Action::Deny);
+    assert_eq!(choose(&p, "secret_tool", "{}"), "hidden");
+    assert_eq!(choose(&p, "echo", r#"{"text":"hi"}"#), "allow");
+    assert!(p.lists("echo"), "`{{}}` allows the tool under default deny");
+    assert_eq!(choose(&p, "add", r#"{"a":1,"b":2}"#), "allow");
+    assert_eq!(
+        choose(&p, "add", r#"{"a":1000.5,"b":2}"#),
+        "deny@deny_if 1: args.a gt 1000"
+    );
+    assert_eq!(choose(&p, "delete_record", r#"{"id":"tmp-1"}"#), "allow");
+    assert_eq!(
+        choose(&p, "delete_record", r#"{"id":"prod-1"}"#),
+        r#"deny@require 1: args.id regex "^tmp-""#
+    );
+    assert_eq!(
+        choose(&p, "delete_record", "{}"),
+        r#"deny@require 1: args.id regex "^tmp-""#,
+        "a missing argument fails the required condition"
+    );
+    assert_eq!(choose(&p, "crash", "{}"), "deny@deny_if 1: always");
+    assert!(
+        !p.lists("crash"),
+        "always denied under default deny: not listed"
+    );
+    assert_eq!(choose(&p, "other", "{}"), "deny");
+    let Verdict::Rule(add) = p.decide("add") else {
+        panic!()
+    };
+    assert_eq!(add.limits[0].max, 5);
+    assert_eq!(add.limits[0].window, 3600);
+    assert_eq!(p.all_tools.as_ref().unwrap().limits[0].counter, "all-calls");
+}
+
+#[test]
+fn intercept_example_reads_as_intercept_with_tool_rules_then_star_rules() {
+    let p = shipped("intercept-example.yaml");
+    assert_eq!(p.format, Format::Intercept);
+    assert_eq!(p.default, Action::Allow, "Intercept's default is allow");
+    assert_eq!(choose(&p, "secret_tool", "{}"), "hidden");
+    assert_eq!(choose(&p, "add", r#"{"a":3,"b":4}"#), "allow");
+    assert_eq!(
+        choose(&p, "add", r#"{"a":1001,"b":4}"#),
+        "deny@rule small-sums: args.a lte 1000"
+    );
+    assert_eq!(
+        choose(&p, "delete_record", r#"{"id":"x"}"#),
+        "deny@rule never-delete: always"
+    );
+    assert_eq!(
+        choose(&p, "echo", r#"{"text":"x; DROP TABLE users"}"#),
+        r#"deny@rule no-sql-in-text: args.text contains "DROP TABLE""#,
+        "`*` rules apply to tools no entry names"
+    );
+    assert_eq!(choose(&p, "echo", r#"{"text":"hello"}"#), "allow");
+    let Verdict::Rule(add) = p.decide("add") else {
+        panic!()
+    };
+    assert_eq!((add.limits[0].max, add.limits[0].window), (5, 3600));
+}
+
+#[test]
+fn every_operator_and_a_missing_argument_fails_all_but_exists() {
+    let p = policy(
+        r#"{"version":"1","default":"allow","rules":{"t":{"when":[
+            {"if":[{"path":"args.missing","op":"exists","value":false},{"path":"args.n","op":"eq","value":3}],"action":"deny","reason":"1"},
+            {"if":[{"path":"args.items.1","op":"eq","value":"b"}],"action":"deny","reason":"2"},
+            {"if":[{"any":[{"path":"args.s","op":"regex","value":"^x+$"},{"path":"agent","op":"in","value":["root"]}]}],"action":"deny","reason":"3"},
+            {"if":[{"not":{"path":"upstream","op":"eq","value":"up"}}],"action":"deny","reason":"4"},
+            {"if":[{"path":"args.tags","op":"contains","value":"red"}],"action":"require_approval"},
+            {"if":[{"path":"args.n","op":"gte","value":100},{"path":"args.n","op":"lt","value":10000}],"action":"require_approval"},
+            {"if":[{"path":"args.nope","op":"neq","value":1}],"action":"deny","reason":"neq on a missing argument fails"},
+            {"if":[{"path":"args.nope","op":"not_in","value":[1]}],"action":"deny"},
+            {"if":[{"path":"session","op":"neq","value":"sess-1"}],"action":"deny"},
+            {"action":"allow"}]}}}"#,
+    );
+    let why = |args: &str| choose(&p, "t", args);
+    assert!(
+        why(r#"{"n":3.0}"#).starts_with("deny@when 1:"),
+        "{}",
+        why(r#"{"n":3.0}"#)
+    );
+    assert!(why(r#"{"n":4,"items":["a","b"]}"#).starts_with("deny@when 2:"));
+    assert!(why(r#"{"s":"xxx"}"#).starts_with("deny@when 3:"));
+    assert!(why(r#"{"s":"xyx"}"#).starts_with("allow@when 10"));
+    assert!(why(r#"{"tags":["blue","red"]}"#).starts_with("require_approval@when 5:"));
+    assert_eq!(
+        why(r#"{"n":100}"#),
+        "require_approval@when 6: args.n gte 100 and args.n lt 10000"
+    );
+    assert!(why(r#"{"n":10000}"#).starts_with("allow@when 10"));
+    assert!(
+        why("not json").starts_with("allow@when 10"),
+        "unreadable arguments are missing"
+    );
+    let root = Facts::new("t", Some("{}"), "root", "up", "sess-1");
+    let Verdict::Rule(r) = p.decide("t") else {
+        panic!()
+    };
+    assert_eq!(r.choose(&root).reason, Some("3"), "facts: agent");
+    let elsewhere = Facts::new("t", Some("{}"), "a", "other", "sess-1");
+    assert_eq!(r.choose(&elsewhere).reason, Some("4"), "facts: upstream");
+}
+
+#[test]
+fn airlock_when_branches_choose_the_action_first_match_wins() {
+    let p = policy(
+        r#"{"version":"1","default":"deny","rules":{"create_refund":{"reason":"refunds","when":[
+            {"if":[{"path":"args.amount","op":"gt","value":10000}],"action":"deny","reason":"too large"},
+            {"if":[{"path":"args.amount","op":"gte","value":100}],"action":"require_approval"},
+            {"action":"allow"}],
+            "approval":{"timeout":60}}}}"#,
+    );
+    assert_eq!(
+        choose(&p, "create_refund", r#"{"amount":5}"#),
+        "allow@when 3: always"
+    );
+    assert_eq!(
+        choose(&p, "create_refund", r#"{"amount":100}"#),
+        "require_approval@when 2: args.amount gte 100"
+    );
+    assert_eq!(
+        choose(&p, "create_refund", r#"{"amount":20000}"#),
+        "deny@when 1: args.amount gt 10000"
+    );
+    assert!(p.lists("create_refund"));
+    assert!(!p.always_held("create_refund", None));
+    let Verdict::Rule(r) = p.decide("create_refund") else {
+        panic!()
+    };
+    assert_eq!(r.branches[0].reason.as_deref(), Some("too large"));
+    assert_eq!(
+        r.choose(&facts("create_refund", r#"{"amount":100}"#))
+            .reason,
+        Some("refunds")
+    );
+    assert_eq!(r.approval.timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn when_without_a_final_branch_falls_back_to_the_default() {
+    let p = policy(
+        r#"{"version":"1","default":"require_approval","rules":{"t":{"when":[
+            {"if":[{"path":"args.x","op":"eq","value":1}],"action":"allow"}]}}}"#,
+    );
+    assert_eq!(choose(&p, "t", r#"{"x":2}"#), "require_approval");
+}
+
+#[test]
+fn condition_errors_name_the_branch_and_the_problem() {
+    let bad_op = error(
+        "{\"version\":\"1\",\"rules\":{\"t\":{\"when\":[\n {\"action\":\"allow\"},\n {\"if\":[{\"path\":\"args.a\",\"op\":\"gtt\",\"value\":1}],\"action\":\"deny\"}]}}}",
+    );
+    assert!(bad_op.starts_with("p.json:3:"), "{bad_op}");
+    assert!(
+        bad_op.contains("rules.t.when[1].if: conditions[0]: unknown op `gtt`"),
+        "{bad_op}"
+    );
+    assert!(bad_op.contains("did you mean `gt`?"), "{bad_op}");
+    let bad_regex = error(
+        r#"{"version":"1","rules":{"t":{"when":[{"if":[{"path":"args.a","op":"regex","value":"("}],"action":"deny"}]}}}"#,
+    );
+    assert!(bad_regex.contains("bad regex `(`"), "{bad_regex}");
+    let bad_path = error(
+        r#"{"version":"1","rules":{"t":{"when":[{"if":[{"path":"arguments.a","op":"exists"}],"action":"deny"}]}}}"#,
+    );
+    assert!(
+        bad_path.contains("unknown path `arguments.a`"),
+        "{bad_path}"
+    );
+    let no_action = error(r#"{"version":"1","rules":{"t":{"reason":"x"}}}"#);
+    assert!(
+        no_action.contains("missing key `action` in rules.t"),
+        "{no_action}"
+    );
+    let in_needs_list = error(
+        r#"{"version":"1","rules":{"t":{"when":[{"if":[{"path":"agent","op":"in","value":"a"}],"action":"deny"}]}}}"#,
+    );
+    assert!(in_needs_list.contains("needs a list"), "{in_needs_list}");
+}
+
+#[test]
+fn policylayer_errors_have_line_and_column() {
+    let e = error("{\n \"version\": \"1\",\n \"tools\": {\n  \"add\": {\"deny_iff\": []}\n }\n}");
+    assert!(e.starts_with("p.json:4:"), "{e}");
+    assert!(
+        e.contains("unknown key `deny_iff` in tools.add, did you mean `deny_if`?"),
+        "{e}"
+    );
+    let window = error(
+        "{\"version\":\"1\",\n\"tools\":{\"add\":{\n\"limits\":[{\"window\":\"fortnight\",\"max\":1}]}}}",
+    );
+    assert!(window.starts_with("p.json:3:"), "{window}");
+    assert!(window.contains("unknown window `fortnight`"), "{window}");
+}
+
+#[test]
+fn intercept_errors_have_line_and_column() {
+    let yaml = |text: &str| match parse_str(text, "policy.yaml") {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    };
+    let e = yaml("version: 1\ntools:\n  add:\n    rules:\n      - name: x\n        acton: deny\n");
+    assert!(e.starts_with("policy.yaml:6:"), "{e}");
+    assert!(e.contains("acton"), "{e}");
+    let op = yaml(
+        "version: 1\ntools:\n  add:\n    rules:\n      - name: x\n        conditions:\n          - {path: args.a, op: bigger, value: 1}\n",
+    );
+    assert!(op.starts_with("policy.yaml:5:"), "{op}");
+    assert!(op.contains("unknown op `bigger`"), "{op}");
+    let rate = yaml("version: 1\ntools:\n  add:\n    rules:\n      - rate_limit: 5/fortnight\n");
+    assert!(rate.contains("rate_limit `5/fortnight`"), "{rate}");
+    let syntax = yaml("version: 1\ntools: [\n");
+    assert!(syntax.starts_with("policy.yaml:"), "{syntax}");
+}
+
+#[test]
+fn lint_warns_about_branches_after_an_unconditional_one_with_lines() {
+    let p = parse_str(
+        "{\"version\":\"1\",\"rules\":{\"r\":{\"when\":[\n{\"if\":[{\"path\":\"args.a\",\"op\":\"gt\",\"value\":1}],\"action\":\"deny\"},\n{\"action\":\"allow\"},\n{\"if\":[{\"path\":\"args.a\",\"op\":\"gt\",\"value\":1}],\"action\":\"require_approval\"}]}}}",
+        "p.json",
+    )
+    .unwrap();
+    let warnings = lint(&p).join("\n");
+    assert!(
+        warnings.contains("rule `r`: branch `when 3: args.a gt 1` (line 4) is never reached: `when 2: always` (line 3) has no condition and always matches"),
+        "{warnings}"
+    );
+}

@@ -650,7 +650,11 @@ async fn read_until_exit(
                             .await;
                         if routed.is_err() {
                             tracing::error!(command = %child.command, "routing a message from the upstream panicked; dropped it");
-                            child.protocol_error(Fault::NotJsonRpc, &line, "Airlock could not route it");
+                            child.protocol_error(
+                                Fault::NotJsonRpc,
+                                &line,
+                                "Airlock could not route it",
+                            );
                         }
                     }
                     Err(jsonrpc::FrameError::NotUtf8) => {
