@@ -109,6 +109,53 @@ pub enum FrameError {
         "invalid params: `params` must be an object (MCP passes parameters by name, never by position), not {got}"
     )]
     ParamsNotObject { id: Option<Id>, got: &'static str },
+    /// serde_json (with `arbitrary_precision`, which keeps numbers exactly
+    /// as written) reads an object whose only key is this token as a
+    /// number: `{"amount":{"$serde_json::private::Number":"5"}}` would show
+    /// an approver and a condition `5` while the upstream gets an object.
+    #[error("invalid request: the key `{RESERVED_KEY}` is reserved")]
+    ReservedKey,
+}
+
+/// The key serde_json uses internally for arbitrary-precision numbers.
+pub const RESERVED_KEY: &str = "$serde_json::private::Number";
+
+/// Whether any string in the (valid JSON) `text` — key or value, escaped or
+/// not — decodes to [`RESERVED_KEY`]. A single scan; strings are decoded only
+/// when they hold an escape.
+fn mentions_reserved_key(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if !bytes.contains(&b'$') && !text.contains("\\u") {
+        return false; // the fast path: no `$`, no `\u` escape
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut escaped = false;
+        i += 1;
+        while i < bytes.len() && bytes[i] != b'"' {
+            if bytes[i] == b'\\' {
+                escaped = true;
+                i += 1; // skip the escaped character
+            }
+            i += 1;
+        }
+        let token = &text[start..(i + 1).min(text.len())];
+        i += 1;
+        let decoded = if escaped {
+            serde_json::from_str::<String>(token).ok()
+        } else {
+            Some(token[1..token.len().saturating_sub(1)].to_owned())
+        };
+        if decoded.as_deref() == Some(RESERVED_KEY) {
+            return true;
+        }
+    }
+    false
 }
 
 impl FrameError {
@@ -200,6 +247,9 @@ impl Message {
         }
         let env: Envelope<'_> =
             serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
+        if mentions_reserved_key(text) {
+            return Err(FrameError::ReservedKey);
+        }
         if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(FrameError::BadVersion);
         }

@@ -185,3 +185,19 @@ fn id_rewrite_adds_an_id_to_an_object_without_one() {
         r#"{"jsonrpc":"2.0","id":5,"result":{}}"#
     );
 }
+
+#[test]
+fn serde_jsons_number_token_is_refused_in_any_spelling() {
+    // With arbitrary_precision, serde_json reads {"<token>":"5"} as the number 5:
+    // an approver or a condition would see 5 where the upstream gets an object.
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"amount":{"$serde_json::private::Number":"5"}}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"amount":{"\u0024serde_json::private::Number":"5"}}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":["$serde_json::private::Number"]}}"#,
+    ] {
+        assert_eq!(parse(body).unwrap_err(), FrameError::ReservedKey, "{body}");
+    }
+    // A `$` elsewhere, escapes elsewhere and real big numbers are fine.
+    let ok = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"$ref":"a\u0024b","n":123456789012345678901234567890,"q":"say \"hi\""}}}"#;
+    assert!(parse(ok).is_ok());
+}
