@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     era::derive_headers(&message, &mut headers);
     let _ = jsonrpc::error_code(&message);
     let _ = message.with_id(&Id::from_raw("7"));
-    let filtered = gate::filter_tools_list(policy(), message);
+    let filtered = gate::filter_tools_list(policy(), &airlock::policy::ToolHints::default(), message);
     // Whatever the filter returns must still be a valid message.
     Message::parse(filtered.raw().clone())
         .expect("the tools/list filter produced an invalid message");

@@ -26,6 +26,14 @@ fuzz_target!(|data: &[u8]| {
         let verdict = policy.decide(name);
         let _ = (verdict.action(), verdict.rule_name());
         let _ = policy.lists(name);
-        let _ = airlock::gate::decide_call(&policy, name, "fuzz-session");
+        // Conditions read these: a number, a nested path, a string for regex/contains.
+        let facts = airlock::policy::Facts::new(
+            name,
+            Some(r#"{"amount":150,"path":"/tmp/x","items":[{"id":"a"}]}"#),
+            "fuzz-agent",
+            "fuzz-upstream",
+            "fuzz-session",
+        );
+        let _ = airlock::gate::decide_call(&policy, &facts);
     }
 });
