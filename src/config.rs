@@ -140,12 +140,17 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 60;
 pub struct ApprovalConfig {
     /// How often a held call with a progressToken gets `notifications/progress`.
     pub progress_interval: Duration,
+    /// How long a held call whose resumable stream dropped waits for the
+    /// agent to resume it (`Last-Event-ID`) before it is cancelled; zero
+    /// cancels at once.
+    pub resume_grace: Duration,
 }
 
 impl Default for ApprovalConfig {
     fn default() -> Self {
         ApprovalConfig {
             progress_interval: Duration::from_secs(10),
+            resume_grace: crate::hold::stream::GRACE,
         }
     }
 }
@@ -370,6 +375,7 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawApproval {
     progress_interval: Option<f64>,
+    resume_grace: Option<f64>,
 }
 
 /// Reads and validates a config file. Relative paths in it are relative to its folder.
@@ -606,6 +612,18 @@ pub fn parse(
         ));
     }
 
+    let resume_grace = raw
+        .approval
+        .resume_grace
+        .unwrap_or(crate::hold::stream::GRACE.as_secs_f64());
+    if !(0.0..=3600.0).contains(&resume_grace) {
+        return Err(invalid(
+            "resume_grace",
+            0,
+            format!("approval.resume_grace must be between 0 and 3600 seconds, got {resume_grace}"),
+        ));
+    }
+
     let server = server(&raw.server, text, file)?;
 
     Ok(Config {
@@ -650,6 +668,7 @@ pub fn parse(
         },
         approval: ApprovalConfig {
             progress_interval: Duration::from_secs_f64(progress_interval),
+            resume_grace: Duration::from_secs_f64(resume_grace),
         },
         slack,
         server,
@@ -1057,6 +1076,16 @@ mod tests {
                 && bad.contains("pass[word"),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn approval_resume_grace_defaults_to_30_s_and_zero_turns_it_off() {
+        let c = parse_ok(UP);
+        assert_eq!(c.approval.resume_grace, Duration::from_secs(30));
+        let off = parse_ok(&format!("{UP}[approval]\nresume_grace = 0\n"));
+        assert!(off.approval.resume_grace.is_zero());
+        let bad = parse_err(&format!("{UP}[approval]\nresume_grace = -1\n"));
+        assert!(bad.contains("approval.resume_grace"), "{bad}");
     }
 
     #[test]

@@ -661,9 +661,10 @@ impl Waiter {
                 }
                 _ = stream_gone(&mut gone_signal), if !gone => {
                     gone_signal = None;
-                    if held.as_ref().is_some_and(|h| h.resumable()) {
-                        tracing::info!(pending = %self.id, "agent stream of a held call dropped; waiting {} s for it to resume", stream::GRACE.as_secs());
-                        detached_until = Some(tokio::time::Instant::now() + stream::GRACE);
+                    let grace = self.gw.config.approval.resume_grace;
+                    if held.as_ref().is_some_and(|h| h.resumable()) && !grace.is_zero() {
+                        tracing::info!(pending = %self.id, "agent stream of a held call dropped; waiting {} s for it to resume", grace.as_secs_f64());
+                        detached_until = Some(tokio::time::Instant::now() + grace);
                     } else {
                         gone = true;
                         let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into()))).await;
@@ -676,7 +677,7 @@ impl Waiter {
                 _ = tokio::time::sleep_until(detached_until.unwrap_or(deadline)), if detached_until.is_some() && !gone => {
                     gone = true;
                     detached_until = None;
-                    let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some(format!("the agent's stream dropped and was not resumed within {} s", stream::GRACE.as_secs())))).await;
+                    let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some(format!("the agent's stream dropped and was not resumed within {} s", self.gw.config.approval.resume_grace.as_secs_f64())))).await;
                 }
                 _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(..)) && detached_until.is_none() => {
                     sent += 1;
@@ -861,15 +862,15 @@ async fn attached(held: Option<&HeldStream>) {
     }
 }
 
-/// Ends a held call's stream; a resumable one stays for [`stream::GRACE`]
-/// so an agent whose stream dropped can still fetch the answer.
+/// Ends a held call's stream; a resumable one stays for `[approval]
+/// resume_grace` so an agent whose stream dropped can still fetch the answer.
 fn finish_stream(gw: &Gateway, id: &str, held: &Arc<HeldStream>) {
     held.finish();
     if held.resumable() {
         let gw = gw.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
-            tokio::time::sleep(stream::GRACE).await;
+            tokio::time::sleep(gw.config.approval.resume_grace).await;
             gw.holds.streams.remove(&id);
         });
     }

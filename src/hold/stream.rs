@@ -60,7 +60,7 @@ struct State {
 /// Why a `Last-Event-ID` of Airlock's own cannot be resumed.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "nothing to resume for Last-Event-ID `{0}`: the held call ended more than 30 s ago, or belongs to another session"
+    "nothing to resume for Last-Event-ID `{0}`: the held call ended longer ago than `[approval] resume_grace`, or belongs to another session"
 )]
 pub struct NotResumable(pub String);
 

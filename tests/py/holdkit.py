@@ -131,7 +131,8 @@ class Gateway:
 
 
 def write_config(tmp_path: Path, policy: dict, *, progress: float = 0.5, agents: bool = False,
-                 name: str = "airlock", upstream_args: list[str] = (), url: str | None = None) -> Path:
+                 name: str = "airlock", upstream_args: list[str] = (), url: str | None = None,
+                 resume_grace: float | None = None) -> Path:
     """A config whose upstream is the stdio test server, or the HTTP server at `url`."""
     policy_path = write_json(tmp_path / f"{name}-policy.json", policy)
     if url:
@@ -156,7 +157,10 @@ def write_config(tmp_path: Path, policy: dict, *, progress: float = 0.5, agents:
     ]
     if agents:
         lines += ["[[agent]]", 'name = "claude-desktop"', 'token_env = "AIRLOCK_TEST_AGENT"', ""]
-    lines += ["[approval]", f"progress_interval = {progress}", ""]
+    lines += ["[approval]", f"progress_interval = {progress}"]
+    if resume_grace is not None:
+        lines.append(f"resume_grace = {resume_grace}")
+    lines.append("")
     path = tmp_path / f"{name}.toml"
     path.write_text("\n".join(lines))
     return path
@@ -164,11 +168,11 @@ def write_config(tmp_path: Path, policy: dict, *, progress: float = 0.5, agents:
 
 def start_gateway(procs, policy: dict = HOLD_POLICY, *, progress: float = 0.5, agents: bool = False,
                   audit: Path | None = None, config: Path | None = None, upstream_args: list[str] = (),
-                  url: str | None = None) -> Gateway:
+                  url: str | None = None, resume_grace: float | None = None) -> Gateway:
     tmp = procs.tmp_path
     n = gateway_number()
     config = config or write_config(tmp, policy, progress=progress, agents=agents, name=f"airlock-{n}",
-                                    upstream_args=upstream_args, url=url)
+                                    upstream_args=upstream_args, url=url, resume_grace=resume_grace)
     audit = audit or tmp / f"audit-{n}.db"
     cmd = [AIRLOCK_BIN, "serve", "--config", config, "--listen", "127.0.0.1:0", "--audit", audit]
     proc = procs.start(cmd, env=TOKENS_ENV)

@@ -217,7 +217,8 @@ def settles_at(gw, baseline: dict, timeout: float = 6) -> dict:
 
 def test_agent_disconnecting_mid_response_and_mid_hold_frees_everything(procs, tmp_path):
     marker = tmp_path / "disconnect-upstream-marker"
-    gw = start_gateway(procs, POLICY, upstream_args=["--log-requests", marker])
+    # A dropped held stream waits `resume_grace` for the agent to resume it: 1 s here.
+    gw = start_gateway(procs, POLICY, upstream_args=["--log-requests", marker], resume_grace=1)
     path = "/mcp/test"
     with rm.client() as c:
         sid = rm.open_session(c, gw.mcp)
