@@ -115,18 +115,25 @@ pub enum FrameError {
     /// an approver and a condition `5` while the upstream gets an object.
     #[error("invalid request: the key `{RESERVED_KEY}` is reserved")]
     ReservedKey,
+    #[error(
+        "parse error: a string holds a lone surrogate escape (\\uD800-\\uDFFF without its pair); JSON parsers disagree on such strings"
+    )]
+    LoneSurrogate,
 }
 
 /// The key serde_json uses internally for arbitrary-precision numbers.
 pub const RESERVED_KEY: &str = "$serde_json::private::Number";
 
-/// Whether any string in the (valid JSON) `text` — key or value, escaped or
-/// not — decodes to [`RESERVED_KEY`]. A single scan; strings are decoded only
-/// when they hold an escape.
-fn mentions_reserved_key(text: &str) -> bool {
+/// Checks every string in the (valid JSON) `text` — key or value, escaped or
+/// not: none may decode to [`RESERVED_KEY`], and none may hold a lone
+/// surrogate escape (`"\udddd"`: I-JSON, RFC 7493 §2.1, forbids them; other
+/// parsers accept them while serde_json's `Value` does not, so conditions,
+/// approvers and the audit would not see what the upstream reads). A single
+/// scan; strings are decoded only when they hold an escape.
+fn check_strings(text: &str) -> Result<(), FrameError> {
     let bytes = text.as_bytes();
     if !bytes.contains(&b'$') && !text.contains("\\u") {
-        return false; // the fast path: no `$`, no `\u` escape
+        return Ok(()); // the fast path: no `$`, no `\u` escape
     }
     let mut i = 0;
     while i < bytes.len() {
@@ -147,22 +154,24 @@ fn mentions_reserved_key(text: &str) -> bool {
         let token = &text[start..(i + 1).min(text.len())];
         i += 1;
         let decoded = if escaped {
-            serde_json::from_str::<String>(token).ok()
+            serde_json::from_str::<String>(token).map_err(|_| FrameError::LoneSurrogate)?
         } else {
-            Some(token[1..token.len().saturating_sub(1)].to_owned())
+            token[1..token.len().saturating_sub(1)].to_owned()
         };
-        if decoded.as_deref() == Some(RESERVED_KEY) {
-            return true;
+        if decoded == RESERVED_KEY {
+            return Err(FrameError::ReservedKey);
         }
     }
-    false
+    Ok(())
 }
 
 impl FrameError {
     /// The JSON-RPC error code for this framing problem.
     pub fn code(&self) -> i64 {
         match self {
-            FrameError::NotUtf8 | FrameError::NotJson(_) => code::PARSE_ERROR,
+            FrameError::NotUtf8 | FrameError::NotJson(_) | FrameError::LoneSurrogate => {
+                code::PARSE_ERROR
+            }
             FrameError::ParamsNotObject { .. } => code::INVALID_PARAMS,
             _ => code::INVALID_REQUEST,
         }
@@ -247,9 +256,7 @@ impl Message {
         }
         let env: Envelope<'_> =
             serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
-        if mentions_reserved_key(text) {
-            return Err(FrameError::ReservedKey);
-        }
+        check_strings(text)?;
         if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(FrameError::BadVersion);
         }

@@ -201,3 +201,12 @@ fn serde_jsons_number_token_is_refused_in_any_spelling() {
     let ok = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"$ref":"a\u0024b","n":123456789012345678901234567890,"q":"say \"hi\""}}}"#;
     assert!(parse(ok).is_ok());
 }
+
+#[test]
+fn lone_surrogate_escapes_are_refused_and_pairs_pass() {
+    let lone = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"a\udddd":1}}}"#;
+    assert_eq!(parse(lone).unwrap_err(), FrameError::LoneSurrogate);
+    assert_eq!(FrameError::LoneSurrogate.code(), code::PARSE_ERROR);
+    let pair = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\ud83d\ude00"}}"#;
+    assert!(parse(pair).is_ok());
+}
