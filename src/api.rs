@@ -593,34 +593,47 @@ fn policy_metrics(gw: &Gateway) -> String {
 
 /// Per upstream: bad lines from its stdio children, and children stopped for one.
 fn upstream_metrics(gw: &Gateway) -> String {
-    let mut out = String::from(
-        "# HELP airlock_upstream_protocol_errors_total Lines a stdio upstream wrote that are not UTF-8, not JSON-RPC or over the size limit.\n# TYPE airlock_upstream_protocol_errors_total counter\n",
+    let mut out = String::new();
+    per_upstream_counter(
+        &mut out,
+        "airlock_upstream_protocol_errors_total",
+        "Lines a stdio upstream wrote that are not UTF-8, not JSON-RPC or over the size limit.",
+        gw.upstreams
+            .values()
+            .map(|up| (up.name.as_str(), Some(up.health.protocol_errors()))),
     );
-    for up in gw.upstreams.values() {
-        out.push_str(&format!(
-            "airlock_upstream_protocol_errors_total{{upstream=\"{}\"}} {}\n",
-            up.name,
-            up.health.protocol_errors()
-        ));
-    }
-    out.push_str("# HELP airlock_upstream_children_stopped_total Session children Airlock stopped because they broke the protocol.\n# TYPE airlock_upstream_children_stopped_total counter\n");
-    for up in gw.upstreams.values() {
-        out.push_str(&format!(
-            "airlock_upstream_children_stopped_total{{upstream=\"{}\"}} {}\n",
-            up.name,
-            up.health.broken_links()
-        ));
-    }
-    out.push_str("# HELP airlock_upstream_connections_opened_total TCP connections opened to an HTTP upstream (a warmed-up sequential client reuses one and adds none).\n# TYPE airlock_upstream_connections_opened_total counter\n");
-    for up in gw.upstreams.values() {
-        if let Some(opened) = up.connections_opened() {
-            out.push_str(&format!(
-                "airlock_upstream_connections_opened_total{{upstream=\"{}\"}} {opened}\n",
-                up.name
-            ));
+    per_upstream_counter(
+        &mut out,
+        "airlock_upstream_children_stopped_total",
+        "Session children Airlock stopped because they broke the protocol.",
+        gw.upstreams
+            .values()
+            .map(|up| (up.name.as_str(), Some(up.health.broken_links()))),
+    );
+    per_upstream_counter(
+        &mut out,
+        "airlock_upstream_connections_opened_total",
+        "TCP connections opened to an HTTP upstream (a warmed-up sequential client reuses one and adds none).",
+        gw.upstreams
+            .values()
+            .map(|up| (up.name.as_str(), up.connections_opened())),
+    );
+    out
+}
+
+/// One Prometheus counter with a sample per upstream (`None`: no sample).
+fn per_upstream_counter<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl Iterator<Item = (&'a str, Option<u64>)>,
+) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+    for (upstream, value) in samples {
+        if let Some(value) = value {
+            out.push_str(&format!("{name}{{upstream=\"{upstream}\"}} {value}\n"));
         }
     }
-    out
 }
 
 async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
