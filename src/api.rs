@@ -26,7 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::audit::{self, ExportFormat, Filter};
 use crate::auth;
 use crate::gateway::Gateway;
-use crate::hold::{self, DecideError, Verdict};
+use crate::hold::{self, Choice, DecideError};
 use crate::login::{self, CSRF_HEADER};
 
 pub fn routes() -> Router<Gateway> {
@@ -314,9 +314,9 @@ async fn get_pending(
     if let Some(item) = gw.holds.get(&id) {
         return Ok(Json(json!({ "pending": item, "status": "pending" })));
     }
-    match gw.holds.resolution(&id) {
+    match hold::resolution(&gw, &id).await {
         Some(r) => Ok(Json(
-            json!({ "id": id, "status": "decided", "resolution": r }),
+            json!({ "id": id, "status": "decided", "resolution": hold::resolution_json(&r) }),
         )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -339,7 +339,7 @@ async fn approve(
     id: Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    decide_http(state, approver, headers, id, body, Verdict::Approved).await
+    decide_http(state, approver, headers, id, body, Choice::Approve).await
 }
 
 async fn deny(
@@ -349,7 +349,7 @@ async fn deny(
     id: Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    decide_http(state, approver, headers, id, body, Verdict::Denied).await
+    decide_http(state, approver, headers, id, body, Choice::Deny).await
 }
 
 async fn decide_http(
@@ -358,7 +358,7 @@ async fn decide_http(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-    verdict: Verdict,
+    choice: Choice,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // The body is optional; when present it must be `{"comment": "…"}`.
     let comment = if body.iter().all(u8::is_ascii_whitespace) {
@@ -385,21 +385,18 @@ async fn decide_http(
     match hold::decide(
         &gw,
         &id,
-        verdict,
+        choice,
         Some(approver.name.clone()),
         channel,
         comment,
     )
     .await
     {
-        Ok(r) => Ok(Json(json!({
-            "id": id,
-            "decision": r.decision,
-            "outcome": r.outcome,
-            "decider": r.decider,
-            "channel": r.channel,
-            "comment": r.comment,
-        }))),
+        Ok(r) => {
+            let mut body = hold::resolution_json(&r);
+            body["id"] = id.into();
+            Ok(Json(body))
+        }
         Err(e) => Err(decide_error(e)),
     }
 }
@@ -419,16 +416,19 @@ pub fn decide_error(e: DecideError) -> ApiError {
                 format!("already {}", r.describe()),
             );
             err.extra = Some(
-                json!({ "decided_by": r.decider, "decision": r.decision, "channel": r.channel, "at": r.at }),
+                json!({ "decided_by": r.decider, "decision": r.verdict, "channel": r.channel, "at": r.at_rfc3339() }),
             );
             err
         }
-        DecideError::Audit(m) => ApiError::new(
+        e @ DecideError::Audit(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",
-            format!(
-                "the decision could not be recorded in the audit store ({m}); nothing was released"
-            ),
+            e.to_string(),
+        ),
+        e @ DecideError::Store(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
         ),
     }
 }

@@ -185,6 +185,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         approval: ApprovalConfig::default(),
         slack: None,
         server: config::ServerConfig::default(),
+        store: config::StoreConfig::default(),
         quick: true,
     })
 }
@@ -247,6 +248,44 @@ fn open_upstreams(
     Ok(upstreams)
 }
 
+/// The approvals service: in memory for one gateway, on PostgreSQL for
+/// replicas (`[store] url`).
+async fn start_approvals(
+    store: &config::StoreConfig,
+) -> anyhow::Result<crate::approvals::Approvals> {
+    use crate::approvals::{Approvals, MemoryStore, PostgresStore, Store};
+    let replica = store.replica.clone().unwrap_or_else(default_replica_id);
+    let backend: Arc<dyn Store> = match &store.url {
+        None => Arc::new(MemoryStore::new()),
+        Some(url) => Arc::new(
+            PostgresStore::connect(url)
+                .await
+                .context("cannot open the approvals store ([store] url)")?,
+        ),
+    };
+    let mut settings = crate::approvals::Config::new(replica.clone());
+    settings.heartbeat = store.heartbeat;
+    settings.lease = store.lease;
+    let approvals = Approvals::start(backend, settings)
+        .await
+        .context("cannot start the approvals service")?;
+    if store.url.is_some() {
+        tracing::info!(%replica, "approvals shared through PostgreSQL");
+    }
+    Ok(approvals)
+}
+
+/// `<hostname>-<pid>-<random>`: unique per process, readable in the store.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "airlock".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..6])
+}
+
 /// Records the holds an earlier run left open as abandoned. This gateway's
 /// turn at start-up lasts until they are dealt with, so two gateways starting
 /// at once on one audit file cannot both do it.
@@ -281,9 +320,16 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     }
     let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
-    let gw = Gateway::new(config, upstreams, audit, events, shutdown);
+    let approvals = start_approvals(&config.store).await?;
+    let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown);
     crate::slack::install(&gw).await?;
-    settle_leftover_holds(&gw).await?;
+    if gw.config.store.url.is_none() {
+        // With a shared store, the survivors' lease sweep records a dead
+        // replica's holds; an embedded one starts empty, so the audit file
+        // says what the previous run left open.
+        settle_leftover_holds(&gw).await?;
+    }
+    tokio::spawn(crate::hold::follow_approvals(gw.clone()));
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
@@ -495,6 +541,7 @@ async fn finish(gw: &Gateway) {
     let closing = ids.iter().map(|id| gw.close_session(id));
     futures::future::join_all(closing).await;
     futures::future::join_all(gw.upstreams.values().map(|u| u.close_shared())).await;
+    gw.approvals.shutdown().await;
     gw.audit.flush().await;
 }
 

@@ -20,16 +20,16 @@
 //!   *pump*, turns it into [`ApprovalEvent`]s for subscribers, wakes
 //!   waiters, and keeps the timer task's schedule; so a decision taken on
 //!   replica B releases the call waiting on replica A.
-//! - Timeouts: each replica schedules a timer for every pending it knows of
-//!   and, when one fires, tries to resolve it with the rule's `on_timeout`.
-//!   With several replicas alive all of them try; the store lets one win.
+//! - Timeouts: the owner of an approval (the replica holding the agent's
+//!   request) times it out at `expires_at`; it is also the one that records
+//!   the outcome. A dead owner's approvals are abandoned by the lease sweep.
 //! - Liveness: each replica renews a lease in the store every
 //!   [`Config::heartbeat`]; the same tick abandons the pendings of replicas
 //!   whose lease is older than [`Config::lease`] (their agents' connections
 //!   are gone with them), and sweeps expired pendings a timer missed.
 //!
-//! Not here (yet): audit rows, metrics and logs of decisions stay with the
-//! caller until `hold` is switched over; see `docs/approvals-service.md`.
+//! Audit rows, metrics and logs of outcomes are the caller's (`hold`): the
+//! owner records each end of its approvals; see `docs/approvals-service.md`.
 
 mod background;
 mod memory;
@@ -128,12 +128,8 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum DecideError {
     /// Someone (or something: timeout, cancel) resolved it first (HTTP 409).
-    #[error("already {} by {} at {at}", verdict.as_str(), by.as_deref().unwrap_or("nobody"))]
-    AlreadyDecided {
-        by: Option<String>,
-        at: DateTime<Utc>,
-        verdict: Verdict,
-    },
+    #[error("already {} at {}", .0.describe(), .0.at_rfc3339())]
+    AlreadyDecided(Box<Resolution>),
     #[error("no pending approval {0}")]
     NotFound(Uuid),
     #[error(transparent)]
@@ -212,7 +208,7 @@ impl Approvals {
         let watch = store.watch();
         let open = store.list_pending().await?;
         let (timers, timer_rx) = mpsc::unbounded_channel();
-        for approval in open {
+        for approval in open.into_iter().filter(|a| a.owner == config.replica) {
             let _ = timers.send(TimerCmd::Schedule(Box::new(approval)));
         }
         let stop = CancellationToken::new();
@@ -252,7 +248,7 @@ impl Approvals {
         let shared = self.shared();
         let now = shared.now();
         let approval = PendingApproval {
-            id: Uuid::now_v7(),
+            id: new.id,
             session: new.session,
             agent: new.agent,
             upstream: new.upstream,
@@ -333,11 +329,7 @@ impl Approvals {
                     resolution,
                 })
             }
-            Err(ResolveError::AlreadyResolved(winner)) => Err(DecideError::AlreadyDecided {
-                by: winner.decider,
-                at: winner.at,
-                verdict: winner.verdict,
-            }),
+            Err(ResolveError::AlreadyResolved(winner)) => Err(DecideError::AlreadyDecided(winner)),
             Err(ResolveError::NotFound(id)) => Err(DecideError::NotFound(id)),
             Err(ResolveError::Store(e)) => Err(DecideError::Store(e)),
         }

@@ -59,6 +59,8 @@ pub struct Config {
     pub slack: Option<SlackConfig>,
     /// `[server]`: limits on the HTTP listener's connections.
     pub server: ServerConfig,
+    /// `[store]`: where pending approvals live (see docs/deploy.md).
+    pub store: StoreConfig,
     /// Quick mode (`serve --policy … -- cmd`): one upstream served at `/mcp`.
     pub quick: bool,
 }
@@ -268,6 +270,32 @@ impl std::fmt::Debug for SlackConfig {
 pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
 pub const DEFAULT_SLACK_GIVE_UP: Duration = Duration::from_secs(600);
 
+/// `[store]`: the approvals store. Without a URL, approvals live in this
+/// process's memory (one gateway); with a PostgreSQL URL, several replicas
+/// share pending approvals and decisions.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `postgres://…` (from `url`, `url_env` or `url_file`).
+    pub url: Option<String>,
+    /// This replica's id; default `<hostname>-<pid>-<random>`.
+    pub replica: Option<String>,
+    /// Lease renewal interval.
+    pub heartbeat: Duration,
+    /// A replica silent this long is dead; its holds are abandoned.
+    pub lease: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            url: None,
+            replica: None,
+            heartbeat: Duration::from_secs(2),
+            lease: Duration::from_secs(10),
+        }
+    }
+}
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_SESSIONS: usize = 1000;
@@ -298,6 +326,19 @@ struct RawConfig {
     slack: Option<RawSlack>,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    url_env: Option<String>,
+    url_file: Option<PathBuf>,
+    replica: Option<String>,
+    heartbeat: Option<f64>,
+    lease: Option<f64>,
 }
 
 /// Spanned, so that an error points at the value itself.
@@ -625,6 +666,7 @@ pub fn parse(
     }
 
     let server = server(&raw.server, text, file)?;
+    let store = store(&raw.store, text, file, base, env)?;
 
     Ok(Config {
         listen,
@@ -672,7 +714,115 @@ pub fn parse(
         },
         slack,
         server,
+        store,
         quick: false,
+    })
+}
+
+/// `[store]`: one source for the URL, a PostgreSQL URL, sane lease timing.
+fn store(
+    raw: &RawStore,
+    text: &str,
+    file: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StoreConfig, ConfigError> {
+    let err = |key: &str, message: String| {
+        let (line, column) = locate(text, key, 0);
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+    let sources = [
+        raw.url.is_some(),
+        raw.url_env.is_some(),
+        raw.url_file.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err(err(
+            "[store]",
+            "store: set one of url, url_env and url_file".into(),
+        ));
+    }
+    let url = match (&raw.url, &raw.url_env, &raw.url_file) {
+        (Some(url), _, _) => Some(url.trim().to_owned()),
+        (_, Some(var), _) => match env(var).filter(|v| !v.trim().is_empty()) {
+            Some(url) => Some(url.trim().to_owned()),
+            None => {
+                return Err(err(
+                    "url_env",
+                    format!("store.url_env names environment variable `{var}`, which is not set"),
+                ));
+            }
+        },
+        (_, _, Some(path)) => {
+            let path = base.join(path);
+            match std::fs::read_to_string(&path) {
+                Ok(url) if !url.trim().is_empty() => Some(url.trim().to_owned()),
+                Ok(_) => {
+                    return Err(err(
+                        "url_file",
+                        format!("store.url_file: {} is empty", path.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(err(
+                        "url_file",
+                        format!("store.url_file: cannot read {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+        _ => None,
+    };
+    // Never echo the URL: it may hold a password.
+    if let Some(url) = &url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        let key = ["url", "url_env", "url_file"][sources.iter().position(|s| *s).unwrap_or(0)];
+        return Err(err(
+            key,
+            "store: the URL must start with postgres:// or postgresql://".into(),
+        ));
+    }
+    let heartbeat = raw.heartbeat.unwrap_or(2.0);
+    if !(0.1..=60.0).contains(&heartbeat) {
+        return Err(err(
+            "heartbeat",
+            format!("store.heartbeat must be between 0.1 and 60 seconds, got {heartbeat}"),
+        ));
+    }
+    let lease = raw.lease.unwrap_or(10.0);
+    if !(lease >= 2.0 * heartbeat && lease <= 3600.0) {
+        return Err(err(
+            "lease",
+            format!(
+                "store.lease must be at least twice store.heartbeat ({heartbeat} s) and at most 3600 seconds, got {lease}"
+            ),
+        ));
+    }
+    if let Some(replica) = &raw.replica
+        && (replica.is_empty()
+            || replica.len() > 64
+            || !replica
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+    {
+        return Err(err(
+            "replica",
+            format!(
+                "store.replica `{replica}` must be 1 to 64 letters, digits, `-`, `_`, `.` or `:`"
+            ),
+        ));
+    }
+    Ok(StoreConfig {
+        url,
+        replica: raw.replica.clone(),
+        heartbeat: Duration::from_secs_f64(heartbeat),
+        lease: Duration::from_secs_f64(lease),
     })
 }
 

@@ -42,6 +42,8 @@ pub struct Inner {
     /// Handshake-era sessions by the `Mcp-Session-Id` Airlock issued.
     pub sessions: DashMap<String, Arc<Session>>,
     pub holds: Holds,
+    /// Pending approvals and their decisions (shared by replicas on PostgreSQL).
+    pub approvals: crate::approvals::Approvals,
     /// `requestState`s of allowed, rate-limited calls that asked for input.
     pub retries: Retries,
     /// Held calls handed to stateless-era clients as tasks.
@@ -380,6 +382,7 @@ impl Gateway {
         config: Config,
         upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
         audit: Audit,
+        approvals: crate::approvals::Approvals,
         events: Arc<Events>,
         shutdown: CancellationToken,
     ) -> Gateway {
@@ -388,6 +391,7 @@ impl Gateway {
             upstreams,
             sessions: DashMap::new(),
             holds: Holds::default(),
+            approvals,
             tasks: Default::default(),
             retries: Default::default(),
             audit,

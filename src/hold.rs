@@ -1,10 +1,17 @@
 //! Calls waiting for a human: the hold, the decision, the release.
 //!
-//! A held call is a [`Pending`] in a map keyed by its id, plus a `oneshot`
-//! that its waiting task listens on. Exactly one decision wins: the first
-//! decider flips the pending's state under its lock; everyone after gets the
-//! winner back (HTTP 409). The winner's decision is committed to the audit
-//! store before the waiting task is told, so nothing is released unrecorded.
+//! A held call is an approval in the [`Approvals`] service (its store is the
+//! single source of truth, shared by every replica on PostgreSQL) plus a
+//! task on the replica holding the agent's request open, the *owner*. Exactly
+//! one resolution wins, by a compare-and-set in the store; everyone after
+//! gets the winner back (HTTP 409).
+//!
+//! **The owner records every end of its holds** — a human's decision taken on
+//! any replica, its timeout, the agent's cancel, shutdown — in the audit
+//! history, and only then releases the call upstream or refuses it. So each
+//! hold gets exactly one outcome row, and nothing is released unrecorded. A
+//! replica that died cannot record: the survivor whose lease sweep
+//! abandoned its holds records them (see [`record_orphan`]).
 //!
 //! The agent's request stays open as a stream: progress notifications while
 //! it waits (when it sent a `progressToken`), then the upstream's answer
@@ -14,7 +21,7 @@
 
 pub mod stream;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -22,8 +29,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
 
+use crate::approvals::{self, NewApproval, PendingApproval, WaitError};
+pub use crate::approvals::{Choice, Outcome, Resolution, Verdict};
 use crate::audit::Record;
 use crate::era;
 use crate::gate::{self, Refusal};
@@ -48,83 +58,53 @@ pub struct PendingItem {
     pub expires_at: String,
 }
 
-/// How a hold ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Approved,
-    Denied,
-    TimedOut,
-    Cancelled,
-    /// Denied because the gateway is shutting down.
-    Shutdown,
-}
-
-impl Verdict {
-    /// The audit `decision` of this verdict.
-    pub fn audit_decision(self) -> &'static str {
-        match self {
-            Verdict::Approved => "approved",
-            Verdict::Denied => "denied_by_human",
-            Verdict::TimedOut => "timed_out",
-            Verdict::Cancelled => "cancelled",
-            Verdict::Shutdown => "denied",
-        }
-    }
-
-    fn past_tense(self) -> &'static str {
-        match self {
-            Verdict::Approved => "approved",
-            Verdict::Denied | Verdict::Shutdown => "denied",
-            Verdict::TimedOut => "timed out",
-            Verdict::Cancelled => "cancelled",
+impl PendingItem {
+    pub fn of(approval: &PendingApproval) -> PendingItem {
+        PendingItem {
+            id: approval.id.to_string(),
+            tool: approval.tool.clone(),
+            upstream: approval.upstream.clone(),
+            agent: approval.agent.clone(),
+            session: approval.session.clone(),
+            arguments: approval.arguments_value(),
+            rule: approval.rule.clone(),
+            reason: approval.reason.clone(),
+            created_at: rfc3339(approval.created_at),
+            expires_at: rfc3339(approval.expires_at),
         }
     }
 }
 
-/// The winning decision about a pending call.
-#[derive(Debug, Clone, Serialize)]
-pub struct Resolution {
-    pub decision: Verdict,
-    /// `allowed` when the call goes upstream, else `refused`.
-    pub outcome: &'static str,
-    pub decider: Option<String>,
-    pub channel: String,
-    pub comment: Option<String>,
-    pub at: String,
-    #[serde(skip)]
-    pub when: DateTime<Utc>,
-}
-
-impl Resolution {
-    /// "approved by alice", "timed out", … for 409 messages and notifications.
-    pub fn describe(&self) -> String {
-        match &self.decider {
-            Some(who) => format!("{} by {who}", self.decision.past_tense()),
-            None => self.decision.past_tense().to_owned(),
-        }
+/// The audit `decision` of a resolution.
+pub fn audit_decision(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Approved => "approved",
+        Verdict::Denied => "denied_by_human",
+        Verdict::TimedOut => "timed_out",
+        Verdict::Cancelled => "cancelled",
+        Verdict::Shutdown => "denied",
+        Verdict::Abandoned => "abandoned",
     }
 }
 
-/// One held call.
-pub struct Pending {
-    pub item: PendingItem,
-    session_key: String,
-    request_id: Id,
-    created: Instant,
-    on_timeout: OnTimeout,
-    /// None while open; the first decision sets it.
-    state: Mutex<Option<Resolution>>,
-    wake: Mutex<Option<oneshot::Sender<Resolution>>>,
+/// What a resolution says beyond its verdict: the approver's comment, or why
+/// the agent's call was cancelled.
+pub fn note(resolution: &Resolution) -> Option<&str> {
+    match resolution.verdict {
+        Verdict::Cancelled => resolution.reason.as_deref(),
+        _ => resolution.comment.as_deref(),
+    }
 }
 
-/// The set of calls waiting for a human, plus recently decided ones (for 409s).
+/// The held calls of this replica, and its view of every replica's.
 #[derive(Default)]
 pub struct Holds {
-    pending: DashMap<String, Arc<Pending>>,
-    /// Recent decisions by pending id, to answer a late decider with 409.
-    /// Bounded by age (an hour) and by count (see `remember_resolution`).
-    resolved: DashMap<String, Resolution>,
+    /// Every open approval this replica knows of (its own and, with a shared
+    /// store, the other replicas'), kept from the approvals service's events:
+    /// what `/api/pending`, the websocket snapshot and `/metrics` show.
+    view: DashMap<String, PendingItem>,
+    /// The holds this replica owns: the agent request each one answers.
+    owned: DashMap<String, Owned>,
     /// MRTR: `requestState` of approved calls that asked the client for input
     /// → (session, tool, arguments hash, until). The client's retry carrying
     /// that state, for the same tool and arguments, continues the approved
@@ -135,6 +115,15 @@ pub struct Holds {
     streams: DashMap<String, Arc<HeldStream>>,
 }
 
+/// A hold this replica owns.
+struct Owned {
+    session_key: String,
+    request_id: Id,
+    /// Set once the owner has recorded the resolution: `Ok` when it is in
+    /// the audit history, `Err` (why) when it could not be written.
+    recorded: watch::Sender<Option<Result<(), String>>>,
+}
+
 /// The canonical hash of raw arguments (absent arguments hash like `{}`).
 pub fn hash_arguments(arguments: Option<&str>) -> String {
     let value = arguments
@@ -143,67 +132,36 @@ pub fn hash_arguments(arguments: Option<&str>) -> String {
     crate::audit::arguments_hash(&value)
 }
 
-/// Decisions kept for 409 answers before the window starts shrinking.
-const MAX_RESOLVED: usize = 10_000;
-
 /// How long an approved call's `input_required` retry stays approved.
 const CONTINUATION_TTL: Duration = Duration::from_secs(600);
 
+/// How long a decider on the owning replica waits for the resolution to be
+/// recorded before answering (the audit writer commits in milliseconds).
+const RECORD_WAIT: Duration = Duration::from_secs(10);
+
 impl Holds {
-    /// Open holds, oldest first.
+    /// Open holds on every replica this one knows of, oldest first.
     pub fn list(&self) -> Vec<PendingItem> {
-        let mut items: Vec<(Instant, PendingItem)> = self
-            .pending
-            .iter()
-            .filter(|p| p.state.lock().expect("state lock").is_none())
-            .map(|p| (p.created, p.item.clone()))
-            .collect();
-        items.sort_by_key(|(created, _)| *created);
-        items.into_iter().map(|(_, item)| item).collect()
+        let mut items: Vec<PendingItem> = self.view.iter().map(|p| p.value().clone()).collect();
+        // UUIDv7 ids sort by creation time.
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        items
     }
 
     pub fn get(&self, id: &str) -> Option<PendingItem> {
-        self.pending.get(id).map(|p| p.item.clone())
+        self.view.get(id).map(|p| p.clone())
     }
 
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.view.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.view.is_empty()
     }
 
-    /// The decision about a call decided recently, if any.
-    pub fn resolution(&self, id: &str) -> Option<Resolution> {
-        if let Some(p) = self.pending.get(id)
-            && let Some(r) = p.state.lock().expect("state lock").clone()
-        {
-            return Some(r);
-        }
-        self.resolved.get(id).map(|r| r.clone())
-    }
-
-    /// Keeps a decision for late deciders. Past twice `MAX_RESOLVED` entries
-    /// (pruning is amortised), the window shrinks (an hour, then a minute, then ten seconds) so memory
-    /// stays bounded under any decision rate.
-    fn remember_resolution(&self, id: &str, resolution: &Resolution) {
-        self.resolved.insert(id.to_owned(), resolution.clone());
-        if self.resolved.len() > 2 * MAX_RESOLVED {
-            for window in [chrono::Duration::minutes(1), chrono::Duration::seconds(10)] {
-                let cutoff = Utc::now() - window;
-                self.resolved.retain(|_, r| r.when > cutoff);
-                if self.resolved.len() <= MAX_RESOLVED {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Forgets decided holds older than an hour and expired continuations.
+    /// Forgets expired continuations.
     pub fn prune(&self) {
-        let cutoff = Utc::now() - chrono::Duration::hours(1);
-        self.resolved.retain(|_, r| r.when > cutoff);
         let now = Instant::now();
         self.continuations.retain(|_, c| c.3 > now);
     }
@@ -245,6 +203,43 @@ impl Holds {
             self.continuations.insert(state, entry);
         }
     }
+
+    /// The ids of this replica's holds answering requests of `session_key`
+    /// (all of `request_id` when given).
+    fn owned_by(&self, session_key: &str, request_id: Option<&Id>) -> Vec<String> {
+        self.owned
+            .iter()
+            .filter(|o| {
+                o.session_key == session_key && request_id.is_none_or(|r| *r == o.request_id)
+            })
+            .map(|o| o.key().clone())
+            .collect()
+    }
+}
+
+/// How the API shows a resolution (`decision`, `outcome`, `decider`,
+/// `channel`, `comment`, `at`).
+pub fn resolution_json(resolution: &Resolution) -> Value {
+    json!({
+        "decision": resolution.verdict,
+        "outcome": resolution.outcome,
+        "decider": resolution.decider,
+        "channel": resolution.channel,
+        "comment": note(resolution),
+        "at": resolution.at_rfc3339(),
+    })
+}
+
+/// The resolution of a recently decided hold, from the store.
+pub async fn resolution(gw: &Gateway, id: &str) -> Option<Resolution> {
+    let uuid = Uuid::parse_str(id).ok()?;
+    match gw.approvals.get(uuid).await {
+        Ok(stored) => stored?.resolution,
+        Err(e) => {
+            tracing::warn!(pending = %id, "approval store: {e}");
+            None
+        }
+    }
 }
 
 /// Why a decision was not taken.
@@ -253,8 +248,12 @@ pub enum DecideError {
     #[error("no pending call with id {0}")]
     NotFound(String),
     #[error("already {}", .0.describe())]
-    AlreadyDecided(Resolution),
-    #[error("the decision could not be recorded in the audit store ({0}); nothing was released")]
+    AlreadyDecided(Box<Resolution>),
+    #[error("the approval store cannot be reached ({0}); nothing was decided")]
+    Store(String),
+    #[error(
+        "the decision could not be recorded in the audit store ({0}); the call was refused, nothing was released"
+    )]
     Audit(String),
 }
 
@@ -262,119 +261,47 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Decides a pending call. Exactly one caller wins; see the module docs.
+/// A human's decision about a held call, from any channel. Exactly one
+/// resolution wins (see the module docs). When this replica holds the call,
+/// answers once the decision is in the audit history.
 pub async fn decide(
     gw: &Gateway,
     id: &str,
-    decision: Verdict,
+    choice: Choice,
     decider: Option<String>,
     channel: &str,
     comment: Option<String>,
 ) -> Result<Resolution, DecideError> {
-    let Some(pending) = gw.holds.pending.get(id).map(|p| p.clone()) else {
-        return match gw.holds.resolved.get(id) {
-            Some(r) => Err(DecideError::AlreadyDecided(r.clone())),
-            None => Err(DecideError::NotFound(id.to_owned())),
-        };
+    let Ok(uuid) = Uuid::parse_str(id) else {
+        return Err(DecideError::NotFound(id.to_owned()));
     };
-    let now = Utc::now();
-    let outcome = match decision {
-        Verdict::Approved => "allowed",
-        Verdict::TimedOut if pending.on_timeout == OnTimeout::Allow => "allowed",
-        _ => "refused",
-    };
-    let resolution = Resolution {
-        decision,
-        outcome,
+    // Subscribed before deciding, so the owner's "recorded" cannot be missed.
+    let mut recorded = gw.holds.owned.get(id).map(|o| o.recorded.subscribe());
+    let decision = approvals::Decision {
+        choice,
         decider,
         channel: channel.to_owned(),
-        comment: comment.filter(|c| !c.trim().is_empty()),
-        at: rfc3339(now),
-        when: now,
+        comment,
     };
-    {
-        let mut state = pending.state.lock().expect("state lock");
-        if let Some(winner) = state.as_ref() {
-            return Err(DecideError::AlreadyDecided(winner.clone()));
+    let resolved = match gw.approvals.decide(uuid, decision).await {
+        Ok(resolved) => resolved,
+        Err(approvals::DecideError::AlreadyDecided(winner)) => {
+            return Err(DecideError::AlreadyDecided(winner));
         }
-        *state = Some(resolution.clone());
-    }
-    let wait = pending.created.elapsed();
-    let record = Record {
-        decision: decision.audit_decision(),
-        session: Some(pending.item.session.clone()),
-        agent: Some(pending.item.agent.clone()),
-        upstream: Some(pending.item.upstream.clone()),
-        tool: Some(pending.item.tool.clone()),
-        arguments: Some(pending.item.arguments.to_string()),
-        rule: Some(pending.item.rule.clone()),
-        reason: match decision {
-            Verdict::Shutdown => Some("gateway shutting down".into()),
-            Verdict::TimedOut => Some(format!(
-                "no decision within {} s",
-                (now - parse_time(&pending.item.created_at)).num_seconds()
-            )),
-            _ => pending.item.reason.clone(),
-        },
-        pending_id: Some(id.to_owned()),
-        decider: resolution.decider.clone(),
-        channel: Some(channel.to_owned()),
-        comment: resolution.comment.clone(),
-        wait_ms: Some(wait.as_millis() as i64),
+        Err(approvals::DecideError::NotFound(_)) => {
+            return Err(DecideError::NotFound(id.to_owned()));
+        }
+        Err(approvals::DecideError::Store(e)) => return Err(DecideError::Store(e.to_string())),
     };
-    if let Err(e) = gw.audit.commit(record).await {
-        // Never release a call whose release is not on record.
-        let must_record =
-            matches!(decision, Verdict::Approved | Verdict::Denied) || outcome == "allowed";
-        if must_record {
-            // Reopen: a human may retry once the store is back.
-            *pending.state.lock().expect("state lock") = None;
-            return Err(DecideError::Audit(e.to_string()));
+    if let Some(recorded) = recorded.as_mut() {
+        let outcome = tokio::time::timeout(RECORD_WAIT, recorded.wait_for(Option::is_some)).await;
+        if let Ok(Ok(state)) = outcome
+            && let Some(Err(e)) = state.as_ref()
+        {
+            return Err(DecideError::Audit(e.clone()));
         }
-        tracing::error!(pending = %id, "could not record {decision:?}: {e}");
     }
-    gw.holds.remember_resolution(id, &resolution);
-    gw.holds.pending.remove(id);
-    gw.metrics.count(decision.audit_decision());
-    if decision != Verdict::Cancelled && decision != Verdict::Shutdown {
-        gw.metrics.approval_wait.observe(wait);
-    }
-    if let Some(wake) = pending.wake.lock().expect("wake lock").take() {
-        let _ = wake.send(resolution.clone());
-    }
-    gw.events.publish(
-        "pending.resolved",
-        json!({
-            "id": id,
-            "decision": resolution.decision,
-            "outcome": resolution.outcome,
-            "decider": resolution.decider,
-            "channel": resolution.channel,
-            "comment": resolution.comment,
-            "tool": pending.item.tool,
-            "wait_ms": wait.as_millis() as u64,
-        }),
-    );
-    gw.notify_resolved(&pending.item, &resolution);
-    tracing::info!(
-        pending = %id,
-        tool = %pending.item.tool,
-        upstream = %pending.item.upstream,
-        agent = %pending.item.agent,
-        outcome = %decision.audit_decision(),
-        released = %resolution.outcome,
-        decider = resolution.decider.as_deref().map(tracing::field::display),
-        %channel,
-        wait_ms = wait.as_millis() as u64,
-        "held call decided"
-    );
-    Ok(resolution)
-}
-
-fn parse_time(t: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(t)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(|_| Utc::now())
+    Ok(resolved.resolution)
 }
 
 /// Holds a `tools/call` until a human decides. Returns at once with a stream
@@ -425,30 +352,14 @@ pub async fn hold_call(
             "audit_unavailable",
         ));
     }
-    let now = Utc::now();
-    let id = uuid::Uuid::now_v7().to_string();
-    let arguments_value = arguments
-        .as_deref()
-        .map(|a| serde_json::from_str(a).unwrap_or(Value::String(a.to_owned())))
-        .unwrap_or(Value::Null);
+    let uuid = Uuid::now_v7();
+    let id = uuid.to_string();
     let args_hash = hash_arguments(arguments.as_deref());
-    let item = PendingItem {
-        id: id.clone(),
-        tool: tool.clone(),
-        upstream: ctx.upstream.name.clone(),
-        agent: ctx.agent.clone(),
-        session: ctx.session_key.clone(),
-        arguments: arguments_value,
-        rule: rule.clone(),
-        reason: reason.clone(),
-        created_at: rfc3339(now),
-        expires_at: rfc3339(now + chrono::Duration::from_std(approval.timeout).unwrap_or_default()),
-    };
     let requested = Record {
         decision: "approval_requested",
-        session: Some(item.session.clone()),
-        agent: Some(item.agent.clone()),
-        upstream: Some(item.upstream.clone()),
+        session: Some(ctx.session_key.clone()),
+        agent: Some(ctx.agent.clone()),
+        upstream: Some(ctx.upstream.name.clone()),
         tool: Some(tool.clone()),
         arguments: arguments.clone(),
         rule: Some(rule.clone()),
@@ -464,21 +375,46 @@ pub async fn hold_call(
             "audit_unavailable",
         ));
     }
+    gw.holds.owned.insert(
+        id.clone(),
+        Owned {
+            session_key: ctx.session_key.clone(),
+            request_id: request_id.clone(),
+            recorded: watch::channel(None).0,
+        },
+    );
+    let new = NewApproval {
+        id: uuid,
+        session: ctx.session_key.clone(),
+        agent: ctx.agent.clone(),
+        upstream: ctx.upstream.name.clone(),
+        tool: tool.clone(),
+        arguments: arguments.clone(),
+        args_hash: args_hash.clone(),
+        rule: rule.clone(),
+        reason: reason.clone(),
+        timeout: approval.timeout,
+        on_timeout: match approval.on_timeout {
+            OnTimeout::Allow => approvals::OnTimeout::Allow,
+            OnTimeout::Deny => approvals::OnTimeout::Deny,
+        },
+    };
+    let created = match gw.approvals.create(new).await {
+        Ok(created) => created,
+        Err(e) => {
+            gw.holds.owned.remove(&id);
+            let text = format!(
+                "Airlock refused this call to `{tool}`: it needs human approval, but the approval store cannot be reached ({e})."
+            );
+            record_unheld(gw, ctx, &id, &tool, &rule, &text).await;
+            return Ok(refuse(text, "approval_store_unavailable"));
+        }
+    };
+    // Registered before anything can resolve it (the store tells the pump).
+    let resolution = gw.approvals.wait(uuid);
     gw.metrics.count("approval_requested");
-    let (wake_tx, wake_rx) = oneshot::channel();
-    let pending = Arc::new(Pending {
-        item: item.clone(),
-        session_key: ctx.session_key.clone(),
-        request_id: request_id.clone(),
-        created: Instant::now(),
-        on_timeout: approval.on_timeout,
-        state: Mutex::new(None),
-        wake: Mutex::new(Some(wake_tx)),
-    });
-    gw.holds.pending.insert(id.clone(), pending);
-    gw.events
-        .publish("pending.created", json!({ "pending": item }));
-    gw.notify_created(&item);
+    let item = PendingItem::of(&created);
+    show_created(gw, &item, true);
     tracing::info!(
         pending = %id,
         %tool,
@@ -529,16 +465,15 @@ pub async fn hold_call(
         headers: headers
             .filter(|_| matches!(ctx.link, crate::upstream::Link::Http(_)))
             .cloned(),
-        id,
+        approval: created,
         tool,
-        args_hash,
         rule,
         reason,
-        approval,
+        timeout: approval.timeout,
         progress_token,
         sink,
     };
-    tokio::spawn(waiter.run(wake_rx));
+    tokio::spawn(waiter.run(Box::pin(resolution)));
     let (Some(out_rx), None) = (out_rx, &answer_now) else {
         let created = answer_now.expect("a task's answer is ready at once");
         return Ok(Exchange::answer(created, ctx.era));
@@ -551,6 +486,214 @@ pub async fn hold_call(
         },
         list_filter: None,
     })
+}
+
+/// Closes the `approval_requested` row of a call that could not be held
+/// after all (the approval store failed), so it does not count as open.
+async fn record_unheld(
+    gw: &Gateway,
+    ctx: &CallContext,
+    id: &str,
+    tool: &str,
+    rule: &str,
+    text: &str,
+) {
+    let record = Record {
+        decision: "denied",
+        session: Some(ctx.session_key.clone()),
+        agent: Some(ctx.agent.clone()),
+        upstream: Some(ctx.upstream.name.clone()),
+        tool: Some(tool.to_owned()),
+        rule: Some(rule.to_owned()),
+        reason: Some(text.to_owned()),
+        pending_id: Some(id.to_owned()),
+        channel: Some("store".into()),
+        ..Default::default()
+    };
+    if let Err(e) = gw.audit.commit(record).await {
+        tracing::error!(pending = %id, "could not record the refusal: {e}");
+    }
+}
+
+/// Adds a hold to this replica's view and tells dashboards (and, for its
+/// own holds, Slack).
+pub fn show_created(gw: &Gateway, item: &PendingItem, owned: bool) {
+    gw.holds.view.insert(item.id.clone(), item.clone());
+    gw.events
+        .publish("pending.created", json!({ "pending": item }));
+    if owned {
+        gw.notify_created(item);
+    }
+}
+
+/// Removes a resolved hold from this replica's view and tells dashboards
+/// (and, when this replica recorded it, Slack).
+pub fn show_resolved(
+    gw: &Gateway,
+    approval: &PendingApproval,
+    resolution: &Resolution,
+    recorded_here: bool,
+) {
+    let id = approval.id.to_string();
+    let item = gw
+        .holds
+        .view
+        .remove(&id)
+        .map(|(_, item)| item)
+        .unwrap_or_else(|| PendingItem::of(approval));
+    let wait_ms = (resolution.at - approval.created_at)
+        .num_milliseconds()
+        .max(0);
+    gw.events.publish(
+        "pending.resolved",
+        json!({
+            "id": id,
+            "decision": resolution.verdict,
+            "outcome": resolution.outcome,
+            "decider": resolution.decider,
+            "channel": resolution.channel,
+            "comment": note(resolution),
+            "tool": item.tool,
+            "wait_ms": wait_ms,
+        }),
+    );
+    if recorded_here {
+        gw.notify_resolved(&item, resolution);
+    }
+}
+
+/// The audit row of a hold's end.
+fn outcome_record(approval: &PendingApproval, resolution: &Resolution) -> Record {
+    let wait = (resolution.at - approval.created_at)
+        .num_milliseconds()
+        .max(0);
+    Record {
+        decision: audit_decision(resolution.verdict),
+        session: Some(approval.session.clone()),
+        agent: Some(approval.agent.clone()),
+        upstream: Some(approval.upstream.clone()),
+        tool: Some(approval.tool.clone()),
+        arguments: approval.arguments.clone(),
+        rule: Some(approval.rule.clone()),
+        reason: match resolution.verdict {
+            Verdict::Shutdown | Verdict::TimedOut | Verdict::Abandoned => resolution.reason.clone(),
+            _ => approval.reason.clone(),
+        },
+        pending_id: Some(approval.id.to_string()),
+        decider: resolution.decider.clone(),
+        channel: Some(resolution.channel.clone()),
+        comment: note(resolution).map(str::to_owned),
+        wait_ms: Some(wait),
+    }
+}
+
+/// Writes the audit row of a hold's end and counts it. `Err` when it could
+/// not be written (then nothing may be released).
+async fn record_outcome(
+    gw: &Gateway,
+    approval: &PendingApproval,
+    resolution: &Resolution,
+) -> Result<(), String> {
+    let committed = gw
+        .audit
+        .commit(outcome_record(approval, resolution))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    gw.metrics.count(audit_decision(resolution.verdict));
+    if !matches!(
+        resolution.verdict,
+        Verdict::Cancelled | Verdict::Shutdown | Verdict::Abandoned
+    ) {
+        let wait = (resolution.at - approval.created_at)
+            .to_std()
+            .unwrap_or_default();
+        gw.metrics.approval_wait.observe(wait);
+    }
+    tracing::info!(
+        pending = %approval.id,
+        tool = %approval.tool,
+        upstream = %approval.upstream,
+        agent = %approval.agent,
+        outcome = %audit_decision(resolution.verdict),
+        released = %resolution.outcome.as_str(),
+        decider = resolution.decider.as_deref().map(tracing::field::display),
+        channel = %resolution.channel,
+        "held call decided"
+    );
+    committed
+}
+
+/// Records a hold of a dead replica that this replica's lease sweep
+/// abandoned (its owner cannot record it any more).
+pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution: &Resolution) {
+    if let Err(e) = record_outcome(gw, approval, resolution).await {
+        tracing::error!(pending = %approval.id, "could not record the abandoned hold: {e}");
+    }
+    gw.notify_resolved(&PendingItem::of(approval), resolution);
+}
+
+/// Mirrors the approvals service into this replica: other replicas' holds
+/// and decisions reach its dashboards; its own are shown by the holding
+/// task. Runs until the service stops.
+pub async fn follow_approvals(gw: Gateway) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = gw.approvals.subscribe();
+    resync_view(&gw).await;
+    let me = gw.approvals.replica().to_owned();
+    loop {
+        let event = tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(approvals::ApprovalEvent::Created(a)) if a.owner != me => {
+                show_created(&gw, &PendingItem::of(&a), false);
+            }
+            Ok(approvals::ApprovalEvent::Resolved {
+                approval,
+                resolution,
+            }) if approval.owner != me => {
+                show_resolved(&gw, &approval, &resolution, false);
+            }
+            Ok(approvals::ApprovalEvent::Orphaned {
+                approval,
+                resolution,
+            }) => record_orphan(&gw, &approval, &resolution).await,
+            Ok(approvals::ApprovalEvent::Resynced) | Err(RecvError::Lagged(_)) => {
+                resync_view(&gw).await;
+            }
+            Ok(_) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Replaces this replica's view with the store's open approvals and sends
+/// dashboards a fresh snapshot.
+async fn resync_view(gw: &Gateway) {
+    let open = match gw.approvals.list().await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!("pending approvals not refreshed: {e}");
+            return;
+        }
+    };
+    let ids: std::collections::HashSet<String> = open.iter().map(|a| a.id.to_string()).collect();
+    gw.holds.view.retain(|id, _| ids.contains(id));
+    for approval in &open {
+        gw.holds
+            .view
+            .insert(approval.id.to_string(), PendingItem::of(approval));
+    }
+    gw.events.publish(
+        "snapshot",
+        json!({
+            "pending": gw.holds.list(),
+            "agents_connected": gw.agents_connected(),
+            "policy_problems": gw.policy_problems(),
+        }),
+    );
 }
 
 /// The session a held call's stream may be resumed in: a handshake-era HTTP
@@ -571,13 +714,12 @@ struct Waiter {
     ctx: CallContext,
     message: Message,
     headers: Option<HeaderMap>,
-    id: String,
+    /// The approval as the store keeps it (id, arguments hash, times).
+    approval: PendingApproval,
     tool: String,
-    /// Binds MRTR continuations to these exact arguments.
-    args_hash: String,
     rule: String,
     reason: Option<String>,
-    approval: Approval,
+    timeout: Duration,
     progress_token: Option<String>,
     sink: Sink,
 }
@@ -591,7 +733,15 @@ enum Sink {
     Task(String),
 }
 
+/// The approvals service's answer for one hold.
+type Resolving =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resolution, WaitError>> + Send>>;
+
 impl Waiter {
+    fn id(&self) -> String {
+        self.approval.id.to_string()
+    }
+
     /// Passes a message to the agent; false when the agent is gone.
     async fn deliver(&self, message: Message) -> bool {
         self.relay(message, None).await
@@ -605,7 +755,7 @@ impl Waiter {
                 &message,
                 &self.ctx.scope(),
                 &self.tool,
-                &self.args_hash,
+                &self.approval.args_hash,
             );
         }
         match &self.sink {
@@ -622,7 +772,15 @@ impl Waiter {
         }
     }
 
-    async fn run(self, mut wake: oneshot::Receiver<Resolution>) {
+    /// Withdraws the hold because the agent went away (a later decision
+    /// then gets 409 "cancelled").
+    async fn cancel(&self, why: String) {
+        if let Err(e) = self.gw.approvals.cancel(self.approval.id, why).await {
+            tracing::debug!(pending = %self.approval.id, "not cancelled: {e}");
+        }
+    }
+
+    async fn run(self, mut resolving: Resolving) {
         let held = match &self.sink {
             Sink::Stream(held) => Some(held.clone()),
             Sink::Task(_) => None,
@@ -631,43 +789,35 @@ impl Waiter {
         let mut gone_signal = held.as_ref().and_then(|h| h.take_gone());
         // While a resumable stream is detached: when the hold gives up on it.
         let mut detached_until: Option<tokio::time::Instant> = None;
-        // The `decide` and `deliver` futures below are boxed: this loop is
+        // The `cancel` and `deliver` futures below are boxed: this loop is
         // what a held call keeps in memory while it waits, and an async
-        // state machine is as large as its largest await.
-        let deadline = tokio::time::Instant::now() + self.approval.timeout;
+        // state machine is as large as its largest await. Timeouts are the
+        // approvals service's (its timer resolves the approval).
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let interval = self.gw.config.approval.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut sent = 0u64;
-        let mut deadline = deadline;
-        let mut timed_out = false;
         let mut gone = false;
         let resolution = loop {
             tokio::select! {
-                r = &mut wake => match r {
+                r = &mut resolving => match r {
                     Ok(r) => break r,
-                    Err(_) => {
-                        self.finish(held.as_ref());
+                    Err(e) => {
+                        // The service stopped (shutdown): nobody can decide now.
+                        tracing::warn!(pending = %self.approval.id, "held call ended without a decision: {e}");
+                        self.end(held.as_ref());
                         return;
                     }
                 },
-                _ = tokio::time::sleep_until(deadline), if !timed_out => {
-                    // Latch only when the timeout itself won. If another
-                    // decision is being committed (or is rolled back because
-                    // the store failed), look again in a second.
-                    timed_out = Box::pin(decide(&self.gw, &self.id, Verdict::TimedOut, None, "timeout", None)).await.is_ok();
-                    if !timed_out {
-                        deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                    }
-                }
                 _ = stream_gone(&mut gone_signal), if !gone => {
                     gone_signal = None;
                     let grace = self.gw.config.approval.resume_grace;
                     if held.as_ref().is_some_and(|h| h.resumable()) && !grace.is_zero() {
-                        tracing::info!(pending = %self.id, "agent stream of a held call dropped; waiting {} s for it to resume", grace.as_secs_f64());
+                        tracing::info!(pending = %self.approval.id, "agent stream of a held call dropped; waiting {} s for it to resume", grace.as_secs_f64());
                         detached_until = Some(tokio::time::Instant::now() + grace);
                     } else {
                         gone = true;
-                        let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into()))).await;
+                        Box::pin(self.cancel("the agent closed the connection".into())).await;
                     }
                 }
                 _ = attached(held.as_deref()), if !gone => {
@@ -677,7 +827,8 @@ impl Waiter {
                 _ = tokio::time::sleep_until(detached_until.unwrap_or(deadline)), if detached_until.is_some() && !gone => {
                     gone = true;
                     detached_until = None;
-                    let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some(format!("the agent's stream dropped and was not resumed within {} s", self.gw.config.approval.resume_grace.as_secs_f64())))).await;
+                    let why = format!("the agent's stream dropped and was not resumed within {} s", self.gw.config.approval.resume_grace.as_secs_f64());
+                    Box::pin(self.cancel(why)).await;
                 }
                 _ = ticker.tick(), if self.progress_token.is_some() && matches!(self.sink, Sink::Stream(..)) && detached_until.is_none() => {
                     sent += 1;
@@ -685,24 +836,67 @@ impl Waiter {
                     let note = self.progress(sent, left);
                     if !Box::pin(self.deliver(note)).await && !gone {
                         gone = true;
-                        let _ = Box::pin(decide(&self.gw, &self.id, Verdict::Cancelled, None, "agent", Some("the agent closed the connection".into()))).await;
+                        Box::pin(self.cancel("the agent closed the connection".into())).await;
                     }
                 }
             }
         };
+        // Recorded before anything is released (module docs).
+        let recorded = Box::pin(record_outcome(&self.gw, &self.approval, &resolution)).await;
+        show_resolved(&self.gw, &self.approval, &resolution, true);
+        if let Some((_, owned)) = self.gw.holds.owned.remove(&self.id()) {
+            owned.recorded.send_replace(Some(recorded.clone()));
+        }
         // Boxed: only a decided call pays for the (large) release future;
         // a waiting one stays a small task (docs/benchmarks.md, Holds).
         let gw = self.gw.clone();
-        let id = self.id.clone();
-        Box::pin(self.release(resolution, sent)).await;
+        let id = self.id();
+        match recorded {
+            Ok(()) => Box::pin(self.release(resolution, sent)).await,
+            Err(e) => Box::pin(self.refuse_unrecorded(&resolution, e)).await,
+        }
         if let Some(held) = held {
             finish_stream(&gw, &id, &held);
         }
     }
 
+    /// The resolution could not be written to the audit history: whatever it
+    /// was, nothing is released.
+    async fn refuse_unrecorded(self, resolution: &Resolution, error: String) {
+        tracing::error!(pending = %self.approval.id, "could not record {:?}: {error}; the call is refused", resolution.verdict);
+        if resolution.verdict == Verdict::Cancelled {
+            if let Sink::Task(task_id) = &self.sink {
+                self.gw.tasks.mark_cancelled(task_id);
+            }
+            return;
+        }
+        let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
+        let text = format!(
+            "Airlock refused this call to `{}`: the decision ({}) could not be recorded in the audit store ({error}), so nothing was released.",
+            self.tool,
+            resolution.describe()
+        );
+        let refusal = Refusal {
+            decision: "audit_unavailable",
+            rule: self.rule.clone(),
+            reason: self.reason.clone().unwrap_or_default(),
+            text,
+            retry_after: None,
+        };
+        let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
+        self.deliver(answer).await;
+    }
+
+    /// A hold that ended with no resolution to act on (the service stopped).
+    fn end(&self, held: Option<&Arc<HeldStream>>) {
+        self.gw.holds.owned.remove(&self.id());
+        self.gw.holds.view.remove(&self.id());
+        self.finish(held);
+    }
+
     fn finish(&self, held: Option<&Arc<HeldStream>>) {
         if let Some(held) = held {
-            finish_stream(&self.gw, &self.id, held);
+            finish_stream(&self.gw, &self.id(), held);
         }
     }
 
@@ -727,7 +921,8 @@ impl Waiter {
 
     async fn release(self, resolution: Resolution, progress_sent: u64) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
-        let text = match resolution.decision {
+        let timeout = self.timeout.as_secs();
+        let text = match resolution.verdict {
             Verdict::Cancelled => {
                 // Nobody to answer on a stream; a task reads as cancelled.
                 if let Sink::Task(task_id) = &self.sink {
@@ -735,7 +930,7 @@ impl Waiter {
                 }
                 return;
             }
-            _ if resolution.outcome == "allowed" => {
+            _ if resolution.outcome == Outcome::Allowed => {
                 self.forward(progress_sent).await;
                 return;
             }
@@ -747,28 +942,25 @@ impl Waiter {
                 }
             }
             Verdict::TimedOut => format!(
-                "Airlock: nobody approved this call to `{}` within {} s; it timed out and was denied.",
+                "Airlock: nobody approved this call to `{}` within {timeout} s; it timed out and was denied.",
                 self.tool,
-                self.approval.timeout.as_secs()
             ),
-            Verdict::Shutdown => format!(
+            Verdict::Shutdown | Verdict::Abandoned => format!(
                 "Airlock denied this call to `{}`: gateway shutting down.",
                 self.tool
             ),
             Verdict::Approved => unreachable!("approved calls are forwarded"),
         };
         let refusal = Refusal {
-            decision: match resolution.decision {
+            decision: match resolution.verdict {
                 Verdict::Denied => "approval_denied",
                 Verdict::TimedOut => "approval_timed_out",
                 _ => "denied",
             },
             rule: self.rule.clone(),
-            reason: match resolution.decision {
-                Verdict::Shutdown => "gateway shutting down".into(),
-                Verdict::TimedOut => {
-                    format!("no decision within {} s", self.approval.timeout.as_secs())
-                }
+            reason: match resolution.verdict {
+                Verdict::Shutdown | Verdict::Abandoned => "gateway shutting down".into(),
+                Verdict::TimedOut => format!("no decision within {timeout} s"),
                 _ => resolution
                     .comment
                     .clone()
@@ -915,21 +1107,12 @@ pub fn intercept_notification(
     let target = Id::from_raw(params.request_id.get());
     let id = gw
         .holds
-        .pending
-        .iter()
-        .find(|p| p.session_key == ctx.session_key && p.request_id == target)
-        .map(|p| p.item.id.clone())?;
+        .owned_by(&ctx.session_key, Some(&target))
+        .into_iter()
+        .next()?;
     let gw = gw.clone();
     tokio::spawn(async move {
-        let _ = decide(
-            &gw,
-            &id,
-            Verdict::Cancelled,
-            None,
-            "agent",
-            Some("cancelled by the agent".into()),
-        )
-        .await;
+        cancel(&gw, &id, "cancelled by the agent").await;
     });
     Some(Exchange {
         reply: Reply::accepted(),
@@ -937,33 +1120,30 @@ pub fn intercept_notification(
     })
 }
 
+/// Withdraws a hold this replica owns (the agent cancelled or went away).
+pub async fn cancel(gw: &Gateway, id: &str, why: &str) -> bool {
+    let Ok(uuid) = Uuid::parse_str(id) else {
+        return false;
+    };
+    gw.approvals.cancel(uuid, why).await.is_ok()
+}
+
 /// Cancels every hold of an agent session that went away.
 pub async fn agent_gone(gw: &Gateway, session_key: &str) {
-    let ids: Vec<String> = gw
-        .holds
-        .pending
-        .iter()
-        .filter(|p| p.session_key == session_key)
-        .map(|p| p.item.id.clone())
-        .collect();
-    for id in ids {
-        let _ = decide(
-            gw,
-            &id,
-            Verdict::Cancelled,
-            None,
-            "agent",
-            Some("the agent went away".into()),
-        )
-        .await;
+    for id in gw.holds.owned_by(session_key, None) {
+        cancel(gw, &id, "the agent went away").await;
     }
 }
 
-/// Denies every open hold (graceful shutdown).
+/// Denies every hold this replica owns (graceful shutdown), and waits a
+/// moment for their outcomes to be recorded and sent.
 pub async fn deny_all_for_shutdown(gw: &Gateway) {
-    let ids: Vec<String> = gw.holds.pending.iter().map(|p| p.item.id.clone()).collect();
-    for id in ids {
-        let _ = decide(gw, &id, Verdict::Shutdown, None, "shutdown", None).await;
+    if let Err(e) = gw.approvals.close_owned("gateway shutting down").await {
+        tracing::error!("open holds not closed for shutdown: {e}");
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while !gw.holds.owned.is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::era::ParamsPeek;
 use crate::gateway::{CallContext, Exchange, Gateway};
-use crate::hold::{self, Verdict};
+use crate::hold;
 use crate::jsonrpc::{self, Id, Message, code};
 
 pub const EXTENSION: &str = "io.modelcontextprotocol/tasks";
@@ -248,16 +248,9 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
         Some("tasks/cancel") => {
             // Cancellation is cooperative (as the extension defines it): a
             // call already decided runs to its end and its task completes.
-            let withdrawn = hold::decide(
-                gw,
-                &pending_id,
-                Verdict::Cancelled,
-                None,
-                "agent",
-                Some("cancelled by the agent (tasks/cancel)".into()),
-            )
-            .await;
-            if withdrawn.is_ok() {
+            let withdrawn =
+                hold::cancel(gw, &pending_id, "cancelled by the agent (tasks/cancel)").await;
+            if withdrawn {
                 gw.tasks.mark_cancelled(&task_id);
             }
             acknowledged()

@@ -37,6 +37,7 @@ async fn replica(pg: &PgCluster, name: &str) -> Approvals {
 
 fn held(tool: &str, timeout: Duration, on_timeout: OnTimeout) -> NewApproval {
     NewApproval {
+        id: uuid::Uuid::now_v7(),
         session: "s1".into(),
         agent: "claude".into(),
         upstream: "default".into(),
@@ -67,7 +68,7 @@ async fn event_about(rx: &mut broadcast::Receiver<ApprovalEvent>, id: Uuid) -> A
             let about = match &event {
                 ApprovalEvent::Created(a) => a.id,
                 ApprovalEvent::Resolved { approval, .. } => approval.id,
-                ApprovalEvent::Resynced => continue,
+                ApprovalEvent::Orphaned { .. } | ApprovalEvent::Resynced => continue,
             };
             if about == id {
                 return event;
@@ -207,10 +208,8 @@ async fn racing_deciders_on_a_and_b_one_wins_each_time() {
             (a, b) => panic!("expected one winner: {a:?} / {b:?}"),
         };
         match lost {
-            DecideError::AlreadyDecided { by, verdict, at } => {
-                assert_eq!(by, won.resolution.decider);
-                assert_eq!(verdict, won.resolution.verdict);
-                assert_eq!(at, won.resolution.at);
+            DecideError::AlreadyDecided(winner) => {
+                assert_eq!(*winner, won.resolution);
             }
             other => panic!("{other:?}"),
         }

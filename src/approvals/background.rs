@@ -36,9 +36,7 @@ pub(super) async fn pump(shared: Arc<Shared>, mut watch: BoxStream<'static, Stor
         };
         match event {
             Some(StoreEvent::Created(approval)) => {
-                let _ = shared
-                    .timers
-                    .send(TimerCmd::Schedule(Box::new(approval.clone())));
+                schedule(&shared, &approval);
                 let _ = shared.events.send(ApprovalEvent::Created(approval));
             }
             Some(StoreEvent::Resolved(approval, resolution)) => {
@@ -77,8 +75,8 @@ async fn resync(shared: &Shared) {
         }
     };
     let open_ids: HashSet<Uuid> = open.iter().map(|a| a.id).collect();
-    for approval in open {
-        let _ = shared.timers.send(TimerCmd::Schedule(Box::new(approval)));
+    for approval in &open {
+        schedule(shared, approval);
     }
     let waiting: Vec<Uuid> = shared.waiters().keys().copied().collect();
     for id in waiting.into_iter().filter(|id| !open_ids.contains(id)) {
@@ -89,6 +87,17 @@ async fn resync(shared: &Shared) {
         {
             shared.wake(id, &resolution);
         }
+    }
+}
+
+/// Schedules the timeout of `approval` when this replica owns it. Only the
+/// owner times its approvals out: it holds the agent's request and records
+/// the outcome. A dead owner's approvals are abandoned by the lease sweep.
+pub(super) fn schedule(shared: &Shared, approval: &PendingApproval) {
+    if approval.owner == shared.config.replica {
+        let _ = shared
+            .timers
+            .send(TimerCmd::Schedule(Box::new(approval.clone())));
     }
 }
 
@@ -166,14 +175,19 @@ pub(super) async fn leases(shared: Arc<Shared>) {
                         "held call abandoned: its replica stopped heartbeating"
                     );
                     shared.wake(approval.id, &resolution);
+                    let _ = shared.events.send(ApprovalEvent::Orphaned {
+                        approval,
+                        resolution,
+                    });
                 }
             }
             Err(e) => tracing::warn!("dead replicas not checked: {e}"),
         }
         match shared.store.expired(now).await {
             Ok(expired) => {
-                for approval in expired {
-                    time_out(&shared, &approval).await;
+                let mine = expired.iter().filter(|a| a.owner == shared.config.replica);
+                for approval in mine {
+                    time_out(&shared, approval).await;
                 }
             }
             Err(e) => tracing::warn!("expired approvals not checked: {e}"),

@@ -40,6 +40,9 @@ impl OnTimeout {
 /// the times and its own replica id, making a [`PendingApproval`].
 #[derive(Debug, Clone)]
 pub struct NewApproval {
+    /// Chosen by the caller (a UUIDv7, so ids sort by creation time), so it
+    /// can be written to the audit history before the approval exists.
+    pub id: Uuid,
     pub session: String,
     /// Configured agent name, else the client's `clientInfo`.
     pub agent: String,
@@ -242,6 +245,21 @@ impl Resolution {
         )
     }
 
+    /// "approved by alice", "timed out", … for 409 messages and notifications.
+    pub fn describe(&self) -> String {
+        let done = match self.verdict {
+            Verdict::Approved => "approved",
+            Verdict::Denied | Verdict::Shutdown => "denied",
+            Verdict::TimedOut => "timed out",
+            Verdict::Cancelled => "cancelled",
+            Verdict::Abandoned => "abandoned",
+        };
+        match &self.decider {
+            Some(who) => format!("{done} by {who}"),
+            None => done.to_owned(),
+        }
+    }
+
     /// RFC 3339 time of the decision, as the API shows it.
     pub fn at_rfc3339(&self) -> String {
         self.at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -254,6 +272,13 @@ impl Resolution {
 pub enum ApprovalEvent {
     Created(PendingApproval),
     Resolved {
+        approval: PendingApproval,
+        resolution: Resolution,
+    },
+    /// This replica's lease sweep abandoned an approval of a dead replica:
+    /// sent on this replica only (once across replicas), so that the
+    /// abandonment is recorded once — its owner cannot record it any more.
+    Orphaned {
         approval: PendingApproval,
         resolution: Resolution,
     },

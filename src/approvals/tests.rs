@@ -36,6 +36,7 @@ impl Cluster {
 
 fn held(tool: &str, secs: u64, on_timeout: OnTimeout) -> NewApproval {
     NewApproval {
+        id: uuid::Uuid::now_v7(),
         session: "s1".into(),
         agent: "claude".into(),
         upstream: "default".into(),
@@ -105,10 +106,10 @@ async fn second_decider_gets_already_decided_with_who_won() {
     assert_eq!(won.approval, p);
 
     match approvals.decide(p.id, by("bob", Choice::Deny)).await {
-        Err(DecideError::AlreadyDecided { by, at, verdict }) => {
-            assert_eq!(by.as_deref(), Some("alice"));
-            assert_eq!(verdict, Verdict::Approved);
-            assert_eq!(at, won.resolution.at);
+        Err(DecideError::AlreadyDecided(winner)) => {
+            assert_eq!(winner.decider.as_deref(), Some("alice"));
+            assert_eq!(winner.verdict, Verdict::Approved);
+            assert_eq!(winner.at, won.resolution.at);
         }
         other => panic!("expected AlreadyDecided, got {other:?}"),
     }
@@ -156,11 +157,7 @@ async fn timeout_fires_once_with_on_timeout_even_with_two_replicas() {
     assert_eq!(seen_b.len(), 1);
     assert!(matches!(
         b.decide(allow.id, by("late", Choice::Deny)).await,
-        Err(DecideError::AlreadyDecided {
-            verdict: Verdict::TimedOut,
-            by: None,
-            ..
-        })
+        Err(DecideError::AlreadyDecided(w)) if w.verdict == Verdict::TimedOut && w.decider.is_none()
     ));
 }
 
@@ -200,10 +197,7 @@ async fn cancel_resolves_the_waiter_as_cancelled() {
     assert_eq!(r.reason.as_deref(), Some("agent went away"));
     assert!(matches!(
         approvals.decide(p.id, by("alice", Choice::Approve)).await,
-        Err(DecideError::AlreadyDecided {
-            verdict: Verdict::Cancelled,
-            ..
-        })
+        Err(DecideError::AlreadyDecided(w)) if w.verdict == Verdict::Cancelled
     ));
 }
 
@@ -233,7 +227,7 @@ async fn many_concurrent_deciders_exactly_one_wins() {
     for racer in racers {
         match racer.await.unwrap() {
             Ok(won) => wins.push(won),
-            Err(DecideError::AlreadyDecided { by, .. }) => losers.push(by),
+            Err(DecideError::AlreadyDecided(w)) => losers.push(w.decider),
             Err(e) => panic!("{e}"),
         }
     }

@@ -21,7 +21,7 @@ use super::page::{self, Tone};
 use super::{Slack, ago, form_pairs, form_value};
 use crate::audit::{AuditError, Filter, Record};
 use crate::gateway::Gateway;
-use crate::hold::{self, DecideError, PendingItem, Verdict};
+use crate::hold::{self, Choice, DecideError, PendingItem, Verdict};
 use crate::login;
 
 /// The channel decisions made through links are recorded under.
@@ -163,10 +163,10 @@ async fn link_state(
     now: DateTime<Utc>,
 ) -> Result<LinkState, AuditError> {
     let id = &claims.pending_id;
-    if let Some(r) = gw.holds.resolution(id) {
-        return Ok(match r.decision {
-            Verdict::TimedOut => LinkState::Expired(Some((r.describe(), r.when))),
-            _ => LinkState::Decided(r.describe(), r.when),
+    if let Some(r) = hold::resolution(gw, id).await {
+        return Ok(match r.verdict {
+            Verdict::TimedOut => LinkState::Expired(Some((r.describe(), r.at))),
+            _ => LinkState::Decided(r.describe(), r.at),
         });
     }
     if let Some(item) = gw.holds.get(id) {
@@ -359,9 +359,9 @@ pub async fn decide(
         );
     }
     let verdict = match form_value(&form, "action") {
-        Some("approve") if claims.actions.allows_approve() => Verdict::Approved,
+        Some("approve") if claims.actions.allows_approve() => Choice::Approve,
         Some("approve") => return refused("This link can only deny."),
-        Some("deny") => Verdict::Denied,
+        Some("deny") => Choice::Deny,
         _ => return refused("Choose Approve or Deny."),
     };
     let comment = form_value(&form, "comment")
@@ -395,7 +395,7 @@ pub async fn decide(
     {
         Ok(r) => {
             let (tone, heading, detail) = match verdict {
-                Verdict::Approved => (
+                Choice::Approve => (
                     Tone::Ok,
                     format!("Approved by {}", r.decider.unwrap_or_default()),
                     "The call has been released to the upstream.",
@@ -409,9 +409,9 @@ pub async fn decide(
             notice(StatusCode::OK, tone, &heading, &[detail])
         }
         Err(DecideError::AlreadyDecided(r)) => closed_page(
-            match r.decision {
-                Verdict::TimedOut => LinkState::Expired(Some((r.describe(), r.when))),
-                _ => LinkState::Decided(r.describe(), r.when),
+            match r.verdict {
+                Verdict::TimedOut => LinkState::Expired(Some((r.describe(), r.at))),
+                _ => LinkState::Decided(r.describe(), r.at),
             },
             now,
         ),
@@ -422,8 +422,14 @@ pub async fn decide(
         Err(e @ DecideError::Audit(_)) => notice(
             StatusCode::SERVICE_UNAVAILABLE,
             Tone::Bad,
+            "Not recorded: the call was refused",
+            &[&e.to_string()],
+        ),
+        Err(e @ DecideError::Store(_)) => notice(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Tone::Bad,
             "Nothing was decided",
-            &[&e.to_string(), "Try again once the audit store is back."],
+            &[&e.to_string(), "Try again once the approval store is back."],
         ),
     }
 }

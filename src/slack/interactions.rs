@@ -20,7 +20,7 @@ use sha2::Sha256;
 use super::delivery::{Job, ephemeral};
 use super::{Slack, ago, form_pairs, form_value, message};
 use crate::gateway::Gateway;
-use crate::hold::{self, DecideError, Verdict};
+use crate::hold::{self, Choice, DecideError};
 
 /// Slack's replay window.
 const MAX_SKEW_SECS: i64 = 5 * 60;
@@ -111,8 +111,8 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         return;
     };
     let verdict = match action.get("action_id").and_then(Value::as_str) {
-        Some("approve") => Verdict::Approved,
-        Some("deny") => Verdict::Denied,
+        Some("approve") => Choice::Approve,
+        Some("deny") => Choice::Deny,
         _ => return, // URL buttons (details, links) report clicks too
     };
     let Some(id) = action.get("value").and_then(Value::as_str) else {
@@ -158,12 +158,12 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         Err(DecideError::AlreadyDecided(r)) => reply(ephemeral(&format!(
             "Already {} {}; nothing was changed.",
             message::escape(&r.describe()),
-            ago(r.when, chrono::Utc::now())
+            ago(r.at, chrono::Utc::now())
         ))),
         Err(DecideError::NotFound(_)) => reply(ephemeral(
             "This request is no longer pending (it expired, or the gateway restarted); nothing was decided.",
         )),
-        Err(e @ DecideError::Audit(_)) => reply(ephemeral(&format!(
+        Err(e @ (DecideError::Audit(_) | DecideError::Store(_))) => reply(ephemeral(&format!(
             "{}. Try again in a moment.",
             message::escape(&e.to_string())
         ))),

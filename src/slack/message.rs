@@ -11,7 +11,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::hold::{PendingItem, Resolution, Verdict};
+use crate::hold::{Outcome, PendingItem, Resolution, Verdict};
 
 /// Slack's limit on a section's text.
 pub const SECTION_LIMIT: usize = 3000;
@@ -329,7 +329,7 @@ fn via(channel: &str) -> Option<&'static str> {
 /// "✅ approved by alice via dashboard after 42 s" or "⌛ timed out after 5 min — denied".
 pub fn outcome_line(item: &PendingItem, resolution: &Resolution) -> String {
     let waited = parse_time(&item.created_at)
-        .map(|created| human_duration((resolution.when - created).num_seconds()))
+        .map(|created| human_duration((resolution.at - created).num_seconds()))
         .unwrap_or_else(|| "a while".into());
     let by = |verb: &str| {
         let mut line = verb.to_owned();
@@ -341,15 +341,16 @@ pub fn outcome_line(item: &PendingItem, resolution: &Resolution) -> String {
         }
         format!("{line} after {waited}")
     };
-    match resolution.decision {
+    match resolution.verdict {
         Verdict::Approved => format!("✅ {}", by("approved")),
         Verdict::Denied => format!("❌ {}", by("denied")),
-        Verdict::TimedOut if resolution.outcome == "allowed" => {
+        Verdict::TimedOut if resolution.outcome == Outcome::Allowed => {
             format!("⌛ timed out after {waited} — allowed by policy")
         }
         Verdict::TimedOut => format!("⌛ timed out after {waited} — denied"),
         Verdict::Cancelled => format!("🚫 cancelled after {waited}"),
         Verdict::Shutdown => "⛔ denied: the gateway shut down".to_owned(),
+        Verdict::Abandoned => "⛔ abandoned: the gateway holding it stopped".to_owned(),
     }
 }
 

@@ -35,17 +35,17 @@ fn resolution(
     let when = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()
         + chrono::Duration::seconds(after_secs);
     Resolution {
-        decision,
+        verdict: decision,
         outcome: if decision == Verdict::Approved {
-            "allowed"
+            Outcome::Allowed
         } else {
-            "refused"
+            Outcome::Refused
         },
         decider: decider.map(str::to_owned),
         channel: channel.into(),
         comment: None,
-        at: when.to_rfc3339(),
-        when,
+        reason: None,
+        at: when,
     }
 }
 
