@@ -354,10 +354,11 @@ pub fn outcome_line(item: &PendingItem, resolution: &Resolution) -> String {
     }
 }
 
-/// The outcome line, the comment (quoted), and which call it was.
+/// The outcome line, the comment (or why it was cancelled, quoted), and
+/// which call it was.
 fn outcome_blocks(item: &PendingItem, resolution: &Resolution) -> Vec<Value> {
     let mut text = outcome_line(item, resolution);
-    if let Some(comment) = resolution.comment.as_deref().filter(|c| !c.is_empty()) {
+    if let Some(comment) = crate::hold::note(resolution).filter(|c| !c.is_empty()) {
         text.push_str(&format!(
             "\n>{}",
             clip(comment, SHORT_LIMIT * 2).replace('\n', "\n>")
