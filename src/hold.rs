@@ -601,13 +601,13 @@ async fn record_outcome(
         .map(|_| ())
         .map_err(|e| e.to_string());
     gw.metrics.count(audit_decision(resolution.verdict));
+    let wait = (resolution.at - approval.created_at)
+        .to_std()
+        .unwrap_or_default();
     if !matches!(
         resolution.verdict,
         Verdict::Cancelled | Verdict::Shutdown | Verdict::Abandoned
     ) {
-        let wait = (resolution.at - approval.created_at)
-            .to_std()
-            .unwrap_or_default();
         gw.metrics.approval_wait.observe(wait);
     }
     tracing::info!(
@@ -619,6 +619,7 @@ async fn record_outcome(
         released = %resolution.outcome.as_str(),
         decider = resolution.decider.as_deref().map(tracing::field::display),
         channel = %resolution.channel,
+        wait_ms = wait.as_millis() as u64,
         "held call decided"
     );
     committed
