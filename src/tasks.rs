@@ -485,4 +485,72 @@ mod tests {
         // Without the extension the message is passed on untouched.
         assert_eq!(without_extension(&stripped).raw(), stripped.raw());
     }
+
+    fn call() -> Message {
+        let raw = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"confirm_delete","arguments":{"n":1.50},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}}}}}"#;
+        Message::parse(bytes::Bytes::from(raw)).expect("valid")
+    }
+
+    fn response(raw: &str) -> Message {
+        Message::parse(bytes::Bytes::from(raw.to_owned())).expect("valid")
+    }
+
+    #[test]
+    fn an_input_required_answer_waits_for_every_key_then_yields_the_retry() {
+        let tasks = Tasks::default();
+        let (id, _) = tasks.create("p1", "s1", Duration::from_secs(60), &call());
+        tasks.finish(
+            &id,
+            &response(
+                r#"{"jsonrpc":"2.0","id":7,"result":{"resultType":"input_required","inputRequests":{"a":{"method":"elicitation/create"},"b":{"method":"roots/list"}},"requestState":"st"}}"#,
+            ),
+        );
+        let view = |tasks: &Tasks| Tasks::view(&tasks.0.get(&id).expect("task"), &id);
+        assert_eq!(view(&tasks)["status"], "input_required");
+        assert_eq!(
+            view(&tasks)["inputRequests"].as_object().map(|m| m.len()),
+            Some(2)
+        );
+        // A subset, plus a key nobody asked for: still waiting, for `b` only.
+        let partial = json!({"a": {"action": "accept"}, "zzz": {}});
+        assert!(
+            tasks
+                .answer_input(&id, partial.as_object().cloned().unwrap())
+                .is_none()
+        );
+        assert_eq!(
+            view(&tasks)["inputRequests"],
+            json!({"b": {"method": "roots/list"}})
+        );
+        let rest = json!({"b": {"roots": []}});
+        let retry = tasks
+            .answer_input(&id, rest.as_object().cloned().unwrap())
+            .expect("all answered");
+        assert_eq!(
+            retry.text(),
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"confirm_delete","arguments":{"n":1.50},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{}}},"inputResponses":{"a":{"action":"accept"},"b":{"roots":[]}},"requestState":"st"}}"#
+        );
+        assert_eq!(view(&tasks)["status"], "working");
+        assert!(view(&tasks).get("inputRequests").is_none());
+        // The retry's result completes the task.
+        tasks.finish(
+            &id,
+            &response(r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":false}}"#),
+        );
+        assert_eq!(view(&tasks)["status"], "completed");
+    }
+
+    #[test]
+    fn updates_to_a_task_not_waiting_for_input_change_nothing() {
+        let tasks = Tasks::default();
+        let (id, _) = tasks.create("p1", "s1", Duration::from_secs(60), &call());
+        let answers = json!({"a": {}});
+        assert!(
+            tasks
+                .answer_input(&id, answers.as_object().cloned().unwrap())
+                .is_none()
+        );
+        assert!(!tasks.is_waiting_for_input(&id));
+        assert_eq!(tasks.0.get(&id).expect("task").status, "working");
+    }
 }
