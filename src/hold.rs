@@ -436,7 +436,9 @@ pub async fn hold_call(
         )
     };
     let (sink, answer_now, out_rx) = if as_task {
-        let (task_id, created) = gw.tasks.create(&id, &ctx.session_key, approval.timeout);
+        let (task_id, created) = gw
+            .tasks
+            .create(&id, &ctx.session_key, approval.timeout, &message);
         (
             Sink::Task(task_id),
             Some(jsonrpc::result_response(&request_id, created)),

@@ -7,6 +7,15 @@
 //! completes a task) or `failed` (a JSON-RPC error). `tasks/cancel` withdraws
 //! the hold. Airlock answers `tasks/*` for its own task ids only; other ids
 //! pass through to the upstream.
+//!
+//! An approved call whose upstream answers `input_required` (MRTR) puts the
+//! task in `input_required` with the upstream's `inputRequests`; the agent
+//! answers through `tasks/update` (several updates may each answer some of
+//! the keys), and once every key is answered Airlock retries the call
+//! upstream with the `inputResponses` and the upstream's `requestState`,
+//! through the gateway like the agent's own retry would go (so the policy
+//! sees it, as the continuation of an approved call), and the task goes on
+//! with that answer.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +28,7 @@ use crate::era::ParamsPeek;
 use crate::gateway::{CallContext, Exchange, Gateway};
 use crate::hold;
 use crate::jsonrpc::{self, Id, Message, code};
+use crate::upstream::{Reply, ReplyBody};
 
 pub const EXTENSION: &str = "io.modelcontextprotocol/tasks";
 /// How often clients are asked to poll.
@@ -38,6 +48,29 @@ struct Task {
     ttl_ms: u64,
     /// When the task may be forgotten (set once it finishes).
     forget_after: Option<Instant>,
+    /// The call as the upstream gets it (without the tasks extension): the
+    /// base of a retry with the agent's input.
+    request: Message,
+    /// While `input_required`: the upstream's questions, its `requestState`,
+    /// and the answers the agent gave so far (by key).
+    input: Option<Input>,
+}
+
+struct Input {
+    requests: serde_json::Map<String, Value>,
+    request_state: Option<Value>,
+    answers: serde_json::Map<String, Value>,
+}
+
+impl Input {
+    /// The questions still waiting for an answer.
+    fn open(&self) -> serde_json::Map<String, Value> {
+        self.requests
+            .iter()
+            .filter(|(key, _)| !self.answers.contains_key(*key))
+            .map(|(key, request)| (key.clone(), request.clone()))
+            .collect()
+    }
 }
 
 /// Airlock's own tasks by id.
@@ -94,6 +127,7 @@ impl Tasks {
         pending_id: &str,
         session_key: &str,
         timeout: Duration,
+        request: &Message,
     ) -> (String, Value) {
         let id = uuid::Uuid::new_v4().to_string();
         let at = now();
@@ -109,6 +143,8 @@ impl Tasks {
             updated_at: at,
             ttl_ms,
             forget_after: None,
+            request: without_extension(request),
+            input: None,
         };
         let created = json!({
             "resultType": "task",
@@ -142,7 +178,25 @@ impl Tasks {
             result: None,
             error: None,
         });
+        task.updated_at = now();
         match (parsed.result, parsed.error) {
+            (Some(result), _) if is_input_required(&result) => {
+                // MRTR: the upstream asks the agent something; the task
+                // waits for `tasks/update` (nothing is finished yet).
+                task.status = "input_required";
+                task.status_message =
+                    "the upstream asks for input: answer with tasks/update".into();
+                task.input = Some(Input {
+                    requests: result
+                        .get("inputRequests")
+                        .and_then(Value::as_object)
+                        .cloned()
+                        .unwrap_or_default(),
+                    request_state: result.get("requestState").cloned(),
+                    answers: Default::default(),
+                });
+                return;
+            }
             (Some(result), _) => {
                 let refused = result
                     .get("isError")
@@ -162,8 +216,43 @@ impl Tasks {
                 task.error = error;
             }
         }
-        task.updated_at = now();
+        task.input = None;
         task.forget_after = Some(Instant::now() + KEEP_FINISHED);
+    }
+
+    /// Records the agent's answers to an `input_required` task (answers to
+    /// keys it was not asked, or already answered, are ignored). Once every
+    /// question is answered, returns the retry to send upstream: the call
+    /// with `inputResponses` and the upstream's `requestState`; the task is
+    /// `working` again meanwhile.
+    fn answer_input(
+        &self,
+        task_id: &str,
+        responses: serde_json::Map<String, Value>,
+    ) -> Option<Message> {
+        let mut task = self.0.get_mut(task_id)?;
+        let input = task.input.as_mut()?;
+        for (key, response) in responses {
+            if input.requests.contains_key(&key) {
+                input.answers.entry(key).or_insert(response);
+            }
+        }
+        if !input.open().is_empty() {
+            task.updated_at = now();
+            return None;
+        }
+        let input = task.input.take()?;
+        let retry = with_input(&task.request, input.answers, input.request_state);
+        task.status = "working";
+        task.status_message = "continuing with the agent's input".into();
+        task.updated_at = now();
+        Some(retry)
+    }
+
+    fn is_waiting_for_input(&self, task_id: &str) -> bool {
+        self.0
+            .get(task_id)
+            .is_some_and(|t| t.status == "input_required")
     }
 
     pub fn mark_cancelled(&self, task_id: &str) {
@@ -199,6 +288,13 @@ impl Tasks {
         }
         if let Some(error) = &task.error {
             v["error"] = error.clone();
+        }
+        if let Some(input) = task
+            .input
+            .as_ref()
+            .filter(|_| task.status == "input_required")
+        {
+            v["inputRequests"] = Value::Object(input.open());
         }
         v
     }
@@ -248,21 +344,120 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
         Some("tasks/cancel") => {
             // Cancellation is cooperative (as the extension defines it): a
             // call already decided runs to its end and its task completes.
+            // A task waiting for the agent's input has nothing in flight.
             let withdrawn =
                 hold::cancel(gw, &pending_id, "cancelled by the agent (tasks/cancel)").await;
-            if withdrawn {
+            if withdrawn || gw.tasks.is_waiting_for_input(&task_id) {
                 gw.tasks.mark_cancelled(&task_id);
             }
             acknowledged()
         }
-        // Airlock's tasks never ask for input; updates are acknowledged and ignored.
-        Some("tasks/update") => acknowledged(),
+        // Answers to an `input_required` task; acknowledged (and otherwise
+        // ignored) in any other state, as the extension asks.
+        Some("tasks/update") => {
+            #[derive(Deserialize)]
+            struct Update {
+                #[serde(rename = "inputResponses", default)]
+                input_responses: serde_json::Map<String, Value>,
+            }
+            let responses = message
+                .params::<Update>()
+                .map(|u| u.input_responses)
+                .unwrap_or_default();
+            if let Some(retry) = gw.tasks.answer_input(&task_id, responses) {
+                let ctx = CallContext {
+                    upstream: ctx.upstream.clone(),
+                    link: ctx.link.clone(),
+                    era: ctx.era,
+                    session_key: ctx.session_key.clone(),
+                    agent: ctx.agent.clone(),
+                };
+                tokio::spawn(continue_with_input(gw.clone(), ctx, task_id, retry));
+            }
+            acknowledged()
+        }
         _ => return None,
     };
     Some(Exchange::answer(
         jsonrpc::result_response(&id, result),
         ctx.era,
     ))
+}
+
+/// Sends the retry of an `input_required` task through the gateway (the
+/// policy recognises the continuation of the approved call) and goes on
+/// with its answer. Boxed: `Gateway::forward` is what called `answer`.
+fn continue_with_input(
+    gw: Gateway,
+    ctx: CallContext,
+    task_id: String,
+    retry: Message,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let id = retry.id().cloned().unwrap_or_else(Id::null);
+        let response = match gw.forward(&ctx, retry, None).await {
+            Ok(exchange) => final_response(exchange.reply, &id).await,
+            Err(e) => jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &e.to_string()),
+        };
+        gw.tasks.finish(&task_id, &response);
+    })
+}
+
+/// The response that ends a reply (the last one on a stream).
+async fn final_response(reply: Reply, id: &Id) -> Message {
+    match reply.body {
+        ReplyBody::Json(message) => message,
+        ReplyBody::Stream(mut events) => {
+            while let Some(event) = events.recv().await {
+                if let Some(message) = event.message
+                    && message.kind() == jsonrpc::Kind::Response
+                {
+                    return message;
+                }
+            }
+            jsonrpc::error_response(
+                id,
+                code::UPSTREAM_ERROR,
+                "upstream closed the stream before answering",
+            )
+        }
+        ReplyBody::Empty | ReplyBody::Other { .. } => jsonrpc::error_response(
+            id,
+            code::UPSTREAM_ERROR,
+            &format!(
+                "upstream answered HTTP {} without a JSON-RPC message",
+                reply.status
+            ),
+        ),
+    }
+}
+
+fn is_input_required(result: &Value) -> bool {
+    result.get("resultType").and_then(Value::as_str) == Some("input_required")
+}
+
+/// `request` with `inputResponses` and `requestState` (replacing any from an
+/// earlier round); everything else kept.
+fn with_input(
+    request: &Message,
+    answers: serde_json::Map<String, Value>,
+    request_state: Option<Value>,
+) -> Message {
+    let Ok(mut value) = serde_json::from_slice::<Value>(request.raw()) else {
+        return request.clone();
+    };
+    if let Some(params) = value.get_mut("params").and_then(Value::as_object_mut) {
+        params.insert("inputResponses".into(), Value::Object(answers));
+        match request_state {
+            Some(state) => {
+                params.insert("requestState".into(), state);
+            }
+            None => {
+                params.shift_remove("requestState");
+            }
+        }
+    }
+    Message::from_value(&value)
 }
 
 /// An empty stateless-era result from Airlock.
@@ -289,5 +484,73 @@ mod tests {
         assert_eq!(stripped.id(), message.id());
         // Without the extension the message is passed on untouched.
         assert_eq!(without_extension(&stripped).raw(), stripped.raw());
+    }
+
+    fn call() -> Message {
+        let raw = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"confirm_delete","arguments":{"n":1.50},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}}}}}"#;
+        Message::parse(bytes::Bytes::from(raw)).expect("valid")
+    }
+
+    fn response(raw: &str) -> Message {
+        Message::parse(bytes::Bytes::from(raw.to_owned())).expect("valid")
+    }
+
+    #[test]
+    fn an_input_required_answer_waits_for_every_key_then_yields_the_retry() {
+        let tasks = Tasks::default();
+        let (id, _) = tasks.create("p1", "s1", Duration::from_secs(60), &call());
+        tasks.finish(
+            &id,
+            &response(
+                r#"{"jsonrpc":"2.0","id":7,"result":{"resultType":"input_required","inputRequests":{"a":{"method":"elicitation/create"},"b":{"method":"roots/list"}},"requestState":"st"}}"#,
+            ),
+        );
+        let view = |tasks: &Tasks| Tasks::view(&tasks.0.get(&id).expect("task"), &id);
+        assert_eq!(view(&tasks)["status"], "input_required");
+        assert_eq!(
+            view(&tasks)["inputRequests"].as_object().map(|m| m.len()),
+            Some(2)
+        );
+        // A subset, plus a key nobody asked for: still waiting, for `b` only.
+        let partial = json!({"a": {"action": "accept"}, "zzz": {}});
+        assert!(
+            tasks
+                .answer_input(&id, partial.as_object().cloned().unwrap())
+                .is_none()
+        );
+        assert_eq!(
+            view(&tasks)["inputRequests"],
+            json!({"b": {"method": "roots/list"}})
+        );
+        let rest = json!({"b": {"roots": []}});
+        let retry = tasks
+            .answer_input(&id, rest.as_object().cloned().unwrap())
+            .expect("all answered");
+        assert_eq!(
+            retry.text(),
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"confirm_delete","arguments":{"n":1.50},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{}}},"inputResponses":{"a":{"action":"accept"},"b":{"roots":[]}},"requestState":"st"}}"#
+        );
+        assert_eq!(view(&tasks)["status"], "working");
+        assert!(view(&tasks).get("inputRequests").is_none());
+        // The retry's result completes the task.
+        tasks.finish(
+            &id,
+            &response(r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":false}}"#),
+        );
+        assert_eq!(view(&tasks)["status"], "completed");
+    }
+
+    #[test]
+    fn updates_to_a_task_not_waiting_for_input_change_nothing() {
+        let tasks = Tasks::default();
+        let (id, _) = tasks.create("p1", "s1", Duration::from_secs(60), &call());
+        let answers = json!({"a": {}});
+        assert!(
+            tasks
+                .answer_input(&id, answers.as_object().cloned().unwrap())
+                .is_none()
+        );
+        assert!(!tasks.is_waiting_for_input(&id));
+        assert_eq!(tasks.0.get(&id).expect("task").status, "working");
     }
 }
