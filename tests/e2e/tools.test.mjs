@@ -179,7 +179,9 @@ test('an admin builds a policy visually, saves it, and the gateway enforces it',
   await page.locator('#policy-review').click();
   await page.locator('.policy-diff .d-add', { hasText: 'echo is off today' }).waitFor();
   assert.ok(await page.locator('.policy-diff .d-del').count() > 0);
-  await shot(page, 'policy-builder.png');
+  await tool(page, 'echo').scrollIntoViewIfNeeded();
+  await page.evaluate(() => window.scrollBy(0, -80));
+  await shot(page, 'policy-builder.png', false);
   await page.locator('#policy-save').click();
   await page.locator('.toast', { hasText: 'saved and in force' }).waitFor({ timeout: 10000 });
   const onDisk = JSON.parse(fs.readFileSync(gw.policy, 'utf8'));
