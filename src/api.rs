@@ -25,9 +25,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::audit::{self, ExportFormat, Filter};
 use crate::auth;
+use crate::config::Role;
 use crate::gateway::Gateway;
 use crate::hold::{self, Choice, DecideError};
 use crate::login::{self, CSRF_HEADER};
+
+mod history;
+mod policy_edit;
+mod tools;
 
 pub fn routes() -> Router<Gateway> {
     // Login is open to anyone: its bodies are read under a small limit.
@@ -42,6 +47,18 @@ pub fn routes() -> Router<Gateway> {
         .route("/api/pending/{id}/deny", post(deny))
         .route("/api/audit", get(audit_query))
         .route("/api/audit/export", get(audit_export))
+        .route("/api/audit/entries/{seq}", get(history::entry))
+        .route("/api/audit/verify", post(history::verify))
+        .route("/api/tools", get(tools::list_tools))
+        .route("/api/tools/refresh", post(tools::refresh_tools))
+        .route(
+            "/api/policy/{upstream}",
+            get(policy_edit::get_policy).put(policy_edit::put_policy),
+        )
+        .route(
+            "/api/policy/{upstream}/check",
+            post(policy_edit::check_policy),
+        )
         .route("/api/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
@@ -146,9 +163,32 @@ pub enum Via {
 pub struct Approver {
     pub name: String,
     pub via: Via,
+    /// Looked up in the config on every request, so a changed role takes
+    /// effect at once (a login cookie carries only the name).
+    pub role: Role,
 }
 
 impl Approver {
+    /// `Ok` when this approver's role is at least `needed`; else a 403 that
+    /// says which role the action takes.
+    pub fn require(&self, needed: Role, action: &str) -> Result<(), ApiError> {
+        if self.role >= needed {
+            return Ok(());
+        }
+        let mut err = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_role",
+            format!(
+                "{action} needs the {} role; approver `{}` is a {}",
+                needed.as_str(),
+                self.name,
+                self.role.as_str()
+            ),
+        );
+        err.extra = Some(json!({ "role": self.role, "needed": needed }));
+        Err(err)
+    }
+
     /// The channel a decision by this approver is recorded under.
     fn channel(&self, headers: &HeaderMap) -> &'static str {
         let cli = headers
@@ -188,6 +228,7 @@ pub fn authenticate(
             return Ok(Approver {
                 name: approver.name.clone(),
                 via: Via::Bearer,
+                role: approver.role,
             });
         }
         if auth::find_credential(&gw.config.agents, token).is_some() {
@@ -217,9 +258,14 @@ pub fn authenticate(
                 ));
             }
         }
+        let role = gw
+            .config
+            .approver_role(&session.approver)
+            .unwrap_or(Role::Viewer);
         return Ok(Approver {
             name: session.approver,
             via: Via::Cookie,
+            role,
         });
     }
     if query.is_some_and(|q| {
@@ -265,7 +311,8 @@ async fn login_handler(
     };
     let (cookie, session) = login::start(&gw, &approver.name);
     let mut response =
-        Json(json!({ "approver": approver.name, "csrf": session.csrf })).into_response();
+        Json(json!({ "approver": approver.name, "role": approver.role, "csrf": session.csrf }))
+            .into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
@@ -289,7 +336,7 @@ async fn me(
     approver: Approver,
 ) -> Json<serde_json::Value> {
     let csrf = login::from_cookie(&gw, &headers).map(|s| s.csrf);
-    Json(json!({ "approver": approver.name, "csrf": csrf }))
+    Json(json!({ "approver": approver.name, "role": approver.role, "csrf": csrf }))
 }
 
 async fn status(State(gw): State<Gateway>, _approver: Approver) -> Json<serde_json::Value> {
@@ -360,6 +407,7 @@ async fn decide_http(
     body: Bytes,
     choice: Choice,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    approver.require(Role::Approver, "deciding a held call")?;
     // The body is optional; when present it must be `{"comment": "…"}`.
     let comment = if body.iter().all(u8::is_ascii_whitespace) {
         None

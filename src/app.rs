@@ -154,9 +154,11 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
             token
         }
     };
+    // The quick-start approver is the operator: it may edit the policy too.
     let approvers = vec![Credential {
         name: "approver".into(),
         token,
+        role: config::Role::Admin,
     }];
     Ok(Config {
         listen,
@@ -541,6 +543,7 @@ async fn finish(gw: &Gateway) {
     let closing = ids.iter().map(|id| gw.close_session(id));
     futures::future::join_all(closing).await;
     futures::future::join_all(gw.upstreams.values().map(|u| u.close_shared())).await;
+    gw.catalog.close().await;
     gw.approvals.shutdown().await;
     gw.audit.flush().await;
 }

@@ -149,6 +149,7 @@ mod tests {
         let creds = vec![Credential {
             name: "a".into(),
             token: "token-aaaaaaaaaaaaaaaa".into(),
+            role: Default::default(),
         }];
         assert_eq!(
             find_credential(&creds, "token-aaaaaaaaaaaaaaaa").map(|c| c.name.as_str()),

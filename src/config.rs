@@ -78,6 +78,43 @@ pub struct UpstreamConfig {
 pub struct Credential {
     pub name: String,
     pub token: String,
+    /// What an approver may do (`role` on `[[approver]]`); agents have no
+    /// approval rights whatever this says, and keep the default.
+    pub role: Role,
+}
+
+/// An approver's role, from least to most: a viewer sees pending calls,
+/// history and tools; an approver also decides held calls; an admin also
+/// edits policies from the dashboard. The default is `approver`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    #[default]
+    Approver,
+    Admin,
+}
+
+impl Config {
+    /// The role of the approver named `name` (None: not configured).
+    pub fn approver_role(&self, name: &str) -> Option<Role> {
+        self.approvers
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.role)
+    }
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -396,6 +433,8 @@ struct RawCredential {
     token_file: Option<PathBuf>,
     /// Slack-app mode maps Slack users to approvers (see [`SlackConfig::users`]).
     slack_user_id: Option<String>,
+    /// `viewer`, `approver` (default) or `admin`; `[[approver]]` only.
+    role: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -909,6 +948,24 @@ fn credentials(
         if c.name.is_empty() {
             return Err(err(format!("{table}.name must not be empty")));
         }
+        let role = match (table, c.role.as_deref()) {
+            (_, None) => Role::default(),
+            ("agent", Some(_)) => {
+                return Err(err(format!(
+                    "agent `{}`: role only applies to [[approver]]",
+                    c.name
+                )));
+            }
+            (_, Some("viewer")) => Role::Viewer,
+            (_, Some("approver")) => Role::Approver,
+            (_, Some("admin")) => Role::Admin,
+            (_, Some(other)) => {
+                return Err(err(format!(
+                    "approver `{}`: role `{other}` is not one of viewer, approver, admin",
+                    c.name
+                )));
+            }
+        };
         if table == "agent" && c.slack_user_id.is_some() {
             return Err(err(format!(
                 "agent `{}`: slack_user_id only applies to [[approver]]",
@@ -951,6 +1008,7 @@ fn credentials(
         out.push(Credential {
             name: c.name,
             token,
+            role,
         });
     }
     Ok(out)
@@ -1189,6 +1247,7 @@ mod tests {
     fn env(name: &str) -> Option<String> {
         match name {
             "ALICE" => Some("alice-token-0123456789".into()),
+            "BOB" => Some("bob-token-0123456789ab".into()),
             "HOOK" => Some("https://hooks.slack.com/services/T0/B0/secretsecret".into()),
             "SIGNING" => Some("slack-signing-secret".into()),
             "NOT_A_URL" => Some("hooks.slack.com/services/T0/B0/secretsecret".into()),
@@ -1209,6 +1268,34 @@ mod tests {
     }
 
     const UP: &str = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+
+    #[test]
+    fn approver_roles_default_to_approver() {
+        let c = parse_ok(&format!(
+            "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nrole = \"admin\"\n[[approver]]\nname = \"vic\"\ntoken_env = \"BOB\"\nrole = \"viewer\"\n"
+        ));
+        assert_eq!(c.approver_role("alice"), Some(Role::Admin));
+        assert_eq!(c.approver_role("vic"), Some(Role::Viewer));
+        let plain = parse_ok(&format!(
+            "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\n"
+        ));
+        assert_eq!(plain.approver_role("alice"), Some(Role::Approver));
+        assert!(Role::Viewer < Role::Approver && Role::Approver < Role::Admin);
+        let bad = parse_err(&format!(
+            "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nrole = \"root\"\n"
+        ));
+        assert!(
+            bad.starts_with("a.toml:4:") && bad.contains("role `root`"),
+            "{bad}"
+        );
+        let agent = parse_err(&format!(
+            "{UP}[[agent]]\nname = \"bot\"\ntoken_env = \"ALICE\"\nrole = \"admin\"\n"
+        ));
+        assert!(
+            agent.contains("role only applies to [[approver]]"),
+            "{agent}"
+        );
+    }
 
     #[test]
     fn audit_redact_adds_globs_to_the_defaults() {

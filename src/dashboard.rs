@@ -18,7 +18,7 @@ struct Assets;
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// Page paths that all load the single-page app.
-const PAGES: [&str; 4] = ["/", "/login", "/history", "/pending"];
+const PAGES: [&str; 5] = ["/", "/login", "/history", "/pending", "/tools"];
 
 pub fn routes() -> Router<Gateway> {
     let mut router = Router::new();

@@ -55,6 +55,8 @@ pub struct Inner {
     notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
+    /// Every upstream's tools, for the dashboard's Tools page.
+    pub catalog: crate::catalog::Catalog,
     /// Agent requests whose responses are still being sent (shutdown waits for them).
     pub in_flight: AtomicUsize,
     /// Cancelled on SIGTERM/SIGINT.
@@ -399,6 +401,7 @@ impl Gateway {
             metrics: Metrics::default(),
             notifiers: std::sync::OnceLock::new(),
             logins: Default::default(),
+            catalog: Default::default(),
             in_flight: AtomicUsize::new(0),
             shutdown,
             unknown_tool: DashMap::new(),

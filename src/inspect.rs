@@ -77,7 +77,7 @@ fn risk(hints: &Hints) -> &'static str {
 
 /// `allow`, `deny`, `require_approval`, `hidden`, or `depends on arguments
 /// (allow | require_approval)` for rules with conditions; and the deciding rule.
-fn outcome(policy: &Policy, tool: &str, hints: &Hints) -> (String, String) {
+pub fn outcome(policy: &Policy, tool: &str, hints: &Hints) -> (String, String) {
     let (mut possible, rule) = match policy.decide(tool) {
         Verdict::Hidden => return ("hidden".into(), "hide".into()),
         Verdict::Default(default) => match policy.by_annotations(Some(hints)) {

@@ -13,6 +13,8 @@
 //! - [`gateway`]: shared state, sessions, and the forwarding of one message.
 //! - [`gate`]: the interception — `tools/call` decisions, `tools/list` filtering.
 //! - [`inspect`]: `airlock check --against`: a policy's outcome per tool of a live server.
+//! - [`catalog`]: every upstream's tools (the dashboard's Tools page), with a
+//!   risk class read from their annotations.
 //! - [`hold`]: calls waiting for a human.
 //! - [`approvals`]: pending approvals as a service behind a store (in-process or
 //!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
@@ -37,6 +39,7 @@ pub mod app;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod dashboard;

@@ -22,6 +22,7 @@
 //! limit keeps its counters.
 
 mod cond;
+pub mod convert;
 mod formats;
 mod hints;
 mod lint;
@@ -268,6 +269,8 @@ impl Verdict<'_> {
 /// A compiled, immutable policy.
 pub struct Policy {
     pub default: Action,
+    /// `hide` as written (names and globs), for conversion and display.
+    pub hide: Vec<String>,
     hide_exact: std::collections::HashSet<String>,
     hide_globs: GlobSet,
     /// Exact tool name → index into `rules`.

@@ -242,6 +242,23 @@ impl Cond {
         }
     }
 
+    /// The condition in the policy files' own vocabulary (`{path, op,
+    /// value}` leaves, `all` / `any` / `not` groups): compiling the result
+    /// gives back the same condition.
+    pub fn to_json(&self) -> Value {
+        let list = |members: &[Cond]| Value::Array(members.iter().map(Cond::to_json).collect());
+        match self {
+            Cond::All(members) => serde_json::json!({ "all": list(members) }),
+            Cond::Any(members) => serde_json::json!({ "any": list(members) }),
+            Cond::Not(inner) => serde_json::json!({ "not": inner.to_json() }),
+            Cond::Leaf(leaf) => serde_json::json!({
+                "path": leaf.path.text(),
+                "op": leaf.op.text(),
+                "value": leaf.value,
+            }),
+        }
+    }
+
     /// Whether the condition is the empty list, which always holds.
     pub fn is_always(&self) -> bool {
         matches!(self, Cond::All(m) if m.is_empty())
@@ -314,6 +331,37 @@ impl Leaf {
 fn hint(got: &str, known: &[&str]) -> String {
     let known: Vec<String> = known.iter().map(|k| (*k).to_owned()).collect();
     suggestion(got, &known)
+}
+
+impl Path {
+    fn text(&self) -> String {
+        match self {
+            Path::Agent => "agent".into(),
+            Path::Upstream => "upstream".into(),
+            Path::Session => "session".into(),
+            Path::Tool => "tool".into(),
+            Path::Args(segments) if segments.is_empty() => "args".into(),
+            Path::Args(segments) => format!("args.{}", segments.join(".")),
+        }
+    }
+}
+
+impl Op {
+    fn text(self) -> &'static str {
+        match self {
+            Op::Eq => "eq",
+            Op::Neq => "neq",
+            Op::In => "in",
+            Op::NotIn => "not_in",
+            Op::Lt => "lt",
+            Op::Lte => "lte",
+            Op::Gt => "gt",
+            Op::Gte => "gte",
+            Op::Regex => "regex",
+            Op::Contains => "contains",
+            Op::Exists => "exists",
+        }
+    }
 }
 
 fn parse_op(op: &str) -> Option<Op> {

@@ -454,6 +454,7 @@ pub(super) fn assemble(
     };
     Ok(Policy {
         default,
+        hide: hide.to_vec(),
         hide_exact,
         hide_globs: build(hide_globs, "hide")?,
         exact,

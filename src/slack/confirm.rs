@@ -347,6 +347,11 @@ pub async fn decide(
         return html(StatusCode::UNAUTHORIZED, page::login_needed());
     }
     let login = session.filter(|_| slack.config.link_requires_login);
+    if let Some(s) = &login
+        && gw.config.approver_role(&s.approver) == Some(crate::config::Role::Viewer)
+    {
+        return refused("Your Airlock role is viewer: you can see held calls but not decide them.");
+    }
     let form = form_pairs(&body);
     let now = Utc::now();
     let csrf = form_value(&form, "csrf").unwrap_or("");

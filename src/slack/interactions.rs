@@ -147,6 +147,13 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         )));
         return;
     };
+    if gw.config.approver_role(&approver) == Some(crate::config::Role::Viewer) {
+        tracing::warn!(%approver, pending = %id, "a viewer tried to decide from Slack");
+        reply(ephemeral(
+            "Your Airlock role is viewer: you can see held calls but not decide them, so nothing was decided.",
+        ));
+        return;
+    }
     match hold::decide(gw, id, verdict, Some(approver), "slack", None).await {
         Ok(resolution) => {
             if let Some(item) = &item {

@@ -4,15 +4,23 @@ import { parseJson } from './json-view.js';
 
 let csrf = '';
 let approver = '';
+let role = '';
+
+const ROLES = ['viewer', 'approver', 'admin'];
 
 export const session = {
   get approver() { return approver; },
   get csrf() { return csrf; },
+  /** viewer | approver | admin (the server enforces it; the page only follows). */
+  get role() { return role; },
+  /** Whether this approver's role is at least `needed`. */
+  can(needed) { return ROLES.indexOf(role) >= ROLES.indexOf(needed); },
   set(data) {
     approver = typeof data?.approver === 'string' ? data.approver : '';
     csrf = typeof data?.csrf === 'string' ? data.csrf : '';
+    role = ROLES.includes(data?.role) ? data.role : 'viewer';
   },
-  clear() { approver = ''; csrf = ''; },
+  clear() { approver = ''; csrf = ''; role = ''; },
 };
 
 export class ApiError extends Error {
@@ -87,4 +95,30 @@ export function audit(params, { signal } = {}) {
 export function exportUrl(format, params) {
   const q = new URLSearchParams({ format, ...params });
   return `/api/audit/export?${q}`;
+}
+
+export function tools({ refresh = false, signal } = {}) {
+  return refresh
+    ? request('POST', '/api/tools/refresh', undefined, { signal })
+    : request('GET', '/api/tools', undefined, { signal });
+}
+
+export function policy(upstream) {
+  return request('GET', `/api/policy/${encodeURIComponent(upstream)}`);
+}
+
+export function checkPolicy(upstream, text) {
+  return request('POST', `/api/policy/${encodeURIComponent(upstream)}/check`, { text });
+}
+
+export function savePolicy(upstream, text, baseSha256) {
+  return request('PUT', `/api/policy/${encodeURIComponent(upstream)}`, { text, base_sha256: baseSha256 });
+}
+
+export function auditEntry(seq) {
+  return request('GET', `/api/audit/entries/${encodeURIComponent(seq)}`);
+}
+
+export function verifyAudit() {
+  return request('POST', '/api/audit/verify');
 }

@@ -4,9 +4,10 @@ import { login, me, logout, session, ApiError } from './api.js';
 import { startLive, stopLive, retryNow } from './live.js';
 import { initPending, onFrame, setLiveState, resetPending, pendingKeydown, pendingCount } from './pending.js';
 import { initHistory, showHistory } from './history.js';
+import { initTools, showTools, toolsFrame } from './tools.js';
 import { setNotify, setSound, alerts, notificationsSupported } from './notify.js';
 
-const VIEWS = ['login', 'pending', 'history'];
+const VIEWS = ['login', 'pending', 'tools', 'history'];
 let current = '';
 let afterLogin = '/';
 
@@ -17,6 +18,7 @@ const CONN_TEXT = {
 function viewFor(pathname) {
   if (pathname === '/login') return 'login';
   if (pathname === '/history') return 'history';
+  if (pathname === '/tools') return 'tools';
   return 'pending';
 }
 
@@ -33,7 +35,7 @@ function show(view) {
 
 function updateTitle() {
   const n = pendingCount();
-  const name = { login: 'Log in', pending: 'Pending', history: 'History' }[current] || '';
+  const name = { login: 'Log in', pending: 'Pending', tools: 'Tools', history: 'History' }[current] || '';
   document.title = `${n > 0 && current !== 'login' ? `(${n}) ` : ''}${name ? `${name} · ` : ''}Airlock`;
   const badge = $('#pending-count');
   badge.textContent = String(n);
@@ -47,6 +49,7 @@ function route(focus) {
   if (view === 'login') { history.replaceState(null, '', '/'); view = 'pending'; }
   show(view);
   if (view === 'history') showHistory(location.search);
+  if (view === 'tools') showTools();
   if (focus) $('#main').focus({ preventScroll: true });
 }
 
@@ -70,9 +73,10 @@ function showLogin(message) {
 
 function startSession(data) {
   session.set(data);
-  $('#whoami').textContent = session.approver ? `Signed in as ${session.approver}` : '';
+  $('#whoami').textContent = session.approver ? `Signed in as ${session.approver} (${session.role})` : '';
+  document.body.dataset.role = session.role;
   startLive({
-    onFrame: (f) => { onFrame(f); },
+    onFrame: (f) => { onFrame(f); toolsFrame(f, current === 'tools'); },
     onState: (s) => { setConn(s); setLiveState(s); },
     onUnauthorized: () => endSession('Your session has ended. Log in again.'),
   });
@@ -134,6 +138,7 @@ function tokenFromFragment() {
 async function boot() {
   initPending({ onCount: updateTitle });
   initHistory({ onNavigate: navigate });
+  initTools();
   wireChrome();
 
   const token = tokenFromFragment();

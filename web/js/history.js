@@ -1,7 +1,7 @@
 // History view: the audit log with filters, cursor paging, expandable rows
 // and export links for the current filter.
 import { h, $, clear, fmtDateTime, fmtShortDateTime, fmtDuration, clip, visible } from './dom.js';
-import { audit, exportUrl } from './api.js';
+import { audit, exportUrl, auditEntry, verifyAudit } from './api.js';
 import { jsonView } from './json-view.js';
 
 const FILTERS = ['tool', 'upstream', 'agent', 'decision', 'decider', 'since', 'until'];
@@ -17,11 +17,13 @@ export const OUTCOME_LABEL = {
   timed_out: 'Timed out',
   cancelled: 'Cancelled',
   abandoned: 'Abandoned',
+  'policy.changed': 'Policy changed',
 };
 const OUTCOME_TONE = {
   allowed: 'ok', approved: 'ok',
   denied: 'bad', denied_by_human: 'bad', rate_limited: 'warn', hidden: 'muted',
   approval_requested: 'info', timed_out: 'warn', cancelled: 'muted', abandoned: 'muted',
+  'policy.changed': 'info',
 };
 
 // Field order of the expanded record.
@@ -61,6 +63,43 @@ export function initHistory(opts) {
     onNavigate('/history');
   });
   els.more.addEventListener('click', () => load(true));
+  els.verify = $('#verify-chain');
+  els.verifyResult = $('#verify-result');
+  els.verify.addEventListener('click', () => verifyChain());
+}
+
+/** "Verify chain": the server runs `airlock audit verify` and checks the checkpoints. */
+async function verifyChain() {
+  const out = els.verifyResult;
+  els.verify.disabled = true;
+  els.verify.textContent = 'Verifying…';
+  clear(out);
+  out.hidden = false;
+  try {
+    const r = await verifyAudit();
+    const chain = r?.chain || {};
+    out.className = `verify-result ${r?.ok ? 'verify-ok' : 'verify-bad'}`;
+    out.appendChild(h('h2', null, chain.ok ? `Chain intact: ${chain.rows} row${chain.rows === 1 ? '' : 's'} verified.` : 'The chain is broken.'));
+    if (!chain.ok) out.appendChild(h('p', null, clip(visible(chain.problem), 1000)));
+    const cp = r?.checkpoints;
+    if (!cp) {
+      out.appendChild(h('p', { class: 'muted' }, 'No signed checkpoint yet (the gateway signs the head of the chain periodically).'));
+    } else {
+      if (cp.latest) {
+        out.appendChild(h('p', null, `Last signed checkpoint: row ${cp.latest.seq}, signed ${fmtDateTime(cp.latest.time)}; ${cp.verified} checkpoint${cp.verified === 1 ? '' : 's'} verified with the gateway's key.`));
+        out.appendChild(h('p', { class: 'mono verify-key' }, `hash ${visible(cp.latest.hash)} · key ${visible(cp.latest.public_key)}`));
+      } else {
+        out.appendChild(h('p', { class: 'muted' }, 'No checkpoint verified yet.'));
+      }
+      for (const p of cp.problems || []) out.appendChild(h('p', { class: 'form-error' }, clip(visible(p), 1000)));
+    }
+  } catch (e) {
+    out.className = 'verify-result verify-bad';
+    out.appendChild(h('p', null, `Could not verify: ${clip(e?.message || 'error', 300)}`));
+  } finally {
+    els.verify.disabled = false;
+    els.verify.textContent = 'Verify chain';
+  }
 }
 
 function qs(params) {
@@ -207,5 +246,58 @@ function buildDetail(host, e) {
   } else {
     args.appendChild(jsonView(e.arguments));
   }
-  host.append(dl, args);
+  const chain = h('section', { class: 'record-chain', 'aria-label': 'Place in the chain' }, h('p', { class: 'muted' }, 'Loading its place in the chain…'));
+  host.append(dl, args, chain);
+  loadChain(chain, e.seq);
+}
+
+/** The row's position in the hash chain and the rows of the same approval. */
+async function loadChain(host, seq) {
+  let r;
+  try {
+    r = await auditEntry(seq);
+  } catch (err) {
+    clear(host).appendChild(h('p', { class: 'form-error' }, `Could not load the full record: ${clip(err?.message || 'error', 300)}`));
+    return;
+  }
+  clear(host);
+  const c = r?.chain || {};
+  const ok = c.hash_matches_row && c.links_to_previous;
+  host.appendChild(h('h3', null, 'Chain'));
+  host.appendChild(h('p', { class: ok ? null : 'form-error' },
+    `Row ${c.position} of ${c.last}. `,
+    c.hash_matches_row ? 'Its hash matches its content' : 'Its hash does NOT match its content (changed after it was written)',
+    c.links_to_previous ? ' and links to the row before.' : ', and it does NOT link to the row before.'));
+  const related = Array.isArray(r?.related) ? r.related : [];
+  if (related.length) {
+    host.appendChild(h('h3', null, 'Same approval'));
+    const ul = h('ul', { class: 'related' });
+    for (const x of related) {
+      const btn = h('button', { type: 'button', class: 'linkish', dataset: { seq: String(x.seq) } },
+        `${OUTCOME_LABEL[x.decision] || visible(x.decision)} — row ${x.seq}`);
+      btn.addEventListener('click', () => openRow(x.seq, host));
+      ul.appendChild(h('li', null, btn, x.at ? ` at ${fmtDateTime(x.at)}` : '', x.decider ? ` by ${clip(visible(x.decider), 80)}` : ''));
+    }
+    host.appendChild(ul);
+  }
+}
+
+/** Opens the row `seq` in the list, or shows it below `host` when it is not loaded. */
+async function openRow(seq, host) {
+  const li = els.list.querySelector(`li.entry[data-seq="${CSS.escape(String(seq))}"]`);
+  if (li) {
+    const toggle = li.querySelector('.entry-toggle');
+    if (toggle.getAttribute('aria-expanded') !== 'true') toggle.click();
+    li.scrollIntoView({ block: 'nearest' });
+    toggle.focus();
+    return;
+  }
+  try {
+    const r = await auditEntry(seq);
+    const box = h('div', { class: 'entry-detail nested', dataset: { seq: String(seq) } });
+    host.appendChild(box);
+    buildDetail(box, r.entry);
+  } catch (err) {
+    host.appendChild(h('p', { class: 'form-error' }, `Could not load row ${seq}: ${clip(err?.message || 'error', 300)}`));
+  }
 }

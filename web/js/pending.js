@@ -235,6 +235,16 @@ function makeRecord(id, item) {
   const confirm = h('div', { class: 'card-confirm', role: 'group', 'aria-label': 'Confirm deny', hidden: true },
     h('span', { class: 'confirm-q' }, 'Deny this call?'), confirmYes, confirmNo);
   const error = h('p', { class: 'card-error', role: 'alert', hidden: true });
+  // A viewer watches held calls but cannot decide them (the API answers 403).
+  const canDecide = session.can('approver');
+  const decideBlock = canDecide
+    ? h('div', { class: 'card-decide' },
+      h('label', { for: commentId, class: 'comment-label' }, 'Comment'),
+      comment,
+      actions,
+      confirm,
+      error)
+    : h('p', { class: 'card-viewer muted' }, 'Your role is viewer: you can watch this call but not decide it.');
 
   const el = h('li', { class: 'card', tabindex: '-1', 'aria-labelledby': headId, dataset: { id } },
     h('article', null,
@@ -244,12 +254,7 @@ function makeRecord(id, item) {
       meta,
       reason,
       argsSec,
-      h('div', { class: 'card-decide' },
-        h('label', { for: commentId, class: 'comment-label' }, 'Comment'),
-        comment,
-        actions,
-        confirm,
-        error)));
+      decideBlock));
 
   const rec = {
     id, item, el, seq: n,
@@ -483,13 +488,13 @@ export function pendingKeydown(e) {
       if (list.length) select(list[Math.max(0, i - 1)].id, true);
       break;
     case 'a':
-      if (cur) decide(cur, 'approve');
+      if (cur && session.can('approver')) decide(cur, 'approve');
       break;
     case 'd':
-      if (cur) openConfirm(cur);
+      if (cur && session.can('approver')) openConfirm(cur);
       break;
     case 'c':
-      if (cur) cur.refs.comment.focus();
+      if (cur && session.can('approver')) cur.refs.comment.focus();
       break;
     case '/':
       focusSearch();
