@@ -253,3 +253,44 @@ async fn reading_a_database_without_a_chain_fails_and_never_shows_the_password()
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_opened_again_and_queued_rows_are_kept() {
+    let Some(pg) = PgCluster::start("audit-reconnect") else {
+        return;
+    };
+    let audit = Audit::open_postgres(&pg.url(), Redactor::none()).unwrap();
+    audit.commit(row("a", 0)).await.unwrap();
+    // Every other session is cut, as a database restart would.
+    sql(
+        &pg,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND datname = current_database()",
+    )
+    .await;
+    audit.record(row("a", 1)).await;
+    audit.record(row("a", 2)).await;
+    // The first write after the cut fails (rows kept), the retry reconnects.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        audit.flush().await;
+        if audit.is_healthy() && audit.rows_written() == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not written again: {:?}",
+            audit.last_error()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let all = audit.query(Filter::default(), false).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    let url = pg.url();
+    let verified = tokio::task::spawn_blocking(move || {
+        audit::verify(&mut Postgres::open_existing(&url).unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(verified, Ok(3));
+}

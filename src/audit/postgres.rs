@@ -81,6 +81,9 @@ pub struct Postgres {
     /// Drives `client`'s connection; `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
     client: Client,
+    /// To connect again after the connection was lost (database restart,
+    /// network); never shown (it may hold a password).
+    config: tokio_postgres::Config,
 }
 
 impl Drop for Postgres {
@@ -110,6 +113,17 @@ pub fn redact_url(url: &str) -> String {
     // `?password=…` in a URL, `password=…` in key/value form.
     let re = regex::Regex::new(r"(?i)(password\s*=\s*)('[^']*'|[^&\s]+)").expect("valid regex");
     re.replace_all(&out, "${1}***").into_owned()
+}
+
+/// Connects, and drives the connection on the current (backend's) runtime.
+async fn open_client(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("audit store connection ended: {e}");
+        }
+    });
+    Ok(client)
 }
 
 fn sql(e: tokio_postgres::Error) -> AuditError {
@@ -164,26 +178,36 @@ impl Postgres {
             .enable_all()
             .build()
             .map_err(|e| open(format!("cannot start a runtime: {e}")))?;
-        let client = tokio::task::block_in_place(|| {
-            runtime.block_on(async {
-                let (client, connection) = config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!("audit store connection ended: {e}");
-                    }
-                });
-                Ok::<_, tokio_postgres::Error>(client)
-            })
-        })
-        .map_err(|e| open(sql(e).to_string()))?;
+        let client = tokio::task::block_in_place(|| runtime.block_on(open_client(&config)))
+            .map_err(|e| open(sql(e).to_string()))?;
         Ok(Postgres {
             runtime: Some(runtime),
             client,
+            config,
         })
     }
 
-    /// Runs `f` to completion on this backend's runtime.
-    fn block<T>(&mut self, f: impl AsyncFnOnce(&mut Client) -> T) -> T {
+    /// A lost connection is opened again before the next statement, so a
+    /// database restart costs the writer one failed batch (kept and retried
+    /// every second, like any failed write), not the rest of the process.
+    fn reconnect_if_closed(&mut self) -> Result<(), AuditError> {
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        let runtime = self.runtime.as_ref().expect("runtime until drop");
+        self.client = tokio::task::block_in_place(|| runtime.block_on(open_client(&self.config)))
+            .map_err(sql)?;
+        tracing::info!("audit store: connected again");
+        Ok(())
+    }
+
+    /// Runs `f` to completion on this backend's runtime, after connecting
+    /// again if the connection was lost.
+    fn block<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        self.reconnect_if_closed()?;
         let runtime = self.runtime.as_ref().expect("runtime until drop");
         let client = &mut self.client;
         tokio::task::block_in_place(|| runtime.block_on(f(client)))
@@ -231,12 +255,25 @@ impl Postgres {
         })
     }
 
+    /// Runs a read; one that failed because the connection was lost (a
+    /// database restart) runs once more on a new connection.
+    fn read<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Postgres) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        match f(self) {
+            Err(_) if self.client.is_closed() => f(self),
+            done => done,
+        }
+    }
+
     fn select(
         &mut self,
         text: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Entry>, AuditError> {
-        let rows = self.block(async |client| client.query(text, args).await.map_err(sql))?;
+        let rows =
+            self.read(|pg| pg.block(async |client| client.query(text, args).await.map_err(sql)))?;
         rows.iter().map(row_to_entry).collect()
     }
 }
@@ -454,15 +491,17 @@ impl AuditBackend for Postgres {
     }
 
     fn meta(&mut self, key: &str) -> Result<Option<String>, AuditError> {
-        self.block(async |client| {
-            client
-                .query_opt(
-                    "SELECT value FROM airlock_audit_meta WHERE key = $1",
-                    &[&key],
-                )
-                .await
-                .map(|row| row.map(|r| r.get(0)))
-                .map_err(sql)
+        self.read(|pg| {
+            pg.block(async |client| {
+                client
+                    .query_opt(
+                        "SELECT value FROM airlock_audit_meta WHERE key = $1",
+                        &[&key],
+                    )
+                    .await
+                    .map(|row| row.map(|r| r.get(0)))
+                    .map_err(sql)
+            })
         })
     }
 
