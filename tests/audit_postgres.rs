@@ -294,3 +294,38 @@ async fn a_lost_connection_is_opened_again_and_queued_rows_are_kept() {
     .unwrap();
     assert_eq!(verified, Ok(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_behind_a_held_chain_lock_fails_closed_then_recovers() {
+    let Some(pg) = PgCluster::start("audit-lock") else {
+        return;
+    };
+    let audit = Audit::open_postgres(&pg.url(), Redactor::none()).unwrap();
+    audit.commit(row("a", 0)).await.unwrap();
+    // Another "replica" frozen in the middle of an append: it holds the
+    // chain's advisory lock (AUDIT_LOCK in src/audit/postgres.rs, 0x6169726c6f636b02)
+    // in an open transaction.
+    let (frozen, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    frozen
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7019267304284449538)")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused = audit.commit(row("a", 1)).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(15),
+        "{waited:?}"
+    );
+    assert!(refused.to_string().contains("lock"), "{refused}");
+    assert!(!audit.is_healthy());
+    frozen.batch_execute("ROLLBACK").await.unwrap();
+    audit
+        .commit(row("a", 2))
+        .await
+        .expect("written once the lock is free");
+    assert!(audit.is_healthy());
+}

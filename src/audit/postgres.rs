@@ -41,6 +41,11 @@ const AUDIT_LOCK: i64 = 0x6169_726c_6f63_6b02; // "airlock" 2
 /// Serializes migrations of the audit tables.
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b03; // "airlock" 3
 
+/// Longest wait for the chain's lock (or any row lock) before a write fails.
+const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest wait to connect, unless the URL sets `connect_timeout`.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Schema versions, applied in order, each once.
 const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
 
@@ -117,12 +122,25 @@ pub fn redact_url(url: &str) -> String {
 
 /// Connects, and drives the connection on the current (backend's) runtime.
 async fn open_client(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let mut config = config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("audit store connection ended: {e}");
         }
     });
+    // A writer stuck behind another's lock (a replica frozen mid-append)
+    // fails its batch after LOCK_TIMEOUT instead of hanging: the rows are
+    // kept and retried, and /healthz says why, as for a locked SQLite file.
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{}ms'",
+            LOCK_TIMEOUT.as_millis()
+        ))
+        .await?;
     Ok(client)
 }
 
