@@ -41,9 +41,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay {
             policy,
             audit,
+            store,
             upstream,
             format,
-        } => replay::run(&policy, &audit, upstream.as_deref(), format),
+        } => replay::run(
+            &policy,
+            &audit_cmd::Source::pick(audit, &store)?,
+            upstream.as_deref(),
+            format,
+        ),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,
@@ -320,7 +326,13 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let audit = Audit::open(&config.audit.path, config.audit.redact.clone())?;
+    // With `[store] url` the audit chain is shared by every replica on that
+    // database (docs/audit.md, "Several replicas"); else SQLite at [audit] path.
+    let audit = match &config.store.url {
+        Some(url) => Audit::open_postgres(url, config.audit.redact.clone())
+            .context("cannot open the audit chain in the shared store ([store] url)")?,
+        None => Audit::open(&config.audit.path, config.audit.redact.clone())?,
+    };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let approvals = start_approvals(&config.store).await?;
     let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown);

@@ -9,6 +9,7 @@
 
 mod chain;
 pub mod checkpoint;
+mod postgres;
 mod redact;
 mod sqlite;
 pub mod users;
@@ -26,6 +27,7 @@ use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 
 pub use chain::{GENESIS, arguments_hash, canonical_json, row_hash};
+pub use postgres::{Postgres, redact_url};
 pub use redact::{BadPattern, DEFAULT_PATTERNS, REDACTED, Redactor, redact};
 pub use sqlite::Sqlite;
 
@@ -108,7 +110,7 @@ pub struct Sealed {
     pub arguments_text: Option<String>,
 }
 
-/// A storage backend; SQLite today, PostgreSQL could follow.
+/// A storage backend: embedded SQLite, or PostgreSQL shared by replicas.
 pub trait AuditBackend: Send {
     /// Appends `count` rows atomically (all or none). Reads the chain's tail
     /// inside the same write transaction and calls `seal(i, seq, prev_hash)`
@@ -179,6 +181,19 @@ impl Audit {
     pub fn open(path: &Path, redact: Redactor) -> Result<Audit, AuditError> {
         let writer = Sqlite::open(path)?;
         let reader = Sqlite::open(path)?;
+        Ok(Audit::with_backends(
+            Box::new(writer),
+            Box::new(reader),
+            redact,
+        ))
+    }
+
+    /// Connects to the shared PostgreSQL store (`[store] url`), migrating
+    /// its audit tables, and starts the writer thread: one connection writes,
+    /// one reads. Every replica on that database appends to one chain.
+    pub fn open_postgres(url: &str, redact: Redactor) -> Result<Audit, AuditError> {
+        let writer = Postgres::connect(url)?;
+        let reader = Postgres::connect(url)?;
         Ok(Audit::with_backends(
             Box::new(writer),
             Box::new(reader),

@@ -45,6 +45,8 @@ pub enum Command {
         policy: PathBuf,
         #[arg(long, default_value = "airlock.db")]
         audit: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
         /// Only calls to this upstream (policies are per upstream).
         #[arg(long)]
         upstream: Option<String>,
@@ -88,6 +90,8 @@ pub enum AuditCommand {
     Verify {
         #[arg(long, default_value = "airlock.db")]
         audit: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
         /// A checkpoints file (`<audit>.checkpoints`, or a copy kept elsewhere).
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
@@ -133,7 +137,23 @@ pub enum AuditCommand {
         matching: ExportMatch,
         #[arg(long, default_value = "airlock.db")]
         audit: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
     },
+}
+
+/// Where `audit verify|export` and `replay` read the history instead of
+/// the `--audit` file: the shared PostgreSQL store (`[store] url`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArg {
+    /// Read the audit chain in this PostgreSQL store (`postgres://…`, the
+    /// gateway's `[store] url`) instead of the --audit file.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["store_env", "audit"])]
+    pub store: Option<String>,
+    /// Like --store, with the URL read from this environment variable (keeps
+    /// the password off the command line and out of `ps`).
+    #[arg(long, value_name = "NAME", conflicts_with = "audit")]
+    pub store_env: Option<String>,
 }
 
 /// Column filters of `audit export`: exact, or a glob with `*` / `?`.

@@ -18,6 +18,8 @@
 //! - [`hold`]: calls waiting for a human.
 //! - [`approvals`]: pending approvals as a service behind a store (in-process or
 //!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
+//! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
+//!   or one chain in PostgreSQL shared by replicas (`[store] url`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
 //! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
 //! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them

@@ -1,34 +1,74 @@
 //! `airlock audit …`: verify, export and public-key, reading the store
 //! directly (read-only).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 
 use crate::audit::{self, checkpoint};
-use crate::cli::AuditCommand;
+use crate::cli::{AuditCommand, StoreArg};
+
+/// Where a command reads the history: the `--audit` SQLite file, or the
+/// shared PostgreSQL store (`--store URL` / `--store-env NAME`).
+pub(super) enum Source {
+    File(PathBuf),
+    Store(String),
+}
+
+impl Source {
+    pub(super) fn pick(audit: PathBuf, store: &StoreArg) -> anyhow::Result<Source> {
+        match (&store.store, &store.store_env) {
+            (Some(url), _) => Ok(Source::Store(url.clone())),
+            (None, Some(name)) => match std::env::var(name) {
+                Ok(url) if !url.trim().is_empty() => Ok(Source::Store(url.trim().to_owned())),
+                _ => {
+                    anyhow::bail!("--store-env {name}: the environment variable {name} is not set")
+                }
+            },
+            (None, None) => Ok(Source::File(audit)),
+        }
+    }
+
+    /// How messages name it: the path, or the URL without its password.
+    pub(super) fn label(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Store(url) => audit::redact_url(url),
+        }
+    }
+
+    /// Opens it read-only, creating and changing nothing.
+    pub(super) fn open(&self) -> anyhow::Result<Box<dyn audit::AuditBackend>> {
+        Ok(match self {
+            Source::File(path) => Box::new(audit::Sqlite::open_existing(path)?),
+            Source::Store(url) => Box::new(audit::Postgres::open_existing(url)?),
+        })
+    }
+}
 
 /// `airlock audit verify|export|public-key`.
 pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Verify {
             audit: path,
+            store,
             checkpoint,
             public_key,
             public_key_file,
             trust_embedded_key,
         } => {
+            let source = Source::pick(path, &store)?;
             let Some(checkpoints) = checkpoint else {
-                return verify(&path, None);
+                return verify(&source, None);
             };
             let key = trusted_key(
                 public_key.as_deref(),
                 public_key_file.as_deref(),
                 trust_embedded_key,
             )?;
-            verify(&path, Some((&checkpoints, key)))
+            verify(&source, Some((&checkpoints, key)))
         }
         AuditCommand::PublicKey {
             audit: path,
@@ -46,7 +86,9 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             until,
             matching,
             audit: path,
+            store,
         } => {
+            let source = Source::pick(path, &store)?;
             for (flag, value) in [("--since", &since), ("--until", &until)] {
                 if let Some(v) = value {
                     chrono::DateTime::parse_from_rfc3339(v).with_context(|| {
@@ -61,7 +103,7 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
                     })
             };
-            let mut db = audit::Sqlite::open_existing(&path)?;
+            let mut db = source.open()?;
             let filter = audit::Filter {
                 since: utc(since),
                 until: utc(until),
@@ -72,7 +114,6 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 decider: matching.decider,
                 ..Default::default()
             };
-            use audit::AuditBackend;
             let entries = db.query(&filter, false)?;
             let stdout = std::io::stdout();
             audit::export(&entries, format, &mut stdout.lock())?;
@@ -112,7 +153,7 @@ To check against the embedded keys anyway, say --trust-embedded-key"
 /// checkpoint against the store, with the kept key (`None`: each line's
 /// own, `--trust-embedded-key`). Prints every problem; exit 1 if any.
 fn verify(
-    path: &Path,
+    source: &Source,
     checkpoints: Option<(&Path, Option<VerifyingKey>)>,
 ) -> anyhow::Result<ExitCode> {
     let (checkpoints, key) = match checkpoints {
@@ -126,12 +167,13 @@ fn verify(
         ),
         None => None,
     };
-    let mut db = audit::Sqlite::open_existing(path)?;
+    let mut db = source.open()?;
+    let label = source.label();
     let mut failed = false;
-    let chain = match audit::verify(&mut db) {
+    let chain = match audit::verify(db.as_mut()) {
         Ok(rows) => format!("{rows} row(s), hash chain intact"),
         Err(problem) => {
-            eprintln!("error: {}: {problem}", path.display());
+            eprintln!("error: {label}: {problem}");
             failed = true;
             String::new()
         }
@@ -140,7 +182,7 @@ fn verify(
         if failed {
             return Ok(ExitCode::FAILURE);
         }
-        println!("ok: {}: {chain}", path.display());
+        println!("ok: {label}: {chain}");
         return Ok(ExitCode::SUCCESS);
     };
     if key.is_none() {
@@ -150,7 +192,7 @@ which proves nothing against someone who re-signed the file with a key of their 
 pass the public key you kept (--public-key, from airlock audit public-key)"
         );
     }
-    let report = checkpoint::verify_checkpoints(&mut db, &text, key.as_ref())?;
+    let report = checkpoint::verify_checkpoints(db.as_mut(), &text, key.as_ref())?;
     if key.is_none() && report.keys_seen.len() > 1 {
         eprintln!(
             "warning: {}: the checkpoints carry {} different public keys",
@@ -170,8 +212,7 @@ pass the public key you kept (--public-key, from airlock audit public-key)"
     }
     let latest = report.latest.expect("a verified checkpoint");
     println!(
-        "ok: {}: {chain}; {} checkpoint(s) in {} verified, the latest at row {} ({}); {} row(s) written after it are not covered by a checkpoint",
-        path.display(),
+        "ok: {label}: {chain}; {} checkpoint(s) in {} verified, the latest at row {} ({}); {} row(s) written after it are not covered by a checkpoint",
         report.verified,
         file.display(),
         latest.seq,

@@ -1,4 +1,4 @@
-//! `airlock replay POLICY --audit PATH`: runs a candidate policy against the
+//! `airlock replay POLICY --audit PATH | --store URL`: runs a candidate policy against the
 //! recorded calls of an audit store and lists those whose outcome would change.
 //!
 //! Each first decision of a call (`allowed`, `denied`, `hidden`,
@@ -8,10 +8,12 @@
 //! after it was requested, and the retries of approved calls.
 
 use std::path::Path;
+
+use super::audit_cmd::Source;
+use crate::audit;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 
 use crate::cli::CheckFormat;
@@ -51,45 +53,45 @@ fn now_outcome(decision: &CallDecision) -> (&'static str, String) {
 
 pub(super) fn run(
     policy_file: &Path,
-    audit: &Path,
+    source: &Source,
     upstream: Option<&str>,
     format: CheckFormat,
 ) -> anyhow::Result<ExitCode> {
     let policy = policy::load_file(policy_file)?;
-    let conn = Connection::open_with_flags(audit, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("cannot open the audit store {}", audit.display()))?;
-    let mut statement = conn.prepare(
-        "SELECT seq, at, decision, session, agent, upstream, tool, arguments, reason, pending_id \
-         FROM audit WHERE decision IN ('allowed', 'denied', 'hidden', 'approval_requested') \
-         AND tool IS NOT NULL ORDER BY seq",
-    )?;
-    let mut rows = statement.query([])?;
+    let mut db = source.open()?;
     let (mut replayed, mut changes) = (0u64, Vec::new());
-    while let Some(row) = rows.next()? {
-        let text = |i: usize| -> rusqlite::Result<String> {
-            Ok(row.get::<_, Option<String>>(i)?.unwrap_or_default())
+    let mut visit = |row: audit::Entry| {
+        let text = |v: Option<String>| v.unwrap_or_default();
+        let decision = row.decision;
+        let Some(tool) = row.tool else {
+            return true;
         };
-        let (decision, reason, pending) = (text(2)?, text(8)?, text(9)?);
-        let row_upstream = text(5)?;
+        let (reason, pending) = (text(row.reason), text(row.pending_id));
+        let row_upstream = text(row.upstream);
         // An approved hold's outcome and the retries it covers are not
         // first decisions.
         if (decision == "allowed" && (!pending.is_empty() || reason.contains("retry")))
             || upstream.is_some_and(|u| u != row_upstream)
         {
-            continue;
+            return true;
         }
         let Some(was) = recorded(&decision) else {
-            continue;
+            return true;
         };
-        let (tool, arguments, agent, session) = (text(6)?, text(7)?, text(4)?, text(3)?);
+        let arguments = row
+            .arguments
+            .as_ref()
+            .map(audit::canonical_json)
+            .unwrap_or_default();
+        let (agent, session) = (text(row.agent), text(row.session));
         let args = (!arguments.is_empty()).then_some(arguments.as_str());
         let facts = Facts::new(&tool, args, &agent, &row_upstream, &session);
         let (now, rule) = now_outcome(&gate::decide_retry(&policy, &facts));
         replayed += 1;
         if now != was {
             changes.push(Change {
-                seq: row.get(0)?,
-                at: text(1)?,
+                seq: row.seq,
+                at: row.at,
                 tool,
                 agent,
                 upstream: row_upstream,
@@ -98,7 +100,10 @@ pub(super) fn run(
                 rule,
             });
         }
-    }
+        true
+    };
+    db.scan(1, &mut visit)
+        .with_context(|| format!("cannot read the audit store {}", source.label()))?;
     match format {
         CheckFormat::Json => {
             let list: Vec<_> = changes
