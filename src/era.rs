@@ -160,10 +160,28 @@ fn compare(headers: &HeaderMap, key: &str, shown: &str, body: &str) -> Result<()
     Ok(())
 }
 
+/// The strict read of a request's params, made at most once per message and
+/// shared by the edge's checks (the mirrored `Mcp-Name` check and the
+/// stateless-era peek used to read it separately: two parses of one body).
+pub type StrictPeek<'m> = std::cell::OnceCell<Result<Option<ParamsPeek<'m>>, String>>;
+
+/// The strict peek of `message`'s params, read on first use and cached in `cell`.
+pub fn strict_peek<'c, 'm>(
+    cell: &'c StrictPeek<'m>,
+    message: &'m Message,
+) -> &'c Result<Option<ParamsPeek<'m>>, String> {
+    cell.get_or_init(|| message.params_strict::<ParamsPeek<'_>>())
+}
+
 /// Checks whichever mirrored headers are present (any era): each at most
 /// once, and equal to the body. Duplicates are refused because the gateway
-/// and the upstream might read different copies.
-pub fn check_mirrored_headers(message: &Message, headers: &HeaderMap) -> Result<(), String> {
+/// and the upstream might read different copies. `peek` caches the strict
+/// read of the params, so the caller can reuse it instead of parsing again.
+pub fn check_mirrored_headers<'m>(
+    message: &'m Message,
+    headers: &HeaderMap,
+    peek: &StrictPeek<'m>,
+) -> Result<(), String> {
     for (key, shown) in [
         (PROTOCOL_VERSION_HEADER, "MCP-Protocol-Version"),
         (METHOD_HEADER, "Mcp-Method"),
@@ -182,18 +200,16 @@ pub fn check_mirrored_headers(message: &Message, headers: &HeaderMap) -> Result<
     if headers.contains_key(NAME_HEADER) && names_a_target(method) {
         // Params that do not read (a field of the wrong type) cannot vouch
         // for the header: refused, not waved through.
-        let Ok(peek) = message.params_strict::<ParamsPeek<'_>>() else {
+        let Ok(peek) = strict_peek(peek, message) else {
             return Err(
                 "Header mismatch: Mcp-Name header cannot be checked: params are not valid".into(),
             );
         };
-        let peek = peek.unwrap_or_default();
-        compare(
-            headers,
-            NAME_HEADER,
-            "Mcp-Name",
-            expected_name(method, &peek).unwrap_or_default(),
-        )?;
+        let expected = peek
+            .as_ref()
+            .and_then(|peek| expected_name(method, peek))
+            .unwrap_or_default();
+        compare(headers, NAME_HEADER, "Mcp-Name", expected)?;
     }
     Ok(())
 }
