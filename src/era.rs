@@ -160,10 +160,28 @@ fn compare(headers: &HeaderMap, key: &str, shown: &str, body: &str) -> Result<()
     Ok(())
 }
 
+/// The strict read of a request's params, made at most once per message and
+/// shared by the edge's checks (the mirrored `Mcp-Name` check and the
+/// stateless-era peek used to read it separately: two parses of one body).
+pub type StrictPeek<'m> = std::cell::OnceCell<Result<Option<ParamsPeek<'m>>, String>>;
+
+/// The strict peek of `message`'s params, read on first use and cached in `cell`.
+pub fn strict_peek<'c, 'm>(
+    cell: &'c StrictPeek<'m>,
+    message: &'m Message,
+) -> &'c Result<Option<ParamsPeek<'m>>, String> {
+    cell.get_or_init(|| message.params_strict::<ParamsPeek<'_>>())
+}
+
 /// Checks whichever mirrored headers are present (any era): each at most
 /// once, and equal to the body. Duplicates are refused because the gateway
-/// and the upstream might read different copies.
-pub fn check_mirrored_headers(message: &Message, headers: &HeaderMap) -> Result<(), String> {
+/// and the upstream might read different copies. `peek` caches the strict
+/// read of the params, so the caller can reuse it instead of parsing again.
+pub fn check_mirrored_headers<'m>(
+    message: &'m Message,
+    headers: &HeaderMap,
+    peek: &StrictPeek<'m>,
+) -> Result<(), String> {
     for (key, shown) in [
         (PROTOCOL_VERSION_HEADER, "MCP-Protocol-Version"),
         (METHOD_HEADER, "Mcp-Method"),
@@ -182,18 +200,16 @@ pub fn check_mirrored_headers(message: &Message, headers: &HeaderMap) -> Result<
     if headers.contains_key(NAME_HEADER) && names_a_target(method) {
         // Params that do not read (a field of the wrong type) cannot vouch
         // for the header: refused, not waved through.
-        let Ok(peek) = message.params_strict::<ParamsPeek<'_>>() else {
+        let Ok(peek) = strict_peek(peek, message) else {
             return Err(
                 "Header mismatch: Mcp-Name header cannot be checked: params are not valid".into(),
             );
         };
-        let peek = peek.unwrap_or_default();
-        compare(
-            headers,
-            NAME_HEADER,
-            "Mcp-Name",
-            expected_name(method, &peek).unwrap_or_default(),
-        )?;
+        let expected = peek
+            .as_ref()
+            .and_then(|peek| expected_name(method, peek))
+            .unwrap_or_default();
+        compare(headers, NAME_HEADER, "Mcp-Name", expected)?;
     }
     Ok(())
 }
@@ -407,14 +423,56 @@ pub fn check_unique_keys(raw: &RawValue) -> Result<(), String> {
             Ok(())
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if !seen.insert(key.clone()) {
+            // Most objects have a handful of keys: a linear scan of the keys
+            // seen so far beats hashing them; a large object switches to a
+            // set, so a million keys stay linear in time.
+            const FEW: usize = 16;
+            let mut few: Vec<Cow<'de, str>> = Vec::new();
+            let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
+            while let Some(key) = map.next_key_seed(Key)? {
+                let repeated = match &mut many {
+                    Some(set) => set.contains(&key),
+                    None => few.contains(&key),
+                };
+                if repeated {
                     return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                match &mut many {
+                    Some(set) => {
+                        set.insert(key);
+                    }
+                    None if few.len() < FEW => few.push(key),
+                    None => {
+                        let mut set: std::collections::HashSet<_> = few.drain(..).collect();
+                        set.insert(key);
+                        many = Some(set);
+                    }
                 }
                 map.next_value_seed(Unique)?;
             }
             Ok(())
+        }
+    }
+    /// An object key, borrowed from the text when it holds no escape (no
+    /// allocation per key), decoded otherwise: `"a"` and `"\u0061"` compare
+    /// equal, as every parser reads them.
+    struct Key;
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = Cow<'de, str>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+            d.deserialize_str(Key)
+        }
+    }
+    impl<'de> Visitor<'de> for Key {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object key")
+        }
+        fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Cow<'de, str>, E> {
+            Ok(Cow::Borrowed(key))
+        }
+        fn visit_str<E>(self, key: &str) -> Result<Cow<'de, str>, E> {
+            Ok(Cow::Owned(key.to_owned()))
         }
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
@@ -438,5 +496,30 @@ mod unique_tests {
         );
         let deep: &RawValue = serde_json::from_str(r#"{"a":[{"b":{"c":1,"c":2}}]}"#).unwrap();
         assert!(check_unique_keys(deep).is_err());
+        let escaped: &RawValue = serde_json::from_str(r#"{"id":1,"\u0069d":2}"#).unwrap();
+        assert!(
+            check_unique_keys(escaped)
+                .unwrap_err()
+                .contains("duplicate key `id`")
+        );
+    }
+
+    #[test]
+    fn repeated_keys_are_found_past_the_linear_scan() {
+        let mut keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let unique = format!("{{{}}}", keys.join(","));
+        let ok: &RawValue = serde_json::from_str(&unique).unwrap();
+        assert!(check_unique_keys(ok).is_ok());
+        for repeat in ["k3", "k20"] {
+            keys.push(format!("\"{repeat}\":0"));
+            let text = format!("{{{}}}", keys.join(","));
+            let twice: &RawValue = serde_json::from_str(&text).unwrap();
+            assert!(
+                check_unique_keys(twice)
+                    .unwrap_err()
+                    .contains(&format!("duplicate key `{repeat}`"))
+            );
+            keys.pop();
+        }
     }
 }

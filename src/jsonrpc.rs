@@ -72,6 +72,21 @@ pub struct Message {
     kind: Kind,
     id: Option<Id>,
     method: Option<Arc<str>>,
+    /// Where `params` sits in `raw`, found by the envelope's one pass: the
+    /// peeks then read only those bytes instead of walking the whole body
+    /// again to find them.
+    params: ParamsSpan,
+}
+
+/// Where a message's `params` value is, as byte offsets into its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ParamsSpan {
+    /// The message has no `params` key.
+    Absent,
+    /// `params` is `text[start..end]` (its value, without surrounding blanks).
+    At { start: usize, end: usize },
+    /// Not recorded (a rewritten message): read from the whole text.
+    Unknown,
 }
 
 /// Why a body is not a JSON-RPC message; each maps to a standard code.
@@ -303,11 +318,23 @@ impl Message {
             return Err(FrameError::MustBeRequest(m.to_owned()));
         }
         let method = env.method.map(|m| Arc::from(m.as_ref()));
+        let params = match env.params {
+            None => ParamsSpan::Absent,
+            Some(value) => {
+                // The raw value borrows from `text`: its offset is the distance
+                // between the two pointers.
+                let start = value.get().as_ptr() as usize - text.as_ptr() as usize;
+                let end = start + value.get().len();
+                debug_assert_eq!(text.get(start..end), Some(value.get()));
+                ParamsSpan::At { start, end }
+            }
+        };
         Ok(Message {
             raw,
             kind,
             id,
             method,
+            params,
         })
     }
 
@@ -344,23 +371,28 @@ impl Message {
 
     /// Deserialises `params` into a borrowed peek type; `None` when absent or unreadable.
     pub fn params<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
-        #[derive(Deserialize)]
-        struct P<T> {
-            params: Option<T>,
-        }
-        serde_json::from_str::<P<T>>(self.text()).ok()?.params
+        self.params_strict().ok().flatten()
     }
 
     /// Like [`Message::params`], but says why the params could not be read
     /// (wrong types, duplicate keys). `Ok(None)` when there are no params.
+    /// Reads only the bytes of `params` when `parse` recorded where they are
+    /// (error positions are then counted from the start of `params`).
     pub fn params_strict<'a, T: Deserialize<'a>>(&'a self) -> Result<Option<T>, String> {
         #[derive(Deserialize)]
         struct P<T> {
             params: Option<T>,
         }
-        serde_json::from_str::<P<T>>(self.text())
-            .map(|p| p.params)
-            .map_err(|e| e.to_string())
+        match self.params {
+            ParamsSpan::Absent => Ok(None),
+            ParamsSpan::At { start, end } => {
+                serde_json::from_str::<Option<T>>(&self.text()[start..end])
+                    .map_err(|e| e.to_string())
+            }
+            ParamsSpan::Unknown => serde_json::from_str::<P<T>>(self.text())
+                .map(|p| p.params)
+                .map_err(|e| e.to_string()),
+        }
     }
 
     /// Deserialises `result` into a peek type; `None` when absent or unreadable.
@@ -391,6 +423,7 @@ impl Message {
             kind: self.kind,
             id: Some(id.clone()),
             method: self.method.clone(),
+            params: ParamsSpan::Unknown,
         }
     }
 

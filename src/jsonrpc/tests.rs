@@ -210,3 +210,34 @@ fn lone_surrogate_escapes_are_refused_and_pairs_pass() {
     let pair = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\ud83d\ude00"}}"#;
     assert!(parse(pair).is_ok());
 }
+
+#[test]
+fn params_are_read_from_their_recorded_span_alone() {
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Named<'a> {
+        name: &'a str,
+    }
+    let text = r#"{ "params" : {"name":"echo"} , "jsonrpc":"2.0","id":1,"method":"tools/call"}"#;
+    let m = parse(text).unwrap();
+    assert_eq!(m.params, ParamsSpan::At { start: 13, end: 28 });
+    assert_eq!(m.params::<Named>(), Some(Named { name: "echo" }));
+    // A rewritten message reads the whole text, with the same result.
+    let moved = m.with_id(&Id::from_raw("\"x\""));
+    assert_eq!(moved.params, ParamsSpan::Unknown);
+    assert_eq!(moved.params::<Named>(), Some(Named { name: "echo" }));
+    // Absent, null and unreadable params.
+    let none = parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
+    assert_eq!(none.params_strict::<Named>(), Ok(None));
+    let null = parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#).unwrap();
+    assert_eq!(null.params_strict::<Named>(), Ok(None));
+    let twice =
+        parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"name":"a","name":"b"}}"#).unwrap();
+    assert!(
+        twice
+            .params_strict::<Named>()
+            .unwrap_err()
+            .contains("duplicate field `name`")
+    );
+    // A second `params` key never reaches the peeks: the envelope refuses it.
+    assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{},"params":{}}"#).is_err());
+}
