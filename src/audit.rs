@@ -111,6 +111,24 @@ pub struct Sealed {
 }
 
 /// A storage backend: embedded SQLite, or PostgreSQL shared by replicas.
+/// The row at `seq`, if there is one (one indexed read: the row after `seq - 1`).
+pub fn row_at(db: &mut dyn AuditBackend, seq: i64) -> Result<Option<Entry>, AuditError> {
+    // `seq - 1` would overflow for i64::MIN; no row has a seq below 1.
+    if seq < 1 {
+        return Ok(None);
+    }
+    let filter = Filter {
+        cursor: Some(seq - 1),
+        limit: Some(1),
+        ..Default::default()
+    };
+    Ok(db
+        .query(&filter, false)?
+        .into_iter()
+        .next()
+        .filter(|e| e.seq == seq))
+}
+
 pub trait AuditBackend: Send {
     /// Appends `count` rows atomically (all or none). Reads the chain's tail
     /// inside the same write transaction and calls `seal(i, seq, prev_hash)`

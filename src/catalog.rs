@@ -10,7 +10,7 @@
 //! extra child.
 //!
 //! The risk class is read from the tool's annotations (the server's own
-//! claims, see [`risk`]); what the policy does to each tool is computed per
+//! claims, see [`crate::inspect::risk`]); what the policy does to each tool is computed per
 //! request in `api::tools` from the policy in force.
 
 use std::collections::HashMap;
@@ -146,23 +146,6 @@ pub fn hints_of(tool: &Value) -> Hints {
     tool.get("annotations")
         .and_then(|a| serde::Deserialize::deserialize(a).ok())
         .unwrap_or_default()
-}
-
-/// The risk class of a tool, from its annotations, first match wins:
-/// `readOnlyHint: true` → `read-only`; `destructiveHint: true` →
-/// `destructive`; `openWorldHint: true` → `open-world`; else `unknown`.
-/// Hints are the server's claims, not proof; absent hints are not assumed
-/// (the MCP defaults would call every unannotated tool destructive).
-pub fn risk(hints: &Hints) -> &'static str {
-    if hints.read_only_hint == Some(true) {
-        "read-only"
-    } else if hints.destructive_hint == Some(true) {
-        "destructive"
-    } else if hints.open_world_hint == Some(true) {
-        "open-world"
-    } else {
-        "unknown"
-    }
 }
 
 /// Connects (or reuses the connection) and follows every `tools/list` page.

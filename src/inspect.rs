@@ -63,7 +63,12 @@ pub fn rows(policy: &Policy, tools: &[Value]) -> Vec<Row> {
         .collect()
 }
 
-fn risk(hints: &Hints) -> &'static str {
+/// The risk class of a tool, from its annotations, first match wins:
+/// `readOnlyHint: true` → `read-only`; `destructiveHint: true` →
+/// `destructive`; `openWorldHint: true` → `open-world`; else `unknown`.
+/// Hints are the server's claims, not proof; absent hints are not assumed
+/// (the MCP defaults would call every unannotated tool destructive).
+pub fn risk(hints: &Hints) -> &'static str {
     if hints.read_only_hint == Some(true) {
         "read-only"
     } else if hints.destructive_hint == Some(true) {

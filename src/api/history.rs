@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ApiError, Approver};
-use crate::audit::{self, AuditError, Entry, Filter, checkpoint};
+use crate::audit::{self, AuditError, Filter, checkpoint};
 use crate::gateway::Gateway;
 
 fn unavailable(e: AuditError) -> ApiError {
@@ -18,23 +18,6 @@ fn unavailable(e: AuditError) -> ApiError {
         "audit_unavailable",
         e.to_string(),
     )
-}
-
-/// The row at `seq`, if there is one.
-fn row_at(db: &mut dyn audit::AuditBackend, seq: i64) -> Result<Option<Entry>, AuditError> {
-    if seq < 1 {
-        return Ok(None);
-    }
-    let filter = Filter {
-        cursor: Some(seq - 1),
-        limit: Some(1),
-        ..Default::default()
-    };
-    Ok(db
-        .query(&filter, false)?
-        .into_iter()
-        .next()
-        .filter(|e| e.seq == seq))
 }
 
 pub(super) async fn entry(
@@ -53,10 +36,10 @@ pub(super) async fn entry(
     let found = gw
         .audit
         .read(move |db| {
-            let Some(entry) = row_at(db, seq)? else {
+            let Some(entry) = audit::row_at(db, seq)? else {
                 return Ok(None);
             };
-            let previous = row_at(db, seq - 1)?;
+            let previous = audit::row_at(db, seq - 1)?;
             let last = checkpoint::head(db)?.map_or(seq, |(s, _)| s);
             let related = match &entry.pending_id {
                 Some(id) => db.query(

@@ -29,10 +29,7 @@ pub(super) async fn list_tools(
     _approver: Approver,
     q: Result<Query<ToolsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = super::query(q)?;
-    let upstreams = selected(&gw, q.upstream.as_deref())?;
-    futures::future::join_all(upstreams.iter().map(|up| catalog::ensure(&gw, up))).await;
-    Ok(Json(inventory(&gw, &upstreams).await?))
+    answer(gw, q, false).await
 }
 
 pub(super) async fn refresh_tools(
@@ -40,9 +37,26 @@ pub(super) async fn refresh_tools(
     _approver: Approver,
     q: Result<Query<ToolsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    answer(gw, q, true).await
+}
+
+/// The inventory of the selected upstreams, listed first where not yet
+/// known (or afresh when `refresh`).
+async fn answer(
+    gw: Gateway,
+    q: Result<Query<ToolsQuery>, axum::extract::rejection::QueryRejection>,
+    refresh: bool,
+) -> Result<Json<Value>, ApiError> {
     let q = super::query(q)?;
     let upstreams = selected(&gw, q.upstream.as_deref())?;
-    futures::future::join_all(upstreams.iter().map(|up| catalog::refresh(&gw, up))).await;
+    futures::future::join_all(upstreams.iter().map(|up| async {
+        if refresh {
+            catalog::refresh(&gw, up).await
+        } else {
+            catalog::ensure(&gw, up).await
+        }
+    }))
+    .await;
     Ok(Json(inventory(&gw, &upstreams).await?))
 }
 
@@ -148,7 +162,7 @@ fn tool_row(
         "title": tool.get("title").and_then(Value::as_str),
         "description": tool.get("description").and_then(Value::as_str),
         "annotations": tool.get("annotations").filter(|a| a.is_object()),
-        "risk": catalog::risk(&hints),
+        "risk": crate::inspect::risk(&hints),
         "outcome": outcome,
         "rule": rule,
         "reason": reason,

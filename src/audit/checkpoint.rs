@@ -360,21 +360,7 @@ pub fn head(db: &mut dyn AuditBackend) -> Result<Option<(i64, String)>, super::A
 
 /// The hash of the row at `seq`, if there is one.
 fn hash_at(db: &mut dyn AuditBackend, seq: i64) -> Result<Option<String>, super::AuditError> {
-    // `seq - 1` would overflow for i64::MIN; no row has a seq below 1.
-    if seq < 1 {
-        return Ok(None);
-    }
-    let filter = Filter {
-        cursor: Some(seq - 1),
-        limit: Some(1),
-        ..Default::default()
-    };
-    Ok(db
-        .query(&filter, false)?
-        .into_iter()
-        .next()
-        .filter(|e| e.seq == seq)
-        .map(|e| e.hash))
+    Ok(super::row_at(db, seq)?.map(|e| e.hash))
 }
 
 /// What `verify --checkpoint` found.
