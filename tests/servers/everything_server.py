@@ -21,7 +21,6 @@ from typing import Annotated, Any
 
 import sys
 
-import uvicorn
 from mcp.server import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
@@ -768,28 +767,7 @@ async def _handle_completion(
 
 
 # CLI
-async def serve(port: int) -> None:
-    app = mcp.streamable_http_app(event_store=event_store, retry_interval=100)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-            return
-        await asyncio.sleep(0.02)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    print(f"LISTENING http://127.0.0.1:{bound}/mcp", flush=True)
-    await task
-
-
-def main() -> int:
-    port = 0
-    if "--port" in sys.argv:
-        port = int(sys.argv[sys.argv.index("--port") + 1])
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(serve(port))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    import http_main
+
+    sys.exit(http_main.main(mcp.streamable_http_app(event_store=event_store, retry_interval=100)))

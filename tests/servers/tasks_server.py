@@ -35,14 +35,12 @@ Once listening it prints exactly one line `LISTENING http://127.0.0.1:<port>/mcp
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import uvicorn
 from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
@@ -359,32 +357,7 @@ def test_tool_with_task() -> str:
 
 
 
-
-# --- CLI -----------------------------------------------------------------------------------
-
-
-async def serve(port: int) -> None:
-    app = mcp.streamable_http_app()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    runner = asyncio.create_task(server.serve())
-    while not server.started:
-        if runner.done():
-            await runner
-            return
-        await asyncio.sleep(0.02)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    print(f"LISTENING http://127.0.0.1:{bound}/mcp", flush=True)
-    await runner
-
-
-def main() -> int:
-    port = 0
-    if "--port" in sys.argv:
-        port = int(sys.argv[sys.argv.index("--port") + 1])
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(serve(port))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    import http_main
+
+    sys.exit(http_main.main(mcp.streamable_http_app()))
