@@ -32,6 +32,7 @@ use crate::login::{self, CSRF_HEADER};
 
 mod history;
 mod policy_edit;
+mod power;
 mod tools;
 
 pub fn routes() -> Router<Gateway> {
@@ -51,6 +52,17 @@ pub fn routes() -> Router<Gateway> {
         .route("/api/audit/verify", post(history::verify))
         .route("/api/tools", get(tools::list_tools))
         .route("/api/tools/refresh", post(tools::refresh_tools))
+        .route("/api/pins", get(power::list_pins))
+        .route("/api/tools/{upstream}/pin", post(power::pin_upstream))
+        .route(
+            "/api/tools/{upstream}/{tool}/accept",
+            post(power::accept_tool),
+        )
+        .route("/api/grants", get(power::list_grants))
+        .route(
+            "/api/grants/{id}",
+            axum::routing::delete(power::revoke_grant),
+        )
         .route(
             "/api/policy/{upstream}",
             get(policy_edit::get_policy).put(policy_edit::put_policy),
@@ -374,9 +386,13 @@ async fn get_pending(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct DecisionBody {
     #[serde(default)]
     comment: Option<String>,
+    /// With an approval: a standing approval for later calls (`grants.rs`).
+    #[serde(default)]
+    grant: Option<crate::grants::GrantRequest>,
 }
 
 async fn approve(
@@ -408,19 +424,31 @@ async fn decide_http(
     choice: Choice,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     approver.require(Role::Approver, "deciding a held call")?;
-    // The body is optional; when present it must be `{"comment": "…"}`.
-    let comment = if body.iter().all(u8::is_ascii_whitespace) {
-        None
+    // The body is optional; when present it must be `{"comment": "…"}`
+    // (and, approving, optionally `"grant": {…}`).
+    let DecisionBody { comment, grant } = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionBody::default()
     } else {
-        serde_json::from_slice::<DecisionBody>(&body)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("body must be {{\"comment\": \"…\"}}: {e}"),
-                )
-            })?
-            .comment
+        serde_json::from_slice::<DecisionBody>(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "body must be {{\"comment\": \"…\", \"grant\": {{\"minutes\": N, \"scope\": \"agent\"|\"session\", \"exact_arguments\": bool}}}}: {e}"
+                ),
+            )
+        })?
+    };
+    let grant = match grant {
+        None => None,
+        Some(_) if choice == Choice::Deny => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a grant can only come with an approval",
+            ));
+        }
+        Some(request) => Some(check_grant(&gw, &id, request)?),
     };
     if comment.as_ref().is_some_and(|c| c.len() > 4096) {
         return Err(ApiError::new(
@@ -443,10 +471,48 @@ async fn decide_http(
         Ok(r) => {
             let mut body = hold::resolution_json(&r);
             body["id"] = id.into();
+            if let Some((item, request, rule)) = grant {
+                let grant = crate::grants::new_grant(&item, &request, rule, &approver.name);
+                gw.grants.add(grant.clone());
+                crate::power::granted(&gw, &grant, channel).await;
+                body["grant"] = json!(grant);
+            }
             Ok(Json(body))
         }
         Err(e) => Err(decide_error(e)),
     }
+}
+
+/// Checks a grant asked for with the approval of held call `id` against the
+/// policy in force, before anything is decided (a refused grant decides nothing).
+fn check_grant(
+    gw: &Gateway,
+    id: &str,
+    request: crate::grants::GrantRequest,
+) -> Result<(hold::PendingItem, crate::grants::GrantRequest, String), ApiError> {
+    let unprocessable =
+        |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "grant_refused", message);
+    let Some(item) = gw.holds.get(id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no pending call with id {id} on this gateway to grant from"),
+        ));
+    };
+    if item.rule == crate::power::RULE {
+        return Err(unprocessable(
+            "this call is held because the tool's definition changed: accept the definition instead of granting".into(),
+        ));
+    }
+    let Some(upstream) = gw.upstreams.get(&item.upstream) else {
+        return Err(unprocessable(format!(
+            "upstream `{}` is no longer configured",
+            item.upstream
+        )));
+    };
+    let rule = crate::grants::check(&upstream.policy(), &item.tool, &request)
+        .map_err(|e| unprocessable(e.to_string()))?;
+    Ok((item, request, rule))
 }
 
 /// Maps a decision failure to its HTTP answer (409 names the winner).

@@ -335,7 +335,8 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let approvals = start_approvals(&config.store).await?;
-    let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown);
+    let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
+    let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown, pins);
     crate::slack::install(&gw).await?;
     if gw.config.store.url.is_none() {
         // With a shared store, the survivors' lease sweep records a dead
@@ -346,6 +347,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     tokio::spawn(crate::hold::follow_approvals(gw.clone()));
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
+    tokio::spawn(crate::power::maintain_grants(gw.clone()));
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
 
     let router = crate::server::router(gw.clone());

@@ -16,6 +16,9 @@
 //! - [`catalog`]: every upstream's tools (the dashboard's Tools page), with a
 //!   risk class read from their annotations.
 //! - [`hold`]: calls waiting for a human.
+//! - [`pins`]: every tool definition's fingerprint, pinned at first sight
+//!   (rug-pull defence); [`grants`]: standing approvals ("approve for a
+//!   while"); [`power`]: what both do to calls, their events and audit rows.
 //! - [`approvals`]: pending approvals as a service behind a store (in-process or
 //!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
@@ -49,6 +52,7 @@ pub mod era;
 pub mod events;
 pub mod gate;
 pub mod gateway;
+pub mod grants;
 pub mod hold;
 pub mod http_agent;
 pub mod inspect;
@@ -57,7 +61,9 @@ pub mod listener;
 pub mod login;
 pub mod memory;
 pub mod metrics;
+pub mod pins;
 pub mod policy;
+pub mod power;
 pub mod reload;
 pub mod remote;
 pub mod server;

@@ -19,7 +19,9 @@ use serde::Deserialize;
 
 use serde_json::Value;
 
-use super::{Action, Approval, Branch, Cond, Format, OnTimeout, Policy, RateLimit, Rule};
+use super::{
+    Action, Approval, Branch, Cond, Format, OnTimeout, OnToolChange, Policy, RateLimit, Rule,
+};
 use crate::suggest::{parse_unknown, suggestion};
 
 /// A policy file that cannot be used, with where and why.
@@ -57,6 +59,9 @@ struct RawPolicy {
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+    /// What a changed tool definition does (default `warn`).
+    #[serde(default)]
+    on_tool_change: Option<OnToolChange>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +79,8 @@ struct RawRule {
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     approval: Option<RawApproval>,
+    #[serde(default)]
+    on_tool_change: Option<OnToolChange>,
 }
 
 #[derive(Deserialize)]
@@ -101,10 +108,17 @@ struct RawApproval {
     timeout: Option<u64>,
     #[serde(default)]
     on_timeout: Option<OnTimeout>,
+    /// Longest grant (standing approval) in seconds; 0 forbids grants.
+    #[serde(default)]
+    max_grant: Option<u64>,
 }
 
 /// Longest approval wait a policy may ask for: one week.
 pub const MAX_APPROVAL_TIMEOUT: u64 = 7 * 24 * 3600;
+
+/// Longest grant (standing approval) anyone may give: one day, in seconds.
+/// A rule's `approval.max_grant` can only lower it.
+pub const MAX_GRANT: u64 = 24 * 3600;
 
 /// Reads and compiles a policy file.
 pub fn load_file(path: &Path) -> Result<Policy, LoadError> {
@@ -332,9 +346,20 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
                         ),
                     ));
                 }
+                if let Some(max) = a.max_grant
+                    && max > MAX_GRANT
+                {
+                    return Err(err(
+                        "approval.max_grant",
+                        format!(
+                            "rules.{key}.approval.max_grant must be between 0 (no grants) and {MAX_GRANT} seconds, got {max}"
+                        ),
+                    ));
+                }
                 Approval {
                     timeout: Duration::from_secs(timeout),
                     on_timeout: a.on_timeout.unwrap_or(OnTimeout::Deny),
+                    max_grant: a.max_grant,
                 }
             }
         };
@@ -346,9 +371,11 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
             approval,
             branches,
             limits: Vec::new(),
+            on_tool_change: raw_rule.on_tool_change,
         });
     }
     let mut policy = assemble(default, &raw.hide, rules, None, Format::Airlock, &src)?;
+    policy.on_tool_change = raw.on_tool_change.unwrap_or_default();
     for (hint, action) in raw.annotations {
         if !super::HINTS.contains(&hint.as_str()) {
             let known: Vec<String> = super::HINTS.iter().map(|h| (*h).to_owned()).collect();
@@ -464,6 +491,7 @@ pub(super) fn assemble(
         all_tools,
         format,
         annotations: Vec::new(),
+        on_tool_change: OnToolChange::Warn,
     })
 }
 
