@@ -54,6 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,
         Command::Deny(args) => crate::remote::decide(args, "deny").await,
+        Command::Tools(command) => crate::remote::tools(command).await,
+        Command::Grants(command) => crate::remote::grants(command).await,
         Command::LoginLink { audit, token } => login_file::print(&audit, token),
     }
 }

@@ -35,11 +35,19 @@ pub enum Scope {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
-    pub minutes: u64,
+    /// May be fractional (`0.5`: 30 s); rounded up to whole seconds.
+    pub minutes: f64,
     #[serde(default = "agent_scope")]
     pub scope: Scope,
     #[serde(default)]
     pub exact_arguments: bool,
+}
+
+impl GrantRequest {
+    /// The length asked for, in whole seconds (rounded up).
+    pub fn seconds(&self) -> u64 {
+        (self.minutes * 60.0).ceil().min(u64::MAX as f64) as u64
+    }
 }
 
 fn agent_scope() -> Scope {
@@ -106,8 +114,8 @@ pub struct Call<'a> {
 /// Why a grant cannot be given.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GrantError {
-    #[error("grant.minutes must be at least 1")]
-    Zero,
+    #[error("grant.minutes must be a number of minutes above 0, got {0}")]
+    Zero(f64),
     #[error("the policy rule `{rule}` does not allow grants (approval.max_grant is 0)")]
     Forbidden { rule: String },
     #[error(
@@ -115,7 +123,7 @@ pub enum GrantError {
     )]
     TooLong {
         rule: String,
-        minutes: u64,
+        minutes: f64,
         cap: u64,
         cap_minutes: u64,
     },
@@ -131,10 +139,10 @@ pub fn check(policy: &Policy, tool: &str, request: &GrantRequest) -> Result<Stri
             rule: rule.to_owned(),
         });
     }
-    if request.minutes == 0 {
-        return Err(GrantError::Zero);
+    if !request.minutes.is_finite() || request.minutes <= 0.0 {
+        return Err(GrantError::Zero(request.minutes));
     }
-    if request.minutes.saturating_mul(60) > cap {
+    if request.seconds() > cap {
         return Err(GrantError::TooLong {
             rule: rule.to_owned(),
             minutes: request.minutes,
@@ -230,7 +238,7 @@ pub fn new_grant(
     granted_by: &str,
 ) -> Grant {
     let now = Utc::now();
-    let minutes = i64::try_from(request.minutes).unwrap_or(i64::MAX / 120);
+    let seconds = i64::try_from(request.seconds()).unwrap_or(i64::MAX / 2000);
     let raw = item.arguments.to_string();
     let exact = request.exact_arguments;
     Grant {
@@ -248,7 +256,7 @@ pub fn new_grant(
         granted_by: granted_by.to_owned(),
         pending_id: item.id.clone(),
         created_at: now,
-        expires_at: now + Duration::minutes(minutes),
+        expires_at: now + Duration::seconds(seconds),
     }
 }
 
@@ -267,7 +275,7 @@ mod tests {
         .unwrap()
     }
 
-    fn request(minutes: u64) -> GrantRequest {
+    fn request(minutes: f64) -> GrantRequest {
         GrantRequest {
             minutes,
             scope: Scope::Agent,
@@ -278,21 +286,21 @@ mod tests {
     #[test]
     fn the_rule_caps_or_forbids_grants() {
         let capped = policy(r#""max_grant": 900"#);
-        assert_eq!(check(&capped, "pay", &request(15)), Ok("pay".into()));
+        assert_eq!(check(&capped, "pay", &request(15.0)), Ok("pay".into()));
         assert!(matches!(
-            check(&capped, "pay", &request(16)),
+            check(&capped, "pay", &request(16.0)),
             Err(GrantError::TooLong { cap: 900, .. })
         ));
         assert!(matches!(
-            check(&policy(r#""max_grant": 0"#), "pay", &request(1)),
+            check(&policy(r#""max_grant": 0"#), "pay", &request(1.0)),
             Err(GrantError::Forbidden { .. })
         ));
         assert_eq!(
-            check(&policy(""), "pay", &request(0)),
-            Err(GrantError::Zero)
+            check(&policy(""), "pay", &request(0.0)),
+            Err(GrantError::Zero(0.0))
         );
-        assert!(check(&policy(""), "pay", &request(24 * 60)).is_ok());
-        assert!(check(&policy(""), "pay", &request(24 * 60 + 1)).is_err());
+        assert!(check(&policy(""), "pay", &request(1440.0)).is_ok());
+        assert!(check(&policy(""), "pay", &request(1440.5)).is_err());
     }
 
     #[test]

@@ -167,9 +167,9 @@ pub async fn granted(gw: &Gateway, grant: &Grant, channel: &str) {
             channel: Some(channel.to_owned()),
             pending_id: Some(grant.pending_id.clone()),
             reason: Some(format!(
-                "grant {} for {} min ({} scope{}) until {}",
+                "grant {} for {} s ({} scope{}) until {}",
                 grant.id,
-                grant.seconds() / 60,
+                grant.seconds(),
                 scope_name(grant),
                 if grant.args_hash.is_some() {
                     ", exact arguments"
