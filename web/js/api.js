@@ -82,9 +82,12 @@ export function logout() {
   return request('POST', '/api/logout');
 }
 
-export function decide(id, decision, comment) {
+/** `grant` (approvals only): `{minutes, scope, exact_arguments}` or null. */
+export function decide(id, decision, comment, grant) {
   const verb = decision === 'approve' ? 'approve' : 'deny';
-  return request('POST', `/api/pending/${encodeURIComponent(id)}/${verb}`, { comment: comment || '' });
+  const body = { comment: comment || '' };
+  if (grant && verb === 'approve') body.grant = grant;
+  return request('POST', `/api/pending/${encodeURIComponent(id)}/${verb}`, body);
 }
 
 export function audit(params, { signal } = {}) {

@@ -5,6 +5,7 @@ import { startLive, stopLive, retryNow } from './live.js';
 import { initPending, onFrame, setLiveState, resetPending, pendingKeydown, pendingCount } from './pending.js';
 import { initHistory, showHistory } from './history.js';
 import { initTools, showTools, toolsFrame } from './tools.js';
+import { initPower, powerFrame, resetPower } from './power.js';
 import { setNotify, setSound, alerts, notificationsSupported } from './notify.js';
 
 const VIEWS = ['login', 'pending', 'tools', 'history'];
@@ -76,7 +77,7 @@ function startSession(data) {
   $('#whoami').textContent = session.approver ? `Signed in as ${session.approver} (${session.role})` : '';
   document.body.dataset.role = session.role;
   startLive({
-    onFrame: (f) => { onFrame(f); toolsFrame(f, current === 'tools'); },
+    onFrame: (f) => { onFrame(f); powerFrame(f); toolsFrame(f, current === 'tools'); },
     onState: (s) => { setConn(s); setLiveState(s); },
     onUnauthorized: () => endSession('Your session has ended. Log in again.'),
   });
@@ -93,6 +94,7 @@ function endSession(message) {
   setConn('offline');
   session.clear();
   resetPending();
+  resetPower();
   $('#whoami').textContent = '';
   showLogin(message);
 }
@@ -139,6 +141,7 @@ async function boot() {
   initPending({ onCount: updateTitle });
   initHistory({ onNavigate: navigate });
   initTools();
+  initPower();
   wireChrome();
 
   const token = tokenFromFragment();

@@ -228,6 +228,23 @@ function makeRecord(id, item) {
   const commentId = `card-${n}-comment`;
   const comment = h('textarea', { id: commentId, class: 'card-comment', rows: '1', maxlength: '2000', placeholder: 'Optional — the agent sees it', spellcheck: 'true' });
   const approveBtn = h('button', { type: 'button', class: 'btn btn-approve', 'aria-describedby': headId }, 'Approve');
+  // "Approve for a while": a grant lets later matching calls pass (docs/approvals.md).
+  const grantId = `card-${n}-grant`;
+  const grantFor = h('select', { id: grantId, class: 'grant-for' },
+    h('option', { value: '' }, 'this call only'),
+    h('option', { value: '5' }, 'and later calls for 5 minutes'),
+    h('option', { value: '15' }, 'and later calls for 15 minutes'),
+    h('option', { value: '60' }, 'and later calls for 1 hour'),
+    h('option', { value: '240' }, 'and later calls for 4 hours'));
+  const grantScope = h('select', { class: 'grant-scope', 'aria-label': 'Whom the grant covers' },
+    h('option', { value: 'agent' }, 'of this agent'),
+    h('option', { value: 'session' }, 'of this session only'));
+  const grantExact = h('input', { type: 'checkbox', class: 'grant-exact' });
+  const grantOpts = h('span', { class: 'grant-opts', hidden: true }, grantScope,
+    h('label', { class: 'toggle' }, grantExact, h('span', null, 'with these exact arguments')));
+  grantFor.addEventListener('change', () => { grantOpts.hidden = !grantFor.value; });
+  const grantRow = h('div', { class: 'card-grant' },
+    h('label', { for: grantId, class: 'comment-label' }, 'Approve'), grantFor, grantOpts);
   const denyBtn = h('button', { type: 'button', class: 'btn btn-deny', 'aria-describedby': headId }, 'Deny');
   const actions = h('div', { class: 'card-actions' }, approveBtn, denyBtn);
   const confirmYes = h('button', { type: 'button', class: 'btn btn-deny btn-confirm' }, 'Yes, deny');
@@ -241,6 +258,7 @@ function makeRecord(id, item) {
     ? h('div', { class: 'card-decide' },
       h('label', { for: commentId, class: 'comment-label' }, 'Comment'),
       comment,
+      item.rule === 'on_tool_change' ? null : grantRow,
       actions,
       confirm,
       error)
@@ -262,7 +280,7 @@ function makeRecord(id, item) {
     expires: Number.isFinite(expires) ? expires : NaN,
     hay: [item.tool, item.agent, item.upstream, item.rule, item.reason, item.session, id].map((x) => clip(str(x), 1000)).join(' ').toLowerCase() + haystack(args),
     busy: false,
-    refs: { timerText, timerFill, timer, comment, approveBtn, denyBtn, actions, confirm, confirmYes, confirmNo, error },
+    refs: { timerText, timerFill, timer, comment, approveBtn, denyBtn, actions, confirm, confirmYes, confirmNo, error, grantFor, grantScope, grantExact },
   };
 
   approveBtn.addEventListener('click', () => { select(id, false); decide(rec, 'approve'); });
@@ -310,7 +328,11 @@ async function decide(rec, verb) {
   rec.refs.error.hidden = true;
   setBusy(rec, true, verb);
   try {
-    const res = await apiDecide(rec.id, verb, comment);
+    const { grantFor, grantScope, grantExact } = rec.refs;
+    const grant = grantFor.value && rec.item.rule !== 'on_tool_change'
+      ? { minutes: Number(grantFor.value), scope: grantScope.value, exact_arguments: grantExact.checked }
+      : null;
+    const res = await apiDecide(rec.id, verb, comment, grant);
     resolve(rec.id, {
       kind: 'mine',
       decision: res && typeof res.decision === 'string' ? res.decision : (verb === 'approve' ? 'approved' : 'denied'),
