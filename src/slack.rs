@@ -41,6 +41,8 @@ pub struct Slack {
     forged_rows: Mutex<(Instant, u32)>,
     /// `[audit] redact`: the same keys are hidden from Slack (a third party).
     redact: crate::audit::Redactor,
+    /// Base of the dashboard link in notices.
+    public_url: String,
 }
 
 /// Forged-link audit rows per minute; more are only logged.
@@ -95,6 +97,7 @@ pub async fn install(gw: &Gateway) -> Result<(), SlackError> {
         outbox,
         forged_rows: Mutex::new((Instant::now(), 0)),
         redact: gw.config.audit.redact.clone(),
+        public_url: gw.config.public_url.clone(),
     });
     SLACK
         .set(slack.clone())
@@ -157,6 +160,13 @@ impl Notifier for SlackNotifier {
             self.0.sanitized(item),
             resolution.clone(),
         ));
+    }
+
+    fn tool_changed(&self, change: &crate::pins::Change, mode: crate::policy::OnToolChange) {
+        self.0.outbox.push(delivery::Job::Notice {
+            what: "tool-changed message",
+            body: message::tool_changed(change, mode, &self.0.public_url),
+        });
     }
 }
 

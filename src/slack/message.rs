@@ -289,6 +289,40 @@ fn actions(item: &PendingItem, buttons: &Buttons) -> Value {
     json!({ "type": "actions", "block_id": "airlock_decide", "elements": elements })
 }
 
+/// The message posted when a tool's definition changed since it was pinned:
+/// what changed (the diff, escaped, in a code block) and what its calls meet.
+pub fn tool_changed(
+    change: &crate::pins::Change,
+    mode: crate::policy::OnToolChange,
+    public_url: &str,
+) -> Value {
+    let one_line = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    let (tool, upstream) = (one_line(&change.tool), one_line(&change.upstream));
+    let meets = match mode {
+        crate::policy::OnToolChange::Hold => "its calls wait for approval",
+        crate::policy::OnToolChange::Deny => "its calls are refused",
+        crate::policy::OnToolChange::Hide => "it is hidden from agents",
+        crate::policy::OnToolChange::Warn => "its calls still pass (warn)",
+    };
+    let (diff, _) = escape_within(&change.diff, SECTION_LIMIT - 20, true);
+    json!({
+        "text": format!("Tool definition changed: {} on {}", escape(&tool), escape(&upstream)),
+        "blocks": [
+            { "type": "header", "text": plain(&clip_plain(&format!("Tool definition changed: {tool}"), HEADER_LIMIT)) },
+            { "type": "section", "text": mrkdwn(format!(
+                "{} on {} changed since it was pinned; until an admin accepts the new definition, {meets} (`on_tool_change: {}`).",
+                code(&tool, SHORT_LIMIT), code(&upstream, SHORT_LIMIT), mode.as_str())) },
+            { "type": "section", "text": mrkdwn(format!("```{diff}```")) },
+            { "type": "context", "elements": [mrkdwn(format!(
+                "Accept it on the dashboard ({}/) or with `airlock tools accept`.", escape(public_url)))] },
+        ],
+    })
+}
+
 /// The message posted for a held call.
 pub fn held(item: &PendingItem, buttons: &Buttons) -> Value {
     let mut blocks = vec![

@@ -33,12 +33,14 @@ def policy(on_change: str | None = None, transfer: dict | None = None, delete: d
     return p
 
 
-def gateway(procs, pol: dict, audit=None):
+def gateway(procs, pol: dict, audit=None, slack=None):
     server = procs.start([PYTHON, RUGPULL, "--port", "0"])
     url = server.wait_for_line("LISTENING ", timeout=60).split(" ", 1)[1].strip()
     config = write_config(procs.tmp_path, pol, url=url, name=f"power-{len(procs.started)}")
     text = config.read_text().replace('token_env = "AIRLOCK_TEST_ALICE"',
                                       'token_env = "AIRLOCK_TEST_ALICE"\nrole = "admin"')
+    if slack is not None:
+        text += '\n[slack]\nwebhook_url_env = "AIRLOCK_TEST_SLACK_WEBHOOK"\n'
     config.write_text(text)
     return start_gateway(procs, pol, config=config, audit=audit)
 
@@ -166,6 +168,22 @@ def test_hold_holds_calls_of_a_changed_tool_until_the_definition_is_accepted(pro
     steps = drive(gw, call("transfer", to="eve", amount=4))
     assert outcome(steps[0]) == "ok: sent 4 to eve"
     assert gw.pending() == []
+
+
+def test_a_change_is_announced_in_slack_with_the_escaped_diff(procs, monkeypatch):
+    from fake_slack import FakeSlack, all_text
+    slack = FakeSlack()
+    monkeypatch.setenv("AIRLOCK_TEST_SLACK_WEBHOOK", slack.webhook_url)
+    try:
+        gw = gateway(procs, policy("hold"), slack=slack)
+        drive(gw, LIST, call("rug_pull", description="Sends <!channel> money ``` now"), LIST)
+        message = slack.wait_for(lambda b: "Tool definition changed" in all_text(b), kind=None).body
+        text = all_text(message)
+        assert "transfer" in text and "its calls wait for approval" in text and "on_tool_change: hold" in text
+        assert "+ Sends &lt;!channel&gt; money" in text and "<!channel>" not in text
+        assert "- Sends money to a recipient." in text
+    finally:
+        slack.close()
 
 
 def test_cli_lists_pins_and_accepts(procs):
