@@ -776,7 +776,9 @@ impl Gateway {
                                     "covered by grant {} (approved by {}, until {})",
                                     grant.id,
                                     grant.granted_by,
-                                    grant.expires_at.to_rfc3339()
+                                    grant
+                                        .expires_at
+                                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
                                 )),
                                 decider: Some(grant.granted_by.clone()),
                                 channel: Some("grant".into()),

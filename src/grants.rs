@@ -119,13 +119,12 @@ pub enum GrantError {
     #[error("the policy rule `{rule}` does not allow grants (approval.max_grant is 0)")]
     Forbidden { rule: String },
     #[error(
-        "a grant of {minutes} minutes is longer than the policy rule `{rule}` allows ({cap_minutes} minutes; approval.max_grant = {cap} s)"
+        "a grant of {minutes} minutes is longer than the policy rule `{rule}` allows (approval.max_grant = {cap} s)"
     )]
     TooLong {
         rule: String,
         minutes: f64,
         cap: u64,
-        cap_minutes: u64,
     },
 }
 
@@ -147,7 +146,6 @@ pub fn check(policy: &Policy, tool: &str, request: &GrantRequest) -> Result<Stri
             rule: rule.to_owned(),
             minutes: request.minutes,
             cap,
-            cap_minutes: cap / 60,
         });
     }
     Ok(rule.to_owned())

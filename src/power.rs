@@ -176,7 +176,9 @@ pub async fn granted(gw: &Gateway, grant: &Grant, channel: &str) {
                 } else {
                     ""
                 },
-                grant.expires_at.to_rfc3339()
+                grant
+                    .expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             )),
             arguments: grant.arguments.as_ref().map(Value::to_string),
             ..Default::default()
