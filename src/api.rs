@@ -58,6 +58,7 @@ pub fn routes() -> Router<Gateway> {
             "/api/tools/{upstream}/{tool}/accept",
             post(power::accept_tool),
         )
+        .route("/api/quorum", get(power::quorum))
         .route("/api/grants", get(power::list_grants))
         .route(
             "/api/grants/{id}",
@@ -458,7 +459,7 @@ async fn decide_http(
         ));
     }
     let channel = approver.channel(&headers);
-    match hold::decide(
+    match crate::quorum::decide(
         &gw,
         &id,
         choice,
@@ -468,7 +469,14 @@ async fn decide_http(
     )
     .await
     {
-        Ok(r) => {
+        Ok(crate::quorum::Decided::Vote { approvals, needed }) => Ok(Json(json!({
+            "id": id,
+            "decision": "vote",
+            "approvals": approvals,
+            "needed": needed,
+            "message": format!("{} of {needed} approvals; the call stays held until {needed} different approvers approve", approvals.len()),
+        }))),
+        Ok(crate::quorum::Decided::Final(r)) => {
             let mut body = hold::resolution_json(&r);
             body["id"] = id.into();
             if let Some((item, request, rule)) = grant {
@@ -479,7 +487,17 @@ async fn decide_http(
             }
             Ok(Json(body))
         }
-        Err(e) => Err(decide_error(e)),
+        Err(crate::quorum::QuorumError::Decide(e)) => Err(decide_error(e)),
+        Err(e @ crate::quorum::QuorumError::SameApprover { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "same_approver",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_group",
+            e.to_string(),
+        )),
     }
 }
 

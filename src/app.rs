@@ -167,6 +167,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         name: "approver".into(),
         token,
         role: config::Role::Admin,
+        groups: Vec::new(),
     }];
     Ok(Config {
         listen,

@@ -81,6 +81,9 @@ pub struct Credential {
     /// What an approver may do (`role` on `[[approver]]`); agents have no
     /// approval rights whatever this says, and keep the default.
     pub role: Role,
+    /// Approver groups (`groups` on `[[approver]]`): a policy rule may let
+    /// only some groups decide its calls (`approval.groups`).
+    pub groups: Vec<String>,
 }
 
 /// An approver's role, from least to most: a viewer sees pending calls,
@@ -98,6 +101,23 @@ pub enum Role {
 }
 
 impl Config {
+    /// The groups of the approver named `name` (none when not configured).
+    pub fn approver_groups(&self, name: &str) -> &[String] {
+        self.approvers
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.groups.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The approvers in `group`.
+    pub fn group_members(&self, group: &str) -> Vec<&Credential> {
+        self.approvers
+            .iter()
+            .filter(|a| a.groups.iter().any(|g| g == group))
+            .collect()
+    }
+
     /// The role of the approver named `name` (None: not configured).
     pub fn approver_role(&self, name: &str) -> Option<Role> {
         self.approvers
@@ -435,6 +455,9 @@ struct RawCredential {
     slack_user_id: Option<String>,
     /// `viewer`, `approver` (default) or `admin`; `[[approver]]` only.
     role: Option<String>,
+    /// Approver groups; `[[approver]]` only.
+    #[serde(default)]
+    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -966,6 +989,19 @@ fn credentials(
                 )));
             }
         };
+        if table == "agent" && c.groups.is_some() {
+            return Err(err(format!(
+                "agent `{}`: groups only applies to [[approver]]",
+                c.name
+            )));
+        }
+        let groups = c.groups.unwrap_or_default();
+        if let Some(bad) = groups.iter().find(|g| g.trim().is_empty()) {
+            return Err(err(format!(
+                "approver `{}`: a group name must not be empty (got {bad:?})",
+                c.name
+            )));
+        }
         if table == "agent" && c.slack_user_id.is_some() {
             return Err(err(format!(
                 "agent `{}`: slack_user_id only applies to [[approver]]",
@@ -1009,6 +1045,7 @@ fn credentials(
             name: c.name,
             token,
             role,
+            groups,
         });
     }
     Ok(out)

@@ -61,6 +61,8 @@ pub struct Inner {
     pub pins: crate::pins::Pins,
     /// Standing approvals given with an approval.
     pub grants: crate::grants::Grants,
+    /// Approvals counted toward a two-person (or more) rule, and escalations.
+    pub votes: crate::quorum::Votes,
     /// Agent requests whose responses are still being sent (shutdown waits for them).
     pub in_flight: AtomicUsize,
     /// Cancelled on SIGTERM/SIGINT.
@@ -311,6 +313,10 @@ pub trait Notifier: Send + Sync {
     fn resolved(&self, item: &PendingItem, resolution: &Resolution);
     /// A tool's definition changed since it was pinned.
     fn tool_changed(&self, _change: &crate::pins::Change, _mode: crate::policy::OnToolChange) {}
+    /// An approval counted toward a rule that needs several approvers.
+    fn vote(&self, _item: &PendingItem, _approvals: &[String], _needed: u32) {}
+    /// Nobody decided in time: `group` is called in.
+    fn escalated(&self, _item: &PendingItem, _group: &str, _after_s: u64) {}
 }
 
 /// Who is calling and over which connection; built per message by the transports.
@@ -442,6 +448,7 @@ impl Gateway {
             catalog: Default::default(),
             pins,
             grants: Default::default(),
+            votes: Default::default(),
             in_flight: AtomicUsize::new(0),
             shutdown,
             unknown_tool: DashMap::new(),
@@ -522,6 +529,18 @@ impl Gateway {
     pub fn notify_resolved(&self, item: &PendingItem, resolution: &Resolution) {
         for n in self.notifiers.get().into_iter().flatten() {
             n.resolved(item, resolution);
+        }
+    }
+
+    pub fn notify_vote(&self, item: &PendingItem, approvals: &[String], needed: u32) {
+        for n in self.notifiers.get().into_iter().flatten() {
+            n.vote(item, approvals, needed);
+        }
+    }
+
+    pub fn notify_escalated(&self, item: &PendingItem, group: &str, after_s: u64) {
+        for n in self.notifiers.get().into_iter().flatten() {
+            n.escalated(item, group, after_s);
         }
     }
 

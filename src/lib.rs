@@ -18,7 +18,9 @@
 //! - [`hold`]: calls waiting for a human.
 //! - [`pins`]: every tool definition's fingerprint, pinned at first sight
 //!   (rug-pull defence); [`grants`]: standing approvals ("approve for a
-//!   while"); [`power`]: what both do to calls, their events and audit rows.
+//!   while"); [`power`]: what both do to calls, their events and audit rows;
+//!   [`quorum`]: who may decide a hold and how many must approve (two-person
+//!   rule, approver groups, escalation).
 //! - [`approvals`]: pending approvals as a service behind a store (in-process or
 //!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
@@ -64,6 +66,7 @@ pub mod metrics;
 pub mod pins;
 pub mod policy;
 pub mod power;
+pub mod quorum;
 pub mod reload;
 pub mod remote;
 pub mod server;

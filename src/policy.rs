@@ -144,6 +144,31 @@ impl Default for Approval {
     }
 }
 
+/// Who must decide a rule's held calls: how many distinct approvers, from
+/// which groups, and whom to call in when nobody decided in time
+/// (`approval.approvers`, `groups`, `escalate_after`, `escalate_to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    /// Distinct approvals needed (1: the usual single approval).
+    pub approvers: u32,
+    /// Groups whose members may decide (empty: any approver).
+    pub groups: Vec<String>,
+    /// After this long without a decision, `escalate_to` is notified and may decide.
+    pub escalate_after: Option<Duration>,
+    pub escalate_to: Option<String>,
+}
+
+impl Default for Quorum {
+    fn default() -> Self {
+        Quorum {
+            approvers: 1,
+            groups: Vec::new(),
+            escalate_after: None,
+            escalate_to: None,
+        }
+    }
+}
+
 /// `rate_limit {max, window}` as written, plus its live limiter.
 #[derive(Clone)]
 pub struct RateLimit {
@@ -205,6 +230,8 @@ pub struct Rule {
     pub limits: Vec<WindowLimit>,
     /// `on_tool_change` of this rule (None: the policy's).
     pub on_tool_change: Option<OnToolChange>,
+    /// Who must decide its held calls.
+    pub quorum: Quorum,
 }
 
 /// One ordered, conditional choice of a rule.
@@ -271,6 +298,7 @@ impl Rule {
             branches: Vec::new(),
             limits: Vec::new(),
             on_tool_change: None,
+            quorum: Quorum::default(),
         }
     }
 
@@ -428,6 +456,14 @@ impl Policy {
             Verdict::Rule(rule) => (rule.approval, &rule.key),
             Verdict::Hidden => (Approval::default(), "hide"),
             Verdict::Default(_) => (Approval::default(), "default"),
+        }
+    }
+
+    /// Who must decide a held call to this tool (its rule's quorum, else one approver).
+    pub fn quorum_for(&self, tool: &str) -> Quorum {
+        match self.decide(tool) {
+            Verdict::Rule(rule) => rule.quorum.clone(),
+            _ => Quorum::default(),
         }
     }
 

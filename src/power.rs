@@ -231,6 +231,7 @@ pub async fn maintain_grants(gw: Gateway) {
             _ = gw.shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
+        crate::quorum::tick(&gw).await;
         let expired = gw.grants.take_expired();
         if !expired.is_empty() {
             ended(&gw, &expired, "expired", None).await;

@@ -85,6 +85,9 @@ pub async fn decide(args: DecideArgs, action: &str) -> anyhow::Result<ExitCode> 
         body["decision"].as_str().unwrap_or(action),
         args.id
     );
+    if let Some(message) = body["message"].as_str() {
+        println!("{message}");
+    }
     if let Some(grant) = body.get("grant") {
         println!("{}", grant_line(grant));
     }

@@ -388,7 +388,7 @@ pub async fn decide(
         },
     };
     let id = &claims.pending_id;
-    match hold::decide(
+    let decided = match crate::quorum::decide(
         &gw,
         id,
         verdict,
@@ -398,6 +398,31 @@ pub async fn decide(
     )
     .await
     {
+        Ok(crate::quorum::Decided::Vote { approvals, needed }) => {
+            let counted = format!(
+                "{} of {needed} approvals so far ({}). The call stays held until {needed} different approvers approve.",
+                approvals.len(),
+                approvals.join(", ")
+            );
+            return notice(
+                StatusCode::OK,
+                Tone::Ok,
+                "Your approval counts",
+                &[&counted],
+            );
+        }
+        Ok(crate::quorum::Decided::Final(r)) => Ok(r),
+        Err(crate::quorum::QuorumError::Decide(e)) => Err(e),
+        Err(e) => {
+            return notice(
+                StatusCode::FORBIDDEN,
+                Tone::Bad,
+                "Nothing was decided",
+                &[&e.to_string()],
+            );
+        }
+    };
+    match decided {
         Ok(r) => {
             let (tone, heading, detail) = match verdict {
                 Choice::Approve => (

@@ -33,12 +33,14 @@ def policy(on_change: str | None = None, transfer: dict | None = None, delete: d
     return p
 
 
-def gateway(procs, pol: dict, audit=None, slack=None):
+def gateway(procs, pol: dict, audit=None, slack=None, edit=None):
     server = procs.start([PYTHON, RUGPULL, "--port", "0"])
     url = server.wait_for_line("LISTENING ", timeout=60).split(" ", 1)[1].strip()
     config = write_config(procs.tmp_path, pol, url=url, name=f"power-{len(procs.started)}")
     text = config.read_text().replace('token_env = "AIRLOCK_TEST_ALICE"',
                                       'token_env = "AIRLOCK_TEST_ALICE"\nrole = "admin"')
+    if edit is not None:
+        text = edit(text)
     if slack is not None:
         text += '\n[slack]\nwebhook_url_env = "AIRLOCK_TEST_SLACK_WEBHOOK"\n'
     config.write_text(text)
@@ -262,11 +264,11 @@ def test_grants_expire_and_can_be_revoked(procs):
     gw = gateway(procs, policy(delete={"action": "require_approval", "approval": {"timeout": 3}}))
     first = Background(gw, call("delete_record", id="r1"))
     first.start()
-    _, r = approve_with_grant(gw, {"minutes": 0.05})  # 3 seconds
+    _, r = approve_with_grant(gw, {"minutes": 0.15})  # 9 seconds
     grant = r.json()["grant"]
     first.result()
     assert outcome(drive(gw, call("delete_record", id="r2"))[0]) == "ok: deleted r2"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while gw.api("GET", "/api/grants").json()["grants"]:
         assert time.monotonic() < deadline, "the grant did not expire"
         time.sleep(0.2)

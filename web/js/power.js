@@ -3,6 +3,7 @@
 // Everything from the server is rendered as text.
 import { h, $, clear, clip, visible, fmtDateTime, toast, announce } from './dom.js';
 import { request, session } from './api.js';
+import { showQuorum } from './pending.js';
 
 const els = {};
 let loading = 0;
@@ -34,10 +35,34 @@ export async function refreshPower() {
   }
 }
 
+let quorumLoading = 0;
+/** Reloads who must approve the open holds, and shows it on their cards. */
+export async function refreshQuorum() {
+  const mine = ++quorumLoading;
+  try {
+    const body = await request('GET', '/api/quorum');
+    if (mine === quorumLoading) showQuorum(body?.quorum || {});
+  } catch { /* the next event tries again */ }
+}
+
 export function powerFrame(f) {
   switch (f.type) {
     case 'snapshot':
       refreshPower();
+      refreshQuorum();
+      break;
+    case 'pending.created':
+      refreshQuorum();
+      break;
+    case 'pending.approval':
+      refreshQuorum();
+      if (Number.isFinite(f.needed)) {
+        toast(`${clip(visible(str(f.tool)), 80)}: ${Array.isArray(f.approvals) ? f.approvals.length : '?'} of ${f.needed} approvals.`);
+      }
+      break;
+    case 'pending.escalated':
+      refreshQuorum();
+      toast(`${clip(visible(str(f.tool)), 80)} waited too long: escalated to ${clip(visible(str(f.to)), 80)}.`, 'error', 10000);
       break;
     case 'tool.changed':
       toast(`The definition of ${clip(visible(str(f.tool)), 80)} on ${clip(visible(str(f.upstream)), 80)} changed.`, 'error', 10000);

@@ -1,0 +1,138 @@
+"""Two-person rule, approver groups and escalation (issue 15, item 3), against the real binary,
+the rug-pull test server on the official Python SDK, and the official Python SDK client."""
+from __future__ import annotations
+
+import threading
+import time
+
+from holdkit import ALICE, BOB, run_cli
+from test_power import Background, call, gateway, outcome, policy
+
+CAROL = "carol-approver-token-0123456789"
+
+
+def with_groups(alice=(), bob=(), carol=()):
+    def edit(text: str) -> str:
+        text = text.replace('role = "admin"', f'role = "admin"\ngroups = {list(alice)!r}'.replace("'", '"'))
+        text = text.replace('token_env = "AIRLOCK_TEST_BOB"',
+                            f'token_env = "AIRLOCK_TEST_BOB"\ngroups = {list(bob)!r}'.replace("'", '"'))
+        return text + (f'\n[[approver]]\nname = "carol"\ntoken_env = "AIRLOCK_TEST_CAROL"\n'
+                       f'groups = {list(carol)!r}\n'.replace("'", '"'))
+    return edit
+
+
+def start(procs, monkeypatch, approval: dict, **groups):
+    monkeypatch.setenv("AIRLOCK_TEST_CAROL", CAROL)
+    pol = policy(delete={"action": "require_approval", "reason": "destructive", "approval": approval})
+    return gateway(procs, pol, edit=with_groups(**groups))
+
+
+def approve(gw, pid, token, **body):
+    return gw.api("POST", f"/api/pending/{pid}/approve", token=token, json=body)
+
+
+def test_two_distinct_approvers_are_needed_and_the_same_one_cannot_count_twice(procs, monkeypatch):
+    gw = start(procs, monkeypatch, {"approvers": 2, "timeout": 60})
+    held = Background(gw, call("delete_record", id="r1"))
+    held.start()
+    [item] = gw.wait_pending()
+    r = approve(gw, item["id"], ALICE, comment="looks fine")
+    assert r.status_code == 200 and r.json()["decision"] == "vote", r.text
+    assert r.json()["approvals"] == ["alice"] and r.json()["needed"] == 2
+    q = gw.api("GET", "/api/quorum").json()["quorum"][item["id"]]
+    assert q["needed"] == 2 and q["approvals"] == ["alice"] and q["may_decide"] is True
+    r = approve(gw, item["id"], ALICE)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "same_approver", r.text
+    assert [p["id"] for p in gw.pending()] == [item["id"]], "still held"
+    r = approve(gw, item["id"], BOB)
+    assert r.status_code == 200 and r.json()["decision"] == "approved", r.text
+    assert outcome(held.result()[0]) == "ok: deleted r1"
+    [vote] = gw.audit_rows(decision="approval.vote")
+    assert (vote["decider"], vote["reason"], vote["comment"]) == ("alice", "1 of 2 approvals", "looks fine")
+    [approved] = [r for r in gw.decision_rows(item["id"]) if r["decision"] == "approved"]
+    assert approved["decider"] == "bob" and approved["comment"] == "approved by alice, bob (2 of 2)"
+    # The CLI says where the vote stands.
+    held = Background(gw, call("delete_record", id="r2"))
+    held.start()
+    [item] = gw.wait_pending()
+    out = run_cli("approve", item["id"], "--url", gw.base, env={"AIRLOCK_APPROVER_TOKEN": BOB})
+    assert out.returncode == 0 and "1 of 2 approvals" in out.stdout, out.stdout + out.stderr
+    gw.decide(item["id"], "deny")
+    assert outcome(held.result()[0]).startswith("refused approval_denied")
+
+
+def test_one_deny_ends_a_two_person_hold(procs, monkeypatch):
+    gw = start(procs, monkeypatch, {"approvers": 2, "timeout": 60})
+    held = Background(gw, call("delete_record", id="r1"))
+    held.start()
+    [item] = gw.wait_pending()
+    assert approve(gw, item["id"], ALICE).json()["decision"] == "vote"
+    r = gw.decide(item["id"], "deny", token=BOB, comment="no")
+    assert r.status_code == 200 and r.json()["decision"] == "denied"
+    assert outcome(held.result()[0]).startswith("refused approval_denied")
+    assert approve(gw, item["id"], CAROL).status_code == 409
+
+
+def test_two_approvers_racing_for_the_second_approval_decide_once(procs, monkeypatch):
+    gw = start(procs, monkeypatch, {"approvers": 2, "timeout": 60})
+    held = Background(gw, call("delete_record", id="r1"))
+    held.start()
+    [item] = gw.wait_pending()
+    assert approve(gw, item["id"], ALICE).json()["decision"] == "vote"
+    answers = {}
+    go = threading.Barrier(2)
+
+    def race(token, name):
+        go.wait()
+        answers[name] = approve(gw, item["id"], token)
+
+    threads = [threading.Thread(target=race, args=(t, n)) for t, n in ((BOB, "bob"), (CAROL, "carol"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    codes = sorted(r.status_code for r in answers.values())
+    assert codes == [200, 409], {n: r.text for n, r in answers.items()}
+    assert outcome(held.result()[0]) == "ok: deleted r1"
+    assert len([r for r in gw.decision_rows(item["id"]) if r["decision"] == "approved"]) == 1
+
+
+def test_only_the_rules_groups_decide_until_escalation_calls_in_another(procs, monkeypatch):
+    gw = start(procs, monkeypatch, {"groups": ["finance"], "escalate_after": 2, "escalate_to": "oncall",
+                                    "timeout": 60},
+               alice=["finance"], bob=["oncall"], carol=[])
+    held = Background(gw, call("delete_record", id="r1"))
+    held.start()
+    [item] = gw.wait_pending()
+    r = approve(gw, item["id"], BOB)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_group", r.text
+    assert "not in a group allowed to decide calls of rule `delete_record` (allowed: finance, oncall (after 2 s))" in r.text
+    assert gw.api("GET", "/api/quorum", token=BOB).json()["quorum"][item["id"]]["may_decide"] is False
+    assert gw.api("GET", "/api/quorum").json()["quorum"][item["id"]]["may_decide"] is True
+    deadline = time.monotonic() + 15
+    while not gw.audit_rows(decision="approval.escalated"):
+        assert time.monotonic() < deadline, "no escalation"
+        time.sleep(0.2)
+    [row] = gw.audit_rows(decision="approval.escalated")
+    assert row["reason"] == "no decision within 2 s: escalated to group oncall (bob)"
+    assert approve(gw, item["id"], CAROL).status_code == 403, "carol is in neither group"
+    r = approve(gw, item["id"], BOB)
+    assert r.status_code == 200 and r.json()["decision"] == "approved", r.text
+    assert outcome(held.result()[0]) == "ok: deleted r1"
+
+
+def test_check_validates_the_quorum_keys(tmp_path):
+    cases = {
+        '"approvers": 0': "approval.approvers must be between 1 and 10, got 0",
+        '"groups": []': "approval.groups is empty",
+        '"escalate_after": 30': "escalate_after needs escalate_to",
+        '"escalate_to": "oncall", "escalate_after": 400': "escalate_after must be between 1 and the timeout (300 s) minus one",
+        '"approver": 2': "unknown key `approver` in rules.x.approval, did you mean `approvers`?",
+    }
+    for i, (body, message) in enumerate(cases.items()):
+        path = tmp_path / f"p{i}.json"
+        path.write_text('{\n  "version": "1",\n  "rules": {\n    "x": {\n      "action": "require_approval",\n'
+                        f'      "approval": {{{body}}}\n    }}\n  }}\n}}\n')
+        out = run_cli("check", path)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and f"{path}:6:" in text and message in text, text
