@@ -136,3 +136,35 @@ def test_check_validates_the_quorum_keys(tmp_path):
         out = run_cli("check", path)
         text = out.stdout + out.stderr
         assert out.returncode != 0 and f"{path}:6:" in text and message in text, text
+
+
+def test_slack_hears_the_count_and_the_escalation_mentions_the_group(procs, monkeypatch):
+    from fake_slack import FakeSlack, all_text
+    slack = FakeSlack()
+    monkeypatch.setenv("AIRLOCK_TEST_SLACK_WEBHOOK", slack.webhook_url)
+    monkeypatch.setenv("AIRLOCK_TEST_CAROL", CAROL)
+    try:
+        pol = policy(delete={"action": "require_approval", "approval": {
+            "approvers": 2, "escalate_after": 2, "escalate_to": "oncall", "groups": ["finance"], "timeout": 60}})
+
+        def edit(text):
+            text = with_groups(alice=["finance"], bob=["finance"], carol=["oncall"])(text)
+            text = text.replace('name = "carol"', 'name = "carol"\nslack_user_id = "U0CAROL1"')
+            return text + '\n[slack]\nwebhook_url_env = "AIRLOCK_TEST_SLACK_WEBHOOK"\n'
+
+        gw = gateway(procs, pol, edit=edit)
+        held = Background(gw, call("delete_record", id="r1"))
+        held.start()
+        [item] = gw.wait_pending()
+        assert approve(gw, item["id"], ALICE).json()["decision"] == "vote"
+        vote = slack.wait_for(lambda b: "1 of 2 approvals" in all_text(b), kind=None).body
+        assert "alice" in all_text(vote) and item["id"] in all_text(vote)
+        escalated = slack.wait_for(lambda b: "Escalated" in all_text(b), kind=None).body
+        text = all_text(escalated)
+        assert "<@U0CAROL1>" in text and "oncall" in text and "within 2 s" in text, text
+        # carol (oncall, called in) gives the second approval.
+        r = approve(gw, item["id"], CAROL)
+        assert r.status_code == 200 and r.json()["decision"] == "approved", r.text
+        assert outcome(held.result()[0]) == "ok: deleted r1"
+    finally:
+        slack.close()
