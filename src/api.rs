@@ -493,6 +493,11 @@ async fn decide_http(
             "same_approver",
             e.to_string(),
         )),
+        Err(e @ crate::quorum::QuorumError::ToolChanged { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tool_changed",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden_group",

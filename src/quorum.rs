@@ -93,6 +93,10 @@ pub enum QuorumError {
     )]
     Unnamed { approver: String, rule: String },
     #[error(
+        "the definition of `{tool}` changed after this call was held (on_tool_change: {mode}); an admin must accept the new definition before it can be approved (it can still be denied)"
+    )]
+    ToolChanged { tool: String, mode: &'static str },
+    #[error(
         "`{approver}` already approved this call; it needs {needed} different approvers ({have} so far)"
     )]
     SameApprover {
@@ -168,6 +172,21 @@ pub async fn decide(
             rule,
             allowed: allowed.join(", "),
         });
+    }
+    if choice == Choice::Approve && item.rule != crate::power::RULE {
+        // Held under its own rule, then the server changed the tool: the
+        // approver reviewed the call, not the new definition.
+        if let Some(up) = gw.upstreams.get(&item.upstream)
+            && gw.pins.is_changed(&item.upstream, &item.tool)
+        {
+            let mode = up.policy().on_tool_change(&item.tool);
+            if mode != crate::policy::OnToolChange::Warn {
+                return Err(QuorumError::ToolChanged {
+                    tool: item.tool.clone(),
+                    mode: mode.as_str(),
+                });
+            }
+        }
     }
     if choice == Choice::Deny || quorum.approvers <= 1 {
         return Ok(Decided::Final(

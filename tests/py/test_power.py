@@ -369,3 +369,20 @@ def test_check_names_the_line_and_column_of_bad_new_keys(tmp_path):
     out = run_cli("check", bad_rule)
     text = out.stdout + out.stderr
     assert out.returncode != 0 and f"{bad_rule}:6:" in text and "rules.x.on_tool_change" in text, text
+
+
+def test_a_definition_changing_while_a_call_is_held_blocks_its_approval_until_accepted(procs):
+    gw = gateway(procs, policy("deny", transfer={"action": "require_approval", "approval": {"timeout": 60}}))
+    drive(gw, LIST)
+    held = Background(gw, call("transfer", to="eve", amount=9))
+    held.start()
+    [item] = gw.wait_pending()
+    assert item["rule"] == "transfer"
+    drive(gw, PULL, LIST)  # the server changes the tool while the call waits
+    r = gw.decide(item["id"], "approve")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "tool_changed", r.text
+    assert "changed after this call was held" in r.text
+    assert [p["id"] for p in gw.pending()] == [item["id"]], "nothing was decided"
+    assert gw.api("POST", f"/api/tools/{UPSTREAM}/transfer/accept").status_code == 200
+    assert gw.decide(item["id"], "approve").status_code == 200
+    assert outcome(held.result()[0]) == "ok: sent 9 to eve"

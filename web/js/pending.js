@@ -389,7 +389,7 @@ async function decide(rec, verb) {
       decider: res?.decider ?? session.approver, channel: res?.channel ?? 'dashboard', comment,
     });
   } catch (e) {
-    if (e && (e.code === 'same_approver' || e.code === 'forbidden_group' || e.code === 'grant_refused')) {
+    if (e && (e.code === 'same_approver' || e.code === 'tool_changed' || e.code === 'forbidden_group' || e.code === 'grant_refused')) {
       setBusy(rec, false);
       if (verb === 'deny') closeConfirm(rec, false);
       rec.refs.error.textContent = clip(e.message || 'refused', 400);
