@@ -1307,6 +1307,27 @@ mod tests {
     const UP: &str = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
 
     #[test]
+    fn approver_groups_are_read_and_only_for_approvers() {
+        let c = parse_ok(&format!(
+            "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\ngroups = [\"finance\", \"oncall\"]\n[[approver]]\nname = \"bob\"\ntoken_env = \"BOB\"\n"
+        ));
+        assert_eq!(c.approver_groups("alice"), ["finance", "oncall"]);
+        assert!(c.approver_groups("bob").is_empty());
+        assert_eq!(c.group_members("oncall").len(), 1);
+        let agent = parse_err(&format!(
+            "{UP}[[agent]]\nname = \"bot\"\ntoken_env = \"ALICE\"\ngroups = [\"x\"]\n"
+        ));
+        assert!(
+            agent.contains("groups only applies to [[approver]]"),
+            "{agent}"
+        );
+        let empty = parse_err(&format!(
+            "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\ngroups = [\" \"]\n"
+        ));
+        assert!(empty.contains("a group name must not be empty"), "{empty}");
+    }
+
+    #[test]
     fn approver_roles_default_to_approver() {
         let c = parse_ok(&format!(
             "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\nrole = \"admin\"\n[[approver]]\nname = \"vic\"\ntoken_env = \"BOB\"\nrole = \"viewer\"\n"
