@@ -629,11 +629,49 @@ fn check_policy(file: &Path) -> Result<String, String> {
     ))
 }
 
+/// Groups a policy names (`approval.groups`, `escalate_to`) that no
+/// `[[approver]]` of the config is in: nobody could decide those calls.
+fn group_warnings(config: &config::Config, policy: &policy::Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in policy.rules() {
+        let q = &rule.quorum;
+        for group in q.groups.iter().chain(&q.escalate_to) {
+            if config.group_members(group).is_empty() {
+                out.push(format!(
+                    "rules.{}.approval names group `{group}`, which no [[approver]] is in: nobody can decide its calls that way",
+                    rule.key
+                ));
+            }
+        }
+        let deciders = if q.groups.is_empty() {
+            config.approvers.len()
+        } else {
+            config
+                .approvers
+                .iter()
+                .filter(|a| a.groups.iter().any(|g| q.groups.contains(g)))
+                .count()
+        };
+        if q.approvers as usize > deciders {
+            out.push(format!(
+                "rules.{}.approval.approvers is {} but only {deciders} approver(s) may decide its calls: they can only be denied or time out",
+                rule.key, q.approvers
+            ));
+        }
+    }
+    out
+}
+
 fn check_config(file: &Path) -> Result<String, String> {
     let config = config::load(file).map_err(|e| e.to_string())?;
     for up in &config.upstreams {
         if let Some(path) = &up.policy {
             check_policy(path).map_err(|e| format!("upstream `{}`: {e}", up.name))?;
+            if let Ok(policy) = policy::load_file(path) {
+                for warning in group_warnings(&config, &policy) {
+                    eprintln!("warning: {}: {warning}", path.display());
+                }
+            }
         }
     }
     Ok(format!(

@@ -168,3 +168,19 @@ def test_slack_hears_the_count_and_the_escalation_mentions_the_group(procs, monk
         assert outcome(held.result()[0]) == "ok: deleted r1"
     finally:
         slack.close()
+
+
+def test_check_of_a_config_warns_about_groups_nobody_is_in(tmp_path):
+    import json
+    policy_path = tmp_path / "g.json"
+    policy_path.write_text(json.dumps({"version": "1", "rules": {"pay": {
+        "action": "require_approval",
+        "approval": {"approvers": 3, "groups": ["finance"], "escalate_after": 60, "escalate_to": "oncall"}}}}))
+    config = tmp_path / "g.toml"
+    config.write_text(f'[[upstream]]\nname = "x"\ncommand = "true"\npolicy = {json.dumps(str(policy_path))}\n\n'
+                      '[[approver]]\nname = "alice"\ntoken_env = "AIRLOCK_TEST_ALICE"\ngroups = ["finance"]\n')
+    out = run_cli("check", config, env={"AIRLOCK_TEST_ALICE": ALICE})
+    assert out.returncode == 0, out.stderr
+    assert "names group `oncall`, which no [[approver]] is in" in out.stderr
+    assert "approvers is 3 but only 1 approver(s) may decide its calls" in out.stderr
+    assert "group `finance`" not in out.stderr, "finance has a member"
