@@ -894,7 +894,7 @@ impl Gateway {
                 ))
             }
             CallDecision::Hidden => {
-                self.record_outcome(ctx, "hidden", tool, arguments, "hide", None)
+                self.record_outcome(ctx, "hidden", tool, arguments, "hide", note.as_deref())
                     .await;
                 let tool = tool.to_owned();
                 drop(peek);

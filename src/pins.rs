@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -121,7 +121,8 @@ type Table = HashMap<String, BTreeMap<String, Pin>>;
 
 /// Every upstream's pins (upstream → tool → pin), mirrored to a file.
 pub struct Pins {
-    state: Mutex<Table>,
+    /// Read on every `tools/call` (is it changed?), written rarely.
+    state: RwLock<Table>,
     /// None: in memory only (tests, `airlock check`).
     path: Option<PathBuf>,
 }
@@ -130,7 +131,7 @@ impl Pins {
     /// In memory only.
     pub fn in_memory() -> Pins {
         Pins {
-            state: Mutex::new(HashMap::new()),
+            state: RwLock::new(HashMap::new()),
             path: None,
         }
     }
@@ -160,7 +161,7 @@ impl Pins {
             }
         };
         Ok(Pins {
-            state: Mutex::new(table),
+            state: RwLock::new(table),
             path: Some(path),
         })
     }
@@ -177,7 +178,7 @@ impl Pins {
     /// not seen before (each change is reported once).
     pub fn observe(&self, upstream: &str, tools: &[Value]) -> Vec<Change> {
         let mut changes = Vec::new();
-        let mut state = self.state.lock().expect("pins lock");
+        let mut state = self.state.write().expect("pins lock");
         let pins = state.entry(upstream.to_owned()).or_default();
         let mut dirty = false;
         for tool in tools {
@@ -225,7 +226,7 @@ impl Pins {
 
     /// Whether this tool's current definition differs from its pin.
     pub fn is_changed(&self, upstream: &str, tool: &str) -> bool {
-        let state = self.state.lock().expect("pins lock");
+        let state = self.state.read().expect("pins lock");
         state
             .get(upstream)
             .and_then(|p| p.get(tool))
@@ -234,7 +235,7 @@ impl Pins {
 
     /// Accepts the changed definition of a tool: it becomes the pin.
     pub fn accept(&self, upstream: &str, tool: &str, by: &str) -> Result<Pin, PinError> {
-        let mut state = self.state.lock().expect("pins lock");
+        let mut state = self.state.write().expect("pins lock");
         let pin = state
             .get_mut(upstream)
             .and_then(|p| p.get_mut(tool))
@@ -266,7 +267,7 @@ impl Pins {
     /// does after listing the upstream): each becomes the pin, changed or not.
     /// Returns how many pins were new or replaced.
     pub fn pin_all(&self, upstream: &str, tools: &[Value], by: &str) -> Result<usize, PinError> {
-        let mut state = self.state.lock().expect("pins lock");
+        let mut state = self.state.write().expect("pins lock");
         let pins = state.entry(upstream.to_owned()).or_default();
         let mut count = 0;
         for tool in tools {
@@ -292,13 +293,13 @@ impl Pins {
 
     /// One tool's pin.
     pub fn get(&self, upstream: &str, tool: &str) -> Option<Pin> {
-        let state = self.state.lock().expect("pins lock");
+        let state = self.state.read().expect("pins lock");
         state.get(upstream).and_then(|p| p.get(tool)).cloned()
     }
 
     /// Every pin as the API shows it, by upstream then tool name.
     pub fn list(&self, upstream: Option<&str>) -> Vec<Value> {
-        let state = self.state.lock().expect("pins lock");
+        let state = self.state.read().expect("pins lock");
         let mut names: Vec<&String> = state.keys().collect();
         names.sort();
         let mut out = Vec::new();
