@@ -171,6 +171,11 @@ test('a changed tool definition shows its diff as text; only an admin can accept
   assert.equal(await pin.locator('.pin-diff img').count(), 0, 'markup is shown as text');
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
   await shot(page, 'pin-diff.png');
+  // The Tools page marks it too.
+  await page.locator('#tab-tools').click();
+  await page.locator('#tools-list li.tool[data-tool="transfer"] .tool-pin', { hasText: 'definition changed' }).waitFor({ timeout: 30000 });
+  assert.equal(await page.locator('#tools-list li.tool[data-tool="delete_record"] .tool-pin').count(), 0);
+  await page.locator('#tab-pending').click();
   await pin.locator('button', { hasText: 'Accept new definition' }).click();
   await page.locator('#pins-notice').waitFor({ state: 'hidden', timeout: 10000 });
   assert.deepEqual(await sdk([call('transfer', { to: 'eve', amount: 2 })]), ['ok: sent 2 to eve']);
