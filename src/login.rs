@@ -8,6 +8,11 @@
 //! is an HMAC of the cookie, so it needs no server state either. Logouts are
 //! remembered in memory until the cookie would have expired (a restart
 //! forgets them; the cookie lifetime bounds the exposure).
+//!
+//! Single sign-on ([`crate::oidc`]) makes the same kind of cookie: its
+//! first part then carries the provider's identity and the role its groups
+//! mapped to (`oidc~role~subject~name`, each base64url), the key also covers
+//! the `[oidc]` client secret, and it lasts `[oidc] session_ttl`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +23,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 
+use crate::config::{Config, Role};
 use crate::gateway::Gateway;
 
 pub const COOKIE: &str = "airlock_session";
@@ -29,9 +35,36 @@ type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Clone)]
 pub struct LoginSession {
+    /// Who decides: the `[[approver]]` name, or for single sign-on the
+    /// provider's identity, e.g. `alice@example.com (oidc)`.
     pub approver: String,
     pub csrf: String,
+    pub kind: LoginKind,
 }
+
+/// How a login was made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoginKind {
+    /// An `[[approver]]` token; its role is looked up in the config on every
+    /// request, so a changed role takes effect at once.
+    Token,
+    /// Single sign-on: the provider's subject, and the role the user's
+    /// groups mapped to at login (it holds until the login ends).
+    Sso { subject: String, role: Role },
+}
+
+impl LoginSession {
+    /// What this login may do.
+    pub fn role(&self, config: &Config) -> Role {
+        match &self.kind {
+            LoginKind::Sso { role, .. } => *role,
+            LoginKind::Token => config.approver_role(&self.approver).unwrap_or(Role::Viewer),
+        }
+    }
+}
+
+/// First part of a single sign-on cookie (never in base64url's alphabet).
+const SSO_MARK: &str = "oidc~";
 
 /// Logged-out cookies (nonce → expiry, unix seconds).
 #[derive(Default)]
@@ -44,8 +77,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The signing key: changes whenever any approver token changes.
-fn key(gw: &Gateway) -> Vec<u8> {
+/// The signing key: changes whenever any approver token (or the `[oidc]`
+/// client secret) changes.
+pub(crate) fn key(gw: &Gateway) -> Vec<u8> {
     let mut tokens: Vec<(&str, &str)> = gw
         .config
         .approvers
@@ -61,10 +95,16 @@ fn key(gw: &Gateway) -> Vec<u8> {
         h.update((token.len() as u64).to_be_bytes());
         h.update(token.as_bytes());
     }
+    if let Some(oidc) = &gw.config.oidc {
+        for part in [&oidc.issuer, &oidc.client_id, &oidc.client_secret] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+    }
     h.finalize().to_vec()
 }
 
-fn mac(key: &[u8], parts: &[&str]) -> String {
+pub(crate) fn mac(key: &[u8], parts: &[&str]) -> String {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
         m.update(p.as_bytes());
@@ -73,27 +113,62 @@ fn mac(key: &[u8], parts: &[&str]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
 }
 
-fn secure(gw: &Gateway) -> bool {
+pub(crate) fn secure(gw: &Gateway) -> bool {
     gw.config.public_url.starts_with("https://")
 }
 
 /// Starts a login; returns the `Set-Cookie` value and the session.
 pub fn start(gw: &Gateway, approver: &str) -> (HeaderValue, LoginSession) {
+    let name = B64.encode(approver.as_bytes());
+    issue(gw, &name, LIFETIME, approver, LoginKind::Token)
+}
+
+/// Starts a single sign-on login of `name` (the decider, e.g.
+/// `alice@example.com (oidc)`) lasting `ttl`.
+pub fn start_sso(
+    gw: &Gateway,
+    subject: &str,
+    name: &str,
+    role: Role,
+    ttl: Duration,
+) -> (HeaderValue, LoginSession) {
+    let payload = format!(
+        "{SSO_MARK}{}~{}~{}",
+        role.as_str(),
+        B64.encode(subject.as_bytes()),
+        B64.encode(name.as_bytes())
+    );
+    let kind = LoginKind::Sso {
+        subject: subject.to_owned(),
+        role,
+    };
+    issue(gw, &payload, ttl, name, kind)
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn issue(
+    gw: &Gateway,
+    payload: &str,
+    lifetime: Duration,
+    approver: &str,
+    kind: LoginKind,
+) -> (HeaderValue, LoginSession) {
     let nonce: [u8; 16] = rand::rng().random();
     let nonce = hex::encode(nonce);
-    let expiry = (unix_now() + LIFETIME.as_secs()).to_string();
-    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(approver.as_bytes());
+    let expiry = (unix_now() + lifetime.as_secs()).to_string();
     let key = key(gw);
-    let signature = mac(&key, &["session", &name, &expiry, &nonce]);
-    let value = format!("{name}.{expiry}.{nonce}.{signature}");
+    let signature = mac(&key, &["session", payload, &expiry, &nonce]);
+    let value = format!("{payload}.{expiry}.{nonce}.{signature}");
     let cookie = format!(
         "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        LIFETIME.as_secs(),
+        lifetime.as_secs(),
         if secure(gw) { "; Secure" } else { "" }
     );
     let session = LoginSession {
         approver: approver.to_owned(),
         csrf: mac(&key, &["csrf", &value]),
+        kind,
     };
     (
         HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
@@ -145,18 +220,35 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
     if expiry.parse::<u64>().ok()? <= unix_now() || gw.logins.0.contains_key(nonce) {
         return None;
     }
-    let approver = String::from_utf8(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(name)
-            .ok()?,
-    )
-    .ok()?;
-    if !gw.config.approvers.iter().any(|a| a.name == approver) {
-        return None;
-    }
+    let decode = |part: &str| String::from_utf8(B64.decode(part).ok()?).ok();
+    let (approver, kind) = match name.strip_prefix(SSO_MARK) {
+        Some(sso) => {
+            // A single sign-on login: valid while [oidc] is configured (the
+            // key covers its client secret).
+            gw.config.oidc.as_ref()?;
+            let mut fields = sso.split('~');
+            let (role, subject, display) = (fields.next()?, fields.next()?, fields.next()?);
+            let role = match role {
+                "viewer" => Role::Viewer,
+                "approver" => Role::Approver,
+                "admin" => Role::Admin,
+                _ => return None,
+            };
+            let subject = decode(subject)?;
+            (decode(display)?, LoginKind::Sso { subject, role })
+        }
+        None => {
+            let approver = decode(name)?;
+            if !gw.config.approvers.iter().any(|a| a.name == approver) {
+                return None;
+            }
+            (approver, LoginKind::Token)
+        }
+    };
     Some(LoginSession {
         approver,
         csrf: mac(&key, &["csrf", value]),
+        kind,
     })
 }
 
