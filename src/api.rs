@@ -750,10 +750,29 @@ async fn websocket(
             .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
     }
     tracing::debug!(approver = %approver.name, "websocket connected");
-    Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket)))
+    // A cookie login's socket closes when the login ends (the page then
+    // finds the login gone and shows the login view).
+    let ends = match approver.via {
+        Via::Cookie => login::from_cookie(&gw, &headers).map(|s| {
+            let left = s.expires.saturating_sub(login::unix_now());
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        }),
+        Via::Bearer => None,
+    };
+    Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket, ends)))
 }
 
-async fn serve_events(gw: Gateway, mut socket: WebSocket) {
+/// Close code sent when the login behind a websocket has ended.
+const WS_LOGIN_ENDED: u16 = 4401;
+
+async fn serve_events(gw: Gateway, mut socket: WebSocket, ends: Option<tokio::time::Instant>) {
+    let login_ended = async {
+        match ends {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(login_ended);
     let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(|| {
         json!({
             "pending": gw.holds.list(),
@@ -790,6 +809,15 @@ async fn serve_events(gw: Gateway, mut socket: WebSocket) {
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {} // pings are answered by axum; other input is ignored
             },
+            _ = &mut login_ended => {
+                let _ = socket
+                    .send(WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+                        code: WS_LOGIN_ENDED,
+                        reason: "login ended; log in again".into(),
+                    })))
+                    .await;
+                return;
+            }
             _ = gw.shutdown.cancelled() => return,
         }
     }

@@ -40,6 +40,8 @@ pub struct LoginSession {
     pub approver: String,
     pub csrf: String,
     pub kind: LoginKind,
+    /// When the login ends (unix seconds).
+    pub expires: u64,
 }
 
 /// How a login was made.
@@ -70,7 +72,7 @@ const SSO_MARK: &str = "oidc~";
 #[derive(Default)]
 pub struct Logins(DashMap<String, u64>);
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -169,6 +171,7 @@ fn issue(
         approver: approver.to_owned(),
         csrf: mac(&key, &["csrf", &value]),
         kind,
+        expires: unix_now() + lifetime.as_secs(),
     };
     (
         HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
@@ -217,7 +220,8 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
     if !constant_eq(&mac(&key, &["session", name, expiry, nonce]), signature) {
         return None;
     }
-    if expiry.parse::<u64>().ok()? <= unix_now() || gw.logins.0.contains_key(nonce) {
+    let expires = expiry.parse::<u64>().ok()?;
+    if expires <= unix_now() || gw.logins.0.contains_key(nonce) {
         return None;
     }
     let decode = |part: &str| String::from_utf8(B64.decode(part).ok()?).ok();
@@ -249,6 +253,7 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
         approver,
         csrf: mac(&key, &["csrf", value]),
         kind,
+        expires,
     })
 }
 

@@ -26,10 +26,10 @@ export const USERS = {
 
 /**
  * Starts the provider. `redirectUris` / `postLogoutUris` are the client's
- * registered URLs. Resolves to { issuer, clientId, clientSecret, close, ended }
+ * registered URLs; `claimsInIdToken: false` leaves the groups to userinfo. Resolves to { issuer, clientId, clientSecret, close, ended }
  * where `ended` lists the `id_token_hint` subjects of end-session requests seen.
  */
-export async function startIdp({ redirectUris, postLogoutUris = [], clientId = 'airlock', clientSecret = 'airlock-test-secret-0123456789' }) {
+export async function startIdp({ redirectUris, postLogoutUris = [], clientId = 'airlock', clientSecret = 'airlock-test-secret-0123456789', claimsInIdToken = true }) {
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}`;
   const ended = [];
@@ -50,8 +50,10 @@ export async function startIdp({ redirectUris, postLogoutUris = [], clientId = '
       profile: ['name'],
       groups: ['groups'],
     },
-    // Put the claims in the ID token itself (Airlock reads them from there).
-    conformIdTokenClaims: false,
+    // true: the scopes' claims (email, groups) go in the ID token itself;
+    // false: the ID token carries only `sub`, and the claims come from the
+    // userinfo endpoint (the spec's default when an access token is issued).
+    conformIdTokenClaims: !claimsInIdToken,
     findAccount: async (_ctx, id) => {
       const user = USERS[id];
       if (!user) return undefined;
