@@ -362,6 +362,9 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
+    if gw.config.oidc.is_some() {
+        tokio::spawn(crate::oidc::check_provider(gw.clone()));
+    }
 
     let router = crate::server::router(gw.clone());
     let mut login = None;
@@ -646,8 +649,16 @@ fn check_config(file: &Path) -> Result<String, String> {
             check_policy(path).map_err(|e| format!("upstream `{}`: {e}", up.name))?;
         }
     }
+    let sso = match &config.oidc {
+        Some(o) => format!(
+            ", single sign-on with {} ({} group(s) mapped)",
+            o.issuer,
+            o.roles.len()
+        ),
+        None => String::new(),
+    };
     Ok(format!(
-        "{} upstream(s), {} approver(s)",
+        "{} upstream(s), {} approver(s){sso}",
         config.upstreams.len(),
         config.approvers.len()
     ))

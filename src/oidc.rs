@@ -222,6 +222,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Discovers the provider once at start-up, so a wrong issuer or an
+/// unreachable provider shows in the log before anyone tries to sign in
+/// (sign-ins discover again if this fails).
+pub async fn check_provider(gw: Gateway) {
+    match gw.sso.provider(&gw, false).await {
+        Ok(p) => tracing::info!(
+            end_session = p.end_session.is_some(),
+            userinfo = p.userinfo.is_some(),
+            "single sign-on: identity provider discovered"
+        ),
+        Err(e) => tracing::warn!(error = %e, "single sign-on: identity provider not usable yet"),
+    }
+}
+
 /// Where the provider sends the browser back.
 pub fn redirect_url(gw: &Gateway) -> String {
     gw.config
