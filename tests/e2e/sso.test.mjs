@@ -8,7 +8,8 @@
  * hour-long session_ttl and a static-token approver beside SSO, one with a
  * 6-second session_ttl for the expiry test
  * and a second provider that sends groups only from its userinfo endpoint. Chromium (playwright-core) signs
- * in through the provider's own login and consent pages. Held calls come
+ * in through the provider's own login and consent pages. A third gateway has
+ * the wrong client secret. Held calls come
  * from the official Python SDK client (tests/py/pydriver.py).
  * AIRLOCK_DOCS_SCREENSHOTS=1 also writes docs/img/login-sso.png.
  */
@@ -46,8 +47,9 @@ let browser;
 const gateways = [];
 let main;
 let short;
+let wrongSecret;
 
-async function startGateway(name, port, sessionTtl, provider = idp) {
+async function startGateway(name, port, sessionTtl, provider = idp, secret = provider.clientSecret) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `airlock-sso-${name}-`));
   const policy = path.join(dir, 'policy.json');
   fs.writeFileSync(policy, `${JSON.stringify(POLICY, null, 2)}\n`);
@@ -65,7 +67,7 @@ async function startGateway(name, port, sessionTtl, provider = idp) {
   const log = fs.createWriteStream(path.join(ARTIFACTS, `sso-gateway-${name}.log`));
   const proc = spawn(process.env.AIRLOCK_BIN, ['serve', '--config', config, '--listen', `127.0.0.1:${port}`,
     '--audit', path.join(dir, 'audit.db')], {
-    env: { ...process.env, T_OPS: OPS_TOKEN, T_OIDC_SECRET: provider.clientSecret, RUST_LOG: 'info' },
+    env: { ...process.env, T_OPS: OPS_TOKEN, T_OIDC_SECRET: secret, RUST_LOG: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   proc.stdout.pipe(log, { end: false });
@@ -79,15 +81,18 @@ async function startGateway(name, port, sessionTtl, provider = idp) {
 before(async () => {
   assert.ok(process.env.AIRLOCK_BIN, 'set AIRLOCK_BIN to the built airlock binary');
   fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const [p1, p2] = [await freePort(), await freePort()];
-  const urls = [p1, p2].map((p) => `http://127.0.0.1:${p}`);
-  idp = await startIdp({ redirectUris: [`${urls[0]}/auth/oidc/callback`], postLogoutUris: [`${urls[0]}/login`] });
+  const [p1, p2, p3] = [await freePort(), await freePort(), await freePort()];
+  const urls = [p1, p2, p3].map((p) => `http://127.0.0.1:${p}`);
+  idp = await startIdp({
+    redirectUris: [urls[0], urls[2]].map((u) => `${u}/auth/oidc/callback`), postLogoutUris: [`${urls[0]}/login`],
+  });
   // The second provider puts only `sub` in the ID token: groups and email come from userinfo.
   idpUserinfo = await startIdp({
     redirectUris: [`${urls[1]}/auth/oidc/callback`], postLogoutUris: [`${urls[1]}/login`], claimsInIdToken: false,
   });
   main = await startGateway('main', p1, 3600);
   short = await startGateway('short', p2, SHORT_TTL, idpUserinfo);
+  wrongSecret = await startGateway('wrong-secret', p3, 3600, idp, 'not-the-client-secret');
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 });
 
@@ -214,8 +219,14 @@ test('an approver signs in at the provider, approves a Python SDK call, and is t
   assert.equal(session.body.sso, true);
   const card = page.locator('#cards > li.card', { hasText: 'delete_record' });
   await card.waitFor({ timeout: 30000 });
+  // A token approver watches in another browser: the pending.resolved event names the decider.
+  const watcher = await newPage();
+  await watcher.page.goto(`${main.url}/login#token=${encodeURIComponent(OPS_TOKEN)}`);
+  await watcher.page.locator('#cards > li.card', { hasText: 'delete_record' }).waitFor({ timeout: 30000 });
   await card.locator('button.btn-approve').click();
   const step = await held;
+  await watcher.page.locator('#cards > li.note', { hasText: 'Approved by alice@example.com (oidc) via dashboard' }).waitFor({ timeout: 10000 });
+  await watcher.ctx.close();
   assert.ok(step.ok, `the SDK call failed: ${JSON.stringify(step)}`);
   assert.ok(!step.result.isError, `the call was refused: ${JSON.stringify(step.result)}`);
   assert.match(JSON.stringify(step.result.content), /sso-1/);
@@ -283,6 +294,19 @@ test('a user in no mapped group is refused with a page that says why', async () 
   assert.match(text, /your groups: contractors/);
   assert.ok(page.url().startsWith(`${main.url}/auth/oidc/callback`));
   await shot(page, 'login-sso-no-role.png');
+  assert.equal((await me(page)).status, 401, 'no login was made');
+  await ctx.close();
+});
+
+test('a code exchange the provider refuses (wrong client secret) ends on a page with its error', async () => {
+  const { ctx, page } = await newPage();
+  await page.goto(`${wrongSecret.url}/login`);
+  await page.locator('#login-sso-link').click();
+  await signInAtProvider(page, 'alice');
+  const problem = page.locator('#problem');
+  await problem.waitFor({ timeout: 20000 });
+  assert.equal(await problem.innerText(), 'Sign-in failed');
+  assert.match(await page.locator('main').innerText(), /invalid_client/);
   assert.equal((await me(page)).status, 401, 'no login was made');
   await ctx.close();
 });
