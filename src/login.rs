@@ -82,8 +82,11 @@ pub(crate) fn unix_now() -> u64 {
 /// The signing key: changes whenever any approver token (or the `[oidc]`
 /// client secret) changes.
 pub(crate) fn key(gw: &Gateway) -> Vec<u8> {
-    let mut tokens: Vec<(&str, &str)> = gw
-        .config
+    key_of(&gw.config)
+}
+
+fn key_of(config: &Config) -> Vec<u8> {
+    let mut tokens: Vec<(&str, &str)> = config
         .approvers
         .iter()
         .map(|a| (a.name.as_str(), a.token.as_str()))
@@ -97,7 +100,7 @@ pub(crate) fn key(gw: &Gateway) -> Vec<u8> {
         h.update((token.len() as u64).to_be_bytes());
         h.update(token.as_bytes());
     }
-    if let Some(oidc) = &gw.config.oidc {
+    if let Some(oidc) = &config.oidc {
         for part in [&oidc.issuer, &oidc.client_id, &oidc.client_secret] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
@@ -116,13 +119,17 @@ pub(crate) fn mac(key: &[u8], parts: &[&str]) -> String {
 }
 
 pub(crate) fn secure(gw: &Gateway) -> bool {
-    gw.config.public_url.starts_with("https://")
+    secure_url(&gw.config)
+}
+
+fn secure_url(config: &Config) -> bool {
+    config.public_url.starts_with("https://")
 }
 
 /// Starts a login; returns the `Set-Cookie` value and the session.
 pub fn start(gw: &Gateway, approver: &str) -> (HeaderValue, LoginSession) {
     let name = B64.encode(approver.as_bytes());
-    issue(gw, &name, LIFETIME, approver, LoginKind::Token)
+    issue(&gw.config, &name, LIFETIME, approver, LoginKind::Token)
 }
 
 /// Starts a single sign-on login of `name` (the decider, e.g.
@@ -134,23 +141,33 @@ pub fn start_sso(
     role: Role,
     ttl: Duration,
 ) -> (HeaderValue, LoginSession) {
-    let payload = format!(
-        "{SSO_MARK}{}~{}~{}",
-        role.as_str(),
-        B64.encode(subject.as_bytes()),
-        B64.encode(name.as_bytes())
-    );
     let kind = LoginKind::Sso {
         subject: subject.to_owned(),
         role,
     };
-    issue(gw, &payload, ttl, name, kind)
+    issue(
+        &gw.config,
+        &sso_payload(subject, name, role),
+        ttl,
+        name,
+        kind,
+    )
+}
+
+/// The first part of a single sign-on cookie: `oidc~role~subject~name`.
+fn sso_payload(subject: &str, name: &str, role: Role) -> String {
+    format!(
+        "{SSO_MARK}{}~{}~{}",
+        role.as_str(),
+        B64.encode(subject.as_bytes()),
+        B64.encode(name.as_bytes())
+    )
 }
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 fn issue(
-    gw: &Gateway,
+    config: &Config,
     payload: &str,
     lifetime: Duration,
     approver: &str,
@@ -159,13 +176,13 @@ fn issue(
     let nonce: [u8; 16] = rand::rng().random();
     let nonce = hex::encode(nonce);
     let expiry = (unix_now() + lifetime.as_secs()).to_string();
-    let key = key(gw);
+    let key = key_of(config);
     let signature = mac(&key, &["session", payload, &expiry, &nonce]);
     let value = format!("{payload}.{expiry}.{nonce}.{signature}");
     let cookie = format!(
         "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         lifetime.as_secs(),
-        if secure(gw) { "; Secure" } else { "" }
+        if secure_url(config) { "; Secure" } else { "" }
     );
     let session = LoginSession {
         approver: approver.to_owned(),
@@ -209,6 +226,10 @@ fn constant_eq(a: &str, b: &str) -> bool {
 /// The live login named by the request's cookie: signature valid, not
 /// expired, not logged out, and the approver still configured.
 pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
+    session_of(&gw.config, &gw.logins, headers)
+}
+
+fn session_of(config: &Config, logins: &Logins, headers: &HeaderMap) -> Option<LoginSession> {
     let value = cookie_value(headers)?;
     let mut parts = value.split('.');
     let (name, expiry, nonce, signature) =
@@ -216,12 +237,12 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
     if parts.next().is_some() {
         return None;
     }
-    let key = key(gw);
+    let key = key_of(config);
     if !constant_eq(&mac(&key, &["session", name, expiry, nonce]), signature) {
         return None;
     }
     let expires = expiry.parse::<u64>().ok()?;
-    if expires <= unix_now() || gw.logins.0.contains_key(nonce) {
+    if expires <= unix_now() || logins.0.contains_key(nonce) {
         return None;
     }
     let decode = |part: &str| String::from_utf8(B64.decode(part).ok()?).ok();
@@ -229,7 +250,7 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
         Some(sso) => {
             // A single sign-on login: valid while [oidc] is configured (the
             // key covers its client secret).
-            gw.config.oidc.as_ref()?;
+            config.oidc.as_ref()?;
             let mut fields = sso.split('~');
             let (role, subject, display) = (fields.next()?, fields.next()?, fields.next()?);
             let role = match role {
@@ -243,7 +264,7 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
         }
         None => {
             let approver = decode(name)?;
-            if !gw.config.approvers.iter().any(|a| a.name == approver) {
+            if !config.approvers.iter().any(|a| a.name == approver) {
                 return None;
             }
             (approver, LoginKind::Token)
@@ -310,3 +331,6 @@ pub fn check_same_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), String
         Err(format!("cross-origin request from `{origin}` refused"))
     }
 }
+
+#[cfg(test)]
+mod tests;
