@@ -48,9 +48,22 @@ pub(super) struct Provider {
 pub struct Sso {
     /// A tokio mutex: discovery awaits while holding it, so concurrent
     /// logins wait for one discovery instead of starting their own.
-    provider: tokio::sync::Mutex<Option<(Instant, Arc<Provider>)>>,
+    provider: tokio::sync::Mutex<Discovered>,
     http: OnceLock<reqwest::Client>,
 }
+
+/// What discovery has found so far.
+#[derive(Default)]
+struct Discovered {
+    /// The last good discovery, and when.
+    good: Option<(Instant, Arc<Provider>)>,
+    /// The last failed discovery: when, and why. Within [`RETRY_AFTER`] of
+    /// it, sign-ins get the same answer without asking the provider again.
+    failed: Option<(Instant, String)>,
+}
+
+/// How long a failed discovery is not retried.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Why a step of the sign-in failed (shown to the user on the error page).
 #[derive(Debug, thiserror::Error)]
@@ -101,15 +114,45 @@ impl Sso {
             why: "[oidc] is not configured".into(),
         })?;
         let mut cached = self.provider.lock().await;
-        if let Some((at, provider)) = cached.as_ref()
+        // Past its hour, a good discovery still serves while the provider
+        // cannot be reached (but not when its keys are known to be stale).
+        let stale = cached.good.as_ref().filter(|_| !fresh).map(|g| g.1.clone());
+        if let Some((at, provider)) = &cached.good
             && !fresh
             && at.elapsed() < METADATA_TTL
         {
             return Ok(provider.clone());
         }
-        let provider = Arc::new(self.discover(config, &redirect_url(gw)).await?);
-        *cached = Some((Instant::now(), provider.clone()));
-        Ok(provider)
+        if let Some((at, why)) = &cached.failed
+            && at.elapsed() < RETRY_AFTER
+        {
+            return stale.ok_or_else(|| SsoError::Discovery {
+                issuer: config.issuer.clone(),
+                why: why.clone(),
+            });
+        }
+        match self.discover(config, &redirect_url(gw)).await {
+            Ok(provider) => {
+                let provider = Arc::new(provider);
+                cached.good = Some((Instant::now(), provider.clone()));
+                cached.failed = None;
+                Ok(provider)
+            }
+            Err(e) => {
+                let why = match &e {
+                    SsoError::Discovery { why, .. } => why.clone(),
+                    other => other.to_string(),
+                };
+                cached.failed = Some((Instant::now(), why));
+                match stale {
+                    Some(provider) => {
+                        tracing::warn!(error = %e, "single sign-on: rediscovery failed; using the last good one");
+                        Ok(provider)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
     }
 
     async fn discover(&self, config: &OidcConfig, redirect: &str) -> Result<Provider, SsoError> {
