@@ -83,7 +83,7 @@ function showLoginOptions() {
       const sso = opts && typeof opts.sso === 'object' && opts.sso ? opts.sso : null;
       if (sso) {
         $('#login-sso-name').textContent = typeof sso.provider === 'string' ? sso.provider : 'single sign-on';
-        if (typeof sso.login_url === 'string' && sso.login_url.startsWith('/')) $('#login-sso-link').setAttribute('href', sso.login_url);
+        if (typeof sso.login_url === 'string' && /^\/(?!\/)/.test(sso.login_url)) $('#login-sso-link').setAttribute('href', sso.login_url);
         $('#login-sso').hidden = false;
       }
       const token = !opts || opts.token !== false;
