@@ -55,6 +55,8 @@ pub struct Inner {
     notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
+    /// Single sign-on (`[oidc]`): the discovered provider.
+    pub sso: crate::oidc::Sso,
     /// Every upstream's tools, for the dashboard's Tools page.
     pub catalog: crate::catalog::Catalog,
     /// Agent requests whose responses are still being sent (shutdown waits for them).
@@ -401,6 +403,7 @@ impl Gateway {
             metrics: Metrics::default(),
             notifiers: std::sync::OnceLock::new(),
             logins: Default::default(),
+            sso: Default::default(),
             catalog: Default::default(),
             in_flight: AtomicUsize::new(0),
             shutdown,
