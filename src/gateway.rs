@@ -55,6 +55,8 @@ pub struct Inner {
     notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
+    /// Single sign-on (`[oidc]`): the discovered provider.
+    pub sso: crate::oidc::Sso,
     /// Every upstream's tools, for the dashboard's Tools page.
     pub catalog: crate::catalog::Catalog,
     /// The pinned definition of every tool seen (rug-pull defence).
@@ -445,6 +447,7 @@ impl Gateway {
             metrics: Metrics::default(),
             notifiers: std::sync::OnceLock::new(),
             logins: Default::default(),
+            sso: Default::default(),
             catalog: Default::default(),
             pins,
             grants: Default::default(),
@@ -719,6 +722,12 @@ impl Gateway {
                 return Ok(Exchange::answer(error, ctx.era));
             }
         };
+        if let Some(Err(got)) = peek.arguments.map(era::check_arguments_shape) {
+            let why =
+                format!("Invalid params: tools/call arguments must be a JSON object, got {got}");
+            let error = jsonrpc::error_response(&id, code::INVALID_PARAMS, &why);
+            return Ok(Exchange::answer(error, ctx.era));
+        }
         if let Some(Err(why)) = peek.arguments.map(era::check_unique_keys) {
             let error = jsonrpc::error_response(
                 &id,

@@ -26,6 +26,8 @@
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
+//! - [`login`]: browser logins (signed cookies, CSRF); [`oidc`]: single
+//!   sign-on with an OpenID Connect provider, ending in the same kind of login.
 //! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
 //! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them
 //!   (connection cap, header and idle timeouts, `TCP_NODELAY`).
@@ -63,6 +65,7 @@ pub mod listener;
 pub mod login;
 pub mod memory;
 pub mod metrics;
+pub mod oidc;
 pub mod pins;
 pub mod policy;
 pub mod power;

@@ -348,7 +348,7 @@ pub async fn decide(
     }
     let login = session.filter(|_| slack.config.link_requires_login);
     if let Some(s) = &login
-        && gw.config.approver_role(&s.approver) == Some(crate::config::Role::Viewer)
+        && s.role(&gw.config) == crate::config::Role::Viewer
     {
         return refused("Your Airlock role is viewer: you can see held calls but not decide them.");
     }
@@ -388,6 +388,18 @@ pub async fn decide(
         },
     };
     let id = &claims.pending_id;
+    if login.is_none() && crate::quorum::needs_named_approvers(&gw, id) {
+        // Without a login the name is whatever the clicker typed: it cannot
+        // count as one of several approvers, nor prove a group.
+        return notice(
+            StatusCode::FORBIDDEN,
+            Tone::Bad,
+            "Nothing was decided",
+            &[&format!(
+                "`{decider}` is not signed in; this call needs approvers signed in by name (several approvers, or approver groups). Decide it on the dashboard, or ask an admin to set link_requires_login."
+            )],
+        );
+    }
     let decided = match crate::quorum::decide(
         &gw,
         id,
