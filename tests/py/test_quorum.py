@@ -184,3 +184,36 @@ def test_check_of_a_config_warns_about_groups_nobody_is_in(tmp_path):
     assert "names group `oncall`, which no [[approver]] is in" in out.stderr
     assert "approvers is 3 but only 1 approver(s) may decide its calls" in out.stderr
     assert "group `finance`" not in out.stderr, "finance has a member"
+
+
+def test_an_unsigned_slack_link_cannot_vote_on_a_two_person_rule(procs, monkeypatch):
+    from fake_slack import FakeSlack, all_text
+    from test_slack import links_of, open_page
+    slack = FakeSlack()
+    monkeypatch.setenv("AIRLOCK_TEST_SLACK_WEBHOOK", slack.webhook_url)
+    monkeypatch.setenv("AIRLOCK_TEST_CAROL", CAROL)
+    try:
+        pol = policy(delete={"action": "require_approval", "approval": {"approvers": 2, "timeout": 60}})
+
+        def edit(text):
+            text = with_groups()(text)
+            return text + '\n[slack]\nwebhook_url_env = "AIRLOCK_TEST_SLACK_WEBHOOK"\n'
+
+        gw = gateway(procs, pol, edit=edit)
+        held = Background(gw, call("delete_record", id="r1"))
+        held.start()
+        [item] = gw.wait_pending()
+        message = slack.wait_for(lambda b: item["id"] in all_text(b) and "blocks" in b
+                                 and any(bl["type"] == "actions" for bl in b["blocks"]), kind=None).body
+        url = links_of(message)["approve_link"]
+        url = gw.base + url[url.index("/approve/"):]  # public_url names port 0 (--listen :0)
+        _, csrf = open_page(gw.http, url)
+        browser = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+        r = gw.http.post(url, data={"csrf": csrf, "action": "approve", "name": "mallory"}, headers=browser)
+        assert r.status_code == 403 and "needs approvers signed in by name" in r.text, r.text
+        assert gw.audit_rows(decision="approval.vote") == [], "the link did not count"
+        assert [p["id"] for p in gw.pending()] == [item["id"]]
+        gw.decide(item["id"], "deny")
+        held.result()
+    finally:
+        slack.close()
