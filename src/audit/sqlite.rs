@@ -251,4 +251,14 @@ impl AuditBackend for Sqlite {
         )?;
         Ok(())
     }
+
+    fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+            [key, value],
+        )?;
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
+    }
 }

@@ -15,8 +15,9 @@ URL_ENV = "AIRLOCK_TEST_PG_URL"
 
 
 def start_replica(procs, url: str, name: str, policy: dict = HOLD_POLICY, *, heartbeat: float = 0.5,
-                  lease: float = 2.0, progress: float = 0.5, extra: str = "") -> Gateway:
-    """Starts replica `name` on the PostgreSQL at `url` (passed through `url_env`)."""
+                  lease: float = 2.0, progress: float = 0.5, extra: str = "", env: dict | None = None) -> Gateway:
+    """Starts replica `name` on the PostgreSQL at `url` (passed through `url_env`). `extra` is
+    appended to the config (tables only: it follows `[approval]`)."""
     tmp = procs.tmp_path
     n = gateway_number()
     config = write_config(tmp, policy, progress=progress, name=f"replica-{name}-{n}")
@@ -25,5 +26,5 @@ def start_replica(procs, url: str, name: str, policy: dict = HOLD_POLICY, *, hea
                       f"heartbeat = {heartbeat}\nlease = {lease}\n")
     audit = tmp / f"replica-{name}-{n}.db"
     cmd = [AIRLOCK_BIN, "serve", "--config", config, "--listen", "127.0.0.1:0", "--audit", audit]
-    proc = procs.start(cmd, env={**TOKENS_ENV, URL_ENV: url})
+    proc = procs.start(cmd, env={**TOKENS_ENV, URL_ENV: url, **(env or {})})
     return Gateway(proc, listening_port(proc), audit, config)

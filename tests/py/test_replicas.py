@@ -288,3 +288,74 @@ def test_a_thousand_holds_over_two_replicas_decided_through_one_then_the_shared_
     verify = run_cli("audit", "verify", "--store", pg.url(), timeout=60)
     assert verify.returncode == 0, verify.stderr
     assert f"{len(rows)} row(s), hash chain intact" in verify.stdout, verify.stdout
+
+
+# --- state shared beyond approvals: Slack links, logins -------------------------------------------
+
+def test_a_slack_link_works_on_any_replica_and_only_once_across_them(procs, pg):
+    """One Slack message per hold (from its owner); its link, signed with the key the replicas
+    share through the store, decides on any replica, and a link used on one is refused on the
+    other."""
+    import re
+
+    from fake_slack import FakeSlack, all_text
+
+    slack = FakeSlack()
+    try:
+        extra = '\n[slack]\nwebhook_url_env = "T_SLACK_WEBHOOK"\n'
+        env = {"T_SLACK_WEBHOOK": slack.webhook_url}
+        a = start_replica(procs, pg.url(), "a", extra=extra, env=env)
+        b = start_replica(procs, pg.url(), "b", extra=extra, env=env)
+
+        def link_of(pending_id: str) -> str:
+            message = slack.wait_for(lambda m: pending_id in all_text(m) and "blocks" in m
+                                     and any(bl["type"] == "actions" for bl in m["blocks"]), kind=None).body
+            actions = next(bl for bl in message["blocks"] if bl["type"] == "actions")
+            url = next(e["url"] for e in actions["elements"] if e["action_id"] == "approve_link")
+            return url.rsplit("/approve/", 1)[1]
+
+        def page(gw, token: str) -> tuple[int, str | None, str]:
+            r = gw.http.get(f"/approve/{token}")
+            m = re.search(r'name="csrf" value="([^"]+)"', r.text)
+            return r.status_code, m.group(1) if m else None, r.text
+
+        for owner, user, other in ((a, b, a), (b, a, b)):
+            call = HeldCall(owner.mcp, "delete_record", {"id": f"slack-{owner.port}"})
+            call.start()
+            item = user.wait_pending(1, where=lambda p, o=owner: p["arguments"]["id"] == f"slack-{o.port}")[0]
+            token = link_of(item["id"])
+            status, csrf, _ = page(user, token)
+            assert status == 200 and csrf, "the link opens on a replica that did not send it"
+            r = user.http.post(f"/approve/{token}", data={"csrf": csrf, "action": "approve", "name": "carol"})
+            assert r.status_code == 200 and "Approved by carol (Slack link)" in r.text, r.text
+            assert text_of(call.result(15)) == f"deleted slack-{owner.port}"
+            # Used: the other replica refuses it, saying who decided.
+            status, _, text = page(other, token)
+            assert status == 409 and "Already approved by carol (Slack link)" in text, text
+            again = other.http.post(f"/approve/{token}", data={"csrf": csrf, "action": "deny"})
+            assert again.status_code == 409 and "Already approved by carol" in again.text, again.text
+            assert [r["decision"] for r in decisions(owner, item["id"])] == ["approved"]
+            # One message per hold: the owner's (the other replica stays quiet), and one follow-up.
+            slack.wait_for(lambda m, i=item["id"]: "approved by carol" in all_text(m), kind="webhook")
+            time.sleep(0.5)
+            about = [r for r in slack.received(kind="webhook") if item["id"] in all_text(r.body)]
+            assert len(about) == 2, [all_text(r.body)[:200] for r in about]
+    finally:
+        slack.close()
+
+
+def test_a_dashboard_login_on_a_is_valid_on_b(procs, pg):
+    a = start_replica(procs, pg.url(), "a")
+    b = start_replica(procs, pg.url(), "b")
+    login = a.http.post("/api/login", json={"token": ALICE})
+    assert login.status_code == 200, login.text
+    csrf = login.json()["csrf"]
+    call = HeldCall(a.mcp, "delete_record", {"id": "by-cookie"})
+    call.start()
+    with httpx.Client(base_url=b.base, cookies=login.cookies, timeout=10) as browser:
+        r = browser.get("/api/pending")
+        assert r.status_code == 200, r.text
+        item = b.wait_pending(1)[0]
+        r = browser.post(f"/api/pending/{item['id']}/approve", json={}, headers={"X-Airlock-CSRF": csrf})
+        assert r.status_code == 200 and r.json()["decider"] == "alice", r.text
+    assert text_of(call.result(15)) == "deleted by-cookie"
