@@ -335,8 +335,12 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let approvals = start_approvals(&config.store).await?;
-    let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown);
-    crate::slack::install(&gw).await?;
+    let slack = crate::slack::prepare(&config, &audit).await?;
+    let (slack, inbox) = slack.map_or((None, None), |(s, i)| (Some(s), Some(i)));
+    let gw = Gateway::new(config, upstreams, audit, approvals, slack, events, shutdown);
+    if let Some(inbox) = inbox {
+        crate::slack::start(&gw, inbox);
+    }
     if gw.config.store.url.is_none() {
         // With a shared store, the survivors' lease sweep records a dead
         // replica's holds; an embedded one starts empty, so the audit file

@@ -21,7 +21,6 @@ use crate::era::{self, Era};
 use crate::events::Events;
 use crate::gate::{self, CallDecision};
 use crate::hold::Holds;
-use crate::hold::{PendingItem, Resolution};
 use crate::jsonrpc::{self, Id, Message, code};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -51,8 +50,9 @@ pub struct Inner {
     pub audit: Audit,
     pub events: Arc<Events>,
     pub metrics: Metrics,
-    /// Told about every new hold and every decision (Slack, …); set once at start-up.
-    notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
+    /// Slack (`[slack]`): link key, settings and the outbox its routes use.
+    /// Its messages come from a notifier subscribed to `approvals`.
+    pub slack: Option<Arc<crate::slack::Slack>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
     /// Every upstream's tools, for the dashboard's Tools page.
@@ -300,13 +300,6 @@ impl Retries {
     }
 }
 
-/// Something told about holds and decisions (e.g. the Slack notifier).
-/// Implementations must return quickly: queue, never block.
-pub trait Notifier: Send + Sync {
-    fn created(&self, item: &PendingItem);
-    fn resolved(&self, item: &PendingItem, resolution: &Resolution);
-}
-
 /// Who is calling and over which connection; built per message by the transports.
 pub struct CallContext {
     pub upstream: Arc<UpstreamRuntime>,
@@ -385,6 +378,7 @@ impl Gateway {
         upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
         audit: Audit,
         approvals: crate::approvals::Approvals,
+        slack: Option<Arc<crate::slack::Slack>>,
         events: Arc<Events>,
         shutdown: CancellationToken,
     ) -> Gateway {
@@ -399,7 +393,7 @@ impl Gateway {
             audit,
             events,
             metrics: Metrics::default(),
-            notifiers: std::sync::OnceLock::new(),
+            slack,
             logins: Default::default(),
             catalog: Default::default(),
             in_flight: AtomicUsize::new(0),
@@ -466,23 +460,6 @@ impl Gateway {
 
     pub fn agents_connected(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// Installs the notifiers (once; later calls are ignored).
-    pub fn set_notifiers(&self, notifiers: Vec<Arc<dyn Notifier>>) {
-        let _ = self.notifiers.set(notifiers);
-    }
-
-    pub fn notify_created(&self, item: &PendingItem) {
-        for n in self.notifiers.get().into_iter().flatten() {
-            n.created(item);
-        }
-    }
-
-    pub fn notify_resolved(&self, item: &PendingItem, resolution: &Resolution) {
-        for n in self.notifiers.get().into_iter().flatten() {
-            n.resolved(item, resolution);
-        }
     }
 
     /// Records a policy outcome off the hot path (the writer batches it).

@@ -414,7 +414,7 @@ pub async fn hold_call(
     let resolution = gw.approvals.wait(uuid);
     gw.metrics.count("approval_requested");
     let item = PendingItem::of(&created);
-    show_created(gw, &item, true);
+    show_created(gw, &item);
     tracing::info!(
         pending = %id,
         %tool,
@@ -517,25 +517,16 @@ async fn record_unheld(
     }
 }
 
-/// Adds a hold to this replica's view and tells dashboards (and, for its
-/// own holds, Slack).
-pub fn show_created(gw: &Gateway, item: &PendingItem, owned: bool) {
+/// Adds a hold to this replica's view and tells dashboards. (Slack and
+/// other notifiers subscribe to the approvals service themselves.)
+pub fn show_created(gw: &Gateway, item: &PendingItem) {
     gw.holds.view.insert(item.id.clone(), item.clone());
     gw.events
         .publish("pending.created", json!({ "pending": item }));
-    if owned {
-        gw.notify_created(item);
-    }
 }
 
-/// Removes a resolved hold from this replica's view and tells dashboards
-/// (and, when this replica recorded it, Slack).
-pub fn show_resolved(
-    gw: &Gateway,
-    approval: &PendingApproval,
-    resolution: &Resolution,
-    recorded_here: bool,
-) {
+/// Removes a resolved hold from this replica's view and tells dashboards.
+pub fn show_resolved(gw: &Gateway, approval: &PendingApproval, resolution: &Resolution) {
     let id = approval.id.to_string();
     let item = gw
         .holds
@@ -559,9 +550,6 @@ pub fn show_resolved(
             "wait_ms": wait_ms,
         }),
     );
-    if recorded_here {
-        gw.notify_resolved(&item, resolution);
-    }
 }
 
 /// The audit row of a hold's end.
@@ -633,7 +621,6 @@ pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution:
     if let Err(e) = record_outcome(gw, approval, resolution).await {
         tracing::error!(pending = %approval.id, "could not record the abandoned hold: {e}");
     }
-    gw.notify_resolved(&PendingItem::of(approval), resolution);
 }
 
 /// Mirrors the approvals service into this replica: other replicas' holds
@@ -651,13 +638,13 @@ pub async fn follow_approvals(gw: Gateway) {
         };
         match event {
             Ok(approvals::ApprovalEvent::Created(a)) if a.owner != me => {
-                show_created(&gw, &PendingItem::of(&a), false);
+                show_created(&gw, &PendingItem::of(&a));
             }
             Ok(approvals::ApprovalEvent::Resolved {
                 approval,
                 resolution,
             }) if approval.owner != me => {
-                show_resolved(&gw, &approval, &resolution, false);
+                show_resolved(&gw, &approval, &resolution);
             }
             Ok(approvals::ApprovalEvent::Orphaned {
                 approval,
@@ -846,7 +833,7 @@ impl Waiter {
         };
         // Recorded before anything is released (module docs).
         let recorded = Box::pin(record_outcome(&self.gw, &self.approval, &resolution)).await;
-        show_resolved(&self.gw, &self.approval, &resolution, true);
+        show_resolved(&self.gw, &self.approval, &resolution);
         if let Some((_, owned)) = self.gw.holds.owned.remove(&self.id()) {
             owned.recorded.send_replace(Some(recorded.clone()));
         }
