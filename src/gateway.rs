@@ -403,6 +403,19 @@ impl Gateway {
         }))
     }
 
+    /// A fresh `Mcp-Session-Id`: 32 hex digits; with a shared store
+    /// (`[store] url`), prefixed by this replica's id and a dot, so a load
+    /// balancer can send the session's later requests to the replica that
+    /// holds it (docs/deploy.md).
+    fn new_session_id(&self) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        if self.config.store.url.is_some() {
+            format!("{}.{id}", self.approvals.replica())
+        } else {
+            id
+        }
+    }
+
     /// Registers a new handshake-era session with its own upstream connection.
     pub fn open_session(
         &self,
@@ -412,7 +425,7 @@ impl Gateway {
     ) -> Result<Arc<Session>, UpstreamError> {
         let link = upstream.session_link()?;
         let session = Arc::new(Session {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id: self.new_session_id(),
             upstream: upstream.clone(),
             link,
             agent,

@@ -359,3 +359,74 @@ def test_a_dashboard_login_on_a_is_valid_on_b(procs, pg):
         r = browser.post(f"/api/pending/{item['id']}/approve", json={}, headers={"X-Airlock-CSRF": csrf})
         assert r.status_code == 200 and r.json()["decider"] == "alice", r.text
     assert text_of(call.result(15)) == "deleted by-cookie"
+
+
+# --- nginx in front (docs/deploy.md) ------------------------------------------------------------
+
+def test_nginx_routes_each_handshake_session_to_its_replica_and_a_dead_replicas_sessions_get_404(procs, pg):
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    import rawmcp as rm
+    from harness import free_port
+    from replicakit import nginx_config
+
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    from mcp import Client
+
+    a = start_replica(procs, pg.url(), "a")
+    b = start_replica(procs, pg.url(), "b")
+    prefix = procs.tmp_path / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    (prefix / "nginx.conf").write_text(nginx_config(port, {"a": a.port, "b": b.port}, prefix))
+    proxy = procs.start([nginx, "-p", prefix, "-c", prefix / "nginx.conf"])
+    front = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{front}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert rm.wait_until(healthy, 10), (proxy.stderr_text(), (prefix / "error.log").read_text())
+
+    # Handshake-era SDK sessions through nginx: initialize lands on either replica, every later
+    # request of the session on the one that minted its id.
+    async def session(i: int):
+        async with Client(f"{front}/mcp/test", mode="legacy", read_timeout_seconds=30) as client:
+            for k in range(3):
+                result = await client.call_tool("echo", {"text": f"s{i}-{k}"})
+                assert [c.text for c in result.content] == [f"s{i}-{k}"], result
+
+    async def sessions():
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(session, i)
+
+    anyio.run(sessions)
+    # A held call in a session through nginx, approved through nginx (any replica).
+    with httpx.Client(timeout=10) as c:
+        sid = rm.open_session(c, f"{front}/mcp/test")
+    owner, other = (a, b) if sid.startswith("a.") else (b, a)
+    assert sid.split(".", 1)[0] in ("a", "b") and len(sid.split(".", 1)[1]) == 32, sid
+    call = HeldCall(f"{front}/mcp/test", "delete_record", {"id": "via-nginx"}, session=sid)
+    call.start()
+    item = other.wait_pending(1)[0]
+    r = httpx.post(f"{front}/api/pending/{item['id']}/approve", json={}, headers={"Authorization": f"Bearer {ALICE}"})
+    assert r.status_code == 200, r.text
+    assert text_of(call.result(15)) == "deleted via-nginx"
+    # The session's replica dies: nginx falls back to the other, which does not know the session
+    # (404: the client must initialize again), and a new session works.
+    owner.proc.stop(signal.SIGKILL)
+    with httpx.Client(timeout=10) as c:
+        r = rm.post(c, f"{front}/mcp/test", rm.call_body(5, "echo", {"text": "again"}), rm.session_headers(sid))
+        assert r.status_code == 404, (r.status_code, r.text)
+        fresh = rm.open_session(c, f"{front}/mcp/test")
+        assert fresh.startswith("a." if other is a else "b."), fresh
+        r = rm.post(c, f"{front}/mcp/test", rm.call_body(6, "echo", {"text": "again"}), rm.session_headers(fresh))
+        assert text_of(rm.answer(r, 6)["result"]) == "again"
