@@ -177,6 +177,8 @@ struct Shared {
     waiters: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Resolution>>>>,
     timers: mpsc::UnboundedSender<TimerCmd>,
     stop: CancellationToken,
+    /// Whether the last lease renewal reached the store (`/metrics`).
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -219,6 +221,7 @@ impl Approvals {
             waiters: Mutex::default(),
             timers,
             stop: stop.clone(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
         });
         let tasks = vec![
             tokio::spawn(background::pump(shared.clone(), watch)),
@@ -236,6 +239,15 @@ impl Approvals {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// Whether this replica's last lease renewal reached the store: while it
+    /// does not, other replicas will soon count this one dead and abandon
+    /// its holds.
+    pub fn is_healthy(&self) -> bool {
+        self.shared()
+            .healthy
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This replica's id.

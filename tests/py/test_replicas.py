@@ -92,6 +92,7 @@ def test_call_held_on_a_is_listed_and_pushed_on_b_and_approved_through_b_release
     assert [r["decision"] for r in rows] == ["approval_requested", "approved"], rows
     assert rows[1]["comment"] == "fine from B" and rows[1]["channel"] == "api"
     assert a.pending() == [] and b.pending() == []
+    assert a.metrics()["airlock_store_healthy"] == 1 and b.metrics()["airlock_store_healthy"] == 1
 
 
 # --- (b) racing approvers on A and B --------------------------------------------------------------
@@ -430,3 +431,39 @@ def test_nginx_routes_each_handshake_session_to_its_replica_and_a_dead_replicas_
         assert fresh.startswith("a." if other is a else "b."), fresh
         r = rm.post(c, f"{front}/mcp/test", rm.call_body(6, "echo", {"text": "again"}), rm.session_headers(fresh))
         assert text_of(rm.answer(r, 6)["result"]) == "again"
+
+
+# --- the store goes away ------------------------------------------------------------------------
+
+def test_a_decision_while_postgresql_is_down_is_503_store_unavailable_and_metrics_say_so(procs, pg):
+    import subprocess
+
+    a = start_replica(procs, pg.url(), "a", heartbeat=0.3, lease=1.5)
+    assert a.metrics()["airlock_store_healthy"] == 1
+    call = HeldCall(a.mcp, "delete_record", {"id": "stranded"})
+    call.start()
+    item = a.wait_pending(1)[0]
+    subprocess.run(pg._cmd("pg_ctl", "-D", str(pg.dir / "data"), "-m", "immediate", "-w", "stop"),
+                   check=True, capture_output=True)
+    r = a.decide(item["id"], "approve")
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "store_unavailable" and "nothing was decided" in error["message"], error
+    assert rm_wait(lambda: a.metrics()["airlock_store_healthy"] == 0, 5), a.metrics()
+    # Nothing was released.
+    assert call.is_alive() and call.answer is None
+    # A new call that needs approval is refused at once, saying why.
+    refused = HeldCall(a.mcp, "delete_record", {"id": "refused"})
+    refused.start()
+    result = refused.result(20)
+    text = text_of(result)
+    assert result["isError"] and "needs human approval, but" in text and "PostgreSQL" in text, result
+
+
+def rm_wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
