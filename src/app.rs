@@ -346,6 +346,23 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         // replica's holds; an embedded one starts empty, so the audit file
         // says what the previous run left open.
         settle_leftover_holds(&gw).await?;
+    } else {
+        // A replica restarting under the same `[store] replica` name: what
+        // its earlier run left open or decided but did not record.
+        let left = gw
+            .approvals
+            .abandon_leftovers()
+            .await
+            .context("cannot settle this replica's earlier holds in the shared store")?;
+        for resolved in &left {
+            crate::hold::record_orphan(&gw, &resolved.approval, &resolved.resolution).await;
+        }
+        if !left.is_empty() {
+            tracing::info!(
+                "{} hold(s) left by an earlier run of this replica recorded as abandoned",
+                left.len()
+            );
+        }
     }
     tokio::spawn(crate::hold::follow_approvals(gw.clone()));
     spawn_signal_handler(gw.shutdown.clone());

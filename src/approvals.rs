@@ -347,6 +347,33 @@ impl Approvals {
         }
     }
 
+    /// The owner recorded the resolution of approval `id` (its audit row is
+    /// committed), so no survivor will record it again if this replica dies.
+    pub async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError> {
+        self.shared().store.mark_recorded(id).await
+    }
+
+    /// The approvals this replica's name owned in an earlier run: open ones
+    /// are resolved as abandoned, resolved but unrecorded ones handed over.
+    /// Call once at start, before the first hold; the caller records them.
+    pub async fn abandon_leftovers(&self) -> Result<Vec<Resolved>, StoreError> {
+        let shared = self.shared();
+        let left = shared
+            .store
+            .abandon_leftovers(&shared.config.replica, shared.now())
+            .await?;
+        Ok(left
+            .into_iter()
+            .map(|(approval, resolution)| {
+                let resolution = resolution.handed_over(&approval.owner, "restart");
+                Resolved {
+                    approval,
+                    resolution,
+                }
+            })
+            .collect())
+    }
+
     /// Open approvals on every replica, oldest first.
     pub async fn list(&self) -> Result<Vec<PendingApproval>, StoreError> {
         self.shared().store.list_pending().await

@@ -616,7 +616,8 @@ async fn record_outcome(
 }
 
 /// Records a hold of a dead replica that this replica's lease sweep
-/// abandoned (its owner cannot record it any more).
+/// abandoned or was handed (its owner cannot record it any more), or one an
+/// earlier run of this replica left behind.
 pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution: &Resolution) {
     if let Err(e) = record_outcome(gw, approval, resolution).await {
         tracing::error!(pending = %approval.id, "could not record the abandoned hold: {e}");
@@ -833,6 +834,16 @@ impl Waiter {
         };
         // Recorded before anything is released (module docs).
         let recorded = Box::pin(record_outcome(&self.gw, &self.approval, &resolution)).await;
+        if recorded.is_ok() {
+            // Off the release path: if this replica died before saying so,
+            // a survivor would record an `abandoned` row after this one.
+            let (approvals, id) = (self.gw.approvals.clone(), self.approval.id);
+            tokio::spawn(async move {
+                if let Err(e) = approvals.mark_recorded(id).await {
+                    tracing::warn!(pending = %id, "recorded, but the store was not told: {e}");
+                }
+            });
+        }
         show_resolved(&self.gw, &self.approval, &resolution);
         if let Some((_, owned)) = self.gw.holds.owned.remove(&self.id()) {
             owned.recorded.send_replace(Some(recorded.clone()));

@@ -172,6 +172,7 @@ pub(super) async fn leases(shared: Arc<Shared>) {
         {
             Ok(abandoned) => {
                 for (approval, resolution) in abandoned {
+                    let resolution = resolution.handed_over(&approval.owner, "lease");
                     tracing::info!(
                         pending = %approval.id,
                         tool = %approval.tool,

@@ -218,6 +218,45 @@ def test_sigkill_of_a_mid_hold_is_recorded_abandoned_once_by_a_survivor_within_t
     assert text_of(survivor_call.result(10)) == "deleted lives"
 
 
+def test_a_decision_taken_after_the_owner_died_is_recorded_once_as_abandoned_naming_it(procs, pg):
+    """Between A's death and the end of its lease the store cannot tell A from a slow replica: a
+    decision taken through B then is accepted, but A will never record or release it. The sweep
+    hands it over: one `abandoned` row, naming the decision; nothing was released."""
+    heartbeat, lease = 0.3, 2.0
+    a = start_replica(procs, pg.url(), "a", heartbeat=heartbeat, lease=lease)
+    b = start_replica(procs, pg.url(), "b", heartbeat=heartbeat, lease=lease)
+    call = HeldCall(a.mcp, "delete_record", {"id": "too-late"})
+    call.start()
+    item = b.wait_pending(1)[0]
+    a.proc.stop(signal.SIGKILL)
+    r = b.decide(item["id"], "approve", comment="go")
+    assert r.status_code == 200, r.text
+    rows = wait_rows(b, item["id"], timeout=lease + 5)
+    assert [(e["decision"], e["decider"], e["channel"]) for e in rows] == [("abandoned", "alice", "lease")], rows
+    assert "approved by alice" in rows[0]["reason"] and "nothing was released" in rows[0]["reason"], rows
+    time.sleep(lease)
+    assert len(decisions(b, item["id"])) == 1
+
+
+def test_a_replica_restarted_under_its_name_records_what_its_earlier_run_left_open(procs, pg):
+    """SIGKILL then an immediate restart with the same `[store] replica`: its lease never lapses,
+    so no survivor abandons its holds; the restarted replica does, once, at start."""
+    a = start_replica(procs, pg.url(), "a", heartbeat=0.3, lease=5.0)
+    b = start_replica(procs, pg.url(), "b", heartbeat=0.3, lease=5.0)
+    calls = [HeldCall(a.mcp, "delete_record", {"id": f"left-{i}"}) for i in range(2)]
+    for call in calls:
+        call.start()
+    items = b.wait_pending(2)
+    a.proc.stop(signal.SIGKILL)
+    again = start_replica(procs, pg.url(), "a", heartbeat=0.3, lease=5.0)
+    for item in items:
+        rows = wait_rows(again, item["id"], timeout=5)
+        assert [(e["decision"], e["channel"]) for e in rows] == [("abandoned", "restart")], rows
+    assert b.pending() == [] and again.pending() == []
+    time.sleep(6)  # a full lease: nobody records them again
+    assert all(len(decisions(b, item["id"])) == 1 for item in items)
+
+
 # --- (e) a thousand holds over two replicas -----------------------------------------------------
 
 def test_a_thousand_holds_over_two_replicas_decided_through_one_then_the_shared_chain_verifies(procs, pg):
