@@ -660,8 +660,10 @@ pub async fn follow_approvals(gw: Gateway) {
     }
 }
 
-/// Replaces this replica's view with the store's open approvals and sends
-/// dashboards a fresh snapshot.
+/// Replaces this replica's view of other replicas' holds with the store's
+/// open approvals and sends dashboards a fresh snapshot. Its own holds are
+/// left to the tasks holding them (`hold_call` adds, `Waiter::run` removes):
+/// a list read before one of them was resolved must not bring it back.
 async fn resync_view(gw: &Gateway) {
     let open = match gw.approvals.list().await {
         Ok(open) => open,
@@ -670,9 +672,12 @@ async fn resync_view(gw: &Gateway) {
             return;
         }
     };
+    let me = gw.approvals.replica();
     let ids: std::collections::HashSet<String> = open.iter().map(|a| a.id.to_string()).collect();
-    gw.holds.view.retain(|id, _| ids.contains(id));
-    for approval in &open {
+    gw.holds
+        .view
+        .retain(|id, _| ids.contains(id) || gw.holds.owned.contains_key(id));
+    for approval in open.iter().filter(|a| a.owner != me) {
         gw.holds
             .view
             .insert(approval.id.to_string(), PendingItem::of(approval));
