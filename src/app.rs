@@ -365,6 +365,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         }
     }
     tokio::spawn(crate::hold::follow_approvals(gw.clone()));
+    tokio::spawn(crate::login::follow_logouts(gw.clone()));
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));

@@ -155,6 +155,8 @@ pub trait AuditBackend: Send {
     /// returns the stored one: replicas starting together on one store agree
     /// on one value (a generated key, say) instead of overwriting each other.
     fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError>;
+    /// Every meta entry whose key starts with `prefix`.
+    fn meta_prefixed(&mut self, prefix: &str) -> Result<Vec<(String, String)>, AuditError>;
 }
 
 enum Command {

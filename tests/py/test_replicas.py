@@ -317,7 +317,9 @@ def test_a_thousand_holds_over_two_replicas_decided_through_one_then_the_shared_
         else:
             assert result.is_error and "denied" in result.content[0].text, (rid, result)
     assert elapsed < 240, elapsed
-    assert a.pending() == [] and b.pending() == []
+    # Every replica's view empties (no resolved hold comes back from a resync's stale list).
+    assert rm_wait(lambda: a.pending() == [] and b.pending() == [], 10), (len(a.pending()), len(b.pending()))
+    assert a.metrics()["airlock_pending"] == 0 and b.metrics()["airlock_pending"] == 0
     rows = [r for r in a.audit_rows(tool="delete_record")]
     by_decision: dict[str, int] = {}
     for r in rows:
@@ -399,6 +401,17 @@ def test_a_dashboard_login_on_a_is_valid_on_b(procs, pg):
         r = browser.post(f"/api/pending/{item['id']}/approve", json={}, headers={"X-Airlock-CSRF": csrf})
         assert r.status_code == 200 and r.json()["decider"] == "alice", r.text
     assert text_of(call.result(15)) == "deleted by-cookie"
+    # Logging out on B ends the cookie on A too (within a heartbeat: logouts are kept in the store).
+    with httpx.Client(base_url=b.base, cookies=login.cookies, timeout=10) as browser:
+        r = browser.post("/api/logout", headers={"X-Airlock-CSRF": csrf})
+        assert r.status_code == 204, r.text
+        assert browser.get("/api/pending").status_code == 401
+    with httpx.Client(base_url=a.base, cookies=login.cookies, timeout=10) as browser:
+        assert rm_wait(lambda: browser.get("/api/pending").status_code == 401, 5), "the logout did not reach A"
+    # A fresh login still works on both.
+    again = a.http.post("/api/login", json={"token": ALICE})
+    with httpx.Client(base_url=b.base, cookies=again.cookies, timeout=10) as browser:
+        assert browser.get("/api/pending").status_code == 200
 
 
 # --- nginx in front (docs/deploy.md) ------------------------------------------------------------
@@ -506,3 +519,22 @@ def rm_wait(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return predicate()
+
+
+def test_a_logout_is_kept_in_the_store_and_survives_a_restart(procs):
+    """Without [store] too: the logout lands in the audit file's meta table, read back at start."""
+    from holdkit import start_gateway
+
+    gw = start_gateway(procs)
+    login = gw.http.post("/api/login", json={"token": ALICE})
+    csrf = login.json()["csrf"]
+    with httpx.Client(base_url=gw.base, cookies=login.cookies, timeout=10) as browser:
+        assert browser.post("/api/logout", headers={"X-Airlock-CSRF": csrf}).status_code == 204
+    time.sleep(0.5)  # the store write is off the logout's path
+    gw.proc.stop()
+    again = start_gateway(procs, audit=gw.audit, config=gw.config)
+    with httpx.Client(base_url=again.base, cookies=login.cookies, timeout=10) as browser:
+        assert browser.get("/api/pending").status_code == 401
+    fresh = again.http.post("/api/login", json={"token": ALICE})
+    with httpx.Client(base_url=again.base, cookies=fresh.cookies, timeout=10) as browser:
+        assert browser.get("/api/pending").status_code == 200
