@@ -36,7 +36,7 @@ mod tools;
 
 pub fn routes() -> Router<Gateway> {
     // Login is open to anyone: its bodies are read under a small limit.
-    let login = Router::new().route("/api/login", post(login_handler));
+    let login = Router::new().route("/api/login", get(login_options).post(login_handler));
     let api = Router::new()
         .route("/api/logout", post(logout_handler))
         .route("/api/me", get(me))
@@ -163,8 +163,9 @@ pub enum Via {
 pub struct Approver {
     pub name: String,
     pub via: Via,
-    /// Looked up in the config on every request, so a changed role takes
-    /// effect at once (a login cookie carries only the name).
+    /// Looked up in the config on every request for token approvers, so a
+    /// changed role takes effect at once (their login cookie carries only the
+    /// name); a single sign-on login carries the role its groups mapped to.
     pub role: Role,
 }
 
@@ -258,10 +259,7 @@ pub fn authenticate(
                 ));
             }
         }
-        let role = gw
-            .config
-            .approver_role(&session.approver)
-            .unwrap_or(Role::Viewer);
+        let role = session.role(&gw.config);
         return Ok(Approver {
             name: session.approver,
             via: Via::Cookie,
@@ -317,13 +315,37 @@ async fn login_handler(
     Ok(response)
 }
 
+/// `GET /api/login` (open): how this gateway lets approvers log in, for the
+/// login page.
+async fn login_options(State(gw): State<Gateway>) -> Json<serde_json::Value> {
+    let sso = gw
+        .config
+        .oidc
+        .as_ref()
+        .map(|o| json!({ "provider": o.provider_name, "login_url": crate::oidc::LOGIN_PATH }));
+    Json(json!({ "token": !gw.config.approvers.is_empty(), "sso": sso }))
+}
+
+/// Ends the login. A single sign-on login whose provider has an
+/// `end_session_endpoint` answers 200 with `{"logout_url"}`: the page sends
+/// the browser there so the provider's session ends too.
 async fn logout_handler(
     State(gw): State<Gateway>,
     _approver: Approver,
     headers: HeaderMap,
 ) -> Response {
+    let session = login::from_cookie(&gw, &headers);
     login::end(&gw, &headers);
-    let mut response = StatusCode::NO_CONTENT.into_response();
+    let sso = session.is_some_and(|s| matches!(s.kind, login::LoginKind::Sso { .. }));
+    let logout_url = if sso {
+        crate::oidc::end_session_url(&gw).await
+    } else {
+        None
+    };
+    let mut response = match logout_url {
+        Some(url) => Json(json!({ "logout_url": url })).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    };
     response
         .headers_mut()
         .insert(header::SET_COOKIE, login::clear_cookie(&gw));
@@ -335,8 +357,12 @@ async fn me(
     headers: HeaderMap,
     approver: Approver,
 ) -> Json<serde_json::Value> {
-    let csrf = login::from_cookie(&gw, &headers).map(|s| s.csrf);
-    Json(json!({ "approver": approver.name, "role": approver.role, "csrf": csrf }))
+    let session = login::from_cookie(&gw, &headers);
+    let sso = session
+        .as_ref()
+        .is_some_and(|s| matches!(s.kind, login::LoginKind::Sso { .. }));
+    let csrf = session.map(|s| s.csrf);
+    Json(json!({ "approver": approver.name, "role": approver.role, "csrf": csrf, "sso": sso }))
 }
 
 async fn status(State(gw): State<Gateway>, _approver: Approver) -> Json<serde_json::Value> {
@@ -728,10 +754,29 @@ async fn websocket(
             .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
     }
     tracing::debug!(approver = %approver.name, "websocket connected");
-    Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket)))
+    // A cookie login's socket closes when the login ends (the page then
+    // finds the login gone and shows the login view).
+    let ends = match approver.via {
+        Via::Cookie => login::from_cookie(&gw, &headers).map(|s| {
+            let left = s.expires.saturating_sub(login::unix_now());
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        }),
+        Via::Bearer => None,
+    };
+    Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket, ends)))
 }
 
-async fn serve_events(gw: Gateway, mut socket: WebSocket) {
+/// Close code sent when the login behind a websocket has ended.
+const WS_LOGIN_ENDED: u16 = 4401;
+
+async fn serve_events(gw: Gateway, mut socket: WebSocket, ends: Option<tokio::time::Instant>) {
+    let login_ended = async {
+        match ends {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(login_ended);
     let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(|| {
         json!({
             "pending": gw.holds.list(),
@@ -768,6 +813,15 @@ async fn serve_events(gw: Gateway, mut socket: WebSocket) {
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {} // pings are answered by axum; other input is ignored
             },
+            _ = &mut login_ended => {
+                let _ = socket
+                    .send(WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+                        code: WS_LOGIN_ENDED,
+                        reason: "login ended; log in again".into(),
+                    })))
+                    .await;
+                return;
+            }
             _ = gw.shutdown.cancelled() => return,
         }
     }

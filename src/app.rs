@@ -93,8 +93,8 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 /// Stdio upstreams must not inherit Airlock's secrets: any `AIRLOCK_*`
-/// variable and any variable holding an approver or agent token or a Slack
-/// secret is removed
+/// variable and any variable holding an approver or agent token, a Slack
+/// secret or the `[oidc]` client secret is removed
 /// from their environment (an upstream could otherwise approve its own calls).
 fn hide_secrets_from_children(config: &mut Config) {
     let tokens: std::collections::HashSet<&str> = config
@@ -103,6 +103,7 @@ fn hide_secrets_from_children(config: &mut Config) {
         .chain(&config.agents)
         .map(|c| c.token.as_str())
         .chain(config.slack.iter().flat_map(|s| s.secrets()))
+        .chain(config.oidc.iter().map(|o| o.client_secret.as_str()))
         .collect();
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, v)| {
@@ -194,6 +195,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         slack: None,
         server: config::ServerConfig::default(),
         store: config::StoreConfig::default(),
+        oidc: None,
         quick: true,
     })
 }
@@ -312,8 +314,21 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let mut config = build_config(&args)?;
     // Bound first: `serve` on a taken port fails before it touches anything.
     let listener = listen(&mut config, stdio).await?;
-    if config.approvers.is_empty() {
+    if config.approvers.is_empty() && config.oidc.is_none() {
         tracing::warn!("no [[approver]] is configured: held calls can only time out");
+    }
+    if let Some(oidc) = &config.oidc {
+        let callback = oidc
+            .redirect_url
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", config.public_url, crate::oidc::CALLBACK_PATH));
+        tracing::info!(
+            issuer = %oidc.issuer,
+            redirect_url = %callback,
+            post_logout_redirect_url = %format!("{}/login", config.public_url),
+            "single sign-on with OpenID Connect (register these URLs for client `{}`)",
+            oidc.client_id
+        );
     }
     let shutdown = CancellationToken::new();
     let events = Arc::new(crate::events::Events::default());
@@ -369,6 +384,9 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
+    if gw.config.oidc.is_some() {
+        tokio::spawn(crate::oidc::check_provider(gw.clone()));
+    }
 
     let router = crate::server::router(gw.clone());
     let mut login = None;
@@ -653,8 +671,16 @@ fn check_config(file: &Path) -> Result<String, String> {
             check_policy(path).map_err(|e| format!("upstream `{}`: {e}", up.name))?;
         }
     }
+    let sso = match &config.oidc {
+        Some(o) => format!(
+            ", single sign-on with {} ({} group(s) mapped)",
+            o.issuer,
+            o.roles.len()
+        ),
+        None => String::new(),
+    };
     Ok(format!(
-        "{} upstream(s), {} approver(s)",
+        "{} upstream(s), {} approver(s){sso}",
         config.upstreams.len(),
         config.approvers.len()
     ))

@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::upstream::UpstreamSpec;
 
+mod oidc;
+pub use oidc::OidcConfig;
+
 /// A config that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,6 +64,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[store]`: where pending approvals live (see docs/deploy.md).
     pub store: StoreConfig,
+    /// `[oidc]`: approvers sign in with an OpenID Connect provider (see [`crate::oidc`]).
+    pub oidc: Option<OidcConfig>,
     /// Quick mode (`serve --policy … -- cmd`): one upstream served at `/mcp`.
     pub quick: bool,
 }
@@ -365,6 +370,7 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     store: RawStore,
+    oidc: Option<oidc::RawOidc>,
 }
 
 #[derive(Deserialize, Default)]
@@ -706,6 +712,10 @@ pub fn parse(
 
     let server = server(&raw.server, text, file)?;
     let store = store(&raw.store, text, file, base, env)?;
+    let oidc = match raw.oidc {
+        Some(o) => Some(oidc::oidc(o, text, file, base, env)?),
+        None => None,
+    };
 
     Ok(Config {
         listen,
@@ -754,6 +764,7 @@ pub fn parse(
         slack,
         server,
         store,
+        oidc,
         quick: false,
     })
 }

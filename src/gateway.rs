@@ -55,6 +55,8 @@ pub struct Inner {
     pub slack: Option<Arc<crate::slack::Slack>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
+    /// Single sign-on (`[oidc]`): the discovered provider.
+    pub sso: crate::oidc::Sso,
     /// Every upstream's tools, for the dashboard's Tools page.
     pub catalog: crate::catalog::Catalog,
     /// Agent requests whose responses are still being sent (shutdown waits for them).
@@ -395,6 +397,7 @@ impl Gateway {
             metrics: Metrics::default(),
             slack,
             logins: Default::default(),
+            sso: Default::default(),
             catalog: Default::default(),
             in_flight: AtomicUsize::new(0),
             shutdown,
@@ -636,6 +639,12 @@ impl Gateway {
                 return Ok(Exchange::answer(error, ctx.era));
             }
         };
+        if let Some(Err(got)) = peek.arguments.map(era::check_arguments_shape) {
+            let why =
+                format!("Invalid params: tools/call arguments must be a JSON object, got {got}");
+            let error = jsonrpc::error_response(&id, code::INVALID_PARAMS, &why);
+            return Ok(Exchange::answer(error, ctx.era));
+        }
         if let Some(Err(why)) = peek.arguments.map(era::check_unique_keys) {
             let error = jsonrpc::error_response(
                 &id,

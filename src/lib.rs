@@ -24,6 +24,8 @@
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
+//! - [`login`]: browser logins (signed cookies, CSRF); [`oidc`]: single
+//!   sign-on with an OpenID Connect provider, ending in the same kind of login.
 //! - [`slack`]: Slack messages per held call (a notifier subscribed to
 //!   [`approvals`]), decision links, Slack-app buttons.
 //! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them
@@ -65,6 +67,7 @@ pub mod listener;
 pub mod login;
 pub mod memory;
 pub mod metrics;
+pub mod oidc;
 pub mod policy;
 pub mod reload;
 pub mod remote;

@@ -348,7 +348,7 @@ pub async fn decide(
     }
     let login = session.filter(|_| slack.config.link_requires_login);
     if let Some(s) = &login
-        && gw.config.approver_role(&s.approver) == Some(crate::config::Role::Viewer)
+        && s.role(&gw.config) == crate::config::Role::Viewer
     {
         return refused("Your Airlock role is viewer: you can see held calls but not decide them.");
     }

@@ -74,10 +74,16 @@ export function login(token) {
   return request('POST', '/api/login', { token }, { quiet401: true });
 }
 
+/** How this gateway lets people log in: {token: bool, sso: {provider, login_url} | null}. */
+export function loginOptions() {
+  return request('GET', '/api/login', undefined, { quiet401: true });
+}
+
 export function me() {
   return request('GET', '/api/me', undefined, { quiet401: true });
 }
 
+/** Ends the login; resolves to {logout_url} when the identity provider's session should end too. */
 export function logout() {
   return request('POST', '/api/logout');
 }
