@@ -813,6 +813,10 @@ async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     );
     text.push_str(&policy_metrics(&gw));
     text.push_str(&upstream_metrics(&gw));
+    text.push_str(&format!(
+        "# HELP airlock_store_healthy 1 when this replica's last lease renewal reached the approvals store.\n# TYPE airlock_store_healthy gauge\nairlock_store_healthy {}\n",
+        u8::from(gw.approvals.is_healthy())
+    ));
     (
         [(
             header::CONTENT_TYPE,

@@ -354,15 +354,46 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let approvals = start_approvals(&config.store).await?;
     let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
-    let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown, pins);
-    crate::slack::install(&gw).await?;
+    let slack = crate::slack::prepare(&config, &audit).await?;
+    let (slack, inbox) = slack.map_or((None, None), |(s, i)| (Some(s), Some(i)));
+    let gw = Gateway::new(crate::gateway::Parts {
+        config,
+        upstreams,
+        audit,
+        approvals,
+        slack,
+        events,
+        shutdown,
+        pins,
+    });
+    if let Some(inbox) = inbox {
+        crate::slack::start(&gw, inbox);
+    }
     if gw.config.store.url.is_none() {
         // With a shared store, the survivors' lease sweep records a dead
         // replica's holds; an embedded one starts empty, so the audit file
         // says what the previous run left open.
         settle_leftover_holds(&gw).await?;
+    } else {
+        // A replica restarting under the same `[store] replica` name: what
+        // its earlier run left open or decided but did not record.
+        let left = gw
+            .approvals
+            .abandon_leftovers()
+            .await
+            .context("cannot settle this replica's earlier holds in the shared store")?;
+        for resolved in &left {
+            crate::hold::record_orphan(&gw, &resolved.approval, &resolved.resolution).await;
+        }
+        if !left.is_empty() {
+            tracing::info!(
+                "{} hold(s) left by an earlier run of this replica recorded as abandoned",
+                left.len()
+            );
+        }
     }
     tokio::spawn(crate::hold::follow_approvals(gw.clone()));
+    tokio::spawn(crate::login::follow_logouts(gw.clone()));
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::power::maintain_grants(gw.clone()));

@@ -177,6 +177,8 @@ struct Shared {
     waiters: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Resolution>>>>,
     timers: mpsc::UnboundedSender<TimerCmd>,
     stop: CancellationToken,
+    /// Whether the last lease renewal reached the store (`/metrics`).
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -219,6 +221,7 @@ impl Approvals {
             waiters: Mutex::default(),
             timers,
             stop: stop.clone(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
         });
         let tasks = vec![
             tokio::spawn(background::pump(shared.clone(), watch)),
@@ -236,6 +239,15 @@ impl Approvals {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// Whether this replica's last lease renewal reached the store: while it
+    /// does not, other replicas will soon count this one dead and abandon
+    /// its holds.
+    pub fn is_healthy(&self) -> bool {
+        self.shared()
+            .healthy
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This replica's id.
@@ -333,6 +345,33 @@ impl Approvals {
             Err(ResolveError::NotFound(id)) => Err(DecideError::NotFound(id)),
             Err(ResolveError::Store(e)) => Err(DecideError::Store(e)),
         }
+    }
+
+    /// The owner recorded the resolution of approval `id` (its audit row is
+    /// committed), so no survivor will record it again if this replica dies.
+    pub async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError> {
+        self.shared().store.mark_recorded(id).await
+    }
+
+    /// The approvals this replica's name owned in an earlier run: open ones
+    /// are resolved as abandoned, resolved but unrecorded ones handed over.
+    /// Call once at start, before the first hold; the caller records them.
+    pub async fn abandon_leftovers(&self) -> Result<Vec<Resolved>, StoreError> {
+        let shared = self.shared();
+        let left = shared
+            .store
+            .abandon_leftovers(&shared.config.replica, shared.now())
+            .await?;
+        Ok(left
+            .into_iter()
+            .map(|(approval, resolution)| {
+                let resolution = resolution.handed_over(&approval.owner, "restart");
+                Resolved {
+                    approval,
+                    resolution,
+                }
+            })
+            .collect())
     }
 
     /// Open approvals on every replica, oldest first.

@@ -151,6 +151,12 @@ pub trait AuditBackend: Send {
     fn open_approvals(&mut self) -> Result<Vec<Entry>, AuditError>;
     fn meta(&mut self, key: &str) -> Result<Option<String>, AuditError>;
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), AuditError>;
+    /// Stores `value` under `key` unless a value is there already, and
+    /// returns the stored one: replicas starting together on one store agree
+    /// on one value (a generated key, say) instead of overwriting each other.
+    fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError>;
+    /// Every meta entry whose key starts with `prefix`.
+    fn meta_prefixed(&mut self, prefix: &str) -> Result<Vec<(String, String)>, AuditError>;
 }
 
 enum Command {

@@ -21,7 +21,6 @@ use crate::era::{self, Era};
 use crate::events::Events;
 use crate::gate::{self, CallDecision};
 use crate::hold::Holds;
-use crate::hold::{PendingItem, Resolution};
 use crate::jsonrpc::{self, Id, Message, code};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -51,8 +50,9 @@ pub struct Inner {
     pub audit: Audit,
     pub events: Arc<Events>,
     pub metrics: Metrics,
-    /// Told about every new hold and every decision (Slack, …); set once at start-up.
-    notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
+    /// Slack (`[slack]`): link key, settings and the outbox its routes use.
+    /// Its messages come from a notifier subscribed to `approvals`.
+    pub slack: Option<Arc<crate::slack::Slack>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
     /// Single sign-on (`[oidc]`): the discovered provider.
@@ -308,19 +308,6 @@ impl Retries {
     }
 }
 
-/// Something told about holds and decisions (e.g. the Slack notifier).
-/// Implementations must return quickly: queue, never block.
-pub trait Notifier: Send + Sync {
-    fn created(&self, item: &PendingItem);
-    fn resolved(&self, item: &PendingItem, resolution: &Resolution);
-    /// A tool's definition changed since it was pinned.
-    fn tool_changed(&self, _change: &crate::pins::Change, _mode: crate::policy::OnToolChange) {}
-    /// An approval counted toward a rule that needs several approvers.
-    fn vote(&self, _item: &PendingItem, _approvals: &[String], _needed: u32) {}
-    /// Nobody decided in time: `group` is called in.
-    fn escalated(&self, _item: &PendingItem, _group: &str, _after_s: u64) {}
-}
-
 /// Who is calling and over which connection; built per message by the transports.
 pub struct CallContext {
     pub upstream: Arc<UpstreamRuntime>,
@@ -424,16 +411,30 @@ struct UnknownToolAnswer {
 
 const PROBE_TOOL: &str = "airlock-unknown-tool-probe-3f9c";
 
+/// What a gateway is made of, assembled by `app` at start-up.
+pub struct Parts {
+    pub config: Config,
+    pub upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
+    pub audit: Audit,
+    pub approvals: crate::approvals::Approvals,
+    pub slack: Option<Arc<crate::slack::Slack>>,
+    pub events: Arc<Events>,
+    pub shutdown: CancellationToken,
+    pub pins: crate::pins::Pins,
+}
+
 impl Gateway {
-    pub fn new(
-        config: Config,
-        upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
-        audit: Audit,
-        approvals: crate::approvals::Approvals,
-        events: Arc<Events>,
-        shutdown: CancellationToken,
-        pins: crate::pins::Pins,
-    ) -> Gateway {
+    pub fn new(parts: Parts) -> Gateway {
+        let Parts {
+            config,
+            upstreams,
+            audit,
+            approvals,
+            slack,
+            events,
+            shutdown,
+            pins,
+        } = parts;
         Gateway(Arc::new(Inner {
             config,
             upstreams,
@@ -445,7 +446,7 @@ impl Gateway {
             audit,
             events,
             metrics: Metrics::default(),
-            notifiers: std::sync::OnceLock::new(),
+            slack,
             logins: Default::default(),
             sso: Default::default(),
             catalog: Default::default(),
@@ -459,6 +460,19 @@ impl Gateway {
         }))
     }
 
+    /// A fresh `Mcp-Session-Id`: 32 hex digits; with a shared store
+    /// (`[store] url`), prefixed by this replica's id and a dot, so a load
+    /// balancer can send the session's later requests to the replica that
+    /// holds it (docs/deploy.md).
+    fn new_session_id(&self) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        if self.config.store.url.is_some() {
+            format!("{}.{id}", self.approvals.replica())
+        } else {
+            id
+        }
+    }
+
     /// Registers a new handshake-era session with its own upstream connection.
     pub fn open_session(
         &self,
@@ -468,7 +482,7 @@ impl Gateway {
     ) -> Result<Arc<Session>, UpstreamError> {
         let link = upstream.session_link()?;
         let session = Arc::new(Session {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id: self.new_session_id(),
             upstream: upstream.clone(),
             link,
             agent,
@@ -518,42 +532,29 @@ impl Gateway {
         self.sessions.len()
     }
 
-    /// Installs the notifiers (once; later calls are ignored).
-    pub fn set_notifiers(&self, notifiers: Vec<Arc<dyn Notifier>>) {
-        let _ = self.notifiers.set(notifiers);
-    }
-
-    pub fn notify_created(&self, item: &PendingItem) {
-        for n in self.notifiers.get().into_iter().flatten() {
-            n.created(item);
+    /// Tells Slack (when configured) that an approval counted toward a rule
+    /// that needs several approvers.
+    pub fn notify_vote(&self, item: &crate::hold::PendingItem, approvals: &[String], needed: u32) {
+        if let Some(slack) = &self.slack {
+            slack.vote(self, item, approvals, needed);
         }
     }
 
-    pub fn notify_resolved(&self, item: &PendingItem, resolution: &Resolution) {
-        for n in self.notifiers.get().into_iter().flatten() {
-            n.resolved(item, resolution);
+    /// Tells Slack that nobody decided in time and `group` is called in.
+    pub fn notify_escalated(&self, item: &crate::hold::PendingItem, group: &str, after_s: u64) {
+        if let Some(slack) = &self.slack {
+            slack.escalated(self, item, group, after_s);
         }
     }
 
-    pub fn notify_vote(&self, item: &PendingItem, approvals: &[String], needed: u32) {
-        for n in self.notifiers.get().into_iter().flatten() {
-            n.vote(item, approvals, needed);
-        }
-    }
-
-    pub fn notify_escalated(&self, item: &PendingItem, group: &str, after_s: u64) {
-        for n in self.notifiers.get().into_iter().flatten() {
-            n.escalated(item, group, after_s);
-        }
-    }
-
+    /// Tells Slack that a tool's definition changed since it was pinned.
     pub fn notify_tool_changed(
         &self,
         change: &crate::pins::Change,
         mode: crate::policy::OnToolChange,
     ) {
-        for n in self.notifiers.get().into_iter().flatten() {
-            n.tool_changed(change, mode);
+        if let Some(slack) = &self.slack {
+            slack.tool_changed(self, change, mode);
         }
     }
 

@@ -414,7 +414,7 @@ pub async fn hold_call(
     let resolution = gw.approvals.wait(uuid);
     gw.metrics.count("approval_requested");
     let item = PendingItem::of(&created);
-    show_created(gw, &item, true);
+    show_created(gw, &item);
     tracing::info!(
         pending = %id,
         %tool,
@@ -517,25 +517,16 @@ async fn record_unheld(
     }
 }
 
-/// Adds a hold to this replica's view and tells dashboards (and, for its
-/// own holds, Slack).
-pub fn show_created(gw: &Gateway, item: &PendingItem, owned: bool) {
+/// Adds a hold to this replica's view and tells dashboards. (Slack and
+/// other notifiers subscribe to the approvals service themselves.)
+pub fn show_created(gw: &Gateway, item: &PendingItem) {
     gw.holds.view.insert(item.id.clone(), item.clone());
     gw.events
         .publish("pending.created", json!({ "pending": item }));
-    if owned {
-        gw.notify_created(item);
-    }
 }
 
-/// Removes a resolved hold from this replica's view and tells dashboards
-/// (and, when this replica recorded it, Slack).
-pub fn show_resolved(
-    gw: &Gateway,
-    approval: &PendingApproval,
-    resolution: &Resolution,
-    recorded_here: bool,
-) {
+/// Removes a resolved hold from this replica's view and tells dashboards.
+pub fn show_resolved(gw: &Gateway, approval: &PendingApproval, resolution: &Resolution) {
     let id = approval.id.to_string();
     let item = gw
         .holds
@@ -559,9 +550,6 @@ pub fn show_resolved(
             "wait_ms": wait_ms,
         }),
     );
-    if recorded_here {
-        gw.notify_resolved(&item, resolution);
-    }
 }
 
 /// The audit row of a hold's end.
@@ -628,12 +616,12 @@ async fn record_outcome(
 }
 
 /// Records a hold of a dead replica that this replica's lease sweep
-/// abandoned (its owner cannot record it any more).
+/// abandoned or was handed (its owner cannot record it any more), or one an
+/// earlier run of this replica left behind.
 pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution: &Resolution) {
     if let Err(e) = record_outcome(gw, approval, resolution).await {
         tracing::error!(pending = %approval.id, "could not record the abandoned hold: {e}");
     }
-    gw.notify_resolved(&PendingItem::of(approval), resolution);
 }
 
 /// Mirrors the approvals service into this replica: other replicas' holds
@@ -651,13 +639,13 @@ pub async fn follow_approvals(gw: Gateway) {
         };
         match event {
             Ok(approvals::ApprovalEvent::Created(a)) if a.owner != me => {
-                show_created(&gw, &PendingItem::of(&a), false);
+                show_created(&gw, &PendingItem::of(&a));
             }
             Ok(approvals::ApprovalEvent::Resolved {
                 approval,
                 resolution,
             }) if approval.owner != me => {
-                show_resolved(&gw, &approval, &resolution, false);
+                show_resolved(&gw, &approval, &resolution);
             }
             Ok(approvals::ApprovalEvent::Orphaned {
                 approval,
@@ -672,8 +660,10 @@ pub async fn follow_approvals(gw: Gateway) {
     }
 }
 
-/// Replaces this replica's view with the store's open approvals and sends
-/// dashboards a fresh snapshot.
+/// Replaces this replica's view of other replicas' holds with the store's
+/// open approvals and sends dashboards a fresh snapshot. Its own holds are
+/// left to the tasks holding them (`hold_call` adds, `Waiter::run` removes):
+/// a list read before one of them was resolved must not bring it back.
 async fn resync_view(gw: &Gateway) {
     let open = match gw.approvals.list().await {
         Ok(open) => open,
@@ -682,9 +672,12 @@ async fn resync_view(gw: &Gateway) {
             return;
         }
     };
+    let me = gw.approvals.replica();
     let ids: std::collections::HashSet<String> = open.iter().map(|a| a.id.to_string()).collect();
-    gw.holds.view.retain(|id, _| ids.contains(id));
-    for approval in &open {
+    gw.holds
+        .view
+        .retain(|id, _| ids.contains(id) || gw.holds.owned.contains_key(id));
+    for approval in open.iter().filter(|a| a.owner != me) {
         gw.holds
             .view
             .insert(approval.id.to_string(), PendingItem::of(approval));
@@ -846,7 +839,17 @@ impl Waiter {
         };
         // Recorded before anything is released (module docs).
         let recorded = Box::pin(record_outcome(&self.gw, &self.approval, &resolution)).await;
-        show_resolved(&self.gw, &self.approval, &resolution, true);
+        if recorded.is_ok() {
+            // Off the release path: if this replica died before saying so,
+            // a survivor would record an `abandoned` row after this one.
+            let (approvals, id) = (self.gw.approvals.clone(), self.approval.id);
+            tokio::spawn(async move {
+                if let Err(e) = approvals.mark_recorded(id).await {
+                    tracing::warn!(pending = %id, "recorded, but the store was not told: {e}");
+                }
+            });
+        }
+        show_resolved(&self.gw, &self.approval, &resolution);
         if let Some((_, owned)) = self.gw.holds.owned.remove(&self.id()) {
             owned.recorded.send_replace(Some(recorded.clone()));
         }

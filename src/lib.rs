@@ -15,20 +15,24 @@
 //! - [`inspect`]: `airlock check --against`: a policy's outcome per tool of a live server.
 //! - [`catalog`]: every upstream's tools (the dashboard's Tools page), with a
 //!   risk class read from their annotations.
-//! - [`hold`]: calls waiting for a human.
+//! - [`hold`]: calls waiting for a human: holds the agent's request, records
+//!   the outcome, releases or refuses the call.
+//! - [`approvals`]: pending approvals as a service behind a store (in memory,
+//!   or PostgreSQL shared by replicas with `[store] url`): decisions by
+//!   compare-and-set, timeouts, leases; knows nothing of transports or the
+//!   gateway (`docs/approvals-service.md`, `docs/deploy.md`).
 //! - [`pins`]: every tool definition's fingerprint, pinned at first sight
 //!   (rug-pull defence); [`grants`]: standing approvals ("approve for a
 //!   while"); [`power`]: what both do to calls, their events and audit rows;
 //!   [`quorum`]: who may decide a hold and how many must approve (two-person
 //!   rule, approver groups, escalation).
-//! - [`approvals`]: pending approvals as a service behind a store (in-process or
-//!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
 //! - [`login`]: browser logins (signed cookies, CSRF); [`oidc`]: single
 //!   sign-on with an OpenID Connect provider, ending in the same kind of login.
-//! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
+//! - [`slack`]: Slack messages per held call (a notifier subscribed to
+//!   [`approvals`]), decision links, Slack-app buttons.
 //! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them
 //!   (connection cap, header and idle timeouts, `TCP_NODELAY`).
 //!
@@ -39,7 +43,11 @@
 //! `gate::decide_call` matches the tool against the live policy (and, when the
 //! matched rule has conditions, its arguments, agent, upstream and session): allowed calls
 //! go to the upstream `Link` as their original bytes; refusals are answered
-//! with a `CallToolResult` (`isError: true`); held calls wait in `hold`.
+//! with a `CallToolResult` (`isError: true`); held calls wait in `hold`:
+//! `approvals.create` stores the pending approval, `approvals.wait` resolves
+//! when anyone decides on any replica (or it times out, or the agent goes
+//! away), and the holding replica records the outcome, then forwards the
+//! original bytes upstream or refuses.
 // The one exception is `memory` (two glibc calls to return freed memory).
 #![deny(unsafe_code)]
 

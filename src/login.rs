@@ -6,8 +6,10 @@
 //! with a key derived from the configured approver tokens, so logins survive
 //! a gateway restart and end when an approver's token changes. The CSRF token
 //! is an HMAC of the cookie, so it needs no server state either. Logouts are
-//! remembered in memory until the cookie would have expired (a restart
-//! forgets them; the cookie lifetime bounds the exposure).
+//! remembered in memory until the cookie would have expired, and kept in the
+//! audit store's meta table: replicas sharing a store (`[store] url`) pick
+//! up each other's logouts within a heartbeat ([`follow_logouts`]). An
+//! embedded store is read back at start, so a restart forgets none.
 //!
 //! Single sign-on ([`crate::oidc`]) makes the same kind of cookie: its
 //! first part then carries the provider's identity and the role its groups
@@ -71,6 +73,48 @@ const SSO_MARK: &str = "oidc~";
 /// Logged-out cookies (nonce → expiry, unix seconds).
 #[derive(Default)]
 pub struct Logins(DashMap<String, u64>);
+
+/// Where logouts are kept in the audit store's meta table: `logout:<nonce>`.
+const LOGOUT_META: &str = "logout:";
+
+impl Logins {
+    /// Remembers a logged-out cookie until it would have expired.
+    fn remember(&self, nonce: &str, expiry: u64) {
+        let now = unix_now();
+        self.0.retain(|_, exp| *exp > now);
+        if expiry > now {
+            self.0.insert(nonce.to_owned(), expiry);
+        }
+    }
+}
+
+/// Reads the logouts kept in the store (every replica's) into this one's
+/// memory: once at start and, with a shared store, every `[store]
+/// heartbeat`. Runs until shutdown.
+pub async fn follow_logouts(gw: Gateway) {
+    let every = gw.config.store.heartbeat;
+    loop {
+        match gw.audit.read(|db| db.meta_prefixed(LOGOUT_META)).await {
+            Ok(kept) => {
+                for (key, expiry) in kept {
+                    if let (Some(nonce), Ok(expiry)) =
+                        (key.strip_prefix(LOGOUT_META), expiry.parse::<u64>())
+                    {
+                        gw.logins.remember(nonce, expiry);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("logouts of other replicas not read: {e}"),
+        }
+        if gw.config.store.url.is_none() {
+            return;
+        }
+        tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -286,9 +330,18 @@ pub fn end(gw: &Gateway, headers: &HeaderMap) {
     let mut parts = value.split('.');
     let (_, expiry, nonce) = (parts.next(), parts.next(), parts.next());
     if let (Some(expiry), Some(nonce)) = (expiry.and_then(|e| e.parse::<u64>().ok()), nonce) {
-        let now = unix_now();
-        gw.logins.0.retain(|_, exp| *exp > now);
-        gw.logins.0.insert(nonce.to_owned(), expiry);
+        gw.logins.remember(nonce, expiry);
+        // Kept for the other replicas (and the next start); best effort.
+        let key = format!("{LOGOUT_META}{nonce}");
+        let audit = gw.audit.clone();
+        tokio::spawn(async move {
+            if let Err(e) = audit
+                .read(move |db| db.set_meta(&key, &expiry.to_string()))
+                .await
+            {
+                tracing::warn!("logout not kept in the store: {e}");
+            }
+        });
     }
 }
 

@@ -11,7 +11,10 @@
 //!   first, then the user's approver, then the decision.
 //!
 //! Every decision goes through [`crate::hold::decide`], so Slack is just
-//! another channel: the first decision wins wherever it was made.
+//! another channel: the first decision wins wherever it was made. Messages
+//! come from a notifier task subscribed to the approvals service ([`start`]);
+//! the state the routes need is `Gateway::slack`, made before the gateway
+//! ([`prepare`]): no process-wide static.
 
 pub mod confirm;
 pub mod delivery;
@@ -20,16 +23,17 @@ pub mod links;
 pub mod message;
 mod page;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::audit::AuditError;
-use crate::config::SlackConfig;
-use crate::gateway::{Gateway, Notifier};
-use crate::hold::{PendingItem, Resolution};
+use crate::approvals::ApprovalEvent;
+use crate::audit::{Audit, AuditError};
+use crate::config::{Config, SlackConfig};
+use crate::gateway::Gateway;
+use crate::hold::PendingItem;
 
 /// The Slack side of a running gateway.
 pub struct Slack {
@@ -62,57 +66,97 @@ impl Slack {
     }
 }
 
-/// The running Slack integration. `Gateway` has no slot for per-feature
-/// state, and the routes are built without it, so it lives here; there is one
-/// gateway per process.
-static SLACK: OnceLock<Arc<Slack>> = OnceLock::new();
-
-/// The Slack integration, when `[slack]` is configured.
-pub fn current() -> Option<Arc<Slack>> {
-    SLACK.get().cloned()
-}
-
 /// Why Slack could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SlackError {
     #[error("cannot read or keep the Slack link-signing key in the audit store: {0}")]
     LinkKey(#[from] AuditError),
-    #[error("the Slack integration is already installed in this process")]
-    AlreadyInstalled,
 }
 
-/// Starts the delivery task and installs the notifier, when `[slack]` is set.
-pub async fn install(gw: &Gateway) -> Result<(), SlackError> {
-    let Some(config) = gw.config.slack.clone() else {
-        return Ok(());
+/// The Slack integration's state, made before the gateway (which keeps it
+/// as `Gateway::slack`, for the routes), when `[slack]` is set. The queue's
+/// other end is returned for [`start`].
+pub async fn prepare(
+    config: &Config,
+    audit: &Audit,
+) -> Result<Option<(Arc<Slack>, delivery::Inbox)>, SlackError> {
+    let Some(slack) = config.slack.clone() else {
+        return Ok(None);
     };
-    let key = Arc::new(links::LinkKey::load(&gw.audit, config.link_key.as_deref()).await?);
-    let outbox = delivery::start(gw, config.clone(), key.clone());
-    let mode = match (&config.bot_token, &config.signing_secret) {
-        (Some(_), _) => "bot (chat.postMessage)",
-        (None, Some(_)) => "incoming webhook with Slack-app buttons",
-        (None, None) => "incoming webhook with decision links",
-    };
+    let key = Arc::new(links::LinkKey::load(audit, slack.link_key.as_deref()).await?);
+    let (outbox, inbox) = delivery::queue();
     let slack = Arc::new(Slack {
-        config,
+        config: slack,
         key,
         outbox,
         forged_rows: Mutex::new((Instant::now(), 0)),
-        redact: gw.config.audit.redact.clone(),
-        public_url: gw.config.public_url.clone(),
-        group_members: gw
-            .config
+        redact: config.audit.redact.clone(),
+        public_url: config.public_url.clone(),
+        group_members: config
             .approvers
             .iter()
             .flat_map(|a| a.groups.iter().map(|g| (g.clone(), a.name.clone())))
             .collect(),
     });
-    SLACK
-        .set(slack.clone())
-        .map_err(|_| SlackError::AlreadyInstalled)?;
-    gw.set_notifiers(vec![Arc::new(SlackNotifier(slack))]);
+    Ok(Some((slack, inbox)))
+}
+
+/// Starts the courier and the notifier: a task that subscribes to the
+/// approvals service and queues a message per hold this replica owns (one
+/// message per hold across replicas), its follow-up once decided, and the
+/// follow-up of a dead replica's hold this replica's lease sweep abandoned.
+pub fn start(gw: &Gateway, inbox: delivery::Inbox) {
+    let Some(slack) = gw.slack.clone() else {
+        return;
+    };
+    delivery::start(gw, slack.config.clone(), slack.key.clone(), inbox);
+    let mode = match (&slack.config.bot_token, &slack.config.signing_secret) {
+        (Some(_), _) => "bot (chat.postMessage)",
+        (None, Some(_)) => "incoming webhook with Slack-app buttons",
+        (None, None) => "incoming webhook with decision links",
+    };
+    tokio::spawn(notify(gw.clone(), slack, gw.approvals.subscribe()));
     tracing::info!("Slack notifications on: {mode}");
-    Ok(())
+}
+
+/// The notifier: approvals events in, Slack jobs out. Never blocks a hold
+/// (the outbox is a bounded queue; a full one is a recorded failure).
+async fn notify(
+    gw: Gateway,
+    slack: Arc<Slack>,
+    mut events: tokio::sync::broadcast::Receiver<ApprovalEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let me = gw.approvals.replica().to_owned();
+    loop {
+        let job = match events.recv().await {
+            Ok(ApprovalEvent::Created(a)) if a.owner == me => {
+                delivery::Job::Held(slack.sanitized(&PendingItem::of(&a)))
+            }
+            Ok(ApprovalEvent::Resolved {
+                approval,
+                resolution,
+            }) if approval.owner == me => {
+                delivery::Job::Resolved(slack.sanitized(&PendingItem::of(&approval)), resolution)
+            }
+            Ok(ApprovalEvent::Orphaned {
+                approval,
+                resolution,
+            }) => delivery::Job::Resolved(slack.sanitized(&PendingItem::of(&approval)), resolution),
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => {
+                gw.metrics
+                    .notification_failures
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "Slack notifier fell {n} approval event(s) behind; their messages were not queued"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        slack.outbox.push(&gw, job);
+    }
 }
 
 /// The routes: decision links, their stylesheet, and Slack-app interactions.
@@ -134,9 +178,6 @@ pub const APPROVE_MAX_BODY: usize = 64 * 1024;
 /// Largest Slack interaction payload (Slack's own are a few KB).
 pub const INTERACTIONS_MAX_BODY: usize = 256 * 1024;
 
-/// Queues Slack messages for holds and decisions; never blocks.
-struct SlackNotifier(Arc<Slack>);
-
 impl Slack {
     /// The item as Slack may see it: redacted arguments, and one-line short
     /// fields (an agent-chosen name must not fake extra lines in the message).
@@ -156,55 +197,56 @@ impl Slack {
     }
 }
 
-impl Notifier for SlackNotifier {
-    fn created(&self, item: &PendingItem) {
-        self.0
-            .outbox
-            .push(delivery::Job::Held(self.0.sanitized(item)));
+impl Slack {
+    /// A message saying an approval counted toward a rule that needs several.
+    pub(crate) fn vote(&self, gw: &Gateway, item: &PendingItem, approvals: &[String], needed: u32) {
+        let item = self.sanitized(item);
+        self.outbox.push(
+            gw,
+            delivery::Job::Notice {
+                what: "approval-count message",
+                body: message::vote(&item, approvals, needed),
+            },
+        );
     }
 
-    fn resolved(&self, item: &PendingItem, resolution: &Resolution) {
-        self.0.outbox.push(delivery::Job::Resolved(
-            self.0.sanitized(item),
-            resolution.clone(),
-        ));
-    }
-
-    fn vote(&self, item: &PendingItem, approvals: &[String], needed: u32) {
-        let item = self.0.sanitized(item);
-        self.0.outbox.push(delivery::Job::Notice {
-            what: "approval-count message",
-            body: message::vote(&item, approvals, needed),
-        });
-    }
-
-    fn escalated(&self, item: &PendingItem, group: &str, after_s: u64) {
-        let item = self.0.sanitized(item);
-        // Mention the group's members who are linked to a Slack user.
+    /// A message calling `group` in, mentioning its members linked to a Slack user.
+    pub(crate) fn escalated(&self, gw: &Gateway, item: &PendingItem, group: &str, after_s: u64) {
+        let item = self.sanitized(item);
         let mentions: Vec<String> = self
-            .0
             .config
             .users
             .iter()
             .filter(|(_, name)| {
-                self.0
-                    .group_members
+                self.group_members
                     .iter()
                     .any(|(g, n)| g == group && n == name)
             })
             .map(|(user, _)| user.clone())
             .collect();
-        self.0.outbox.push(delivery::Job::Notice {
-            what: "escalation message",
-            body: message::escalated(&item, group, after_s, &mentions, &self.0.public_url),
-        });
+        self.outbox.push(
+            gw,
+            delivery::Job::Notice {
+                what: "escalation message",
+                body: message::escalated(&item, group, after_s, &mentions, &self.public_url),
+            },
+        );
     }
 
-    fn tool_changed(&self, change: &crate::pins::Change, mode: crate::policy::OnToolChange) {
-        self.0.outbox.push(delivery::Job::Notice {
-            what: "tool-changed message",
-            body: message::tool_changed(change, mode, &self.0.public_url),
-        });
+    /// A message saying a tool's definition changed since it was pinned.
+    pub(crate) fn tool_changed(
+        &self,
+        gw: &Gateway,
+        change: &crate::pins::Change,
+        mode: crate::policy::OnToolChange,
+    ) {
+        self.outbox.push(
+            gw,
+            delivery::Job::Notice {
+                what: "tool-changed message",
+                body: message::tool_changed(change, mode, &self.public_url),
+            },
+        );
     }
 }
 

@@ -158,7 +158,11 @@ pub(super) async fn leases(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         let now = shared.now();
-        if let Err(e) = shared.store.heartbeat(&shared.config.replica, now).await {
+        let renewed = shared.store.heartbeat(&shared.config.replica, now).await;
+        shared
+            .healthy
+            .store(renewed.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = renewed {
             tracing::warn!(replica = %shared.config.replica, "lease not renewed: {e}");
         }
         match shared
@@ -168,6 +172,7 @@ pub(super) async fn leases(shared: Arc<Shared>) {
         {
             Ok(abandoned) => {
                 for (approval, resolution) in abandoned {
+                    let resolution = resolution.handed_over(&approval.owner, "lease");
                     tracing::info!(
                         pending = %approval.id,
                         tool = %approval.tool,

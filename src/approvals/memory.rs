@@ -34,6 +34,8 @@ struct State {
     /// Resolved ids in resolution order, to forget the oldest.
     resolved: VecDeque<Uuid>,
     leases: HashMap<String, DateTime<Utc>>,
+    /// Resolved, and their owner has not said it recorded them.
+    unrecorded: std::collections::HashSet<Uuid>,
 }
 
 impl Default for MemoryStore {
@@ -74,9 +76,21 @@ impl State {
         while self.resolved.len() > KEEP_RESOLVED {
             if let Some(old) = self.resolved.pop_front() {
                 self.rows.remove(&old);
+                self.unrecorded.remove(&old);
             }
         }
         Ok(approval)
+    }
+
+    /// Takes `ids` out of the unrecorded set, with their resolutions.
+    fn hand_over(&mut self, ids: &[Uuid]) -> Vec<(PendingApproval, Resolution)> {
+        ids.iter()
+            .filter(|id| self.unrecorded.remove(id))
+            .filter_map(|id| {
+                let row = self.rows.get(id)?;
+                Some((row.approval.clone(), row.resolution.clone()?))
+            })
+            .collect()
     }
 
     fn pending(&self) -> impl Iterator<Item = &PendingApproval> {
@@ -117,6 +131,7 @@ impl Store for MemoryStore {
     ) -> Result<PendingApproval, ResolveError> {
         let mut state = self.lock();
         let approval = state.resolve(id, resolution)?;
+        state.unrecorded.insert(id);
         let _ = self
             .events
             .send(StoreEvent::Resolved(approval.clone(), resolution.clone()));
@@ -164,7 +179,67 @@ impl Store for MemoryStore {
                 abandoned.push((approval, resolution));
             }
         }
+        let dead: Vec<Uuid> = state
+            .unrecorded
+            .iter()
+            .copied()
+            .filter(|id| {
+                state.rows.get(id).is_some_and(|r| {
+                    state
+                        .leases
+                        .get(&r.approval.owner)
+                        .is_some_and(|t| *t + lease < now)
+                })
+            })
+            .collect();
+        abandoned.extend(state.hand_over(&dead));
         Ok(abandoned)
+    }
+
+    async fn abandon_leftovers(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError> {
+        let mut state = self.lock();
+        let open: Vec<Uuid> = state
+            .pending()
+            .filter(|a| a.owner == replica)
+            .map(|a| a.id)
+            .collect();
+        let mut abandoned = Vec::with_capacity(open.len());
+        for id in open {
+            let resolution = Resolution::ended(
+                super::model::Verdict::Abandoned,
+                "restart",
+                format!("replica {replica} restarted before a decision"),
+                now,
+            );
+            if let Ok(approval) = state.resolve(id, &resolution) {
+                let _ = self
+                    .events
+                    .send(StoreEvent::Resolved(approval.clone(), resolution.clone()));
+                abandoned.push((approval, resolution));
+            }
+        }
+        let mine: Vec<Uuid> = state
+            .unrecorded
+            .iter()
+            .copied()
+            .filter(|id| {
+                state
+                    .rows
+                    .get(id)
+                    .is_some_and(|r| r.approval.owner == replica)
+            })
+            .collect();
+        abandoned.extend(state.hand_over(&mine));
+        Ok(abandoned)
+    }
+
+    async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError> {
+        self.lock().unrecorded.remove(&id);
+        Ok(())
     }
 
     fn watch(&self) -> BoxStream<'static, StoreEvent> {

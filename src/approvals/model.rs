@@ -235,6 +235,26 @@ impl Resolution {
         }
     }
 
+    /// What a hold handed over by the dead-replica sweep (or a restart)
+    /// amounts to: abandoned, whatever its resolution said, since its owner
+    /// released nothing. A decision taken meanwhile stays named (decider,
+    /// comment, and the reason says what it was).
+    pub fn handed_over(self, owner: &str, channel: &str) -> Resolution {
+        if self.verdict == Verdict::Abandoned {
+            return self;
+        }
+        Resolution {
+            verdict: Verdict::Abandoned,
+            outcome: Outcome::Refused,
+            reason: Some(format!(
+                "{} after replica {owner} had stopped; nothing was released",
+                self.describe()
+            )),
+            channel: channel.into(),
+            ..self
+        }
+    }
+
     /// The owning replica's lease lapsed.
     pub fn abandoned(owner: &str, at: DateTime<Utc>) -> Resolution {
         Resolution::ended(

@@ -39,7 +39,24 @@ pub const CHANNEL: &str = "airlock_approvals";
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01; // "airlock" 1
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+
+/// Whether the owner recorded the resolution. Rows from before are taken as
+/// recorded (they were, or were abandoned at a restart).
+const V2: &str = "
+ALTER TABLE airlock_approvals ADD COLUMN recorded boolean NOT NULL DEFAULT true;
+ALTER TABLE airlock_approvals ALTER COLUMN recorded SET DEFAULT false;
+CREATE INDEX airlock_approvals_unrecorded ON airlock_approvals (owner)
+    WHERE state = 'resolved' AND NOT recorded;
+";
+
+/// Owners whose lease ran out (`$lease` is the parameter number of the lease in seconds).
+fn dead_owners(lease: &str) -> String {
+    format!(
+        "owner IN (SELECT replica FROM airlock_replica_leases \
+         WHERE heartbeat_at < now() - make_interval(secs => {lease}::float8))"
+    )
+}
 
 const V1: &str = "
 CREATE TABLE airlock_approvals (
@@ -344,32 +361,74 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError> {
         let client = self.client().await?;
-        let sql = format!(
+        let abandon = format!(
             "UPDATE airlock_approvals SET state = 'resolved', verdict = 'abandoned', \
-             outcome = 'refused', channel = 'lease', \
+             outcome = 'refused', channel = 'lease', recorded = true, \
              resolve_reason = 'replica ' || owner || ' stopped heartbeating', resolved_at = $1 \
-             WHERE state = 'pending' AND owner IN (SELECT replica FROM airlock_replica_leases \
-                 WHERE heartbeat_at < now() - make_interval(secs => $2::float8)) \
-             RETURNING {COLUMNS}"
+             WHERE state = 'pending' AND {} RETURNING {COLUMNS}",
+            dead_owners("$2")
         );
-        let rows = client
-            .query(&sql, &[&now, &lease.as_secs_f64()])
+        let unrecorded = format!(
+            "UPDATE airlock_approvals SET recorded = true \
+             WHERE state = 'resolved' AND NOT recorded AND {} RETURNING {COLUMNS}",
+            dead_owners("$1")
+        );
+        let lease = lease.as_secs_f64();
+        let mut rows = client.query(&abandon, &[&now, &lease]).await.map_err(db)?;
+        rows.extend(client.query(&unrecorded, &[&lease]).await.map_err(db)?);
+        resolved_rows(&rows)
+    }
+
+    async fn abandon_leftovers(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError> {
+        let client = self.client().await?;
+        let abandon = format!(
+            "UPDATE airlock_approvals SET state = 'resolved', verdict = 'abandoned', \
+             outcome = 'refused', channel = 'restart', recorded = true, \
+             resolve_reason = 'replica ' || owner || ' restarted before a decision', \
+             resolved_at = $1 WHERE state = 'pending' AND owner = $2 RETURNING {COLUMNS}"
+        );
+        let unrecorded = format!(
+            "UPDATE airlock_approvals SET recorded = true \
+             WHERE state = 'resolved' AND NOT recorded AND owner = $1 RETURNING {COLUMNS}"
+        );
+        let mut rows = client
+            .query(&abandon, &[&now, &replica])
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let stored = from_row(row)?;
-                let resolution = stored
-                    .resolution
-                    .ok_or_else(|| StoreError("abandoned row without a verdict".into()))?;
-                Ok((stored.approval, resolution))
-            })
-            .collect()
+        rows.extend(client.query(&unrecorded, &[&replica]).await.map_err(db)?);
+        resolved_rows(&rows)
+    }
+
+    async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("UPDATE airlock_approvals SET recorded = true WHERE id = $1")
+            .await
+            .map_err(db)?;
+        client.execute(&statement, &[&id]).await.map_err(db)?;
+        Ok(())
     }
 
     fn watch(&self) -> BoxStream<'static, StoreEvent> {
         watch_broadcast(self.events.subscribe())
     }
+}
+
+/// Resolved rows with their resolutions.
+fn resolved_rows(rows: &[Row]) -> Result<Vec<(PendingApproval, Resolution)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let stored = from_row(row)?;
+            let resolution = stored
+                .resolution
+                .ok_or_else(|| StoreError("resolved row without a verdict".into()))?;
+            Ok((stored.approval, resolution))
+        })
+        .collect()
 }
 
 /// A connection that has run `LISTEN`, and its notification payloads.

@@ -84,13 +84,29 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, replica: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Resolves as abandoned every pending owned by a replica whose last
-    /// heartbeat is older than `lease`; each exactly once. Returns those this
-    /// call resolved.
+    /// heartbeat is older than `lease`; each exactly once. Also hands over,
+    /// once, the approvals such a replica had resolved (or someone resolved
+    /// for it, say a decision taken on another replica before its lease ran
+    /// out) but not recorded ([`Store::mark_recorded`]): nobody else will.
+    /// Returns both, with the resolution each has in the store.
     async fn abandon_dead_replicas(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError>;
+
+    /// The same for the approvals `replica` left behind in an earlier run
+    /// (a replica restarting under the same name calls it before its first
+    /// hold): its pendings are resolved as abandoned (channel `restart`).
+    async fn abandon_leftovers(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError>;
+
+    /// The owner has recorded this approval's resolution (its audit row is
+    /// committed): the dead-replica sweep must not hand it over.
+    async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError>;
 
     /// Every committed change from now on, in commit order.
     fn watch(&self) -> BoxStream<'static, StoreEvent>;

@@ -435,3 +435,117 @@ async fn dropping_the_last_handle_closes_waiters() {
     let closed = timeout(Duration::from_secs(1), waiter).await.unwrap();
     assert!(matches!(closed.unwrap(), Err(WaitError::Closed)));
 }
+
+/// Orphaned events for `id` seen on `rx` within `window`.
+async fn orphans_of(
+    rx: &mut broadcast::Receiver<ApprovalEvent>,
+    id: Uuid,
+    window: Duration,
+) -> Vec<Resolution> {
+    let mut seen = Vec::new();
+    let _ = timeout(window, async {
+        while let Ok(event) = rx.recv().await {
+            if let ApprovalEvent::Orphaned {
+                approval,
+                resolution,
+            } = event
+                && approval.id == id
+            {
+                seen.push(resolution);
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decision_a_dead_owner_never_recorded_is_handed_over_once_as_abandoned() {
+    let cluster = Cluster::new();
+    let (a, b, c) = (
+        cluster.replica("a").await,
+        cluster.replica("b").await,
+        cluster.replica("c").await,
+    );
+    let (mut on_b, mut on_c) = (b.subscribe(), c.subscribe());
+    let held_on_a = a
+        .create(held("delete", 3600, OnTimeout::Deny))
+        .await
+        .unwrap();
+    let recorded_on_a = a
+        .create(held("delete", 3600, OnTimeout::Deny))
+        .await
+        .unwrap();
+    // a decides one and records it; then it dies before the other is decided.
+    a.decide(recorded_on_a.id, by("bob", Choice::Deny))
+        .await
+        .unwrap();
+    a.mark_recorded(recorded_on_a.id).await.unwrap();
+    a.shutdown().await;
+    // Within a's lease nobody can tell it is dead: the decision applies.
+    b.decide(held_on_a.id, by("alice", Choice::Approve))
+        .await
+        .unwrap();
+
+    let (seen_b, seen_c) = tokio::join!(
+        orphans_of(&mut on_b, held_on_a.id, Duration::from_secs(10)),
+        orphans_of(&mut on_c, held_on_a.id, Duration::from_secs(10)),
+    );
+    let seen: Vec<Resolution> = seen_b.into_iter().chain(seen_c).collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "handed over once although b and c both swept"
+    );
+    assert_eq!(
+        (seen[0].verdict, seen[0].outcome, seen[0].decider.as_deref()),
+        (Verdict::Abandoned, Outcome::Refused, Some("alice"))
+    );
+    assert_eq!(
+        seen[0].reason.as_deref(),
+        Some("approved by alice after replica a had stopped; nothing was released")
+    );
+    // The one a recorded is not handed over.
+    let none = orphans_of(&mut on_b, recorded_on_a.id, Duration::from_secs(10)).await;
+    assert!(none.is_empty(), "{none:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_replica_takes_back_what_its_earlier_run_left() {
+    let cluster = Cluster::new();
+    let first = cluster.replica("a").await;
+    let open = first
+        .create(held("delete", 3600, OnTimeout::Deny))
+        .await
+        .unwrap();
+    let decided = first
+        .create(held("delete", 3600, OnTimeout::Deny))
+        .await
+        .unwrap();
+    first
+        .decide(decided.id, by("bob", Choice::Approve))
+        .await
+        .unwrap();
+    first.shutdown().await;
+    let again = cluster.replica("a").await;
+    let mut left = again.abandon_leftovers().await.unwrap();
+    left.sort_by_key(|r| r.approval.id);
+    let got: Vec<_> = left
+        .iter()
+        .map(|r| {
+            (
+                r.approval.id,
+                r.resolution.verdict,
+                r.resolution.channel.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (open.id, Verdict::Abandoned, "restart"),
+            (decided.id, Verdict::Abandoned, "restart"),
+        ]
+    );
+    assert!(again.abandon_leftovers().await.unwrap().is_empty(), "once");
+}

@@ -536,6 +536,45 @@ impl AuditBackend for Postgres {
                 .map_err(sql)
         })
     }
+
+    fn meta_prefixed(&mut self, prefix: &str) -> Result<Vec<(String, String)>, AuditError> {
+        self.read(|pg| {
+            pg.block(async |client| {
+                client
+                    .query(
+                        "SELECT key, value FROM airlock_audit_meta \
+                         WHERE left(key, length($1)) = $1",
+                        &[&prefix],
+                    )
+                    .await
+                    .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                    .map_err(sql)
+            })
+        })
+    }
+
+    fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError> {
+        // Two statements: under READ COMMITTED the read takes a fresh
+        // snapshot, so an insert that lost a race sees the winner's value.
+        self.block(async |client| {
+            client
+                .execute(
+                    "INSERT INTO airlock_audit_meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&key, &value],
+                )
+                .await
+                .map_err(sql)?;
+            client
+                .query_one(
+                    "SELECT value FROM airlock_audit_meta WHERE key = $1",
+                    &[&key],
+                )
+                .await
+                .map(|row| row.get(0))
+                .map_err(sql)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -251,4 +251,22 @@ impl AuditBackend for Sqlite {
         )?;
         Ok(())
     }
+
+    fn meta_prefixed(&mut self, prefix: &str) -> Result<Vec<(String, String)>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1")?;
+        let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+            [key, value],
+        )?;
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
+    }
 }

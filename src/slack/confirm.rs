@@ -258,7 +258,7 @@ pub async fn show(
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Response {
-    let Some(slack) = super::current() else {
+    let Some(slack) = gw.slack.clone() else {
         return not_configured();
     };
     let Some(claims) = verify(&gw, &slack, &token, &Method::GET, peer.map(|p| p.0.0)) else {
@@ -321,7 +321,7 @@ pub async fn decide(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Bytes,
 ) -> Response {
-    let Some(slack) = super::current() else {
+    let Some(slack) = gw.slack.clone() else {
         return not_configured();
     };
     let Some(claims) = verify(&gw, &slack, &token, &Method::POST, peer.map(|p| p.0.0)) else {

@@ -71,16 +71,23 @@ impl Job {
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Job>,
-    gw: Gateway,
+}
+
+/// The dispatcher's end of the queue, until [`start`] hands it to the courier.
+pub struct Inbox(mpsc::Receiver<Job>);
+
+/// A queue: jobs pushed before the courier starts wait in it.
+pub fn queue() -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Outbox { tx }, Inbox(rx))
 }
 
 impl Outbox {
     /// Queues a job without waiting; a full queue counts and records a failure.
-    pub fn push(&self, job: Job) {
+    pub fn push(&self, gw: &Gateway, job: Job) {
         if let Err(e) = self.tx.try_send(job) {
             let job = e.into_inner();
-            self.gw
-                .metrics
+            gw.metrics
                 .notification_failures
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!("Slack queue is full; a message was dropped");
@@ -88,7 +95,7 @@ impl Outbox {
                 job.item(),
                 "not queued: the Slack queue is full (Slack has been failing for a while)".into(),
             );
-            let gw = self.gw.clone();
+            let gw = gw.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { gw.audit.record(record).await });
             }
@@ -97,8 +104,8 @@ impl Outbox {
 }
 
 /// Starts the dispatcher; returns the queue's sending end.
-pub fn start(gw: &Gateway, config: SlackConfig, key: Arc<LinkKey>) -> Outbox {
-    let (tx, rx) = mpsc::channel(QUEUE);
+/// Starts the courier: it takes the jobs queued in `inbox` until shutdown.
+pub fn start(gw: &Gateway, config: SlackConfig, key: Arc<LinkKey>, inbox: Inbox) {
     let client = reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
@@ -116,8 +123,7 @@ pub fn start(gw: &Gateway, config: SlackConfig, key: Arc<LinkKey>) -> Outbox {
         permits: Semaphore::new(PARALLEL),
         rate_limited_until: std::sync::Mutex::new(None),
     });
-    tokio::spawn(courier.dispatch(rx));
-    Outbox { tx, gw: gw.clone() }
+    tokio::spawn(courier.dispatch(inbox.0));
 }
 
 /// Where one message goes.

@@ -74,7 +74,7 @@ pub fn verify(
 
 /// The handler.
 pub async fn handle(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(slack) = super::current() else {
+    let Some(slack) = gw.slack.clone() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let Some(secret) = slack.config.signing_secret.as_deref() else {
@@ -127,11 +127,14 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         .unwrap_or("");
     let item = gw.holds.get(id).map(|item| slack.sanitized(&item));
     let reply = |body: Value| {
-        slack.outbox.push(Job::Respond {
-            url: response_url.to_owned(),
-            body,
-            item: item.clone(),
-        })
+        slack.outbox.push(
+            gw,
+            Job::Respond {
+                url: response_url.to_owned(),
+                body,
+                item: item.clone(),
+            },
+        )
     };
     let Some(approver) = slack
         .config

@@ -5,7 +5,8 @@
 //! Single use comes from the hold itself: exactly one decision wins, and the
 //! confirm page answers every later use with who decided. The key comes from
 //! `slack.link_key_env`, or is generated once and kept in the audit store's
-//! meta table, so links survive restarts.
+//! meta table, so links survive restarts; replicas sharing a store (`[store]
+//! url`) share it, so a link works on every replica, once.
 //!
 //! The confirm page carries a CSRF token, `issued "." HMAC(key, token,
 //! issued, login csrf)`: only a POST with the token of a page this gateway
@@ -75,15 +76,15 @@ impl LinkKey {
         if let Some(key) = configured {
             return Ok(LinkKey(key.to_vec()));
         }
+        // Replicas sharing a store share the key (a link works on any of
+        // them); the first to start makes it, the others read it.
         let hex_key = audit
             .read(|db| {
                 if let Some(existing) = db.meta(META_KEY)? {
                     return Ok(existing);
                 }
                 let bytes: [u8; 32] = rand::rng().random();
-                let fresh = hex::encode(bytes);
-                db.set_meta(META_KEY, &fresh)?;
-                Ok(fresh)
+                db.init_meta(META_KEY, &hex::encode(bytes))
             })
             .await?;
         let key = hex::decode(&hex_key)
