@@ -269,16 +269,14 @@ async fn handle_post(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let message = match Message::parse(body) {
+    let message = match Message::parse_metered(body, &gw.metrics.body_parses) {
         Ok(m) => m,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.id(), e.code(), &e.to_string()),
     };
     // Mirrored headers, whatever the era: never duplicated, never disagreeing
     // with the body (the stateless era additionally requires them below).
-    // The strict read of the params, shared by the mirrored-header check and
-    // the stateless-era peek below: one parse of the params, not two.
-    let strict = era::StrictPeek::new();
-    if let Err(mismatch) = era::check_mirrored_headers(&message, &headers, &strict) {
+    // Like every check below, it reads what the one parse recorded.
+    if let Err(mismatch) = era::check_mirrored_headers(&message, &headers) {
         return rpc_error(
             StatusCode::BAD_REQUEST,
             message.id(),
@@ -314,7 +312,6 @@ async fn handle_post(
             session_key: session.id.clone(),
             agent: session.agent.clone(),
         };
-        drop(strict);
         return dispatch(&gw, &ctx, message, &forwarded, Some(session), None).await;
     }
 
@@ -336,7 +333,6 @@ async fn handle_post(
             .or_else(|| peek.client_info.as_ref().map(|c| c.label()))
             .unwrap_or_else(|| format!("unknown@{}", addr.ip()));
         drop(peek);
-        drop(strict);
         let session = match gw.open_session(&upstream, who, agent.clone()) {
             Ok(s) => s,
             Err(e) => return upstream_failure(message.id(), &e, Era::Handshake),
@@ -390,9 +386,8 @@ async fn handle_post(
             "Bad Request: Mcp-Session-Id header is required",
         );
     }
-    let empty: era::ParamsPeek<'static> = era::ParamsPeek::default();
-    let peek = match era::strict_peek(&strict, &message) {
-        Ok(peek) => peek.as_ref().unwrap_or(&empty),
+    let peek = match era::peek_strict(&message) {
+        Ok(peek) => peek.unwrap_or_default(),
         Err(e) => {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
@@ -402,7 +397,7 @@ async fn handle_post(
             );
         }
     };
-    if era::stateless_version(peek).is_none() {
+    if era::stateless_version(&peek).is_none() {
         if let Some(version) = declared_stateless_version(&headers) {
             // The header says 2026-07-28 or later: a stateless request that
             // lacks a required key, not a handshake request without a session.
@@ -423,7 +418,7 @@ async fn handle_post(
             "Bad Request: Mcp-Session-Id header is required (or, for protocol 2026-07-28 and later, params._meta[\"io.modelcontextprotocol/protocolVersion\"])",
         );
     }
-    if let Err(mismatch) = era::check_headers(&message, peek, &headers) {
+    if let Err(mismatch) = era::check_headers(&message, &peek, &headers) {
         return rpc_error(
             StatusCode::BAD_REQUEST,
             message.id(),
@@ -434,7 +429,7 @@ async fn handle_post(
     let who = agent
         .clone()
         .or_else(|| peek.meta.as_ref()?.client_info.as_ref().map(|c| c.label()));
-    drop(strict);
+    drop(peek);
     let session_key = match &agent {
         Some(name) => format!("agent:{name}"),
         None => format!("{}@{}", who.as_deref().unwrap_or("unknown"), addr.ip()),
