@@ -392,49 +392,58 @@ impl Message {
     /// `id` key is added after the `{`); every other byte stays as it was,
     /// and nothing is parsed again (the recorded ranges move with the splice).
     pub fn with_id(&self, id: &Id) -> Message {
-        let text = self.text();
-        let (at, removed, insert, id_at) = match self.id_span {
-            Some(span) => (span.start, span.end - span.start, id.raw().to_owned(), 0),
+        let mut out = match self.id_span {
+            Some(span) => self.spliced(span, id.raw()),
             None => {
+                let at = self.open + 1;
                 let comma = if self.empty { "" } else { "," };
-                (self.open + 1, 0, format!("\"id\":{}{comma}", id.raw()), 5)
+                let key = "\"id\":";
+                let mut out = self.spliced(
+                    Span { start: at, end: at },
+                    &format!("{key}{}{comma}", id.raw()),
+                );
+                let start = at + key.len();
+                out.id_span = Some(Span {
+                    start,
+                    end: start + id.raw().len(),
+                });
+                out.empty = false;
+                out
             }
         };
+        out.id = Some(id.clone());
+        out
+    }
+
+    /// This message with `text[span]` replaced by `insert` (valid JSON for
+    /// the value there), the recorded ranges kept on their values.
+    fn spliced(&self, span: Span, insert: &str) -> Message {
+        let text = self.text();
         let mut out = String::with_capacity(text.len() + insert.len());
-        out.push_str(&text[..at]);
-        out.push_str(&insert);
-        out.push_str(&text[at + removed..]);
-        let delta = insert.len() as isize - removed as isize;
-        let moved = |span: Span| {
-            if span.start >= at + removed {
-                Span {
-                    start: span.start.saturating_add_signed(delta),
-                    end: span.end.saturating_add_signed(delta),
-                }
-            } else {
-                span
-            }
+        out.push_str(&text[..span.start]);
+        out.push_str(insert);
+        out.push_str(&text[span.end..]);
+        let delta = insert.len() as isize - (span.end - span.start) as isize;
+        let moved = |mut s: Span| {
+            s.shift(span.end, delta);
+            s
         };
         let facts = self.facts.clone().map(|f| {
             f.map(|mut facts| {
-                facts.shift(at + removed, delta);
+                facts.shift(span.end, delta);
                 facts
             })
         });
-        let id_start = at + id_at;
         Message {
             raw: Bytes::from(out),
             kind: self.kind,
-            id: Some(id.clone()),
+            id: self.id.clone(),
             method: self.method.clone(),
             params: self.params.map(moved),
             facts,
-            id_span: Some(Span {
-                start: id_start,
-                end: id_start + id.raw().len(),
-            }),
+            id_span: self.id_span.map(moved),
             open: self.open,
-            empty: false,
+            empty: self.empty,
             meter: self.meter.clone(),
         }
     }
@@ -446,6 +455,12 @@ impl Message {
     /// through `Value` would fold duplicate keys the gate refused, so the
     /// child could read a call the policy never saw).
     pub fn with_progress_token(&self, token: &str) -> Message {
+        // A request's token was found by the one pass: replaced in place.
+        if let Some(Ok(facts)) = &self.facts
+            && let Some(span) = facts.meta.as_ref().and_then(|m| m.progress_token)
+        {
+            return self.spliced(span, token);
+        }
         let in_params = |params: &RawValue| -> Option<String> {
             let (text, replaced) = rebuild_object(params.get(), |key, meta| {
                 if key != "_meta" {

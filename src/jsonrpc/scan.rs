@@ -41,11 +41,14 @@ pub struct Span {
 }
 
 impl Span {
-    /// Moves the range by `delta` if it starts at or after `at` (a splice
-    /// before it changed the text's length).
-    fn shift(&mut self, at: usize, delta: isize) {
-        if self.start >= at {
+    /// Keeps the range on the same value after the text's length changed by
+    /// `delta` in a splice that ends at `from`: a range after the splice
+    /// moves, a range that holds it (or is it) grows or shrinks.
+    pub fn shift(&mut self, from: usize, delta: isize) {
+        if self.start >= from {
             self.start = self.start.saturating_add_signed(delta);
+            self.end = self.end.saturating_add_signed(delta);
+        } else if self.end >= from {
             self.end = self.end.saturating_add_signed(delta);
         }
     }
@@ -105,7 +108,7 @@ pub struct ParamFacts {
 }
 
 impl ParamFacts {
-    /// Keeps the ranges right after `delta` bytes were spliced in at `at`.
+    /// Keeps the ranges on their values after a splice (see [`Span::shift`]).
     pub fn shift(&mut self, at: usize, delta: isize) {
         for text in [
             &mut self.name,

@@ -456,3 +456,21 @@ fn a_metered_message_counts_every_json_read_of_its_bytes() {
         .params::<serde::de::IgnoredAny>();
     assert_eq!(meter.get(), 2);
 }
+
+#[test]
+fn a_progress_token_rewrite_splices_and_keeps_the_recorded_ranges() {
+    let meter = ParseMeter::default();
+    let text = call(r#"{"name":"echo","_meta":{"progressToken":"t","x":1},"arguments":{"a":"b"}}"#);
+    let m = Message::parse_metered(Bytes::from(text.clone()), &meter).unwrap();
+    let ours = m
+        .with_id(&Id::from_raw("\"airlock-1\""))
+        .with_progress_token("\"airlock-p-22\"");
+    assert_eq!(meter.get(), 1, "no JSON read again");
+    let expected = text
+        .replace(r#""id":1"#, r#""id":"airlock-1""#)
+        .replace(r#""t""#, r#""airlock-p-22""#);
+    assert_eq!(ours.text(), expected);
+    let reread = parse(ours.text()).unwrap();
+    assert_eq!(ours.param_facts().unwrap(), reread.param_facts().unwrap());
+    assert_eq!((ours.params, ours.id_span), (reread.params, reread.id_span));
+}
