@@ -337,6 +337,21 @@ pub fn input_required_state(answer: &Message) -> Option<String> {
         .flatten()
 }
 
+/// Refuses `tools/call` arguments that are present but not an object (`null`
+/// reads as absent). Conditions read `args.*` from an object only, so an
+/// array or a string would make every `deny_if` miss while the upstream still
+/// runs the call: the gateway fails closed instead.
+pub fn check_arguments_shape(raw: RawJson<'_>) -> Result<(), String> {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'{') => Ok(()),
+        Some(b'n') if raw.get().trim() == "null" => Ok(()),
+        Some(b'[') => Err("an array".into()),
+        Some(b'"') => Err("a string".into()),
+        Some(b't' | b'f') => Err("a boolean".into()),
+        _ => Err("a number".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,5 +434,21 @@ mod tests {
         assert_eq!(h["mcp-protocol-version"], "2026-07-28");
         assert_eq!(h["mcp-method"], "tools/call");
         assert_eq!(h["mcp-name"], "echo");
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn arguments_must_be_an_object_or_null() {
+        let read = |text: &str| check_arguments_shape(RawJson(text));
+        assert!(read(r#"{"a":1}"#).is_ok());
+        assert!(read(" null ").is_ok());
+        assert_eq!(read(r#"[{"amount":5000}]"#).unwrap_err(), "an array");
+        assert_eq!(read(r#""amount=5000""#).unwrap_err(), "a string");
+        assert_eq!(read("true").unwrap_err(), "a boolean");
+        assert_eq!(read("5000").unwrap_err(), "a number");
     }
 }

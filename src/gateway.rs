@@ -648,6 +648,12 @@ impl Gateway {
                 return Ok(Exchange::answer(error, ctx.era));
             }
         };
+        if let Some(Err(got)) = peek.arguments.map(era::check_arguments_shape) {
+            let why =
+                format!("Invalid params: tools/call arguments must be a JSON object, got {got}");
+            let error = jsonrpc::error_response(&id, code::INVALID_PARAMS, &why);
+            return Ok(Exchange::answer(error, ctx.era));
+        }
         let tool = peek.name.as_ref();
         let policy = ctx.upstream.policy();
         let arguments = peek.arguments.map(|a| a.get());

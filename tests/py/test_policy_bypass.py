@@ -168,3 +168,27 @@ def test_a_tools_list_answer_airlock_cannot_read_is_not_passed_on_unfiltered(pro
         assert r.json()["error"]["code"] == -32000 and r.json()["id"] == 1, r.text
     finally:
         upstream.close()
+
+
+def test_arguments_that_are_not_an_object_cannot_slip_past_a_condition(procs, tmp_path):
+    # A condition reads `args.text` from an object only: an array or a string
+    # would make the deny branch miss while a lenient upstream still runs it.
+    log = tmp_path / "upstream.jsonl"
+    _, url = procs.testserver_http("both", "--log-requests", str(log))
+    policy = {"version": "1", "default": "deny", "rules": {"echo": {"when": [
+        {"if": [{"path": "args.text", "op": "contains", "value": "drop"}], "action": "deny", "reason": "no drops"},
+        {"action": "allow"}]}}}
+    gw = procs.airlock(policy=policy, url=url)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    sid = httpx.post(gw.mcp, json=init, headers=ACCEPT, timeout=20).headers["mcp-session-id"]
+    for n, arguments in enumerate(['["drop1"]', '"drop2"', '7', 'true']):
+        r = post(gw, sid, '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":%s}}' % (10 + n, arguments))
+        error = r.json()["error"]
+        assert error["code"] == -32602 and "arguments must be a JSON object" in error["message"], r.text
+    assert not upstream_saw(log, "drop")
+    # An object is read; `null` reads as no arguments (the deny branch cannot match).
+    r = post(gw, sid, '{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"echo","arguments":{"text":"drop3"}}}')
+    assert "no drops" in r.text and not upstream_saw(log, "drop3"), r.text
+    r = post(gw, sid, '{"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"echo","arguments":null}}')
+    assert "arguments must be" not in r.text, r.text
