@@ -173,26 +173,26 @@ fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Option<String>, Response> 
 }
 
 /// The agent's headers as they may go upstream: without its Airlock token.
-fn upstream_headers(gw: &Gateway, headers: &HeaderMap) -> HeaderMap {
-    let mut out = headers.clone();
-    if !gw.config.agents.is_empty() {
-        out.remove(header::AUTHORIZATION);
+/// Borrowed as they are when no agent tokens are configured (no copy per request).
+fn upstream_headers<'h>(gw: &Gateway, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
+    if gw.config.agents.is_empty() {
+        return std::borrow::Cow::Borrowed(headers);
     }
-    out
+    let mut out = headers.clone();
+    out.remove(header::AUTHORIZATION);
+    std::borrow::Cow::Owned(out)
 }
 
-async fn read_body(gw: &Gateway, request: Request) -> Result<Bytes, Response> {
+async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
     let limit = gw.config.max_body_bytes;
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| {
-            rpc_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                None,
-                code::INVALID_REQUEST,
-                &format!("request body exceeds the {limit}-byte limit"),
-            )
-        })
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            code::INVALID_REQUEST,
+            &format!("request body exceeds the {limit}-byte limit"),
+        )
+    })
 }
 
 /// The `MCP-Protocol-Version` header, when it names a stateless-era version
@@ -219,15 +219,15 @@ const REFUSED_BODY_DRAIN: usize = 64 * 1024;
 /// (briefly) so the connection stays usable; anything larger, or slower, is not
 /// worth buffering for a request that is refused anyway: the client is told
 /// `Connection: close`, so it does not reuse the connection.
-async fn refuse_unread(request: Request, mut response: Response) -> Response {
+async fn refuse_unread(headers: &HeaderMap, body: Body, mut response: Response) -> Response {
     // A client waiting for `100 Continue` has not sent its body: reading it
     // would invite the upload being refused. (A body declared larger than
     // the drain limit fails at once, from its Content-Length.)
-    let expects_continue = request.headers().contains_key(header::EXPECT);
+    let expects_continue = headers.contains_key(header::EXPECT);
     let drained = if expects_continue {
         false
     } else {
-        let drain = axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN);
+        let drain = axum::body::to_bytes(body, REFUSED_BODY_DRAIN);
         let drained = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
         matches!(drained, Ok(Ok(_)))
     };
@@ -245,10 +245,12 @@ async fn handle_post(
     addr: SocketAddr,
     request: Request,
 ) -> Response {
-    let headers = request.headers().clone();
+    // The headers are taken apart from the body, not copied.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let agent = match admit(&gw, &headers) {
         Ok(agent) => agent,
-        Err(response) => return refuse_unread(request, response).await,
+        Err(response) => return refuse_unread(&headers, body, response).await,
     };
     // Exactly one Content-Type, and it must say JSON (see `media_type`).
     let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
@@ -263,9 +265,9 @@ async fn handle_post(
             code::INVALID_REQUEST,
             "Unsupported Media Type: Content-Type must be application/json (a charset parameter, if any, utf-8)",
         );
-        return refuse_unread(request, response).await;
+        return refuse_unread(&headers, body, response).await;
     }
-    let body = match read_body(&gw, request).await {
+    let body = match read_body(&gw, body).await {
         Ok(body) => body,
         Err(response) => return response,
     };
