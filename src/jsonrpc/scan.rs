@@ -405,9 +405,13 @@ impl<'a> Scanner<'a> {
 
     /// An object key (after blanks).
     fn key(&mut self) -> R<Str<'a>> {
+        self.key_as(true)
+    }
+
+    fn key_as(&mut self, decode: bool) -> R<Str<'a>> {
         self.ws();
         match self.peek() {
-            Some(b'"') => self.string(),
+            Some(b'"') => self.string_as(decode),
             None => Err(self.error("EOF while parsing an object")),
             Some(_) => Err(self.error("key must be a string")),
         }
@@ -618,7 +622,7 @@ impl<'a> Scanner<'a> {
                         self.i += 1;
                     } else {
                         open.push(b'}');
-                        self.key()?;
+                        self.key_as(false)?;
                         self.expect(b':', "expected `:`")?;
                         continue;
                     }
@@ -634,7 +638,7 @@ impl<'a> Scanner<'a> {
                     }
                 }
                 b'"' => {
-                    self.string()?;
+                    self.string_as(false)?;
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -652,7 +656,7 @@ impl<'a> Scanner<'a> {
                     Some(b',') => {
                         self.i += 1;
                         if close == b'}' {
-                            self.key()?;
+                            self.key_as(false)?;
                             self.expect(b':', "expected `:`")?;
                         }
                         break;
@@ -719,22 +723,24 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string at its `"`: validated (escapes, no raw control character),
-    /// decoded only when it holds an escape, and checked for the reserved
-    /// key and lone surrogates.
+    /// decoded when it holds an escape (a key, a fact: `decode`; a skipped
+    /// value only when it could spell the reserved key), and checked for the
+    /// reserved key and lone surrogates.
     fn string(&mut self) -> R<Str<'a>> {
+        self.string_as(true)
+    }
+
+    fn string_as(&mut self, decode: bool) -> R<Str<'a>> {
         self.i += 1;
         let start = self.i;
         let mut decoded: Option<String> = None;
+        let mut escaped = false;
         let mut run = start;
         loop {
-            let Some(p) = self.b[self.i..]
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            else {
-                self.i = self.b.len();
+            self.i = special_byte(self.b, self.i);
+            if self.i >= self.b.len() {
                 return Err(self.error("EOF while parsing a string"));
-            };
-            self.i += p;
+            }
             match self.b[self.i] {
                 b'"' => {
                     let end = self.i;
@@ -743,6 +749,13 @@ impl<'a> Scanner<'a> {
                         d.push_str(&self.text[run..end]);
                     }
                     let reserved = match &decoded {
+                        None if escaped => {
+                            // Escapes only lengthen a string: only a raw text
+                            // this long can decode to the reserved key.
+                            (RESERVED.len()..=RESERVED.len() * 6).contains(&(end - start))
+                                && serde_json::from_str::<String>(&self.text[start - 1..=end])
+                                    .is_ok_and(|d| d.as_bytes() == RESERVED)
+                        }
                         None => &self.b[start..end] == RESERVED,
                         Some(d) => d.as_bytes() == RESERVED,
                     };
@@ -756,25 +769,29 @@ impl<'a> Scanner<'a> {
                     });
                 }
                 b'\\' => {
-                    let d = decoded.get_or_insert_with(String::new);
-                    d.push_str(&self.text[run..self.i]);
+                    escaped = true;
+                    if decode {
+                        decoded
+                            .get_or_insert_with(String::new)
+                            .push_str(&self.text[run..self.i]);
+                    }
                     self.i += 1;
                     let Some(escape) = self.peek() else {
                         return Err(self.error("EOF while parsing a string"));
                     };
                     self.i += 1;
-                    match escape {
-                        b'"' => d.push('"'),
-                        b'\\' => d.push('\\'),
-                        b'/' => d.push('/'),
-                        b'b' => d.push('\u{8}'),
-                        b'f' => d.push('\u{c}'),
-                        b'n' => d.push('\n'),
-                        b'r' => d.push('\r'),
-                        b't' => d.push('\t'),
+                    let c = match escape {
+                        b'"' => Some('"'),
+                        b'\\' => Some('\\'),
+                        b'/' => Some('/'),
+                        b'b' => Some('\u{8}'),
+                        b'f' => Some('\u{c}'),
+                        b'n' => Some('\n'),
+                        b'r' => Some('\r'),
+                        b't' => Some('\t'),
                         b'u' => {
                             let unit = self.hex4()?;
-                            let c = match unit {
+                            match unit {
                                 0xD800..=0xDBFF if self.b[self.i..].starts_with(b"\\u") => {
                                     let save = self.i;
                                     self.i += 2;
@@ -789,21 +806,18 @@ impl<'a> Scanner<'a> {
                                     }
                                 }
                                 _ => char::from_u32(unit),
-                            };
-                            match c {
-                                Some(c) => d.push(c),
-                                None => {
-                                    if self.string_issue.is_none() {
-                                        self.string_issue = Some(ScanError::LoneSurrogate);
-                                    }
-                                    d.push('\u{FFFD}');
-                                }
                             }
                         }
                         _ => {
                             self.i -= 1;
                             return Err(self.error("invalid escape"));
                         }
+                    };
+                    if c.is_none() && self.string_issue.is_none() {
+                        self.string_issue = Some(ScanError::LoneSurrogate);
+                    }
+                    if let Some(d) = &mut decoded {
+                        d.push(c.unwrap_or('\u{FFFD}'));
                     }
                     run = self.i;
                 }
@@ -835,4 +849,30 @@ impl<'a> Scanner<'a> {
         self.i += 4;
         Ok(n)
     }
+}
+
+/// The index of the first `"`, `\\` or control character at or after `i`
+/// (`b.len()` if none): eight bytes at a time, as serde_json scans strings.
+fn special_byte(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The lowest byte flagged is exact (higher ones may be borrow artefacts).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let found = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
 }

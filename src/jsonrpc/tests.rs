@@ -474,3 +474,34 @@ fn a_progress_token_rewrite_splices_and_keeps_the_recorded_ranges() {
     assert_eq!(ours.param_facts().unwrap(), reread.param_facts().unwrap());
     assert_eq!((ours.params, ours.id_span), (reread.params, reread.id_span));
 }
+
+#[test]
+fn strings_of_every_length_are_scanned_to_their_end() {
+    // The scan reads eight bytes at a time: a quote, an escape or a control
+    // character at any offset, in any string length, ends or breaks it there.
+    for len in 0..24 {
+        for at in 0..len {
+            let mut chars: Vec<char> = "abcdéfghijklmnopqrstuvwxyz".chars().take(len).collect();
+            let plain: String = chars.iter().collect();
+            let ok =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"k":"{plain}"}}}}"#);
+            assert!(parse(&ok).is_ok(), "{ok}");
+            chars[at] = '\t';
+            let raw: String = chars.iter().collect();
+            let bad =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"k":"{raw}"}}}}"#);
+            assert!(
+                matches!(parse(&bad), Err(FrameError::NotJson(_))),
+                "{bad:?}"
+            );
+            chars[at] = '"';
+            let cut: String = chars.iter().collect();
+            let bad =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"k":"{cut}"}}}}"#);
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+    // A skipped value that spells the reserved key with escapes is found too.
+    let spelled = r#"{"jsonrpc":"2.0","id":1,"result":{"a":"\u0024serde_json::private::Number"}}"#;
+    assert_eq!(parse(spelled).unwrap_err(), FrameError::ReservedKey);
+}
