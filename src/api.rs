@@ -32,11 +32,12 @@ use crate::login::{self, CSRF_HEADER};
 
 mod history;
 mod policy_edit;
+mod power;
 mod tools;
 
 pub fn routes() -> Router<Gateway> {
     // Login is open to anyone: its bodies are read under a small limit.
-    let login = Router::new().route("/api/login", post(login_handler));
+    let login = Router::new().route("/api/login", get(login_options).post(login_handler));
     let api = Router::new()
         .route("/api/logout", post(logout_handler))
         .route("/api/me", get(me))
@@ -51,6 +52,18 @@ pub fn routes() -> Router<Gateway> {
         .route("/api/audit/verify", post(history::verify))
         .route("/api/tools", get(tools::list_tools))
         .route("/api/tools/refresh", post(tools::refresh_tools))
+        .route("/api/pins", get(power::list_pins))
+        .route("/api/tools/{upstream}/pin", post(power::pin_upstream))
+        .route(
+            "/api/tools/{upstream}/{tool}/accept",
+            post(power::accept_tool),
+        )
+        .route("/api/quorum", get(power::quorum))
+        .route("/api/grants", get(power::list_grants))
+        .route(
+            "/api/grants/{id}",
+            axum::routing::delete(power::revoke_grant),
+        )
         .route(
             "/api/policy/{upstream}",
             get(policy_edit::get_policy).put(policy_edit::put_policy),
@@ -163,8 +176,9 @@ pub enum Via {
 pub struct Approver {
     pub name: String,
     pub via: Via,
-    /// Looked up in the config on every request, so a changed role takes
-    /// effect at once (a login cookie carries only the name).
+    /// Looked up in the config on every request for token approvers, so a
+    /// changed role takes effect at once (their login cookie carries only the
+    /// name); a single sign-on login carries the role its groups mapped to.
     pub role: Role,
 }
 
@@ -258,10 +272,7 @@ pub fn authenticate(
                 ));
             }
         }
-        let role = gw
-            .config
-            .approver_role(&session.approver)
-            .unwrap_or(Role::Viewer);
+        let role = session.role(&gw.config);
         return Ok(Approver {
             name: session.approver,
             via: Via::Cookie,
@@ -317,13 +328,37 @@ async fn login_handler(
     Ok(response)
 }
 
+/// `GET /api/login` (open): how this gateway lets approvers log in, for the
+/// login page.
+async fn login_options(State(gw): State<Gateway>) -> Json<serde_json::Value> {
+    let sso = gw
+        .config
+        .oidc
+        .as_ref()
+        .map(|o| json!({ "provider": o.provider_name, "login_url": crate::oidc::LOGIN_PATH }));
+    Json(json!({ "token": !gw.config.approvers.is_empty(), "sso": sso }))
+}
+
+/// Ends the login. A single sign-on login whose provider has an
+/// `end_session_endpoint` answers 200 with `{"logout_url"}`: the page sends
+/// the browser there so the provider's session ends too.
 async fn logout_handler(
     State(gw): State<Gateway>,
     _approver: Approver,
     headers: HeaderMap,
 ) -> Response {
+    let session = login::from_cookie(&gw, &headers);
     login::end(&gw, &headers);
-    let mut response = StatusCode::NO_CONTENT.into_response();
+    let sso = session.is_some_and(|s| matches!(s.kind, login::LoginKind::Sso { .. }));
+    let logout_url = if sso {
+        crate::oidc::end_session_url(&gw).await
+    } else {
+        None
+    };
+    let mut response = match logout_url {
+        Some(url) => Json(json!({ "logout_url": url })).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    };
     response
         .headers_mut()
         .insert(header::SET_COOKIE, login::clear_cookie(&gw));
@@ -335,8 +370,12 @@ async fn me(
     headers: HeaderMap,
     approver: Approver,
 ) -> Json<serde_json::Value> {
-    let csrf = login::from_cookie(&gw, &headers).map(|s| s.csrf);
-    Json(json!({ "approver": approver.name, "role": approver.role, "csrf": csrf }))
+    let session = login::from_cookie(&gw, &headers);
+    let sso = session
+        .as_ref()
+        .is_some_and(|s| matches!(s.kind, login::LoginKind::Sso { .. }));
+    let csrf = session.map(|s| s.csrf);
+    Json(json!({ "approver": approver.name, "role": approver.role, "csrf": csrf, "sso": sso }))
 }
 
 async fn status(State(gw): State<Gateway>, _approver: Approver) -> Json<serde_json::Value> {
@@ -374,9 +413,13 @@ async fn get_pending(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct DecisionBody {
     #[serde(default)]
     comment: Option<String>,
+    /// With an approval: a standing approval for later calls (`grants.rs`).
+    #[serde(default)]
+    grant: Option<crate::grants::GrantRequest>,
 }
 
 async fn approve(
@@ -408,19 +451,31 @@ async fn decide_http(
     choice: Choice,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     approver.require(Role::Approver, "deciding a held call")?;
-    // The body is optional; when present it must be `{"comment": "…"}`.
-    let comment = if body.iter().all(u8::is_ascii_whitespace) {
-        None
+    // The body is optional; when present it must be `{"comment": "…"}`
+    // (and, approving, optionally `"grant": {…}`).
+    let DecisionBody { comment, grant } = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionBody::default()
     } else {
-        serde_json::from_slice::<DecisionBody>(&body)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("body must be {{\"comment\": \"…\"}}: {e}"),
-                )
-            })?
-            .comment
+        serde_json::from_slice::<DecisionBody>(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "body must be {{\"comment\": \"…\", \"grant\": {{\"minutes\": N, \"scope\": \"agent\"|\"session\", \"exact_arguments\": bool}}}}: {e}"
+                ),
+            )
+        })?
+    };
+    let grant = match grant {
+        None => None,
+        Some(_) if choice == Choice::Deny => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a grant can only come with an approval",
+            ));
+        }
+        Some(request) => Some(check_grant(&gw, &id, request)?),
     };
     if comment.as_ref().is_some_and(|c| c.len() > 4096) {
         return Err(ApiError::new(
@@ -430,7 +485,7 @@ async fn decide_http(
         ));
     }
     let channel = approver.channel(&headers);
-    match hold::decide(
+    match crate::quorum::decide(
         &gw,
         &id,
         choice,
@@ -440,13 +495,73 @@ async fn decide_http(
     )
     .await
     {
-        Ok(r) => {
+        Ok(crate::quorum::Decided::Vote { approvals, needed }) => Ok(Json(json!({
+            "id": id,
+            "decision": "vote",
+            "approvals": approvals,
+            "needed": needed,
+            "message": format!("{} of {needed} approvals; the call stays held until {needed} different approvers approve", approvals.len()),
+        }))),
+        Ok(crate::quorum::Decided::Final(r)) => {
             let mut body = hold::resolution_json(&r);
             body["id"] = id.into();
+            if let Some((item, request, rule)) = grant {
+                let grant = crate::grants::new_grant(&item, &request, rule, &approver.name);
+                gw.grants.add(grant.clone());
+                crate::power::granted(&gw, &grant, channel).await;
+                body["grant"] = json!(grant);
+            }
             Ok(Json(body))
         }
-        Err(e) => Err(decide_error(e)),
+        Err(crate::quorum::QuorumError::Decide(e)) => Err(decide_error(e)),
+        Err(e @ crate::quorum::QuorumError::SameApprover { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "same_approver",
+            e.to_string(),
+        )),
+        Err(e @ crate::quorum::QuorumError::ToolChanged { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tool_changed",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_group",
+            e.to_string(),
+        )),
     }
+}
+
+/// Checks a grant asked for with the approval of held call `id` against the
+/// policy in force, before anything is decided (a refused grant decides nothing).
+fn check_grant(
+    gw: &Gateway,
+    id: &str,
+    request: crate::grants::GrantRequest,
+) -> Result<(hold::PendingItem, crate::grants::GrantRequest, String), ApiError> {
+    let unprocessable =
+        |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "grant_refused", message);
+    let Some(item) = gw.holds.get(id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no pending call with id {id} on this gateway to grant from"),
+        ));
+    };
+    if item.rule == crate::power::RULE {
+        return Err(unprocessable(
+            "this call is held because the tool's definition changed: accept the definition instead of granting".into(),
+        ));
+    }
+    let Some(upstream) = gw.upstreams.get(&item.upstream) else {
+        return Err(unprocessable(format!(
+            "upstream `{}` is no longer configured",
+            item.upstream
+        )));
+    };
+    let rule = crate::grants::check(&upstream.policy(), &item.tool, &request)
+        .map_err(|e| unprocessable(e.to_string()))?;
+    Ok((item, request, rule))
 }
 
 /// Maps a decision failure to its HTTP answer (409 names the winner).
@@ -724,10 +839,29 @@ async fn websocket(
             .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m))?;
     }
     tracing::debug!(approver = %approver.name, "websocket connected");
-    Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket)))
+    // A cookie login's socket closes when the login ends (the page then
+    // finds the login gone and shows the login view).
+    let ends = match approver.via {
+        Via::Cookie => login::from_cookie(&gw, &headers).map(|s| {
+            let left = s.expires.saturating_sub(login::unix_now());
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        }),
+        Via::Bearer => None,
+    };
+    Ok(upgrade.on_upgrade(move |socket| serve_events(gw, socket, ends)))
 }
 
-async fn serve_events(gw: Gateway, mut socket: WebSocket) {
+/// Close code sent when the login behind a websocket has ended.
+const WS_LOGIN_ENDED: u16 = 4401;
+
+async fn serve_events(gw: Gateway, mut socket: WebSocket, ends: Option<tokio::time::Instant>) {
+    let login_ended = async {
+        match ends {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(login_ended);
     let (snapshot, mut rx) = gw.events.subscribe_with_snapshot(|| {
         json!({
             "pending": gw.holds.list(),
@@ -764,6 +898,15 @@ async fn serve_events(gw: Gateway, mut socket: WebSocket) {
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {} // pings are answered by axum; other input is ignored
             },
+            _ = &mut login_ended => {
+                let _ = socket
+                    .send(WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+                        code: WS_LOGIN_ENDED,
+                        reason: "login ended; log in again".into(),
+                    })))
+                    .await;
+                return;
+            }
             _ = gw.shutdown.cancelled() => return,
         }
     }

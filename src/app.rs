@@ -54,6 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pending(remote) => crate::remote::pending(remote).await,
         Command::Approve(args) => crate::remote::decide(args, "approve").await,
         Command::Deny(args) => crate::remote::decide(args, "deny").await,
+        Command::Tools(command) => crate::remote::tools(command).await,
+        Command::Grants(command) => crate::remote::grants(command).await,
         Command::LoginLink { audit, token } => login_file::print(&audit, token),
     }
 }
@@ -93,8 +95,8 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 /// Stdio upstreams must not inherit Airlock's secrets: any `AIRLOCK_*`
-/// variable and any variable holding an approver or agent token or a Slack
-/// secret is removed
+/// variable and any variable holding an approver or agent token, a Slack
+/// secret or the `[oidc]` client secret is removed
 /// from their environment (an upstream could otherwise approve its own calls).
 fn hide_secrets_from_children(config: &mut Config) {
     let tokens: std::collections::HashSet<&str> = config
@@ -103,6 +105,7 @@ fn hide_secrets_from_children(config: &mut Config) {
         .chain(&config.agents)
         .map(|c| c.token.as_str())
         .chain(config.slack.iter().flat_map(|s| s.secrets()))
+        .chain(config.oidc.iter().map(|o| o.client_secret.as_str()))
         .collect();
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, v)| {
@@ -165,6 +168,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         name: "approver".into(),
         token,
         role: config::Role::Admin,
+        groups: Vec::new(),
     }];
     Ok(Config {
         listen,
@@ -194,6 +198,7 @@ fn quick_config(args: &ServeArgs) -> anyhow::Result<Config> {
         slack: None,
         server: config::ServerConfig::default(),
         store: config::StoreConfig::default(),
+        oidc: None,
         quick: true,
     })
 }
@@ -312,8 +317,21 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let mut config = build_config(&args)?;
     // Bound first: `serve` on a taken port fails before it touches anything.
     let listener = listen(&mut config, stdio).await?;
-    if config.approvers.is_empty() {
+    if config.approvers.is_empty() && config.oidc.is_none() {
         tracing::warn!("no [[approver]] is configured: held calls can only time out");
+    }
+    if let Some(oidc) = &config.oidc {
+        let callback = oidc
+            .redirect_url
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", config.public_url, crate::oidc::CALLBACK_PATH));
+        tracing::info!(
+            issuer = %oidc.issuer,
+            redirect_url = %callback,
+            post_logout_redirect_url = %format!("{}/login", config.public_url),
+            "single sign-on with OpenID Connect (register these URLs for client `{}`)",
+            oidc.client_id
+        );
     }
     let shutdown = CancellationToken::new();
     let events = Arc::new(crate::events::Events::default());
@@ -335,7 +353,8 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let approvals = start_approvals(&config.store).await?;
-    let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown);
+    let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
+    let gw = Gateway::new(config, upstreams, audit, approvals, events, shutdown, pins);
     crate::slack::install(&gw).await?;
     if gw.config.store.url.is_none() {
         // With a shared store, the survivors' lease sweep records a dead
@@ -346,7 +365,11 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     tokio::spawn(crate::hold::follow_approvals(gw.clone()));
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
+    tokio::spawn(crate::power::maintain_grants(gw.clone()));
     tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
+    if gw.config.oidc.is_some() {
+        tokio::spawn(crate::oidc::check_provider(gw.clone()));
+    }
 
     let router = crate::server::router(gw.clone());
     let mut login = None;
@@ -624,15 +647,61 @@ fn check_policy(file: &Path) -> Result<String, String> {
     ))
 }
 
+/// Groups a policy names (`approval.groups`, `escalate_to`) that no
+/// `[[approver]]` of the config is in: nobody could decide those calls.
+fn group_warnings(config: &config::Config, policy: &policy::Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in policy.rules() {
+        let q = &rule.quorum;
+        for group in q.groups.iter().chain(&q.escalate_to) {
+            if config.group_members(group).is_empty() {
+                out.push(format!(
+                    "rules.{}.approval names group `{group}`, which no [[approver]] is in: nobody can decide its calls that way",
+                    rule.key
+                ));
+            }
+        }
+        let deciders = if q.groups.is_empty() {
+            config.approvers.len()
+        } else {
+            config
+                .approvers
+                .iter()
+                .filter(|a| a.groups.iter().any(|g| q.groups.contains(g)))
+                .count()
+        };
+        if q.approvers as usize > deciders {
+            out.push(format!(
+                "rules.{}.approval.approvers is {} but only {deciders} approver(s) may decide its calls: they can only be denied or time out",
+                rule.key, q.approvers
+            ));
+        }
+    }
+    out
+}
+
 fn check_config(file: &Path) -> Result<String, String> {
     let config = config::load(file).map_err(|e| e.to_string())?;
     for up in &config.upstreams {
         if let Some(path) = &up.policy {
             check_policy(path).map_err(|e| format!("upstream `{}`: {e}", up.name))?;
+            if let Ok(policy) = policy::load_file(path) {
+                for warning in group_warnings(&config, &policy) {
+                    eprintln!("warning: {}: {warning}", path.display());
+                }
+            }
         }
     }
+    let sso = match &config.oidc {
+        Some(o) => format!(
+            ", single sign-on with {} ({} group(s) mapped)",
+            o.issuer,
+            o.roles.len()
+        ),
+        None => String::new(),
+    };
     Ok(format!(
-        "{} upstream(s), {} approver(s)",
+        "{} upstream(s), {} approver(s){sso}",
         config.upstreams.len(),
         config.approvers.len()
     ))

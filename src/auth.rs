@@ -150,6 +150,7 @@ mod tests {
             name: "a".into(),
             token: "token-aaaaaaaaaaaaaaaa".into(),
             role: Default::default(),
+            groups: Vec::new(),
         }];
         assert_eq!(
             find_credential(&creds, "token-aaaaaaaaaaaaaaaa").map(|c| c.name.as_str()),

@@ -118,6 +118,7 @@ async fn refresh_now(gw: &Gateway, upstream: &Arc<UpstreamRuntime>) {
                     upstream.hints.remember(name, hints_of(tool));
                 }
             }
+            crate::power::observe(gw, upstream, &tools);
             let count = tools.len();
             gw.catalog.store(&upstream.name, |l| {
                 l.tools = Arc::new(tools);

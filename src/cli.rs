@@ -62,6 +62,12 @@ pub enum Command {
     Approve(DecideArgs),
     /// Deny a held call on a running gateway.
     Deny(DecideArgs),
+    /// Pinned tool definitions on a running gateway: list, pin, accept a change.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+    /// Standing approvals (grants) on a running gateway: list, revoke.
+    #[command(subcommand)]
+    Grants(GrantsCommand),
     /// Print the login link of a gateway running on this machine with a
     /// generated approver token (read from `<audit>.login`, readable only by
     /// the gateway's user).
@@ -190,6 +196,45 @@ pub struct RemoteArgs {
     pub token_env: String,
 }
 
+/// `airlock tools …` (talks to a running gateway's API).
+#[derive(Subcommand, Debug)]
+pub enum ToolsCommand {
+    /// Every pinned tool; changed ones with the diff of their definition.
+    List {
+        /// Only this upstream.
+        #[arg(long)]
+        upstream: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List an upstream's tools now and pin every current definition (admin).
+    Pin {
+        upstream: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Accept the changed definition of a tool: it becomes the pin (admin).
+    Accept {
+        upstream: String,
+        tool: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// `airlock grants …` (talks to a running gateway's API).
+#[derive(Subcommand, Debug)]
+pub enum GrantsCommand {
+    /// Live grants, soonest to expire first.
+    List(RemoteArgs),
+    /// End a grant now.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DecideArgs {
     /// The pending call's id (from `airlock pending`).
@@ -197,6 +242,15 @@ pub struct DecideArgs {
     /// A note for the agent and the audit history.
     #[arg(long)]
     pub comment: Option<String>,
+    /// With `approve`: also let later matching calls pass for this many minutes (a grant).
+    #[arg(long, value_name = "MINUTES")]
+    pub grant: Option<f64>,
+    /// Whom the grant covers: every session of the agent, or only this session.
+    #[arg(long, value_parser = ["agent", "session"], default_value = "agent", requires = "grant")]
+    pub grant_scope: String,
+    /// The grant covers only calls with exactly these arguments.
+    #[arg(long, requires = "grant")]
+    pub exact_arguments: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }

@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::upstream::UpstreamSpec;
 
+mod oidc;
+pub use oidc::OidcConfig;
+
 /// A config that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,6 +64,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[store]`: where pending approvals live (see docs/deploy.md).
     pub store: StoreConfig,
+    /// `[oidc]`: approvers sign in with an OpenID Connect provider (see [`crate::oidc`]).
+    pub oidc: Option<OidcConfig>,
     /// Quick mode (`serve --policy … -- cmd`): one upstream served at `/mcp`.
     pub quick: bool,
 }
@@ -81,6 +86,9 @@ pub struct Credential {
     /// What an approver may do (`role` on `[[approver]]`); agents have no
     /// approval rights whatever this says, and keep the default.
     pub role: Role,
+    /// Approver groups (`groups` on `[[approver]]`): a policy rule may let
+    /// only some groups decide its calls (`approval.groups`).
+    pub groups: Vec<String>,
 }
 
 /// An approver's role, from least to most: a viewer sees pending calls,
@@ -98,6 +106,23 @@ pub enum Role {
 }
 
 impl Config {
+    /// The groups of the approver named `name` (none when not configured).
+    pub fn approver_groups(&self, name: &str) -> &[String] {
+        self.approvers
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.groups.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The approvers in `group`.
+    pub fn group_members(&self, group: &str) -> Vec<&Credential> {
+        self.approvers
+            .iter()
+            .filter(|a| a.groups.iter().any(|g| g == group))
+            .collect()
+    }
+
     /// The role of the approver named `name` (None: not configured).
     pub fn approver_role(&self, name: &str) -> Option<Role> {
         self.approvers
@@ -365,6 +390,7 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     store: RawStore,
+    oidc: Option<oidc::RawOidc>,
 }
 
 #[derive(Deserialize, Default)]
@@ -435,6 +461,9 @@ struct RawCredential {
     slack_user_id: Option<String>,
     /// `viewer`, `approver` (default) or `admin`; `[[approver]]` only.
     role: Option<String>,
+    /// Approver groups; `[[approver]]` only.
+    #[serde(default)]
+    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -706,6 +735,10 @@ pub fn parse(
 
     let server = server(&raw.server, text, file)?;
     let store = store(&raw.store, text, file, base, env)?;
+    let oidc = match raw.oidc {
+        Some(o) => Some(oidc::oidc(o, text, file, base, env)?),
+        None => None,
+    };
 
     Ok(Config {
         listen,
@@ -754,6 +787,7 @@ pub fn parse(
         slack,
         server,
         store,
+        oidc,
         quick: false,
     })
 }
@@ -966,6 +1000,19 @@ fn credentials(
                 )));
             }
         };
+        if table == "agent" && c.groups.is_some() {
+            return Err(err(format!(
+                "agent `{}`: groups only applies to [[approver]]",
+                c.name
+            )));
+        }
+        let groups = c.groups.unwrap_or_default();
+        if let Some(bad) = groups.iter().find(|g| g.trim().is_empty()) {
+            return Err(err(format!(
+                "approver `{}`: a group name must not be empty (got {bad:?})",
+                c.name
+            )));
+        }
         if table == "agent" && c.slack_user_id.is_some() {
             return Err(err(format!(
                 "agent `{}`: slack_user_id only applies to [[approver]]",
@@ -1009,6 +1056,7 @@ fn credentials(
             name: c.name,
             token,
             role,
+            groups,
         });
     }
     Ok(out)
@@ -1268,6 +1316,27 @@ mod tests {
     }
 
     const UP: &str = "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n";
+
+    #[test]
+    fn approver_groups_are_read_and_only_for_approvers() {
+        let c = parse_ok(&format!(
+            "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\ngroups = [\"finance\", \"oncall\"]\n[[approver]]\nname = \"bob\"\ntoken_env = \"BOB\"\n"
+        ));
+        assert_eq!(c.approver_groups("alice"), ["finance", "oncall"]);
+        assert!(c.approver_groups("bob").is_empty());
+        assert_eq!(c.group_members("oncall").len(), 1);
+        let agent = parse_err(&format!(
+            "{UP}[[agent]]\nname = \"bot\"\ntoken_env = \"ALICE\"\ngroups = [\"x\"]\n"
+        ));
+        assert!(
+            agent.contains("groups only applies to [[approver]]"),
+            "{agent}"
+        );
+        let empty = parse_err(&format!(
+            "{UP}[[approver]]\nname = \"alice\"\ntoken_env = \"ALICE\"\ngroups = [\" \"]\n"
+        ));
+        assert!(empty.contains("a group name must not be empty"), "{empty}");
+    }
 
     #[test]
     fn approver_roles_default_to_approver() {

@@ -279,6 +279,17 @@ pub fn carries_tool_list(response: &Message) -> bool {
 /// bytes) when nothing changes. Also remembers the annotations each tool
 /// declared in `hints`, for the policy's `annotations` defaults.
 pub fn filter_tools_list(policy: &Policy, hints: &ToolHints, response: Message) -> Message {
+    filter_tools_list_hiding(policy, hints, &|_| false, response)
+}
+
+/// [`filter_tools_list`] that also drops the tools `hidden` names (a changed
+/// definition under `on_tool_change: hide`).
+pub fn filter_tools_list_hiding(
+    policy: &Policy,
+    hints: &ToolHints,
+    hidden: &dyn Fn(&str) -> bool,
+    response: Message,
+) -> Message {
     if response.result::<serde::de::IgnoredAny>().is_none() {
         return response; // an error answer: nothing to filter
     }
@@ -289,7 +300,9 @@ pub fn filter_tools_list(policy: &Policy, hints: &ToolHints, response: Message) 
         }
         let changes = list.tools.iter().any(|t| {
             let declared = t.annotations.as_ref();
-            !policy.lists_with(&t.name, declared) || policy.always_held(&t.name, declared)
+            !policy.lists_with(&t.name, declared)
+                || policy.always_held(&t.name, declared)
+                || hidden(&t.name)
         });
         if !changes {
             return response;
@@ -311,7 +324,7 @@ pub fn filter_tools_list(policy: &Policy, hints: &ToolHints, response: Message) 
         tools.retain(|t| {
             t.get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|n| policy.lists_with(n, declared(t).as_ref()))
+                .is_some_and(|n| policy.lists_with(n, declared(t).as_ref()) && !hidden(n))
         });
         for tool in tools.iter_mut() {
             let hinted = declared(tool);

@@ -55,8 +55,16 @@ pub struct Inner {
     notifiers: std::sync::OnceLock<Vec<Arc<dyn Notifier>>>,
     /// Browser logins of approvers.
     pub logins: crate::login::Logins,
+    /// Single sign-on (`[oidc]`): the discovered provider.
+    pub sso: crate::oidc::Sso,
     /// Every upstream's tools, for the dashboard's Tools page.
     pub catalog: crate::catalog::Catalog,
+    /// The pinned definition of every tool seen (rug-pull defence).
+    pub pins: crate::pins::Pins,
+    /// Standing approvals given with an approval.
+    pub grants: crate::grants::Grants,
+    /// Approvals counted toward a two-person (or more) rule, and escalations.
+    pub votes: crate::quorum::Votes,
     /// Agent requests whose responses are still being sent (shutdown waits for them).
     pub in_flight: AtomicUsize,
     /// Cancelled on SIGTERM/SIGINT.
@@ -305,6 +313,12 @@ impl Retries {
 pub trait Notifier: Send + Sync {
     fn created(&self, item: &PendingItem);
     fn resolved(&self, item: &PendingItem, resolution: &Resolution);
+    /// A tool's definition changed since it was pinned.
+    fn tool_changed(&self, _change: &crate::pins::Change, _mode: crate::policy::OnToolChange) {}
+    /// An approval counted toward a rule that needs several approvers.
+    fn vote(&self, _item: &PendingItem, _approvals: &[String], _needed: u32) {}
+    /// Nobody decided in time: `group` is called in.
+    fn escalated(&self, _item: &PendingItem, _group: &str, _after_s: u64) {}
 }
 
 /// Who is calling and over which connection; built per message by the transports.
@@ -328,8 +342,39 @@ impl CallContext {
 pub struct Exchange {
     pub reply: Reply,
     /// Set for `tools/list`: filter the response with this policy and
-    /// remember the declared annotations in these hints.
-    pub list_filter: Option<(Arc<Policy>, Arc<crate::policy::ToolHints>)>,
+    /// remember the declared annotations (and pin the definitions).
+    pub list_filter: Option<ListFilter>,
+}
+
+/// What a `tools/list` answer goes through on its way to the agent.
+pub struct ListFilter {
+    pub policy: Arc<Policy>,
+    pub gw: Gateway,
+    pub upstream: Arc<UpstreamRuntime>,
+}
+
+impl ListFilter {
+    /// With the policy in force now.
+    pub fn new(gw: &Gateway, upstream: &Arc<UpstreamRuntime>) -> ListFilter {
+        ListFilter {
+            policy: upstream.policy(),
+            gw: gw.clone(),
+            upstream: upstream.clone(),
+        }
+    }
+
+    /// Pins the tools listed, then drops those the agent may not see (hidden
+    /// by the policy, or changed under `on_tool_change: hide`).
+    pub fn apply(&self, response: Message) -> Message {
+        crate::power::observe_list(&self.gw, &self.upstream, &response);
+        let (pins, name) = (&self.gw.pins, &self.upstream.name);
+        let policy = &self.policy;
+        let hidden = |tool: &str| {
+            policy.on_tool_change(tool) == crate::policy::OnToolChange::Hide
+                && pins.is_changed(name, tool)
+        };
+        gate::filter_tools_list_hiding(policy, &self.upstream.hints, &hidden, response)
+    }
 }
 
 impl Exchange {
@@ -387,6 +432,7 @@ impl Gateway {
         approvals: crate::approvals::Approvals,
         events: Arc<Events>,
         shutdown: CancellationToken,
+        pins: crate::pins::Pins,
     ) -> Gateway {
         Gateway(Arc::new(Inner {
             config,
@@ -401,7 +447,11 @@ impl Gateway {
             metrics: Metrics::default(),
             notifiers: std::sync::OnceLock::new(),
             logins: Default::default(),
+            sso: Default::default(),
             catalog: Default::default(),
+            pins,
+            grants: Default::default(),
+            votes: Default::default(),
             in_flight: AtomicUsize::new(0),
             shutdown,
             unknown_tool: DashMap::new(),
@@ -482,6 +532,28 @@ impl Gateway {
     pub fn notify_resolved(&self, item: &PendingItem, resolution: &Resolution) {
         for n in self.notifiers.get().into_iter().flatten() {
             n.resolved(item, resolution);
+        }
+    }
+
+    pub fn notify_vote(&self, item: &PendingItem, approvals: &[String], needed: u32) {
+        for n in self.notifiers.get().into_iter().flatten() {
+            n.vote(item, approvals, needed);
+        }
+    }
+
+    pub fn notify_escalated(&self, item: &PendingItem, group: &str, after_s: u64) {
+        for n in self.notifiers.get().into_iter().flatten() {
+            n.escalated(item, group, after_s);
+        }
+    }
+
+    pub fn notify_tool_changed(
+        &self,
+        change: &crate::pins::Change,
+        mode: crate::policy::OnToolChange,
+    ) {
+        for n in self.notifiers.get().into_iter().flatten() {
+            n.tool_changed(change, mode);
         }
     }
 
@@ -616,7 +688,11 @@ impl Gateway {
                 }
                 Ok(Exchange {
                     reply,
-                    list_filter: Some((policy, ctx.upstream.hints.clone())),
+                    list_filter: Some(ListFilter {
+                        policy,
+                        gw: self.clone(),
+                        upstream: ctx.upstream.clone(),
+                    }),
                 })
             }
             _ => Ok(Exchange::plain(
@@ -682,6 +758,64 @@ impl Gateway {
             gate::decide_call(&policy, &facts)
         };
         drop(facts);
+        let mut note = None;
+        let decision = if self.pins.is_changed(&ctx.upstream.name, tool) {
+            let mode = policy.on_tool_change(tool);
+            note = Some(format!(
+                "the tool's definition changed since it was pinned (on_tool_change: {})",
+                mode.as_str()
+            ));
+            crate::power::changed_call(mode, tool, &decision).unwrap_or(decision)
+        } else {
+            decision
+        };
+        // A grant covers calls its rule would hold (never a changed definition).
+        let decision = match decision {
+            CallDecision::NeedsApproval { ref rule, .. } if rule != crate::power::RULE => {
+                let call = crate::grants::Call {
+                    upstream: &ctx.upstream.name,
+                    tool,
+                    agent: &ctx.agent,
+                    session: &ctx.session_key,
+                    arguments,
+                };
+                match self.grants.find(&call) {
+                    Some(grant) => {
+                        self.metrics.count("allowed");
+                        log_outcome(ctx, "granted", tool, rule, Some(&grant.id));
+                        self.audit
+                            .record(Record {
+                                decision: "granted",
+                                session: Some(ctx.session_key.clone()),
+                                agent: Some(ctx.agent.clone()),
+                                upstream: Some(ctx.upstream.name.clone()),
+                                tool: Some(tool.to_owned()),
+                                arguments: arguments.map(str::to_owned),
+                                rule: Some(rule.clone()),
+                                reason: Some(format!(
+                                    "covered by grant {} (approved by {}, until {})",
+                                    grant.id,
+                                    grant.granted_by,
+                                    grant
+                                        .expires_at
+                                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                                )),
+                                decider: Some(grant.granted_by.clone()),
+                                channel: Some("grant".into()),
+                                pending_id: Some(grant.id.clone()),
+                                ..Default::default()
+                            })
+                            .await;
+                        drop(peek);
+                        return Ok(Exchange::plain(
+                            self.upstream_request(&ctx.link, message, headers).await?,
+                        ));
+                    }
+                    None => decision,
+                }
+            }
+            other => other,
+        };
         match decision {
             CallDecision::Allow { rule } => {
                 if self.config.audit.fail_closed && !self.audit.is_healthy() {
@@ -706,7 +840,7 @@ impl Gateway {
                         ctx.era,
                     ));
                 }
-                self.record_outcome(ctx, "allowed", tool, arguments, &rule, None)
+                self.record_outcome(ctx, "allowed", tool, arguments, &rule, note.as_deref())
                     .await;
                 let rate_limited = policy
                     .rate_limited(tool)
@@ -761,7 +895,7 @@ impl Gateway {
                 ))
             }
             CallDecision::Hidden => {
-                self.record_outcome(ctx, "hidden", tool, arguments, "hide", None)
+                self.record_outcome(ctx, "hidden", tool, arguments, "hide", note.as_deref())
                     .await;
                 let tool = tool.to_owned();
                 drop(peek);

@@ -611,7 +611,7 @@ fn to_response(
         ReplyBody::Empty => status.into_response(),
         ReplyBody::Json(message) => {
             let message = match &list_filter {
-                Some((policy, hints)) => gate::filter_tools_list(policy, hints, message),
+                Some(filter) => filter.apply(message),
                 None => message,
             };
             let status = if status_from_body && reply.status == 200 {
@@ -634,11 +634,11 @@ fn to_response(
             let events = rx.map(move |event| {
                 let _busy = &busy;
                 let event = match (&list_filter, event.message) {
-                    (Some((policy, hints)), Some(m))
+                    (Some(filter), Some(m))
                         if m.kind() == Kind::Response && gate::carries_tool_list(&m) =>
                     {
                         Event {
-                            message: Some(gate::filter_tools_list(policy, hints, m)),
+                            message: Some(filter.apply(m)),
                             ..event
                         }
                     }
@@ -768,7 +768,7 @@ async fn handle_get(gw: Gateway, upstream: Arc<UpstreamRuntime>, headers: Header
             to_response(
                 Exchange {
                     reply,
-                    list_filter: Some((upstream.policy(), upstream.hints.clone())),
+                    list_filter: Some(crate::gateway::ListFilter::new(&gw, &upstream)),
                 },
                 None,
                 false,

@@ -17,11 +17,18 @@
 //! - [`catalog`]: every upstream's tools (the dashboard's Tools page), with a
 //!   risk class read from their annotations.
 //! - [`hold`]: calls waiting for a human.
+//! - [`pins`]: every tool definition's fingerprint, pinned at first sight
+//!   (rug-pull defence); [`grants`]: standing approvals ("approve for a
+//!   while"); [`power`]: what both do to calls, their events and audit rows;
+//!   [`quorum`]: who may decide a hold and how many must approve (two-person
+//!   rule, approver groups, escalation).
 //! - [`approvals`]: pending approvals as a service behind a store (in-process or
 //!   PostgreSQL); built, not yet wired in (`docs/approvals-service.md`).
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
+//! - [`login`]: browser logins (signed cookies, CSRF); [`oidc`]: single
+//!   sign-on with an OpenID Connect provider, ending in the same kind of login.
 //! - [`slack`]: Slack messages per held call, decision links, Slack-app buttons.
 //! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them
 //!   (connection cap, header and idle timeouts, `TCP_NODELAY`).
@@ -50,6 +57,7 @@ pub mod era;
 pub mod events;
 pub mod gate;
 pub mod gateway;
+pub mod grants;
 pub mod hold;
 pub mod http_agent;
 pub mod inspect;
@@ -58,7 +66,11 @@ pub mod listener;
 pub mod login;
 pub mod memory;
 pub mod metrics;
+pub mod oidc;
+pub mod pins;
 pub mod policy;
+pub mod power;
+pub mod quorum;
 pub mod reload;
 pub mod remote;
 pub mod server;

@@ -8,6 +8,11 @@
 //! is an HMAC of the cookie, so it needs no server state either. Logouts are
 //! remembered in memory until the cookie would have expired (a restart
 //! forgets them; the cookie lifetime bounds the exposure).
+//!
+//! Single sign-on ([`crate::oidc`]) makes the same kind of cookie: its
+//! first part then carries the provider's identity and the role its groups
+//! mapped to (`oidc~role~subject~name`, each base64url), the key also covers
+//! the `[oidc]` client secret, and it lasts `[oidc] session_ttl`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +23,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 
+use crate::config::{Config, Role};
 use crate::gateway::Gateway;
 
 pub const COOKIE: &str = "airlock_session";
@@ -29,25 +35,58 @@ type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Clone)]
 pub struct LoginSession {
+    /// Who decides: the `[[approver]]` name, or for single sign-on the
+    /// provider's identity, e.g. `alice@example.com (oidc)`.
     pub approver: String,
     pub csrf: String,
+    pub kind: LoginKind,
+    /// When the login ends (unix seconds).
+    pub expires: u64,
 }
+
+/// How a login was made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoginKind {
+    /// An `[[approver]]` token; its role is looked up in the config on every
+    /// request, so a changed role takes effect at once.
+    Token,
+    /// Single sign-on: the provider's subject, and the role the user's
+    /// groups mapped to at login (it holds until the login ends).
+    Sso { subject: String, role: Role },
+}
+
+impl LoginSession {
+    /// What this login may do.
+    pub fn role(&self, config: &Config) -> Role {
+        match &self.kind {
+            LoginKind::Sso { role, .. } => *role,
+            LoginKind::Token => config.approver_role(&self.approver).unwrap_or(Role::Viewer),
+        }
+    }
+}
+
+/// First part of a single sign-on cookie (never in base64url's alphabet).
+const SSO_MARK: &str = "oidc~";
 
 /// Logged-out cookies (nonce → expiry, unix seconds).
 #[derive(Default)]
 pub struct Logins(DashMap<String, u64>);
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// The signing key: changes whenever any approver token changes.
-fn key(gw: &Gateway) -> Vec<u8> {
-    let mut tokens: Vec<(&str, &str)> = gw
-        .config
+/// The signing key: changes whenever any approver token (or the `[oidc]`
+/// client secret) changes.
+pub(crate) fn key(gw: &Gateway) -> Vec<u8> {
+    key_of(&gw.config)
+}
+
+fn key_of(config: &Config) -> Vec<u8> {
+    let mut tokens: Vec<(&str, &str)> = config
         .approvers
         .iter()
         .map(|a| (a.name.as_str(), a.token.as_str()))
@@ -61,10 +100,16 @@ fn key(gw: &Gateway) -> Vec<u8> {
         h.update((token.len() as u64).to_be_bytes());
         h.update(token.as_bytes());
     }
+    if let Some(oidc) = &config.oidc {
+        for part in [&oidc.issuer, &oidc.client_id, &oidc.client_secret] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+    }
     h.finalize().to_vec()
 }
 
-fn mac(key: &[u8], parts: &[&str]) -> String {
+pub(crate) fn mac(key: &[u8], parts: &[&str]) -> String {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
         m.update(p.as_bytes());
@@ -73,27 +118,77 @@ fn mac(key: &[u8], parts: &[&str]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
 }
 
-fn secure(gw: &Gateway) -> bool {
-    gw.config.public_url.starts_with("https://")
+pub(crate) fn secure(gw: &Gateway) -> bool {
+    secure_url(&gw.config)
+}
+
+fn secure_url(config: &Config) -> bool {
+    config.public_url.starts_with("https://")
 }
 
 /// Starts a login; returns the `Set-Cookie` value and the session.
 pub fn start(gw: &Gateway, approver: &str) -> (HeaderValue, LoginSession) {
+    let name = B64.encode(approver.as_bytes());
+    issue(&gw.config, &name, LIFETIME, approver, LoginKind::Token)
+}
+
+/// Starts a single sign-on login of `name` (the decider, e.g.
+/// `alice@example.com (oidc)`) lasting `ttl`.
+pub fn start_sso(
+    gw: &Gateway,
+    subject: &str,
+    name: &str,
+    role: Role,
+    ttl: Duration,
+) -> (HeaderValue, LoginSession) {
+    let kind = LoginKind::Sso {
+        subject: subject.to_owned(),
+        role,
+    };
+    issue(
+        &gw.config,
+        &sso_payload(subject, name, role),
+        ttl,
+        name,
+        kind,
+    )
+}
+
+/// The first part of a single sign-on cookie: `oidc~role~subject~name`.
+fn sso_payload(subject: &str, name: &str, role: Role) -> String {
+    format!(
+        "{SSO_MARK}{}~{}~{}",
+        role.as_str(),
+        B64.encode(subject.as_bytes()),
+        B64.encode(name.as_bytes())
+    )
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn issue(
+    config: &Config,
+    payload: &str,
+    lifetime: Duration,
+    approver: &str,
+    kind: LoginKind,
+) -> (HeaderValue, LoginSession) {
     let nonce: [u8; 16] = rand::rng().random();
     let nonce = hex::encode(nonce);
-    let expiry = (unix_now() + LIFETIME.as_secs()).to_string();
-    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(approver.as_bytes());
-    let key = key(gw);
-    let signature = mac(&key, &["session", &name, &expiry, &nonce]);
-    let value = format!("{name}.{expiry}.{nonce}.{signature}");
+    let expiry = (unix_now() + lifetime.as_secs()).to_string();
+    let key = key_of(config);
+    let signature = mac(&key, &["session", payload, &expiry, &nonce]);
+    let value = format!("{payload}.{expiry}.{nonce}.{signature}");
     let cookie = format!(
         "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        LIFETIME.as_secs(),
-        if secure(gw) { "; Secure" } else { "" }
+        lifetime.as_secs(),
+        if secure_url(config) { "; Secure" } else { "" }
     );
     let session = LoginSession {
         approver: approver.to_owned(),
         csrf: mac(&key, &["csrf", &value]),
+        kind,
+        expires: unix_now() + lifetime.as_secs(),
     };
     (
         HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
@@ -131,6 +226,10 @@ fn constant_eq(a: &str, b: &str) -> bool {
 /// The live login named by the request's cookie: signature valid, not
 /// expired, not logged out, and the approver still configured.
 pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
+    session_of(&gw.config, &gw.logins, headers)
+}
+
+fn session_of(config: &Config, logins: &Logins, headers: &HeaderMap) -> Option<LoginSession> {
     let value = cookie_value(headers)?;
     let mut parts = value.split('.');
     let (name, expiry, nonce, signature) =
@@ -138,25 +237,44 @@ pub fn from_cookie(gw: &Gateway, headers: &HeaderMap) -> Option<LoginSession> {
     if parts.next().is_some() {
         return None;
     }
-    let key = key(gw);
+    let key = key_of(config);
     if !constant_eq(&mac(&key, &["session", name, expiry, nonce]), signature) {
         return None;
     }
-    if expiry.parse::<u64>().ok()? <= unix_now() || gw.logins.0.contains_key(nonce) {
+    let expires = expiry.parse::<u64>().ok()?;
+    if expires <= unix_now() || logins.0.contains_key(nonce) {
         return None;
     }
-    let approver = String::from_utf8(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(name)
-            .ok()?,
-    )
-    .ok()?;
-    if !gw.config.approvers.iter().any(|a| a.name == approver) {
-        return None;
-    }
+    let decode = |part: &str| String::from_utf8(B64.decode(part).ok()?).ok();
+    let (approver, kind) = match name.strip_prefix(SSO_MARK) {
+        Some(sso) => {
+            // A single sign-on login: valid while [oidc] is configured (the
+            // key covers its client secret).
+            config.oidc.as_ref()?;
+            let mut fields = sso.split('~');
+            let (role, subject, display) = (fields.next()?, fields.next()?, fields.next()?);
+            let role = match role {
+                "viewer" => Role::Viewer,
+                "approver" => Role::Approver,
+                "admin" => Role::Admin,
+                _ => return None,
+            };
+            let subject = decode(subject)?;
+            (decode(display)?, LoginKind::Sso { subject, role })
+        }
+        None => {
+            let approver = decode(name)?;
+            if !config.approvers.iter().any(|a| a.name == approver) {
+                return None;
+            }
+            (approver, LoginKind::Token)
+        }
+    };
     Some(LoginSession {
         approver,
         csrf: mac(&key, &["csrf", value]),
+        kind,
+        expires,
     })
 }
 
@@ -213,3 +331,6 @@ pub fn check_same_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), String
         Err(format!("cross-origin request from `{origin}` refused"))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -39,7 +39,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 pub use cond::{Cond, Facts};
 pub use hints::{HINTS, Hints, ToolHints};
 pub use lint::lint;
-pub use load::{LoadError, MAX_APPROVAL_TIMEOUT, load_file, parse_str};
+pub use load::{LoadError, MAX_APPROVAL_TIMEOUT, MAX_GRANT, load_file, parse_str};
 pub use window::{Scope, WindowLimit};
 
 /// Which file format a policy was read from.
@@ -90,11 +90,48 @@ pub enum OnTimeout {
     Deny,
 }
 
+/// What happens to calls of a tool whose definition changed since it was
+/// pinned (`on_tool_change`, see `crate::pins`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnToolChange {
+    /// Calls wait for a human until an approver accepts the new definition.
+    Hold,
+    /// Calls are refused until the new definition is accepted.
+    Deny,
+    /// The tool vanishes from `tools/list` and calls are answered like an unknown tool.
+    Hide,
+    /// Calls pass; the change is audited and announced (no surprise for existing policies).
+    #[default]
+    Warn,
+}
+
+impl OnToolChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnToolChange::Hold => "hold",
+            OnToolChange::Deny => "deny",
+            OnToolChange::Hide => "hide",
+            OnToolChange::Warn => "warn",
+        }
+    }
+}
+
 /// Approval settings of a `require_approval` rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Approval {
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
+    /// Longest standing approval (grant) an approver may give, in seconds;
+    /// `Some(0)` forbids grants, `None` caps them at [`MAX_GRANT`].
+    pub max_grant: Option<u64>,
+}
+
+impl Approval {
+    /// The longest grant this rule allows, in seconds (0: none).
+    pub fn grant_cap(&self) -> u64 {
+        self.max_grant.unwrap_or(MAX_GRANT).min(MAX_GRANT)
+    }
 }
 
 impl Default for Approval {
@@ -102,6 +139,32 @@ impl Default for Approval {
         Approval {
             timeout: Duration::from_secs(300),
             on_timeout: OnTimeout::Deny,
+            max_grant: None,
+        }
+    }
+}
+
+/// Who must decide a rule's held calls: how many distinct approvers, from
+/// which groups, and whom to call in when nobody decided in time
+/// (`approval.approvers`, `groups`, `escalate_after`, `escalate_to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    /// Distinct approvals needed (1: the usual single approval).
+    pub approvers: u32,
+    /// Groups whose members may decide (empty: any approver).
+    pub groups: Vec<String>,
+    /// After this long without a decision, `escalate_to` is notified and may decide.
+    pub escalate_after: Option<Duration>,
+    pub escalate_to: Option<String>,
+}
+
+impl Default for Quorum {
+    fn default() -> Self {
+        Quorum {
+            approvers: 1,
+            groups: Vec::new(),
+            escalate_after: None,
+            escalate_to: None,
         }
     }
 }
@@ -165,6 +228,10 @@ pub struct Rule {
     pub branches: Vec<Branch>,
     /// Calendar-window counters every call this rule lets through spends.
     pub limits: Vec<WindowLimit>,
+    /// `on_tool_change` of this rule (None: the policy's).
+    pub on_tool_change: Option<OnToolChange>,
+    /// Who must decide its held calls.
+    pub quorum: Quorum,
 }
 
 /// One ordered, conditional choice of a rule.
@@ -230,7 +297,14 @@ impl Rule {
             approval: Approval::default(),
             branches: Vec::new(),
             limits: Vec::new(),
+            on_tool_change: None,
+            quorum: Quorum::default(),
         }
+    }
+
+    /// Whether some call to this rule's tools can end in `action`.
+    pub fn may(&self, action: Action) -> bool {
+        self.action == action || self.branches.iter().any(|b| b.action == action)
     }
 }
 
@@ -285,6 +359,8 @@ pub struct Policy {
     pub format: Format,
     /// `annotations`: hint name → action for tools no rule names.
     pub annotations: Vec<(String, Action)>,
+    /// What a changed tool definition does (policy level; rules may override).
+    pub on_tool_change: OnToolChange,
 }
 
 impl Policy {
@@ -363,6 +439,48 @@ impl Policy {
             return None;
         }
         hints::decide(&self.annotations, hints?)
+    }
+
+    /// `on_tool_change` for this tool: its rule's, else the policy's.
+    pub fn on_tool_change(&self, tool: &str) -> OnToolChange {
+        match self.decide(tool) {
+            Verdict::Rule(rule) => rule.on_tool_change.unwrap_or(self.on_tool_change),
+            _ => self.on_tool_change,
+        }
+    }
+
+    /// The approval settings that govern a held call to this tool (its
+    /// rule's, else the defaults), and the key of the rule (`default`).
+    pub fn approval_for(&self, tool: &str) -> (Approval, &str) {
+        match self.decide(tool) {
+            Verdict::Rule(rule) => (rule.approval, &rule.key),
+            Verdict::Hidden => (Approval::default(), "hide"),
+            Verdict::Default(_) => (Approval::default(), "default"),
+        }
+    }
+
+    /// Who must decide a held call to this tool (its rule's quorum, else one approver).
+    pub fn quorum_for(&self, tool: &str) -> Quorum {
+        match self.decide(tool) {
+            Verdict::Rule(rule) => rule.quorum.clone(),
+            _ => Quorum::default(),
+        }
+    }
+
+    /// Whether a call to this tool may still be held for approval under this
+    /// policy (a rule or branch that asks, or a default / annotation that does).
+    pub fn may_hold(&self, tool: &str) -> bool {
+        match self.decide(tool) {
+            Verdict::Hidden => false,
+            Verdict::Rule(rule) => rule.may(Action::RequireApproval),
+            Verdict::Default(action) => {
+                action == Action::RequireApproval
+                    || self
+                        .annotations
+                        .iter()
+                        .any(|(_, a)| *a == Action::RequireApproval)
+            }
+        }
     }
 
     pub fn rules(&self) -> &[Rule] {

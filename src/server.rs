@@ -9,6 +9,7 @@ pub fn router(gw: Gateway) -> Router {
         .merge(crate::http_agent::routes())
         .merge(crate::api::routes())
         .merge(crate::slack::routes())
+        .merge(crate::oidc::routes())
         .merge(crate::dashboard::routes())
         .with_state(gw)
 }

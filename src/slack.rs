@@ -41,6 +41,10 @@ pub struct Slack {
     forged_rows: Mutex<(Instant, u32)>,
     /// `[audit] redact`: the same keys are hidden from Slack (a third party).
     redact: crate::audit::Redactor,
+    /// Base of the dashboard link in notices.
+    public_url: String,
+    /// (group, approver name) of every `[[approver]] groups` entry, for mentions.
+    group_members: Vec<(String, String)>,
 }
 
 /// Forged-link audit rows per minute; more are only logged.
@@ -95,6 +99,13 @@ pub async fn install(gw: &Gateway) -> Result<(), SlackError> {
         outbox,
         forged_rows: Mutex::new((Instant::now(), 0)),
         redact: gw.config.audit.redact.clone(),
+        public_url: gw.config.public_url.clone(),
+        group_members: gw
+            .config
+            .approvers
+            .iter()
+            .flat_map(|a| a.groups.iter().map(|g| (g.clone(), a.name.clone())))
+            .collect(),
     });
     SLACK
         .set(slack.clone())
@@ -157,6 +168,43 @@ impl Notifier for SlackNotifier {
             self.0.sanitized(item),
             resolution.clone(),
         ));
+    }
+
+    fn vote(&self, item: &PendingItem, approvals: &[String], needed: u32) {
+        let item = self.0.sanitized(item);
+        self.0.outbox.push(delivery::Job::Notice {
+            what: "approval-count message",
+            body: message::vote(&item, approvals, needed),
+        });
+    }
+
+    fn escalated(&self, item: &PendingItem, group: &str, after_s: u64) {
+        let item = self.0.sanitized(item);
+        // Mention the group's members who are linked to a Slack user.
+        let mentions: Vec<String> = self
+            .0
+            .config
+            .users
+            .iter()
+            .filter(|(_, name)| {
+                self.0
+                    .group_members
+                    .iter()
+                    .any(|(g, n)| g == group && n == name)
+            })
+            .map(|(user, _)| user.clone())
+            .collect();
+        self.0.outbox.push(delivery::Job::Notice {
+            what: "escalation message",
+            body: message::escalated(&item, group, after_s, &mentions, &self.0.public_url),
+        });
+    }
+
+    fn tool_changed(&self, change: &crate::pins::Change, mode: crate::policy::OnToolChange) {
+        self.0.outbox.push(delivery::Job::Notice {
+            what: "tool-changed message",
+            body: message::tool_changed(change, mode, &self.0.public_url),
+        });
     }
 }
 

@@ -241,9 +241,7 @@ impl StdioAgent {
         };
         let Exchange { reply, list_filter } = exchange;
         let filter = |m: Message| match &list_filter {
-            Some((policy, hints)) if m.kind() == Kind::Response => {
-                gate::filter_tools_list(policy, hints, m)
-            }
+            Some(filter) if m.kind() == Kind::Response => filter.apply(m),
             _ => m,
         };
         // An HTTP upstream may answer errors with `"id": null` (it could not

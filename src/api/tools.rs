@@ -100,6 +100,18 @@ async fn inventory(
             .tools
             .iter()
             .filter_map(|t| tool_row(&policy, &up.name, t, &counts))
+            .map(|mut row| {
+                // Pinned or changed since first seen (`pins`); null: not pinned yet.
+                let name = row["name"].as_str().unwrap_or_default().to_owned();
+                row["pin"] = json!(gw.pins.get(&up.name, &name).map(|p| {
+                    if p.changed.is_some() {
+                        "changed"
+                    } else {
+                        "pinned"
+                    }
+                }));
+                row
+            })
             .collect();
         out.push(json!({
             "name": up.name,

@@ -19,7 +19,10 @@ use serde::Deserialize;
 
 use serde_json::Value;
 
-use super::{Action, Approval, Branch, Cond, Format, OnTimeout, Policy, RateLimit, Rule};
+use super::{
+    Action, Approval, Branch, Cond, Format, OnTimeout, OnToolChange, Policy, Quorum, RateLimit,
+    Rule,
+};
 use crate::suggest::{parse_unknown, suggestion};
 
 /// A policy file that cannot be used, with where and why.
@@ -57,6 +60,9 @@ struct RawPolicy {
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+    /// What a changed tool definition does (default `warn`).
+    #[serde(default)]
+    on_tool_change: Option<OnToolChange>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +80,8 @@ struct RawRule {
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     approval: Option<RawApproval>,
+    #[serde(default)]
+    on_tool_change: Option<OnToolChange>,
 }
 
 #[derive(Deserialize)]
@@ -101,10 +109,31 @@ struct RawApproval {
     timeout: Option<u64>,
     #[serde(default)]
     on_timeout: Option<OnTimeout>,
+    /// Longest grant (standing approval) in seconds; 0 forbids grants.
+    #[serde(default)]
+    max_grant: Option<u64>,
+    /// Distinct approvals needed (two-person rule).
+    #[serde(default)]
+    approvers: Option<u32>,
+    /// Approver groups allowed to decide.
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    /// Seconds without a decision before `escalate_to` is called in.
+    #[serde(default)]
+    escalate_after: Option<u64>,
+    #[serde(default)]
+    escalate_to: Option<String>,
 }
 
 /// Longest approval wait a policy may ask for: one week.
 pub const MAX_APPROVAL_TIMEOUT: u64 = 7 * 24 * 3600;
+
+/// Most distinct approvers a rule may require.
+pub const MAX_APPROVERS: u32 = 10;
+
+/// Longest grant (standing approval) anyone may give: one day, in seconds.
+/// A rule's `approval.max_grant` can only lower it.
+pub const MAX_GRANT: u64 = 24 * 3600;
 
 /// Reads and compiles a policy file.
 pub fn load_file(path: &Path) -> Result<Policy, LoadError> {
@@ -311,6 +340,7 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
         };
         let asks = action == Action::RequireApproval
             || branches.iter().any(|b| b.action == Action::RequireApproval);
+        let mut quorum = Quorum::default();
         let approval = match raw_rule.approval {
             None => Approval::default(),
             Some(_) if !asks => {
@@ -332,9 +362,21 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
                         ),
                     ));
                 }
+                if let Some(max) = a.max_grant
+                    && max > MAX_GRANT
+                {
+                    return Err(err(
+                        "approval.max_grant",
+                        format!(
+                            "rules.{key}.approval.max_grant must be between 0 (no grants) and {MAX_GRANT} seconds, got {max}"
+                        ),
+                    ));
+                }
+                quorum = compile_quorum(&a, timeout, &key, &err)?;
                 Approval {
                     timeout: Duration::from_secs(timeout),
                     on_timeout: a.on_timeout.unwrap_or(OnTimeout::Deny),
+                    max_grant: a.max_grant,
                 }
             }
         };
@@ -346,9 +388,12 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
             approval,
             branches,
             limits: Vec::new(),
+            on_tool_change: raw_rule.on_tool_change,
+            quorum,
         });
     }
     let mut policy = assemble(default, &raw.hide, rules, None, Format::Airlock, &src)?;
+    policy.on_tool_change = raw.on_tool_change.unwrap_or_default();
     for (hint, action) in raw.annotations {
         if !super::HINTS.contains(&hint.as_str()) {
             let known: Vec<String> = super::HINTS.iter().map(|h| (*h).to_owned()).collect();
@@ -364,6 +409,81 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
         policy.annotations.push((hint, action));
     }
     Ok(policy)
+}
+
+/// `approvers`, `groups`, `escalate_after` / `escalate_to` of a rule's `approval`.
+fn compile_quorum(
+    a: &RawApproval,
+    timeout: u64,
+    key: &str,
+    err: &dyn Fn(&str, String) -> LoadError,
+) -> Result<Quorum, LoadError> {
+    let approvers = a.approvers.unwrap_or(1);
+    if approvers == 0 || approvers > MAX_APPROVERS {
+        return Err(err(
+            "approval.approvers",
+            format!(
+                "rules.{key}.approval.approvers must be between 1 and {MAX_APPROVERS}, got {approvers}"
+            ),
+        ));
+    }
+    let groups = a.groups.clone().unwrap_or_default();
+    if a.groups.as_ref().is_some_and(Vec::is_empty) {
+        return Err(err(
+            "approval.groups",
+            format!(
+                "rules.{key}.approval.groups is empty: name at least one group, or leave it out to let any approver decide"
+            ),
+        ));
+    }
+    if let Some(bad) = groups.iter().find(|g| g.trim().is_empty()) {
+        return Err(err(
+            "approval.groups",
+            format!("rules.{key}.approval.groups has an empty group name ({bad:?})"),
+        ));
+    }
+    let escalate_after = match (a.escalate_after, &a.escalate_to) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(err(
+                "approval.escalate_after",
+                format!(
+                    "rules.{key}.approval.escalate_after needs escalate_to (the group to call in)"
+                ),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "approval.escalate_to",
+                format!(
+                    "rules.{key}.approval.escalate_to needs escalate_after (seconds without a decision)"
+                ),
+            ));
+        }
+        (Some(after), Some(to)) => {
+            if after == 0 || after >= timeout {
+                return Err(err(
+                    "approval.escalate_after",
+                    format!(
+                        "rules.{key}.approval.escalate_after must be between 1 and the timeout ({timeout} s) minus one, got {after}"
+                    ),
+                ));
+            }
+            if to.trim().is_empty() {
+                return Err(err(
+                    "approval.escalate_to",
+                    format!("rules.{key}.approval.escalate_to must name a group"),
+                ));
+            }
+            Some(Duration::from_secs(after))
+        }
+    };
+    Ok(Quorum {
+        approvers,
+        groups,
+        escalate_after,
+        escalate_to: a.escalate_to.clone(),
+    })
 }
 
 /// Compiles a rule's `when` list; each branch knows its line for `airlock check`.
@@ -464,6 +584,7 @@ pub(super) fn assemble(
         all_tools,
         format,
         annotations: Vec::new(),
+        on_tool_change: OnToolChange::Warn,
     })
 }
 

@@ -348,7 +348,7 @@ pub async fn decide(
     }
     let login = session.filter(|_| slack.config.link_requires_login);
     if let Some(s) = &login
-        && gw.config.approver_role(&s.approver) == Some(crate::config::Role::Viewer)
+        && s.role(&gw.config) == crate::config::Role::Viewer
     {
         return refused("Your Airlock role is viewer: you can see held calls but not decide them.");
     }
@@ -388,7 +388,19 @@ pub async fn decide(
         },
     };
     let id = &claims.pending_id;
-    match hold::decide(
+    if login.is_none() && crate::quorum::needs_named_approvers(&gw, id) {
+        // Without a login the name is whatever the clicker typed: it cannot
+        // count as one of several approvers, nor prove a group.
+        return notice(
+            StatusCode::FORBIDDEN,
+            Tone::Bad,
+            "Nothing was decided",
+            &[&format!(
+                "`{decider}` is not signed in; this call needs approvers signed in by name (several approvers, or approver groups). Decide it on the dashboard, or ask an admin to set link_requires_login."
+            )],
+        );
+    }
+    let decided = match crate::quorum::decide(
         &gw,
         id,
         verdict,
@@ -398,6 +410,31 @@ pub async fn decide(
     )
     .await
     {
+        Ok(crate::quorum::Decided::Vote { approvals, needed }) => {
+            let counted = format!(
+                "{} of {needed} approvals so far ({}). The call stays held until {needed} different approvers approve.",
+                approvals.len(),
+                approvals.join(", ")
+            );
+            return notice(
+                StatusCode::OK,
+                Tone::Ok,
+                "Your approval counts",
+                &[&counted],
+            );
+        }
+        Ok(crate::quorum::Decided::Final(r)) => Ok(r),
+        Err(crate::quorum::QuorumError::Decide(e)) => Err(e),
+        Err(e) => {
+            return notice(
+                StatusCode::FORBIDDEN,
+                Tone::Bad,
+                "Nothing was decided",
+                &[&e.to_string()],
+            );
+        }
+    };
+    match decided {
         Ok(r) => {
             let (tone, heading, detail) = match verdict {
                 Choice::Approve => (

@@ -50,6 +50,11 @@ pub enum Job {
         body: Value,
         item: Option<PendingItem>,
     },
+    /// A message about no held call (a changed tool definition), posted once.
+    Notice {
+        what: &'static str,
+        body: Value,
+    },
 }
 
 impl Job {
@@ -57,6 +62,7 @@ impl Job {
         match self {
             Job::Held(item) | Job::Resolved(item, _) => Some(item),
             Job::Respond { item, .. } => item.as_ref(),
+            Job::Notice { .. } => None,
         }
     }
 }
@@ -190,6 +196,17 @@ impl Courier {
                         tokio::spawn(self.clone().announce(item, resolution, None));
                     }
                 },
+                Job::Notice { what, body } => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let target = if me.config.bot_token.is_some() {
+                            Target::Api("chat.postMessage")
+                        } else {
+                            Target::Webhook(me.config.webhook_url.as_deref().unwrap_or_default())
+                        };
+                        me.deliver(what, None, target, body, None).await;
+                    });
+                }
                 Job::Respond { url, body, item } => {
                     let me = self.clone();
                     tokio::spawn(async move {

@@ -20,7 +20,7 @@ use sha2::Sha256;
 use super::delivery::{Job, ephemeral};
 use super::{Slack, ago, form_pairs, form_value, message};
 use crate::gateway::Gateway;
-use crate::hold::{self, Choice, DecideError};
+use crate::hold::{Choice, DecideError};
 
 /// Slack's replay window.
 const MAX_SKEW_SECS: i64 = 5 * 60;
@@ -154,7 +154,27 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         ));
         return;
     }
-    match hold::decide(gw, id, verdict, Some(approver), "slack", None).await {
+    let decided = match crate::quorum::decide(gw, id, verdict, Some(approver), "slack", None).await
+    {
+        Ok(crate::quorum::Decided::Vote { approvals, needed }) => {
+            reply(ephemeral(&format!(
+                "Your approval counts: {} of {needed} approvals ({}). The call stays held until {needed} different approvers approve.",
+                approvals.len(),
+                message::escape(&approvals.join(", "))
+            )));
+            return;
+        }
+        Ok(crate::quorum::Decided::Final(r)) => Ok(r),
+        Err(crate::quorum::QuorumError::Decide(e)) => Err(e),
+        Err(e) => {
+            reply(ephemeral(&format!(
+                "{}; nothing was decided.",
+                message::escape(&e.to_string())
+            )));
+            return;
+        }
+    };
+    match decided {
         Ok(resolution) => {
             if let Some(item) = &item {
                 let mut body = message::decided(item, &resolution);

@@ -289,6 +289,89 @@ fn actions(item: &PendingItem, buttons: &Buttons) -> Value {
     json!({ "type": "actions", "block_id": "airlock_decide", "elements": elements })
 }
 
+/// The message posted when a tool's definition changed since it was pinned:
+/// what changed (the diff, escaped, in a code block) and what its calls meet.
+pub fn tool_changed(
+    change: &crate::pins::Change,
+    mode: crate::policy::OnToolChange,
+    public_url: &str,
+) -> Value {
+    let one_line = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    let (tool, upstream) = (one_line(&change.tool), one_line(&change.upstream));
+    let meets = match mode {
+        crate::policy::OnToolChange::Hold => "its calls wait for approval",
+        crate::policy::OnToolChange::Deny => "its calls are refused",
+        crate::policy::OnToolChange::Hide => "it is hidden from agents",
+        crate::policy::OnToolChange::Warn => "its calls still pass (warn)",
+    };
+    let (diff, _) = escape_within(&change.diff, SECTION_LIMIT - 20, true);
+    json!({
+        "text": format!("Tool definition changed: {} on {}", escape(&tool), escape(&upstream)),
+        "blocks": [
+            { "type": "header", "text": plain(&clip_plain(&format!("Tool definition changed: {tool}"), HEADER_LIMIT)) },
+            { "type": "section", "text": mrkdwn(format!(
+                "{} on {} changed since it was pinned; until an admin accepts the new definition, {meets} (`on_tool_change: {}`).",
+                code(&tool, SHORT_LIMIT), code(&upstream, SHORT_LIMIT), mode.as_str())) },
+            { "type": "section", "text": mrkdwn(format!("```{diff}```")) },
+            { "type": "context", "elements": [mrkdwn(format!(
+                "Accept it on the dashboard ({}/) or with `airlock tools accept`.", escape(public_url)))] },
+        ],
+    })
+}
+
+/// "1 of 2 approvals" for a held call that needs several approvers.
+pub fn vote(item: &PendingItem, approvals: &[String], needed: u32) -> Value {
+    let text = format!(
+        "{} on {}: {} of {needed} approvals ({}). It stays held until {needed} different approvers approve; one deny ends it.",
+        code(&item.tool, SHORT_LIMIT),
+        code(&item.upstream, SHORT_LIMIT),
+        approvals.len(),
+        clip(&approvals.join(", "), SHORT_LIMIT)
+    );
+    json!({
+        "text": format!("{} of {needed} approvals: {}", approvals.len(), escape(&item.tool)),
+        "blocks": [
+            { "type": "section", "text": mrkdwn(text) },
+            { "type": "context", "elements": [mrkdwn(format!("Request `{}`", escape(&item.id)))] },
+        ],
+    })
+}
+
+/// Nobody decided a held call in time: the escalation group is called in.
+pub fn escalated(
+    item: &PendingItem,
+    group: &str,
+    after_s: u64,
+    mentions: &[String],
+    public_url: &str,
+) -> Value {
+    let who = if mentions.is_empty() {
+        format!("group {}", code(group, SHORT_LIMIT))
+    } else {
+        let users: Vec<String> = mentions
+            .iter()
+            .filter(|u| u.chars().all(|c| c.is_ascii_alphanumeric()))
+            .map(|u| format!("<@{u}>"))
+            .collect();
+        format!("{} (group {})", users.join(" "), code(group, SHORT_LIMIT))
+    };
+    json!({
+        "text": format!("Escalated: {} waits for a decision", escape(&item.tool)),
+        "blocks": [
+            { "type": "header", "text": plain(&clip_plain(&format!("Escalated: {} waits for a decision", item.tool), HEADER_LIMIT)) },
+            { "type": "section", "text": mrkdwn(format!(
+                "Nobody decided {} on {} (agent {}) within {}. {who}: you may decide it now, before it times out at {}.",
+                code(&item.tool, SHORT_LIMIT), code(&item.upstream, SHORT_LIMIT), code(&item.agent, SHORT_LIMIT),
+                human_duration(after_s as i64), escape(&item.expires_at))) },
+            { "type": "context", "elements": [mrkdwn(format!("Request `{}` · {}/", escape(&item.id), escape(public_url)))] },
+        ],
+    })
+}
+
 /// The message posted for a held call.
 pub fn held(item: &PendingItem, buttons: &Buttons) -> Value {
     let mut blocks = vec![

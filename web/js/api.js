@@ -74,17 +74,26 @@ export function login(token) {
   return request('POST', '/api/login', { token }, { quiet401: true });
 }
 
+/** How this gateway lets people log in: {token: bool, sso: {provider, login_url} | null}. */
+export function loginOptions() {
+  return request('GET', '/api/login', undefined, { quiet401: true });
+}
+
 export function me() {
   return request('GET', '/api/me', undefined, { quiet401: true });
 }
 
+/** Ends the login; resolves to {logout_url} when the identity provider's session should end too. */
 export function logout() {
   return request('POST', '/api/logout');
 }
 
-export function decide(id, decision, comment) {
+/** `grant` (approvals only): `{minutes, scope, exact_arguments}` or null. */
+export function decide(id, decision, comment, grant) {
   const verb = decision === 'approve' ? 'approve' : 'deny';
-  return request('POST', `/api/pending/${encodeURIComponent(id)}/${verb}`, { comment: comment || '' });
+  const body = { comment: comment || '' };
+  if (grant && verb === 'approve') body.grant = grant;
+  return request('POST', `/api/pending/${encodeURIComponent(id)}/${verb}`, body);
 }
 
 export function audit(params, { signal } = {}) {

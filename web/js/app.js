@@ -1,10 +1,11 @@
 // Airlock dashboard: boot, login, routing and the chrome around the views.
 import { $, announce } from './dom.js';
-import { login, me, logout, session, ApiError } from './api.js';
+import { login, loginOptions, me, logout, session, ApiError } from './api.js';
 import { startLive, stopLive, retryNow } from './live.js';
 import { initPending, onFrame, setLiveState, resetPending, pendingKeydown, pendingCount } from './pending.js';
 import { initHistory, showHistory } from './history.js';
 import { initTools, showTools, toolsFrame } from './tools.js';
+import { initPower, powerFrame, resetPower } from './power.js';
 import { setNotify, setSound, alerts, notificationsSupported } from './notify.js';
 
 const VIEWS = ['login', 'pending', 'tools', 'history'];
@@ -68,7 +69,31 @@ function showLogin(message) {
   err.hidden = !message;
   const input = $('#login-token');
   input.setAttribute('aria-invalid', message ? 'true' : 'false');
-  input.focus();
+  showLoginOptions().then((sso) => {
+    if (sso && $('#login-token-part').hidden) $('#login-sso-link').focus();
+    else input.focus();
+  });
+}
+
+let loginOptionsShown = null;
+
+/** Shows "Sign in with …" when single sign-on is configured (asked once). */
+function showLoginOptions() {
+  if (!loginOptionsShown) {
+    loginOptionsShown = loginOptions().then((opts) => {
+      const sso = opts && typeof opts.sso === 'object' && opts.sso ? opts.sso : null;
+      if (sso) {
+        $('#login-sso-name').textContent = typeof sso.provider === 'string' ? sso.provider : 'single sign-on';
+        if (typeof sso.login_url === 'string' && /^\/(?!\/)/.test(sso.login_url)) $('#login-sso-link').setAttribute('href', sso.login_url);
+        $('#login-sso').hidden = false;
+      }
+      const token = !opts || opts.token !== false;
+      $('#login-token-part').hidden = !token;
+      $('#login-or').hidden = !token;
+      return !!sso;
+    }).catch(() => { loginOptionsShown = null; return false; });
+  }
+  return loginOptionsShown;
 }
 
 function startSession(data) {
@@ -76,7 +101,7 @@ function startSession(data) {
   $('#whoami').textContent = session.approver ? `Signed in as ${session.approver} (${session.role})` : '';
   document.body.dataset.role = session.role;
   startLive({
-    onFrame: (f) => { onFrame(f); toolsFrame(f, current === 'tools'); },
+    onFrame: (f) => { onFrame(f); powerFrame(f); toolsFrame(f, current === 'tools'); },
     onState: (s) => { setConn(s); setLiveState(s); },
     onUnauthorized: () => endSession('Your session has ended. Log in again.'),
   });
@@ -93,6 +118,7 @@ function endSession(message) {
   setConn('offline');
   session.clear();
   resetPending();
+  resetPower();
   $('#whoami').textContent = '';
   showLogin(message);
 }
@@ -139,6 +165,7 @@ async function boot() {
   initPending({ onCount: updateTitle });
   initHistory({ onNavigate: navigate });
   initTools();
+  initPower();
   wireChrome();
 
   const token = tokenFromFragment();
@@ -186,7 +213,11 @@ function wireChrome() {
   });
 
   $('#logout').addEventListener('click', async () => {
-    try { await logout(); } catch { /* the session is dropped locally either way */ }
+    let out = null;
+    try { out = await logout(); } catch { /* the session is dropped locally either way */ }
+    // Single sign-on: end the identity provider's session too; it sends the browser back to /login.
+    const next = out && typeof out.logout_url === 'string' ? out.logout_url : '';
+    if (/^https?:\/\//i.test(next)) { stopLive(); session.clear(); location.assign(next); return; }
     afterLogin = '/';
     endSession('');
     $('#login-error').hidden = true;

@@ -18,12 +18,20 @@ export const OUTCOME_LABEL = {
   cancelled: 'Cancelled',
   abandoned: 'Abandoned',
   'policy.changed': 'Policy changed',
+  granted: 'Allowed by a grant',
+  'grant.created': 'Grant given',
+  'grant.ended': 'Grant ended',
+  'tool.changed': 'Tool definition changed',
+  'tool.accepted': 'Tool definition accepted',
+  'tool.pinned': 'Tool definitions pinned',
 };
 const OUTCOME_TONE = {
   allowed: 'ok', approved: 'ok',
   denied: 'bad', denied_by_human: 'bad', rate_limited: 'warn', hidden: 'muted',
   approval_requested: 'info', timed_out: 'warn', cancelled: 'muted', abandoned: 'muted',
   'policy.changed': 'info',
+  granted: 'ok', 'grant.created': 'info', 'grant.ended': 'muted',
+  'tool.changed': 'bad', 'tool.accepted': 'info', 'tool.pinned': 'info',
 };
 
 // Field order of the expanded record.

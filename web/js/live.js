@@ -56,10 +56,12 @@ function connect() {
     }
     try { handlers?.onFrame?.(frame); } catch (e) { console.error('airlock: frame handler failed', e); }
   };
-  sock.onclose = () => {
+  sock.onclose = (ev) => {
     if (ws !== sock) return;
     ws = null;
     if (!running) return;
+    // 4401: the login behind this socket ended; scheduleRetry asks /api/me first.
+    if (ev && ev.code === 4401) { scheduleRetry(false, false); return; }
     scheduleRetry(opened && gotSnapshot, opened);
   };
   sock.onerror = () => { /* onclose follows */ };

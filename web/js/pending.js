@@ -51,6 +51,42 @@ export function initPending(opts) {
   renderEmpty();
 }
 
+/**
+ * Shows each card's approval requirement: `map` is id → {needed, approvals,
+ * groups, escalate_to, escalated, may_decide} (GET /api/quorum).
+ */
+export function showQuorum(map) {
+  for (const rec of recs.values()) {
+    const q = map && typeof map === 'object' ? map[rec.id] : null;
+    const { quorum, decideBlock } = rec.refs;
+    if (!q || typeof q !== 'object') continue;
+    const parts = [];
+    const needed = Number(q.needed) || 1;
+    const approvals = Array.isArray(q.approvals) ? q.approvals.map((a) => visible(str(a))) : [];
+    if (needed > 1) {
+      parts.push(`${approvals.length} of ${needed} approvals${approvals.length ? ` (${clip(approvals.join(', '), 300)})` : ''}`);
+    }
+    const groups = Array.isArray(q.groups) ? q.groups.map((g) => visible(str(g))) : [];
+    if (groups.length) {
+      let who = `Decided by group ${clip(groups.join(', '), 200)}`;
+      if (q.escalate_to) who += q.escalated ? `; escalated to ${clip(visible(str(q.escalate_to)), 100)}` : `; escalates to ${clip(visible(str(q.escalate_to)), 100)}`;
+      parts.push(who);
+    }
+    quorum.textContent = parts.join(' · ');
+    quorum.hidden = parts.length === 0;
+    rec.el.dataset.approvals = String(approvals.length);
+    rec.el.dataset.needed = String(needed);
+    // Someone outside the rule's groups gets no buttons (the API answers 403 anyway).
+    const may = q.may_decide !== false;
+    if (decideBlock && decideBlock.classList.contains('card-decide')) decideBlock.hidden = !may;
+    let note = rec.el.querySelector('.card-not-yours');
+    if (!may && !note) {
+      note = h('p', { class: 'card-not-yours muted' }, 'You are not in a group that may decide this call.');
+      decideBlock?.after(note);
+    } else if (may && note) note.remove();
+  }
+}
+
 /* ---------- incoming frames ---------- */
 
 export function onFrame(f) {
@@ -208,6 +244,9 @@ function makeRecord(id, item) {
   addMeta('Session', clip(visible(str(item.session)), 40), 'meta-minor');
   addMeta('Call ID', clip(visible(id), 60), 'meta-minor');
 
+  // "1 of 2 approvals", who may decide (filled by showQuorum from /api/quorum).
+  const quorum = h('p', { class: 'card-quorum', hidden: true });
+
   const reason = str(item.reason)
     ? h('p', { class: 'card-reason' }, h('span', { class: 'reason-label' }, 'Reason: '), clip(visible(str(item.reason)), 2000))
     : null;
@@ -228,6 +267,23 @@ function makeRecord(id, item) {
   const commentId = `card-${n}-comment`;
   const comment = h('textarea', { id: commentId, class: 'card-comment', rows: '1', maxlength: '2000', placeholder: 'Optional — the agent sees it', spellcheck: 'true' });
   const approveBtn = h('button', { type: 'button', class: 'btn btn-approve', 'aria-describedby': headId }, 'Approve');
+  // "Approve for a while": a grant lets later matching calls pass (docs/approvals.md).
+  const grantId = `card-${n}-grant`;
+  const grantFor = h('select', { id: grantId, class: 'grant-for' },
+    h('option', { value: '' }, 'this call only'),
+    h('option', { value: '5' }, 'and later calls for 5 minutes'),
+    h('option', { value: '15' }, 'and later calls for 15 minutes'),
+    h('option', { value: '60' }, 'and later calls for 1 hour'),
+    h('option', { value: '240' }, 'and later calls for 4 hours'));
+  const grantScope = h('select', { class: 'grant-scope', 'aria-label': 'Whom the grant covers' },
+    h('option', { value: 'agent' }, 'of this agent'),
+    h('option', { value: 'session' }, 'of this session only'));
+  const grantExact = h('input', { type: 'checkbox', class: 'grant-exact' });
+  const grantOpts = h('span', { class: 'grant-opts', hidden: true }, grantScope,
+    h('label', { class: 'toggle' }, grantExact, h('span', null, 'with these exact arguments')));
+  grantFor.addEventListener('change', () => { grantOpts.hidden = !grantFor.value; });
+  const grantRow = h('div', { class: 'card-grant' },
+    h('label', { for: grantId, class: 'comment-label' }, 'Approve'), grantFor, grantOpts);
   const denyBtn = h('button', { type: 'button', class: 'btn btn-deny', 'aria-describedby': headId }, 'Deny');
   const actions = h('div', { class: 'card-actions' }, approveBtn, denyBtn);
   const confirmYes = h('button', { type: 'button', class: 'btn btn-deny btn-confirm' }, 'Yes, deny');
@@ -241,6 +297,7 @@ function makeRecord(id, item) {
     ? h('div', { class: 'card-decide' },
       h('label', { for: commentId, class: 'comment-label' }, 'Comment'),
       comment,
+      item.rule === 'on_tool_change' ? null : grantRow,
       actions,
       confirm,
       error)
@@ -252,6 +309,7 @@ function makeRecord(id, item) {
         h('h2', { class: 'card-tool', id: headId }, h('code', null, clip(tool, 300))),
         timer),
       meta,
+      quorum,
       reason,
       argsSec,
       decideBlock));
@@ -262,7 +320,7 @@ function makeRecord(id, item) {
     expires: Number.isFinite(expires) ? expires : NaN,
     hay: [item.tool, item.agent, item.upstream, item.rule, item.reason, item.session, id].map((x) => clip(str(x), 1000)).join(' ').toLowerCase() + haystack(args),
     busy: false,
-    refs: { timerText, timerFill, timer, comment, approveBtn, denyBtn, actions, confirm, confirmYes, confirmNo, error },
+    refs: { timerText, timerFill, timer, comment, approveBtn, denyBtn, actions, confirm, confirmYes, confirmNo, error, grantFor, grantScope, grantExact, quorum, decideBlock },
   };
 
   approveBtn.addEventListener('click', () => { select(id, false); decide(rec, 'approve'); });
@@ -310,14 +368,33 @@ async function decide(rec, verb) {
   rec.refs.error.hidden = true;
   setBusy(rec, true, verb);
   try {
-    const res = await apiDecide(rec.id, verb, comment);
+    const { grantFor, grantScope, grantExact } = rec.refs;
+    const grant = grantFor.value && rec.item.rule !== 'on_tool_change'
+      ? { minutes: Number(grantFor.value), scope: grantScope.value, exact_arguments: grantExact.checked }
+      : null;
+    const res = await apiDecide(rec.id, verb, comment, grant);
+    if (res && res.decision === 'vote') {
+      // Counted toward a rule that needs several approvers: the call stays held.
+      setBusy(rec, false);
+      rec.refs.approveBtn.disabled = true;
+      rec.refs.approveBtn.textContent = 'You approved';
+      const n = Array.isArray(res.approvals) ? res.approvals.length : 1;
+      announce(`Your approval counts: ${n} of ${res.needed} approvals.`);
+      toast(`Your approval counts: ${n} of ${res.needed}. It needs another approver.`);
+      return;
+    }
     resolve(rec.id, {
       kind: 'mine',
       decision: res && typeof res.decision === 'string' ? res.decision : (verb === 'approve' ? 'approved' : 'denied'),
       decider: res?.decider ?? session.approver, channel: res?.channel ?? 'dashboard', comment,
     });
   } catch (e) {
-    if (e && e.status === 409) {
+    if (e && (e.code === 'same_approver' || e.code === 'tool_changed' || e.code === 'forbidden_group' || e.code === 'grant_refused')) {
+      setBusy(rec, false);
+      if (verb === 'deny') closeConfirm(rec, false);
+      rec.refs.error.textContent = clip(e.message || 'refused', 400);
+      rec.refs.error.hidden = false;
+    } else if (e && e.status === 409) {
       resolve(rec.id, { kind: 'conflict', by: e.details?.decided_by, decision: e.details?.decision, message: e.message });
     } else if (e && e.status === 404) {
       resolve(rec.id, { kind: 'gone' });
