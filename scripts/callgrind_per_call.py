@@ -2,7 +2,8 @@
 """CPU instructions Airlock executes per allowed `tools/call` (callgrind), a
 figure that does not move with the machine's load the way timings do.
 
-    scripts/callgrind_per_call.py [--calls 1000] [--warmup 200]
+    scripts/callgrind_per_call.py [--calls 1000] [--warmup 200] [--stateless]
+                                  [--airlock PATH] [--echo PATH]
 
 Needs a release build (`cargo build --release --bin airlock --example
 echo_server`), valgrind, and a Python with httpx (the test virtualenv).
@@ -11,7 +12,11 @@ Starts the Rust echo upstream (HTTP), Airlock under callgrind in front of it
 calls, zeroes the counters (`callgrind_control -z`), makes `--calls`
 sequential calls from one keep-alive client, dumps (`callgrind_control -d`)
 and prints Airlock's instructions (Ir) per call: every thread, the audit
-writer included. The client and the upstream are not measured.
+writer included. The client and the upstream are not measured. `--stateless`
+makes stateless-era calls (no session; `_meta` and mirrored headers) instead.
+`--airlock`/`--echo` measure other builds (e.g. a base commit's, for a
+before/after). Also prints `airlock_body_parses_total` per measured call
+(absent before the parse-once work).
 """
 from __future__ import annotations
 
@@ -47,9 +52,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--stateless", action="store_true", help="stateless-era calls (2026-07-28)")
+    ap.add_argument("--airlock", type=Path, default=TARGET / "release/airlock")
+    ap.add_argument("--echo", type=Path, default=TARGET / "release/examples/echo_server")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="airlock-callgrind-"))
-    echo = subprocess.Popen([TARGET / "release/examples/echo_server", "http", "127.0.0.1:0", "--threads", "1"],
+    echo = subprocess.Popen([a.echo, "http", "127.0.0.1:0", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     gw = None
     try:
@@ -60,37 +68,61 @@ def main() -> None:
             f'policy = "{tmp / "policy.json"}"\n\n[audit]\npath = "{tmp / "audit.db"}"\n')
         out = tmp / "callgrind.out"
         gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                               TARGET / "release/airlock", "serve", "--config", tmp / "airlock.toml"],
+                               a.airlock, "serve", "--config", tmp / "airlock.toml"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "AIRLOCK_APPROVER_TOKEN": "callgrind-approver-token-0123456789"})
-        base = f"http://{announced(gw, 'airlock listening on')}/mcp/echo"
+        addr = announced(gw, 'airlock listening on')
+        base = f"http://{addr}/mcp/echo"
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        meta = None
         with httpx.Client(timeout=60) as c:
-            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "callgrind", "version": "1"}}}
-            r = c.post(base, json=init, headers=h)
-            h = {**h, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-06-18"}
-            c.post(base, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
+            if a.stateless:
+                meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                        "io.modelcontextprotocol/clientInfo": {"name": "callgrind", "version": "1"}}
+                h = {**h, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
+            else:
+                init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "callgrind", "version": "1"}}}
+                r = c.post(base, json=init, headers=h)
+                h = {**h, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-06-18"}
+                c.post(base, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
 
             def calls(n: int) -> None:
                 for i in range(n):
-                    body = {"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
-                            "params": {"name": "echo", "arguments": {"text": "hello from callgrind", "n": i}}}
+                    params = {"name": "echo", "arguments": {"text": "hello from callgrind", "n": i}}
+                    if meta:
+                        params["_meta"] = meta
+                    body = {"jsonrpc": "2.0", "id": i + 1, "method": "tools/call", "params": params}
                     r = c.post(base, json=body, headers=h)
                     assert r.status_code == 200 and '"isError":true' not in r.text, r.text
 
+            def parses() -> int | None:
+                r = c.get(f"http://{addr}/metrics")
+                for line in r.text.splitlines():
+                    if line.startswith("airlock_body_parses_total "):
+                        return int(line.split()[1])
+                return None
+
             calls(a.warmup)
+            before = parses()  # outside the measured window
             subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, capture_output=True)
             calls(a.calls)
             subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, capture_output=True)
+            after = parses()
         dumps = sorted(tmp.glob("callgrind.out.*.*"), key=lambda p: p.stat().st_mtime)
         total = 0
         for line in dumps[-1].read_text(errors="replace").splitlines():
             if line.startswith("summary:") or line.startswith("totals:"):
                 total = int(line.split()[1])
                 break
-        print(f"{total:,} instructions for {a.calls} calls: {total // a.calls:,} per allowed call "
+        era = "stateless" if a.stateless else "handshake"
+        print(f"{total:,} instructions for {a.calls} {era}-era calls: {total // a.calls:,} per allowed call "
               f"(dump {dumps[-1]})")
+        if before is not None and after is not None:
+            print(f"airlock_body_parses_total: {after - before} for {a.calls} calls "
+                  f"({(after - before) / a.calls:g} per allowed call)")
     finally:
         for p in (gw, echo):
             if p and p.poll() is None:

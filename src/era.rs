@@ -11,9 +11,8 @@ use std::borrow::Cow;
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
-use crate::jsonrpc::Message;
+use crate::jsonrpc::{Message, scan};
 
 pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 pub const METHOD_HEADER: &str = "mcp-method";
@@ -33,48 +32,48 @@ pub enum Era {
     Stateless,
 }
 
+/// A JSON value inside a message's text, as written (like serde_json's
+/// `RawValue`, without parsing it again to get one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    /// The value's JSON text.
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
+
 /// The parts of `params` the gateway reads; everything else stays raw.
-#[derive(Deserialize, Default)]
+/// Built from what the message's one pass recorded ([`peek_strict`]).
+#[derive(Default, Debug)]
 pub struct ParamsPeek<'a> {
-    #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub uri: Option<Cow<'a, str>>,
     /// `tasks/get`, `tasks/update`, `tasks/cancel` (tasks extension).
-    #[serde(rename = "taskId", borrow, default)]
     pub task_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub arguments: Option<&'a RawValue>,
-    #[serde(rename = "_meta", borrow, default)]
+    pub arguments: Option<RawJson<'a>>,
     pub meta: Option<MetaPeek<'a>>,
     /// Only present on `initialize` (handshake era).
-    #[serde(rename = "clientInfo", default)]
     pub client_info: Option<ClientInfo>,
 }
 
 /// What the gate reads of a `tools/call`: nothing else, so an odd value in
 /// some other field cannot make the read fail — and a read that fails
 /// (wrong type, duplicate key) refuses the call instead of skipping the policy.
-#[derive(Deserialize)]
+#[derive(Debug)]
 pub struct CallPeek<'a> {
-    #[serde(borrow)]
     pub name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub arguments: Option<&'a RawValue>,
-    #[serde(rename = "requestState", borrow, default)]
+    pub arguments: Option<RawJson<'a>>,
     pub request_state: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Default, Debug)]
 pub struct MetaPeek<'a> {
-    #[serde(rename = "io.modelcontextprotocol/protocolVersion", default)]
-    pub protocol_version: Option<String>,
-    #[serde(rename = "io.modelcontextprotocol/clientInfo", default)]
+    pub protocol_version: Option<Cow<'a, str>>,
     pub client_info: Option<ClientInfo>,
-    #[serde(rename = "io.modelcontextprotocol/clientCapabilities", borrow, default)]
-    pub client_capabilities: Option<&'a RawValue>,
-    #[serde(rename = "progressToken", borrow, default)]
-    pub progress_token: Option<&'a RawValue>,
+    pub client_capabilities: Option<RawJson<'a>>,
+    pub progress_token: Option<RawJson<'a>>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -95,9 +94,66 @@ impl ClientInfo {
     }
 }
 
-/// Reads the peek of a request's params (an empty peek when absent).
+/// The strict read of a request's params: what the message's one pass
+/// found (nothing is parsed here). `Ok(None)` without params; `Err` names
+/// why they cannot be read unambiguously (a repeated key, a known field of
+/// the wrong type).
+pub fn peek_strict(message: &Message) -> Result<Option<ParamsPeek<'_>>, String> {
+    let text = message.text();
+    let Some(facts) = message.param_facts().map_err(str::to_owned)? else {
+        return Ok(None);
+    };
+    fn str_of<'m>(t: &'m Option<scan::Text>, text: &'m str) -> Option<Cow<'m, str>> {
+        t.as_ref().map(|t| Cow::Borrowed(t.get(text)))
+    }
+    let s = |t| str_of(t, text);
+    let raw = |span: Option<scan::Span>| span.map(|sp| RawJson(&text[sp.start..sp.end]));
+    let info = |i: &Option<scan::ClientInfoFacts>| {
+        i.as_ref().map(|i| ClientInfo {
+            name: i.name.as_ref().map_or("", |t| t.get(text)).to_owned(),
+            version: i.version.as_ref().map_or("", |t| t.get(text)).to_owned(),
+        })
+    };
+    Ok(Some(ParamsPeek {
+        name: s(&facts.name),
+        uri: s(&facts.uri),
+        task_id: s(&facts.task_id),
+        arguments: raw(facts.arguments),
+        meta: facts.meta.as_ref().map(|m| MetaPeek {
+            protocol_version: s(&m.protocol_version),
+            client_info: info(&m.client_info),
+            client_capabilities: raw(m.client_capabilities),
+            progress_token: raw(m.progress_token),
+        }),
+        client_info: info(&facts.client_info),
+    }))
+}
+
+/// Reads the peek of a request's params (an empty peek when absent or
+/// unreadable).
 pub fn peek(message: &Message) -> ParamsPeek<'_> {
-    message.params::<ParamsPeek<'_>>().unwrap_or_default()
+    peek_strict(message).ok().flatten().unwrap_or_default()
+}
+
+/// What the gate reads of a `tools/call`, from the message's one pass.
+/// `Ok(None)` without params; `Err` when they cannot be read unambiguously
+/// (a repeated key at any depth of `arguments` included) or name no tool.
+pub fn call_peek(message: &Message) -> Result<Option<CallPeek<'_>>, String> {
+    let text = message.text();
+    let Some(facts) = message.param_facts().map_err(str::to_owned)? else {
+        return Ok(None);
+    };
+    let Some(name) = &facts.name else {
+        return Err("missing field `name`".into());
+    };
+    Ok(Some(CallPeek {
+        name: Cow::Borrowed(name.get(text)),
+        arguments: facts.arguments.map(|sp| RawJson(&text[sp.start..sp.end])),
+        request_state: facts
+            .request_state
+            .as_ref()
+            .map(|t| Cow::Borrowed(t.get(text))),
+    }))
 }
 
 /// The stateless-era protocol version a request declares, if any.
@@ -160,28 +216,10 @@ fn compare(headers: &HeaderMap, key: &str, shown: &str, body: &str) -> Result<()
     Ok(())
 }
 
-/// The strict read of a request's params, made at most once per message and
-/// shared by the edge's checks (the mirrored `Mcp-Name` check and the
-/// stateless-era peek used to read it separately: two parses of one body).
-pub type StrictPeek<'m> = std::cell::OnceCell<Result<Option<ParamsPeek<'m>>, String>>;
-
-/// The strict peek of `message`'s params, read on first use and cached in `cell`.
-pub fn strict_peek<'c, 'm>(
-    cell: &'c StrictPeek<'m>,
-    message: &'m Message,
-) -> &'c Result<Option<ParamsPeek<'m>>, String> {
-    cell.get_or_init(|| message.params_strict::<ParamsPeek<'_>>())
-}
-
 /// Checks whichever mirrored headers are present (any era): each at most
 /// once, and equal to the body. Duplicates are refused because the gateway
-/// and the upstream might read different copies. `peek` caches the strict
-/// read of the params, so the caller can reuse it instead of parsing again.
-pub fn check_mirrored_headers<'m>(
-    message: &'m Message,
-    headers: &HeaderMap,
-    peek: &StrictPeek<'m>,
-) -> Result<(), String> {
+/// and the upstream might read different copies.
+pub fn check_mirrored_headers(message: &Message, headers: &HeaderMap) -> Result<(), String> {
     for (key, shown) in [
         (PROTOCOL_VERSION_HEADER, "MCP-Protocol-Version"),
         (METHOD_HEADER, "Mcp-Method"),
@@ -200,7 +238,7 @@ pub fn check_mirrored_headers<'m>(
     if headers.contains_key(NAME_HEADER) && names_a_target(method) {
         // Params that do not read (a field of the wrong type) cannot vouch
         // for the header: refused, not waved through.
-        let Ok(peek) = strict_peek(peek, message) else {
+        let Ok(peek) = peek_strict(message) else {
             return Err(
                 "Header mismatch: Mcp-Name header cannot be checked: params are not valid".into(),
             );
@@ -280,6 +318,37 @@ pub fn derive_headers(message: &Message, out: &mut HeaderMap) {
     }
     if let Some(v) = expected_name(method, &peek).and_then(encode_header_value) {
         out.insert(NAME_HEADER, v);
+    }
+}
+
+/// The `requestState` of an MRTR `input_required` answer (stateless era), if
+/// the answer is one.
+pub fn input_required_state(answer: &Message) -> Option<String> {
+    #[derive(Deserialize)]
+    struct R {
+        #[serde(rename = "resultType")]
+        result_type: Option<String>,
+        #[serde(rename = "requestState")]
+        request_state: Option<String>,
+    }
+    let r = answer.result::<R>()?;
+    (r.result_type.as_deref() == Some("input_required"))
+        .then_some(r.request_state)
+        .flatten()
+}
+
+/// Refuses `tools/call` arguments that are present but not an object (`null`
+/// reads as absent). Conditions read `args.*` from an object only, so an
+/// array or a string would make every `deny_if` miss while the upstream still
+/// runs the call: the gateway fails closed instead.
+pub fn check_arguments_shape(raw: RawJson<'_>) -> Result<(), String> {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'{') => Ok(()),
+        Some(b'n') if raw.get().trim() == "null" => Ok(()),
+        Some(b'[') => Err("an array".into()),
+        Some(b'"') => Err("a string".into()),
+        Some(b't' | b'f') => Err("a boolean".into()),
+        _ => Err("a number".into()),
     }
 }
 
@@ -368,187 +437,18 @@ mod tests {
     }
 }
 
-/// The `requestState` of an MRTR `input_required` answer (stateless era), if
-/// the answer is one.
-pub fn input_required_state(answer: &Message) -> Option<String> {
-    #[derive(Deserialize)]
-    struct R {
-        #[serde(rename = "resultType")]
-        result_type: Option<String>,
-        #[serde(rename = "requestState")]
-        request_state: Option<String>,
-    }
-    let r = answer.result::<R>()?;
-    (r.result_type.as_deref() == Some("input_required"))
-        .then_some(r.request_state)
-        .flatten()
-}
-
-/// Refuses `tools/call` arguments that are present but not an object (`null`
-/// reads as absent). Conditions read `args.*` from an object only, so an
-/// array or a string would make every `deny_if` miss while the upstream still
-/// runs the call: the gateway fails closed instead.
-pub fn check_arguments_shape(raw: &RawValue) -> Result<(), String> {
-    match raw.get().trim_start().as_bytes().first() {
-        Some(b'{') => Ok(()),
-        Some(b'n') if raw.get().trim() == "null" => Ok(()),
-        Some(b'[') => Err("an array".into()),
-        Some(b'"') => Err("a string".into()),
-        Some(b't' | b'f') => Err("a boolean".into()),
-        _ => Err("a number".into()),
-    }
-}
-
-/// Refuses JSON with a repeated object key at any depth: parsers disagree on
-/// which copy wins, so the approver and the upstream could see different calls.
-pub fn check_unique_keys(raw: &RawValue) -> Result<(), String> {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-    struct Unique;
-    impl<'de> DeserializeSeed<'de> for Unique {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(Unique)
-        }
-    }
-    impl<'de> Visitor<'de> for Unique {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Unique)?.is_some() {}
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            // Most objects have a handful of keys: a linear scan of the keys
-            // seen so far beats hashing them; a large object switches to a
-            // set, so a million keys stay linear in time.
-            const FEW: usize = 16;
-            let mut few: Vec<Cow<'de, str>> = Vec::new();
-            let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
-            while let Some(key) = map.next_key_seed(Key)? {
-                let repeated = match &mut many {
-                    Some(set) => set.contains(&key),
-                    None => few.contains(&key),
-                };
-                if repeated {
-                    return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
-                }
-                match &mut many {
-                    Some(set) => {
-                        set.insert(key);
-                    }
-                    None if few.len() < FEW => few.push(key),
-                    None => {
-                        let mut set: std::collections::HashSet<_> = few.drain(..).collect();
-                        set.insert(key);
-                        many = Some(set);
-                    }
-                }
-                map.next_value_seed(Unique)?;
-            }
-            Ok(())
-        }
-    }
-    /// An object key, borrowed from the text when it holds no escape (no
-    /// allocation per key), decoded otherwise: `"a"` and `"\u0061"` compare
-    /// equal, as every parser reads them.
-    struct Key;
-    impl<'de> DeserializeSeed<'de> for Key {
-        type Value = Cow<'de, str>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
-            d.deserialize_str(Key)
-        }
-    }
-    impl<'de> Visitor<'de> for Key {
-        type Value = Cow<'de, str>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an object key")
-        }
-        fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Cow<'de, str>, E> {
-            Ok(Cow::Borrowed(key))
-        }
-        fn visit_str<E>(self, key: &str) -> Result<Cow<'de, str>, E> {
-            Ok(Cow::Owned(key.to_owned()))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    Unique.deserialize(&mut de).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
-mod unique_tests {
+mod shape_tests {
     use super::*;
 
     #[test]
     fn arguments_must_be_an_object_or_null() {
-        let read = |text: &str| {
-            let raw: &RawValue = serde_json::from_str(text).unwrap();
-            check_arguments_shape(raw)
-        };
+        let read = |text: &str| check_arguments_shape(RawJson(text));
         assert!(read(r#"{"a":1}"#).is_ok());
         assert!(read(" null ").is_ok());
         assert_eq!(read(r#"[{"amount":5000}]"#).unwrap_err(), "an array");
         assert_eq!(read(r#""amount=5000""#).unwrap_err(), "a string");
         assert_eq!(read("true").unwrap_err(), "a boolean");
         assert_eq!(read("5000").unwrap_err(), "a number");
-    }
-
-    #[test]
-    fn repeated_keys_at_any_depth_are_found() {
-        let ok: &RawValue =
-            serde_json::from_str(r#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}"#).unwrap();
-        assert!(check_unique_keys(ok).is_ok());
-        let top: &RawValue = serde_json::from_str(r#"{"id":"/etc/passwd","id":"x"}"#).unwrap();
-        assert!(
-            check_unique_keys(top)
-                .unwrap_err()
-                .contains("duplicate key `id`")
-        );
-        let deep: &RawValue = serde_json::from_str(r#"{"a":[{"b":{"c":1,"c":2}}]}"#).unwrap();
-        assert!(check_unique_keys(deep).is_err());
-        let escaped: &RawValue = serde_json::from_str(r#"{"id":1,"\u0069d":2}"#).unwrap();
-        assert!(
-            check_unique_keys(escaped)
-                .unwrap_err()
-                .contains("duplicate key `id`")
-        );
-    }
-
-    #[test]
-    fn repeated_keys_are_found_past_the_linear_scan() {
-        let mut keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
-        let unique = format!("{{{}}}", keys.join(","));
-        let ok: &RawValue = serde_json::from_str(&unique).unwrap();
-        assert!(check_unique_keys(ok).is_ok());
-        for repeat in ["k3", "k20"] {
-            keys.push(format!("\"{repeat}\":0"));
-            let text = format!("{{{}}}", keys.join(","));
-            let twice: &RawValue = serde_json::from_str(&text).unwrap();
-            assert!(
-                check_unique_keys(twice)
-                    .unwrap_err()
-                    .contains(&format!("duplicate key `{repeat}`"))
-            );
-            keys.pop();
-        }
     }
 }

@@ -709,11 +709,13 @@ impl Gateway {
         headers: Option<&HeaderMap>,
     ) -> Result<Exchange, UpstreamError> {
         let id = message.id().cloned().unwrap_or_else(Id::null);
-        let peek = match message.params_strict::<era::CallPeek<'_>>() {
+        // What the edge's one parse recorded: the tool, its raw arguments
+        // (already checked for repeated keys at any depth), the requestState.
+        let peek = match era::call_peek(&message) {
             Ok(Some(peek)) => peek,
-            Ok(None) | Err(_) => {
+            outcome => {
                 // Never forward a call the policy could not read.
-                let why = match message.params_strict::<era::CallPeek<'_>>() {
+                let why = match outcome {
                     Err(e) => format!("Invalid params: tools/call params cannot be read ({e})"),
                     Ok(_) => {
                         "Invalid params: tools/call needs params with a tool `name`".to_owned()
@@ -727,16 +729,6 @@ impl Gateway {
             let why =
                 format!("Invalid params: tools/call arguments must be a JSON object, got {got}");
             let error = jsonrpc::error_response(&id, code::INVALID_PARAMS, &why);
-            return Ok(Exchange::answer(error, ctx.era));
-        }
-        if let Some(Err(why)) = peek.arguments.map(era::check_unique_keys) {
-            let error = jsonrpc::error_response(
-                &id,
-                code::INVALID_PARAMS,
-                &format!(
-                    "Invalid params: tools/call arguments cannot be read unambiguously ({why})"
-                ),
-            );
             return Ok(Exchange::answer(error, ctx.era));
         }
         let tool = peek.name.as_ref();

@@ -173,26 +173,26 @@ fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Option<String>, Response> 
 }
 
 /// The agent's headers as they may go upstream: without its Airlock token.
-fn upstream_headers(gw: &Gateway, headers: &HeaderMap) -> HeaderMap {
-    let mut out = headers.clone();
-    if !gw.config.agents.is_empty() {
-        out.remove(header::AUTHORIZATION);
+/// Borrowed as they are when no agent tokens are configured (no copy per request).
+fn upstream_headers<'h>(gw: &Gateway, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
+    if gw.config.agents.is_empty() {
+        return std::borrow::Cow::Borrowed(headers);
     }
-    out
+    let mut out = headers.clone();
+    out.remove(header::AUTHORIZATION);
+    std::borrow::Cow::Owned(out)
 }
 
-async fn read_body(gw: &Gateway, request: Request) -> Result<Bytes, Response> {
+async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
     let limit = gw.config.max_body_bytes;
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| {
-            rpc_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                None,
-                code::INVALID_REQUEST,
-                &format!("request body exceeds the {limit}-byte limit"),
-            )
-        })
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            code::INVALID_REQUEST,
+            &format!("request body exceeds the {limit}-byte limit"),
+        )
+    })
 }
 
 /// The `MCP-Protocol-Version` header, when it names a stateless-era version
@@ -219,15 +219,15 @@ const REFUSED_BODY_DRAIN: usize = 64 * 1024;
 /// (briefly) so the connection stays usable; anything larger, or slower, is not
 /// worth buffering for a request that is refused anyway: the client is told
 /// `Connection: close`, so it does not reuse the connection.
-async fn refuse_unread(request: Request, mut response: Response) -> Response {
+async fn refuse_unread(headers: &HeaderMap, body: Body, mut response: Response) -> Response {
     // A client waiting for `100 Continue` has not sent its body: reading it
     // would invite the upload being refused. (A body declared larger than
     // the drain limit fails at once, from its Content-Length.)
-    let expects_continue = request.headers().contains_key(header::EXPECT);
+    let expects_continue = headers.contains_key(header::EXPECT);
     let drained = if expects_continue {
         false
     } else {
-        let drain = axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN);
+        let drain = axum::body::to_bytes(body, REFUSED_BODY_DRAIN);
         let drained = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
         matches!(drained, Ok(Ok(_)))
     };
@@ -245,10 +245,12 @@ async fn handle_post(
     addr: SocketAddr,
     request: Request,
 ) -> Response {
-    let headers = request.headers().clone();
+    // The headers are taken apart from the body, not copied.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let agent = match admit(&gw, &headers) {
         Ok(agent) => agent,
-        Err(response) => return refuse_unread(request, response).await,
+        Err(response) => return refuse_unread(&headers, body, response).await,
     };
     // Exactly one Content-Type, and it must say JSON (see `media_type`).
     let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
@@ -263,22 +265,20 @@ async fn handle_post(
             code::INVALID_REQUEST,
             "Unsupported Media Type: Content-Type must be application/json (a charset parameter, if any, utf-8)",
         );
-        return refuse_unread(request, response).await;
+        return refuse_unread(&headers, body, response).await;
     }
-    let body = match read_body(&gw, request).await {
+    let body = match read_body(&gw, body).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let message = match Message::parse(body) {
+    let message = match Message::parse_metered(body, &gw.metrics.body_parses) {
         Ok(m) => m,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.id(), e.code(), &e.to_string()),
     };
     // Mirrored headers, whatever the era: never duplicated, never disagreeing
     // with the body (the stateless era additionally requires them below).
-    // The strict read of the params, shared by the mirrored-header check and
-    // the stateless-era peek below: one parse of the params, not two.
-    let strict = era::StrictPeek::new();
-    if let Err(mismatch) = era::check_mirrored_headers(&message, &headers, &strict) {
+    // Like every check below, it reads what the one parse recorded.
+    if let Err(mismatch) = era::check_mirrored_headers(&message, &headers) {
         return rpc_error(
             StatusCode::BAD_REQUEST,
             message.id(),
@@ -314,7 +314,6 @@ async fn handle_post(
             session_key: session.id.clone(),
             agent: session.agent.clone(),
         };
-        drop(strict);
         return dispatch(&gw, &ctx, message, &forwarded, Some(session), None).await;
     }
 
@@ -336,7 +335,6 @@ async fn handle_post(
             .or_else(|| peek.client_info.as_ref().map(|c| c.label()))
             .unwrap_or_else(|| format!("unknown@{}", addr.ip()));
         drop(peek);
-        drop(strict);
         let session = match gw.open_session(&upstream, who, agent.clone()) {
             Ok(s) => s,
             Err(e) => return upstream_failure(message.id(), &e, Era::Handshake),
@@ -390,9 +388,8 @@ async fn handle_post(
             "Bad Request: Mcp-Session-Id header is required",
         );
     }
-    let empty: era::ParamsPeek<'static> = era::ParamsPeek::default();
-    let peek = match era::strict_peek(&strict, &message) {
-        Ok(peek) => peek.as_ref().unwrap_or(&empty),
+    let peek = match era::peek_strict(&message) {
+        Ok(peek) => peek.unwrap_or_default(),
         Err(e) => {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
@@ -402,7 +399,7 @@ async fn handle_post(
             );
         }
     };
-    if era::stateless_version(peek).is_none() {
+    if era::stateless_version(&peek).is_none() {
         if let Some(version) = declared_stateless_version(&headers) {
             // The header says 2026-07-28 or later: a stateless request that
             // lacks a required key, not a handshake request without a session.
@@ -423,7 +420,7 @@ async fn handle_post(
             "Bad Request: Mcp-Session-Id header is required (or, for protocol 2026-07-28 and later, params._meta[\"io.modelcontextprotocol/protocolVersion\"])",
         );
     }
-    if let Err(mismatch) = era::check_headers(&message, peek, &headers) {
+    if let Err(mismatch) = era::check_headers(&message, &peek, &headers) {
         return rpc_error(
             StatusCode::BAD_REQUEST,
             message.id(),
@@ -434,7 +431,7 @@ async fn handle_post(
     let who = agent
         .clone()
         .or_else(|| peek.meta.as_ref()?.client_info.as_ref().map(|c| c.label()));
-    drop(strict);
+    drop(peek);
     let session_key = match &agent {
         Some(name) => format!("agent:{name}"),
         None => format!("{}@{}", who.as_deref().unwrap_or("unknown"), addr.ip()),

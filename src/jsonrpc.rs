@@ -1,17 +1,43 @@
 //! JSON-RPC 2.0 framing: the few typed bits the gateway reads, the rest kept raw.
 //!
-//! A [`Message`] keeps the exact bytes it arrived as. The gateway reads the
-//! envelope (`jsonrpc`, `id`, `method`) once and peeks into `params` only for
-//! the methods it polices; everything else is forwarded byte for byte.
+//! A [`Message`] keeps the exact bytes it arrived as. One pass over them
+//! ([`scan`]) validates the JSON and records where the envelope (`jsonrpc`,
+//! `id`, `method`, `params`) and the facts the gateway polices (`params.name`,
+//! `arguments`, the era's `_meta` keys…) sit; the era checks and the gate
+//! read those ranges instead of parsing the body again, and everything is
+//! forwarded byte for byte.
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub mod line;
+pub mod scan;
+
+use scan::{ParamFacts, ScanError, Span};
+
+/// Counts JSON reads of the messages it is attached to (agents' messages:
+/// the edges attach the gateway's meter, `airlock_body_parses_total`): the
+/// one pass of [`Message::parse_metered`], and every later read of the same
+/// bytes by a JSON parser (a generic [`Message::params`] peek, a `result`
+/// peek, a rewrite that parses again). Parse once means one per message.
+#[derive(Clone, Default, Debug)]
+pub struct ParseMeter(Arc<AtomicU64>);
+
+impl ParseMeter {
+    fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// Standard JSON-RPC error codes, plus the MCP ones the gateway produces.
 pub mod code {
@@ -72,21 +98,20 @@ pub struct Message {
     kind: Kind,
     id: Option<Id>,
     method: Option<Arc<str>>,
-    /// Where `params` sits in `raw`, found by the envelope's one pass: the
-    /// peeks then read only those bytes instead of walking the whole body
-    /// again to find them.
-    params: ParamsSpan,
-}
-
-/// Where a message's `params` value is, as byte offsets into its text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ParamsSpan {
-    /// The message has no `params` key.
-    Absent,
-    /// `params` is `text[start..end]` (its value, without surrounding blanks).
-    At { start: usize, end: usize },
-    /// Not recorded (a rewritten message): read from the whole text.
-    Unknown,
+    /// Where `params` sits in `raw` (`None`: absent or `null`), found by
+    /// the one pass: a generic peek reads only those bytes.
+    params: Option<Span>,
+    /// What an object `params` holds that the gateway reads, or why it
+    /// cannot be read (a repeated key, a field of the wrong type): the
+    /// readers that need it refuse the message with that reason.
+    facts: Option<Result<Box<ParamFacts>, Arc<str>>>,
+    /// Where the `id` value is (for [`Message::with_id`]'s splice).
+    id_span: Option<Span>,
+    /// Where the top-level object's `{` is, and whether it has no key.
+    open: usize,
+    empty: bool,
+    /// The gateway's count of body reads, for agents' messages.
+    meter: Option<ParseMeter>,
 }
 
 /// Why a body is not a JSON-RPC message; each maps to a standard code.
@@ -139,47 +164,6 @@ pub enum FrameError {
 /// The key serde_json uses internally for arbitrary-precision numbers.
 pub const RESERVED_KEY: &str = "$serde_json::private::Number";
 
-/// Checks every string in the (valid JSON) `text` — key or value, escaped or
-/// not: none may decode to [`RESERVED_KEY`], and none may hold a lone
-/// surrogate escape (`"\udddd"`: I-JSON, RFC 7493 §2.1, forbids them; other
-/// parsers accept them while serde_json's `Value` does not, so conditions,
-/// approvers and the audit would not see what the upstream reads). A single
-/// scan; strings are decoded only when they hold an escape.
-fn check_strings(text: &str) -> Result<(), FrameError> {
-    let bytes = text.as_bytes();
-    if !bytes.contains(&b'$') && !text.contains("\\u") {
-        return Ok(()); // the fast path: no `$`, no `\u` escape
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'"' {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        let mut escaped = false;
-        i += 1;
-        while i < bytes.len() && bytes[i] != b'"' {
-            if bytes[i] == b'\\' {
-                escaped = true;
-                i += 1; // skip the escaped character
-            }
-            i += 1;
-        }
-        let token = &text[start..(i + 1).min(text.len())];
-        i += 1;
-        let decoded = if escaped {
-            serde_json::from_str::<String>(token).map_err(|_| FrameError::LoneSurrogate)?
-        } else {
-            token[1..token.len().saturating_sub(1)].to_owned()
-        };
-        if decoded == RESERVED_KEY {
-            return Err(FrameError::ReservedKey);
-        }
-    }
-    Ok(())
-}
-
 impl FrameError {
     /// The JSON-RPC error code for this framing problem.
     pub fn code(&self) -> i64 {
@@ -221,8 +205,8 @@ fn is_portable_integer(text: &str) -> bool {
 }
 
 /// What kind of JSON value `params` is, when it is not an object (or null).
-fn params_shape(raw: &RawValue) -> Option<&'static str> {
-    match raw.get().as_bytes().first() {
+fn params_shape(raw: &str) -> Option<&'static str> {
+    match raw.as_bytes().first() {
         Some(b'{') | Some(b'n') | None => None,
         Some(b'[') => Some("an array"),
         Some(b'"') => Some("a string"),
@@ -231,31 +215,22 @@ fn params_shape(raw: &RawValue) -> Option<&'static str> {
     }
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    jsonrpc: Option<&'a RawValue>,
-    /// `Some("null")` for an explicit null, `None` when absent.
-    #[serde(borrow, default, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    method: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    result: Option<&'a RawValue>,
-    #[serde(borrow)]
-    error: Option<&'a RawValue>,
-    #[serde(borrow)]
-    params: Option<&'a RawValue>,
-}
-
-/// Keeps an explicit `null` as a raw value instead of folding it into `None`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
-}
-
 impl Message {
-    /// Reads one message from raw bytes, checking only the envelope.
+    /// Reads one message from raw bytes: the one pass over them (see [`scan`]).
     pub fn parse(raw: Bytes) -> Result<Message, FrameError> {
+        Message::parse_with(raw, None)
+    }
+
+    /// [`Message::parse`] for an agent's message: the parse, and every later
+    /// JSON read of the same bytes, count on `meter`.
+    pub fn parse_metered(raw: Bytes, meter: &ParseMeter) -> Result<Message, FrameError> {
+        Message::parse_with(raw, Some(meter.clone()))
+    }
+
+    fn parse_with(raw: Bytes, meter: Option<ParseMeter>) -> Result<Message, FrameError> {
+        if let Some(meter) = &meter {
+            meter.count();
+        }
         let text = std::str::from_utf8(&raw).map_err(|_| FrameError::NotUtf8)?;
         match text.trim_start().as_bytes().first() {
             Some(b'[') => return Err(FrameError::Batch),
@@ -269,22 +244,23 @@ impl Message {
             }
             None => return Err(FrameError::NotJson("empty body".into())),
         }
-        let env: Envelope<'_> =
-            serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
-        check_strings(text)?;
-        if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        let scanned = scan::scan(text).map_err(|e| match e {
+            ScanError::Syntax(why) => FrameError::NotJson(why),
+            ScanError::ReservedKey => FrameError::ReservedKey,
+            ScanError::LoneSurrogate => FrameError::LoneSurrogate,
+        })?;
+        let at = |span: Span| &text[span.start..span.end];
+        if scanned.jsonrpc.map(at) != Some("\"2.0\"") {
             return Err(FrameError::BadVersion);
         }
-        let id = match env.id {
+        let method = scanned.method.as_ref().map(|m| m.get(text));
+        let id = match scanned.id.map(at) {
             None => None,
             // `"id": null` is a request to JSON-RPC but not to MCP; refuse it
             // rather than let it pass as a notification.
-            Some(raw) if raw.get() == "null" && env.method.is_some() => {
-                return Err(FrameError::NullId);
-            }
-            Some(raw) if raw.get() == "null" => None,
-            Some(raw) => {
-                let text = raw.get();
+            Some("null") if method.is_some() => return Err(FrameError::NullId),
+            Some("null") => None,
+            Some(text) => {
                 let first = text.as_bytes()[0];
                 if first != b'"' && first != b'-' && !first.is_ascii_digit() {
                     return Err(FrameError::BadId);
@@ -300,42 +276,56 @@ impl Message {
         // array by position, so `["delete_record", {…}]` would pass as named.
         // (`null` is taken as absent, as it was before; a response's stray
         // `params` means nothing and is left alone.)
-        if env.method.is_some()
-            && let Some(got) = env.params.and_then(params_shape)
+        if method.is_some()
+            && let Some(got) = scanned.params.map(at).and_then(params_shape)
         {
             return Err(FrameError::ParamsNotObject { id, got });
         }
-        let kind = match (&env.method, id.is_some()) {
+        let kind = match (method, id.is_some()) {
             (Some(_), true) => Kind::Request,
             (Some(_), false) => Kind::Notification,
-            (None, _) if env.result.is_some() || env.error.is_some() => Kind::Response,
+            (None, _) if scanned.result || scanned.error => Kind::Response,
             (None, _) => return Err(FrameError::NoMethod),
         };
         if kind == Kind::Notification
-            && let Some(m @ ("tools/call" | "tools/list")) = env.method.as_deref()
+            && let Some(m @ ("tools/call" | "tools/list")) = method
         {
             // The gate only polices requests: these must never travel as notifications.
             return Err(FrameError::MustBeRequest(m.to_owned()));
         }
-        let method = env.method.map(|m| Arc::from(m.as_ref()));
-        let params = match env.params {
-            None => ParamsSpan::Absent,
-            Some(value) => {
-                // The raw value borrows from `text`: its offset is the distance
-                // between the two pointers.
-                let start = value.get().as_ptr() as usize - text.as_ptr() as usize;
-                let end = start + value.get().len();
-                debug_assert_eq!(text.get(start..end), Some(value.get()));
-                ParamsSpan::At { start, end }
-            }
-        };
+        let method = method.map(Arc::from);
         Ok(Message {
-            raw,
             kind,
             id,
             method,
-            params,
+            params: scanned.params,
+            facts: scanned.facts.map(|f| f.map(Box::new).map_err(Arc::from)),
+            id_span: scanned.id,
+            open: scanned.open,
+            empty: scanned.empty,
+            meter,
+            raw,
         })
+    }
+
+    /// Counts one more JSON read of this message's bytes.
+    fn count_read(&self) {
+        if let Some(meter) = &self.meter {
+            meter.count();
+        }
+    }
+
+    /// What the one pass read of an object `params`: `Ok(None)` when there
+    /// are no params (or they are not an object: refused at parse for
+    /// requests); `Err` when they cannot be read unambiguously (a repeated
+    /// key, a known field of the wrong type, `arguments` nested too deep).
+    /// No JSON is read here.
+    pub fn param_facts(&self) -> Result<Option<&ParamFacts>, &str> {
+        match &self.facts {
+            None => Ok(None),
+            Some(Ok(facts)) => Ok(Some(facts)),
+            Some(Err(why)) => Err(why),
+        }
     }
 
     /// Builds a message from a JSON value the gateway made itself.
@@ -370,29 +360,22 @@ impl Message {
     }
 
     /// Deserialises `params` into a borrowed peek type; `None` when absent or unreadable.
+    /// For what the gateway polices, [`Message::param_facts`] reads nothing again.
     pub fn params<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
         self.params_strict().ok().flatten()
     }
 
     /// Like [`Message::params`], but says why the params could not be read
     /// (wrong types, duplicate keys). `Ok(None)` when there are no params.
-    /// Reads only the bytes of `params` when `parse` recorded where they are
-    /// (error positions are then counted from the start of `params`).
+    /// Reads only the bytes of `params` (error positions are counted from
+    /// the start of `params`). A JSON read: counted on the meter.
     pub fn params_strict<'a, T: Deserialize<'a>>(&'a self) -> Result<Option<T>, String> {
-        #[derive(Deserialize)]
-        struct P<T> {
-            params: Option<T>,
-        }
-        match self.params {
-            ParamsSpan::Absent => Ok(None),
-            ParamsSpan::At { start, end } => {
-                serde_json::from_str::<Option<T>>(&self.text()[start..end])
-                    .map_err(|e| e.to_string())
-            }
-            ParamsSpan::Unknown => serde_json::from_str::<P<T>>(self.text())
-                .map(|p| p.params)
-                .map_err(|e| e.to_string()),
-        }
+        let Some(span) = self.params else {
+            return Ok(None);
+        };
+        self.count_read();
+        serde_json::from_str::<Option<T>>(&self.text()[span.start..span.end])
+            .map_err(|e| e.to_string())
     }
 
     /// Deserialises `result` into a peek type; `None` when absent or unreadable.
@@ -401,29 +384,67 @@ impl Message {
         struct R<T> {
             result: Option<T>,
         }
+        self.count_read();
         serde_json::from_str::<R<T>>(self.text()).ok()?.result
     }
 
-    /// The same message with another id; only the top-level object is rewritten,
-    /// nested values stay as their original text.
+    /// The same message with another id: the id's bytes are replaced (or an
+    /// `id` key is added after the `{`); every other byte stays as it was,
+    /// and nothing is parsed again (the recorded ranges move with the splice).
     pub fn with_id(&self, id: &Id) -> Message {
-        let has_id = object_fields(self.text()).is_some_and(|f| f.0.iter().any(|(k, _)| k == "id"));
-        let (mut text, _) = rebuild_object(self.text(), |key, _| {
-            (key == "id").then(|| id.raw().to_owned())
-        })
-        .expect("parsed once already: an object");
-        if !has_id {
-            text.insert_str(1, &format!("\"id\":{},", id.raw()));
-            if text.ends_with(",}") {
-                text.replace_range(text.len() - 2.., "}");
+        let mut out = match self.id_span {
+            Some(span) => self.spliced(span, id.raw()),
+            None => {
+                let at = self.open + 1;
+                let comma = if self.empty { "" } else { "," };
+                let key = "\"id\":";
+                let mut out = self.spliced(
+                    Span { start: at, end: at },
+                    &format!("{key}{}{comma}", id.raw()),
+                );
+                let start = at + key.len();
+                out.id_span = Some(Span {
+                    start,
+                    end: start + id.raw().len(),
+                });
+                out.empty = false;
+                out
             }
-        }
+        };
+        out.id = Some(id.clone());
+        out
+    }
+
+    /// This message with `text[span]` replaced by `insert` (valid JSON for
+    /// the value there), the recorded ranges kept on their values.
+    fn spliced(&self, span: Span, insert: &str) -> Message {
+        let text = self.text();
+        let mut out = String::with_capacity(text.len() + insert.len());
+        out.push_str(&text[..span.start]);
+        out.push_str(insert);
+        out.push_str(&text[span.end..]);
+        let delta = insert.len() as isize - (span.end - span.start) as isize;
+        let moved = |mut s: Span| {
+            s.shift(span.end, delta);
+            s
+        };
+        let facts = self.facts.clone().map(|f| {
+            f.map(|mut facts| {
+                facts.shift(span.end, delta);
+                facts
+            })
+        });
         Message {
-            raw: Bytes::from(text),
+            raw: Bytes::from(out),
             kind: self.kind,
-            id: Some(id.clone()),
+            id: self.id.clone(),
             method: self.method.clone(),
-            params: ParamsSpan::Unknown,
+            params: self.params.map(moved),
+            facts,
+            id_span: self.id_span.map(moved),
+            open: self.open,
+            empty: self.empty,
+            meter: self.meter.clone(),
         }
     }
 
@@ -434,6 +455,12 @@ impl Message {
     /// through `Value` would fold duplicate keys the gate refused, so the
     /// child could read a call the policy never saw).
     pub fn with_progress_token(&self, token: &str) -> Message {
+        // A request's token was found by the one pass: replaced in place.
+        if let Some(Ok(facts)) = &self.facts
+            && let Some(span) = facts.meta.as_ref().and_then(|m| m.progress_token)
+        {
+            return self.spliced(span, token);
+        }
         let in_params = |params: &RawValue| -> Option<String> {
             let (text, replaced) = rebuild_object(params.get(), |key, meta| {
                 if key != "_meta" {
@@ -456,13 +483,14 @@ impl Message {
                 _ => None,
             }
         };
+        // A JSON read (and the new text is read once more): counted.
+        self.count_read();
         let rebuilt = rebuild_object(self.text(), |key, params| {
             (key == "params").then(|| in_params(params)).flatten()
         });
         match rebuilt {
-            Some((text, true)) => {
-                Message::parse(Bytes::from(text)).unwrap_or_else(|_| self.clone())
-            }
+            Some((text, true)) => Message::parse_with(Bytes::from(text), self.meter.clone())
+                .unwrap_or_else(|_| self.clone()),
             _ => self.clone(),
         }
     }
@@ -583,6 +611,7 @@ pub fn error_code(msg: &Message) -> Option<i64> {
     if msg.kind() != Kind::Response {
         return None;
     }
+    msg.count_read();
     serde_json::from_str::<E>(msg.text())
         .ok()?
         .error

@@ -6,7 +6,8 @@
 //! - [`config`]: `airlock.toml` → validated [`config::Config`].
 //! - [`policy`]: Airlock JSON, PolicyLayer JSON and Intercept YAML, compiled
 //!   once into one rule set with conditions; [`reload`] swaps it live.
-//! - [`jsonrpc`]: message framing; the few typed bits the gateway reads.
+//! - [`jsonrpc`]: message framing; the few typed bits the gateway reads, found
+//!   by one pass over the bytes (`jsonrpc/scan.rs`) that every later reader shares.
 //! - [`era`]: handshake era vs stateless (2026-07-28) era: detection, header checks.
 //! - [`http_agent`], [`stdio_agent`]: the agent side (Streamable HTTP, stdio).
 //! - [`upstream`]: the server side (stdio child, Streamable HTTP).

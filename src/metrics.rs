@@ -154,6 +154,9 @@ pub struct Metrics {
     pub approval_wait: Histogram,
     pub upstream_latency: Histogram,
     pub notification_failures: AtomicU64,
+    /// JSON reads of agents' messages (`airlock_body_parses_total`): the
+    /// edges parse each message once and hand that one view down.
+    pub body_parses: crate::jsonrpc::ParseMeter,
 }
 
 impl Default for Metrics {
@@ -167,6 +170,7 @@ impl Default for Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
             ]),
             notification_failures: AtomicU64::new(0),
+            body_parses: Default::default(),
         }
     }
 }
@@ -248,6 +252,11 @@ impl Metrics {
             out,
             "# HELP airlock_upstream_children Upstream child processes running (not yet reaped).\n# TYPE airlock_upstream_children gauge\nairlock_upstream_children {}",
             resources.upstream_children
+        );
+        let _ = writeln!(
+            out,
+            "# HELP airlock_body_parses_total JSON reads of agents' messages (the edge's one parse, plus any later re-read of the same bytes; one per message when parse-once holds).\n# TYPE airlock_body_parses_total counter\nairlock_body_parses_total {}",
+            self.body_parses.get()
         );
         LISTENER.render(&mut out);
         self.approval_wait.render(

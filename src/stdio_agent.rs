@@ -150,7 +150,8 @@ impl StdioAgent {
     }
 
     async fn handle_line(self: Arc<Self>, line: Vec<u8>) {
-        let message = match Message::parse(Bytes::from(line)) {
+        let message = match Message::parse_metered(Bytes::from(line), &self.gw.metrics.body_parses)
+        {
             Ok(m) => m,
             Err(e) => {
                 self.emit(jsonrpc::error_response(

@@ -322,9 +322,7 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
         );
         return Some(Exchange::answer(error, ctx.era));
     }
-    let declared = message
-        .params::<ParamsPeek<'_>>()
-        .is_some_and(|peek| declared(&peek));
+    let declared = declared(&crate::era::peek(message));
     if !declared {
         // The extension's rule: `tasks/*` only for clients that declare it.
         let error = jsonrpc::error_response_with_data(

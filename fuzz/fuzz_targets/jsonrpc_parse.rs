@@ -27,6 +27,33 @@ fuzz_target!(|data: &[u8]| {
     let Ok(message) = Message::parse(bytes::Bytes::copy_from_slice(data)) else {
         return;
     };
+    // The one pass accepts only JSON, and reads what serde_json reads
+    // (skipped without a depth limit, as the one pass skips what it does not
+    // read; compared as values where serde_json's recursion limit allows).
+    serde_json::from_slice::<Box<serde_json::value::RawValue>>(data)
+        .expect("the one pass accepted text serde_json refuses");
+    let value = serde_json::from_slice::<serde_json::Value>(data);
+    if let (Ok(Some(call)), Ok(value)) = (era::call_peek(&message), value) {
+        let params = &value["params"];
+        assert_eq!(params["name"].as_str(), Some(call.name.as_ref()), "name differs");
+        let args = call.arguments.map(|a| {
+            serde_json::from_str::<serde_json::Value>(a.get()).expect("arguments are JSON")
+        });
+        let theirs = params.get("arguments").filter(|a| !a.is_null()).cloned();
+        assert_eq!(args, theirs, "arguments differ");
+    }
+    // An id rewrite splices: what it records is what a fresh parse finds.
+    let moved = message.with_id(&Id::from_raw("\"airlock-1\""));
+    let reread = Message::parse(moved.raw().clone()).expect("an id rewrite made invalid JSON-RPC");
+    assert_eq!(
+        moved.param_facts().ok(),
+        reread.param_facts().ok(),
+        "the id rewrite lost the recorded params"
+    );
+    assert_eq!(
+        era::peek(&moved).meta.and_then(|m| m.progress_token.map(|t| t.get().to_owned())),
+        era::peek(&reread).meta.and_then(|m| m.progress_token.map(|t| t.get().to_owned()))
+    );
     let _ = (
         message.kind(),
         message.id(),

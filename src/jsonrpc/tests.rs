@@ -1,4 +1,5 @@
 use super::*;
+use scan::Text;
 
 fn parse(s: &str) -> Result<Message, FrameError> {
     Message::parse(Bytes::copy_from_slice(s.as_bytes()))
@@ -219,11 +220,11 @@ fn params_are_read_from_their_recorded_span_alone() {
     }
     let text = r#"{ "params" : {"name":"echo"} , "jsonrpc":"2.0","id":1,"method":"tools/call"}"#;
     let m = parse(text).unwrap();
-    assert_eq!(m.params, ParamsSpan::At { start: 13, end: 28 });
+    assert_eq!(m.params, Some(Span { start: 13, end: 28 }));
     assert_eq!(m.params::<Named>(), Some(Named { name: "echo" }));
-    // A rewritten message reads the whole text, with the same result.
-    let moved = m.with_id(&Id::from_raw("\"x\""));
-    assert_eq!(moved.params, ParamsSpan::Unknown);
+    // A rewritten id moves the recorded ranges with the splice.
+    let moved = m.with_id(&Id::from_raw("\"longer-id\""));
+    assert_eq!(moved.params, Some(Span { start: 13, end: 28 }));
     assert_eq!(moved.params::<Named>(), Some(Named { name: "echo" }));
     // Absent, null and unreadable params.
     let none = parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
@@ -240,4 +241,267 @@ fn params_are_read_from_their_recorded_span_alone() {
     );
     // A second `params` key never reaches the peeks: the envelope refuses it.
     assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{},"params":{}}"#).is_err());
+}
+
+// --- the one pass (`scan`) -------------------------------------------------
+
+fn facts(text: &str) -> Result<Option<ParamFacts>, String> {
+    let m = parse(text).unwrap();
+    m.param_facts().map(|f| f.cloned()).map_err(str::to_owned)
+}
+
+fn call(params: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#)
+}
+
+#[test]
+fn the_one_pass_records_the_call_facts_where_they_are() {
+    let text = call(
+        r#"{"name":"echo","arguments":{"a":[1,{"b":null}],"c":"\u0064"},"requestState":"s1","_meta":{"progressToken":7,"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"n","version":"v"},"io.modelcontextprotocol/clientCapabilities":{"x":{}},"other":[1]},"extra":{"deep":[[]]}}"#,
+    );
+    let m = parse(&text).unwrap();
+    let f = m.param_facts().unwrap().unwrap();
+    let t = m.text();
+    assert_eq!(f.name.as_ref().unwrap().get(t), "echo");
+    let args = f.arguments.unwrap();
+    assert_eq!(
+        &t[args.start..args.end],
+        r#"{"a":[1,{"b":null}],"c":"\u0064"}"#
+    );
+    assert_eq!(f.request_state.as_ref().unwrap().get(t), "s1");
+    let meta = f.meta.as_ref().unwrap();
+    let token = meta.progress_token.unwrap();
+    assert_eq!(&t[token.start..token.end], "7");
+    assert_eq!(meta.protocol_version.as_ref().unwrap().get(t), "2026-07-28");
+    let info = meta.client_info.as_ref().unwrap();
+    assert_eq!(info.name.as_ref().unwrap().get(t), "n");
+    let caps = meta.client_capabilities.unwrap();
+    assert_eq!(&t[caps.start..caps.end], r#"{"x":{}}"#);
+    // An escaped name is decoded.
+    let escaped = facts(&call(r#"{"name":"ec\u0068o"}"#)).unwrap().unwrap();
+    assert_eq!(escaped.name, Some(Text::Decoded("echo".into())));
+}
+
+#[test]
+fn repeated_keys_anywhere_in_params_make_them_unreadable() {
+    for (params, key) in [
+        (r#"{"name":"a","name":"b"}"#, "name"),
+        (r#"{"name":"a","arguments":{"id":1,"\u0069d":2}}"#, "id"),
+        (
+            r#"{"name":"a","arguments":{"a":[{"b":{"c":1,"c":2}}]}}"#,
+            "c",
+        ),
+        (
+            r#"{"name":"a","_meta":{"progressToken":1,"progressToken":2}}"#,
+            "progressToken",
+        ),
+        (r#"{"name":"a","x":1,"x":2}"#, "x"),
+    ] {
+        let why = facts(&call(params)).unwrap_err();
+        assert!(
+            why.contains(&format!("duplicate key `{key}`")),
+            "{params}: {why}"
+        );
+    }
+    // The same key in sibling objects is fine.
+    let ok = call(r#"{"name":"a","arguments":{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}}"#);
+    assert!(facts(&ok).unwrap().is_some());
+    // Past the linear scan (16 keys), repeats are still found.
+    let mut keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+    let unique = call(&format!(
+        r#"{{"name":"a","arguments":{{{}}}}}"#,
+        keys.join(",")
+    ));
+    assert!(facts(&unique).unwrap().is_some());
+    for repeat in ["k3", "k20"] {
+        keys.push(format!("\"{repeat}\":0"));
+        let twice = call(&format!(
+            r#"{{"name":"a","arguments":{{{}}}}}"#,
+            keys.join(",")
+        ));
+        let why = facts(&twice).unwrap_err();
+        assert!(why.contains(&format!("duplicate key `{repeat}`")), "{why}");
+        keys.pop();
+    }
+    // In the envelope, a repeated key is not JSON-RPC at all.
+    assert!(matches!(
+        parse(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#),
+        Err(FrameError::NotJson(_))
+    ));
+}
+
+#[test]
+fn known_fields_of_the_wrong_type_make_params_unreadable() {
+    for params in [
+        r#"{"name":5}"#,
+        r#"{"name":"a","requestState":{}}"#,
+        r#"{"name":"a","_meta":"x"}"#,
+        r#"{"name":"a","_meta":{"io.modelcontextprotocol/protocolVersion":1}}"#,
+        r#"{"clientInfo":[]}"#,
+    ] {
+        assert!(facts(&call(params)).is_err(), "{params}");
+    }
+    // `null` reads as absent, as serde's `Option` reads it.
+    let nulls = facts(&call(
+        r#"{"name":"a","arguments":null,"_meta":null,"uri":null}"#,
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!((nulls.arguments, nulls.meta, nulls.uri), (None, None, None));
+}
+
+#[test]
+fn arguments_nested_past_serde_json_recursion_limit_are_unreadable() {
+    let nested = |n: usize| {
+        call(&format!(
+            r#"{{"name":"a","arguments":{}1{}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        ))
+    };
+    assert!(facts(&nested(127)).unwrap().is_some());
+    assert!(facts(&nested(128)).unwrap_err().contains("recursion limit"));
+    // Elsewhere values are skipped without a limit, as serde_json skips them.
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{}1{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    assert!(parse(&deep).is_ok());
+}
+
+#[test]
+fn the_one_pass_refuses_what_serde_json_refuses() {
+    for bad in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping",}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"} x"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":01}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":1.}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":-}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":[1,]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"\x"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"\u12"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":tru}}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"a\":\"\t\"}}",
+        r#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":1}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a" 1}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{1:1}}"#,
+    ] {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(bad).is_err() || bad.contains("\"method\":5"),
+            "serde_json accepts {bad}"
+        );
+        assert!(
+            matches!(parse(bad), Err(FrameError::NotJson(_))),
+            "{bad}: {:?}",
+            parse(bad)
+        );
+    }
+    // And accepts what it accepts: blanks, exponents, escapes, big numbers.
+    let ok = " {\n\"jsonrpc\" : \"2.0\",\t\"id\":\"a\\\"b\",\"method\":\"m\",\"params\":{\"n\":[-0.5e+10,0,1E-2,true,false,null,\"\\/\\b\\f\\n\\r\\t\"]}}\r\n";
+    assert!(serde_json::from_str::<serde_json::Value>(ok).is_ok());
+    assert!(parse(ok).is_ok(), "{:?}", parse(ok));
+}
+
+#[test]
+fn with_id_splices_and_keeps_the_recorded_ranges() {
+    let m = parse(&call(
+        r#"{"name":"echo","arguments":{"x":1},"_meta":{"progressToken":"t"}}"#,
+    ))
+    .unwrap();
+    let moved = m.with_id(&Id::from_raw("\"airlock-12345\""));
+    assert_eq!(
+        moved.text(),
+        call(r#"{"name":"echo","arguments":{"x":1},"_meta":{"progressToken":"t"}}"#)
+            .replace(r#""id":1"#, r#""id":"airlock-12345""#)
+    );
+    let reread = parse(moved.text()).unwrap();
+    assert_eq!(moved.param_facts().unwrap(), reread.param_facts().unwrap());
+    assert_eq!(moved.id_span, reread.id_span);
+    // Without an id: added after the `{`, with or without other keys.
+    let answer = parse(r#"{"jsonrpc":"2.0","result":{"a":1}}"#).unwrap();
+    assert_eq!(
+        answer.with_id(&Id::from_raw("3")).text(),
+        r#"{"id":3,"jsonrpc":"2.0","result":{"a":1}}"#
+    );
+    let back = parse(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#).unwrap();
+    let fixed = back.with_id(&Id::from_raw("\"x\""));
+    assert_eq!(
+        fixed.text(),
+        r#"{"jsonrpc":"2.0","id":"x","error":{"code":1,"message":"m"}}"#
+    );
+    assert_eq!(parse(fixed.text()).unwrap().id().unwrap().raw(), "\"x\"");
+}
+
+#[test]
+fn a_metered_message_counts_every_json_read_of_its_bytes() {
+    let meter = ParseMeter::default();
+    let m = Message::parse_metered(
+        Bytes::from(call(r#"{"name":"echo","arguments":{}}"#)),
+        &meter,
+    )
+    .unwrap();
+    assert_eq!(meter.get(), 1);
+    // Reading the recorded facts and rewriting the id read nothing again.
+    let _ = m.param_facts();
+    let moved = m.with_id(&Id::from_raw("9"));
+    assert_eq!(meter.get(), 1);
+    // A generic peek is a JSON read, on the rewritten message too.
+    let _ = moved.params::<serde::de::IgnoredAny>();
+    assert_eq!(meter.get(), 2);
+    // An unmetered message counts nowhere.
+    let _ = parse(&call("{}"))
+        .unwrap()
+        .params::<serde::de::IgnoredAny>();
+    assert_eq!(meter.get(), 2);
+}
+
+#[test]
+fn a_progress_token_rewrite_splices_and_keeps_the_recorded_ranges() {
+    let meter = ParseMeter::default();
+    let text = call(r#"{"name":"echo","_meta":{"progressToken":"t","x":1},"arguments":{"a":"b"}}"#);
+    let m = Message::parse_metered(Bytes::from(text.clone()), &meter).unwrap();
+    let ours = m
+        .with_id(&Id::from_raw("\"airlock-1\""))
+        .with_progress_token("\"airlock-p-22\"");
+    assert_eq!(meter.get(), 1, "no JSON read again");
+    let expected = text
+        .replace(r#""id":1"#, r#""id":"airlock-1""#)
+        .replace(r#""t""#, r#""airlock-p-22""#);
+    assert_eq!(ours.text(), expected);
+    let reread = parse(ours.text()).unwrap();
+    assert_eq!(ours.param_facts().unwrap(), reread.param_facts().unwrap());
+    assert_eq!((ours.params, ours.id_span), (reread.params, reread.id_span));
+}
+
+#[test]
+fn strings_of_every_length_are_scanned_to_their_end() {
+    // The scan reads eight bytes at a time: a quote, an escape or a control
+    // character at any offset, in any string length, ends or breaks it there.
+    for len in 0..24 {
+        for at in 0..len {
+            let mut chars: Vec<char> = "abcdéfghijklmnopqrstuvwxyz".chars().take(len).collect();
+            let plain: String = chars.iter().collect();
+            let ok =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"k":"{plain}"}}}}"#);
+            assert!(parse(&ok).is_ok(), "{ok}");
+            chars[at] = '\t';
+            let raw: String = chars.iter().collect();
+            let bad =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"k":"{raw}"}}}}"#);
+            assert!(
+                matches!(parse(&bad), Err(FrameError::NotJson(_))),
+                "{bad:?}"
+            );
+            chars[at] = '"';
+            let cut: String = chars.iter().collect();
+            let bad =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"k":"{cut}"}}}}"#);
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+    // A skipped value that spells the reserved key with escapes is found too.
+    let spelled = r#"{"jsonrpc":"2.0","id":1,"result":{"a":"\u0024serde_json::private::Number"}}"#;
+    assert_eq!(parse(spelled).unwrap_err(), FrameError::ReservedKey);
 }

@@ -84,18 +84,6 @@ struct Route {
     token: Option<(Arc<str>, Arc<str>)>,
 }
 
-#[derive(Deserialize)]
-struct ProgressPeek<'a> {
-    #[serde(rename = "progressToken", borrow)]
-    progress_token: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct MetaPeek<'a> {
-    #[serde(rename = "_meta", borrow)]
-    meta: Option<ProgressPeek<'a>>,
-}
-
 impl StdioChild {
     /// Starts the child. `shared` turns on id and progress-token remapping;
     /// protocol errors are counted in `health`.
@@ -207,9 +195,11 @@ impl StdioChild {
             (message, original_id.clone())
         };
         let mut token = None;
-        if let Some(raw) = outgoing
-            .params::<MetaPeek<'_>>()
-            .and_then(|p| p.meta?.progress_token.map(|t| Arc::<str>::from(t.get())))
+        // The progress token as the edge's one parse recorded it (the id
+        // rewrite above moved the recorded ranges, it did not parse again).
+        if let Some(raw) = crate::era::peek(&outgoing)
+            .meta
+            .and_then(|m| m.progress_token.map(|t| Arc::<str>::from(t.get())))
         {
             if self.shared {
                 let n = self.next_id.fetch_add(1, Ordering::Relaxed);
