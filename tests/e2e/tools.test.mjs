@@ -176,6 +176,23 @@ test('an admin builds a policy visually, saves it, and the gateway enforces it',
   const json = JSON.parse(await page.locator('.builder-json .policy-json').innerText());
   assert.deepEqual(json.rules.echo, { action: 'deny', reason: 'echo is off today' });
   assert.deepEqual(json.rules.delete_record, { action: 'require_approval', approval: { timeout: 60, on_timeout: 'deny' } });
+  // Two-person rule and groups from the builder, then back to one approver.
+  await tool(page, 'delete_record').locator('input.state-approvers').fill('2');
+  await tool(page, 'delete_record').locator('input.state-groups').fill('finance, ops');
+  const two = JSON.parse(await page.locator('.builder-json .policy-json').innerText());
+  assert.deepEqual(two.rules.delete_record.approval, { timeout: 60, on_timeout: 'deny', approvers: 2, groups: ['finance', 'ops'] });
+  await tool(page, 'delete_record').locator('input.state-approvers').fill('1');
+  await tool(page, 'delete_record').locator('input.state-groups').fill('');
+  const one = JSON.parse(await page.locator('.builder-json .policy-json').innerText());
+  assert.deepEqual(one.rules.delete_record, { action: 'require_approval', approval: { timeout: 60, on_timeout: 'deny' } });
+  // Approval keys the builder has no control for survive an edit of the rule.
+  const kept = await page.evaluate(async () => {
+    const { toolState, setToolState } = await import('/js/builder.js');
+    const doc = { rules: { pay: { action: 'require_approval', approval: { timeout: 90, max_grant: 0, approvers: 2, escalate_after: 30, escalate_to: 'oncall' } } } };
+    setToolState(doc, 'pay', { ...toolState(doc, 'pay'), reason: 'money' });
+    return doc.rules.pay;
+  });
+  assert.deepEqual(kept, { action: 'require_approval', reason: 'money', approval: { max_grant: 0, escalate_after: 30, escalate_to: 'oncall', timeout: 90, on_timeout: 'deny', approvers: 2 } });
   await page.locator('#policy-review').click();
   await page.locator('.policy-diff .d-add', { hasText: 'echo is off today' }).waitFor();
   assert.ok(await page.locator('.policy-diff .d-del').count() > 0);

@@ -30,10 +30,16 @@ export function toolState(doc, name) {
   if (simple && r.action === 'deny' && !r.approval) return { state: 'deny', reason };
   if (simple && r.action === 'require_approval') {
     const a = r.approval && typeof r.approval === 'object' ? r.approval : {};
+    // Keys the builder has no control for (max_grant, escalation) are kept
+    // as they are: editing a reason must never weaken the rule.
+    const { timeout, on_timeout: onTimeout, approvers, groups, ...rest } = a;
     return {
       state: 'require_approval', reason,
-      timeout: Number.isFinite(a.timeout) ? a.timeout : 300,
-      on_timeout: a.on_timeout === 'allow' ? 'allow' : 'deny',
+      timeout: Number.isFinite(timeout) ? timeout : 300,
+      on_timeout: onTimeout === 'allow' ? 'allow' : 'deny',
+      approvers: Number.isInteger(approvers) ? approvers : 1,
+      groups: Array.isArray(groups) ? groups.filter((g) => typeof g === 'string') : [],
+      approvalRest: rest,
     };
   }
   return { state: 'custom', rule: r };
@@ -51,7 +57,9 @@ export function setToolState(doc, name, st) {
     case 'require_approval': {
       const rule = { action: 'require_approval' };
       if (st.reason) rule.reason = st.reason;
-      rule.approval = { timeout: st.timeout ?? 300, on_timeout: st.on_timeout || 'deny' };
+      rule.approval = { ...(st.approvalRest || {}), timeout: st.timeout ?? 300, on_timeout: st.on_timeout || 'deny' };
+      if (st.approvers > 1) rule.approval.approvers = st.approvers;
+      if (st.groups && st.groups.length) rule.approval.groups = st.groups;
       doc.rules[name] = rule;
       break;
     }
@@ -131,7 +139,13 @@ export class Builder {
       const v = select.value;
       const prev = toolState(this.doc, name);
       const next = { state: v, reason: prev.reason || '' };
-      if (v === 'require_approval') { next.timeout = prev.timeout ?? 300; next.on_timeout = prev.on_timeout || 'deny'; }
+      if (v === 'require_approval') {
+        next.timeout = prev.timeout ?? 300;
+        next.on_timeout = prev.on_timeout || 'deny';
+        next.approvers = prev.approvers ?? 1;
+        next.groups = prev.groups || [];
+        next.approvalRest = prev.approvalRest || {};
+      }
       if (v === 'custom') {
         next.rule = prev.rule || (this.doc.rules && this.doc.rules[name]) || { action: 'allow', rate_limit: { max: 10, window: 60 } };
       }
@@ -155,7 +169,18 @@ export class Builder {
         h('option', { value: 'deny', selected: st.on_timeout !== 'allow' }, 'deny'),
         h('option', { value: 'allow', selected: st.on_timeout === 'allow' }, 'allow'));
       onTimeout.addEventListener('change', () => update({ ...toolState(this.doc, name), on_timeout: onTimeout.value }));
-      extra.append(field('Timeout (s)', timeout), field('On timeout', onTimeout));
+      const approvers = h('input', { type: 'number', class: 'state-approvers', min: '1', max: '10', value: String(st.approvers), readonly: !this.canEdit });
+      approvers.addEventListener('input', () => {
+        const n = Number(approvers.value);
+        if (Number.isInteger(n) && n >= 1 && n <= 10) update({ ...toolState(this.doc, name), approvers: n });
+      });
+      const groups = h('input', { type: 'text', class: 'state-groups', value: st.groups.join(', '), placeholder: 'any approver', readonly: !this.canEdit, maxlength: '500' });
+      groups.addEventListener('input', () => {
+        const list = groups.value.split(',').map((g) => g.trim()).filter(Boolean);
+        update({ ...toolState(this.doc, name), groups: list });
+      });
+      extra.append(field('Timeout (s)', timeout), field('On timeout', onTimeout),
+        field('Approvers needed', approvers), field('Groups (comma-separated)', groups));
     }
     if (st.state === 'custom') {
       const area = h('textarea', { class: 'state-custom mono', rows: '4', spellcheck: 'false', readonly: !this.canEdit });
