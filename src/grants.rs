@@ -114,6 +114,10 @@ pub struct Call<'a> {
 /// Why a grant cannot be given.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GrantError {
+    #[error(
+        "the policy rule `{rule}` needs {needed} approvers for each call (approval.approvers), so no single approver may grant standing approvals"
+    )]
+    SeveralApprovers { rule: String, needed: u32 },
     #[error("grant.minutes must be a number of minutes above 0, got {0}")]
     Zero(f64),
     #[error("the policy rule `{rule}` does not allow grants (approval.max_grant is 0)")]
@@ -136,6 +140,14 @@ pub fn check(policy: &Policy, tool: &str, request: &GrantRequest) -> Result<Stri
     if cap == 0 {
         return Err(GrantError::Forbidden {
             rule: rule.to_owned(),
+        });
+    }
+    // One approver's grant would let later calls skip the second person.
+    let needed = policy.quorum_for(tool).approvers;
+    if needed > 1 {
+        return Err(GrantError::SeveralApprovers {
+            rule: rule.to_owned(),
+            needed,
         });
     }
     if !request.minutes.is_finite() || request.minutes <= 0.0 {
@@ -209,6 +221,7 @@ impl Grants {
             let (approval, rule) = policy.approval_for(&g.tool);
             !policy.may_hold(&g.tool)
                 || rule != g.rule
+                || policy.quorum_for(&g.tool).approvers > 1
                 || u64::try_from(g.seconds()).unwrap_or(u64::MAX) > approval.grant_cap()
         })
     }
@@ -299,13 +312,17 @@ mod tests {
         );
         assert!(check(&policy(""), "pay", &request(1440.0)).is_ok());
         assert!(check(&policy(""), "pay", &request(1440.5)).is_err());
+        assert!(matches!(
+            check(&policy(r#""approvers": 2"#), "pay", &request(1.0)),
+            Err(GrantError::SeveralApprovers { needed: 2, .. })
+        ));
     }
 
     #[test]
     fn a_grant_covers_only_its_scope_and_arguments() {
         let grants = Grants::default();
         let now = Utc::now();
-        grants.add(Grant {
+        let grant = || Grant {
             id: "g1".into(),
             upstream: "up".into(),
             tool: "pay".into(),
@@ -319,7 +336,8 @@ mod tests {
             pending_id: "p".into(),
             created_at: now,
             expires_at: now + Duration::minutes(5),
-        });
+        };
+        grants.add(grant());
         let call = |session, args| Call {
             upstream: "up",
             tool: "pay",
@@ -330,6 +348,10 @@ mod tests {
         assert!(grants.find(&call("s1", r#"{"b":2, "a":1}"#)).is_some());
         assert!(grants.find(&call("s1", r#"{"a":2,"b":2}"#)).is_none());
         assert!(grants.find(&call("s2", r#"{"a":1,"b":2}"#)).is_none());
+        let two_person = policy(r#""approvers": 2"#);
+        assert_eq!(grants.retain_allowed("up", &two_person).len(), 1);
+        assert!(grants.list().is_empty());
+        grants.add(grant());
         let narrower = policy(r#""max_grant": 60"#);
         assert_eq!(grants.retain_allowed("up", &narrower).len(), 1);
         assert!(grants.list().is_empty());
