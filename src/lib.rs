@@ -34,6 +34,8 @@
 //!   sign-on with an OpenID Connect provider, ending in the same kind of login.
 //! - [`slack`]: Slack messages per held call (a notifier subscribed to
 //!   [`approvals`]), decision links, Slack-app buttons.
+//! - [`html`]: the shell and escaper of the server-made pages (Slack's
+//!   confirm page, the sign-in pages).
 //! - [`server`]: the HTTP routes; [`listener`]: the accept loop serving them
 //!   (connection cap, header and idle timeouts, `TCP_NODELAY`).
 //!
@@ -67,6 +69,7 @@ pub mod gate;
 pub mod gateway;
 pub mod grants;
 pub mod hold;
+pub mod html;
 pub mod http_agent;
 pub mod inspect;
 pub mod jsonrpc;

@@ -7,49 +7,12 @@ use chrono::{DateTime, Utc};
 use super::links::Actions;
 use crate::hold::PendingItem;
 
-/// Escapes text for HTML content and attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::html::esc;
 
 fn layout(title: &str, head_extra: &str, main: &str) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <meta name="viewport" content="width=device-width, initial-scale=1">
-  <meta name="color-scheme" content="light dark">
-  <meta name="referrer" content="same-origin">
-  <meta name="robots" content="noindex, nofollow">
-  {head_extra}
-  <title>{title} · Airlock</title>
-  <link rel="icon" href="/favicon.svg" type="image/svg+xml">
-  <link rel="stylesheet" href="/app.css">
-  <link rel="stylesheet" href="/slack/confirm.css">
-</head>
-<body>
-  <main class="confirm" id="main">
-    <header class="confirm-brand"><img src="/favicon.svg" alt="" width="24" height="24"> Airlock</header>
-{main}
-    <p class="confirm-foot muted"><a href="/">Open the dashboard</a></p>
-  </main>
-</body>
-</html>
-"#,
-        title = esc(title),
-    )
+    const FOOT: &str = r#"
+    <p class="confirm-foot muted"><a href="/">Open the dashboard</a></p>"#;
+    crate::html::page(title, head_extra, main, "same-origin", FOOT)
 }
 
 /// What the confirm page needs.
