@@ -19,6 +19,7 @@
 //! in a handshake-era HTTP session only once it has not come back with
 //! `Last-Event-ID` within a grace period (see [`stream`]).
 
+pub mod elicit;
 pub mod stream;
 
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use crate::era;
 use crate::gate::{self, Refusal};
 use crate::gateway::{CallContext, Exchange, Gateway};
 use crate::jsonrpc::{self, Id, Message};
-use crate::policy::{Approval, OnTimeout};
+use crate::policy::{Approval, OnTimeout, Via};
 use crate::upstream::{Event, Reply, ReplyBody, UpstreamError};
 use stream::HeldStream;
 
@@ -113,6 +114,8 @@ pub struct Holds {
     /// Resumable held-call streams by pending id, open or finished less than
     /// [`stream::GRACE`] ago.
     streams: DashMap<String, Arc<HeldStream>>,
+    /// Questions to the agents' own users (`approval.via` `agent_user`).
+    pub elicit: elicit::Elicitations,
 }
 
 /// A hold this replica owns.
@@ -164,6 +167,7 @@ impl Holds {
     pub fn prune(&self) {
         let now = Instant::now();
         self.continuations.retain(|_, c| c.3 > now);
+        self.elicit.prune();
     }
 
     /// Whether an approval covers this MRTR retry (single use): same
@@ -255,6 +259,10 @@ pub enum DecideError {
         "the decision could not be recorded in the audit store ({0}); the call was refused, nothing was released"
     )]
     Audit(String),
+    #[error(
+        "rule `{0}` lets only the agent's own user approve this call (approval.via = [\"agent_user\"]); approvers can deny it"
+    )]
+    AgentUserOnly(String),
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -275,6 +283,12 @@ pub async fn decide(
     let Ok(uuid) = Uuid::parse_str(id) else {
         return Err(DecideError::NotFound(id.to_owned()));
     };
+    if choice == Choice::Approve
+        && channel != elicit::CHANNEL
+        && let Some(rule) = agent_user_only(gw, id)
+    {
+        return Err(DecideError::AgentUserOnly(rule));
+    }
     // Subscribed before deciding, so the owner's "recorded" cannot be missed.
     let mut recorded = gw.holds.owned.get(id).map(|o| o.recorded.subscribe());
     let decision = approvals::Decision {
@@ -302,6 +316,30 @@ pub async fn decide(
         }
     }
     Ok(resolved.resolution)
+}
+
+/// The rule of an open hold when, in the policy in force, only the agent's
+/// user may approve it.
+fn agent_user_only(gw: &Gateway, id: &str) -> Option<String> {
+    let item = gw.holds.get(id)?;
+    let upstream = gw.upstreams.get(&item.upstream)?;
+    let policy = upstream.policy();
+    let (approval, rule) = policy.approval_for(&item.tool);
+    approval.via.agent_user_only().then(|| rule.to_owned())
+}
+
+/// Whether the agent's user can be asked about this call: the client
+/// declared form elicitation (in `initialize`, or in this request's
+/// `_meta` client capabilities in the stateless era).
+fn can_ask_user(gw: &Gateway, ctx: &CallContext, message: &Message) -> bool {
+    match ctx.era {
+        era::Era::Handshake => gw.holds.elicit.capable(&ctx.session_key),
+        era::Era::Stateless => era::peek(message)
+            .meta
+            .and_then(|m| m.client_capabilities)
+            .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
+            .is_some_and(|c| elicit::declares_form(&c)),
+    }
 }
 
 /// Holds a `tools/call` until a human decides. Returns at once with a stream
@@ -350,6 +388,32 @@ pub async fn hold_call(
                     .unwrap_or_else(|| "unknown error".into())
             ),
             "audit_unavailable",
+        ));
+    }
+    let ask_user = approval.via.agent_user && can_ask_user(gw, ctx, &message);
+    if approval.via.agent_user_only() && !ask_user {
+        let text = format!(
+            "Airlock refused this call to `{tool}`: rule `{rule}` lets only the agent's own user approve it (approval.via = [\"agent_user\"]), but this client did not declare the elicitation capability (form mode), so nobody can be asked."
+        );
+        gw.record_outcome(
+            ctx,
+            "denied",
+            &tool,
+            arguments.as_deref(),
+            &rule,
+            Some(&text),
+        )
+        .await;
+        let refusal = Refusal {
+            decision: "denied",
+            rule: rule.clone(),
+            reason: reason.clone().unwrap_or_default(),
+            text,
+            retry_after: None,
+        };
+        return Ok(Exchange::answer(
+            gate::refusal_response(&request_id, &refusal, ctx.era),
+            ctx.era,
         ));
     }
     let uuid = Uuid::now_v7();
@@ -428,31 +492,47 @@ pub async fn hold_call(
 
     let (progress_token, as_task) = {
         let peek = era::peek(&message);
-        let as_task = ctx.era == crate::era::Era::Stateless && crate::tasks::declared(&peek);
+        // Asking the user by `input_required` ends the request at once: no task.
+        let as_task =
+            ctx.era == crate::era::Era::Stateless && !ask_user && crate::tasks::declared(&peek);
         (
             peek.meta
                 .and_then(|m| m.progress_token.map(|t| t.get().to_owned())),
             as_task,
         )
     };
-    let (sink, answer_now, out_rx) = if as_task {
-        let (task_id, created) = gw
-            .tasks
-            .create(&id, &ctx.session_key, approval.timeout, &message);
-        (
-            Sink::Task(task_id),
-            Some(jsonrpc::result_response(&request_id, created)),
-            None,
+    let question = ask_user.then(|| {
+        elicit::request_params(
+            &tool,
+            arguments.as_deref(),
+            &rule,
+            reason.as_deref(),
+            approval.timeout,
         )
-    } else {
-        let resumable = resumable_session(gw, ctx);
-        let (held, events) = HeldStream::open(&id, resumable);
-        let held = Arc::new(held);
-        if held.resumable() {
-            gw.holds.streams.insert(id.clone(), held.clone());
-        }
-        (Sink::Stream(held), None, Some(events))
-    };
+    });
+    let (sink, answer_now, out_rx) =
+        if let (Some(question), era::Era::Stateless) = (&question, ctx.era) {
+            let (parked, input_required) =
+                park(gw, ctx, &message, &created, question.clone(), &approval);
+            (Sink::Parked(parked), Some(input_required), None)
+        } else if as_task {
+            let (task_id, created) =
+                gw.tasks
+                    .create(&id, &ctx.session_key, approval.timeout, &message);
+            (
+                Sink::Task(task_id),
+                Some(jsonrpc::result_response(&request_id, created)),
+                None,
+            )
+        } else {
+            let resumable = resumable_session(gw, ctx);
+            let (held, events) = HeldStream::open(&id, resumable);
+            let held = Arc::new(held);
+            if held.resumable() {
+                gw.holds.streams.insert(id.clone(), held.clone());
+            }
+            (Sink::Stream(held), None, Some(events))
+        };
     let waiter = Waiter {
         gw: gw.clone(),
         ctx: CallContext {
@@ -474,10 +554,12 @@ pub async fn hold_call(
         timeout: approval.timeout,
         progress_token,
         sink,
+        question: question.filter(|_| ctx.era == era::Era::Handshake),
+        via: approval.via,
     };
     tokio::spawn(waiter.run(Box::pin(resolution)));
     let (Some(out_rx), None) = (out_rx, &answer_now) else {
-        let created = answer_now.expect("a task's answer is ready at once");
+        let created = answer_now.expect("a task's or a parked call's answer is ready at once");
         return Ok(Exchange::answer(created, ctx.era));
     };
     Ok(Exchange {
@@ -487,6 +569,193 @@ pub async fn hold_call(
             body: ReplyBody::Stream(out_rx),
         },
         list_filter: None,
+    })
+}
+
+/// Parks a stateless-era held call for the agent's user: the
+/// `input_required` answer asking them, and the parked call the retry finds
+/// by its `requestState`.
+fn park(
+    gw: &Gateway,
+    ctx: &CallContext,
+    message: &Message,
+    approval: &PendingApproval,
+    question: Value,
+    rule: &Approval,
+) -> (Arc<elicit::Parked>, Message) {
+    let request_id = message.id().cloned().unwrap_or_else(Id::null);
+    let (timeout, via) = (rule.timeout, rule.via);
+    let until = Instant::now() + timeout + CONTINUATION_TTL;
+    let (state, parked) = gw.holds.elicit.park(elicit::Parked {
+        pending_id: approval.id,
+        scope: ctx.scope(),
+        tool: approval.tool.clone(),
+        args_hash: approval.args_hash.clone(),
+        agent: ctx.agent.clone(),
+        rule: approval.rule.clone(),
+        reason: approval.reason.clone(),
+        timeout,
+        approvers_decide: via.approvers,
+        message: message.clone(),
+        outcome: watch::channel(None).0,
+        until,
+    });
+    let result = input_required(&state, question);
+    (parked, jsonrpc::result_response(&request_id, result))
+}
+
+/// The client's retry of a parked call (stateless era), carrying its user's
+/// answer in `inputResponses`. The answer is a decision (compare-and-set:
+/// a decision taken elsewhere first wins); the retry then gets the hold's
+/// recorded outcome: the approved call's upstream answer, or a refusal.
+pub async fn elicit_retry(
+    gw: &Gateway,
+    ctx: &CallContext,
+    message: Message,
+    headers: Option<&HeaderMap>,
+    state: &str,
+    tool: &str,
+    arguments: Option<String>,
+) -> Result<Exchange, UpstreamError> {
+    let request_id = message.id().cloned().unwrap_or_else(Id::null);
+    let invalid = |why: &str| {
+        let error = jsonrpc::error_response(&request_id, jsonrpc::code::INVALID_PARAMS, why);
+        Ok(Exchange::answer(error, ctx.era))
+    };
+    let Some(parked) = gw.holds.elicit.parked(state) else {
+        return invalid(
+            "Invalid params: this requestState names no held call Airlock is waiting on (it was answered already, or expired); call the tool again without it",
+        );
+    };
+    // The state is attacker-controlled input: it only counts for the same
+    // agent session, tool and arguments it was handed out for.
+    if parked.scope != ctx.scope()
+        || parked.tool != tool
+        || parked.args_hash != hash_arguments(arguments.as_deref())
+    {
+        return invalid(
+            "Invalid params: this requestState belongs to another call (a retry must repeat the held call's tool and arguments, in the same agent session)",
+        );
+    }
+    let mut outcome = parked.outcome.subscribe();
+    let answer = elicit::retry_answer(&message);
+    let open = outcome.borrow().is_none();
+    if open {
+        match answer {
+            Some(elicit::Answer::Decided(choice, comment)) => {
+                user_decision(gw, &parked, choice, comment).await;
+            }
+            Some(elicit::Answer::Failed(why)) if !parked.approvers_decide => {
+                let comment = format!("the agent's client could not ask its user: {why}");
+                user_decision(gw, &parked, Choice::Deny, Some(comment)).await;
+            }
+            // No answer to Airlock's question: ask again (the spec's way of
+            // saying that input is still missing).
+            _ => {
+                let question = elicit::request_params(
+                    tool,
+                    arguments.as_deref(),
+                    &parked.rule,
+                    parked.reason.as_deref(),
+                    parked.timeout,
+                );
+                let result = input_required(state, question);
+                let answer = jsonrpc::result_response(&request_id, result);
+                return Ok(Exchange::answer(answer, ctx.era));
+            }
+        }
+    }
+    let recorded = tokio::time::timeout(RECORD_WAIT, outcome.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|state| state.clone()));
+    let Some(recorded) = recorded else {
+        let error = jsonrpc::error_response(
+            &request_id,
+            jsonrpc::code::UPSTREAM_ERROR,
+            "Airlock took the answer but the hold's outcome was not recorded in time; retry with the same requestState",
+        );
+        return Ok(Exchange::answer(error, ctx.era));
+    };
+    gw.holds.elicit.unpark(state);
+    let resolution = recorded.resolution;
+    let refusal = match recorded.recorded {
+        Err(e) => Refusal {
+            decision: "audit_unavailable",
+            rule: parked.rule.clone(),
+            reason: parked.reason.clone().unwrap_or_default(),
+            text: format!(
+                "Airlock refused this call to `{tool}`: the decision ({}) could not be recorded in the audit store ({e}), so nothing was released.",
+                resolution.describe()
+            ),
+            retry_after: None,
+        },
+        Ok(()) if resolution.outcome == Outcome::Allowed => {
+            return release_parked(gw, ctx, &parked, &request_id, headers).await;
+        }
+        Ok(()) => refusal_of(
+            &resolution,
+            tool,
+            &parked.rule,
+            parked.reason.as_deref(),
+            parked.timeout,
+        ),
+    };
+    let answer = gate::refusal_response(&request_id, &refusal, ctx.era);
+    Ok(Exchange::answer(answer, ctx.era))
+}
+
+/// The agent's user's decision about a parked call; a decision taken
+/// elsewhere first wins (the retry then gets that one).
+async fn user_decision(
+    gw: &Gateway,
+    parked: &elicit::Parked,
+    choice: Choice,
+    comment: Option<String>,
+) {
+    let decision = approvals::Decision {
+        choice,
+        decider: Some(elicit::decider(&parked.agent)),
+        channel: elicit::CHANNEL.into(),
+        comment,
+    };
+    if let Err(e) = gw.approvals.decide(parked.pending_id, decision).await {
+        tracing::info!(pending = %parked.pending_id, "the agent user's answer was not taken: {e}");
+    }
+}
+
+/// Sends an approved parked call upstream as it was held (with the
+/// retry's id) and passes the answer on; a further round of the upstream's
+/// own questions stays covered by the approval.
+async fn release_parked(
+    gw: &Gateway,
+    ctx: &CallContext,
+    parked: &elicit::Parked,
+    request_id: &Id,
+    headers: Option<&HeaderMap>,
+) -> Result<Exchange, UpstreamError> {
+    let message = parked.message.with_id(request_id);
+    let mut reply = gw.upstream_request(&ctx.link, message, headers).await?;
+    let (gw, scope) = (gw.clone(), ctx.scope());
+    let (tool, args_hash) = (parked.tool.clone(), parked.args_hash.clone());
+    reply.body = reply.body.tap(move |answer| {
+        if answer.kind() == jsonrpc::Kind::Response {
+            gw.holds
+                .remember_continuation(answer, &scope, &tool, &args_hash);
+        }
+    });
+    Ok(Exchange::plain(reply))
+}
+
+/// An `input_required` result asking the agent's user (stateless era).
+fn input_required(state: &str, question: Value) -> Value {
+    json!({
+        "resultType": "input_required",
+        "inputRequests": {
+            (elicit::INPUT_KEY): { "method": "elicitation/create", "params": question },
+        },
+        "requestState": state,
+        "_meta": { (era::META_SERVER_INFO): era::airlock_server_info() },
     })
 }
 
@@ -718,6 +987,10 @@ struct Waiter {
     timeout: Duration,
     progress_token: Option<String>,
     sink: Sink,
+    /// Handshake era: the elicitation to put to the agent's user on the
+    /// held stream (`approval.via` has `agent_user` and the client can be asked).
+    question: Option<Value>,
+    via: Via,
 }
 
 /// Where the held call's answer goes.
@@ -727,6 +1000,9 @@ enum Sink {
     Stream(Arc<HeldStream>),
     /// A task the agent polls (stateless era with the tasks extension).
     Task(String),
+    /// Stateless era, the agent's user asked by `input_required`: the
+    /// client's retry picks up the recorded outcome and answers it.
+    Parked(Arc<elicit::Parked>),
 }
 
 /// The approvals service's answer for one hold.
@@ -765,6 +1041,8 @@ impl Waiter {
                 }
                 true
             }
+            // The retry answers (see `elicit_retry`).
+            Sink::Parked(_) => true,
         }
     }
 
@@ -779,7 +1057,17 @@ impl Waiter {
     async fn run(self, mut resolving: Resolving) {
         let held = match &self.sink {
             Sink::Stream(held) => Some(held.clone()),
-            Sink::Task(_) => None,
+            Sink::Task(_) | Sink::Parked(_) => None,
+        };
+        // The agent's user, asked on the stream (handshake era).
+        let mut asked = match (&self.question, &held) {
+            (Some(question), Some(held)) => {
+                let (eid, answer) = self.gw.holds.elicit.ask(&self.ctx.session_key);
+                let request = elicit::request(&eid, question.clone());
+                held.send(request, None, None).await;
+                Some((eid, Some(answer)))
+            }
+            _ => None,
         };
         // Resolves when a streaming agent goes away; never for tasks.
         let mut gone_signal = held.as_ref().and_then(|h| h.take_gone());
@@ -815,6 +1103,9 @@ impl Waiter {
                         gone = true;
                         Box::pin(self.cancel("the agent closed the connection".into())).await;
                     }
+                }
+                answer = user_answer(&mut asked) => {
+                    Box::pin(self.user_decides(answer)).await;
                 }
                 _ = attached(held.as_deref()), if !gone => {
                     gone_signal = held.as_ref().and_then(|h| h.take_gone());
@@ -853,6 +1144,21 @@ impl Waiter {
         if let Some((_, owned)) = self.gw.holds.owned.remove(&self.id()) {
             owned.recorded.send_replace(Some(recorded.clone()));
         }
+        if let Some((eid, unanswered)) = asked {
+            self.gw.holds.elicit.finished(&eid);
+            if unanswered.is_some() {
+                // Decided elsewhere: the user's question is withdrawn.
+                let why = format!("decided: {}", resolution.describe());
+                Box::pin(self.deliver(elicit::cancelled(&eid, &why))).await;
+            }
+        }
+        if let Sink::Parked(parked) = &self.sink {
+            parked.outcome.send_replace(Some(elicit::Recorded {
+                resolution: resolution.clone(),
+                recorded: recorded.clone(),
+            }));
+            return;
+        }
         // Boxed: only a decided call pays for the (large) release future;
         // a waiting one stays a small task (docs/benchmarks.md, Holds).
         let gw = self.gw.clone();
@@ -863,6 +1169,32 @@ impl Waiter {
         }
         if let Some(held) = held {
             finish_stream(&gw, &id, &held);
+        }
+    }
+
+    /// Takes the agent's user's answer as a decision, through the approvals
+    /// service's compare-and-set (a decision taken elsewhere first wins; the
+    /// hold's resolution then arrives as usual).
+    async fn user_decides(&self, answer: elicit::Answer) {
+        let (choice, comment) = match answer {
+            elicit::Answer::Decided(choice, comment) => (choice, comment),
+            elicit::Answer::Failed(why) if self.via.agent_user_only() => (
+                Choice::Deny,
+                Some(format!("the agent's client could not ask its user: {why}")),
+            ),
+            elicit::Answer::Failed(why) => {
+                tracing::info!(pending = %self.approval.id, "the agent's client could not ask its user ({why}); approvers decide");
+                return;
+            }
+        };
+        let decision = approvals::Decision {
+            choice,
+            decider: Some(elicit::decider(&self.ctx.agent)),
+            channel: elicit::CHANNEL.into(),
+            comment,
+        };
+        if let Err(e) = self.gw.approvals.decide(self.approval.id, decision).await {
+            tracing::info!(pending = %self.approval.id, "the agent user's answer was not taken: {e}");
         }
     }
 
@@ -927,55 +1259,24 @@ impl Waiter {
 
     async fn release(self, resolution: Resolution, progress_sent: u64) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
-        let timeout = self.timeout.as_secs();
-        let text = match resolution.verdict {
-            Verdict::Cancelled => {
-                // Nobody to answer on a stream; a task reads as cancelled.
-                if let Sink::Task(task_id) = &self.sink {
-                    self.gw.tasks.mark_cancelled(task_id);
-                }
-                return;
+        if resolution.verdict == Verdict::Cancelled {
+            // Nobody to answer on a stream; a task reads as cancelled.
+            if let Sink::Task(task_id) = &self.sink {
+                self.gw.tasks.mark_cancelled(task_id);
             }
-            _ if resolution.outcome == Outcome::Allowed => {
-                self.forward(progress_sent).await;
-                return;
-            }
-            Verdict::Denied => {
-                let who = resolution.decider.as_deref().unwrap_or("an approver");
-                match &resolution.comment {
-                    Some(c) => format!("Airlock: {who} denied this call to `{}`: {c}", self.tool),
-                    None => format!("Airlock: {who} denied this call to `{}`.", self.tool),
-                }
-            }
-            Verdict::TimedOut => format!(
-                "Airlock: nobody approved this call to `{}` within {timeout} s; it timed out and was denied.",
-                self.tool,
-            ),
-            Verdict::Shutdown | Verdict::Abandoned => format!(
-                "Airlock denied this call to `{}`: gateway shutting down.",
-                self.tool
-            ),
-            Verdict::Approved => unreachable!("approved calls are forwarded"),
-        };
-        let refusal = Refusal {
-            decision: match resolution.verdict {
-                Verdict::Denied => "approval_denied",
-                Verdict::TimedOut => "approval_timed_out",
-                _ => "denied",
-            },
-            rule: self.rule.clone(),
-            reason: match resolution.verdict {
-                Verdict::Shutdown | Verdict::Abandoned => "gateway shutting down".into(),
-                Verdict::TimedOut => format!("no decision within {timeout} s"),
-                _ => resolution
-                    .comment
-                    .clone()
-                    .or_else(|| self.reason.clone())
-                    .unwrap_or_default(),
-            },
-            text,
-            retry_after: None,
-        };
+            return;
+        }
+        if resolution.outcome == Outcome::Allowed {
+            self.forward(progress_sent).await;
+            return;
+        }
+        let refusal = refusal_of(
+            &resolution,
+            &self.tool,
+            &self.rule,
+            self.reason.as_deref(),
+            self.timeout,
+        );
         let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
         self.deliver(answer).await;
     }
@@ -992,7 +1293,7 @@ impl Waiter {
         // its own task: the upstream must answer with a result).
         let message = match &self.sink {
             Sink::Task(_) => crate::tasks::without_extension(&self.message),
-            Sink::Stream(..) => self.message.clone(),
+            Sink::Stream(..) | Sink::Parked(_) => self.message.clone(),
         };
         let reply = self
             .gw
@@ -1039,6 +1340,76 @@ impl Waiter {
                 self.deliver(m).await;
             }
         }
+    }
+}
+
+/// The refusal of a held call that was not released (denied, timed out,
+/// ended by shutdown).
+fn refusal_of(
+    resolution: &Resolution,
+    tool: &str,
+    rule: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> Refusal {
+    let timeout = timeout.as_secs();
+    let text = match resolution.verdict {
+        Verdict::Denied => {
+            let who = resolution.decider.as_deref().unwrap_or("an approver");
+            match &resolution.comment {
+                Some(c) => format!("Airlock: {who} denied this call to `{tool}`: {c}"),
+                None => format!("Airlock: {who} denied this call to `{tool}`."),
+            }
+        }
+        Verdict::TimedOut => format!(
+            "Airlock: nobody approved this call to `{tool}` within {timeout} s; it timed out and was denied."
+        ),
+        Verdict::Cancelled => {
+            format!("Airlock: this call to `{tool}` was cancelled before a decision.")
+        }
+        Verdict::Shutdown | Verdict::Abandoned | Verdict::Approved => {
+            format!("Airlock denied this call to `{tool}`: gateway shutting down.")
+        }
+    };
+    Refusal {
+        decision: match resolution.verdict {
+            Verdict::Denied => "approval_denied",
+            Verdict::TimedOut => "approval_timed_out",
+            _ => "denied",
+        },
+        rule: rule.to_owned(),
+        reason: match resolution.verdict {
+            Verdict::Shutdown | Verdict::Abandoned => "gateway shutting down".into(),
+            Verdict::TimedOut => format!("no decision within {timeout} s"),
+            _ => resolution
+                .comment
+                .clone()
+                .or_else(|| reason.map(str::to_owned))
+                .unwrap_or_default(),
+        },
+        text,
+        retry_after: None,
+    }
+}
+
+/// The agent's user's answer to the question on the held stream; never
+/// when none is outstanding. Once answered, the slot is emptied (the
+/// question itself stays, so the hold's end knows it was answered).
+async fn user_answer(
+    asked: &mut Option<(Id, Option<oneshot::Receiver<elicit::Answer>>)>,
+) -> elicit::Answer {
+    let Some((_, slot)) = asked else {
+        return std::future::pending().await;
+    };
+    let Some(rx) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    let answer = rx.await;
+    *slot = None;
+    match answer {
+        Ok(answer) => answer,
+        // Dropped without an answer (cannot happen while the hold waits).
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -1095,12 +1466,24 @@ fn shift_progress(message: Message, by: u64) -> Message {
     Message::from_value(&value)
 }
 
-/// Handles `notifications/cancelled` for a held call; `None` passes the message on.
+/// Handles `notifications/cancelled` for a held call, and the agent's
+/// answers to Airlock's own questions (never forwarded upstream); `None`
+/// passes the message on.
 pub fn intercept_notification(
     gw: &Gateway,
     ctx: &CallContext,
     message: &Message,
 ) -> Option<Exchange> {
+    if message.kind() == jsonrpc::Kind::Response {
+        return gw
+            .holds
+            .elicit
+            .answer(&ctx.session_key, message)
+            .then(|| Exchange {
+                reply: Reply::accepted(),
+                list_filter: None,
+            });
+    }
     if message.method() != Some("notifications/cancelled") {
         return None;
     }
@@ -1136,6 +1519,7 @@ pub async fn cancel(gw: &Gateway, id: &str, why: &str) -> bool {
 
 /// Cancels every hold of an agent session that went away.
 pub async fn agent_gone(gw: &Gateway, session_key: &str) {
+    gw.holds.elicit.session_gone(session_key);
     for id in gw.holds.owned_by(session_key, None) {
         cancel(gw, &id, "the agent went away").await;
     }
