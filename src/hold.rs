@@ -57,6 +57,10 @@ pub struct PendingItem {
     pub reason: Option<String>,
     pub created_at: String,
     pub expires_at: String,
+    /// Who is asked (`approval.via` of the rule in force), when not just the
+    /// approvers: `["agent_user"]` or `["approvers", "agent_user"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Vec<&'static str>>,
 }
 
 impl PendingItem {
@@ -72,7 +76,26 @@ impl PendingItem {
             reason: approval.reason.clone(),
             created_at: rfc3339(approval.created_at),
             expires_at: rfc3339(approval.expires_at),
+            via: None,
         }
+    }
+
+    /// Adds who is asked, from the policy in force (shown by dashboards).
+    fn with_via(mut self, gw: &Gateway) -> PendingItem {
+        let via = gw
+            .upstreams
+            .get(&self.upstream)
+            .map(|up| up.policy().approval_for(&self.tool).0.via)
+            .unwrap_or_default();
+        if via.agent_user {
+            let mut names = Vec::new();
+            if via.approvers {
+                names.push("approvers");
+            }
+            names.push("agent_user");
+            self.via = Some(names);
+        }
+        self
     }
 }
 
@@ -789,6 +812,7 @@ async fn record_unheld(
 /// Adds a hold to this replica's view and tells dashboards. (Slack and
 /// other notifiers subscribe to the approvals service themselves.)
 pub fn show_created(gw: &Gateway, item: &PendingItem) {
+    let item = item.clone().with_via(gw);
     gw.holds.view.insert(item.id.clone(), item.clone());
     gw.events
         .publish("pending.created", json!({ "pending": item }));
@@ -947,9 +971,10 @@ async fn resync_view(gw: &Gateway) {
         .view
         .retain(|id, _| ids.contains(id) || gw.holds.owned.contains_key(id));
     for approval in open.iter().filter(|a| a.owner != me) {
-        gw.holds
-            .view
-            .insert(approval.id.to_string(), PendingItem::of(approval));
+        gw.holds.view.insert(
+            approval.id.to_string(),
+            PendingItem::of(approval).with_via(gw),
+        );
     }
     gw.events.publish(
         "snapshot",

@@ -33,6 +33,7 @@ const POLICY = {
   default: 'deny',
   rules: {
     delete_record: { action: 'require_approval', reason: 'destructive', approval: { timeout: 60, via: ['approvers', 'agent_user'] } },
+    echo: { action: 'require_approval', reason: 'the user decides', approval: { timeout: 60, via: ['agent_user'] } },
   },
 };
 
@@ -134,12 +135,44 @@ test('an approver in the dashboard beats the user: one outcome, and the SDK hand
   const card = page.locator('#cards li.card');
   await card.waitFor({ timeout: 15000 });
   const [id] = await pendingIds();
+  assert.match(await card.locator('.card-asks-user').innerText(), /asked too, in their client: the first decision wins/);
   await card.locator('.btn-approve').click();
   const result = await held;
   assert.equal(text(result), 'deleted e2');
   assert.match(aborted ?? '', /decided: approved by ada/);
   const rows = await audit(id);
   assert.deepEqual(rows.map((r) => [r.decision, r.channel, r.decider]), [['approved', 'dashboard', 'ada']]);
+  await ctx.close();
+  await client.close();
+});
+
+test('a call only the agent\'s user may approve: the dashboard offers Deny only, and a deny withdraws the question', async () => {
+  let aborted = null;
+  let askedResolve;
+  const asked = new Promise((r) => { askedResolve = r; });
+  const client = await connect('ts-away-user', (request, extra) => new Promise((resolve) => {
+    askedResolve();
+    extra.signal.addEventListener('abort', () => { aborted = String(extra.signal.reason); resolve({ action: 'cancel' }); });
+  }));
+  const held = client.callTool({ name: 'echo', arguments: { text: 'hi' } }, undefined, { timeout: 60000 });
+  await asked;
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await ctx.newPage();
+  await page.goto(`${gw.url}/login#token=${encodeURIComponent(TOKEN)}`);
+  const card = page.locator('#cards li.card');
+  await card.waitFor({ timeout: 15000 });
+  assert.match(await card.locator('.card-asks-user').innerText(), /Only the agent's own user may approve/);
+  assert.equal(await card.locator('.btn-approve').isVisible(), false);
+  assert.equal(await card.locator('select.grant-for').count(), 0);
+  const [id] = await pendingIds();
+  await card.locator('.card-actions .btn-deny').click();
+  await card.locator('.btn-confirm').click();
+  const result = await held;
+  assert.equal(result.isError, true);
+  assert.match(text(result), /ada denied/);
+  assert.match(aborted ?? '', /decided: denied by ada/);
+  const rows = await audit(id);
+  assert.deepEqual(rows.map((r) => [r.decision, r.channel]), [['denied_by_human', 'dashboard']]);
   await ctx.close();
   await client.close();
 });

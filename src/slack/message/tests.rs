@@ -15,6 +15,7 @@ fn item(arguments: Value) -> PendingItem {
         reason: Some("destructive".into()),
         created_at: "2026-11-25T10:00:00.000Z".into(),
         expires_at: "2026-11-25T10:05:00.000Z".into(),
+        via: None,
     }
 }
 
