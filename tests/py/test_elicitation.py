@@ -290,6 +290,23 @@ def test_python_sdk_stateless_era_answers_by_input_required(procs, action, ran):
     assert row["decision"] == ("approved" if ran else "denied_by_human"), row
 
 
+@pytest.mark.parametrize("action,ran", [("accept", True), ("cancel", False)])
+def test_typescript_sdk2_stateless_era_answers_by_input_required(procs, action, ran):
+    gw = start_gateway(procs, policy(["approvers", "agent_user"]))
+    report = run_driver("client2", call_script(id="t1"), url=gw.mcp, era="2026-07-28",
+                        extra=["--elicit-action", action, "--elicit-content", json.dumps(APPROVE), "--name", "ts2"])
+    step = the_call(report)
+    assert step["elicitation"] == 1, report
+    result = step["result"]
+    if ran:
+        assert text_of(result) == "deleted t1" and not result.get("isError"), result
+    else:
+        assert result["isError"] is True and "dismissed" in text_of(result), result
+    [row] = outcome_rows(gw)
+    assert row["channel"] == "elicitation" and row["decider"].startswith("agent_user:ts2"), row
+    assert row["decision"] == ("approved" if ran else "denied_by_human"), row
+
+
 def stateless_call(c, gw, req_id, args, *, caps=None, state=None, responses=None) -> dict:
     meta = rm.stateless_meta()
     meta["io.modelcontextprotocol/clientCapabilities"] = {"elicitation": {}} if caps is None else caps
