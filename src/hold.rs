@@ -82,6 +82,9 @@ impl PendingItem {
 
     /// Adds who is asked, from the policy in force (shown by dashboards).
     fn with_via(mut self, gw: &Gateway) -> PendingItem {
+        if self.rule == crate::power::RULE {
+            return self;
+        }
         let via = gw
             .upstreams
             .get(&self.upstream)
@@ -344,7 +347,7 @@ pub async fn decide(
 /// The rule of an open hold when, in the policy in force, only the agent's
 /// user may approve it.
 fn agent_user_only(gw: &Gateway, id: &str) -> Option<String> {
-    let item = gw.holds.get(id)?;
+    let item = gw.holds.get(id).filter(|i| i.rule != crate::power::RULE)?;
     let upstream = gw.upstreams.get(&item.upstream)?;
     let policy = upstream.policy();
     let (approval, rule) = policy.approval_for(&item.tool);
@@ -413,6 +416,15 @@ pub async fn hold_call(
             "audit_unavailable",
         ));
     }
+    // A changed tool definition is for approvers to accept, never the agent's user.
+    let approval = if rule == crate::power::RULE {
+        Approval {
+            via: Via::default(),
+            ..approval
+        }
+    } else {
+        approval
+    };
     let ask_user = approval.via.agent_user && can_ask_user(gw, ctx, &message);
     if approval.via.agent_user_only() && !ask_user {
         let text = format!(
@@ -665,16 +677,19 @@ pub async fn elicit_retry(
     let open = outcome.borrow().is_none();
     if open {
         match answer {
-            Some(elicit::Answer::Decided(choice, comment)) => {
-                user_decision(gw, &parked, choice, comment).await;
-            }
-            Some(elicit::Answer::Failed(why)) if !parked.approvers_decide => {
-                let comment = format!("the agent's client could not ask its user: {why}");
-                user_decision(gw, &parked, Choice::Deny, Some(comment)).await;
+            Some(answer) => {
+                let asker = UserAsked {
+                    pending_id: parked.pending_id,
+                    upstream: &ctx.upstream.name,
+                    tool,
+                    agent: &parked.agent,
+                    approvers_decide: parked.approvers_decide,
+                };
+                take_user_answer(gw, &asker, answer).await;
             }
             // No answer to Airlock's question: ask again (the spec's way of
             // saying that input is still missing).
-            _ => {
+            None => {
                 let question = elicit::request_params(
                     tool,
                     arguments.as_deref(),
@@ -728,23 +743,62 @@ pub async fn elicit_retry(
     Ok(Exchange::answer(answer, ctx.era))
 }
 
-/// The agent's user's decision about a parked call; a decision taken
-/// elsewhere first wins (the retry then gets that one).
-async fn user_decision(
-    gw: &Gateway,
-    parked: &elicit::Parked,
-    choice: Choice,
-    comment: Option<String>,
-) {
+/// A held call whose agent's user was asked.
+struct UserAsked<'a> {
+    pending_id: Uuid,
+    upstream: &'a str,
+    tool: &'a str,
+    agent: &'a str,
+    /// Approvers decide too: a client that failed to ask leaves it to them.
+    approvers_decide: bool,
+}
+
+/// Takes the agent's user's answer as a decision, through the approvals
+/// service's compare-and-set (a decision taken elsewhere first wins; the
+/// hold's resolution then arrives as usual). The user cannot approve a call
+/// whose tool definition changed while it was held (an approver must accept
+/// the new definition, as `quorum::decide` requires of approvers).
+async fn take_user_answer(gw: &Gateway, asked: &UserAsked<'_>, answer: elicit::Answer) {
+    let id = asked.pending_id;
+    let (choice, comment) = match answer {
+        elicit::Answer::Decided(Choice::Approve, _) if tool_changed(gw, asked) => {
+            if asked.approvers_decide {
+                tracing::info!(pending = %id, "the agent's user approved, but the tool's definition changed: approvers decide");
+                return;
+            }
+            let why = format!(
+                "the definition of `{}` changed after this call was held; the agent's user cannot approve it",
+                asked.tool
+            );
+            (Choice::Deny, Some(why))
+        }
+        elicit::Answer::Decided(choice, comment) => (choice, comment),
+        elicit::Answer::Failed(why) if !asked.approvers_decide => (
+            Choice::Deny,
+            Some(format!("the agent's client could not ask its user: {why}")),
+        ),
+        elicit::Answer::Failed(why) => {
+            tracing::info!(pending = %id, "the agent's client could not ask its user ({why}); approvers decide");
+            return;
+        }
+    };
     let decision = approvals::Decision {
         choice,
-        decider: Some(elicit::decider(&parked.agent)),
+        decider: Some(elicit::decider(asked.agent)),
         channel: elicit::CHANNEL.into(),
         comment,
     };
-    if let Err(e) = gw.approvals.decide(parked.pending_id, decision).await {
-        tracing::info!(pending = %parked.pending_id, "the agent user's answer was not taken: {e}");
+    if let Err(e) = gw.approvals.decide(id, decision).await {
+        tracing::info!(pending = %id, "the agent user's answer was not taken: {e}");
     }
+}
+
+/// Whether the held tool's definition changed and its policy does not just warn.
+fn tool_changed(gw: &Gateway, asked: &UserAsked<'_>) -> bool {
+    gw.pins.is_changed(asked.upstream, asked.tool)
+        && gw.upstreams.get(asked.upstream).is_some_and(|up| {
+            up.policy().on_tool_change(asked.tool) != crate::policy::OnToolChange::Warn
+        })
 }
 
 /// Sends an approved parked call upstream as it was held (with the
@@ -1201,26 +1255,14 @@ impl Waiter {
     /// service's compare-and-set (a decision taken elsewhere first wins; the
     /// hold's resolution then arrives as usual).
     async fn user_decides(&self, answer: elicit::Answer) {
-        let (choice, comment) = match answer {
-            elicit::Answer::Decided(choice, comment) => (choice, comment),
-            elicit::Answer::Failed(why) if self.via.agent_user_only() => (
-                Choice::Deny,
-                Some(format!("the agent's client could not ask its user: {why}")),
-            ),
-            elicit::Answer::Failed(why) => {
-                tracing::info!(pending = %self.approval.id, "the agent's client could not ask its user ({why}); approvers decide");
-                return;
-            }
+        let asker = UserAsked {
+            pending_id: self.approval.id,
+            upstream: &self.approval.upstream,
+            tool: &self.tool,
+            agent: &self.ctx.agent,
+            approvers_decide: self.via.approvers,
         };
-        let decision = approvals::Decision {
-            choice,
-            decider: Some(elicit::decider(&self.ctx.agent)),
-            channel: elicit::CHANNEL.into(),
-            comment,
-        };
-        if let Err(e) = self.gw.approvals.decide(self.approval.id, decision).await {
-            tracing::info!(pending = %self.approval.id, "the agent user's answer was not taken: {e}");
-        }
+        take_user_answer(&self.gw, &asker, answer).await;
     }
 
     /// The resolution could not be written to the audit history: whatever it

@@ -131,9 +131,9 @@ class RawHeld(threading.Thread):
     """A handshake-era session (declaring elicitation) whose held call's SSE stream is read on a
     thread: `.messages` collects every message, `.question` is Airlock's elicitation request."""
 
-    def __init__(self, gw, arguments: dict, capabilities: dict | None = None):
+    def __init__(self, gw, arguments: dict, capabilities: dict | None = None, tool: str = "delete_record"):
         super().__init__(daemon=True)
-        self.gw, self.arguments = gw, arguments
+        self.gw, self.arguments, self.tool = gw, arguments, tool
         self.c = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0))
         caps = {"elicitation": {"form": {}}} if capabilities is None else capabilities
         r = rm.post(self.c, gw.mcp, rm.init_body(capabilities=caps))
@@ -145,7 +145,7 @@ class RawHeld(threading.Thread):
         self.asked = threading.Event()
 
     def run(self):
-        body = rm.call_body(5, "delete_record", self.arguments)
+        body = rm.call_body(5, self.tool, self.arguments)
         with self.c.stream("POST", self.gw.mcp, content=json.dumps(body),
                            headers={"Content-Type": "application/json", "Accept": rm.ACCEPT,
                                     **rm.session_headers(self.sid)}) as r:
@@ -267,6 +267,46 @@ def test_both_at_once_many_times_one_outcome_each(procs):
         ran = text_of(answer["result"]) == f"deleted both{n}"
         assert ran == (rows[0]["decision"] == "approved"), (answer, rows)
         gw.wait_gone(item["id"])
+
+
+# ----------------------------------------------------------------------------- changed tool definitions
+
+
+def test_a_changed_tool_definition_is_never_put_to_the_agents_user(procs):
+    """on_tool_change: hold makes an approver accept the new definition: the user is not asked,
+    even where the tool's rule would let only them approve."""
+    from test_power import LIST, PULL, drive, gateway as power_gateway, policy as power_policy
+    gw = power_gateway(procs, power_policy("hold", transfer={
+        "action": "require_approval", "approval": {"timeout": 60, "via": ["agent_user"]}}))
+    drive(gw, LIST, PULL, LIST)
+    done = {}
+    t = threading.Thread(target=lambda: done.update(r=run_pydriver(
+        "legacy", [{"op": "call", "name": "transfer", "args": {"to": "eve", "amount": 3}}, {"op": "close"}],
+        url=gw.mcp, extra=["--elicit-content", json.dumps(APPROVE)])))
+    t.start()
+    [item] = gw.wait_pending()
+    assert item["rule"] == "on_tool_change" and "via" not in item, item
+    assert gw.decide(item["id"], "approve").status_code == 200
+    t.join(30)
+    step = the_call(done["r"])
+    assert step["elicitation"] == 0 and text_of(step["result"]) == "sent 3 to eve", step
+
+
+def test_the_user_cannot_approve_a_call_whose_tool_changed_while_it_was_held(procs):
+    from test_power import LIST, PULL, drive, gateway as power_gateway, policy as power_policy
+    gw = power_gateway(procs, power_policy("deny", transfer={
+        "action": "require_approval", "approval": {"timeout": 60, "via": ["agent_user"]}}))
+    drive(gw, LIST)
+    held = RawHeld(gw, {"to": "eve", "amount": 9}, tool="transfer")
+    held.start()
+    held.question
+    drive(gw, PULL, LIST)  # the server changes the tool while the call waits
+    assert held.reply({"action": "accept", "content": APPROVE}).status_code == 202
+    answer = held.answer()
+    assert answer["result"]["isError"] is True, answer
+    assert "changed after this call was held" in text_of(answer["result"]), answer
+    [row] = [r for r in outcome_rows(gw, tool="transfer") if r["decision"] != "tool.changed"]
+    assert (row["decision"], row["channel"]) == ("denied_by_human", "elicitation"), row
 
 
 # ----------------------------------------------------------------------------- stateless era
