@@ -1,8 +1,9 @@
 """Asking the agent's own user (issue 15, item 4): `"approval": {"via": [...]}` with `agent_user`,
 against the real binary and the project's test server (official Python SDK server), answered by
 the official Python SDK client (`mcp` 2.x, both eras, HTTP and `airlock stdio`) and the official
-TypeScript SDK client (`@modelcontextprotocol/sdk` 1.x, handshake era), plus raw HTTP where a test
-needs to control when the user answers (races with an approver)."""
+TypeScript SDK clients (`@modelcontextprotocol/sdk` 1.x, handshake era; `@modelcontextprotocol/client`
+2.x, stateless era), plus raw HTTP where a test needs to control when the user answers (races with
+an approver). The browser side is tests/e2e/elicitation.test.mjs."""
 from __future__ import annotations
 
 import json
