@@ -421,6 +421,7 @@ pub struct Parts {
     pub events: Arc<Events>,
     pub shutdown: CancellationToken,
     pub pins: crate::pins::Pins,
+    pub tasks: crate::tasks::Tasks,
 }
 
 impl Gateway {
@@ -434,6 +435,7 @@ impl Gateway {
             events,
             shutdown,
             pins,
+            tasks,
         } = parts;
         Gateway(Arc::new(Inner {
             config,
@@ -441,7 +443,7 @@ impl Gateway {
             sessions: DashMap::new(),
             holds: Holds::default(),
             approvals,
-            tasks: Default::default(),
+            tasks,
             retries: Default::default(),
             audit,
             events,
@@ -617,7 +619,7 @@ impl Gateway {
                 upstream.policy().forget_idle();
             }
             self.holds.prune();
-            self.tasks.prune();
+            self.tasks.prune().await;
             self.retries.prune();
         }
     }
