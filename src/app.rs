@@ -263,18 +263,24 @@ fn open_upstreams(
 
 /// The approvals service: in memory for one gateway, on PostgreSQL for
 /// replicas (`[store] url`).
+/// With PostgreSQL, also the shared rate-limit budgets (on the same pool).
 async fn start_approvals(
     store: &config::StoreConfig,
-) -> anyhow::Result<crate::approvals::Approvals> {
+) -> anyhow::Result<(
+    crate::approvals::Approvals,
+    Option<crate::budgets::SharedBudgets>,
+)> {
     use crate::approvals::{Approvals, MemoryStore, PostgresStore, Store};
     let replica = store.replica.clone().unwrap_or_else(default_replica_id);
-    let backend: Arc<dyn Store> = match &store.url {
-        None => Arc::new(MemoryStore::new()),
-        Some(url) => Arc::new(
-            PostgresStore::connect(url)
+    let (backend, budgets): (Arc<dyn Store>, _) = match &store.url {
+        None => (Arc::new(MemoryStore::new()), None),
+        Some(url) => {
+            let shared = PostgresStore::connect(url)
                 .await
-                .context("cannot open the approvals store ([store] url)")?,
-        ),
+                .context("cannot open the approvals store ([store] url)")?;
+            let budgets = crate::budgets::SharedBudgets::new(shared.pool());
+            (Arc::new(shared), Some(budgets))
+        }
     };
     let mut settings = crate::approvals::Config::new(replica.clone());
     settings.heartbeat = store.heartbeat;
@@ -285,7 +291,7 @@ async fn start_approvals(
     if store.url.is_some() {
         tracing::info!(%replica, "approvals shared through PostgreSQL");
     }
-    Ok(approvals)
+    Ok((approvals, budgets))
 }
 
 /// `<hostname>-<pid>-<random>`: unique per process, readable in the store.
@@ -352,7 +358,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         None => Audit::open(&config.audit.path, config.audit.redact.clone())?,
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
-    let approvals = start_approvals(&config.store).await?;
+    let (approvals, budgets) = start_approvals(&config.store).await?;
     let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
     let slack = crate::slack::prepare(&config, &audit).await?;
     let (slack, inbox) = slack.map_or((None, None), |(s, i)| (Some(s), Some(i)));
@@ -361,6 +367,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         upstreams,
         audit,
         approvals,
+        budgets,
         slack,
         events,
         shutdown,
@@ -394,6 +401,9 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     }
     tokio::spawn(crate::hold::follow_approvals(gw.clone()));
     tokio::spawn(crate::login::follow_logouts(gw.clone()));
+    if let Some(budgets) = gw.budgets.clone() {
+        tokio::spawn(budgets.purge_until(gw.shutdown.clone()));
+    }
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::power::maintain_grants(gw.clone()));

@@ -27,6 +27,8 @@
 //!   while"); [`power`]: what both do to calls, their events and audit rows;
 //!   [`quorum`]: who may decide a hold and how many must approve (two-person
 //!   rule, approver groups, escalation).
+//! - [`budgets`]: `rate_limit` budgets of stateless-era agents shared by
+//!   replicas (`[store] url`): GCRA in one PostgreSQL statement per call.
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
@@ -59,6 +61,7 @@ pub mod app;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod budgets;
 pub mod catalog;
 pub mod cli;
 pub mod config;
