@@ -553,6 +553,19 @@ impl AuditBackend for Postgres {
         })
     }
 
+    fn delete_meta(&mut self, keys: &[String]) -> Result<(), AuditError> {
+        self.block(async |client| {
+            client
+                .execute(
+                    "DELETE FROM airlock_audit_meta WHERE key = ANY($1)",
+                    &[&keys],
+                )
+                .await
+                .map(|_| ())
+                .map_err(sql)
+        })
+    }
+
     fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError> {
         // Two statements: under READ COMMITTED the read takes a fresh
         // snapshot, so an insert that lost a race sees the winner's value.
