@@ -31,6 +31,7 @@
 //!   replicas (`[store] url`): GCRA in one PostgreSQL statement per call.
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
+//! - [`pgtls`]: TLS to PostgreSQL (rustls) as the URL's `sslmode` says.
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
 //! - [`login`]: browser logins (signed cookies, CSRF); [`oidc`]: single
 //!   sign-on with an OpenID Connect provider, ending in the same kind of login.
@@ -81,6 +82,7 @@ pub mod login;
 pub mod memory;
 pub mod metrics;
 pub mod oidc;
+pub mod pgtls;
 pub mod pins;
 pub mod policy;
 pub mod power;

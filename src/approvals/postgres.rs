@@ -14,9 +14,8 @@
 //!   the database's clock (`now()`), so replicas' clock skew cannot make a
 //!   live replica look dead.
 //!
-//! TLS is not wired yet (`NoTls`): use a local socket or a private network.
+//! TLS as the URL's `sslmode` says ([`crate::pgtls`]).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,7 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::{broadcast, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
@@ -123,10 +122,10 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`), migrates the
     /// schema, and starts listening for changes before returning.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let config = tokio_postgres::Config::from_str(url).map_err(db)?;
+        let config = crate::pgtls::Target::parse(url).map_err(db)?;
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            config.config.clone(),
+            config.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -444,8 +443,12 @@ struct Listener {
 }
 
 impl Listener {
-    async fn open(config: &tokio_postgres::Config) -> Result<Listener, StoreError> {
-        let (client, mut connection) = config.connect(NoTls).await.map_err(db)?;
+    async fn open(target: &crate::pgtls::Target) -> Result<Listener, StoreError> {
+        let (client, mut connection) = target
+            .config
+            .connect(target.tls.clone())
+            .await
+            .map_err(db)?;
         let (tx, payloads) = mpsc::unbounded_channel();
         // Driving the connection is what delivers notifications; the task
         // ends (and `payloads` closes) when the connection does.
@@ -486,7 +489,7 @@ struct Notice {
 /// Notifications → rows → [`StoreEvent`]s, in notification (commit) order;
 /// reconnects with backoff and then announces a `Resync`.
 async fn listen(
-    config: tokio_postgres::Config,
+    config: crate::pgtls::Target,
     mut listener: Listener,
     pool: Pool,
     events: broadcast::Sender<StoreEvent>,
