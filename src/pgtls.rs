@@ -51,6 +51,22 @@ pub enum TlsSetupError {
     Rustls(String),
 }
 
+/// An error with its causes (`error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer`): tokio-postgres's own message stops
+/// at the first line, which does not say what was wrong.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// How much of the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {

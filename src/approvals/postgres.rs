@@ -114,8 +114,8 @@ pub struct PostgresStore {
     _stop: DropGuard,
 }
 
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+fn db(e: impl std::error::Error) -> StoreError {
+    StoreError(crate::pgtls::with_causes(&e))
 }
 
 impl PostgresStore {

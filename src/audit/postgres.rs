@@ -148,7 +148,7 @@ fn sql(e: tokio_postgres::Error) -> AuditError {
     // tokio-postgres errors never carry the connection string.
     AuditError::Unavailable(match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {}", db.message()),
-        None => format!("PostgreSQL: {e}"),
+        None => format!("PostgreSQL: {}", crate::pgtls::with_causes(&e)),
     })
 }
 
@@ -195,8 +195,14 @@ impl Postgres {
             .enable_all()
             .build()
             .map_err(|e| open(format!("cannot start a runtime: {e}")))?;
-        let client = tokio::task::block_in_place(|| runtime.block_on(open_client(&config)))
-            .map_err(|e| open(sql(e).to_string()))?;
+        let client = match tokio::task::block_in_place(|| runtime.block_on(open_client(&config))) {
+            Ok(client) => client,
+            Err(e) => {
+                // Dropping a runtime inside the gateway's async start panics.
+                runtime.shutdown_background();
+                return Err(open(sql(e).to_string()));
+            }
+        };
         Ok(Postgres {
             runtime: Some(runtime),
             client,
