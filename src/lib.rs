@@ -48,7 +48,9 @@
 //! stateless-era headers against the body), and calls `Gateway::forward`.
 //! `gate::decide_call` matches the tool against the live policy (and, when the
 //! matched rule has conditions, its arguments, agent, upstream and session): allowed calls
-//! go to the upstream `Link` as their original bytes; refusals are answered
+//! go to the upstream `Link` as their original bytes (a stateless-era call
+//! under a `rate_limit` rule with `[store] url` first spends its budget in
+//! PostgreSQL: `gate::judge`, `budgets`, then `Admitted::spend`); refusals are answered
 //! with a `CallToolResult` (`isError: true`); held calls wait in `hold`:
 //! `approvals.create` stores the pending approval, `approvals.wait` resolves
 //! when anyone decides on any replica (or it times out, or the agent goes

@@ -179,3 +179,26 @@ async fn a_database_that_is_gone_refuses_within_seconds() {
     assert!(started.elapsed() < Duration::from_secs(3), "{error}");
     assert!(!error.to_string().is_empty());
 }
+
+/// What a rate-limited call pays for its shared budget: one statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_take_costs_one_round_trip() {
+    let Some(pg) = PgCluster::start("budget-cost") else {
+        return;
+    };
+    let (_s, a) = replica(&pg).await;
+    let mut took = Vec::new();
+    for i in 0..500 {
+        let subject = format!("agent:{}", i % 10);
+        let started = Instant::now();
+        a.take(&budget("add", &subject), 1000, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        took.push(started.elapsed());
+    }
+    took.sort();
+    let (p50, p99) = (took[250], took[495]);
+    eprintln!("shared budget take: p50 {p50:?}, p99 {p99:?} (500 calls, 10 agents)");
+    assert!(p50 < Duration::from_millis(50), "p50 {p50:?}");
+}
