@@ -216,14 +216,16 @@ pub fn judge<'p>(policy: &'p Policy, facts: &Facts<'_>) -> Result<Admitted<'p>, 
 }
 
 /// The refusal of a rate-limited call whose shared budget (PostgreSQL)
-/// could not be read: never let it through unlimited.
-pub fn budget_unavailable(tool: &str, rule: String, why: &str) -> CallDecision {
+/// could not be read: never let it through unlimited. The database's own
+/// error goes to the log, not to the agent.
+pub fn budget_unavailable(tool: &str, rule: String) -> CallDecision {
+    let reason = "the shared rate-limit store (PostgreSQL) cannot be reached".to_owned();
     CallDecision::Refuse(Refusal {
         decision: "budget_unavailable",
         text: format!(
-            "Airlock refused this call to `{tool}`: its rate limit (rule `{rule}`) is counted in the shared store, which cannot be reached ({why})."
+            "Airlock refused this call to `{tool}`: its rate limit (rule `{rule}`) is counted in the shared store, which cannot be reached; the call was not forwarded."
         ),
-        reason: format!("rate-limit budget store unavailable: {why}"),
+        reason,
         rule,
         retry_after: None,
     })
@@ -476,6 +478,35 @@ mod tests {
             "{}",
             d.text
         );
+    }
+
+    #[test]
+    fn a_budget_spent_elsewhere_decides_with_its_wait_and_a_missing_store_refuses() {
+        let p = policy();
+        let facts = Facts::new("add", None, "agent", "up", "s");
+        let admitted = judge(&p, &facts).ok().unwrap();
+        assert_eq!(
+            admitted.rate.map(|(rule, l)| (rule, l.max)),
+            Some(("add", 1))
+        );
+        let wait = Duration::from_millis(9_200);
+        let CallDecision::Refuse(r) = admitted.spend("add", "agent", "s", Err(wait)) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.decision, r.retry_after),
+            ("rate_limited", Some(Duration::from_secs(10)))
+        );
+        let admitted = judge(&p, &facts).ok().unwrap();
+        assert!(matches!(
+            admitted.spend("add", "agent", "s", Ok(())),
+            CallDecision::Allow { .. }
+        ));
+        assert!(judge(&p, &Facts::new("crash", None, "a", "up", "s")).is_err());
+        let CallDecision::Refuse(r) = budget_unavailable("add", "add".into()) else {
+            panic!()
+        };
+        assert_eq!((r.decision, r.retry_after), ("budget_unavailable", None));
     }
 
     #[test]

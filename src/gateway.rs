@@ -730,8 +730,12 @@ impl Gateway {
         match budgets.take(&budget, limit.max, limit.window).await {
             Ok(rate) => admitted.spend(tool, agent, session, rate),
             Err(e) => {
-                tracing::warn!(tool, rule, "rate-limit budget store unavailable: {e}");
-                gate::budget_unavailable(tool, admitted.rule().to_owned(), &e.to_string())
+                tracing::warn!(
+                    tool,
+                    rule,
+                    "call refused: rate-limit budget store unavailable: {e}"
+                );
+                gate::budget_unavailable(tool, admitted.rule().to_owned())
             }
         }
     }

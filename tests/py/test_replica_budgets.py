@@ -77,7 +77,8 @@ def test_with_postgresql_gone_a_rate_limited_call_is_refused_and_an_unlimited_on
     refused = call(a, "echo", {"text": "after"})
     assert refused["isError"], refused
     assert refused["_meta"]["airlock.decision"] == "budget_unavailable", refused
-    assert "counted in the shared store, which cannot be reached" in text_of(refused), refused
+    assert "counted in the shared store, which cannot be reached; the call was not forwarded" in text_of(refused), refused
+    assert "PostgreSQL" in refused["_meta"]["airlock.reason"], refused
     assert "airlock.retry_after_s" not in refused["_meta"]
     # No rate limit, no store on the path: still forwarded.
     assert text_of(call(a, "add", {"a": 2, "b": 2})) == "4"
