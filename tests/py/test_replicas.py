@@ -559,10 +559,10 @@ def test_logout_rows_past_their_cookies_expiry_are_purged_and_live_ones_kept(pro
     psql("INSERT INTO airlock_audit_meta (key, value) VALUES "
          f"('logout:expired-nonce', '{now - 5}'), ('logout:soon-nonce', '{now + 3600}')")
     keys = lambda: psql("SELECT key FROM airlock_audit_meta WHERE key LIKE 'logout:%' ORDER BY key").split()
-    assert rm_wait(lambda: "logout:expired-nonce" not in keys(), 5), keys()
-    left = keys()
-    assert "logout:soon-nonce" in left and len(left) == 2, left
-    # The live logout still works on both replicas.
+    # Purged within a heartbeat or two; the real logout's row is written off its request's path.
+    assert rm_wait(lambda: "logout:expired-nonce" not in keys() and len(keys()) == 2, 10), keys()
+    assert "logout:soon-nonce" in keys(), keys()
+    # The live logout still holds on both replicas (B picks it up within a heartbeat).
     for gw in (a, b):
         with httpx.Client(base_url=gw.base, cookies=login.cookies, timeout=10) as browser:
-            assert browser.get("/api/pending").status_code == 401
+            assert rm_wait(lambda: browser.get("/api/pending").status_code == 401, 3), gw.base
