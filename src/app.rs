@@ -368,6 +368,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let (approvals, pool) = start_approvals(&config.store).await?;
+    let budgets = pool.clone().map(crate::budgets::SharedBudgets::new);
     let tasks = crate::tasks::Tasks::new(pool);
     let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
     let slack = crate::slack::prepare(&config, &audit).await?;
@@ -377,6 +378,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         upstreams,
         audit,
         approvals,
+        budgets,
         slack,
         events,
         shutdown,
@@ -414,6 +416,9 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         tokio::spawn(adopt_orphaned_tasks(gw.clone()));
     }
     tokio::spawn(crate::login::follow_logouts(gw.clone()));
+    if let Some(budgets) = gw.budgets.clone() {
+        tokio::spawn(budgets.purge_until(gw.shutdown.clone()));
+    }
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::power::maintain_grants(gw.clone()));

@@ -157,6 +157,9 @@ pub trait AuditBackend: Send {
     fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError>;
     /// Every meta entry whose key starts with `prefix`.
     fn meta_prefixed(&mut self, prefix: &str) -> Result<Vec<(String, String)>, AuditError>;
+    /// Deletes these meta entries (those already gone are skipped), so
+    /// replicas sharing a store may all delete the same ones.
+    fn delete_meta(&mut self, keys: &[String]) -> Result<(), AuditError>;
 }
 
 enum Command {

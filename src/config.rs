@@ -399,6 +399,7 @@ struct RawStore {
     url: Option<String>,
     url_env: Option<String>,
     url_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
     replica: Option<String>,
     heartbeat: Option<f64>,
     lease: Option<f64>,
@@ -861,6 +862,43 @@ fn store(
             "store: the URL must start with postgres:// or postgresql://".into(),
         ));
     }
+    let url = match (url, &raw.ca_file) {
+        (url, None) => url,
+        (None, Some(_)) => {
+            return Err(err(
+                "ca_file",
+                "store.ca_file is set but no url: set url, url_env or url_file".into(),
+            ));
+        }
+        (Some(url), Some(path)) => {
+            let path = base.join(path);
+            if let Err(e) = std::fs::metadata(&path) {
+                return Err(err(
+                    "ca_file",
+                    format!("store.ca_file: cannot read {}: {e}", path.display()),
+                ));
+            }
+            Some(crate::pgtls::with_ca_file(&url, &path))
+        }
+    };
+    // sslmode and the CA are checked now, not at the first connection.
+    if let Some(url) = &url
+        && let Err(e) = crate::pgtls::Target::parse(url)
+    {
+        let key = match raw.ca_file {
+            Some(_)
+                if matches!(
+                    e,
+                    crate::pgtls::TlsSetupError::CaUnreadable { .. }
+                        | crate::pgtls::TlsSetupError::CaEmpty(_)
+                ) =>
+            {
+                "ca_file"
+            }
+            _ => ["url", "url_env", "url_file"][sources.iter().position(|s| *s).unwrap_or(0)],
+        };
+        return Err(err(key, format!("store: {e}")));
+    }
     let heartbeat = raw.heartbeat.unwrap_or(2.0);
     if !(0.1..=60.0).contains(&heartbeat) {
         return Err(err(
@@ -1306,6 +1344,36 @@ mod tests {
 
     fn parse_ok(text: &str) -> Config {
         parse(text, "a.toml", Path::new("/etc/airlock"), &env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn store_ca_file_joins_the_url_and_bad_tls_settings_are_named() {
+        let dir = std::env::temp_dir().join(format!("airlock-ca-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let with = |store: &str| {
+            format!("[[upstream]]\nname = \"u\"\ncommand = \"true\"\n\n[store]\n{store}\n")
+        };
+        let parse_in = |text: &str| parse(text, "a.toml", &dir, &env).map_err(|e| e.to_string());
+        let e = parse_in(&with(
+            "url = \"postgres://a@db/x?sslmode=verify-full\"\nca_file = \"ca.pem\"",
+        ))
+        .unwrap_err();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let e = parse_in(&with(
+            "url = \"postgres://a@db/x\"\nca_file = \"missing.pem\"",
+        ))
+        .unwrap_err();
+        assert!(e.contains("store.ca_file: cannot read"), "{e}");
+        let e = parse_in(&with("ca_file = \"ca.pem\"")).unwrap_err();
+        assert!(e.contains("store.ca_file is set but no url"), "{e}");
+        let e = parse_in(&with("url = \"postgres://a:pw@db/x?sslmode=allow\"")).unwrap_err();
+        assert!(
+            e.contains("sslmode `allow` is not one of") && !e.contains("pw"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn parse_err(text: &str) -> String {

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use crate::era::Era;
 use crate::jsonrpc::{self, Id, Message};
-use crate::policy::{Action, Approval, Branch, Facts, Hints, Policy, ToolHints, Verdict};
+use crate::policy::{
+    Action, Approval, Branch, Facts, Hints, Policy, RateLimit, ToolHints, Verdict, WindowLimit,
+};
 
 /// What the gate decided about one `tools/call`.
 pub enum CallDecision {
@@ -60,10 +62,81 @@ pub fn decide_retry(policy: &Policy, facts: &Facts<'_>) -> CallDecision {
 
 /// `spend`: whether the call counts against rate limits.
 fn decide(policy: &Policy, facts: &Facts<'_>, spend: bool) -> CallDecision {
+    let admitted = match judge(policy, facts) {
+        Ok(admitted) => admitted,
+        Err(decided) => return decided,
+    };
+    if !spend {
+        return admitted.unspent();
+    }
+    let rate = admitted
+        .rate
+        .map_or(Ok(()), |(_, limit)| limit.check(facts.session));
+    admitted.spend(facts.tool, facts.agent, facts.session, rate)
+}
+
+/// A call the policy lets through or holds, before it spends its budgets:
+/// the rule's `rate_limit` (taken here, or by the shared store for
+/// stateless-era agents of replicas, [`crate::budgets`]) and its window limits.
+pub struct Admitted<'p> {
+    action: Action,
+    reason: Option<String>,
+    rule: String,
+    approval: Approval,
+    /// The matched rule's key and its `rate_limit`: a budget is per rule.
+    pub rate: Option<(&'p str, &'p RateLimit)>,
+    limits: &'p [WindowLimit],
+    guard_limits: &'p [WindowLimit],
+}
+
+impl Admitted<'_> {
+    /// The rule as audit rows name it.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+
+    /// The decision once `rate` (the rate limit's answer: allowed, or how
+    /// long until a call is free) is known; spends the window limits.
+    pub fn spend(
+        self,
+        tool: &str,
+        agent: &str,
+        session: &str,
+        rate: Result<(), Duration>,
+    ) -> CallDecision {
+        if let (Err(wait), Some((_, limit))) = (rate, self.rate) {
+            let reason = budget_text(limit.max, limit.window);
+            return rate_limited(tool, self.rule, reason, wait);
+        }
+        for limit in self.limits.iter().chain(self.guard_limits) {
+            if let Err(wait) = limit.take(agent, session) {
+                return rate_limited(tool, self.rule, limit.describe(), wait);
+            }
+        }
+        self.unspent()
+    }
+
+    /// The decision without spending any budget (the retry of an MRTR call).
+    pub fn unspent(self) -> CallDecision {
+        if self.action == Action::Allow {
+            CallDecision::Allow { rule: self.rule }
+        } else {
+            CallDecision::NeedsApproval {
+                rule: self.rule,
+                reason: self.reason,
+                approval: self.approval,
+            }
+        }
+    }
+}
+
+/// What the policy says before any budget is spent: a refusal (or hidden
+/// tool) decided outright, or a call admitted pending its budgets.
+pub fn judge<'p>(policy: &'p Policy, facts: &Facts<'_>) -> Result<Admitted<'p>, CallDecision> {
     let tool = facts.tool;
     let verdict = policy.decide(tool);
     let (mut action, mut reason, mut rule, rate, approval, limits) = match verdict {
-        Verdict::Hidden => return CallDecision::Hidden,
+        Verdict::Hidden => return Err(CallDecision::Hidden),
         Verdict::Default(action) => match policy.by_annotations(facts.hints.as_ref()) {
             // Annotations decide tools no rule names (docs/policy.md).
             Some((action, hint)) => (
@@ -89,7 +162,7 @@ fn decide(policy: &Policy, facts: &Facts<'_>, spend: bool) -> CallDecision {
                 choice.action,
                 choice.reason.map(str::to_owned),
                 rule_label(&r.key, choice.branch),
-                r.rate_limit.as_ref(),
+                r.rate_limit.as_ref().map(|l| (r.key.as_str(), l)),
                 r.approval,
                 &r.limits[..],
             )
@@ -109,56 +182,53 @@ fn decide(policy: &Policy, facts: &Facts<'_>, spend: bool) -> CallDecision {
             rule = rule_label(&guard.key, choice.branch);
         }
     }
-    match action {
-        Action::Deny => {
-            let reason = reason.unwrap_or_else(|| {
-                if by_default {
-                    "no rule allows this tool (policy default: deny)".into()
-                } else {
-                    format!("denied by policy rule `{rule}`")
-                }
-            });
-            let refusal = Refusal {
-                decision: "denied",
-                text: format!("Airlock denied this call to `{tool}`: {reason} (rule `{rule}`)."),
-                rule,
-                reason,
-                retry_after: None,
-            };
-            // Not listed, so answered like a tool that does not exist.
-            if by_default && (refusal.rule == "default" || refusal.rule.starts_with("annotations."))
-            {
-                CallDecision::DeniedByDefault(refusal)
-            } else {
-                CallDecision::Refuse(refusal)
-            }
-        }
-        Action::Allow | Action::RequireApproval => {
-            if spend {
-                if let Some(limit) = rate
-                    && let Err(wait) = limit.check(facts.session)
-                {
-                    let reason = budget_text(limit.max, limit.window);
-                    return rate_limited(tool, rule, reason, wait);
-                }
-                let guard_limits = guard.map(|g| &g.limits[..]).unwrap_or_default();
-                for limit in limits.iter().chain(guard_limits) {
-                    if let Err(wait) = limit.take(facts.agent, facts.session) {
-                        return rate_limited(tool, rule, limit.describe(), wait);
-                    }
-                }
-            }
-            if action == Action::Allow {
-                CallDecision::Allow { rule }
-            } else {
-                CallDecision::NeedsApproval {
-                    rule,
-                    reason,
-                    approval,
-                }
-            }
-        }
+    if action != Action::Deny {
+        return Ok(Admitted {
+            action,
+            reason,
+            rule,
+            approval,
+            rate,
+            limits,
+            guard_limits: guard.map(|g| &g.limits[..]).unwrap_or_default(),
+        });
     }
+    let reason = reason.unwrap_or_else(|| {
+        if by_default {
+            "no rule allows this tool (policy default: deny)".into()
+        } else {
+            format!("denied by policy rule `{rule}`")
+        }
+    });
+    let refusal = Refusal {
+        decision: "denied",
+        text: format!("Airlock denied this call to `{tool}`: {reason} (rule `{rule}`)."),
+        rule,
+        reason,
+        retry_after: None,
+    };
+    // Not listed, so answered like a tool that does not exist.
+    if by_default && (refusal.rule == "default" || refusal.rule.starts_with("annotations.")) {
+        Err(CallDecision::DeniedByDefault(refusal))
+    } else {
+        Err(CallDecision::Refuse(refusal))
+    }
+}
+
+/// The refusal of a rate-limited call whose shared budget (PostgreSQL)
+/// could not be read: never let it through unlimited. The database's own
+/// error goes to the log, not to the agent.
+pub fn budget_unavailable(tool: &str, rule: String) -> CallDecision {
+    let reason = "the shared rate-limit store (PostgreSQL) cannot be reached".to_owned();
+    CallDecision::Refuse(Refusal {
+        decision: "budget_unavailable",
+        text: format!(
+            "Airlock refused this call to `{tool}`: its rate limit (rule `{rule}`) is counted in the shared store, which cannot be reached; the call was not forwarded."
+        ),
+        reason,
+        rule,
+        retry_after: None,
+    })
 }
 
 /// The rule as audit rows and holds name it: its key, plus the branch that
@@ -408,6 +478,35 @@ mod tests {
             "{}",
             d.text
         );
+    }
+
+    #[test]
+    fn a_budget_spent_elsewhere_decides_with_its_wait_and_a_missing_store_refuses() {
+        let p = policy();
+        let facts = Facts::new("add", None, "agent", "up", "s");
+        let admitted = judge(&p, &facts).ok().unwrap();
+        assert_eq!(
+            admitted.rate.map(|(rule, l)| (rule, l.max)),
+            Some(("add", 1))
+        );
+        let wait = Duration::from_millis(9_200);
+        let CallDecision::Refuse(r) = admitted.spend("add", "agent", "s", Err(wait)) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.decision, r.retry_after),
+            ("rate_limited", Some(Duration::from_secs(10)))
+        );
+        let admitted = judge(&p, &facts).ok().unwrap();
+        assert!(matches!(
+            admitted.spend("add", "agent", "s", Ok(())),
+            CallDecision::Allow { .. }
+        ));
+        assert!(judge(&p, &Facts::new("crash", None, "a", "up", "s")).is_err());
+        let CallDecision::Refuse(r) = budget_unavailable("add", "add".into()) else {
+            panic!()
+        };
+        assert_eq!((r.decision, r.retry_after), ("budget_unavailable", None));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Inner {
     pub holds: Holds,
     /// Pending approvals and their decisions (shared by replicas on PostgreSQL).
     pub approvals: crate::approvals::Approvals,
+    /// `rate_limit` budgets of stateless-era agents, shared by replicas
+    /// (`[store] url`); `None`: every budget is in memory.
+    pub budgets: Option<crate::budgets::SharedBudgets>,
     /// `requestState`s of allowed, rate-limited calls that asked for input.
     pub retries: Retries,
     /// Held calls handed to stateless-era clients as tasks.
@@ -417,6 +420,7 @@ pub struct Parts {
     pub upstreams: IndexMap<String, Arc<UpstreamRuntime>>,
     pub audit: Audit,
     pub approvals: crate::approvals::Approvals,
+    pub budgets: Option<crate::budgets::SharedBudgets>,
     pub slack: Option<Arc<crate::slack::Slack>>,
     pub events: Arc<Events>,
     pub shutdown: CancellationToken,
@@ -431,6 +435,7 @@ impl Gateway {
             upstreams,
             audit,
             approvals,
+            budgets,
             slack,
             events,
             shutdown,
@@ -443,6 +448,7 @@ impl Gateway {
             sessions: DashMap::new(),
             holds: Holds::default(),
             approvals,
+            budgets,
             tasks,
             retries: Default::default(),
             audit,
@@ -704,6 +710,38 @@ impl Gateway {
         }
     }
 
+    /// Spends an admitted call's `rate_limit` in the shared store (one
+    /// statement; only rules with a rate limit pay it), then its window
+    /// limits. A store that cannot answer refuses the call.
+    async fn spend_shared(
+        &self,
+        ctx: &CallContext,
+        tool: &str,
+        admitted: gate::Admitted<'_>,
+    ) -> CallDecision {
+        let (agent, session) = (ctx.agent.as_str(), ctx.session_key.as_str());
+        let (Some((rule, limit)), Some(budgets)) = (admitted.rate, &self.budgets) else {
+            let rate = admitted.rate.map_or(Ok(()), |(_, l)| l.check(session));
+            return admitted.spend(tool, agent, session, rate);
+        };
+        let budget = crate::budgets::Budget {
+            upstream: &ctx.upstream.name,
+            rule,
+            subject: session,
+        };
+        match budgets.take(&budget, limit.max, limit.window).await {
+            Ok(rate) => admitted.spend(tool, agent, session, rate),
+            Err(e) => {
+                tracing::warn!(
+                    tool,
+                    rule,
+                    "call refused: rate-limit budget store unavailable: {e}"
+                );
+                gate::budget_unavailable(tool, admitted.rule().to_owned())
+            }
+        }
+    }
+
     async fn forward_call(
         &self,
         ctx: &CallContext,
@@ -762,20 +800,30 @@ impl Gateway {
         } else {
             ctx.upstream.hints.get(tool)
         };
-        let facts = crate::policy::Facts::new(
-            tool,
-            arguments,
-            &ctx.agent,
-            &ctx.upstream.name,
-            &ctx.session_key,
-        )
-        .with_hints(hints);
-        let decision = if retry {
-            gate::decide_retry(&policy, &facts)
-        } else {
-            gate::decide_call(&policy, &facts)
+        // Stateless-era agents of replicas spend their `rate_limit` budget in
+        // the shared store: that one call awaits PostgreSQL (docs/deploy.md).
+        let shared = self.budgets.is_some() && ctx.era == Era::Stateless && !retry;
+        let judged = {
+            let facts = crate::policy::Facts::new(
+                tool,
+                arguments,
+                &ctx.agent,
+                &ctx.upstream.name,
+                &ctx.session_key,
+            )
+            .with_hints(hints);
+            if shared {
+                gate::judge(&policy, &facts)
+            } else if retry {
+                Err(gate::decide_retry(&policy, &facts))
+            } else {
+                Err(gate::decide_call(&policy, &facts))
+            }
         };
-        drop(facts);
+        let decision = match judged {
+            Ok(admitted) => self.spend_shared(ctx, tool, admitted).await,
+            Err(decided) => decided,
+        };
         let mut note = None;
         let decision = if self.pins.is_changed(&ctx.upstream.name, tool) {
             let mode = policy.on_tool_change(tool);

@@ -31,8 +31,11 @@
 //!   while"); [`power`]: what both do to calls, their events and audit rows;
 //!   [`quorum`]: who may decide a hold and how many must approve (two-person
 //!   rule, approver groups, escalation).
+//! - [`budgets`]: `rate_limit` budgets of stateless-era agents shared by
+//!   replicas (`[store] url`): GCRA in one PostgreSQL statement per call.
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
+//! - [`pgtls`]: TLS to PostgreSQL (rustls) as the URL's `sslmode` says.
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
 //! - [`login`]: browser logins (signed cookies, CSRF); [`oidc`]: single
 //!   sign-on with an OpenID Connect provider, ending in the same kind of login.
@@ -49,7 +52,9 @@
 //! stateless-era headers against the body), and calls `Gateway::forward`.
 //! `gate::decide_call` matches the tool against the live policy (and, when the
 //! matched rule has conditions, its arguments, agent, upstream and session): allowed calls
-//! go to the upstream `Link` as their original bytes; refusals are answered
+//! go to the upstream `Link` as their original bytes (a stateless-era call
+//! under a `rate_limit` rule with `[store] url` first spends its budget in
+//! PostgreSQL: `gate::judge`, `budgets`, then `Admitted::spend`); refusals are answered
 //! with a `CallToolResult` (`isError: true`); held calls wait in `hold`:
 //! `approvals.create` stores the pending approval, `approvals.wait` resolves
 //! when anyone decides on any replica (or it times out, or the agent goes
@@ -63,6 +68,7 @@ pub mod app;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod budgets;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -82,6 +88,7 @@ pub mod login;
 pub mod memory;
 pub mod metrics;
 pub mod oidc;
+pub mod pgtls;
 pub mod pins;
 pub mod policy;
 pub mod power;

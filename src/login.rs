@@ -9,7 +9,8 @@
 //! remembered in memory until the cookie would have expired, and kept in the
 //! audit store's meta table: replicas sharing a store (`[store] url`) pick
 //! up each other's logouts within a heartbeat ([`follow_logouts`]). An
-//! embedded store is read back at start, so a restart forgets none.
+//! embedded store is read back at start, so a restart forgets none. Kept
+//! rows are deleted once their cookie has expired ([`live_logouts`]).
 //!
 //! Single sign-on ([`crate::oidc`]) makes the same kind of cookie: its
 //! first part then carries the provider's identity and the role its groups
@@ -102,19 +103,17 @@ impl Logins {
 }
 
 /// Reads the logouts kept in the store (every replica's) into this one's
-/// memory: once at start and, with a shared store, every `[store]
-/// heartbeat`. Runs until shutdown.
+/// memory, and deletes those past their cookie's expiry: once at start and,
+/// with a shared store, every `[store] heartbeat`. Every replica purges;
+/// deleting a row another one already deleted is harmless. Runs until
+/// shutdown.
 pub async fn follow_logouts(gw: Gateway) {
     let every = gw.config.store.heartbeat;
     loop {
-        match gw.audit.read(|db| db.meta_prefixed(LOGOUT_META)).await {
-            Ok(kept) => {
-                for (key, expiry) in kept {
-                    if let (Some(nonce), Ok(expiry)) =
-                        (key.strip_prefix(LOGOUT_META), expiry.parse::<u64>())
-                    {
-                        gw.logins.remember(nonce, expiry);
-                    }
+        match gw.audit.read(|db| live_logouts(db, unix_now())).await {
+            Ok(live) => {
+                for (nonce, expiry) in live {
+                    gw.logins.remember(&nonce, expiry);
                 }
             }
             Err(e) => tracing::warn!("logouts of other replicas not read: {e}"),
@@ -127,6 +126,33 @@ pub async fn follow_logouts(gw: Gateway) {
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// The logouts kept in `db` whose cookie has not expired at `now` (unix
+/// seconds), as (nonce, expiry); deletes the expired ones, which can no
+/// longer be presented.
+pub fn live_logouts(
+    db: &mut dyn crate::audit::AuditBackend,
+    now: u64,
+) -> Result<Vec<(String, u64)>, crate::audit::AuditError> {
+    let mut live = Vec::new();
+    let mut expired = Vec::new();
+    for (key, expiry) in db.meta_prefixed(LOGOUT_META)? {
+        let (Some(nonce), Ok(expiry)) = (key.strip_prefix(LOGOUT_META), expiry.parse::<u64>())
+        else {
+            continue;
+        };
+        if expiry > now {
+            live.push((nonce.to_owned(), expiry));
+        } else {
+            expired.push(key);
+        }
+    }
+    if !expired.is_empty() {
+        db.delete_meta(&expired)?;
+        tracing::debug!("{} expired logout(s) purged from the store", expired.len());
+    }
+    Ok(live)
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -14,9 +14,8 @@
 //!   the database's clock (`now()`), so replicas' clock skew cannot make a
 //!   live replica look dead.
 //!
-//! TLS is not wired yet (`NoTls`): use a local socket or a private network.
+//! TLS as the URL's `sslmode` says ([`crate::pgtls`]).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,7 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::{broadcast, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
@@ -39,7 +38,7 @@ pub const CHANNEL: &str = "airlock_approvals";
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01; // "airlock" 1
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, crate::budgets::SCHEMA)];
 
 /// Adoptable approvals (a survivor takes them over instead of abandoning
 /// them) and the stateless-era tasks that hold them (`crate::tasks`).
@@ -139,18 +138,18 @@ pub struct PostgresStore {
     _stop: DropGuard,
 }
 
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+fn db(e: impl std::error::Error) -> StoreError {
+    StoreError(crate::pgtls::with_causes(&e))
 }
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`), migrates the
     /// schema, and starts listening for changes before returning.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let config = tokio_postgres::Config::from_str(url).map_err(db)?;
+        let config = crate::pgtls::Target::parse(url).map_err(db)?;
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            config.config.clone(),
+            config.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -174,8 +173,8 @@ impl PostgresStore {
         })
     }
 
-    /// The connection pool, for other tables in the same database
-    /// (`crate::tasks`).
+    /// The connection pool, for other tables in the same database: the
+    /// tasks (`crate::tasks`) and the rate-limit budgets (`crate::budgets`).
     pub fn pool(&self) -> Pool {
         self.pool.clone()
     }
@@ -494,8 +493,12 @@ struct Listener {
 }
 
 impl Listener {
-    async fn open(config: &tokio_postgres::Config) -> Result<Listener, StoreError> {
-        let (client, mut connection) = config.connect(NoTls).await.map_err(db)?;
+    async fn open(target: &crate::pgtls::Target) -> Result<Listener, StoreError> {
+        let (client, mut connection) = target
+            .config
+            .connect(target.tls.clone())
+            .await
+            .map_err(db)?;
         let (tx, payloads) = mpsc::unbounded_channel();
         // Driving the connection is what delivers notifications; the task
         // ends (and `payloads` closes) when the connection does.
@@ -536,7 +539,7 @@ struct Notice {
 /// Notifications → rows → [`StoreEvent`]s, in notification (commit) order;
 /// reconnects with backoff and then announces a `Resync`.
 async fn listen(
-    config: tokio_postgres::Config,
+    config: crate::pgtls::Target,
     mut listener: Listener,
     pool: Pool,
     events: broadcast::Sender<StoreEvent>,

@@ -27,12 +27,12 @@
 //! from `spawn_blocking` (the reader) and from plain threads (the writer).
 //! It must not be called from a current-thread runtime's task.
 //!
-//! TLS is not wired yet (`NoTls`), as for the approvals store.
-
-use std::str::FromStr;
+//! TLS as the URL's `sslmode` says ([`crate::pgtls`]).
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
+
+use crate::pgtls::Target;
 
 use super::{AuditBackend, AuditError, Entry, Filter, Sealed};
 
@@ -88,7 +88,7 @@ pub struct Postgres {
     client: Client,
     /// To connect again after the connection was lost (database restart,
     /// network); never shown (it may hold a password).
-    config: tokio_postgres::Config,
+    config: Target,
 }
 
 impl Drop for Postgres {
@@ -121,12 +121,12 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Connects, and drives the connection on the current (backend's) runtime.
-async fn open_client(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let mut config = config.clone();
+async fn open_client(target: &Target) -> Result<Client, tokio_postgres::Error> {
+    let mut config = target.config.clone();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = config.connect(target.tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("audit store connection ended: {e}");
@@ -148,7 +148,7 @@ fn sql(e: tokio_postgres::Error) -> AuditError {
     // tokio-postgres errors never carry the connection string.
     AuditError::Unavailable(match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {}", db.message()),
-        None => format!("PostgreSQL: {e}"),
+        None => format!("PostgreSQL: {}", crate::pgtls::with_causes(&e)),
     })
 }
 
@@ -190,14 +190,19 @@ impl Postgres {
             path: redact_url(url),
             reason,
         };
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| open(format!("not a PostgreSQL URL: {e}")))?;
+        let config = Target::parse(url).map_err(|e| open(format!("not a PostgreSQL URL: {e}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| open(format!("cannot start a runtime: {e}")))?;
-        let client = tokio::task::block_in_place(|| runtime.block_on(open_client(&config)))
-            .map_err(|e| open(sql(e).to_string()))?;
+        let client = match tokio::task::block_in_place(|| runtime.block_on(open_client(&config))) {
+            Ok(client) => client,
+            Err(e) => {
+                // Dropping a runtime inside the gateway's async start panics.
+                runtime.shutdown_background();
+                return Err(open(sql(e).to_string()));
+            }
+        };
         Ok(Postgres {
             runtime: Some(runtime),
             client,
@@ -550,6 +555,19 @@ impl AuditBackend for Postgres {
                     .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
                     .map_err(sql)
             })
+        })
+    }
+
+    fn delete_meta(&mut self, keys: &[String]) -> Result<(), AuditError> {
+        self.block(async |client| {
+            client
+                .execute(
+                    "DELETE FROM airlock_audit_meta WHERE key = ANY($1)",
+                    &[&keys],
+                )
+                .await
+                .map(|_| ())
+                .map_err(sql)
         })
     }
 

@@ -282,6 +282,15 @@ impl AuditBackend for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn delete_meta(&mut self, keys: &[String]) -> Result<(), AuditError> {
+        let tx = self.conn.transaction()?;
+        for key in keys {
+            tx.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn init_meta(&mut self, key: &str, value: &str) -> Result<String, AuditError> {
         self.conn.execute(
             "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",

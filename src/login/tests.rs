@@ -149,3 +149,22 @@ fn a_logged_out_sso_cookie_is_refused() {
     logins.0.insert(nonce, unix_now() + 60);
     assert!(session_of(&c, &logins, &sent(&cookie)).is_none());
 }
+
+#[test]
+fn expired_logouts_are_purged_from_the_store_and_live_ones_kept() {
+    use crate::audit::{AuditBackend, Sqlite};
+    let path = std::env::temp_dir().join(format!("airlock-logouts-{}.db", uuid::Uuid::new_v4()));
+    let mut db = Sqlite::open(&path).unwrap();
+    db.set_meta("logout:old", "1000").unwrap();
+    db.set_meta("logout:live", "3000").unwrap();
+    db.set_meta("slack_key", "unrelated").unwrap();
+
+    let live = live_logouts(&mut db, 2000).unwrap();
+
+    assert_eq!(live, [("live".to_owned(), 3000)]);
+    assert_eq!(db.meta("logout:old").unwrap(), None);
+    assert_eq!(db.meta("logout:live").unwrap().as_deref(), Some("3000"));
+    assert_eq!(db.meta("slack_key").unwrap().as_deref(), Some("unrelated"));
+    assert_eq!(live_logouts(&mut db, 2000).unwrap().len(), 1, "idempotent");
+    let _ = std::fs::remove_file(&path);
+}

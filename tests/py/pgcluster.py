@@ -48,20 +48,34 @@ class PgCluster:
         prefix = ["runuser", "-u", self.run_as, "--"] if self.run_as else []
         return [*prefix, exe, *args]
 
-    def start(self) -> "PgCluster":
+    def start(self, tls: tuple[Path, Path] | None = None) -> "PgCluster":
+        """`tls`: (certificate, key) PEM files; the server then has `ssl = on` and accepts TCP
+        connections over TLS only (`hostssl` in pg_hba.conf), so a plain one is refused."""
         data = str(self.dir / "data")
         subprocess.run(self._cmd("initdb", "-D", data, "-U", "airlock", "--auth=trust", "-E", "UTF8", "--no-sync"),
                        check=True, capture_output=True)
+        ssl = self._enable_tls(*tls) if tls else ""
         for _ in range(5):  # a port taken between free_port() and start is retried
             self.port = free_port()
             options = (f"-p {self.port} -k {self.dir / 'sock'} -c listen_addresses=127.0.0.1 "
-                       "-c fsync=off -c synchronous_commit=off")
+                       f"-c fsync=off -c synchronous_commit=off{ssl}")
             done = subprocess.run(self._cmd("pg_ctl", "-D", data, "-l", str(self.dir / "log"), "-o", options,
                                             "-w", "-t", "30", "start"), capture_output=True)
             if done.returncode == 0:
                 return self
         log = (self.dir / "log").read_text() if (self.dir / "log").exists() else ""
         raise RuntimeError(f"PostgreSQL did not start:\n{log}")
+
+    def _enable_tls(self, cert: Path, key: Path) -> str:
+        data = self.dir / "data"
+        shutil.copy(cert, data / "server.crt")
+        shutil.copy(key, data / "server.key")
+        os.chmod(data / "server.key", 0o600)
+        if self.run_as:
+            subprocess.run(["chown", f"{self.run_as}:", str(data / "server.crt"), str(data / "server.key")],
+                           check=True)
+        (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+        return " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
 
     def url(self, password: str | None = None) -> str:
         user = f"airlock:{password}" if password else "airlock"

@@ -538,3 +538,31 @@ def test_a_logout_is_kept_in_the_store_and_survives_a_restart(procs):
     fresh = again.http.post("/api/login", json={"token": ALICE})
     with httpx.Client(base_url=again.base, cookies=fresh.cookies, timeout=10) as browser:
         assert browser.get("/api/pending").status_code == 200
+
+
+def test_logout_rows_past_their_cookies_expiry_are_purged_and_live_ones_kept(procs, pg):
+    import subprocess
+
+    def psql(sql: str) -> str:
+        cmd = [str(pg.bin / "psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "airlock", "-d", "postgres",
+               "-At", "-c", sql]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+    a = start_replica(procs, pg.url(), "a", heartbeat=0.3, lease=1.5)
+    b = start_replica(procs, pg.url(), "b", heartbeat=0.3, lease=1.5)
+    # A real logout through A: its row expires with the cookie (12 h from now).
+    login = a.http.post("/api/login", json={"token": ALICE})
+    with httpx.Client(base_url=a.base, cookies=login.cookies, timeout=10) as browser:
+        r = browser.post("/api/logout", headers={"X-Airlock-CSRF": login.json()["csrf"]})
+        assert r.status_code == 204
+    now = int(time.time())
+    psql("INSERT INTO airlock_audit_meta (key, value) VALUES "
+         f"('logout:expired-nonce', '{now - 5}'), ('logout:soon-nonce', '{now + 3600}')")
+    keys = lambda: psql("SELECT key FROM airlock_audit_meta WHERE key LIKE 'logout:%' ORDER BY key").split()
+    # Purged within a heartbeat or two; the real logout's row is written off its request's path.
+    assert rm_wait(lambda: "logout:expired-nonce" not in keys() and len(keys()) == 2, 10), keys()
+    assert "logout:soon-nonce" in keys(), keys()
+    # The live logout still holds on both replicas (B picks it up within a heartbeat).
+    for gw in (a, b):
+        with httpx.Client(base_url=gw.base, cookies=login.cookies, timeout=10) as browser:
+            assert rm_wait(lambda: browser.get("/api/pending").status_code == 401, 3), gw.base
