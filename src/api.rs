@@ -504,12 +504,21 @@ async fn decide_http(
         }))),
         Ok(crate::quorum::Decided::Final(r)) => {
             let mut body = hold::resolution_json(&r);
-            body["id"] = id.into();
-            if let Some((item, request, rule)) = grant {
-                let grant = crate::grants::new_grant(&item, &request, rule, &approver.name);
-                gw.grants.add(grant.clone());
-                crate::power::granted(&gw, &grant, channel).await;
-                body["grant"] = json!(grant);
+            body["id"] = id.clone().into();
+            if let Some((item, request)) = grant {
+                let grant = crate::grants::new_grant(&item, &request, &approver.name);
+                match gw.grants.add(grant.clone()).await {
+                    Ok(()) => {
+                        crate::power::granted(&gw, &grant, channel).await;
+                        body["grant"] = json!(grant);
+                    }
+                    // The approval stands; only the standing approval is missing.
+                    Err(e) => {
+                        tracing::error!(pending = %id, "grant not kept: {e}");
+                        body["grant_error"] =
+                            format!("the call was approved, but the grant could not be kept ({e}); later calls will be held").into();
+                    }
+                }
             }
             Ok(Json(body))
         }
@@ -538,7 +547,7 @@ fn check_grant(
     gw: &Gateway,
     id: &str,
     request: crate::grants::GrantRequest,
-) -> Result<(hold::PendingItem, crate::grants::GrantRequest, String), ApiError> {
+) -> Result<(hold::PendingItem, crate::grants::GrantRequest), ApiError> {
     let unprocessable =
         |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "grant_refused", message);
     let Some(item) = gw.holds.get(id) else {
@@ -559,9 +568,9 @@ fn check_grant(
             item.upstream
         )));
     };
-    let rule = crate::grants::check(&upstream.policy(), &item.tool, &request)
+    crate::grants::check(&upstream.policy(), &item.tool, &item.rule, &request)
         .map_err(|e| unprocessable(e.to_string()))?;
-    Ok((item, request, rule))
+    Ok((item, request))
 }
 
 /// Maps a decision failure to its HTTP answer (409 names the winner).

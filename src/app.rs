@@ -288,6 +288,33 @@ async fn start_approvals(
     Ok(approvals)
 }
 
+/// Pins, grants, votes and escalations: in memory (pins in a file beside
+/// the audit database), or shared through PostgreSQL with `[store] url`.
+#[allow(clippy::type_complexity)]
+fn power_state(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<Arc<crate::power_store::SharedPower>>,
+    crate::pins::Pins,
+    crate::grants::Grants,
+    crate::quorum::Votes,
+)> {
+    let Some(url) = &config.store.url else {
+        let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
+        return Ok((None, pins, Default::default(), Default::default()));
+    };
+    let store = Arc::new(
+        crate::power_store::SharedPower::connect(url)
+            .context("cannot open the grants and pins store ([store] url)")?,
+    );
+    Ok((
+        Some(store.clone()),
+        crate::pins::Pins::shared(store.clone()),
+        crate::grants::Grants::shared(store.clone(), config.store.lease),
+        crate::quorum::Votes::shared(store),
+    ))
+}
+
 /// `<hostname>-<pid>-<random>`: unique per process, readable in the store.
 fn default_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -353,7 +380,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let approvals = start_approvals(&config.store).await?;
-    let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
+    let (power_store, pins, grants, votes) = power_state(&config)?;
     let slack = crate::slack::prepare(&config, &audit).await?;
     let (slack, inbox) = slack.map_or((None, None), |(s, i)| (Some(s), Some(i)));
     let gw = Gateway::new(crate::gateway::Parts {
@@ -365,6 +392,9 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         events,
         shutdown,
         pins,
+        grants,
+        votes,
+        power_store,
     });
     if let Some(inbox) = inbox {
         crate::slack::start(&gw, inbox);

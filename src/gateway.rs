@@ -61,10 +61,13 @@ pub struct Inner {
     pub catalog: crate::catalog::Catalog,
     /// The pinned definition of every tool seen (rug-pull defence).
     pub pins: crate::pins::Pins,
-    /// Standing approvals given with an approval.
+    /// Standing approvals given with an approval (shared by replicas on PostgreSQL).
     pub grants: crate::grants::Grants,
-    /// Approvals counted toward a two-person (or more) rule, and escalations.
+    /// Approvals counted toward a two-person (or more) rule, and escalations
+    /// (shared by replicas on PostgreSQL).
     pub votes: crate::quorum::Votes,
+    /// The shared store of grants, votes, escalations and pins (`[store] url`).
+    pub power_store: Option<Arc<crate::power_store::SharedPower>>,
     /// Agent requests whose responses are still being sent (shutdown waits for them).
     pub in_flight: AtomicUsize,
     /// Cancelled on SIGTERM/SIGINT.
@@ -421,6 +424,11 @@ pub struct Parts {
     pub events: Arc<Events>,
     pub shutdown: CancellationToken,
     pub pins: crate::pins::Pins,
+    /// Grants, votes and escalations: in memory, or shared through
+    /// PostgreSQL (`[store] url`, see `power_store`).
+    pub grants: crate::grants::Grants,
+    pub votes: crate::quorum::Votes,
+    pub power_store: Option<Arc<crate::power_store::SharedPower>>,
 }
 
 impl Gateway {
@@ -434,6 +442,9 @@ impl Gateway {
             events,
             shutdown,
             pins,
+            grants,
+            votes,
+            power_store,
         } = parts;
         Gateway(Arc::new(Inner {
             config,
@@ -451,8 +462,9 @@ impl Gateway {
             sso: Default::default(),
             catalog: Default::default(),
             pins,
-            grants: Default::default(),
-            votes: Default::default(),
+            grants,
+            votes,
+            power_store,
             in_flight: AtomicUsize::new(0),
             shutdown,
             unknown_tool: DashMap::new(),
@@ -776,6 +788,7 @@ impl Gateway {
                 let call = crate::grants::Call {
                     upstream: &ctx.upstream.name,
                     tool,
+                    rule,
                     agent: &ctx.agent,
                     session: &ctx.session_key,
                     arguments,

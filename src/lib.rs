@@ -26,7 +26,8 @@
 //!   (rug-pull defence); [`grants`]: standing approvals ("approve for a
 //!   while"); [`power`]: what both do to calls, their events and audit rows;
 //!   [`quorum`]: who may decide a hold and how many must approve (two-person
-//!   rule, approver groups, escalation).
+//!   rule, approver groups, escalation); [`power_store`]: all four kept in
+//!   PostgreSQL and mirrored by every replica (`[store] url`).
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
 //!   or one chain in PostgreSQL shared by replicas (`[store] url`).
 //! - [`auth`]: Origin/Host checks and constant-time token lookup.
@@ -81,6 +82,7 @@ pub mod oidc;
 pub mod pins;
 pub mod policy;
 pub mod power;
+pub mod power_store;
 pub mod quorum;
 pub mod reload;
 pub mod remote;

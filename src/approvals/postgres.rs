@@ -39,7 +39,7 @@ pub const CHANNEL: &str = "airlock_approvals";
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01; // "airlock" 1
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, crate::power_store::MIGRATION)];
 
 /// Whether the owner recorded the resolution. Rows from before are taken as
 /// recorded (they were, or were abandoned at a restart).
