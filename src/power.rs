@@ -282,6 +282,7 @@ pub async fn maintain_grants(gw: Gateway) {
             _ = tick.tick() => {}
             Some(changed) = next_change(&mut changes) => {
                 refresh(&gw, changed).await;
+                announce_shared(&gw, changed);
                 continue;
             }
         }
@@ -312,16 +313,29 @@ async fn next_change(changes: &mut Option<mpsc::Receiver<Changed>>) -> Option<Ch
 
 /// Re-reads the shared grants and pins this replica mirrors.
 async fn refresh(gw: &Gateway, changed: Changed) {
-    if changed != Changed::Pins
+    let all = changed == Changed::Everything;
+    if (all || changed == Changed::Grants)
         && let Err(e) = gw.grants.refresh().await
     {
         tracing::warn!("grants not re-read from the store: {e}");
     }
-    if changed != Changed::Grants
+    if (all || changed == Changed::Pins)
         && let Err(e) = gw.pins.refresh().await
     {
         tracing::warn!("tool pins not re-read from the store: {e}");
     }
+}
+
+/// Tells this replica's dashboards that another replica (or this one)
+/// changed shared grants, pins or votes, so they re-read them.
+fn announce_shared(gw: &Gateway, changed: Changed) {
+    let what = match changed {
+        Changed::Grants => "grants",
+        Changed::Pins => "pins",
+        Changed::Votes => "votes",
+        Changed::Everything => "everything",
+    };
+    gw.events.publish("power.changed", json!({ "what": what }));
 }
 
 async fn follow_reloads(gw: Gateway, upstream: Arc<UpstreamRuntime>) {

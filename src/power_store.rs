@@ -91,6 +91,10 @@ CREATE TRIGGER airlock_grants_notify AFTER INSERT OR UPDATE OR DELETE ON airlock
     FOR EACH STATEMENT EXECUTE FUNCTION airlock_power_notify('grants');
 CREATE TRIGGER airlock_tool_pins_notify AFTER INSERT OR UPDATE OR DELETE ON airlock_tool_pins
     FOR EACH STATEMENT EXECUTE FUNCTION airlock_power_notify('pins');
+CREATE TRIGGER airlock_votes_notify AFTER INSERT ON airlock_votes
+    FOR EACH STATEMENT EXECUTE FUNCTION airlock_power_notify('votes');
+CREATE TRIGGER airlock_escalations_notify AFTER INSERT ON airlock_escalations
+    FOR EACH STATEMENT EXECUTE FUNCTION airlock_power_notify('votes');
 ";
 
 const GRANT_COLUMNS: &str = "id, upstream, tool, rule, scope, agent, session, args_hash, \
@@ -101,6 +105,8 @@ const GRANT_COLUMNS: &str = "id, upstream, tool, rule, scope, agent, session, ar
 pub enum Changed {
     Grants,
     Pins,
+    /// A vote or an escalation (read on demand; dashboards re-read them).
+    Votes,
     /// The listener reconnected: changes may have been missed.
     Everything,
 }
@@ -571,6 +577,7 @@ async fn listen(
                         let changed = match serde_json::from_str::<Notice>(&payload) {
                             Ok(n) if n.kind == "pins" => Changed::Pins,
                             Ok(n) if n.kind == "grants" => Changed::Grants,
+                            Ok(n) if n.kind == "votes" => Changed::Votes,
                             _ => Changed::Everything,
                         };
                         if tx.send(changed).await.is_err() {
