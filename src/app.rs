@@ -399,6 +399,18 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     if let Some(inbox) = inbox {
         crate::slack::start(&gw, inbox);
     }
+    if gw.power_store.is_some() {
+        // Before the first call: a replica must not take a changed tool for
+        // a first sight, nor hold calls a live grant covers.
+        gw.pins
+            .refresh()
+            .await
+            .context("cannot read the tool pins from the shared store")?;
+        gw.grants
+            .refresh()
+            .await
+            .context("cannot read the grants from the shared store")?;
+    }
     if gw.config.store.url.is_none() {
         // With a shared store, the survivors' lease sweep records a dead
         // replica's holds; an embedded one starts empty, so the audit file

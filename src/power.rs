@@ -65,13 +65,24 @@ async fn share_observed(
     observed: crate::pins::Observed,
 ) -> Result<(), crate::approvals::StoreError> {
     let name = &upstream.name;
+    let mut changes = observed.changes;
     for (tool, pin) in &observed.first {
-        store.pin_first(name, tool, pin).await?;
+        // Another replica pinned it first, as something else: a change.
+        if let Some(existing) = store.pin_first(name, tool, pin).await? {
+            changes.push(crate::pins::Change {
+                upstream: name.clone(),
+                tool: tool.clone(),
+                old_fingerprint: existing.pinned.fingerprint.clone(),
+                new_fingerprint: pin.pinned.fingerprint.clone(),
+                diff: crate::pins::diff(&existing.pinned.definition, &pin.pinned.definition),
+                changed: pin.pinned.clone(),
+            });
+        }
     }
     for (tool, pinned) in &observed.cleared {
         store.clear_change(name, tool, pinned).await?;
     }
-    for change in observed.changes {
+    for change in changes {
         let recorded = store
             .record_change(name, &change.tool, &change.old_fingerprint, &change.changed)
             .await?;

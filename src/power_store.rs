@@ -379,10 +379,16 @@ impl SharedPower {
     }
 
     /// Pins a tool seen for the first time, unless another replica already
-    /// did (its pin stands; the mirror brings it here).
-    pub async fn pin_first(&self, upstream: &str, tool: &str, pin: &Pin) -> Result<(), StoreError> {
+    /// did: then its pin stands, and is returned when it differs from `pin`
+    /// (what this replica saw is then a change of it).
+    pub async fn pin_first(
+        &self,
+        upstream: &str,
+        tool: &str,
+        pin: &Pin,
+    ) -> Result<Option<Pin>, StoreError> {
         let client = self.client().await?;
-        client
+        let inserted = client
             .execute(
                 "INSERT INTO airlock_tool_pins (upstream, tool, pinned, pinned_by) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -390,7 +396,23 @@ impl SharedPower {
             )
             .await
             .map_err(db)?;
-        Ok(())
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let row = client
+            .query_opt(
+                "SELECT pinned, pinned_by FROM airlock_tool_pins WHERE upstream = $1 AND tool = $2",
+                &[&upstream, &tool],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let existing = Pin {
+            pinned: definition(row.get("pinned"))?,
+            changed: None,
+            pinned_by: row.get("pinned_by"),
+        };
+        Ok((existing.pinned.fingerprint != pin.pinned.fingerprint).then_some(existing))
     }
 
     /// Records a changed definition of a pin whose fingerprint is `pinned`;

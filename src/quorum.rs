@@ -256,8 +256,8 @@ pub async fn decide(
     channel: &str,
     comment: Option<String>,
 ) -> Result<Decided, QuorumError> {
-    let Some(item) = gw.holds.get(id) else {
-        // Not open here: the store answers (decided elsewhere: 409, unknown: 404).
+    let Some(item) = open_hold(gw, id).await else {
+        // Not open: the store answers (decided elsewhere: 409, unknown: 404).
         return Ok(Decided::Final(
             hold::decide(gw, id, choice, decider, channel, comment).await?,
         ));
@@ -366,6 +366,20 @@ async fn complete_elsewhere(
     Ok(Decided::Final(
         hold::decide(gw, id, Choice::Approve, decider, channel, Some(comment)).await?,
     ))
+}
+
+/// The open hold `id`: from this replica's view, else from the store (a
+/// hold created on another replica a moment ago may not have reached the
+/// view yet; deciding it must still count toward its quorum).
+async fn open_hold(gw: &Gateway, id: &str) -> Option<PendingItem> {
+    if let Some(item) = gw.holds.get(id) {
+        return Some(item);
+    }
+    let uuid = Uuid::parse_str(id).ok()?;
+    match gw.approvals.get(uuid).await {
+        Ok(Some(stored)) if stored.resolution.is_none() => Some(PendingItem::of(&stored.approval)),
+        _ => None,
+    }
 }
 
 async fn record_vote(
