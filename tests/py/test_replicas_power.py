@@ -194,3 +194,27 @@ def test_a_tool_change_seen_on_a_holds_calls_on_b_and_its_acceptance_on_b_holds_
     changed = a.audit_rows(decision="tool.changed")
     assert len(changed) == 1, changed  # announced once, by the replica that recorded it
     assert len(a.audit_rows(decision="tool.accepted")) == 1
+
+
+def test_an_escalation_is_recorded_once_across_replicas_and_lets_the_group_decide_on_both(procs, pg):
+    pol = json.loads(json.dumps(HOLD_POLICY))
+    pol["rules"]["delete_*"]["approval"] = {"groups": ["finance"], "escalate_after": 1,
+                                            "escalate_to": "oncall", "timeout": 60}
+    oncall = CAROL_CONFIG + 'groups = ["oncall"]\n'
+    a = start_replica(procs, pg.url(), "a", pol, extra=oncall, env=CAROL_ENV)
+    b = start_replica(procs, pg.url(), "b", pol, extra=oncall, env=CAROL_ENV)
+    held = HeldCall(a.mcp, "delete_record", {"id": "r1"})
+    held.start()
+    [item] = b.wait_pending()
+    r = approve(b, item["id"], CAROL)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_group", r.text
+    until(lambda: a.audit_rows(decision="approval.escalated"), 10, "the escalation")
+    time.sleep(1.5)  # both replicas' ticks have seen it due by now
+    rows = a.audit_rows(decision="approval.escalated")
+    assert len(rows) == 1 and "escalated to group oncall (carol)" in rows[0]["reason"], rows
+    until(lambda: b.api("GET", "/api/quorum", token=CAROL).json()["quorum"][item["id"]]["may_decide"],
+          5, "carol may decide on B")
+    assert a.api("GET", "/api/quorum", token=CAROL).json()["quorum"][item["id"]]["may_decide"] is True
+    r = approve(b, item["id"], CAROL)
+    assert r.status_code == 200 and r.json()["decision"] == "approved", r.text
+    assert text_of(held.result()) == "deleted r1"
