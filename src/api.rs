@@ -180,6 +180,9 @@ pub struct Approver {
     /// changed role takes effect at once (their login cookie carries only the
     /// name); a single sign-on login carries the role its groups mapped to.
     pub role: Role,
+    /// Approver groups (`approval.groups`): from the config for token
+    /// approvers, from the identity provider for single sign-on logins.
+    pub groups: Vec<String>,
 }
 
 impl Approver {
@@ -243,6 +246,7 @@ pub fn authenticate(
                 name: approver.name.clone(),
                 via: Via::Bearer,
                 role: approver.role,
+                groups: approver.groups.clone(),
             });
         }
         if auth::find_credential(&gw.config.agents, token).is_some() {
@@ -273,10 +277,12 @@ pub fn authenticate(
             }
         }
         let role = session.role(&gw.config);
+        let groups = session.groups(&gw.config);
         return Ok(Approver {
             name: session.approver,
             via: Via::Cookie,
             role,
+            groups,
         });
     }
     if query.is_some_and(|q| {
@@ -485,11 +491,12 @@ async fn decide_http(
         ));
     }
     let channel = approver.channel(&headers);
-    match crate::quorum::decide(
+    match crate::quorum::decide_as(
         &gw,
         &id,
         choice,
         Some(approver.name.clone()),
+        &approver.groups,
         channel,
         comment,
     )

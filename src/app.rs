@@ -263,18 +263,21 @@ fn open_upstreams(
 
 /// The approvals service: in memory for one gateway, on PostgreSQL for
 /// replicas (`[store] url`).
+/// Also returns the database pool with a shared store (for the tasks).
 async fn start_approvals(
     store: &config::StoreConfig,
-) -> anyhow::Result<crate::approvals::Approvals> {
+) -> anyhow::Result<(crate::approvals::Approvals, Option<deadpool_postgres::Pool>)> {
     use crate::approvals::{Approvals, MemoryStore, PostgresStore, Store};
     let replica = store.replica.clone().unwrap_or_else(default_replica_id);
-    let backend: Arc<dyn Store> = match &store.url {
-        None => Arc::new(MemoryStore::new()),
-        Some(url) => Arc::new(
-            PostgresStore::connect(url)
+    let (backend, pool): (Arc<dyn Store>, _) = match &store.url {
+        None => (Arc::new(MemoryStore::new()), None),
+        Some(url) => {
+            let postgres = PostgresStore::connect(url)
                 .await
-                .context("cannot open the approvals store ([store] url)")?,
-        ),
+                .context("cannot open the approvals store ([store] url)")?;
+            let pool = postgres.pool();
+            (Arc::new(postgres), Some(pool))
+        }
     };
     let mut settings = crate::approvals::Config::new(replica.clone());
     settings.heartbeat = store.heartbeat;
@@ -285,7 +288,19 @@ async fn start_approvals(
     if store.url.is_some() {
         tracing::info!(%replica, "approvals shared through PostgreSQL");
     }
-    Ok(approvals)
+    Ok((approvals, pool))
+}
+
+/// Every heartbeat: carries on the tasks of replicas that died.
+async fn adopt_orphaned_tasks(gw: Gateway) {
+    let mut tick = tokio::time::interval(gw.config.store.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            _ = tick.tick() => crate::tasks::adopt_orphans(&gw).await,
+        }
+    }
 }
 
 /// Pins, grants, votes and escalations: in memory (pins in a file beside
@@ -379,7 +394,8 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         None => Audit::open(&config.audit.path, config.audit.redact.clone())?,
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
-    let approvals = start_approvals(&config.store).await?;
+    let (approvals, pool) = start_approvals(&config.store).await?;
+    let tasks = crate::tasks::Tasks::new(pool);
     let (power_store, pins, grants, votes) = power_state(&config)?;
     let slack = crate::slack::prepare(&config, &audit).await?;
     let (slack, inbox) = slack.map_or((None, None), |(s, i)| (Some(s), Some(i)));
@@ -392,6 +408,7 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         events,
         shutdown,
         pins,
+        tasks,
         grants,
         votes,
         power_store,
@@ -435,6 +452,9 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         }
     }
     tokio::spawn(crate::hold::follow_approvals(gw.clone()));
+    if gw.config.store.url.is_some() {
+        tokio::spawn(adopt_orphaned_tasks(gw.clone()));
+    }
     tokio::spawn(crate::login::follow_logouts(gw.clone()));
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());

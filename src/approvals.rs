@@ -274,6 +274,7 @@ impl Approvals {
                 + chrono::Duration::from_std(new.timeout).unwrap_or(chrono::Duration::MAX),
             on_timeout: new.on_timeout,
             owner: shared.config.replica.clone(),
+            adoptable: new.adoptable,
         };
         shared.store.insert_pending(&approval).await?;
         // The pump schedules it too (from the store's event); scheduling
@@ -301,6 +302,18 @@ impl Approvals {
             Verdict::Cancelled,
             "agent",
             reason.into(),
+            self.shared().now(),
+        );
+        self.resolve(id, resolution).await
+    }
+
+    /// Ends an approval this replica adopted but cannot carry on, as
+    /// [`Verdict::Abandoned`].
+    pub async fn abandon(&self, id: Uuid) -> Result<Resolved, DecideError> {
+        let resolution = Resolution::ended(
+            Verdict::Abandoned,
+            "lease",
+            "the replica that held it stopped before the call could be handed on".into(),
             self.shared().now(),
         );
         self.resolve(id, resolution).await
@@ -372,6 +385,17 @@ impl Approvals {
                 }
             })
             .collect())
+    }
+
+    /// Takes over the adoptable approvals of replicas whose lease lapsed
+    /// (each is adopted by exactly one survivor): open ones, and resolved
+    /// ones their owner did not record. The caller carries them on.
+    pub async fn adopt_dead(&self) -> Result<Vec<StoredApproval>, StoreError> {
+        let shared = self.shared();
+        shared
+            .store
+            .adopt_dead_replicas(&shared.config.replica, shared.now(), shared.config.lease)
+            .await
     }
 
     /// Open approvals on every replica, oldest first.

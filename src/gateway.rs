@@ -424,6 +424,7 @@ pub struct Parts {
     pub events: Arc<Events>,
     pub shutdown: CancellationToken,
     pub pins: crate::pins::Pins,
+    pub tasks: crate::tasks::Tasks,
     /// Grants, votes and escalations: in memory, or shared through
     /// PostgreSQL (`[store] url`, see `power_store`).
     pub grants: crate::grants::Grants,
@@ -442,6 +443,7 @@ impl Gateway {
             events,
             shutdown,
             pins,
+            tasks,
             grants,
             votes,
             power_store,
@@ -452,7 +454,7 @@ impl Gateway {
             sessions: DashMap::new(),
             holds: Holds::default(),
             approvals,
-            tasks: Default::default(),
+            tasks,
             retries: Default::default(),
             audit,
             events,
@@ -629,7 +631,7 @@ impl Gateway {
                 upstream.policy().forget_idle();
             }
             self.holds.prune();
-            self.tasks.prune();
+            self.tasks.prune().await;
             self.retries.prune();
         }
     }

@@ -383,6 +383,15 @@ pub async fn hold_call(
             recorded: watch::channel(None).0,
         },
     );
+    let (progress_token, as_task) = {
+        let peek = era::peek(&message);
+        let as_task = ctx.era == crate::era::Era::Stateless && crate::tasks::declared(&peek);
+        (
+            peek.meta
+                .and_then(|m| m.progress_token.map(|t| t.get().to_owned())),
+            as_task,
+        )
+    };
     let new = NewApproval {
         id: uuid,
         session: ctx.session_key.clone(),
@@ -398,6 +407,9 @@ pub async fn hold_call(
             OnTimeout::Allow => approvals::OnTimeout::Allow,
             OnTimeout::Deny => approvals::OnTimeout::Deny,
         },
+        // A task needs no connection of this replica's: if it dies, a
+        // survivor carries the task on (`tasks::adopt_orphans`).
+        adoptable: as_task,
     };
     let created = match gw.approvals.create(new).await {
         Ok(created) => created,
@@ -426,19 +438,18 @@ pub async fn hold_call(
         "call held for approval"
     );
 
-    let (progress_token, as_task) = {
-        let peek = era::peek(&message);
-        let as_task = ctx.era == crate::era::Era::Stateless && crate::tasks::declared(&peek);
-        (
-            peek.meta
-                .and_then(|m| m.progress_token.map(|t| t.get().to_owned())),
-            as_task,
-        )
-    };
+    // Only an HTTP upstream needs the agent's headers again.
+    let headers = headers
+        .filter(|_| matches!(ctx.link, crate::upstream::Link::Http(_)))
+        .cloned();
     let (sink, answer_now, out_rx) = if as_task {
         let (task_id, created) = gw
             .tasks
             .create(&id, &ctx.session_key, approval.timeout, &message);
+        let upstream = &ctx.upstream.name;
+        gw.tasks
+            .share(&task_id, uuid, &ctx.agent, upstream, headers.as_ref())
+            .await;
         (
             Sink::Task(task_id),
             Some(jsonrpc::result_response(&request_id, created)),
@@ -463,10 +474,7 @@ pub async fn hold_call(
             agent: ctx.agent.clone(),
         },
         message,
-        // Only an HTTP upstream needs the agent's headers again.
-        headers: headers
-            .filter(|_| matches!(ctx.link, crate::upstream::Link::Http(_)))
-            .cloned(),
+        headers,
         approval: created,
         tool,
         rule,
@@ -622,6 +630,110 @@ pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution:
     if let Err(e) = record_outcome(gw, approval, resolution).await {
         tracing::error!(pending = %approval.id, "could not record the abandoned hold: {e}");
     }
+    let why = format!(
+        "Airlock did not run this call to `{}`: {}.",
+        approval.tool,
+        resolution
+            .reason
+            .clone()
+            .unwrap_or_else(|| resolution.describe())
+    );
+    gw.tasks.end_orphaned(approval.id, &why).await;
+}
+
+/// Whether the audit history has the outcome row of hold `id` (any
+/// replica's). A store that cannot be read counts as recorded: the caller
+/// must then not release anything.
+pub async fn outcome_recorded(gw: &Gateway, id: Uuid) -> bool {
+    let filter = crate::audit::Filter {
+        pending_id: Some(id.to_string()),
+        ..Default::default()
+    };
+    match gw.audit.query(filter, false).await {
+        Ok(rows) => rows.iter().any(|r| r.decision != "approval_requested"),
+        Err(e) => {
+            tracing::warn!(pending = %id, "audit history not read: {e}");
+            true
+        }
+    }
+}
+
+/// Carries on a task hold adopted from a dead replica: this replica now
+/// waits for the decision and, once approved, runs the call and completes
+/// the task, as the dead replica's waiter would have.
+pub fn carry_on(
+    gw: &Gateway,
+    approval: PendingApproval,
+    task_id: &str,
+    message: Message,
+    headers: Option<HeaderMap>,
+    timeout: Duration,
+) {
+    let Some(upstream) = gw.upstreams.get(&approval.upstream).cloned() else {
+        let gw = gw.clone();
+        tokio::spawn(async move { abandon_adopted(&gw, &approval).await });
+        return;
+    };
+    let link = match upstream.stateless_link() {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::warn!(pending = %approval.id, "adopted task cannot reach its upstream: {e}");
+            let gw = gw.clone();
+            tokio::spawn(async move { abandon_adopted(&gw, &approval).await });
+            return;
+        }
+    };
+    let id = approval.id.to_string();
+    gw.holds.owned.insert(
+        id.clone(),
+        Owned {
+            session_key: approval.session.clone(),
+            request_id: message.id().cloned().unwrap_or_else(Id::null),
+            recorded: watch::channel(None).0,
+        },
+    );
+    gw.holds.view.insert(id, PendingItem::of(&approval));
+    let resolution = gw.approvals.wait(approval.id);
+    let waiter = Waiter {
+        gw: gw.clone(),
+        ctx: CallContext {
+            upstream,
+            link,
+            era: crate::era::Era::Stateless,
+            session_key: approval.session.clone(),
+            agent: approval.agent.clone(),
+        },
+        message,
+        headers,
+        tool: approval.tool.clone(),
+        rule: approval.rule.clone(),
+        reason: approval.reason.clone(),
+        approval,
+        timeout,
+        progress_token: None,
+        sink: Sink::Task(task_id.to_owned()),
+    };
+    tokio::spawn(waiter.run(Box::pin(resolution)));
+}
+
+/// Ends a hold adopted from a dead replica that cannot be carried on (its
+/// task was never handed to the agent, or its upstream is gone): abandoned,
+/// recorded once, its task (if any) refused.
+pub async fn abandon_adopted(gw: &Gateway, approval: &PendingApproval) {
+    let resolution = match gw.approvals.abandon(approval.id).await {
+        Ok(resolved) => resolved.resolution,
+        Err(approvals::DecideError::AlreadyDecided(winner)) => {
+            (*winner).handed_over("that held it", "lease")
+        }
+        Err(e) => {
+            tracing::warn!(pending = %approval.id, "adopted hold not abandoned: {e}");
+            return;
+        }
+    };
+    record_orphan(gw, approval, &resolution).await;
+    if let Err(e) = gw.approvals.mark_recorded(approval.id).await {
+        tracing::warn!(pending = %approval.id, "recorded, but the store was not told: {e}");
+    }
 }
 
 /// Mirrors the approvals service into this replica: other replicas' holds
@@ -762,6 +874,7 @@ impl Waiter {
             Sink::Task(task_id) => {
                 if message.kind() == jsonrpc::Kind::Response {
                     self.gw.tasks.finish(task_id, &message);
+                    self.gw.tasks.persist(task_id).await;
                 }
                 true
             }
@@ -873,6 +986,7 @@ impl Waiter {
         if resolution.verdict == Verdict::Cancelled {
             if let Sink::Task(task_id) = &self.sink {
                 self.gw.tasks.mark_cancelled(task_id);
+                self.gw.tasks.persist(task_id).await;
             }
             return;
         }
@@ -933,6 +1047,7 @@ impl Waiter {
                 // Nobody to answer on a stream; a task reads as cancelled.
                 if let Sink::Task(task_id) = &self.sink {
                     self.gw.tasks.mark_cancelled(task_id);
+                    self.gw.tasks.persist(task_id).await;
                 }
                 return;
             }

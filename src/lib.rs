@@ -22,6 +22,9 @@
 //!   or PostgreSQL shared by replicas with `[store] url`): decisions by
 //!   compare-and-set, timeouts, leases; knows nothing of transports or the
 //!   gateway (`docs/approvals-service.md`, `docs/deploy.md`).
+//! - [`tasks`]: held calls as tasks (2026-07-28 tasks extension); with a
+//!   shared store kept in PostgreSQL, answered by any replica and adopted
+//!   by a survivor when the replica running one dies.
 //! - [`pins`]: every tool definition's fingerprint, pinned at first sight
 //!   (rug-pull defence); [`grants`]: standing approvals ("approve for a
 //!   while"); [`power`]: what both do to calls, their events and audit rows;

@@ -52,9 +52,14 @@ pub enum LoginKind {
     /// An `[[approver]]` token; its role is looked up in the config on every
     /// request, so a changed role takes effect at once.
     Token,
-    /// Single sign-on: the provider's subject, and the role the user's
-    /// groups mapped to at login (it holds until the login ends).
-    Sso { subject: String, role: Role },
+    /// Single sign-on: the provider's subject, the role the user's groups
+    /// mapped to at login, and those of the user's groups that the policies
+    /// name as approver groups (both hold until the login ends).
+    Sso {
+        subject: String,
+        role: Role,
+        groups: Vec<String>,
+    },
 }
 
 impl LoginSession {
@@ -63,6 +68,14 @@ impl LoginSession {
         match &self.kind {
             LoginKind::Sso { role, .. } => *role,
             LoginKind::Token => config.approver_role(&self.approver).unwrap_or(Role::Viewer),
+        }
+    }
+
+    /// The approver groups this login decides as (`approval.groups`).
+    pub fn groups(&self, config: &Config) -> Vec<String> {
+        match &self.kind {
+            LoginKind::Sso { groups, .. } => groups.clone(),
+            LoginKind::Token => config.approver_groups(&self.approver).to_vec(),
         }
     }
 }
@@ -177,34 +190,35 @@ pub fn start(gw: &Gateway, approver: &str) -> (HeaderValue, LoginSession) {
 }
 
 /// Starts a single sign-on login of `name` (the decider, e.g.
-/// `alice@example.com (oidc)`) lasting `ttl`.
+/// `alice@example.com (oidc)`) lasting `ttl`, deciding as a member of
+/// `groups` (approver groups; see [`LoginKind::Sso`]).
 pub fn start_sso(
     gw: &Gateway,
     subject: &str,
     name: &str,
     role: Role,
+    groups: Vec<String>,
     ttl: Duration,
 ) -> (HeaderValue, LoginSession) {
+    let payload = sso_payload(subject, name, role, &groups);
     let kind = LoginKind::Sso {
         subject: subject.to_owned(),
         role,
+        groups,
     };
-    issue(
-        &gw.config,
-        &sso_payload(subject, name, role),
-        ttl,
-        name,
-        kind,
-    )
+    issue(&gw.config, &payload, ttl, name, kind)
 }
 
-/// The first part of a single sign-on cookie: `oidc~role~subject~name`.
-fn sso_payload(subject: &str, name: &str, role: Role) -> String {
+/// The first part of a single sign-on cookie:
+/// `oidc~role~subject~name~groups` (groups joined by newlines; a login made
+/// before groups were carried has no fifth field and no groups).
+fn sso_payload(subject: &str, name: &str, role: Role, groups: &[String]) -> String {
     format!(
-        "{SSO_MARK}{}~{}~{}",
+        "{SSO_MARK}{}~{}~{}~{}",
         role.as_str(),
         B64.encode(subject.as_bytes()),
-        B64.encode(name.as_bytes())
+        B64.encode(name.as_bytes()),
+        B64.encode(groups.join("\n").as_bytes())
     )
 }
 
@@ -304,7 +318,25 @@ fn session_of(config: &Config, logins: &Logins, headers: &HeaderMap) -> Option<L
                 _ => return None,
             };
             let subject = decode(subject)?;
-            (decode(display)?, LoginKind::Sso { subject, role })
+            let groups = match fields.next() {
+                Some(groups) => decode(groups)?
+                    .split('\n')
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if fields.next().is_some() {
+                return None;
+            }
+            (
+                decode(display)?,
+                LoginKind::Sso {
+                    subject,
+                    role,
+                    groups,
+                },
+            )
         }
         None => {
             let approver = decode(name)?;

@@ -342,10 +342,40 @@ async fn finish(
         ));
     };
     tracing::info!(%subject, user = %name, role = role.as_str(), "single sign-on: signed in");
-    let (cookie, _session) = login::start_sso(gw, &subject, &decider, role, config.session_ttl);
+    let approver_groups = approver_groups(gw, &groups);
+    let (cookie, _session) = login::start_sso(
+        gw,
+        &subject,
+        &decider,
+        role,
+        approver_groups,
+        config.session_ttl,
+    );
     let mut response = page::respond(StatusCode::OK, page::signed_in(&decider, role.as_str()));
     let h = response.headers_mut();
     h.append(header::SET_COOKIE, cookie);
     h.append(header::SET_COOKIE, state_cookie(gw, "", 0));
     Ok(response)
+}
+
+/// The user's groups that some policy names as an approver group
+/// (`approval.groups`, `escalate_to`): what the login cookie carries, so it
+/// stays small whatever the provider sends. A group a policy starts naming
+/// after the login counts from the user's next sign-in.
+fn approver_groups(gw: &Gateway, groups: &[String]) -> Vec<String> {
+    let named: std::collections::BTreeSet<String> = gw
+        .upstreams
+        .values()
+        .flat_map(|up| {
+            up.policy()
+                .approver_groups()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    groups
+        .iter()
+        .filter(|g| named.contains(*g) && !g.contains('\n'))
+        .cloned()
+        .collect()
 }

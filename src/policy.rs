@@ -513,6 +513,16 @@ impl Policy {
         &self.rules
     }
 
+    /// Every approver group the policy names (`approval.groups` and
+    /// `escalate_to` of any rule): what a single sign-on login keeps of the
+    /// user's groups.
+    pub fn approver_groups(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().chain(&self.all_tools).flat_map(|rule| {
+            let q = &rule.quorum;
+            q.groups.iter().chain(&q.escalate_to).map(String::as_str)
+        })
+    }
+
     /// Forgets idle rate-limit state of every rule.
     pub fn forget_idle(&self) {
         for rule in self.rules.iter().chain(&self.all_tools) {

@@ -233,26 +233,44 @@ pub fn needs_named_approvers(gw: &Gateway, id: &str) -> bool {
     })
 }
 
-/// Whether `approver` may decide this hold now: in an allowed group, or in
-/// the escalation group once it was called in.
-pub fn may_decide(gw: &Gateway, id: &str, quorum: &Quorum, approver: &str) -> bool {
+/// Whether an approver in groups `mine` may decide this hold now: in an
+/// allowed group, or in the escalation group once it was called in.
+pub fn may_decide(gw: &Gateway, id: &str, quorum: &Quorum, mine: &[String]) -> bool {
     if quorum.groups.is_empty() {
         return true;
     }
-    let mine = gw.config.approver_groups(approver);
     let allowed = |g: &String| mine.contains(g);
     quorum.groups.iter().any(allowed)
         || (gw.votes.is_escalated(id) && quorum.escalate_to.as_ref().is_some_and(allowed))
 }
 
-/// A human's decision about a held call, from any channel: checks the
-/// approver's groups, counts approvals toward the rule's quorum, and decides
-/// once it is reached (or at once on a deny).
+/// A human's decision about a held call, from any channel, by an approver
+/// whose groups are configured (`[[approver]] groups`); see [`decide_as`].
 pub async fn decide(
     gw: &Gateway,
     id: &str,
     choice: Choice,
     decider: Option<String>,
+    channel: &str,
+    comment: Option<String>,
+) -> Result<Decided, QuorumError> {
+    let groups = decider
+        .as_deref()
+        .map(|name| gw.config.approver_groups(name).to_vec())
+        .unwrap_or_default();
+    decide_as(gw, id, choice, decider, &groups, channel, comment).await
+}
+
+/// A human's decision about a held call by an approver in `groups` (a
+/// single sign-on login's groups come from the identity provider): checks
+/// the groups, counts approvals toward the rule's quorum, and decides once it
+/// is reached (or at once on a deny).
+pub async fn decide_as(
+    gw: &Gateway,
+    id: &str,
+    choice: Choice,
+    decider: Option<String>,
+    groups: &[String],
     channel: &str,
     comment: Option<String>,
 ) -> Result<Decided, QuorumError> {
@@ -264,7 +282,7 @@ pub async fn decide(
     };
     let (quorum, rule) = requirement(gw, &item);
     let name = decider.clone().unwrap_or_default();
-    if !may_decide(gw, id, &quorum, &name) {
+    if !may_decide(gw, id, &quorum, groups) {
         let mut allowed = quorum.groups.clone();
         if let Some(to) = &quorum.escalate_to {
             allowed.push(format!(
@@ -416,8 +434,8 @@ async fn record_vote(
 
 /// Each open hold's requirement and progress, for the dashboard: how many
 /// approvals it needs and has, which groups may decide, whether it was
-/// escalated, and whether `approver` may decide it.
-pub async fn overview(gw: &Gateway, approver: &str) -> Value {
+/// escalated, and whether an approver in `groups` may decide it.
+pub async fn overview(gw: &Gateway, groups: &[String]) -> Value {
     let items = gw.holds.list();
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
     let mut votes = gw.votes.approvers(&ids).await;
@@ -433,7 +451,7 @@ pub async fn overview(gw: &Gateway, approver: &str) -> Value {
                 "groups": quorum.groups,
                 "escalate_to": quorum.escalate_to,
                 "escalated": gw.votes.is_escalated(&item.id),
-                "may_decide": may_decide(gw, &item.id, &quorum, approver),
+                "may_decide": may_decide(gw, &item.id, &quorum, groups),
             }),
         );
     }

@@ -16,6 +16,15 @@
 //! through the gateway like the agent's own retry would go (so the policy
 //! sees it, as the continuation of an approved call), and the task goes on
 //! with that answer.
+//!
+//! With `[store] url` every task is also kept in PostgreSQL ([`shared`]):
+//! `tasks/get` and `tasks/cancel` work through any replica, and when the
+//! replica that accepted a task dies, a survivor adopts its hold
+//! ([`adopt_orphans`]), runs the call once approved, and completes the task.
+//! `tasks/update` (answering an upstream's `input_required`) is answered by
+//! the replica running the task.
+
+pub mod shared;
 
 use std::time::{Duration, Instant};
 
@@ -73,9 +82,13 @@ impl Input {
     }
 }
 
-/// Airlock's own tasks by id.
+/// Airlock's own tasks by id: those this replica runs, and with a shared
+/// store every replica's in the database.
 #[derive(Default)]
-pub struct Tasks(DashMap<String, Task>);
+pub struct Tasks {
+    local: DashMap<String, Task>,
+    shared: Option<shared::TaskStore>,
+}
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -120,6 +133,137 @@ pub fn without_extension(message: &Message) -> Message {
 }
 
 impl Tasks {
+    /// Tasks kept in memory and, with a shared store, in its database.
+    pub fn new(pool: Option<deadpool_postgres::Pool>) -> Tasks {
+        Tasks {
+            local: DashMap::new(),
+            shared: pool.map(shared::TaskStore::new),
+        }
+    }
+
+    /// Writes a task just created to the shared store (nothing without
+    /// one), with what a survivor needs to run its call: the agent, the
+    /// upstream and the agent's `Mcp-*` headers. A failure is logged: the
+    /// task then lives on this replica only.
+    pub async fn share(
+        &self,
+        task_id: &str,
+        pending_id: uuid::Uuid,
+        agent: &str,
+        upstream: &str,
+        headers: Option<&axum::http::HeaderMap>,
+    ) {
+        let Some(store) = &self.shared else {
+            return;
+        };
+        let Some(row) = self.local.get(task_id).map(|t| shared::TaskRow {
+            id: task_id.to_owned(),
+            pending_id,
+            session_key: t.session_key.clone(),
+            agent: agent.to_owned(),
+            upstream: upstream.to_owned(),
+            request: t.request.text().to_owned(),
+            headers: headers.map(shared::mcp_headers),
+            status: t.status.to_owned(),
+            status_message: t.status_message.clone(),
+            result: None,
+            error: None,
+            created_at: t.created_at.clone(),
+            updated_at: t.updated_at.clone(),
+            ttl_ms: t.ttl_ms as i64,
+        }) else {
+            return;
+        };
+        if let Err(e) = store.insert(&row).await {
+            tracing::warn!(task = %task_id, "task not shared with other replicas: {e}");
+        }
+    }
+
+    /// Writes a task's state to the shared store (after `finish` or
+    /// `mark_cancelled`), so every replica's `tasks/get` sees it.
+    pub async fn persist(&self, task_id: &str) {
+        let Some(store) = &self.shared else {
+            return;
+        };
+        let Some((status, message, result, error, updated_at, finished)) =
+            self.local.get(task_id).map(|t| {
+                (
+                    t.status,
+                    t.status_message.clone(),
+                    t.result.clone(),
+                    t.error.clone(),
+                    t.updated_at.clone(),
+                    t.forget_after.is_some(),
+                )
+            })
+        else {
+            return;
+        };
+        let update = shared::TaskUpdate {
+            status,
+            status_message: &message,
+            result: result.as_ref(),
+            error: error.as_ref(),
+            updated_at: &updated_at,
+            forget_after_secs: finished.then(|| KEEP_FINISHED.as_secs_f64()),
+        };
+        if let Err(e) = store.update(task_id, &update).await {
+            tracing::warn!(task = %task_id, "task state not shared with other replicas: {e}");
+        }
+    }
+
+    /// Takes over a task whose hold this replica adopted from a dead one.
+    fn adopt(&self, row: &shared::TaskRow, request: Message, timeout: Duration) {
+        let task = Task {
+            pending_id: row.pending_id.to_string(),
+            session_key: row.session_key.clone(),
+            status: "working",
+            status_message: "waiting for human approval".into(),
+            result: None,
+            error: None,
+            created_at: row.created_at.clone(),
+            updated_at: now(),
+            ttl_ms: (timeout + KEEP_FINISHED).as_millis() as u64,
+            forget_after: None,
+            request,
+            input: None,
+        };
+        self.local.insert(row.id.clone(), task);
+    }
+
+    /// Ends the task of a hold nobody will run any more (abandoned, or
+    /// resolved on a replica that died before running it), in the shared
+    /// store: the agent's next `tasks/get` reads why.
+    pub async fn end_orphaned(&self, pending_id: uuid::Uuid, why: &str) {
+        let Some(store) = &self.shared else {
+            return;
+        };
+        let row = match store.of_pending(pending_id).await {
+            Ok(Some(row)) if row.status == "working" => row,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(pending = %pending_id, "task of an orphaned hold not ended: {e}");
+                return;
+            }
+        };
+        let result = json!({
+            "content": [{ "type": "text", "text": why }],
+            "isError": true,
+            "_meta": { "airlock.decision": "denied" },
+        });
+        let update = shared::TaskUpdate {
+            status: "completed",
+            status_message: "refused",
+            result: Some(&result),
+            error: None,
+            updated_at: &now(),
+            forget_after_secs: Some(KEEP_FINISHED.as_secs_f64()),
+        };
+        if let Err(e) = store.update(&row.id, &update).await {
+            tracing::warn!(task = %row.id, "task of an orphaned hold not ended: {e}");
+        }
+    }
+
     /// Creates a `working` task for a held call; returns its id and the
     /// `CreateTaskResult` to answer the `tools/call` with.
     pub fn create(
@@ -157,7 +301,7 @@ impl Tasks {
             "pollIntervalMs": POLL_INTERVAL_MS,
             "_meta": { crate::era::META_SERVER_INFO: crate::era::airlock_server_info() },
         });
-        self.0.insert(id.clone(), task);
+        self.local.insert(id.clone(), task);
         (id, created)
     }
 
@@ -168,7 +312,7 @@ impl Tasks {
             result: Option<Value>,
             error: Option<Value>,
         }
-        let Some(mut task) = self.0.get_mut(task_id) else {
+        let Some(mut task) = self.local.get_mut(task_id) else {
             return;
         };
         if task.status == "cancelled" {
@@ -230,7 +374,7 @@ impl Tasks {
         task_id: &str,
         responses: serde_json::Map<String, Value>,
     ) -> Option<Message> {
-        let mut task = self.0.get_mut(task_id)?;
+        let mut task = self.local.get_mut(task_id)?;
         let input = task.input.as_mut()?;
         for (key, response) in responses {
             if input.requests.contains_key(&key) {
@@ -250,13 +394,13 @@ impl Tasks {
     }
 
     fn is_waiting_for_input(&self, task_id: &str) -> bool {
-        self.0
+        self.local
             .get(task_id)
             .is_some_and(|t| t.status == "input_required")
     }
 
     pub fn mark_cancelled(&self, task_id: &str) {
-        if let Some(mut task) = self.0.get_mut(task_id) {
+        if let Some(mut task) = self.local.get_mut(task_id) {
             task.status = "cancelled";
             task.status_message = "cancelled by the agent".into();
             task.updated_at = now();
@@ -265,10 +409,15 @@ impl Tasks {
     }
 
     /// Forgets finished tasks whose time is up.
-    pub fn prune(&self) {
+    pub async fn prune(&self) {
         let now = Instant::now();
-        self.0
+        self.local
             .retain(|_, t| t.forget_after.is_none_or(|at| at > now));
+        if let Some(store) = &self.shared
+            && let Err(e) = store.prune().await
+        {
+            tracing::debug!("finished tasks not pruned from the store: {e}");
+        }
     }
 
     fn view(task: &Task, id: &str) -> Value {
@@ -309,9 +458,30 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
     }
     let task_id = message.params::<P>()?.task_id;
     let id = message.id().cloned().unwrap_or_else(Id::null);
-    let (owner, pending_id) = {
-        let task = gw.tasks.0.get(&task_id)?;
-        (task.session_key.clone(), task.pending_id.clone())
+    let local = gw
+        .tasks
+        .local
+        .get(&task_id)
+        .map(|task| (task.session_key.clone(), task.pending_id.clone()));
+    // Not run here: another replica's task, as the shared store has it.
+    let elsewhere = match local {
+        Some(_) => None,
+        None => match gw.tasks.shared.as_ref()?.get(&task_id).await {
+            Ok(row) => Some(row?),
+            Err(e) => {
+                let error = jsonrpc::error_response(
+                    &id,
+                    code::INTERNAL_ERROR,
+                    &format!("Failed to retrieve task: the task store cannot be read ({e})"),
+                );
+                return Some(Exchange::answer(error, ctx.era));
+            }
+        },
+    };
+    let (owner, pending_id) = match (local, &elsewhere) {
+        (Some(found), _) => found,
+        (None, Some(row)) => (row.session_key.clone(), row.pending_id.to_string()),
+        (None, None) => return None,
     };
     if owner != ctx.session_key {
         // Someone else's task: as unknown as a task that does not exist.
@@ -333,10 +503,13 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
         );
         return Some(Exchange::answer(error, ctx.era));
     }
+    if let Some(row) = elsewhere {
+        return Some(answer_elsewhere(gw, ctx, message, &id, &row).await);
+    }
     let result = match message.method() {
         Some("tasks/get") => gw
             .tasks
-            .0
+            .local
             .get(&task_id)
             .map(|t| Tasks::view(&t, &task_id))?,
         Some("tasks/cancel") => {
@@ -347,6 +520,7 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
                 hold::cancel(gw, &pending_id, "cancelled by the agent (tasks/cancel)").await;
             if withdrawn || gw.tasks.is_waiting_for_input(&task_id) {
                 gw.tasks.mark_cancelled(&task_id);
+                gw.tasks.persist(&task_id).await;
             }
             acknowledged()
         }
@@ -398,7 +572,117 @@ fn continue_with_input(
             Err(e) => jsonrpc::error_response(&id, code::UPSTREAM_ERROR, &e.to_string()),
         };
         gw.tasks.finish(&task_id, &response);
+        gw.tasks.persist(&task_id).await;
     })
+}
+
+/// `tasks/*` for a task another replica runs, from the shared store.
+async fn answer_elsewhere(
+    gw: &Gateway,
+    ctx: &CallContext,
+    message: &Message,
+    id: &Id,
+    row: &shared::TaskRow,
+) -> Exchange {
+    let answer = match message.method() {
+        Some("tasks/get") => jsonrpc::result_response(id, view_of_row(row)),
+        Some("tasks/cancel") => {
+            // The hold is in the shared approvals store: withdrawn here, its
+            // owner's waiter sees it and marks the task cancelled.
+            let pending = row.pending_id.to_string();
+            hold::cancel(gw, &pending, "cancelled by the agent (tasks/cancel)").await;
+            jsonrpc::result_response(id, acknowledged())
+        }
+        Some("tasks/update") if row.status == "input_required" => jsonrpc::error_response(
+            id,
+            code::INVALID_PARAMS,
+            "Failed to update task: it waits for input on another Airlock replica; send tasks/update to the replica that answered tasks/get with input_required",
+        ),
+        _ => jsonrpc::result_response(id, acknowledged()),
+    };
+    Exchange::answer(answer, ctx.era)
+}
+
+/// What `tasks/get` answers for a task kept in the shared store.
+fn view_of_row(row: &shared::TaskRow) -> Value {
+    let mut v = json!({
+        "resultType": "complete",
+        "taskId": row.id,
+        "status": row.status,
+        "statusMessage": row.status_message,
+        "createdAt": row.created_at,
+        "lastUpdatedAt": row.updated_at,
+        "ttlMs": row.ttl_ms,
+        "pollIntervalMs": POLL_INTERVAL_MS,
+        "_meta": { crate::era::META_SERVER_INFO: crate::era::airlock_server_info() },
+    });
+    if let Some(result) = &row.result {
+        v["result"] = result.clone();
+    }
+    if let Some(error) = &row.error {
+        v["error"] = error.clone();
+    }
+    v
+}
+
+/// Adopts the task holds of replicas that died (their lease lapsed): this
+/// replica becomes their owner, waits for the decision and runs the call
+/// like the dead replica would have. Called every heartbeat with a shared
+/// store. A hold without a task (its replica died before answering the
+/// agent) is ended as abandoned.
+pub async fn adopt_orphans(gw: &Gateway) {
+    let Some(store) = &gw.tasks.shared else {
+        return;
+    };
+    let adopted = match gw.approvals.adopt_dead().await {
+        Ok(adopted) => adopted,
+        Err(e) => {
+            tracing::warn!("dead replicas' tasks not adopted: {e}");
+            return;
+        }
+    };
+    for stored in adopted {
+        let approval = stored.approval;
+        if stored.resolution.is_some() && hold::outcome_recorded(gw, approval.id).await {
+            // The dead replica recorded the decision, so it may have run
+            // the call too: running it again could do it twice.
+            let why = format!(
+                "Airlock cannot tell whether this call to `{}` ran: the replica running it stopped after its decision was recorded.",
+                approval.tool
+            );
+            gw.tasks.end_orphaned(approval.id, &why).await;
+            if let Err(e) = gw.approvals.mark_recorded(approval.id).await {
+                tracing::warn!(pending = %approval.id, "adopted hold not marked recorded: {e}");
+            }
+            continue;
+        }
+        let row = match store.of_pending(approval.id).await {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::warn!(pending = %approval.id, "adopted hold's task not read: {e}");
+                None
+            }
+        };
+        let request = row
+            .as_ref()
+            .and_then(|r| Message::parse(bytes::Bytes::from(r.request.clone())).ok());
+        let (Some(row), Some(request)) = (row, request) else {
+            hold::abandon_adopted(gw, &approval).await;
+            continue;
+        };
+        let timeout = (approval.expires_at - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        gw.tasks.adopt(&row, request.clone(), timeout);
+        tracing::warn!(
+            pending = %approval.id,
+            task = %row.id,
+            tool = %approval.tool,
+            "adopted a task held by a replica that stopped heartbeating"
+        );
+        let headers = row.headers.as_ref().map(shared::header_map);
+        hold::carry_on(gw, approval, &row.id, request, headers, timeout);
+    }
 }
 
 /// The response that ends a reply (the last one on a stream).
@@ -503,7 +787,7 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":7,"result":{"resultType":"input_required","inputRequests":{"a":{"method":"elicitation/create"},"b":{"method":"roots/list"}},"requestState":"st"}}"#,
             ),
         );
-        let view = |tasks: &Tasks| Tasks::view(&tasks.0.get(&id).expect("task"), &id);
+        let view = |tasks: &Tasks| Tasks::view(&tasks.local.get(&id).expect("task"), &id);
         assert_eq!(view(&tasks)["status"], "input_required");
         assert_eq!(
             view(&tasks)["inputRequests"].as_object().map(|m| m.len()),
@@ -549,6 +833,6 @@ mod tests {
                 .is_none()
         );
         assert!(!tasks.is_waiting_for_input(&id));
-        assert_eq!(tasks.0.get(&id).expect("task").status, "working");
+        assert_eq!(tasks.local.get(&id).expect("task").status, "working");
     }
 }

@@ -48,6 +48,7 @@ fn held(tool: &str, timeout: Duration, on_timeout: OnTimeout) -> NewApproval {
         reason: Some("destructive".into()),
         timeout,
         on_timeout,
+        adoptable: false,
     }
 }
 
@@ -358,5 +359,8 @@ async fn replicas_starting_together_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    // Each migration once, in order (the count grows with the schema).
+    let expected: Vec<i32> = (1..=versions.len() as i32).collect();
+    assert!(versions.len() >= 3, "{versions:?}");
+    assert_eq!(versions, expected);
 }

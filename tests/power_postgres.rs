@@ -94,6 +94,7 @@ async fn hold(approvals: &Approvals) -> Uuid {
             reason: None,
             timeout: Duration::from_secs(300),
             on_timeout: OnTimeout::Deny,
+            adoptable: false,
         })
         .await
         .expect("create");

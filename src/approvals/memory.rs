@@ -60,6 +60,11 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Whether `owner`'s lease lapsed (a replica never seen is not dead).
+    fn is_dead(&self, owner: &str, lease: chrono::Duration, now: DateTime<Utc>) -> bool {
+        self.leases.get(owner).is_some_and(|t| *t + lease < now)
+    }
+
     /// The compare-and-set: only a pending row takes a resolution.
     fn resolve(
         &mut self,
@@ -166,7 +171,7 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         let dead: Vec<(Uuid, String)> = state
             .pending()
-            .filter(|a| state.leases.get(&a.owner).is_some_and(|t| *t + lease < now))
+            .filter(|a| !a.adoptable && state.is_dead(&a.owner, lease, now))
             .map(|a| (a.id, a.owner.clone()))
             .collect();
         let mut abandoned = Vec::with_capacity(dead.len());
@@ -185,15 +190,41 @@ impl Store for MemoryStore {
             .copied()
             .filter(|id| {
                 state.rows.get(id).is_some_and(|r| {
-                    state
-                        .leases
-                        .get(&r.approval.owner)
-                        .is_some_and(|t| *t + lease < now)
+                    !r.approval.adoptable && state.is_dead(&r.approval.owner, lease, now)
                 })
             })
             .collect();
         abandoned.extend(state.hand_over(&dead));
         Ok(abandoned)
+    }
+
+    async fn adopt_dead_replicas(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<StoredApproval>, StoreError> {
+        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let mut state = self.lock();
+        let dead: Vec<Uuid> = state
+            .rows
+            .values()
+            .filter(|r| {
+                r.approval.adoptable
+                    && r.approval.owner != replica
+                    && (r.resolution.is_none() || state.unrecorded.contains(&r.approval.id))
+                    && state.is_dead(&r.approval.owner, lease, now)
+            })
+            .map(|r| r.approval.id)
+            .collect();
+        let mut adopted = Vec::with_capacity(dead.len());
+        for id in dead {
+            if let Some(row) = state.rows.get_mut(&id) {
+                row.approval.owner = replica.to_owned();
+                adopted.push(row.clone());
+            }
+        }
+        Ok(adopted)
     }
 
     async fn abandon_leftovers(

@@ -56,6 +56,8 @@ pub struct NewApproval {
     pub reason: Option<String>,
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
+    /// See [`PendingApproval::adoptable`].
+    pub adoptable: bool,
 }
 
 /// One approval as the store keeps it, while pending and after.
@@ -75,8 +77,14 @@ pub struct PendingApproval {
     pub expires_at: DateTime<Utc>,
     pub on_timeout: OnTimeout,
     /// The replica holding the agent's request open; when its lease lapses
-    /// the pending is recorded as abandoned.
+    /// the pending is recorded as abandoned (unless it is adoptable).
     pub owner: String,
+    /// Needs no connection of the owner's: when the owner dies, a survivor
+    /// adopts it ([`super::Store::adopt_dead_replicas`]) and carries on,
+    /// rather than abandoning it. A stateless-era call held as a task: the
+    /// agent polls `tasks/get` through any replica.
+    #[serde(skip)]
+    pub adoptable: bool,
 }
 
 impl PendingApproval {

@@ -39,7 +39,36 @@ pub const CHANNEL: &str = "airlock_approvals";
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01; // "airlock" 1
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, crate::power_store::MIGRATION)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, V1),
+    (2, V2),
+    (3, V3),
+    (4, crate::power_store::MIGRATION),
+];
+
+/// Adoptable approvals (a survivor takes them over instead of abandoning
+/// them) and the stateless-era tasks that hold them (`crate::tasks`).
+const V3: &str = "
+ALTER TABLE airlock_approvals ADD COLUMN adoptable boolean NOT NULL DEFAULT false;
+CREATE TABLE airlock_tasks (
+    id             text PRIMARY KEY,
+    pending_id     uuid NOT NULL,
+    session_key    text NOT NULL,
+    agent          text NOT NULL,
+    upstream       text NOT NULL,
+    request        text NOT NULL,
+    headers        jsonb,
+    status         text NOT NULL,
+    status_message text NOT NULL,
+    result         jsonb,
+    error          jsonb,
+    created_at     text NOT NULL,
+    updated_at     text NOT NULL,
+    ttl_ms         bigint NOT NULL,
+    forget_after   timestamptz
+);
+CREATE INDEX airlock_tasks_pending ON airlock_tasks (pending_id);
+";
 
 /// Whether the owner recorded the resolution. Rows from before are taken as
 /// recorded (they were, or were abandoned at a restart).
@@ -102,8 +131,8 @@ CREATE TRIGGER airlock_approvals_notify
 ";
 
 const COLUMNS: &str = "id, session, agent, upstream, tool, arguments, args_hash, rule, reason, \
-    created_at, expires_at, on_timeout, owner, verdict, outcome, decider, channel, comment, \
-    resolve_reason, resolved_at";
+    created_at, expires_at, on_timeout, owner, adoptable, verdict, outcome, decider, channel, \
+    comment, resolve_reason, resolved_at";
 
 /// Events buffered per watcher before it lags (and gets a `Resync`).
 const WATCH_BUFFER: usize = 4096;
@@ -148,6 +177,12 @@ impl PostgresStore {
             events,
             _stop: stop.drop_guard(),
         })
+    }
+
+    /// The connection pool, for other tables in the same database
+    /// (`crate::tasks`).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -211,6 +246,7 @@ fn from_row(row: &Row) -> Result<StoredApproval, StoreError> {
         expires_at: row.get("expires_at"),
         on_timeout: OnTimeout::parse(&on_timeout).ok_or_else(|| bad("on_timeout", &on_timeout))?,
         owner: row.get("owner"),
+        adoptable: row.get("adoptable"),
     };
     let resolution = match row.get::<_, Option<String>>("verdict") {
         None => None,
@@ -254,8 +290,8 @@ impl Store for PostgresStore {
     async fn insert_pending(&self, a: &PendingApproval) -> Result<(), StoreError> {
         let client = self.client().await?;
         let sql = "INSERT INTO airlock_approvals (id, session, agent, upstream, tool, arguments, \
-            args_hash, rule, reason, created_at, expires_at, on_timeout, owner) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+            args_hash, rule, reason, created_at, expires_at, on_timeout, owner, adoptable) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
         let statement = client.prepare_cached(sql).await.map_err(db)?;
         client
             .execute(
@@ -274,6 +310,7 @@ impl Store for PostgresStore {
                     &a.expires_at,
                     &a.on_timeout.as_str(),
                     &a.owner,
+                    &a.adoptable,
                 ],
             )
             .await
@@ -365,18 +402,41 @@ impl Store for PostgresStore {
             "UPDATE airlock_approvals SET state = 'resolved', verdict = 'abandoned', \
              outcome = 'refused', channel = 'lease', recorded = true, \
              resolve_reason = 'replica ' || owner || ' stopped heartbeating', resolved_at = $1 \
-             WHERE state = 'pending' AND {} RETURNING {COLUMNS}",
+             WHERE state = 'pending' AND NOT adoptable AND {} RETURNING {COLUMNS}",
             dead_owners("$2")
         );
         let unrecorded = format!(
             "UPDATE airlock_approvals SET recorded = true \
-             WHERE state = 'resolved' AND NOT recorded AND {} RETURNING {COLUMNS}",
+             WHERE state = 'resolved' AND NOT recorded AND NOT adoptable AND {} \
+             RETURNING {COLUMNS}",
             dead_owners("$1")
         );
         let lease = lease.as_secs_f64();
         let mut rows = client.query(&abandon, &[&now, &lease]).await.map_err(db)?;
         rows.extend(client.query(&unrecorded, &[&lease]).await.map_err(db)?);
         resolved_rows(&rows)
+    }
+
+    async fn adopt_dead_replicas(
+        &self,
+        replica: &str,
+        _now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<StoredApproval>, StoreError> {
+        let client = self.client().await?;
+        // One statement: the owner is compared and set, so of several
+        // survivors sweeping at once each row goes to exactly one.
+        let adopt = format!(
+            "UPDATE airlock_approvals SET owner = $1 \
+             WHERE adoptable AND owner <> $1 AND (state = 'pending' OR NOT recorded) AND {} \
+             RETURNING {COLUMNS}",
+            dead_owners("$2")
+        );
+        let rows = client
+            .query(&adopt, &[&replica, &lease.as_secs_f64()])
+            .await
+            .map_err(db)?;
+        rows.iter().map(from_row).collect()
     }
 
     async fn abandon_leftovers(

@@ -95,6 +95,18 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError>;
 
+    /// Makes `replica` the owner of every adoptable approval
+    /// ([`PendingApproval::adoptable`]) of a replica whose last heartbeat is
+    /// older than `lease`, open or resolved but unrecorded; each is adopted
+    /// once, by one caller (a compare-and-set on the owner). Adoptable
+    /// approvals are never abandoned by [`Store::abandon_dead_replicas`].
+    async fn adopt_dead_replicas(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<StoredApproval>, StoreError>;
+
     /// The same for the approvals `replica` left behind in an earlier run
     /// (a replica restarting under the same name calls it before its first
     /// hold): its pendings are resolved as abandoned (channel `restart`).

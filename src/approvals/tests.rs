@@ -47,6 +47,7 @@ fn held(tool: &str, secs: u64, on_timeout: OnTimeout) -> NewApproval {
         reason: Some("destructive".into()),
         timeout: Duration::from_secs(secs),
         on_timeout,
+        adoptable: false,
     }
 }
 
@@ -383,6 +384,57 @@ async fn dead_replicas_pendings_are_abandoned_once_within_the_lease() {
     );
     // The live replica's pending is untouched.
     assert_eq!(c.list().await.unwrap(), vec![on_b]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_replicas_adoptable_approvals_are_adopted_once_not_abandoned() {
+    let cluster = Cluster::new();
+    let (a, b, c) = (
+        cluster.replica("a").await,
+        cluster.replica("b").await,
+        cluster.replica("c").await,
+    );
+    let task = a
+        .create(NewApproval {
+            adoptable: true,
+            ..held("delete", 3600, OnTimeout::Deny)
+        })
+        .await
+        .unwrap();
+    let decided = a
+        .create(NewApproval {
+            adoptable: true,
+            ..held("delete", 3600, OnTimeout::Deny)
+        })
+        .await
+        .unwrap();
+    // Decided through b while a is alive but, as far as the store knows, not recorded by a.
+    b.decide(decided.id, by("alice", Choice::Approve))
+        .await
+        .unwrap();
+    assert!(b.adopt_dead().await.unwrap().is_empty(), "a is alive");
+    a.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(12)).await; // past the lease and sweeps
+    let (by_b, by_c) = (b.adopt_dead().await.unwrap(), c.adopt_dead().await.unwrap());
+    let adopted: Vec<_> = by_b.iter().chain(&by_c).collect();
+    assert_eq!(
+        adopted.len(),
+        2,
+        "each adopted once although b and c both swept"
+    );
+    let open = adopted.iter().find(|s| s.approval.id == task.id).unwrap();
+    assert!(open.resolution.is_none(), "the sweeps did not abandon it");
+    assert!(["b", "c"].contains(&open.approval.owner.as_str()));
+    let was_decided = adopted
+        .iter()
+        .find(|s| s.approval.id == decided.id)
+        .unwrap();
+    assert_eq!(
+        was_decided.resolution.as_ref().map(|r| r.verdict),
+        Some(Verdict::Approved)
+    );
+    assert_eq!(c.list().await.unwrap()[0].id, task.id);
+    assert!(b.adopt_dead().await.unwrap().is_empty() && c.adopt_dead().await.unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

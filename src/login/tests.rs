@@ -41,11 +41,14 @@ fn sent(set_cookie: &HeaderValue) -> HeaderMap {
 
 fn sso_login(c: &Config, role: Role, ttl: Duration) -> (HeaderValue, LoginSession) {
     let name = "alice@example.com (oidc)";
+    let groups = vec!["finance".to_owned(), "on call".to_owned()];
+    let payload = sso_payload("sub-1", name, role, &groups);
     let kind = LoginKind::Sso {
         subject: "sub-1".into(),
         role,
+        groups,
     };
-    issue(c, &sso_payload("sub-1", name, role), ttl, name, kind)
+    issue(c, &payload, ttl, name, kind)
 }
 
 #[test]
@@ -64,12 +67,34 @@ fn an_sso_login_carries_its_identity_and_role() {
         s.kind,
         LoginKind::Sso {
             subject: "sub-1".into(),
-            role: Role::Approver
+            role: Role::Approver,
+            groups: vec!["finance".into(), "on call".into()],
         }
     );
     assert_eq!(s.role(&c), Role::Approver);
+    assert_eq!(s.groups(&c), ["finance", "on call"]);
     assert_eq!(s.csrf, issued.csrf);
     assert!(s.expires > unix_now() && s.expires <= unix_now() + 60);
+}
+
+#[test]
+fn an_sso_login_made_before_groups_were_carried_has_none() {
+    let c = config(&format!("{OPS}{}", oidc("SECRET_A")));
+    let name = "alice@example.com (oidc)";
+    let old = format!(
+        "{SSO_MARK}approver~{}~{}",
+        B64.encode("sub-1"),
+        B64.encode(name)
+    );
+    let kind = LoginKind::Sso {
+        subject: "sub-1".into(),
+        role: Role::Approver,
+        groups: Vec::new(),
+    };
+    let (cookie, _) = issue(&c, &old, LIFETIME, name, kind);
+    let s = session_of(&c, &Logins::default(), &sent(&cookie)).expect("valid login");
+    assert!(s.groups(&c).is_empty());
+    assert_eq!(s.role(&c), Role::Approver);
 }
 
 #[test]

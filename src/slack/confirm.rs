@@ -400,11 +400,16 @@ pub async fn decide(
             )],
         );
     }
-    let decided = match crate::quorum::decide(
+    let groups = login
+        .as_ref()
+        .map(|s| s.groups(&gw.config))
+        .unwrap_or_default();
+    let decided = match crate::quorum::decide_as(
         &gw,
         id,
         verdict,
         Some(decider),
+        &groups,
         CHANNEL,
         comment.map(str::to_owned),
     )

@@ -22,6 +22,7 @@ export const USERS = {
   vic: { email: 'vic@example.com', name: 'Vic Viewer', groups: ['airlock-viewers'] },
   ada: { email: 'ada@example.com', name: 'Ada Admin', groups: ['airlock-viewers', 'airlock-admins'] },
   mallory: { email: 'mallory@example.com', name: 'Mallory Outsider', groups: ['contractors'] },
+  carl: { email: 'carl@example.com', name: 'Carl Approver', groups: ['airlock-approvers'] },
 };
 
 /**

@@ -38,6 +38,8 @@ const POLICY = {
   rules: {
     echo: { action: 'allow' },
     'delete_*': { action: 'require_approval', reason: 'destructive', approval: { timeout: 120 } },
+    // Only the provider's `staff` group decides these (alice is in it, carl is not).
+    secret_tool: { action: 'require_approval', reason: 'staff only', approval: { timeout: 120, groups: ['staff'] } },
   },
 };
 
@@ -271,6 +273,49 @@ test('a viewer from the provider sees no decision buttons and gets 403 from the 
   assert.equal(r.status, 200);
   const step = await held;
   assert.equal(step.result?._meta?.['airlock.decision'], 'approval_denied');
+});
+
+test('approver groups come from the provider: only a `staff` member decides a staff-only call', async () => {
+  const held = pythonCall(main, 'secret_tool', {});
+  const id = await waitPending(main, 'secret_tool');
+  // carl has the approver role but is not in `staff`: no buttons, and 403 from the API.
+  const outsider = await newPage();
+  await ssoLogin(outsider.page, main, 'carl');
+  const card = outsider.page.locator('#cards > li.card', { hasText: 'secret_tool' });
+  await card.waitFor({ timeout: 30000 });
+  await card.locator('.card-not-yours', { hasText: 'You are not in a group that may decide this call.' }).waitFor({ timeout: 10000 });
+  assert.equal(await card.locator('button.btn-approve').isVisible(), false);
+  const refused = await outsider.page.evaluate(async (pid) => {
+    const csrf = (await (await fetch('/api/me')).json()).csrf;
+    const r = await fetch(`/api/pending/${pid}/approve`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json', 'X-Airlock-CSRF': csrf }, body: '{}',
+    });
+    return { status: r.status, body: await r.json() };
+  }, id);
+  assert.equal(refused.status, 403);
+  assert.equal(refused.body.error.code, 'forbidden_group');
+  assert.match(refused.body.error.message, /staff/);
+  assert.deepEqual(await pendingIds(main, 'secret_tool'), [id], 'the call is still held');
+  await outsider.ctx.close();
+  // The static-token approver has no groups either.
+  const tokenTry = await fetch(`${main.url}/api/pending/${id}/approve`, {
+    method: 'POST', headers: { Authorization: `Bearer ${OPS_TOKEN}`, 'Content-Type': 'application/json' }, body: '{}',
+  });
+  assert.equal(tokenTry.status, 403);
+  // alice's provider groups include `staff`: her dashboard offers the buttons and her approval releases the call.
+  const { ctx, page } = await newPage();
+  await ssoLogin(page, main, 'alice');
+  const quorum = await page.evaluate(async () => (await fetch('/api/quorum')).json());
+  assert.equal(quorum.quorum[id].may_decide, true);
+  const mine = page.locator('#cards > li.card', { hasText: 'secret_tool' });
+  await mine.waitFor({ timeout: 30000 });
+  await mine.locator('button.btn-approve').click();
+  const step = await held;
+  assert.ok(step.ok && !step.result.isError, `the call was refused: ${JSON.stringify(step)}`);
+  const audit = await page.evaluate(async () => (await fetch('/api/audit?decision=approved&tool=secret_tool')).json());
+  assert.equal(audit.entries[0].decider, 'alice@example.com (oidc)');
+  assert.deepEqual(page.problems, []);
+  await ctx.close();
 });
 
 test('an admin group maps to the admin role (highest of the user\'s groups)', async () => {

@@ -1,0 +1,127 @@
+"""Held calls as tasks across replicas (docs/deploy.md, "Stateless-era tasks"):
+with `[store] url`, a task created on replica A is read, decided and cancelled
+through any replica, and it survives A's death: a survivor adopts its hold
+(exactly once, however many survivors sweep), runs the call once it is
+approved, and `tasks/get` through any replica returns the upstream's result.
+
+Real PostgreSQL (`pg` fixture), two or three real `airlock serve` replicas with
+the project's test server as their stdio upstream, raw stateless-era JSON-RPC
+over httpx (the `Agent` of test_tasks.py, declaring the tasks extension).
+Every wait is bounded.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+from pgcluster import pg  # noqa: F401  (the fixture)
+from replicakit import start_replica
+from test_tasks import Agent
+
+HEARTBEAT, LEASE = 0.3, 1.5
+
+
+def rows_of(gw, pending_id: str) -> list[tuple]:
+    return [(r["decision"], r.get("decider"), r.get("channel")) for r in gw.audit_rows(pending_id=pending_id)]
+
+
+def wait_rows(gw, pending_id: str, n: int, timeout: float = 15.0) -> list[tuple]:
+    deadline = time.monotonic() + timeout
+    while len(rows := rows_of(gw, pending_id)) < n:
+        assert time.monotonic() < deadline, f"only {rows} after {timeout}s"
+        time.sleep(0.05)
+    return rows
+
+
+def held_task(agent: Agent, via, arguments: dict) -> tuple[str, dict]:
+    created = agent.call("delete_record", arguments)
+    assert created["resultType"] == "task" and created["status"] == "working", created
+    [item] = via.wait_pending(1, where=lambda p: p["arguments"] == arguments)
+    return created["taskId"], item
+
+
+def test_a_task_created_on_a_is_read_and_completed_through_b(procs, pg):
+    a = start_replica(procs, pg.url(), "a")
+    b = start_replica(procs, pg.url(), "b")
+    on_a, on_b = Agent(a), Agent(b)
+    task_id, item = held_task(on_a, b, {"id": "t-ab"})
+    view = on_b.get(task_id)
+    assert (view["taskId"], view["status"], view["statusMessage"]) == (
+        task_id, "working", "waiting for human approval"), view
+    assert b.decide(item["id"], "approve").status_code == 200
+    done = on_b.wait_done(task_id)
+    assert (done["status"], done["statusMessage"]) == ("completed", "approved and completed"), done
+    assert done["result"]["content"][0]["text"] == "deleted t-ab", done
+    assert on_a.get(task_id)["result"] == done["result"]
+    assert rows_of(b, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
+
+
+def test_another_client_cannot_read_a_task_through_another_replica(procs, pg):
+    a = start_replica(procs, pg.url(), "a")
+    b = start_replica(procs, pg.url(), "b")
+    task_id, item = held_task(Agent(a), b, {"id": "t-private"})
+    stranger = Agent(b, name="someone-else")
+    response = stranger.task("tasks/get", task_id)
+    assert response.get("error", {}).get("message") == "Failed to retrieve task: Task not found", response
+    assert b.decide(item["id"], "deny").status_code == 200
+
+
+def test_tasks_cancel_through_b_withdraws_the_hold_on_a(procs, pg):
+    a = start_replica(procs, pg.url(), "a")
+    b = start_replica(procs, pg.url(), "b")
+    on_a, on_b = Agent(a), Agent(b)
+    task_id, item = held_task(on_a, b, {"id": "t-cancel"})
+    assert "result" in on_b.task("tasks/cancel", task_id)
+    view = on_b.wait_done(task_id)
+    assert (view["status"], view["statusMessage"]) == ("cancelled", "cancelled by the agent"), view
+    assert b.pending() == []
+    assert [r[0] for r in wait_rows(b, item["id"], 2)] == ["approval_requested", "cancelled"]
+
+
+def test_a_task_survives_the_death_of_its_replica_and_is_adopted_once(procs, pg):
+    a = start_replica(procs, pg.url(), "a", heartbeat=HEARTBEAT, lease=LEASE)
+    b = start_replica(procs, pg.url(), "b", heartbeat=HEARTBEAT, lease=LEASE)
+    c = start_replica(procs, pg.url(), "c", heartbeat=HEARTBEAT, lease=LEASE)
+    on_b, on_c = Agent(b), Agent(c)
+    task_id, item = held_task(Agent(a), b, {"id": "t-survives"})
+    a.proc.stop(signal.SIGKILL)
+    # Past the lease both survivors sweep; the hold stays open (adopted, not abandoned).
+    time.sleep(LEASE + 4 * HEARTBEAT + 1.0)
+    assert [p["id"] for p in b.pending()] == [item["id"]]
+    assert [p["id"] for p in c.pending()] == [item["id"]]
+    assert on_c.get(task_id)["status"] == "working"
+    assert c.decide(item["id"], "approve", comment="after A died").status_code == 200
+    done = on_b.wait_done(task_id)
+    assert (done["status"], done["statusMessage"]) == ("completed", "approved and completed"), done
+    assert done["result"]["content"][0]["text"] == "deleted t-survives", done
+    assert on_c.get(task_id)["result"] == done["result"]
+    time.sleep(LEASE)  # every survivor kept sweeping: still one outcome row
+    assert rows_of(c, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
+
+
+def test_a_task_approved_while_its_replica_is_dead_runs_once_adopted(procs, pg):
+    """Approved through B after A died but before A's lease ran out: nobody is waiting for it
+    then; the survivor that adopts the hold finds it approved and runs it."""
+    a = start_replica(procs, pg.url(), "a", heartbeat=HEARTBEAT, lease=LEASE)
+    b = start_replica(procs, pg.url(), "b", heartbeat=HEARTBEAT, lease=LEASE)
+    on_b = Agent(b)
+    task_id, item = held_task(Agent(a), b, {"id": "t-early"})
+    a.proc.stop(signal.SIGKILL)
+    assert b.decide(item["id"], "approve").status_code == 200
+    done = on_b.wait_done(task_id, timeout=LEASE + 15)
+    assert (done["status"], done["result"]["content"][0]["text"]) == ("completed", "deleted t-early"), done
+    assert rows_of(b, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
+
+
+def test_a_streamed_hold_of_a_dead_replica_is_still_abandoned(procs, pg):
+    """Only tasks are adopted: a call held on an open stream dies with its agent's connection."""
+    from holdkit import HeldCall
+
+    a = start_replica(procs, pg.url(), "a", heartbeat=HEARTBEAT, lease=LEASE)
+    b = start_replica(procs, pg.url(), "b", heartbeat=HEARTBEAT, lease=LEASE)
+    call = HeldCall(a.mcp, "delete_record", {"id": "t-stream"})
+    call.start()
+    [item] = b.wait_pending(1)
+    a.proc.stop(signal.SIGKILL)
+    rows = wait_rows(b, item["id"], 2, timeout=LEASE + 10)
+    assert rows[1][0] == "abandoned" and rows[1][2] == "lease", rows
