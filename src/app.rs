@@ -308,18 +308,19 @@ async fn adopt_orphaned_tasks(gw: Gateway) {
 #[allow(clippy::type_complexity)]
 fn power_state(
     config: &Config,
+    pool: Option<deadpool_postgres::Pool>,
 ) -> anyhow::Result<(
     Option<Arc<crate::power_store::SharedPower>>,
     crate::pins::Pins,
     crate::grants::Grants,
     crate::quorum::Votes,
 )> {
-    let Some(url) = &config.store.url else {
+    let (Some(url), Some(pool)) = (&config.store.url, pool) else {
         let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
         return Ok((None, pins, Default::default(), Default::default()));
     };
     let store = Arc::new(
-        crate::power_store::SharedPower::connect(url)
+        crate::power_store::SharedPower::new(pool, url)
             .context("cannot open the grants and pins store ([store] url)")?,
     );
     Ok((
@@ -395,8 +396,8 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     };
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let (approvals, pool) = start_approvals(&config.store).await?;
+    let (power_store, pins, grants, votes) = power_state(&config, pool.clone())?;
     let tasks = crate::tasks::Tasks::new(pool);
-    let (power_store, pins, grants, votes) = power_state(&config)?;
     let slack = crate::slack::prepare(&config, &audit).await?;
     let (slack, inbox) = slack.map_or((None, None), |(s, i)| (Some(s), Some(i)));
     let gw = Gateway::new(crate::gateway::Parts {

@@ -137,7 +137,7 @@ pub fn count(mut so_far: Vec<String>, approver: &str, needed: u32) -> (Counted, 
     (Counted::Vote(so_far), true)
 }
 
-/// A pool on the shared database, for grants, votes, escalations and pins.
+/// The shared database, for grants, votes, escalations and pins.
 pub struct SharedPower {
     pool: Pool,
     config: tokio_postgres::Config,
@@ -148,8 +148,15 @@ fn db(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SharedPower {
-    /// Connects to `url`. The tables are created by the approvals store's
-    /// migrations, which run first.
+    /// On the approvals store's pool (its migrations created the tables);
+    /// `url` is for the `LISTEN` connection.
+    pub fn new(pool: Pool, url: &str) -> Result<SharedPower, StoreError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(db)?;
+        Ok(SharedPower { pool, config })
+    }
+
+    /// Connects to `url` with a pool of its own. The tables are created by
+    /// the approvals store's migrations, which must have run.
     pub fn connect(url: &str) -> Result<SharedPower, StoreError> {
         let config = tokio_postgres::Config::from_str(url).map_err(db)?;
         let manager = Manager::from_config(
