@@ -833,6 +833,12 @@ async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         "# HELP airlock_store_healthy 1 when this replica's last lease renewal reached the approvals store.\n# TYPE airlock_store_healthy gauge\nairlock_store_healthy {}\n",
         u8::from(gw.approvals.is_healthy())
     ));
+    if let Some(age) = gw.grants.mirror_age() {
+        text.push_str(&format!(
+            "# HELP airlock_grants_mirror_age_seconds Seconds since this replica last read the shared grants (above [store] lease: it honours none).\n# TYPE airlock_grants_mirror_age_seconds gauge\nairlock_grants_mirror_age_seconds {:.3}\n",
+            age.as_secs_f64()
+        ));
+    }
     (
         [(
             header::CONTENT_TYPE,

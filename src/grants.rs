@@ -257,6 +257,13 @@ impl Grants {
         mirror.grants.iter().find(|g| g.covers(call, now)).cloned()
     }
 
+    /// Shared mode: how long ago the table was last read (None in memory,
+    /// or before the first read).
+    pub fn mirror_age(&self) -> Option<StdDuration> {
+        self.shared.as_ref()?;
+        self.mirror().read_at.map(|at| at.elapsed())
+    }
+
     /// Whether some grant here has expired (and is to be ended).
     pub fn has_expired(&self) -> bool {
         let now = Utc::now();

@@ -230,6 +230,7 @@ def test_a_replica_cut_off_from_postgresql_stops_honouring_grants_after_one_leas
     r = a.api("POST", f"/api/pending/{item['id']}/approve", json={"grant": {"minutes": 5}})
     assert r.status_code == 200, r.text
     first.result()
+    assert a.metrics()["airlock_grants_mirror_age_seconds"] < 1.5
     granted = HeldCall(a.mcp, "delete_record", {"id": "r2"})
     granted.start()
     assert text_of(granted.result(10)) == "deleted r2"
@@ -243,3 +244,4 @@ def test_a_replica_cut_off_from_postgresql_stops_honouring_grants_after_one_leas
     # Not covered any more: held, which fails closed while the store is down.
     assert result["isError"] and "needs human approval, but" in text_of(result), result
     print(f"grant no longer honoured {time.monotonic() - stopped:.1f} s after PostgreSQL stopped")
+    assert a.metrics()["airlock_grants_mirror_age_seconds"] > 1.5
