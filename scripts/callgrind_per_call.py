@@ -120,6 +120,7 @@ def main() -> None:
         era = "stateless" if a.stateless else "handshake"
         print(f"{total:,} instructions for {a.calls} {era}-era calls: {total // a.calls:,} per allowed call "
               f"(dump {dumps[-1]})")
+        writer(dumps[-1], total, a.calls)
         if before is not None and after is not None:
             print(f"airlock_body_parses_total: {after - before} for {a.calls} calls "
                   f"({(after - before) / a.calls:g} per allowed call)")
@@ -131,6 +132,25 @@ def main() -> None:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def writer(dump: Path, total: int, calls: int) -> None:
+    """Splits the total into the audit writer thread and the rest: the
+    writer's share depends on how many rows each of its transactions
+    gathered (it lingers 2 ms for more), which moves with the machine's speed
+    and load, so the rest is the figure to compare builds by."""
+    tree = subprocess.run(["callgrind_annotate", "--tree=caller", "--inclusive=yes", "--threshold=100",
+                           "--auto=no", str(dump)], capture_output=True, text=True).stdout
+    own = re.search(r"^\s*([\d,]+) .*\*\s+\S*airlock::audit::write_loop\s", tree, re.M)
+    # The block of the backend's `append` (one call per transaction), and in
+    # it the line of its caller, the writer loop, with the number of calls.
+    block = next((b for b in tree.split("\n\n") if re.search(r"\*\s+.*AuditBackend>::append\s", b)), "")
+    batches = re.search(r"<\s+\S*airlock::audit::write_loop \(([\d,]+)x\)", block)
+    if not own or not batches:
+        return
+    own, batches = int(own.group(1).replace(",", "")), int(batches.group(1).replace(",", ""))
+    print(f"audit writer thread: {own // calls:,} per call, {batches:,} transactions "
+          f"({calls / batches:.2f} rows each); everything else: {(total - own) // calls:,} per call")
 
 
 if __name__ == "__main__":

@@ -599,6 +599,9 @@ pub fn decide_error(e: DecideError) -> ApiError {
             );
             err
         }
+        e @ DecideError::AgentUserOnly(_) => {
+            ApiError::new(StatusCode::FORBIDDEN, "agent_user_only", e.to_string())
+        }
         e @ DecideError::Audit(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",

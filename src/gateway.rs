@@ -368,7 +368,7 @@ impl ListFilter {
 }
 
 impl Exchange {
-    fn plain(reply: Reply) -> Exchange {
+    pub(crate) fn plain(reply: Reply) -> Exchange {
         Exchange {
             reply,
             list_filter: None,
@@ -573,7 +573,7 @@ impl Gateway {
     }
 
     /// Records a policy outcome off the hot path (the writer batches it).
-    async fn record_outcome(
+    pub(crate) async fn record_outcome(
         &self,
         ctx: &CallContext,
         decision: &'static str,
@@ -746,8 +746,23 @@ impl Gateway {
             return Ok(Exchange::answer(error, ctx.era));
         }
         let tool = peek.name.as_ref();
-        let policy = ctx.upstream.policy();
         let arguments = peek.arguments.map(|a| a.get());
+        // The retry of a held call whose user Airlock asked (stateless era):
+        // the hold, not the policy, decides it (as for any held call).
+        if let Some(state) = peek
+            .request_state
+            .as_deref()
+            .filter(|s| crate::hold::elicit::Elicitations::is_ours(s))
+        {
+            let (state, tool) = (state.to_owned(), tool.to_owned());
+            let arguments = arguments.map(str::to_owned);
+            drop(peek);
+            return crate::hold::elicit_retry(
+                self, ctx, message, headers, &state, &tool, arguments,
+            )
+            .await;
+        }
+        let policy = ctx.upstream.policy();
         // The retry of an allowed call that asked the client for input (MRTR)
         // is the same call continuing: it does not spend rate-limit budget again.
         let retry = peek

@@ -18,7 +18,15 @@
 //! (approved) or a refusal. If the agent goes away, the hold is cancelled —
 //! in a handshake-era HTTP session only once it has not come back with
 //! `Last-Event-ID` within a grace period (see [`stream`]).
+//!
+//! A rule may also ask the person driving the agent, in their own client
+//! (`approval.via` with `agent_user`): see [`elicit`] (the questions and
+//! answers) and `ask_user` (their answer as a decision; the stateless era's
+//! `input_required` round trip). Their answer is one more decision through
+//! the same compare-and-set.
 
+mod ask_user;
+pub mod elicit;
 pub mod stream;
 
 use std::sync::Arc;
@@ -39,8 +47,10 @@ use crate::era;
 use crate::gate::{self, Refusal};
 use crate::gateway::{CallContext, Exchange, Gateway};
 use crate::jsonrpc::{self, Id, Message};
-use crate::policy::{Approval, OnTimeout};
+use crate::policy::{Approval, OnTimeout, Via};
 use crate::upstream::{Event, Reply, ReplyBody, UpstreamError};
+pub use ask_user::elicit_retry;
+use ask_user::{UserAsked, agent_user_only, can_ask_user, park, take_user_answer};
 use stream::HeldStream;
 
 /// A pending approval as the API, events and notifications show it.
@@ -56,6 +66,10 @@ pub struct PendingItem {
     pub reason: Option<String>,
     pub created_at: String,
     pub expires_at: String,
+    /// Who is asked (`approval.via` of the rule in force), when not just the
+    /// approvers: `["agent_user"]` or `["approvers", "agent_user"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Vec<&'static str>>,
 }
 
 impl PendingItem {
@@ -71,7 +85,29 @@ impl PendingItem {
             reason: approval.reason.clone(),
             created_at: rfc3339(approval.created_at),
             expires_at: rfc3339(approval.expires_at),
+            via: None,
         }
+    }
+
+    /// Adds who is asked, from the policy in force (shown by dashboards).
+    fn with_via(mut self, gw: &Gateway) -> PendingItem {
+        if self.rule == crate::power::RULE {
+            return self;
+        }
+        let via = gw
+            .upstreams
+            .get(&self.upstream)
+            .map(|up| up.policy().approval_for(&self.tool).0.via)
+            .unwrap_or_default();
+        if via.agent_user {
+            let mut names = Vec::new();
+            if via.approvers {
+                names.push("approvers");
+            }
+            names.push("agent_user");
+            self.via = Some(names);
+        }
+        self
     }
 }
 
@@ -113,6 +149,8 @@ pub struct Holds {
     /// Resumable held-call streams by pending id, open or finished less than
     /// [`stream::GRACE`] ago.
     streams: DashMap<String, Arc<HeldStream>>,
+    /// Questions to the agents' own users (`approval.via` `agent_user`).
+    pub elicit: elicit::Elicitations,
 }
 
 /// A hold this replica owns.
@@ -164,6 +202,7 @@ impl Holds {
     pub fn prune(&self) {
         let now = Instant::now();
         self.continuations.retain(|_, c| c.3 > now);
+        self.elicit.prune();
     }
 
     /// Whether an approval covers this MRTR retry (single use): same
@@ -255,6 +294,10 @@ pub enum DecideError {
         "the decision could not be recorded in the audit store ({0}); the call was refused, nothing was released"
     )]
     Audit(String),
+    #[error(
+        "rule `{0}` lets only the agent's own user approve this call (approval.via = [\"agent_user\"]); approvers can deny it"
+    )]
+    AgentUserOnly(String),
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -275,6 +318,12 @@ pub async fn decide(
     let Ok(uuid) = Uuid::parse_str(id) else {
         return Err(DecideError::NotFound(id.to_owned()));
     };
+    if choice == Choice::Approve
+        && channel != elicit::CHANNEL
+        && let Some(rule) = agent_user_only(gw, id)
+    {
+        return Err(DecideError::AgentUserOnly(rule));
+    }
     // Subscribed before deciding, so the owner's "recorded" cannot be missed.
     let mut recorded = gw.holds.owned.get(id).map(|o| o.recorded.subscribe());
     let decision = approvals::Decision {
@@ -352,6 +401,41 @@ pub async fn hold_call(
             "audit_unavailable",
         ));
     }
+    // A changed tool definition is for approvers to accept, never the agent's user.
+    let approval = if rule == crate::power::RULE {
+        Approval {
+            via: Via::default(),
+            ..approval
+        }
+    } else {
+        approval
+    };
+    let ask_user = approval.via.agent_user && can_ask_user(gw, ctx, &message);
+    if approval.via.agent_user_only() && !ask_user {
+        let text = format!(
+            "Airlock refused this call to `{tool}`: rule `{rule}` lets only the agent's own user approve it (approval.via = [\"agent_user\"]), but this client did not declare the elicitation capability (form mode), so nobody can be asked."
+        );
+        gw.record_outcome(
+            ctx,
+            "denied",
+            &tool,
+            arguments.as_deref(),
+            &rule,
+            Some(&text),
+        )
+        .await;
+        let refusal = Refusal {
+            decision: "denied",
+            rule: rule.clone(),
+            reason: reason.clone().unwrap_or_default(),
+            text,
+            retry_after: None,
+        };
+        return Ok(Exchange::answer(
+            gate::refusal_response(&request_id, &refusal, ctx.era),
+            ctx.era,
+        ));
+    }
     let uuid = Uuid::now_v7();
     let id = uuid.to_string();
     let args_hash = hash_arguments(arguments.as_deref());
@@ -385,7 +469,9 @@ pub async fn hold_call(
     );
     let (progress_token, as_task) = {
         let peek = era::peek(&message);
-        let as_task = ctx.era == crate::era::Era::Stateless && crate::tasks::declared(&peek);
+        // Asking the user by `input_required` ends the request at once: no task.
+        let as_task =
+            ctx.era == crate::era::Era::Stateless && !ask_user && crate::tasks::declared(&peek);
         (
             peek.meta
                 .and_then(|m| m.progress_token.map(|t| t.get().to_owned())),
@@ -442,28 +528,42 @@ pub async fn hold_call(
     let headers = headers
         .filter(|_| matches!(ctx.link, crate::upstream::Link::Http(_)))
         .cloned();
-    let (sink, answer_now, out_rx) = if as_task {
-        let (task_id, created) = gw
-            .tasks
-            .create(&id, &ctx.session_key, approval.timeout, &message);
-        let upstream = &ctx.upstream.name;
-        gw.tasks
-            .share(&task_id, uuid, &ctx.agent, upstream, headers.as_ref())
-            .await;
-        (
-            Sink::Task(task_id),
-            Some(jsonrpc::result_response(&request_id, created)),
-            None,
+    let question = ask_user.then(|| {
+        elicit::request_params(
+            &tool,
+            arguments.as_deref(),
+            &rule,
+            reason.as_deref(),
+            approval.timeout,
         )
-    } else {
-        let resumable = resumable_session(gw, ctx);
-        let (held, events) = HeldStream::open(&id, resumable);
-        let held = Arc::new(held);
-        if held.resumable() {
-            gw.holds.streams.insert(id.clone(), held.clone());
-        }
-        (Sink::Stream(held), None, Some(events))
-    };
+    });
+    let (sink, answer_now, out_rx) =
+        if let (Some(question), era::Era::Stateless) = (&question, ctx.era) {
+            let (parked, input_required) =
+                park(gw, ctx, &message, &created, question.clone(), &approval);
+            (Sink::Parked(parked), Some(input_required), None)
+        } else if as_task {
+            let (task_id, created) =
+                gw.tasks
+                    .create(&id, &ctx.session_key, approval.timeout, &message);
+            let upstream = &ctx.upstream.name;
+            gw.tasks
+                .share(&task_id, uuid, &ctx.agent, upstream, headers.as_ref())
+                .await;
+            (
+                Sink::Task(task_id),
+                Some(jsonrpc::result_response(&request_id, created)),
+                None,
+            )
+        } else {
+            let resumable = resumable_session(gw, ctx);
+            let (held, events) = HeldStream::open(&id, resumable);
+            let held = Arc::new(held);
+            if held.resumable() {
+                gw.holds.streams.insert(id.clone(), held.clone());
+            }
+            (Sink::Stream(held), None, Some(events))
+        };
     let waiter = Waiter {
         gw: gw.clone(),
         ctx: CallContext {
@@ -482,10 +582,12 @@ pub async fn hold_call(
         timeout: approval.timeout,
         progress_token,
         sink,
+        question: question.filter(|_| ctx.era == era::Era::Handshake),
+        via: approval.via,
     };
     tokio::spawn(waiter.run(Box::pin(resolution)));
     let (Some(out_rx), None) = (out_rx, &answer_now) else {
-        let created = answer_now.expect("a task's answer is ready at once");
+        let created = answer_now.expect("a task's or a parked call's answer is ready at once");
         return Ok(Exchange::answer(created, ctx.era));
     };
     Ok(Exchange {
@@ -528,6 +630,7 @@ async fn record_unheld(
 /// Adds a hold to this replica's view and tells dashboards. (Slack and
 /// other notifiers subscribe to the approvals service themselves.)
 pub fn show_created(gw: &Gateway, item: &PendingItem) {
+    let item = item.clone().with_via(gw);
     gw.holds.view.insert(item.id.clone(), item.clone());
     gw.events
         .publish("pending.created", json!({ "pending": item }));
@@ -712,6 +815,9 @@ pub fn carry_on(
         timeout,
         progress_token: None,
         sink: Sink::Task(task_id.to_owned()),
+        // A task is never put to the agent's user (see `hold_call`).
+        question: None,
+        via: Via::default(),
     };
     tokio::spawn(waiter.run(Box::pin(resolution)));
 }
@@ -790,9 +896,10 @@ async fn resync_view(gw: &Gateway) {
         .view
         .retain(|id, _| ids.contains(id) || gw.holds.owned.contains_key(id));
     for approval in open.iter().filter(|a| a.owner != me) {
-        gw.holds
-            .view
-            .insert(approval.id.to_string(), PendingItem::of(approval));
+        gw.holds.view.insert(
+            approval.id.to_string(),
+            PendingItem::of(approval).with_via(gw),
+        );
     }
     gw.events.publish(
         "snapshot",
@@ -830,6 +937,10 @@ struct Waiter {
     timeout: Duration,
     progress_token: Option<String>,
     sink: Sink,
+    /// Handshake era: the elicitation to put to the agent's user on the
+    /// held stream (`approval.via` has `agent_user` and the client can be asked).
+    question: Option<Value>,
+    via: Via,
 }
 
 /// Where the held call's answer goes.
@@ -839,6 +950,9 @@ enum Sink {
     Stream(Arc<HeldStream>),
     /// A task the agent polls (stateless era with the tasks extension).
     Task(String),
+    /// Stateless era, the agent's user asked by `input_required`: the
+    /// client's retry picks up the recorded outcome and answers it.
+    Parked(Arc<elicit::Parked>),
 }
 
 /// The approvals service's answer for one hold.
@@ -878,6 +992,8 @@ impl Waiter {
                 }
                 true
             }
+            // The retry answers (see `elicit_retry`).
+            Sink::Parked(_) => true,
         }
     }
 
@@ -892,7 +1008,17 @@ impl Waiter {
     async fn run(self, mut resolving: Resolving) {
         let held = match &self.sink {
             Sink::Stream(held) => Some(held.clone()),
-            Sink::Task(_) => None,
+            Sink::Task(_) | Sink::Parked(_) => None,
+        };
+        // The agent's user, asked on the stream (handshake era).
+        let mut asked = match (&self.question, &held) {
+            (Some(question), Some(held)) => {
+                let (eid, answer) = self.gw.holds.elicit.ask(&self.ctx.session_key);
+                let request = elicit::request(&eid, question.clone());
+                held.send(request, None, None).await;
+                Some((eid, Some(answer)))
+            }
+            _ => None,
         };
         // Resolves when a streaming agent goes away; never for tasks.
         let mut gone_signal = held.as_ref().and_then(|h| h.take_gone());
@@ -928,6 +1054,9 @@ impl Waiter {
                         gone = true;
                         Box::pin(self.cancel("the agent closed the connection".into())).await;
                     }
+                }
+                answer = user_answer(&mut asked) => {
+                    Box::pin(self.user_decides(answer)).await;
                 }
                 _ = attached(held.as_deref()), if !gone => {
                     gone_signal = held.as_ref().and_then(|h| h.take_gone());
@@ -966,6 +1095,21 @@ impl Waiter {
         if let Some((_, owned)) = self.gw.holds.owned.remove(&self.id()) {
             owned.recorded.send_replace(Some(recorded.clone()));
         }
+        if let Some((eid, unanswered)) = asked {
+            self.gw.holds.elicit.finished(&eid);
+            if unanswered.is_some() {
+                // Decided elsewhere: the user's question is withdrawn.
+                let why = format!("decided: {}", resolution.describe());
+                Box::pin(self.deliver(elicit::cancelled(&eid, &why))).await;
+            }
+        }
+        if let Sink::Parked(parked) = &self.sink {
+            parked.outcome.send_replace(Some(elicit::Recorded {
+                resolution: resolution.clone(),
+                recorded: recorded.clone(),
+            }));
+            return;
+        }
         // Boxed: only a decided call pays for the (large) release future;
         // a waiting one stays a small task (docs/benchmarks.md, Holds).
         let gw = self.gw.clone();
@@ -977,6 +1121,20 @@ impl Waiter {
         if let Some(held) = held {
             finish_stream(&gw, &id, &held);
         }
+    }
+
+    /// Takes the agent's user's answer as a decision, through the approvals
+    /// service's compare-and-set (a decision taken elsewhere first wins; the
+    /// hold's resolution then arrives as usual).
+    async fn user_decides(&self, answer: elicit::Answer) {
+        let asker = UserAsked {
+            pending_id: self.approval.id,
+            upstream: &self.approval.upstream,
+            tool: &self.tool,
+            agent: &self.ctx.agent,
+            approvers_decide: self.via.approvers,
+        };
+        take_user_answer(&self.gw, &asker, answer).await;
     }
 
     /// The resolution could not be written to the audit history: whatever it
@@ -1041,56 +1199,25 @@ impl Waiter {
 
     async fn release(self, resolution: Resolution, progress_sent: u64) {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
-        let timeout = self.timeout.as_secs();
-        let text = match resolution.verdict {
-            Verdict::Cancelled => {
-                // Nobody to answer on a stream; a task reads as cancelled.
-                if let Sink::Task(task_id) = &self.sink {
-                    self.gw.tasks.mark_cancelled(task_id);
-                    self.gw.tasks.persist(task_id).await;
-                }
-                return;
+        if resolution.verdict == Verdict::Cancelled {
+            // Nobody to answer on a stream; a task reads as cancelled.
+            if let Sink::Task(task_id) = &self.sink {
+                self.gw.tasks.mark_cancelled(task_id);
+                self.gw.tasks.persist(task_id).await;
             }
-            _ if resolution.outcome == Outcome::Allowed => {
-                self.forward(progress_sent).await;
-                return;
-            }
-            Verdict::Denied => {
-                let who = resolution.decider.as_deref().unwrap_or("an approver");
-                match &resolution.comment {
-                    Some(c) => format!("Airlock: {who} denied this call to `{}`: {c}", self.tool),
-                    None => format!("Airlock: {who} denied this call to `{}`.", self.tool),
-                }
-            }
-            Verdict::TimedOut => format!(
-                "Airlock: nobody approved this call to `{}` within {timeout} s; it timed out and was denied.",
-                self.tool,
-            ),
-            Verdict::Shutdown | Verdict::Abandoned => format!(
-                "Airlock denied this call to `{}`: gateway shutting down.",
-                self.tool
-            ),
-            Verdict::Approved => unreachable!("approved calls are forwarded"),
-        };
-        let refusal = Refusal {
-            decision: match resolution.verdict {
-                Verdict::Denied => "approval_denied",
-                Verdict::TimedOut => "approval_timed_out",
-                _ => "denied",
-            },
-            rule: self.rule.clone(),
-            reason: match resolution.verdict {
-                Verdict::Shutdown | Verdict::Abandoned => "gateway shutting down".into(),
-                Verdict::TimedOut => format!("no decision within {timeout} s"),
-                _ => resolution
-                    .comment
-                    .clone()
-                    .or_else(|| self.reason.clone())
-                    .unwrap_or_default(),
-            },
-            text,
-            retry_after: None,
-        };
+            return;
+        }
+        if resolution.outcome == Outcome::Allowed {
+            self.forward(progress_sent).await;
+            return;
+        }
+        let refusal = refusal_of(
+            &resolution,
+            &self.tool,
+            &self.rule,
+            self.reason.as_deref(),
+            self.timeout,
+        );
         let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
         self.deliver(answer).await;
     }
@@ -1107,7 +1234,7 @@ impl Waiter {
         // its own task: the upstream must answer with a result).
         let message = match &self.sink {
             Sink::Task(_) => crate::tasks::without_extension(&self.message),
-            Sink::Stream(..) => self.message.clone(),
+            Sink::Stream(..) | Sink::Parked(_) => self.message.clone(),
         };
         let reply = self
             .gw
@@ -1154,6 +1281,76 @@ impl Waiter {
                 self.deliver(m).await;
             }
         }
+    }
+}
+
+/// The refusal of a held call that was not released (denied, timed out,
+/// ended by shutdown).
+fn refusal_of(
+    resolution: &Resolution,
+    tool: &str,
+    rule: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> Refusal {
+    let timeout = timeout.as_secs();
+    let text = match resolution.verdict {
+        Verdict::Denied => {
+            let who = resolution.decider.as_deref().unwrap_or("an approver");
+            match &resolution.comment {
+                Some(c) => format!("Airlock: {who} denied this call to `{tool}`: {c}"),
+                None => format!("Airlock: {who} denied this call to `{tool}`."),
+            }
+        }
+        Verdict::TimedOut => format!(
+            "Airlock: nobody approved this call to `{tool}` within {timeout} s; it timed out and was denied."
+        ),
+        Verdict::Cancelled => {
+            format!("Airlock: this call to `{tool}` was cancelled before a decision.")
+        }
+        Verdict::Shutdown | Verdict::Abandoned | Verdict::Approved => {
+            format!("Airlock denied this call to `{tool}`: gateway shutting down.")
+        }
+    };
+    Refusal {
+        decision: match resolution.verdict {
+            Verdict::Denied => "approval_denied",
+            Verdict::TimedOut => "approval_timed_out",
+            _ => "denied",
+        },
+        rule: rule.to_owned(),
+        reason: match resolution.verdict {
+            Verdict::Shutdown | Verdict::Abandoned => "gateway shutting down".into(),
+            Verdict::TimedOut => format!("no decision within {timeout} s"),
+            _ => resolution
+                .comment
+                .clone()
+                .or_else(|| reason.map(str::to_owned))
+                .unwrap_or_default(),
+        },
+        text,
+        retry_after: None,
+    }
+}
+
+/// The agent's user's answer to the question on the held stream; never
+/// when none is outstanding. Once answered, the slot is emptied (the
+/// question itself stays, so the hold's end knows it was answered).
+async fn user_answer(
+    asked: &mut Option<(Id, Option<oneshot::Receiver<elicit::Answer>>)>,
+) -> elicit::Answer {
+    let Some((_, slot)) = asked else {
+        return std::future::pending().await;
+    };
+    let Some(rx) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    let answer = rx.await;
+    *slot = None;
+    match answer {
+        Ok(answer) => answer,
+        // Dropped without an answer (cannot happen while the hold waits).
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -1210,12 +1407,24 @@ fn shift_progress(message: Message, by: u64) -> Message {
     Message::from_value(&value)
 }
 
-/// Handles `notifications/cancelled` for a held call; `None` passes the message on.
+/// Handles `notifications/cancelled` for a held call, and the agent's
+/// answers to Airlock's own questions (never forwarded upstream); `None`
+/// passes the message on.
 pub fn intercept_notification(
     gw: &Gateway,
     ctx: &CallContext,
     message: &Message,
 ) -> Option<Exchange> {
+    if message.kind() == jsonrpc::Kind::Response {
+        return gw
+            .holds
+            .elicit
+            .answer(&ctx.session_key, message)
+            .then(|| Exchange {
+                reply: Reply::accepted(),
+                list_filter: None,
+            });
+    }
     if message.method() != Some("notifications/cancelled") {
         return None;
     }
@@ -1251,6 +1460,7 @@ pub async fn cancel(gw: &Gateway, id: &str, why: &str) -> bool {
 
 /// Cancels every hold of an agent session that went away.
 pub async fn agent_gone(gw: &Gateway, session_key: &str) {
+    gw.holds.elicit.session_gone(session_key);
     for id in gw.holds.owned_by(session_key, None) {
         cancel(gw, &id, "the agent went away").await;
     }

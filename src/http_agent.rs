@@ -348,6 +348,7 @@ async fn handle_post(
         };
         let sid = session.id.clone();
         let id = message.id().cloned();
+        gw.holds.elicit.note_initialize(&sid, &message);
         // In flight from the start: the child's start-up can outlast a short
         // `session_idle_timeout`, and the reaper must not close it meanwhile.
         let busy = InFlight::new(&gw, Some(session.clone()));

@@ -17,7 +17,8 @@
 //! - [`catalog`]: every upstream's tools (the dashboard's Tools page), with a
 //!   risk class read from their annotations.
 //! - [`hold`]: calls waiting for a human: holds the agent's request, records
-//!   the outcome, releases or refuses the call.
+//!   the outcome, releases or refuses the call; asks the agent's own user by
+//!   MCP elicitation where the rule says so (`hold::elicit`, `approval.via`).
 //! - [`approvals`]: pending approvals as a service behind a store (in memory,
 //!   or PostgreSQL shared by replicas with `[store] url`): decisions by
 //!   compare-and-set, timeouts, leases; knows nothing of transports or the

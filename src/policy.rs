@@ -125,6 +125,34 @@ pub struct Approval {
     /// Longest standing approval (grant) an approver may give, in seconds;
     /// `Some(0)` forbids grants, `None` caps them at [`MAX_GRANT`].
     pub max_grant: Option<u64>,
+    /// Who is asked to decide (`approval.via`).
+    pub via: Via,
+}
+
+/// Who decides a rule's held calls (`approval.via`): the approvers
+/// (dashboard, Slack, API, CLI), the person driving the agent, asked in
+/// their own client by MCP elicitation (`agent_user`), or both — then the
+/// first decision wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via {
+    pub approvers: bool,
+    pub agent_user: bool,
+}
+
+impl Default for Via {
+    fn default() -> Self {
+        Via {
+            approvers: true,
+            agent_user: false,
+        }
+    }
+}
+
+impl Via {
+    /// Only the agent's user decides (approvers may still deny).
+    pub fn agent_user_only(self) -> bool {
+        self.agent_user && !self.approvers
+    }
 }
 
 impl Approval {
@@ -140,6 +168,7 @@ impl Default for Approval {
             timeout: Duration::from_secs(300),
             on_timeout: OnTimeout::Deny,
             max_grant: None,
+            via: Via::default(),
         }
     }
 }

@@ -185,6 +185,10 @@ impl StdioAgent {
         };
         if message.method() == Some("initialize") {
             self.handshake.store(true, Ordering::Relaxed);
+            self.gw
+                .holds
+                .elicit
+                .note_initialize(&self.session_key, &message);
         }
         let client = peek
             .client_info

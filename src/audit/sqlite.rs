@@ -43,7 +43,21 @@ DROP INDEX IF EXISTS audit_pending;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
-const COLUMNS: &str = "seq, id, at, decision, session, agent, upstream, tool, arguments, args_hash, rule, reason, pending_id, decider, channel, comment, wait_ms, prev_hash, hash";
+macro_rules! columns {
+    () => {
+        "seq, id, at, decision, session, agent, upstream, tool, arguments, args_hash, rule, reason, pending_id, decider, channel, comment, wait_ms, prev_hash, hash"
+    };
+}
+const COLUMNS: &str = columns!();
+/// The statements of every batch, compiled once per connection (rusqlite's
+/// statement cache) rather than once per batch: compiling `BEGIN`, the tail
+/// read and `COMMIT` anew cost more than storing a row.
+const INSERT: &str = concat!(
+    "INSERT INTO audit (",
+    columns!(),
+    ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
+);
+const TAIL: &str = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1";
 
 impl Sqlite {
     pub fn open(path: &Path) -> Result<Sqlite, AuditError> {
@@ -73,6 +87,53 @@ impl Sqlite {
             })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Sqlite { conn })
+    }
+
+    /// The rows of one [`AuditBackend::append`], inside its transaction.
+    fn insert_rows(
+        &mut self,
+        count: usize,
+        seal: &mut dyn FnMut(usize, i64, &str) -> Sealed,
+    ) -> Result<Vec<Entry>, AuditError> {
+        let (mut seq, mut prev): (i64, String) = self
+            .conn
+            .prepare_cached(TAIL)?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, super::GENESIS.to_owned()));
+        let mut out = Vec::with_capacity(count);
+        let mut stmt = self.conn.prepare_cached(INSERT)?;
+        for i in 0..count {
+            seq += 1;
+            let Sealed {
+                entry: e,
+                arguments_text,
+            } = seal(i, seq, &prev);
+            stmt.execute(rusqlite::params![
+                e.seq,
+                e.id,
+                e.at,
+                e.decision,
+                e.session,
+                e.agent,
+                e.upstream,
+                e.tool,
+                arguments_text,
+                e.args_hash,
+                e.rule,
+                e.reason,
+                e.pending_id,
+                e.decider,
+                e.channel,
+                e.comment,
+                e.wait_ms,
+                e.prev_hash,
+                e.hash,
+            ])?;
+            prev.clone_from(&e.hash);
+            out.push(e);
+        }
+        Ok(out)
     }
 }
 
@@ -110,55 +171,16 @@ impl AuditBackend for Sqlite {
     ) -> Result<Vec<Entry>, AuditError> {
         // IMMEDIATE takes the write lock before reading the tail, so another
         // process appending to the same file cannot interleave.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (mut seq, mut prev): (i64, String) = tx
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
-            .unwrap_or((0, super::GENESIS.to_owned()));
-        let mut out = Vec::with_capacity(count);
-        {
-            let mut stmt = tx.prepare_cached(&format!(
-                "INSERT INTO audit ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
-            ))?;
-            for i in 0..count {
-                seq += 1;
-                let Sealed {
-                    entry: e,
-                    arguments_text,
-                } = seal(i, seq, &prev);
-                stmt.execute(rusqlite::params![
-                    e.seq,
-                    e.id,
-                    e.at,
-                    e.decision,
-                    e.session,
-                    e.agent,
-                    e.upstream,
-                    e.tool,
-                    arguments_text,
-                    e.args_hash,
-                    e.rule,
-                    e.reason,
-                    e.pending_id,
-                    e.decider,
-                    e.channel,
-                    e.comment,
-                    e.wait_ms,
-                    e.prev_hash,
-                    e.hash,
-                ])?;
-                prev = e.hash.clone();
-                out.push(e);
-            }
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let written = self.insert_rows(count, seal).and_then(|out| {
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(out)
+        });
+        if written.is_err() && !self.conn.is_autocommit() {
+            // Nothing of the batch stays (a failed COMMIT leaves it open).
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        tx.commit()?;
-        Ok(out)
+        written
     }
 
     fn probe(&mut self) -> Result<(), AuditError> {

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::{
     Action, Approval, Branch, Cond, Format, OnTimeout, OnToolChange, Policy, Quorum, RateLimit,
-    Rule,
+    Rule, Via,
 };
 use crate::suggest::{parse_unknown, suggestion};
 
@@ -123,6 +123,9 @@ struct RawApproval {
     escalate_after: Option<u64>,
     #[serde(default)]
     escalate_to: Option<String>,
+    /// Who decides: `approvers`, `agent_user` (MCP elicitation), or both.
+    #[serde(default)]
+    via: Option<Vec<String>>,
 }
 
 /// Longest approval wait a policy may ask for: one week.
@@ -377,6 +380,7 @@ fn compile(raw: RawPolicy, text: &str, file: &str) -> Result<Policy, LoadError> 
                     timeout: Duration::from_secs(timeout),
                     on_timeout: a.on_timeout.unwrap_or(OnTimeout::Deny),
                     max_grant: a.max_grant,
+                    via: compile_via(&a, &key, &err)?,
                 }
             }
         };
@@ -484,6 +488,66 @@ fn compile_quorum(
         escalate_after,
         escalate_to: a.escalate_to.clone(),
     })
+}
+
+/// The values `approval.via` may list.
+const VIA: [&str; 2] = ["approvers", "agent_user"];
+
+/// A rule's `approval.via`, and the combinations with the other approval
+/// keys that cannot work (docs/policy.md, "approval.via").
+fn compile_via(
+    a: &RawApproval,
+    key: &str,
+    err: &dyn Fn(&str, String) -> LoadError,
+) -> Result<Via, LoadError> {
+    let Some(list) = &a.via else {
+        return Ok(Via::default());
+    };
+    let bad = |message: String| Err(err("approval.via", message));
+    if list.is_empty() {
+        return bad(format!(
+            "rules.{key}.approval.via is empty: list \"approvers\", \"agent_user\" or both (leave it out for [\"approvers\"])"
+        ));
+    }
+    let mut via = Via {
+        approvers: false,
+        agent_user: false,
+    };
+    for item in list {
+        let slot = match item.as_str() {
+            "approvers" => &mut via.approvers,
+            "agent_user" => &mut via.agent_user,
+            other => {
+                let known: Vec<String> = VIA.iter().map(|v| (*v).to_owned()).collect();
+                return bad(format!(
+                    "rules.{key}.approval.via has unknown value `{other}`: expected \"approvers\" or \"agent_user\"{}",
+                    crate::suggest::suggestion(other, &known)
+                ));
+            }
+        };
+        if *slot {
+            return bad(format!("rules.{key}.approval.via lists `{item}` twice"));
+        }
+        *slot = true;
+    }
+    if via.agent_user && a.approvers.is_some_and(|n| n > 1) {
+        return bad(format!(
+            "rules.{key}.approval.via includes \"agent_user\", which cannot be combined with approval.approvers > 1: the agent's user is one person deciding alone, so a two-person rule would be waived (remove agent_user, or set approvers to 1)"
+        ));
+    }
+    if via.agent_user_only() {
+        let approver_keys = [
+            ("groups", a.groups.is_some()),
+            ("escalate_after", a.escalate_after.is_some()),
+            ("escalate_to", a.escalate_to.is_some()),
+        ];
+        if let Some((name, _)) = approver_keys.iter().find(|(_, set)| *set) {
+            return bad(format!(
+                "rules.{key}.approval.via is [\"agent_user\"] only, so approval.{name} has no one to apply to (approvers cannot approve these calls): add \"approvers\" to via, or remove {name}"
+            ));
+        }
+    }
+    Ok(via)
 }
 
 /// Compiles a rule's `when` list; each branch knows its line for `airlock check`.

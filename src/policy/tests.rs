@@ -579,3 +579,49 @@ fn lint_warns_about_branches_after_an_unconditional_one_with_lines() {
         "{warnings}"
     );
 }
+
+#[test]
+fn approval_via_defaults_to_approvers_and_reads_both_orders() {
+    let via = |v: &str| {
+        let p = policy(&format!(
+            r#"{{"version":"1","rules":{{"d":{{"action":"require_approval","approval":{{"via":{v}}}}}}}}}"#
+        ));
+        p.approval_for("d").0.via
+    };
+    let p = policy(r#"{"version":"1","rules":{"d":{"action":"require_approval"}}}"#);
+    assert_eq!(p.approval_for("d").0.via, Via::default());
+    assert!(!Via::default().agent_user && Via::default().approvers);
+    assert!(via(r#"["agent_user"]"#).agent_user_only());
+    for both in [
+        r#"["approvers","agent_user"]"#,
+        r#"["agent_user","approvers"]"#,
+    ] {
+        let v = via(both);
+        assert!(
+            v.agent_user && v.approvers && !v.agent_user_only(),
+            "{both}"
+        );
+    }
+}
+
+#[test]
+fn approval_via_rejects_what_cannot_work() {
+    let rule = |approval: &str| {
+        error(&format!(
+            r#"{{"version":"1","rules":{{"d":{{"action":"require_approval","approval":{approval}}}}}}}"#
+        ))
+    };
+    assert!(rule(r#"{"via":["agent"]}"#).contains("unknown value `agent`"));
+    assert!(rule(r#"{"via":[]}"#).contains("is empty"));
+    assert!(rule(r#"{"via":["agent_user","agent_user"]}"#).contains("twice"));
+    assert!(rule(r#"{"via":["agent_user"],"approvers":3}"#).contains("approvers > 1"));
+    assert!(
+        rule(r#"{"via":["agent_user"],"escalate_after":10,"escalate_to":"oncall"}"#)
+            .contains("no one to apply to")
+    );
+    // With approvers too, groups still limit which approvers decide.
+    let p = policy(
+        r#"{"version":"1","rules":{"d":{"action":"require_approval","approval":{"via":["approvers","agent_user"],"groups":["ops"]}}}}"#,
+    );
+    assert!(p.approval_for("d").0.via.agent_user);
+}

@@ -466,6 +466,12 @@ pub async fn decide(
             Ok(LinkState::Open(_)) | Err(_) => closed_page(LinkState::Abandoned, now),
             Ok(other) => closed_page(other, now),
         },
+        Err(e @ DecideError::AgentUserOnly(_)) => notice(
+            StatusCode::FORBIDDEN,
+            Tone::Bad,
+            "Nothing was decided",
+            &[&e.to_string()],
+        ),
         Err(e @ DecideError::Audit(_)) => notice(
             StatusCode::SERVICE_UNAVAILABLE,
             Tone::Bad,

@@ -193,6 +193,10 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         Err(DecideError::NotFound(_)) => reply(ephemeral(
             "This request is no longer pending (it expired, or the gateway restarted); nothing was decided.",
         )),
+        Err(e @ DecideError::AgentUserOnly(_)) => reply(ephemeral(&format!(
+            "{}. Nothing was decided.",
+            message::escape(&e.to_string())
+        ))),
         Err(e @ (DecideError::Audit(_) | DecideError::Store(_))) => reply(ephemeral(&format!(
             "{}. Try again in a moment.",
             message::escape(&e.to_string())

@@ -262,7 +262,7 @@ fn actions(item: &PendingItem, buttons: &Buttons) -> Value {
             d["url"] = deny.as_str().into();
             let mut more = button("Details", "details_link");
             more["url"] = details.as_str().into();
-            vec![a, d, more]
+            user_decides(item, vec![a, d, more])
         }
         Buttons::Interactive { details } => {
             let mut a = button("Approve", "approve");
@@ -283,10 +283,30 @@ fn actions(item: &PendingItem, buttons: &Buttons) -> Value {
             d["value"] = item.id.as_str().into();
             let mut more = button("Details", "details_link");
             more["url"] = details.as_str().into();
-            vec![a, d, more]
+            user_decides(item, vec![a, d, more])
         }
     };
     json!({ "type": "actions", "block_id": "airlock_decide", "elements": elements })
+}
+
+/// Whether only the agent's user may approve this call (`approval.via`
+/// without `approvers`): approvers may still deny it.
+fn only_user_approves(item: &PendingItem) -> bool {
+    item.via
+        .as_ref()
+        .is_some_and(|via| !via.contains(&"approvers"))
+}
+
+/// The buttons an approver may use: no Approve when only the agent's user
+/// may approve.
+fn user_decides(item: &PendingItem, buttons: Vec<Value>) -> Vec<Value> {
+    if !only_user_approves(item) {
+        return buttons;
+    }
+    buttons
+        .into_iter()
+        .filter(|b| !matches!(b["action_id"].as_str(), Some("approve" | "approve_link")))
+        .collect()
 }
 
 /// The message posted when a tool's definition changed since it was pinned:
@@ -385,6 +405,11 @@ pub fn held(item: &PendingItem, buttons: &Buttons) -> Value {
             "Approve and Deny open a confirm page on Airlock; nothing is decided until you confirm there."
         }
         Buttons::Interactive { .. } => "Only approvers linked to a Slack user can decide here.",
+    };
+    let note = if only_user_approves(item) {
+        "Only the agent's user can approve this call, in their own client; approvers can deny it."
+    } else {
+        note
     };
     blocks.push(json!({
         "type": "context",

@@ -199,6 +199,7 @@ mod tests {
             reason: Some("<b>".into()),
             created_at: "2026-01-01T00:00:00Z".into(),
             expires_at: "2026-01-01T00:05:00Z".into(),
+            via: None,
         };
         let html = confirm(&Confirm {
             item: &item,

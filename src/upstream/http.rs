@@ -1,4 +1,6 @@
-//! A Streamable HTTP upstream, reached with reqwest.
+//! A Streamable HTTP upstream, reached with reqwest, and a plain-HTTP one's
+//! POSTs (every forwarded call) with hyper's pooled client directly (see
+//! [`Direct`]).
 //!
 //! One [`HttpSession`] per handshake-era agent session (it carries the
 //! upstream's `Mcp-Session-Id`); stateless-era requests use a session that
@@ -30,6 +32,12 @@ pub struct HttpUpstream {
     url: String,
     /// `url`, parsed once (not on every request).
     target: reqwest::Url,
+    /// Plain-HTTP upstreams (no proxy in the environment) get their POSTs,
+    /// the hot path, through hyper's pooled client directly: reqwest parses
+    /// the URL again twice per request (its redirect layer, its response)
+    /// and clones its connector stack: about a sixth of an allowed call's
+    /// CPU (docs/benchmarks.md, "CPU per allowed call").
+    direct: Option<Direct>,
     /// Configured headers (e.g. `Authorization` from an env var); override agent headers.
     headers: HeaderMap,
     /// TCP connections opened to the upstream (counted by [`CountConnects`]):
@@ -56,7 +64,12 @@ impl HttpUpstream {
             map.insert(name, value);
         }
         let connections_opened = Arc::new(AtomicU64::new(0));
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if !proxy_in_env() {
+            // reqwest would match every request against an empty proxy list.
+            client = client.no_proxy();
+        }
+        let client = client
             .connector_layer(CountConnectsLayer(connections_opened.clone()))
             .connect_timeout(Duration::from_secs(10))
             // A redirect would send the configured headers (credentials) to
@@ -78,10 +91,12 @@ impl HttpUpstream {
             url: url.clone(),
             reason: format!("not a valid URL: {e}"),
         })?;
+        let direct = Direct::new(&target, &connections_opened);
         Ok(Arc::new(HttpUpstream {
             client,
             url: url.clone(),
             target,
+            direct,
             headers: map,
             connections_opened,
         }))
@@ -113,7 +128,10 @@ pub struct HttpSession {
 
 impl HttpSession {
     fn headers_for(&self, message: Option<&Message>, agent: Option<&HeaderMap>) -> HeaderMap {
-        let mut out = HeaderMap::new();
+        // Room for all of them at once (and the two `post` adds): no regrowth.
+        let mut out = HeaderMap::with_capacity(
+            agent.map_or(4, HeaderMap::len) + self.upstream.headers.len() + 3,
+        );
         match agent {
             Some(agent) => {
                 for (name, value) in agent {
@@ -145,12 +163,26 @@ impl HttpSession {
         out
     }
 
+    /// Keeps the upstream's session id from its answer to `initialize`.
+    fn learn_session<B>(&self, message: &Message, response: &axum::http::Response<B>) {
+        if message.method() == Some("initialize")
+            && let Some(id) = response.headers().get(SESSION_HEADER)
+            && let Ok(id) = id.to_str()
+        {
+            *self.session_id.lock().expect("lock") = Some(id.to_owned());
+        }
+    }
+
     fn unreachable(&self, e: reqwest::Error) -> UpstreamError {
-        // reqwest's own message is generic ("error sending request"); the
-        // cause (connection refused, …) is further down the chain.
-        let e = e.without_url();
+        self.unreachable_because(&e.without_url())
+    }
+
+    fn unreachable_because(&self, e: &dyn std::error::Error) -> UpstreamError {
+        // The client's own message is generic ("error sending request",
+        // "client error (Connect)"); the cause (connection refused, …) is
+        // further down the chain.
         let mut reason = e.to_string();
-        let mut source = std::error::Error::source(&e);
+        let mut source = e.source();
         while let Some(cause) = source {
             reason.push_str(": ");
             reason.push_str(&cause.to_string());
@@ -178,22 +210,33 @@ impl HttpSession {
             .or_insert(HeaderValue::from_static(
                 "application/json, text/event-stream",
             ));
-        let response = self
-            .upstream
-            .client
-            .post(self.upstream.target.clone())
-            .headers(headers)
-            .body(message.raw().clone())
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if message.method() == Some("initialize")
-            && let Some(id) = response.headers().get(SESSION_HEADER)
-            && let Ok(id) = id.to_str()
-        {
-            *self.session_id.lock().expect("lock") = Some(id.to_owned());
-        }
-        let reply = self.read_reply(response, Some(message)).await?;
+        let reply = match &self.upstream.direct {
+            Some(direct) => {
+                let response = direct
+                    .post(headers, message.raw().clone())
+                    .await
+                    .map_err(|e| self.unreachable_because(&e))?;
+                self.learn_session(message, &response);
+                self.read_reply(response, Some(message)).await?
+            }
+            None => {
+                // A request built whole, not through `RequestBuilder::headers`,
+                // which would re-insert every header into a second map.
+                let mut request =
+                    reqwest::Request::new(reqwest::Method::POST, self.upstream.target.clone());
+                *request.headers_mut() = headers;
+                *request.body_mut() = Some(message.raw().clone().into());
+                let response = self
+                    .upstream
+                    .client
+                    .execute(request)
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                let response = axum::http::Response::from(response);
+                self.learn_session(message, &response);
+                self.read_reply(response, Some(message)).await?
+            }
+        };
         if message.method() == Some("initialize")
             && let ReplyBody::Json(answer) = &reply.body
         {
@@ -231,7 +274,7 @@ impl HttpSession {
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        self.read_reply(response, None).await
+        self.read_reply(response.into(), None).await
     }
 
     /// Ends the upstream session (DELETE), if it has one.
@@ -253,9 +296,9 @@ impl HttpSession {
             .await;
     }
 
-    async fn read_reply(
+    async fn read_reply<B: Answer>(
         &self,
-        response: reqwest::Response,
+        response: axum::http::Response<B>,
         request: Option<&Message>,
     ) -> Result<Reply, UpstreamError> {
         let status = response.status().as_u16();
@@ -274,31 +317,39 @@ impl HttpSession {
                 headers.append(name.clone(), value.clone());
             }
         }
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
+        // Kept as the header (a shared buffer), lower-cased into a string
+        // only when passed on as is (`Other`): no copy per JSON answer.
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let content_type = content_type
+            .as_ref()
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let body = if content_type.starts_with("text/event-stream") {
+            .unwrap_or("");
+        let is = |prefix: &str| {
+            content_type
+                .get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        };
+        let body = if is("text/event-stream") {
             ReplyBody::Stream(self.pump_events(response, request).into())
         } else {
-            let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+            let json = is("application/json");
+            let bytes = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map_err(|e| self.unreachable_because(&e))?
+                .to_bytes();
+            let other = |bytes| ReplyBody::Other {
+                content_type: content_type.to_ascii_lowercase(),
+                bytes,
+            };
             if bytes.is_empty() {
                 ReplyBody::Empty
-            } else if content_type.starts_with("application/json") {
+            } else if json {
                 match Message::parse(bytes.clone()) {
                     Ok(message) => ReplyBody::Json(message),
-                    Err(_) => ReplyBody::Other {
-                        content_type,
-                        bytes,
-                    },
+                    Err(_) => other(bytes),
                 }
             } else {
-                ReplyBody::Other {
-                    content_type,
-                    bytes,
-                }
+                other(bytes)
             }
         };
         Ok(Reply {
@@ -315,9 +366,9 @@ impl HttpSession {
     /// gave an event id: then the stream was closed for polling (or broke)
     /// and the agent resumes it with a `GET` (2025-11-25 transports,
     /// "Resumability and Redelivery").
-    fn pump_events(
+    fn pump_events<B: Answer>(
         &self,
-        response: reqwest::Response,
+        response: axum::http::Response<B>,
         request: Option<&Message>,
     ) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(64);
@@ -330,8 +381,7 @@ impl HttpSession {
             // once the answer is out (see `drain`).
             let budget = Arc::new(AtomicI64::new(i64::MAX));
             let left = budget.clone();
-            let mut events = response
-                .bytes_stream()
+            let mut events = http_body_util::BodyDataStream::new(response.into_body())
                 .take_while(move |chunk| {
                     let n = chunk.as_ref().map_or(0, |b| b.len() as i64);
                     futures::future::ready(left.fetch_sub(n, Ordering::Relaxed) >= n)
@@ -431,6 +481,89 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// The most an answered event stream may still send for its connection to
 /// be kept.
 const DRAIN_BYTES: i64 = 64 * 1024;
+
+/// An upstream answer's body as either client gives it (reqwest's, or
+/// hyper's on the direct path).
+trait Answer:
+    hyper::body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> Answer for B where
+    B: hyper::body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// hyper's pooled HTTP/1.1 client, for POSTs to a plain-HTTP upstream, with
+/// the settings the reqwest client has (connect timeout, `TCP_NODELAY`,
+/// pool size and idle timeout, no redirects, connections counted).
+struct Direct {
+    client: hyper_util::client::legacy::Client<
+        CountConnects<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<Bytes>,
+    >,
+    /// The upstream's URL as the request target, made once.
+    uri: axum::http::Uri,
+}
+
+impl Direct {
+    /// `None` for HTTPS upstreams or when a proxy is configured in the
+    /// environment: those stay with reqwest (TLS, proxies).
+    fn new(target: &reqwest::Url, opened: &Arc<AtomicU64>) -> Option<Direct> {
+        if target.scheme() != "http" || proxy_in_env() {
+            return None;
+        }
+        let uri = axum::http::Uri::try_from(target.as_str()).ok()?;
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(256)
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(CountConnects {
+                    inner: connector,
+                    opened: opened.clone(),
+                });
+        Some(Direct { client, uri })
+    }
+
+    async fn post(
+        &self,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<axum::http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>
+    {
+        let mut request = axum::http::Request::new(http_body_util::Full::new(body));
+        *request.method_mut() = axum::http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        self.client.request(request).await
+    }
+}
+
+/// Whether the environment names a proxy: reqwest reads these variables
+/// (set at all, even empty) once, when a client is built, and then checks
+/// every request against them; without any, that check is skipped.
+fn proxy_in_env() -> bool {
+    [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some())
+}
 
 /// A connector layer that counts the connections reqwest opens (reqwest has
 /// no other hook for it). Generic over the request and response types, which

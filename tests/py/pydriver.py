@@ -7,7 +7,8 @@ one server and print ONE JSON document on stdout.
     python pydriver.py --mode ... --script JSON [options] --stdio -- <command> <args...>
 
 Options: --name N (clientInfo.name, default py-driver), --sample-text T (default sampled-by-py),
---elicit-content JSON (default {"answer":"yes"}), --timeout-ms N (read timeout, default 30000).
+--elicit-content JSON (default {"answer":"yes"}), --elicit-action accept|decline|cancel (default accept),
+--timeout-ms N (read timeout, default 30000).
 Declares sampling, elicitation and roots (handlers answer like the Node drivers: sampling ->
 {model:"<name>-fixed-model", role:"assistant", content:{type:"text",text:<sample-text>}},
 elicitation -> accept with the content, roots -> one root).
@@ -134,6 +135,9 @@ async def run(opts: argparse.Namespace, doc: dict[str, Any]) -> int:
 
     async def elicitation_cb(ctx: Any, params: mt.ElicitRequestParams) -> mt.ElicitResult:
         counters["elicitation"] += 1
+        counters.setdefault("elicitMessages", []).append(params.message)
+        if opts.elicit_action != "accept":
+            return mt.ElicitResult(action=opts.elicit_action)
         return mt.ElicitResult(action="accept", content=json.loads(opts.elicit_content))
 
     async def roots_cb(ctx: Any) -> mt.ListRootsResult:
@@ -204,6 +208,7 @@ def main() -> None:
     p.add_argument("--name", default="py-driver")
     p.add_argument("--sample-text", default="sampled-by-py")
     p.add_argument("--elicit-content", default='{"answer":"yes"}')
+    p.add_argument("--elicit-action", default="accept", choices=["accept", "decline", "cancel"])
     p.add_argument("--timeout-ms", type=int, default=30000)
     opts = p.parse_args(argv)
     opts.stdio = stdio

@@ -1,7 +1,7 @@
 """Upstream connection reuse: an HTTP upstream that answers `tools/call` as an
 event stream (the official SDK servers do) keeps its pooled connections for a
-sequential agent. Airlock reads each answer's stream to its end, so reqwest
-can put the connection back in its pool; the proof is the counter
+sequential agent. Airlock reads each answer's stream to its end, so its
+HTTP client can put the connection back in its pool; the proof is the counter
 `airlock_upstream_connections_opened_total{upstream}` in `/metrics`.
 
 The SDK server writes the answer event and the stream's end (the last, empty

@@ -251,6 +251,15 @@ function makeRecord(id, item) {
     ? h('p', { class: 'card-reason' }, h('span', { class: 'reason-label' }, 'Reason: '), clip(visible(str(item.reason)), 2000))
     : null;
 
+  // `approval.via`: the agent's own user is asked in their client (MCP elicitation).
+  const via = Array.isArray(item.via) ? item.via.map(str) : [];
+  const userOnly = via.includes('agent_user') && !via.includes('approvers');
+  const asksUser = via.includes('agent_user')
+    ? h('p', { class: 'card-asks-user muted' }, userOnly
+      ? 'Only the agent\'s own user may approve this call (asked in their client). You can deny it.'
+      : 'The agent\'s own user is asked too, in their client: the first decision wins.')
+    : null;
+
   const args = item.arguments === undefined ? null : item.arguments;
   const argsBody = h('div', { class: 'card-args-body' });
   argsBody.appendChild(jsonView(args));
@@ -266,7 +275,7 @@ function makeRecord(id, item) {
 
   const commentId = `card-${n}-comment`;
   const comment = h('textarea', { id: commentId, class: 'card-comment', rows: '1', maxlength: '2000', placeholder: 'Optional — the agent sees it', spellcheck: 'true' });
-  const approveBtn = h('button', { type: 'button', class: 'btn btn-approve', 'aria-describedby': headId }, 'Approve');
+  const approveBtn = h('button', { type: 'button', class: 'btn btn-approve', 'aria-describedby': headId, hidden: userOnly }, 'Approve');
   // "Approve for a while": a grant lets later matching calls pass (docs/approvals.md).
   const grantId = `card-${n}-grant`;
   const grantFor = h('select', { id: grantId, class: 'grant-for' },
@@ -297,7 +306,7 @@ function makeRecord(id, item) {
     ? h('div', { class: 'card-decide' },
       h('label', { for: commentId, class: 'comment-label' }, 'Comment'),
       comment,
-      item.rule === 'on_tool_change' ? null : grantRow,
+      item.rule === 'on_tool_change' || userOnly ? null : grantRow,
       actions,
       confirm,
       error)
@@ -311,6 +320,7 @@ function makeRecord(id, item) {
       meta,
       quorum,
       reason,
+      asksUser,
       argsSec,
       decideBlock));
 

@@ -15,6 +15,7 @@ fn item(arguments: Value) -> PendingItem {
         reason: Some("destructive".into()),
         created_at: "2026-11-25T10:00:00.000Z".into(),
         expires_at: "2026-11-25T10:05:00.000Z".into(),
+        via: None,
     }
 }
 
@@ -231,4 +232,37 @@ fn outcome_lines_read_like_sentences() {
         text,
         "❌ denied by &lt;!channel&gt; via API after 1 s\n>no &lt;https://x|way&gt;"
     );
+}
+
+#[test]
+fn a_call_only_the_agents_user_may_approve_offers_approvers_deny_only() {
+    let mut only_user = item(json!({"id": 7}));
+    only_user.via = Some(vec!["agent_user"]);
+    for buttons in [
+        links(),
+        Buttons::Interactive {
+            details: "https://airlock.example/".into(),
+        },
+    ] {
+        let message = held(&only_user, &buttons);
+        let ids: Vec<&str> = message["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == "actions")
+            .flat_map(|b| b["elements"].as_array().unwrap())
+            .filter_map(|e| e["action_id"].as_str())
+            .collect();
+        assert!(!ids.iter().any(|id| id.starts_with("approve")), "{ids:?}");
+        assert!(ids.iter().any(|id| id.starts_with("deny")), "{ids:?}");
+        assert!(
+            message
+                .to_string()
+                .contains("Only the agent's user can approve this call")
+        );
+    }
+    // Both asked: approvers keep Approve.
+    let mut both = item(json!({"id": 7}));
+    both.via = Some(vec!["approvers", "agent_user"]);
+    assert!(held(&both, &links()).to_string().contains("approve_link"));
 }
