@@ -511,12 +511,21 @@ async fn decide_http(
         }))),
         Ok(crate::quorum::Decided::Final(r)) => {
             let mut body = hold::resolution_json(&r);
-            body["id"] = id.into();
-            if let Some((item, request, rule)) = grant {
-                let grant = crate::grants::new_grant(&item, &request, rule, &approver.name);
-                gw.grants.add(grant.clone());
-                crate::power::granted(&gw, &grant, channel).await;
-                body["grant"] = json!(grant);
+            body["id"] = id.clone().into();
+            if let Some((item, request)) = grant {
+                let grant = crate::grants::new_grant(&item, &request, &approver.name);
+                match gw.grants.add(grant.clone()).await {
+                    Ok(()) => {
+                        crate::power::granted(&gw, &grant, channel).await;
+                        body["grant"] = json!(grant);
+                    }
+                    // The approval stands; only the standing approval is missing.
+                    Err(e) => {
+                        tracing::error!(pending = %id, "grant not kept: {e}");
+                        body["grant_error"] =
+                            format!("the call was approved, but the grant could not be kept ({e}); later calls will be held").into();
+                    }
+                }
             }
             Ok(Json(body))
         }
@@ -545,7 +554,7 @@ fn check_grant(
     gw: &Gateway,
     id: &str,
     request: crate::grants::GrantRequest,
-) -> Result<(hold::PendingItem, crate::grants::GrantRequest, String), ApiError> {
+) -> Result<(hold::PendingItem, crate::grants::GrantRequest), ApiError> {
     let unprocessable =
         |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "grant_refused", message);
     let Some(item) = gw.holds.get(id) else {
@@ -566,9 +575,9 @@ fn check_grant(
             item.upstream
         )));
     };
-    let rule = crate::grants::check(&upstream.policy(), &item.tool, &request)
+    crate::grants::check(&upstream.policy(), &item.tool, &item.rule, &request)
         .map_err(|e| unprocessable(e.to_string()))?;
-    Ok((item, request, rule))
+    Ok((item, request))
 }
 
 /// Maps a decision failure to its HTTP answer (409 names the winner).
@@ -827,6 +836,12 @@ async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         "# HELP airlock_store_healthy 1 when this replica's last lease renewal reached the approvals store.\n# TYPE airlock_store_healthy gauge\nairlock_store_healthy {}\n",
         u8::from(gw.approvals.is_healthy())
     ));
+    if let Some(age) = gw.grants.mirror_age() {
+        text.push_str(&format!(
+            "# HELP airlock_grants_mirror_age_seconds Seconds since this replica last read the shared grants (above [store] lease: it honours none).\n# TYPE airlock_grants_mirror_age_seconds gauge\nairlock_grants_mirror_age_seconds {:.3}\n",
+            age.as_secs_f64()
+        ));
+    }
     (
         [(
             header::CONTENT_TYPE,

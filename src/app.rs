@@ -303,6 +303,34 @@ async fn adopt_orphaned_tasks(gw: Gateway) {
     }
 }
 
+/// Pins, grants, votes and escalations: in memory (pins in a file beside
+/// the audit database), or shared through PostgreSQL with `[store] url`.
+#[allow(clippy::type_complexity)]
+fn power_state(
+    config: &Config,
+    pool: Option<deadpool_postgres::Pool>,
+) -> anyhow::Result<(
+    Option<Arc<crate::power_store::SharedPower>>,
+    crate::pins::Pins,
+    crate::grants::Grants,
+    crate::quorum::Votes,
+)> {
+    let (Some(url), Some(pool)) = (&config.store.url, pool) else {
+        let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
+        return Ok((None, pins, Default::default(), Default::default()));
+    };
+    let store = Arc::new(
+        crate::power_store::SharedPower::new(pool, url)
+            .context("cannot open the grants and pins store ([store] url)")?,
+    );
+    Ok((
+        Some(store.clone()),
+        crate::pins::Pins::shared(store.clone()),
+        crate::grants::Grants::shared(store.clone(), config.store.lease),
+        crate::quorum::Votes::shared(store),
+    ))
+}
+
 /// `<hostname>-<pid>-<random>`: unique per process, readable in the store.
 fn default_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -369,8 +397,8 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     let checkpoints = start_checkpoints(&config, &audit, &shutdown)?;
     let (approvals, pool) = start_approvals(&config.store).await?;
     let budgets = pool.clone().map(crate::budgets::SharedBudgets::new);
+    let (power_store, pins, grants, votes) = power_state(&config, pool.clone())?;
     let tasks = crate::tasks::Tasks::new(pool);
-    let pins = crate::pins::Pins::open(crate::pins::Pins::path_beside(&config.audit.path))?;
     let slack = crate::slack::prepare(&config, &audit).await?;
     let (slack, inbox) = slack.map_or((None, None), |(s, i)| (Some(s), Some(i)));
     let gw = Gateway::new(crate::gateway::Parts {
@@ -384,9 +412,24 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
         shutdown,
         pins,
         tasks,
+        grants,
+        votes,
+        power_store,
     });
     if let Some(inbox) = inbox {
         crate::slack::start(&gw, inbox);
+    }
+    if gw.power_store.is_some() {
+        // Before the first call: a replica must not take a changed tool for
+        // a first sight, nor hold calls a live grant covers.
+        gw.pins
+            .refresh()
+            .await
+            .context("cannot read the tool pins from the shared store")?;
+        gw.grants
+            .refresh()
+            .await
+            .context("cannot read the grants from the shared store")?;
     }
     if gw.config.store.url.is_none() {
         // With a shared store, the survivors' lease sweep records a dead

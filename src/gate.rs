@@ -233,7 +233,7 @@ pub fn budget_unavailable(tool: &str, rule: String) -> CallDecision {
 
 /// The rule as audit rows and holds name it: its key, plus the branch that
 /// decided (`create_refund[when 2: args.amount gte 100]`).
-fn rule_label(key: &str, branch: Option<&Branch>) -> String {
+pub(crate) fn rule_label(key: &str, branch: Option<&Branch>) -> String {
     match branch {
         None => key.to_owned(),
         Some(b) => format!("{key}[{}]", b.label),

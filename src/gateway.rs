@@ -64,10 +64,13 @@ pub struct Inner {
     pub catalog: crate::catalog::Catalog,
     /// The pinned definition of every tool seen (rug-pull defence).
     pub pins: crate::pins::Pins,
-    /// Standing approvals given with an approval.
+    /// Standing approvals given with an approval (shared by replicas on PostgreSQL).
     pub grants: crate::grants::Grants,
-    /// Approvals counted toward a two-person (or more) rule, and escalations.
+    /// Approvals counted toward a two-person (or more) rule, and escalations
+    /// (shared by replicas on PostgreSQL).
     pub votes: crate::quorum::Votes,
+    /// The shared store of grants, votes, escalations and pins (`[store] url`).
+    pub power_store: Option<Arc<crate::power_store::SharedPower>>,
     /// Agent requests whose responses are still being sent (shutdown waits for them).
     pub in_flight: AtomicUsize,
     /// Cancelled on SIGTERM/SIGINT.
@@ -426,6 +429,11 @@ pub struct Parts {
     pub shutdown: CancellationToken,
     pub pins: crate::pins::Pins,
     pub tasks: crate::tasks::Tasks,
+    /// Grants, votes and escalations: in memory, or shared through
+    /// PostgreSQL (`[store] url`, see `power_store`).
+    pub grants: crate::grants::Grants,
+    pub votes: crate::quorum::Votes,
+    pub power_store: Option<Arc<crate::power_store::SharedPower>>,
 }
 
 impl Gateway {
@@ -441,6 +449,9 @@ impl Gateway {
             shutdown,
             pins,
             tasks,
+            grants,
+            votes,
+            power_store,
         } = parts;
         Gateway(Arc::new(Inner {
             config,
@@ -459,8 +470,9 @@ impl Gateway {
             sso: Default::default(),
             catalog: Default::default(),
             pins,
-            grants: Default::default(),
-            votes: Default::default(),
+            grants,
+            votes,
+            power_store,
             in_flight: AtomicUsize::new(0),
             shutdown,
             unknown_tool: DashMap::new(),
@@ -841,6 +853,7 @@ impl Gateway {
                 let call = crate::grants::Call {
                     upstream: &ctx.upstream.name,
                     tool,
+                    rule,
                     agent: &ctx.agent,
                     session: &ctx.session_key,
                     arguments,

@@ -30,7 +30,8 @@
 //!   (rug-pull defence); [`grants`]: standing approvals ("approve for a
 //!   while"); [`power`]: what both do to calls, their events and audit rows;
 //!   [`quorum`]: who may decide a hold and how many must approve (two-person
-//!   rule, approver groups, escalation).
+//!   rule, approver groups, escalation); [`power_store`]: all four kept in
+//!   PostgreSQL and mirrored by every replica (`[store] url`).
 //! - [`budgets`]: `rate_limit` budgets of stateless-era agents shared by
 //!   replicas (`[store] url`): GCRA in one PostgreSQL statement per call.
 //! - [`audit`]: the hash-chained history of every outcome; embedded SQLite,
@@ -92,6 +93,7 @@ pub mod pgtls;
 pub mod pins;
 pub mod policy;
 pub mod power;
+pub mod power_store;
 pub mod quorum;
 pub mod reload;
 pub mod remote;

@@ -512,6 +512,32 @@ impl Policy {
         }
     }
 
+    /// Whether a call to this tool may still be held under `label`, the rule
+    /// label a hold carries (`pay`, `pay[when 1: args.amount lt 100]`,
+    /// `default`, `annotations.destructiveHint`): the rule or branch still
+    /// exists, unchanged, and still asks for approval.
+    pub fn holds_under(&self, tool: &str, label: &str) -> bool {
+        match self.decide(tool) {
+            Verdict::Hidden => false,
+            Verdict::Rule(rule) => {
+                if label == rule.key {
+                    return rule.action == Action::RequireApproval;
+                }
+                rule.branches.iter().any(|b| {
+                    b.action == Action::RequireApproval
+                        && crate::gate::rule_label(&rule.key, Some(b)) == label
+                })
+            }
+            Verdict::Default(action) => match label.strip_prefix("annotations.") {
+                Some(hint) => self
+                    .annotations
+                    .iter()
+                    .any(|(h, a)| h == hint && *a == Action::RequireApproval),
+                None => label == "default" && action == Action::RequireApproval,
+            },
+        }
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

@@ -7,28 +7,44 @@
 //! N distinct approvers is a *vote* (audit row `approval.vote`, event
 //! `pending.approval`) until the N-th distinct approver's vote, which becomes
 //! the approval in [`crate::hold::decide`] — whose compare-and-set in the
-//! approvals store keeps it exactly-once when two approvers race for the last
-//! vote. Votes live in the memory of the replica that took them.
+//! approvals store keeps it exactly-once. Without `[store]`, votes and
+//! escalation marks live in memory; with `[store] url` they are rows in
+//! PostgreSQL shared by every replica ([`crate::power_store`]): votes on one
+//! hold are counted one at a time (the hold's row lock), an approver counts
+//! once (primary key), exactly one vote completes the count, and one
+//! replica's claim announces an escalation.
 //!
 //! The requirement is read from the policy in force when the decision is
 //! made (the rule that governs the tool now).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use crate::approvals::StoreError;
 use crate::audit::Record;
 use crate::gateway::Gateway;
 use crate::hold::{self, Choice, DecideError, PendingItem, Resolution};
 use crate::policy::Quorum;
+use crate::power_store::{Counted, SharedPower};
+use uuid::Uuid;
 
-/// Votes and escalations of open holds, by pending id.
+/// Votes and escalations of open holds, by pending id: in memory, or in
+/// the shared store.
 #[derive(Default)]
 pub struct Votes {
+    /// In memory only (without `[store]`).
     votes: Mutex<HashMap<String, Vec<Vote>>>,
+    /// Holds known to be escalated (by this replica, or, shared, by any:
+    /// every replica tries to claim a due escalation and notes it either way).
     escalated: Mutex<HashSet<String>>,
+    shared: Option<Arc<SharedPower>>,
+    /// Ticks since the shared store last forgot closed holds' votes.
+    ticks: AtomicU32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,21 +59,104 @@ fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
+/// Ticks (of `power`'s 500 ms loop) between sweeps of closed holds' votes
+/// in the shared store.
+const FORGET_EVERY: u32 = 120;
+
+/// How long an approval that found the count already complete waits for
+/// the vote that completed it to decide, before deciding itself (the
+/// completing replica may have died in between).
+const COMPLETE_WAIT: Duration = Duration::from_secs(2);
+
 impl Votes {
-    fn approvers(&self, id: &str) -> Vec<String> {
-        let votes = self.votes.lock().expect("votes lock");
-        votes
-            .get(id)
-            .map(|v| v.iter().map(|v| v.approver.clone()).collect())
-            .unwrap_or_default()
+    /// Votes and escalations kept in PostgreSQL.
+    pub fn shared(store: Arc<SharedPower>) -> Votes {
+        Votes {
+            shared: Some(store),
+            ..Votes::default()
+        }
+    }
+
+    /// Counts `approver`'s approval of hold `id` toward `needed`.
+    async fn count(
+        &self,
+        id: &str,
+        approver: &str,
+        channel: &str,
+        needed: u32,
+    ) -> Result<Counted, DecideError> {
+        if let Some(store) = &self.shared {
+            let uuid = Uuid::parse_str(id).map_err(|_| DecideError::NotFound(id.to_owned()))?;
+            return store
+                .vote(uuid, approver, channel, needed)
+                .await
+                .map_err(|e| DecideError::Store(e.to_string()));
+        }
+        let mut votes = self.votes.lock().expect("votes lock");
+        let list = votes.entry(id.to_owned()).or_default();
+        let names = list.iter().map(|v| v.approver.clone()).collect();
+        let (counted, insert) = crate::power_store::count(names, approver, needed);
+        if insert {
+            list.push(Vote {
+                approver: approver.to_owned(),
+                channel: channel.to_owned(),
+                at: Utc::now(),
+            });
+        }
+        Ok(counted)
+    }
+
+    /// The approvers of each of these holds so far.
+    async fn approvers(&self, ids: &[String]) -> HashMap<String, Vec<String>> {
+        let Some(store) = &self.shared else {
+            let votes = self.votes.lock().expect("votes lock");
+            return ids
+                .iter()
+                .filter_map(|id| {
+                    let list = votes.get(id)?;
+                    Some((
+                        id.clone(),
+                        list.iter().map(|v| v.approver.clone()).collect(),
+                    ))
+                })
+                .collect();
+        };
+        let uuids: Vec<Uuid> = ids.iter().filter_map(|i| Uuid::parse_str(i).ok()).collect();
+        match store.votes(&uuids).await {
+            Ok(by_id) => by_id
+                .into_iter()
+                .map(|(id, v)| (id.to_string(), v))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("votes not read from the store: {e}");
+                HashMap::new()
+            }
+        }
     }
 
     fn is_escalated(&self, id: &str) -> bool {
         self.escalated.lock().expect("votes lock").contains(id)
     }
 
+    /// Claims the escalation of hold `id`: true for the one claim (on any
+    /// replica) that takes it. Either way it is escalated from now on.
+    async fn claim_escalation(&self, id: &str) -> Result<bool, StoreError> {
+        let mine = match &self.shared {
+            Some(store) => {
+                let uuid = Uuid::parse_str(id).map_err(|e| StoreError(e.to_string()))?;
+                store.claim_escalation(uuid).await?
+            }
+            None => !self.is_escalated(id),
+        };
+        self.escalated
+            .lock()
+            .expect("votes lock")
+            .insert(id.to_owned());
+        Ok(mine)
+    }
+
     /// Forgets holds that are no longer open.
-    fn retain(&self, open: &HashSet<String>) {
+    async fn retain(&self, open: &HashSet<String>) {
         self.votes
             .lock()
             .expect("votes lock")
@@ -66,6 +165,15 @@ impl Votes {
             .lock()
             .expect("votes lock")
             .retain(|id| open.contains(id));
+        if let Some(store) = &self.shared
+            && self
+                .ticks
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(FORGET_EVERY)
+            && let Err(e) = store.forget_closed().await
+        {
+            tracing::warn!("votes of closed holds not forgotten yet: {e}");
+        }
     }
 }
 
@@ -166,8 +274,8 @@ pub async fn decide_as(
     channel: &str,
     comment: Option<String>,
 ) -> Result<Decided, QuorumError> {
-    let Some(item) = gw.holds.get(id) else {
-        // Not open here: the store answers (decided elsewhere: 409, unknown: 404).
+    let Some(item) = open_hold(gw, id).await else {
+        // Not open: the store answers (decided elsewhere: 409, unknown: 404).
         return Ok(Decided::Final(
             hold::decide(gw, id, choice, decider, channel, comment).await?,
         ));
@@ -209,22 +317,24 @@ pub async fn decide_as(
         ));
     }
     let needed = quorum.approvers;
-    let approvals = {
-        let mut votes = gw.votes.votes.lock().expect("votes lock");
-        let list = votes.entry(id.to_owned()).or_default();
-        if list.iter().any(|v| v.approver == name) {
+    let approvals = match gw.votes.count(id, &name, channel, needed).await? {
+        Counted::Again(so_far) => {
             return Err(QuorumError::SameApprover {
                 approver: name,
                 needed,
-                have: list.len(),
+                have: so_far.len(),
             });
         }
-        list.push(Vote {
-            approver: name.clone(),
-            channel: channel.to_owned(),
-            at: Utc::now(),
-        });
-        list.iter().map(|v| v.approver.clone()).collect::<Vec<_>>()
+        // Decided meanwhile: the store names the winner (409).
+        Counted::Closed => {
+            return Ok(Decided::Final(
+                hold::decide(gw, id, choice, decider, channel, comment).await?,
+            ));
+        }
+        Counted::Complete(so_far) => {
+            return complete_elsewhere(gw, id, so_far, needed, decider, channel).await;
+        }
+        Counted::Vote(so_far) => so_far,
     };
     if approvals.len() < needed as usize {
         record_vote(gw, &item, &name, channel, comment, &approvals, needed).await;
@@ -243,6 +353,51 @@ pub async fn decide_as(
     Ok(Decided::Final(
         hold::decide(gw, id, Choice::Approve, decider, channel, comment).await?,
     ))
+}
+
+/// An approval that found the count already complete: another approver's
+/// vote completed it and is deciding. Answers with that decision (409, as
+/// for any decided call) once it lands; if it does not land within
+/// [`COMPLETE_WAIT`] (the completing replica died in between), decides the
+/// approval the votes already make.
+async fn complete_elsewhere(
+    gw: &Gateway,
+    id: &str,
+    approvals: Vec<String>,
+    needed: u32,
+    decider: Option<String>,
+    channel: &str,
+) -> Result<Decided, QuorumError> {
+    if let Ok(uuid) = Uuid::parse_str(id)
+        && let Ok(Ok(winner)) = tokio::time::timeout(COMPLETE_WAIT, gw.approvals.wait(uuid)).await
+    {
+        return Err(QuorumError::Decide(DecideError::AlreadyDecided(Box::new(
+            winner,
+        ))));
+    }
+    let comment = format!(
+        "approved by {} ({} of {needed}; completed by {})",
+        approvals.join(", "),
+        approvals.len(),
+        decider.as_deref().unwrap_or("?")
+    );
+    Ok(Decided::Final(
+        hold::decide(gw, id, Choice::Approve, decider, channel, Some(comment)).await?,
+    ))
+}
+
+/// The open hold `id`: from this replica's view, else from the store (a
+/// hold created on another replica a moment ago may not have reached the
+/// view yet; deciding it must still count toward its quorum).
+async fn open_hold(gw: &Gateway, id: &str) -> Option<PendingItem> {
+    if let Some(item) = gw.holds.get(id) {
+        return Some(item);
+    }
+    let uuid = Uuid::parse_str(id).ok()?;
+    match gw.approvals.get(uuid).await {
+        Ok(Some(stored)) if stored.resolution.is_none() => Some(PendingItem::of(&stored.approval)),
+        _ => None,
+    }
 }
 
 async fn record_vote(
@@ -280,16 +435,19 @@ async fn record_vote(
 /// Each open hold's requirement and progress, for the dashboard: how many
 /// approvals it needs and has, which groups may decide, whether it was
 /// escalated, and whether an approver in `groups` may decide it.
-pub fn overview(gw: &Gateway, groups: &[String]) -> Value {
+pub async fn overview(gw: &Gateway, groups: &[String]) -> Value {
+    let items = gw.holds.list();
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let mut votes = gw.votes.approvers(&ids).await;
     let mut out = serde_json::Map::new();
-    for item in gw.holds.list() {
+    for item in items {
         let (quorum, rule) = requirement(gw, &item);
         out.insert(
             item.id.clone(),
             json!({
                 "rule": rule,
                 "needed": quorum.approvers,
-                "approvals": gw.votes.approvers(&item.id),
+                "approvals": votes.remove(&item.id).unwrap_or_default(),
                 "groups": quorum.groups,
                 "escalate_to": quorum.escalate_to,
                 "escalated": gw.votes.is_escalated(&item.id),
@@ -306,7 +464,7 @@ pub fn overview(gw: &Gateway, groups: &[String]) -> Value {
 pub async fn tick(gw: &Gateway) {
     let items = gw.holds.list();
     let open: HashSet<String> = items.iter().map(|i| i.id.clone()).collect();
-    gw.votes.retain(&open);
+    gw.votes.retain(&open).await;
     let now = Utc::now();
     for item in items {
         let (quorum, _) = requirement(gw, &item);
@@ -318,15 +476,16 @@ pub async fn tick(gw: &Gateway) {
         };
         let due = created.with_timezone(&Utc)
             + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::zero());
-        if now < due
-            || !gw
-                .votes
-                .escalated
-                .lock()
-                .expect("votes lock")
-                .insert(item.id.clone())
-        {
+        if now < due || gw.votes.is_escalated(&item.id) {
             continue;
+        }
+        match gw.votes.claim_escalation(&item.id).await {
+            Ok(true) => {}
+            Ok(false) => continue, // another replica announces it
+            Err(e) => {
+                tracing::warn!(pending = %item.id, "escalation not claimed yet: {e}");
+                continue;
+            }
         }
         let members: Vec<String> = gw
             .config

@@ -79,6 +79,7 @@ pub(super) async fn pin_upstream(
     let count = gw
         .pins
         .pin_all(&upstream, &listing.tools, &approver.name)
+        .await
         .map_err(pin_error)?;
     gw.audit
         .record(crate::audit::Record {
@@ -108,6 +109,7 @@ fn pin_error(e: PinError) -> ApiError {
     let (status, code) = match &e {
         PinError::Unknown { .. } => (StatusCode::NOT_FOUND, "unknown_tool"),
         PinError::Unchanged { .. } => (StatusCode::CONFLICT, "unchanged"),
+        PinError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "pins_unavailable"),
     };
     ApiError::new(status, code, e.to_string())
@@ -116,7 +118,7 @@ fn pin_error(e: PinError) -> ApiError {
 /// `GET /api/quorum`: each open hold's approvals needed and given, the
 /// groups that may decide it, and whether the caller may.
 pub(super) async fn quorum(State(gw): State<Gateway>, approver: Approver) -> Json<Value> {
-    Json(json!({ "quorum": crate::quorum::overview(&gw, &approver.groups) }))
+    Json(json!({ "quorum": crate::quorum::overview(&gw, &approver.groups).await }))
 }
 
 pub(super) async fn list_grants(State(gw): State<Gateway>, _approver: Approver) -> Json<Value> {
@@ -129,8 +131,13 @@ pub(super) async fn revoke_grant(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     approver.require(Role::Approver, "revoking a grant")?;
-    match gw.grants.revoke(&id) {
-        Some(grant) => {
+    match gw.grants.revoke(&id).await {
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the grant could not be revoked: {e}"),
+        )),
+        Ok(Some(grant)) => {
             crate::power::ended(
                 &gw,
                 std::slice::from_ref(&grant),
@@ -140,7 +147,7 @@ pub(super) async fn revoke_grant(
             .await;
             Ok(Json(json!({ "revoked": grant })))
         }
-        None => Err(ApiError::new(
+        Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no live grant with id {id} (it may have expired or been revoked)"),

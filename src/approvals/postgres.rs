@@ -38,7 +38,13 @@ pub const CHANNEL: &str = "airlock_approvals";
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01; // "airlock" 1
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, crate::budgets::SCHEMA)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, V1),
+    (2, V2),
+    (3, V3),
+    (4, crate::budgets::SCHEMA),
+    (5, crate::power_store::MIGRATION),
+];
 
 /// Adoptable approvals (a survivor takes them over instead of abandoning
 /// them) and the stateless-era tasks that hold them (`crate::tasks`).

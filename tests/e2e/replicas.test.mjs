@@ -227,3 +227,44 @@ test('a call held on replica A is approved by a click in replica B\'s dashboard'
   assert.deepEqual(dialogs, [], 'no script ran from the arguments');
   await context.close();
 });
+
+test('a grant given through replica A shows on B\'s dashboard, and Revoke there ends it on A', { skip, timeout: 60000 }, async () => {
+  const { a, b } = replicas;
+  const auth = { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json' };
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  await page.goto(`${b.base}/login#token=${encodeURIComponent(TOKEN)}`);
+  await page.locator('#conn[data-state="live"]').waitFor({ timeout: 10000 });
+
+  // A call held on A, approved through A's API with a grant for 5 minutes.
+  const client = await new McpClient(a.mcp, 'airlock-e2e-grants').connect();
+  const answer = client.callTool('echo', { message: 'granted-e2e' });
+  let held;
+  await waitFor(async () => {
+    const body = await (await fetch(`${a.base}/api/pending`, { headers: auth })).json();
+    held = body.pending.find((p) => p.arguments?.message === 'granted-e2e');
+    return Boolean(held);
+  }, 'the hold on A');
+  const r = await fetch(`${a.base}/api/pending/${held.id}/approve`, {
+    method: 'POST', headers: auth, body: JSON.stringify({ grant: { minutes: 5 } }),
+  });
+  const text = await r.text();
+  assert.equal(r.status, 200, text);
+  const { grant } = JSON.parse(text);
+  assert.ok((await answer).result, 'the approved call was answered');
+
+  // B's dashboard lists it without a reload (power.changed from the shared store).
+  const onB = page.locator(`#grant-list > li.grant[data-id="${grant.id}"]`);
+  await onB.waitFor({ timeout: 10000 });
+  assert.match(await onB.textContent(), /Granted by alice/);
+  await page.screenshot({ path: path.join(ARTIFACTS, 'replicas-grant-from-a-shown-on-b.png') });
+
+  // Revoke on B's dashboard: gone from A's list.
+  await onB.getByRole('button', { name: 'Revoke' }).click();
+  await waitFor(async () => (await onB.count()) === 0, 'grant gone from B\'s dashboard');
+  await waitFor(async () => {
+    const body = await (await fetch(`${a.base}/api/grants`, { headers: auth })).json();
+    return body.grants.length === 0;
+  }, 'grant gone on A');
+  await context.close();
+});

@@ -307,6 +307,43 @@ def test_a_policy_reload_that_no_longer_holds_the_tool_ends_its_grants(procs):
     assert outcome(drive(gw, call("delete_record", id="r2"))[0]).startswith("refused denied")
 
 
+def test_a_grant_covers_only_calls_held_by_the_same_when_branch_and_a_reload_rewriting_it_ends_it(procs):
+    small = {"if": [{"path": "args.amount", "op": "lt", "value": 100}], "action": "require_approval"}
+    large = {"if": [{"path": "args.amount", "op": "gte", "value": 100}], "action": "require_approval"}
+    pol = policy(transfer={"action": "allow", "when": [small, large]})
+    gw = gateway(procs, pol)
+    first = Background(gw, call("transfer", to="bob", amount=5))
+    first.start()
+    item, r = approve_with_grant(gw, {"minutes": 5})
+    assert r.status_code == 200, r.text
+    grant = r.json()["grant"]
+    assert grant["rule"] == item["rule"] == "transfer[when 1: args.amount lt 100]"
+    assert outcome(first.result()[0]) == "ok: sent 5 to bob"
+    assert outcome(drive(gw, call("transfer", to="bob", amount=7))[0]) == "ok: sent 7 to bob"
+    # The other branch of the same rule is not covered: held.
+    big = Background(gw, call("transfer", to="bob", amount=500))
+    big.start()
+    [held] = gw.wait_pending()
+    assert held["rule"] == "transfer[when 2: args.amount gte 100]", held
+    gw.decide(held["id"], "deny")
+    assert outcome(big.result()[0]).startswith("refused approval_denied")
+    assert [r["pending_id"] for r in gw.audit_rows(decision="granted")] == [grant["id"]]
+    # A reload that rewrites the granted branch ends the grant.
+    small["if"][0]["value"] = 50
+    write_json(gw.config.parent / f"{gw.config.stem}-policy.json", pol)
+    deadline = time.monotonic() + 10
+    while gw.api("GET", "/api/grants").json()["grants"]:
+        assert time.monotonic() < deadline, "the reload did not end the grant"
+        time.sleep(0.2)
+    assert "no longer allows" in gw.audit_rows(decision="grant.ended")[-1]["reason"]
+    again = Background(gw, call("transfer", to="bob", amount=7))
+    again.start()
+    [held] = gw.wait_pending()
+    assert held["rule"] == "transfer[when 1: args.amount lt 50]", held
+    gw.decide(held["id"], "deny")
+    again.result()
+
+
 def test_the_policy_caps_or_forbids_grants_and_a_refused_grant_decides_nothing(procs):
     gw = gateway(procs, policy(delete={"action": "require_approval", "approval": {"max_grant": 60}}))
     held = Background(gw, call("delete_record", id="r1"))

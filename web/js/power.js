@@ -71,6 +71,10 @@ export function powerFrame(f) {
     case 'tool.accepted': case 'tool.pinned': case 'grant.created': case 'grant.ended':
       refreshPower();
       break;
+    case 'power.changed': // shared by replicas: a change made on any of them
+      if (f.what !== 'votes') refreshPower();
+      if (f.what === 'votes' || f.what === 'everything') refreshQuorum();
+      break;
     default: break;
   }
 }
