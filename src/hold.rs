@@ -1015,7 +1015,9 @@ impl Waiter {
             (Some(question), Some(held)) => {
                 let (eid, answer) = self.gw.holds.elicit.ask(&self.ctx.session_key);
                 let request = elicit::request(&eid, question.clone());
-                held.send(request, None, None).await;
+                // Boxed, like every send below: this loop's state machine is
+                // what each held call keeps in memory while it waits.
+                Box::pin(held.send(request, None, None)).await;
                 Some((eid, Some(answer)))
             }
             _ => None,
