@@ -387,6 +387,13 @@ impl Approvals {
             .collect())
     }
 
+    /// Claims the release of approval `id` for this replica (see
+    /// [`Store::claim`]): `false` when another replica adopted it meanwhile.
+    pub async fn claim(&self, id: Uuid) -> Result<bool, StoreError> {
+        let shared = self.shared();
+        shared.store.claim(id, &shared.config.replica).await
+    }
+
     /// Takes over the adoptable approvals of replicas whose lease lapsed
     /// (each is adopted by exactly one survivor): open ones, and resolved
     /// ones their owner did not record. The caller carries them on.

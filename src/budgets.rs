@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-/// The table (created by the approvals store's migration 3).
+/// The table (created by the approvals store's migration 4).
 pub const SCHEMA: &str = "
 CREATE TABLE airlock_rate_budgets (
     upstream text NOT NULL,

@@ -753,7 +753,12 @@ pub async fn outcome_recorded(gw: &Gateway, id: Uuid) -> bool {
         ..Default::default()
     };
     match gw.audit.query(filter, false).await {
-        Ok(rows) => rows.iter().any(|r| r.decision != "approval_requested"),
+        Ok(rows) => rows.iter().any(|r| {
+            use Verdict::*;
+            [Approved, Denied, TimedOut, Cancelled, Shutdown, Abandoned]
+                .iter()
+                .any(|v| audit_decision(*v) == r.decision)
+        }),
         Err(e) => {
             tracing::warn!(pending = %id, "audit history not read: {e}");
             true
@@ -1081,9 +1086,26 @@ impl Waiter {
                 }
             }
         };
+        // An adoptable hold (a task) may have been adopted by a survivor
+        // while this replica only looked dead (its lease lapsed): then the
+        // survivor records and releases it, not this replica.
+        if self.approval.adoptable && !Box::pin(self.still_mine()).await {
+            self.hand_off(held.as_ref());
+            return;
+        }
         // Recorded before anything is released (module docs).
         let recorded = Box::pin(record_outcome(&self.gw, &self.approval, &resolution)).await;
-        if recorded.is_ok() {
+        if recorded.is_ok() && self.approval.adoptable {
+            // The compare-and-set that makes the release exactly once.
+            match self.gw.approvals.claim(self.approval.id).await {
+                Ok(true) => {}
+                outcome => {
+                    tracing::warn!(pending = %self.approval.id, ?outcome, "adopted by another replica as it was decided; not released here");
+                    self.hand_off(held.as_ref());
+                    return;
+                }
+            }
+        } else if recorded.is_ok() {
             // Off the release path: if this replica died before saying so,
             // a survivor would record an `abandoned` row after this one.
             let (approvals, id) = (self.gw.approvals.clone(), self.approval.id);
@@ -1165,6 +1187,24 @@ impl Waiter {
         };
         let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
         self.deliver(answer).await;
+    }
+
+    /// Whether this replica still owns the hold (a store that cannot be read
+    /// counts as no: nothing is released on a guess).
+    async fn still_mine(&self) -> bool {
+        match self.gw.approvals.get(self.approval.id).await {
+            Ok(Some(stored)) => stored.approval.owner == self.gw.approvals.replica(),
+            _ => false,
+        }
+    }
+
+    /// Leaves an adopted hold to the replica that adopted it: forgotten
+    /// here, its task answered from the shared store from now on.
+    fn hand_off(&self, held: Option<&Arc<HeldStream>>) {
+        if let Sink::Task(task_id) = &self.sink {
+            self.gw.tasks.forget_local(task_id);
+        }
+        self.end(held);
     }
 
     /// A hold that ended with no resolution to act on (the service stopped).

@@ -273,6 +273,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn claim(&self, id: Uuid, owner: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let owned = state
+            .rows
+            .get(&id)
+            .is_some_and(|r| r.approval.owner == owner);
+        Ok(owned && state.unrecorded.remove(&id))
+    }
+
     fn watch(&self) -> BoxStream<'static, StoreEvent> {
         watch_broadcast(self.events.subscribe())
     }

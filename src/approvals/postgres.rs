@@ -473,6 +473,22 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn claim(&self, id: Uuid, owner: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE airlock_approvals SET recorded = true \
+                 WHERE id = $1 AND owner = $2 AND NOT recorded",
+            )
+            .await
+            .map_err(db)?;
+        let changed = client
+            .execute(&statement, &[&id, &owner])
+            .await
+            .map_err(db)?;
+        Ok(changed == 1)
+    }
+
     fn watch(&self) -> BoxStream<'static, StoreEvent> {
         watch_broadcast(self.events.subscribe())
     }

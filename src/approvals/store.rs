@@ -120,6 +120,12 @@ pub trait Store: Send + Sync + 'static {
     /// committed): the dead-replica sweep must not hand it over.
     async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError>;
 
+    /// Marks approval `id` recorded if, and only if, `owner` still owns it
+    /// and nobody marked it before: the compare-and-set that lets exactly
+    /// one replica release an adoptable approval (its owner, or the survivor
+    /// that adopted it while the owner only looked dead).
+    async fn claim(&self, id: Uuid, owner: &str) -> Result<bool, StoreError>;
+
     /// Every committed change from now on, in commit order.
     fn watch(&self) -> BoxStream<'static, StoreEvent>;
 }

@@ -438,6 +438,25 @@ async fn a_dead_replicas_adoptable_approvals_are_adopted_once_not_abandoned() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn only_the_owner_claims_a_release_and_only_once() {
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.replica("a").await, cluster.replica("b").await);
+    let held = a
+        .create(NewApproval {
+            adoptable: true,
+            ..held("delete", 3600, OnTimeout::Deny)
+        })
+        .await
+        .unwrap();
+    b.decide(held.id, by("alice", Choice::Approve))
+        .await
+        .unwrap();
+    assert!(!b.claim(held.id).await.unwrap(), "b does not own it");
+    assert!(a.claim(held.id).await.unwrap());
+    assert!(!a.claim(held.id).await.unwrap(), "once");
+}
+
+#[tokio::test(start_paused = true)]
 async fn close_owned_ends_only_this_replicas_approvals() {
     let cluster = Cluster::new();
     let (a, b) = (cluster.replica("a").await, cluster.replica("b").await);

@@ -166,7 +166,11 @@ impl TaskStore {
     pub async fn prune(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
         client
-            .execute("DELETE FROM airlock_tasks WHERE forget_after < now()", &[])
+            .execute(
+                "DELETE FROM airlock_tasks WHERE forget_after < now() \
+                 OR created_at::timestamptz + ttl_ms * interval '1 millisecond' < now()",
+                &[],
+            )
             .await
             .map_err(db)
     }
