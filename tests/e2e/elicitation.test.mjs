@@ -10,13 +10,12 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { HERE, ROOT, CHROMIUM, chromium, freePort, waitHealthy } from './lib.mjs';
+import { HERE, ROOT, CHROMIUM, chromium, freePort, serveGateway, stopProcess } from './lib.mjs';
 
 const SDK = path.join(ROOT, 'tests/node/node_modules/@modelcontextprotocol/sdk/dist/esm');
 const { Client } = await import(pathToFileURL(path.join(SDK, 'client/index.js')).href);
@@ -54,25 +53,13 @@ before(async () => {
     '[[approver]]', 'name = "ada"', 'token_env = "T_APPROVER"', '',
   ].join('\n'));
   const port = await freePort();
-  gw.url = `http://127.0.0.1:${port}`;
-  gw.proc = spawn(process.env.AIRLOCK_BIN, ['serve', '--config', config, '--listen', `127.0.0.1:${port}`,
-    '--audit', path.join(gw.dir, 'audit.db')], {
-    env: { ...process.env, T_APPROVER: TOKEN },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  gw.proc.stdout.pipe(gw.log, { end: false });
-  gw.proc.stderr.pipe(gw.log, { end: false });
-  await waitHealthy(gw.url, { proc: gw.proc });
+  await serveGateway(gw, config, port, { T_APPROVER: TOKEN });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 });
 
 after(async () => {
   await browser?.close();
-  if (gw.proc && gw.proc.exitCode === null) {
-    const exited = new Promise((r) => gw.proc.once('exit', r));
-    gw.proc.kill('SIGTERM');
-    await exited;
-  }
+  await stopProcess(gw.proc);
   gw.log?.end();
 });
 

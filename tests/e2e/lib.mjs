@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -43,6 +44,31 @@ export async function waitHealthy(base, { ms = 60000, proc = null, log = '' } = 
     await sleep(100);
   }
   throw new Error(`gateway at ${base} not healthy after ${ms} ms (${last})`);
+}
+
+/**
+ * Starts `airlock serve --config <config>` on `port` (audit in `gw.dir`), its
+ * output appended to `gw.log`; fills `gw.url` and `gw.proc` and resolves once
+ * it is healthy. `env` adds to the environment (token variables).
+ */
+export async function serveGateway(gw, config, port, env) {
+  gw.url = `http://127.0.0.1:${port}`;
+  gw.proc = spawn(process.env.AIRLOCK_BIN, ['serve', '--config', config, '--listen', `127.0.0.1:${port}`,
+    '--audit', path.join(gw.dir, 'audit.db')], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  gw.proc.stdout.pipe(gw.log, { end: false });
+  gw.proc.stderr.pipe(gw.log, { end: false });
+  await waitHealthy(gw.url, { proc: gw.proc });
+}
+
+/** SIGTERM to a child still running, resolved once it has exited. */
+export async function stopProcess(proc) {
+  if (!proc || proc.exitCode !== null) return;
+  const exited = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGTERM');
+  await exited;
 }
 
 export class McpClient {

@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, waitHealthy, McpClient } from './lib.mjs';
+import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, McpClient, serveGateway, stopProcess } from './lib.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const DOCS_IMG = path.join(ROOT, 'docs', 'img');
@@ -81,27 +81,13 @@ before(async () => {
     '[[approver]]', 'name = "cy"', 'token_env = "T_OTHER"', '',
   ].join('\n'));
   const port = await freePort();
-  gw.url = `http://127.0.0.1:${port}`;
-  gw.proc = spawn(process.env.AIRLOCK_BIN, ['serve', '--config', config, '--listen', `127.0.0.1:${port}`,
-    '--audit', path.join(gw.dir, 'audit.db')], {
-    env: { ...process.env, T_ADMIN: tokens.admin, T_APPROVER: tokens.approver, T_OTHER: tokens.other },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  gw.proc.stdout.pipe(gw.log, { end: false });
-  gw.proc.stderr.pipe(gw.log, { end: false });
-  await waitHealthy(gw.url, { proc: gw.proc });
+  await serveGateway(gw, config, port, { T_ADMIN: tokens.admin, T_APPROVER: tokens.approver, T_OTHER: tokens.other });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 });
 
 after(async () => {
   await browser?.close();
-  for (const p of [gw.proc, gw.server]) {
-    if (p && p.exitCode === null) {
-      const exited = new Promise((r) => p.once('exit', r));
-      p.kill('SIGTERM');
-      await exited;
-    }
-  }
+  for (const p of [gw.proc, gw.server]) await stopProcess(p);
   gw.log?.end();
 });
 

@@ -13,12 +13,12 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, waitHealthy, McpClient } from './lib.mjs';
+import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, McpClient, serveGateway, stopProcess } from './lib.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const DOCS_IMG = path.join(ROOT, 'docs', 'img');
@@ -61,26 +61,14 @@ before(async () => {
     '[[approver]]', 'name = "vi"', 'token_env = "T_VIEWER"', 'role = "viewer"', '',
   ].join('\n'));
   const port = await freePort();
-  gw.url = `http://127.0.0.1:${port}`;
   gw.log = fs.createWriteStream(path.join(ARTIFACTS, 'tools-gateway.log'));
-  gw.proc = spawn(process.env.AIRLOCK_BIN, ['serve', '--config', config, '--listen', `127.0.0.1:${port}`,
-    '--audit', path.join(gw.dir, 'audit.db')], {
-    env: { ...process.env, T_ADMIN: tokens.admin, T_APPROVER: tokens.approver, T_VIEWER: tokens.viewer },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  gw.proc.stdout.pipe(gw.log, { end: false });
-  gw.proc.stderr.pipe(gw.log, { end: false });
-  await waitHealthy(gw.url, { proc: gw.proc });
+  await serveGateway(gw, config, port, { T_ADMIN: tokens.admin, T_APPROVER: tokens.approver, T_VIEWER: tokens.viewer });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 });
 
 after(async () => {
   await browser?.close();
-  if (gw.proc && gw.proc.exitCode === null) {
-    const exited = new Promise((r) => gw.proc.once('exit', r));
-    gw.proc.kill('SIGTERM');
-    await exited;
-  }
+  await stopProcess(gw.proc);
   gw.log?.end();
 });
 
