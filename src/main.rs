@@ -2,6 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// glibc's malloc was a fifth of Airlock's user-space CPU per allowed call
+// (docs/benchmarks.md, "CPU per allowed call"); mimalloc's thread-local
+// free lists make the many small per-request allocations cheap.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = airlock::cli::Cli::parse();
     airlock::app::init_tracing();
