@@ -3,7 +3,7 @@
 figure that does not move with the machine's load the way timings do.
 
     scripts/callgrind_per_call.py [--calls 1000] [--warmup 200] [--stateless]
-                                  [--airlock PATH] [--echo PATH]
+                                  [--airlock PATH] [--echo PATH] [--bare-proxy]
 
 Needs a release build (`cargo build --release --bin airlock --example
 echo_server`), valgrind, and a Python with httpx (the test virtualenv).
@@ -16,7 +16,10 @@ writer included. The client and the upstream are not measured. `--stateless`
 makes stateless-era calls (no session; `_meta` and mirrored headers) instead.
 `--airlock`/`--echo` measure other builds (e.g. a base commit's, for a
 before/after). Also prints `airlock_body_parses_total` per measured call
-(absent before the parse-once work).
+(absent before the parse-once work). `--bare-proxy` measures
+`examples/bare_proxy` instead of Airlock: the same HTTP server, pooled
+client, runtime and allocator doing nothing but relay, i.e. the floor of
+one hop; Airlock's own work is its count minus this one.
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--stateless", action="store_true", help="stateless-era calls (2026-07-28)")
     ap.add_argument("--airlock", type=Path, default=TARGET / "release/airlock")
     ap.add_argument("--echo", type=Path, default=TARGET / "release/examples/echo_server")
+    ap.add_argument("--bare-proxy", action="store_true",
+                    help="measure examples/bare_proxy (the floor of one hop) instead of Airlock")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="airlock-callgrind-"))
     echo = subprocess.Popen([a.echo, "http", "127.0.0.1:0", "--threads", "1"],
@@ -67,12 +72,13 @@ def main() -> None:
             f'listen = "127.0.0.1:0"\n\n[[upstream]]\nname = "echo"\nurl = "http://{upstream}/mcp"\n'
             f'policy = "{tmp / "policy.json"}"\n\n[audit]\npath = "{tmp / "audit.db"}"\n')
         out = tmp / "callgrind.out"
-        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                               a.airlock, "serve", "--config", tmp / "airlock.toml"],
+        measured = ([a.echo.parent / "bare_proxy", f"http://{upstream}/mcp"] if a.bare_proxy
+                    else [a.airlock, "serve", "--config", tmp / "airlock.toml"])
+        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *measured],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "AIRLOCK_APPROVER_TOKEN": "callgrind-approver-token-0123456789"})
-        addr = announced(gw, 'airlock listening on')
-        base = f"http://{addr}/mcp/echo"
+        addr = announced(gw, 'listening on' if a.bare_proxy else 'airlock listening on')
+        base = f"http://{addr}/mcp" if a.bare_proxy else f"http://{addr}/mcp/echo"
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         meta = None
         with httpx.Client(timeout=60) as c:
@@ -99,6 +105,8 @@ def main() -> None:
                     assert r.status_code == 200 and '"isError":true' not in r.text, r.text
 
             def parses() -> int | None:
+                if a.bare_proxy:
+                    return None
                 r = c.get(f"http://{addr}/metrics")
                 for line in r.text.splitlines():
                     if line.startswith("airlock_body_parses_total "):
@@ -120,7 +128,8 @@ def main() -> None:
         era = "stateless" if a.stateless else "handshake"
         print(f"{total:,} instructions for {a.calls} {era}-era calls: {total // a.calls:,} per allowed call "
               f"(dump {dumps[-1]})")
-        writer(dumps[-1], total, a.calls)
+        if not a.bare_proxy:
+            writer(dumps[-1], total, a.calls)
         if before is not None and after is not None:
             print(f"airlock_body_parses_total: {after - before} for {a.calls} calls "
                   f"({(after - before) / a.calls:g} per allowed call)")

@@ -38,6 +38,8 @@ pub struct Opts {
     pub out: PathBuf,
     pub airlock: PathBuf,
     pub echo: PathBuf,
+    /// `examples/bare_proxy`: the floor of one HTTP hop (latency, throughput).
+    pub bare: PathBuf,
     pub work: PathBuf,
     pub shm: PathBuf,
     pub clients: usize,
@@ -111,6 +113,7 @@ fn parse_opts() -> Opts {
             .unwrap_or_else(|| PathBuf::from("docs/benchmarks.json")),
         airlock: env_path("AIRLOCK_BIN").unwrap_or_else(|| release.join("airlock")),
         echo: env_path("ECHO_BIN").unwrap_or_else(|| release.join("examples/echo_server")),
+        bare: env_path("BARE_PROXY_BIN").unwrap_or_else(|| release.join("examples/bare_proxy")),
         work: std::env::temp_dir().join(format!("airlock-bench-{pid}")),
         shm: PathBuf::from(format!("/dev/shm/airlock-bench-{pid}")),
         clients: num("--clients", 64),
@@ -168,10 +171,10 @@ fn has_error(v: &Value) -> bool {
 
 fn main() {
     let opts = parse_opts();
-    for bin in [&opts.airlock, &opts.echo] {
+    for bin in [&opts.airlock, &opts.echo, &opts.bare] {
         if !bin.exists() {
             eprintln!(
-                "missing {}: build with `cargo build --release --bin airlock --example echo_server`",
+                "missing {}: build with `cargo build --release --bin airlock --example echo_server --example bare_proxy`",
                 bin.display()
             );
             std::process::exit(2);

@@ -107,6 +107,18 @@ pub fn echo_http(o: &Opts, name: &str) -> io::Result<Proc> {
     )
 }
 
+/// `bare_proxy` in front of the echo server: the floor of one HTTP hop.
+pub fn bare_proxy(o: &Opts, echo: &Proc) -> io::Result<Proc> {
+    let mut cmd = Command::new(&o.bare);
+    cmd.arg(format!("http://{}/mcp", echo.addr()));
+    Proc::start(
+        "bare_proxy",
+        &mut cmd,
+        &o.work.join("bare_proxy.log"),
+        Some("listening on "),
+    )
+}
+
 /// Where an Airlock instance sends calls.
 pub enum Upstream<'a> {
     Url(SocketAddr),
@@ -244,7 +256,13 @@ async fn sequential(
     Ok(samples)
 }
 
-async fn latency(o: &Opts, echo: &Proc, gateway: &Proc, stdio_config: &Path) -> io::Result<Value> {
+async fn latency(
+    o: &Opts,
+    echo: &Proc,
+    bare: &Proc,
+    gateway: &Proc,
+    stdio_config: &Path,
+) -> io::Result<Value> {
     say("latency: sequential allowed tools/call, direct vs through Airlock");
     let log = std::fs::File::create(o.work.join("stdio.log"))?;
     let echo_cmd = vec![o.echo.display().to_string(), "stdio".into()];
@@ -262,6 +280,10 @@ async fn latency(o: &Opts, echo: &Proc, gateway: &Proc, stdio_config: &Path) -> 
         (
             "http_airlock".to_owned(),
             Client::Http(Mcp::connect(gateway.addr(), AIRLOCK_PATH).await?),
+        ),
+        (
+            "http_bare_proxy".to_owned(),
+            Client::Http(Mcp::connect(bare.addr(), "/mcp").await?),
         ),
         (
             "stdio_direct".to_owned(),
@@ -283,7 +305,14 @@ async fn latency(o: &Opts, echo: &Proc, gateway: &Proc, stdio_config: &Path) -> 
     let s: Vec<Value> = samples.into_iter().map(summary).collect();
     Ok(json!({
         "http": { "direct": s[0], "airlock": s[1], "added": added(&s[1], &s[0]) },
-        "stdio": { "direct": s[2], "airlock": s[3], "added": added(&s[3], &s[2]) },
+        // The floor of one hop: what any relay adds here, and Airlock's own
+        // cost above it.
+        "http_bare_proxy": {
+            "proxy": s[2],
+            "added": added(&s[2], &s[0]),
+            "airlock_above_bare": added(&s[1], &s[2]),
+        },
+        "stdio": { "direct": s[3], "airlock": s[4], "added": added(&s[4], &s[3]) },
     }))
 }
 
@@ -440,20 +469,36 @@ fn mean_cpu(runs: &[Value], key: &str) -> f64 {
 }
 
 /// Direct vs through Airlock, alternating twice.
-async fn throughput_pair(o: &Opts, echo: &Proc, gateway: &Proc) -> io::Result<Value> {
+async fn throughput_pair(o: &Opts, echo: &Proc, bare: &Proc, gateway: &Proc) -> io::Result<Value> {
     let mut direct = Vec::new();
     let mut through = Vec::new();
+    let mut relayed = Vec::new();
     for round in 0..2 {
         say(format!("throughput round {}: direct", round + 1));
         direct.push(throughput(o, echo.addr(), "/mcp", &[echo]).await?);
         say(format!("throughput round {}: through Airlock", round + 1));
         through.push(throughput(o, gateway.addr(), AIRLOCK_PATH, &[gateway, echo]).await?);
+        say(format!(
+            "throughput round {}: through bare_proxy",
+            round + 1
+        ));
+        relayed.push(throughput(o, bare.addr(), "/mcp", &[bare, echo]).await?);
     }
-    let (d, a) = (mean_rate(&direct), mean_rate(&through));
+    let (d, a, b) = (mean_rate(&direct), mean_rate(&through), mean_rate(&relayed));
+    let ratio = |x: f64, of: f64| {
+        if of > 0.0 {
+            ((x / of) * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
     Ok(json!({
         "direct": { "calls_per_s": d, "cpu_upstream": mean_cpu(&direct, "upstream"), "cpu_driver": mean_cpu(&direct, "driver"), "runs": direct },
         "airlock": { "calls_per_s": a, "cpu_airlock": mean_cpu(&through, "proxy"), "cpu_upstream": mean_cpu(&through, "upstream"), "cpu_driver": mean_cpu(&through, "driver"), "runs": through },
-        "ratio": if d > 0.0 { ((a / d) * 1000.0).round() / 1000.0 } else { 0.0 },
+        "bare_proxy": { "calls_per_s": b, "cpu_proxy": mean_cpu(&relayed, "proxy"), "cpu_upstream": mean_cpu(&relayed, "upstream"), "cpu_driver": mean_cpu(&relayed, "driver"), "runs": relayed },
+        "ratio": ratio(a, d),
+        "bare_proxy_ratio": ratio(b, d),
+        "airlock_vs_bare_proxy": ratio(a, b),
     }))
 }
 
@@ -665,6 +710,10 @@ pub async fn run_all(o: &Opts) -> Value {
         Err(e) => return failed(e),
     };
     if o.wants("latency") || o.wants("throughput") {
+        let bare = match bare_proxy(o, &echo) {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
         let db = o.work.join("gateway.db");
         let started = config(
             o,
@@ -686,13 +735,13 @@ pub async fn run_all(o: &Opts) -> Value {
         match (started, stdio_cfg) {
             (Ok(gateway), Ok(stdio_cfg)) => {
                 if o.wants("latency") {
-                    let r = latency(o, &echo, &gateway, &stdio_cfg)
+                    let r = latency(o, &echo, &bare, &gateway, &stdio_cfg)
                         .await
                         .unwrap_or_else(failed);
                     out.insert("latency".into(), r);
                 }
                 if o.wants("throughput") {
-                    let r = throughput_pair(o, &echo, &gateway)
+                    let r = throughput_pair(o, &echo, &bare, &gateway)
                         .await
                         .unwrap_or_else(failed);
                     out.insert("throughput".into(), r);
