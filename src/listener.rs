@@ -55,7 +55,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -281,8 +281,11 @@ impl Connection {
                 .serve_connection(TokioIo::new(socket), service)
                 .with_upgrades()
         );
-        let mut watchdog = pin!(activity.watch(limits));
+        let mut watchdog = pin!(Watchdog::new(&activity, limits));
+        // Biased: the watchdog is polled after the connection, so it reads
+        // the state the connection's poll has just changed (see `Watchdog`).
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, "connection ended: {e}");
@@ -421,8 +424,6 @@ struct Activity {
     last_write: AtomicU64,
     /// When bytes of a request whose headers are not complete began to arrive.
     request_started: AtomicU64,
-    /// Wakes the watchdog on each change (one stored permit: none is lost).
-    changed: Notify,
 }
 
 /// Ends one request's time in flight when dropped.
@@ -433,7 +434,6 @@ impl Drop for InFlight {
         let activity = &self.0;
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity.idle_since.store(activity.now(), Ordering::Release);
-            activity.changed.notify_one();
         }
     }
 }
@@ -447,7 +447,6 @@ impl Activity {
             last_write: AtomicU64::new(0),
             // A new connection owes its first request's headers from the start.
             request_started: AtomicU64::new(0),
-            changed: Notify::new(),
         }
     }
 
@@ -467,7 +466,6 @@ impl Activity {
             && self.request_started.load(Ordering::Acquire) == NONE
         {
             self.request_started.store(self.now(), Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
@@ -481,7 +479,6 @@ impl Activity {
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.request_started.store(NONE, Ordering::Release);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -502,19 +499,58 @@ impl Activity {
             started => Some((self.at(started) + limits.header_timeout, Cut::Header)),
         }
     }
+}
 
-    /// Resolves when the connection has overrun a deadline.
-    async fn watch(&self, limits: ServerConfig) -> Cut {
+/// Resolves when the connection has overrun a deadline.
+///
+/// Every change to [`Activity`] happens inside the connection's own poll
+/// (reads, writes, the service call, hyper dropping a response body), and
+/// the watchdog is polled right after it in the same task: it re-reads the
+/// deadline on each poll and needs no wake-up of its own. (It used to be
+/// woken by a `Notify` three times per request, from inside the task's own
+/// poll; tokio then re-queued the task and woke the other worker thread,
+/// a futex call and often a move to the other core per request.) The timer
+/// is moved only when the deadline comes earlier; a later deadline is read
+/// when the armed timer fires.
+struct Watchdog<'a> {
+    activity: &'a Activity,
+    limits: ServerConfig,
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl<'a> Watchdog<'a> {
+    fn new(activity: &'a Activity, limits: ServerConfig) -> Watchdog<'a> {
+        Watchdog {
+            activity,
+            limits,
+            timer: Box::pin(tokio::time::sleep_until(activity.accepted)),
+            armed: None,
+        }
+    }
+}
+
+impl Future for Watchdog<'_> {
+    type Output = Cut;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Cut> {
+        let this = self.get_mut();
         loop {
-            match self.deadline(limits) {
-                None => self.changed.notified().await,
-                Some((at, cut)) if at <= Instant::now() => return cut,
-                Some((at, _)) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at) => {}
-                        () = self.changed.notified() => {}
-                    }
-                }
+            // In flight: nothing to time until the connection's poll ends it.
+            let Some((at, cut)) = this.activity.deadline(this.limits) else {
+                return Poll::Pending;
+            };
+            if at <= Instant::now() {
+                return Poll::Ready(cut);
+            }
+            if this.armed.is_none_or(|armed| at < armed) {
+                this.timer.as_mut().reset(at);
+                this.armed = Some(at);
+            }
+            match this.timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Fired: read the deadline again (it may have moved later).
+                Poll::Ready(()) => this.armed = None,
             }
         }
     }

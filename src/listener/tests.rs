@@ -13,7 +13,7 @@ fn limits() -> ServerConfig {
 /// Polls `watch` until it resolves, with paused time; returns the cut and when.
 async fn cut_after(activity: &Activity) -> (Cut, Duration) {
     let start = Instant::now();
-    let cut = activity.watch(limits()).await;
+    let cut = Watchdog::new(activity, limits()).await;
     (cut, start.elapsed())
 }
 
@@ -45,11 +45,45 @@ async fn an_idle_keep_alive_connection_gets_the_idle_timeout_then_the_header_tim
 async fn a_request_in_flight_is_never_cut_and_the_idle_clock_starts_when_it_ends() {
     let activity = Arc::new(Activity::new());
     let in_flight = activity.begin();
-    let watch = tokio::time::timeout(Duration::from_secs(3600), activity.watch(limits()));
+    let watch = tokio::time::timeout(
+        Duration::from_secs(3600),
+        Watchdog::new(&activity, limits()),
+    );
     assert!(watch.await.is_err(), "cut while a request was in flight");
     let ended = Instant::now();
     drop(in_flight);
-    let cut = activity.watch(limits()).await;
+    let cut = Watchdog::new(&activity, limits()).await;
+    assert!(matches!(cut, Cut::Idle), "{cut:?}");
+    assert_eq!(ended.elapsed(), Duration::from_secs(10));
+}
+
+/// One watchdog for the connection's life, as `serve` keeps it: changes made
+/// between its polls (by the connection's poll, in the same task) move its
+/// deadline without any wake-up.
+#[tokio::test(start_paused = true)]
+async fn one_watchdog_follows_requests_starting_and_ending_between_its_polls() {
+    let activity = Arc::new(Activity::new());
+    drop(activity.begin());
+    let start = Instant::now();
+    let mut watchdog = pin!(Watchdog::new(&activity, limits()));
+    // Armed on the idle deadline (10 s)...
+    let early = tokio::time::timeout(Duration::from_secs(3), watchdog.as_mut()).await;
+    assert!(early.is_err(), "cut before any deadline");
+    // ...a request's first bytes bring it forward to 3 s + the header timeout.
+    activity.bytes_read();
+    let cut = watchdog.as_mut().await;
+    assert!(matches!(cut, Cut::Header), "{cut:?}");
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+
+    // In flight: never cut; once it ends, the idle clock runs from then.
+    let activity = Arc::new(Activity::new());
+    let in_flight = activity.begin();
+    let mut watchdog = pin!(Watchdog::new(&activity, limits()));
+    let waited = tokio::time::timeout(Duration::from_secs(3600), watchdog.as_mut()).await;
+    assert!(waited.is_err(), "cut while a request was in flight");
+    let ended = Instant::now();
+    drop(in_flight);
+    let cut = watchdog.as_mut().await;
     assert!(matches!(cut, Cut::Idle), "{cut:?}");
     assert_eq!(ended.elapsed(), Duration::from_secs(10));
 }
@@ -76,7 +110,7 @@ async fn bytes_still_being_written_keep_an_idle_connection_open() {
     let idle_from = Instant::now();
     tokio::time::advance(Duration::from_secs(8)).await;
     activity.bytes_written();
-    let cut = activity.watch(limits()).await;
+    let cut = Watchdog::new(&activity, limits()).await;
     assert!(matches!(cut, Cut::Idle), "{cut:?}");
     assert_eq!(idle_from.elapsed(), Duration::from_secs(18));
 }
