@@ -211,6 +211,15 @@ impl Approver {
         Err(err)
     }
 
+    /// This approver as a decider of held calls (name, voter, groups).
+    pub fn decider(&self) -> crate::quorum::Decider {
+        crate::quorum::Decider {
+            name: self.name.clone(),
+            voter: Some(self.voter.clone()),
+            groups: self.groups.clone(),
+        }
+    }
+
     /// The channel a decision by this approver is recorded under.
     fn channel(&self, headers: &HeaderMap) -> &'static str {
         let cli = headers
@@ -498,11 +507,7 @@ async fn decide_http(
         ));
     }
     let channel = approver.channel(&headers);
-    let decider = crate::quorum::Decider {
-        name: approver.name.clone(),
-        voter: Some(approver.voter.clone()),
-        groups: approver.groups.clone(),
-    };
+    let decider = approver.decider();
     match crate::quorum::decide_as(&gw, &id, choice, decider, channel, comment).await {
         Ok(crate::quorum::Decided::Vote { approvals, needed }) => Ok(Json(json!({
             "id": id,

@@ -166,7 +166,7 @@ pub struct Ballot {
 impl Ballot {
     /// Whether this vote was cast by `voter` (known as `name` now). A legacy
     /// vote has no identity but its name, so the name decides, as it did.
-    fn is_by(&self, voter: &str, name: &str) -> bool {
+    pub fn is_by(&self, voter: &str, name: &str) -> bool {
         self.voter == voter || (self.voter.starts_with(LEGACY_VOTER) && self.name == name)
     }
 }
@@ -355,20 +355,23 @@ impl SharedPower {
         Ok(counted)
     }
 
-    /// The display names of those who voted on each of these holds, in order.
-    pub async fn votes(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<String>>, StoreError> {
+    /// The votes on each of these holds, in order.
+    pub async fn votes(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<Ballot>>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT pending_id, approver FROM airlock_votes WHERE pending_id = ANY($1) \
+                "SELECT pending_id, voter, approver FROM airlock_votes WHERE pending_id = ANY($1) \
                  ORDER BY at, voter",
                 &[&ids],
             )
             .await
             .map_err(db)?;
-        let mut out: HashMap<Uuid, Vec<String>> = HashMap::new();
+        let mut out: HashMap<Uuid, Vec<Ballot>> = HashMap::new();
         for row in rows {
-            out.entry(row.get(0)).or_default().push(row.get(1));
+            out.entry(row.get(0)).or_default().push(Ballot {
+                voter: row.get(1),
+                name: row.get(2),
+            });
         }
         Ok(out)
     }

@@ -125,18 +125,22 @@ impl Votes {
         Ok(counted)
     }
 
-    /// The approvers of each of these holds so far.
-    async fn approvers(&self, ids: &[String]) -> HashMap<String, Vec<String>> {
+    /// The votes on each of these holds so far.
+    async fn ballots(&self, ids: &[String]) -> HashMap<String, Vec<Ballot>> {
         let Some(store) = &self.shared else {
             let votes = self.votes.lock().expect("votes lock");
             return ids
                 .iter()
                 .filter_map(|id| {
                     let list = votes.get(id)?;
-                    Some((
-                        id.clone(),
-                        list.iter().map(|v| v.approver.clone()).collect(),
-                    ))
+                    let ballots = list
+                        .iter()
+                        .map(|v| Ballot {
+                            voter: v.voter.clone(),
+                            name: v.approver.clone(),
+                        })
+                        .collect();
+                    Some((id.clone(), ballots))
                 })
                 .collect();
         };
@@ -509,24 +513,32 @@ async fn record_vote(
 
 /// Each open hold's requirement and progress, for the dashboard: how many
 /// approvals it needs and has, which groups may decide, whether it was
-/// escalated, and whether an approver in `groups` may decide it.
-pub async fn overview(gw: &Gateway, groups: &[String]) -> Value {
+/// escalated, whether `who` may decide it, and whether `who` (by voter
+/// identity, not name) already approved it.
+pub async fn overview(gw: &Gateway, who: &Decider) -> Value {
     let items = gw.holds.list();
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
-    let mut votes = gw.votes.approvers(&ids).await;
+    let mut votes = gw.votes.ballots(&ids).await;
     let mut out = serde_json::Map::new();
     for item in items {
         let (quorum, rule) = requirement(gw, &item);
+        let ballots = votes.remove(&item.id).unwrap_or_default();
+        let you_approved = who
+            .voter
+            .as_deref()
+            .is_some_and(|voter| ballots.iter().any(|b| b.is_by(voter, &who.name)));
+        let approvals: Vec<String> = ballots.into_iter().map(|b| b.name).collect();
         out.insert(
             item.id.clone(),
             json!({
                 "rule": rule,
                 "needed": quorum.approvers,
-                "approvals": votes.remove(&item.id).unwrap_or_default(),
+                "approvals": approvals,
+                "you_approved": you_approved,
                 "groups": quorum.groups,
                 "escalate_to": quorum.escalate_to,
                 "escalated": gw.votes.is_escalated(&item.id),
-                "may_decide": may_decide(gw, &item.id, &quorum, groups),
+                "may_decide": may_decide(gw, &item.id, &quorum, &who.groups),
             }),
         );
     }
@@ -627,13 +639,15 @@ mod tests {
             Counted::Vote(vec![name.into(), name.into()]),
             "another account under the same name"
         );
-        let stored = votes.approvers(&["h1".to_owned()]).await;
-        assert_eq!(stored["h1"], [name, name]);
-        let kept = votes.votes.lock().unwrap()["h1"]
+        let stored = votes.ballots(&["h1".to_owned()]).await;
+        let kept: Vec<(&str, &str)> = stored["h1"]
             .iter()
-            .map(|v| v.voter.clone())
-            .collect::<Vec<_>>();
-        assert_eq!(kept, ["oidc:https://idp#1", "oidc:https://idp#2"]);
+            .map(|b| (b.voter.as_str(), b.name.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [("oidc:https://idp#1", name), ("oidc:https://idp#2", name)]
+        );
     }
 
     #[test]

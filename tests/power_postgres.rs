@@ -293,7 +293,9 @@ async fn votes_count_by_voter_identity_not_by_display_name() {
             .unwrap(),
         Counted::Vote(vec![name.into(), "alice@example.com".into()])
     );
-    assert_eq!(store_a.votes(&[id]).await.unwrap()[&id].len(), 2);
+    let stored = &store_a.votes(&[id]).await.unwrap()[&id];
+    let voters: Vec<&str> = stored.iter().map(|b| b.voter.as_str()).collect();
+    assert_eq!(voters, ["oidc:https://idp#1", "token:alice@example.com"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
