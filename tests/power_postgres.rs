@@ -341,6 +341,65 @@ async fn a_vote_stored_without_a_voter_counts_by_name_as_before() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_6_keeps_the_votes_of_a_version_5_database_counted_by_name() {
+    let Some(pg) = PgCluster::start("power-vote-upgrade") else {
+        return;
+    };
+    let (a, _) = replica(&pg, "a").await;
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    // Back to the version-5 shape of airlock_votes (key: hold and name),
+    // with a vote in it, as the previous version left it.
+    client
+        .batch_execute(
+            "DROP TRIGGER airlock_votes_legacy_voter ON airlock_votes;
+             DROP FUNCTION airlock_votes_legacy_voter();
+             ALTER TABLE airlock_votes DROP CONSTRAINT airlock_votes_pkey;
+             ALTER TABLE airlock_votes DROP COLUMN voter;
+             ALTER TABLE airlock_votes ADD PRIMARY KEY (pending_id, approver);
+             DELETE FROM airlock_schema WHERE version = 6;",
+        )
+        .await
+        .expect("back to version 5");
+    let id = hold(&a).await;
+    client
+        .execute(
+            "INSERT INTO airlock_votes (pending_id, approver, channel, at) VALUES ($1, 'alice', 'api', now())",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    // A replica of this version starts: migration 6 runs over the old rows.
+    let (_b, store) = replica(&pg, "b").await;
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM airlock_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions.last(), Some(&6));
+    assert_eq!(
+        store
+            .vote(id, "token:alice", "alice", "api", 2)
+            .await
+            .unwrap(),
+        Counted::Again(vec!["alice".into()])
+    );
+    assert_eq!(
+        store.vote(id, "token:bob", "bob", "api", 2).await.unwrap(),
+        Counted::Vote(vec!["alice".into(), "bob".into()])
+    );
+    let voters: Vec<String> = store.votes(&[id]).await.unwrap()[&id]
+        .iter()
+        .map(|b| b.voter.clone())
+        .collect();
+    assert_eq!(voters, ["name:alice", "token:bob"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_escalation_is_claimed_by_one_replica() {
     let Some(pg) = PgCluster::start("power-escalation") else {
         return;
