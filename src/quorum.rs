@@ -65,6 +65,15 @@ pub struct Vote {
     pub at: DateTime<Utc>,
 }
 
+impl Vote {
+    fn ballot(&self) -> Ballot {
+        Ballot {
+            voter: self.voter.clone(),
+            name: self.approver.clone(),
+        }
+    }
+}
+
 fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
@@ -106,13 +115,7 @@ impl Votes {
         }
         let mut votes = self.votes.lock().expect("votes lock");
         let list = votes.entry(id.to_owned()).or_default();
-        let so_far = list
-            .iter()
-            .map(|v| Ballot {
-                voter: v.voter.clone(),
-                name: v.approver.clone(),
-            })
-            .collect();
+        let so_far = list.iter().map(Vote::ballot).collect();
         let (counted, insert) = crate::power_store::count(so_far, voter, name, needed);
         if insert {
             list.push(Vote {
@@ -133,14 +136,7 @@ impl Votes {
                 .iter()
                 .filter_map(|id| {
                     let list = votes.get(id)?;
-                    let ballots = list
-                        .iter()
-                        .map(|v| Ballot {
-                            voter: v.voter.clone(),
-                            name: v.approver.clone(),
-                        })
-                        .collect();
-                    Some((id.clone(), ballots))
+                    Some((id.clone(), list.iter().map(Vote::ballot).collect()))
                 })
                 .collect();
         };
