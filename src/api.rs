@@ -174,7 +174,12 @@ pub enum Via {
 
 /// An authenticated approver (extractor).
 pub struct Approver {
+    /// The name people read (audit rows, events, the dashboard, Slack).
     pub name: String,
+    /// The stable identity votes count as: `token:NAME` for a token
+    /// approver, `oidc:ISSUER#SUBJECT` for a single sign-on login
+    /// ([`crate::quorum::Decider::voter`]).
+    pub voter: String,
     pub via: Via,
     /// Looked up in the config on every request for token approvers, so a
     /// changed role takes effect at once (their login cookie carries only the
@@ -204,6 +209,15 @@ impl Approver {
         );
         err.extra = Some(json!({ "role": self.role, "needed": needed }));
         Err(err)
+    }
+
+    /// This approver as a decider of held calls (name, voter, groups).
+    pub fn decider(&self) -> crate::quorum::Decider {
+        crate::quorum::Decider {
+            name: self.name.clone(),
+            voter: Some(self.voter.clone()),
+            groups: self.groups.clone(),
+        }
     }
 
     /// The channel a decision by this approver is recorded under.
@@ -244,6 +258,7 @@ pub fn authenticate(
         if let Some(approver) = auth::find_credential(&gw.config.approvers, token) {
             return Ok(Approver {
                 name: approver.name.clone(),
+                voter: crate::quorum::token_voter(&approver.name),
                 via: Via::Bearer,
                 role: approver.role,
                 groups: approver.groups.clone(),
@@ -279,6 +294,7 @@ pub fn authenticate(
         let role = session.role(&gw.config);
         let groups = session.groups(&gw.config);
         return Ok(Approver {
+            voter: session.voter(),
             name: session.approver,
             via: Via::Cookie,
             role,
@@ -491,17 +507,8 @@ async fn decide_http(
         ));
     }
     let channel = approver.channel(&headers);
-    match crate::quorum::decide_as(
-        &gw,
-        &id,
-        choice,
-        Some(approver.name.clone()),
-        &approver.groups,
-        channel,
-        comment,
-    )
-    .await
-    {
+    let decider = approver.decider();
+    match crate::quorum::decide_as(&gw, &id, choice, decider, channel, comment).await {
         Ok(crate::quorum::Decided::Vote { approvals, needed }) => Ok(Json(json!({
             "id": id,
             "decision": "vote",

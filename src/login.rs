@@ -14,8 +14,11 @@
 //!
 //! Single sign-on ([`crate::oidc`]) makes the same kind of cookie: its
 //! first part then carries the provider's identity and the role its groups
-//! mapped to (`oidc~role~subject~name`, each base64url), the key also covers
-//! the `[oidc]` client secret, and it lasts `[oidc] session_ttl`.
+//! mapped to (`oidc~role~subject~name~groups~issuer`, each base64url), the
+//! key also covers the `[oidc]` client secret, and it lasts `[oidc]
+//! session_ttl`. The issuer and subject are the user's voter identity
+//! ([`crate::quorum::sso_voter`]); a cookie made before the issuer was
+//! carried is refused, and the user signs in again.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,10 +56,11 @@ pub enum LoginKind {
     /// An `[[approver]]` token; its role is looked up in the config on every
     /// request, so a changed role takes effect at once.
     Token,
-    /// Single sign-on: the provider's subject, the role the user's groups
-    /// mapped to at login, and those of the user's groups that the policies
-    /// name as approver groups (both hold until the login ends).
+    /// Single sign-on: the provider (issuer) and its subject, the role the
+    /// user's groups mapped to at login, and those of the user's groups that
+    /// the policies name as approver groups (both hold until the login ends).
     Sso {
+        issuer: String,
         subject: String,
         role: Role,
         groups: Vec<String>,
@@ -69,6 +73,18 @@ impl LoginSession {
         match &self.kind {
             LoginKind::Sso { role, .. } => *role,
             LoginKind::Token => config.approver_role(&self.approver).unwrap_or(Role::Viewer),
+        }
+    }
+
+    /// The stable identity this login's votes count as: the config name of
+    /// a token approver, the issuer and subject of a single sign-on user
+    /// (never the display name the provider sent).
+    pub fn voter(&self) -> String {
+        match &self.kind {
+            LoginKind::Sso {
+                issuer, subject, ..
+            } => crate::quorum::sso_voter(issuer, subject),
+            LoginKind::Token => crate::quorum::token_voter(&self.approver),
         }
     }
 
@@ -215,36 +231,50 @@ pub fn start(gw: &Gateway, approver: &str) -> (HeaderValue, LoginSession) {
     issue(&gw.config, &name, LIFETIME, approver, LoginKind::Token)
 }
 
-/// Starts a single sign-on login of `name` (the decider, e.g.
-/// `alice@example.com (oidc)`) lasting `ttl`, deciding as a member of
-/// `groups` (approver groups; see [`LoginKind::Sso`]).
-pub fn start_sso(
-    gw: &Gateway,
-    subject: &str,
-    name: &str,
-    role: Role,
-    groups: Vec<String>,
+/// Who signed in by single sign-on: the provider's identity of the user,
+/// and what Airlock makes of it.
+pub struct SsoUser<'a> {
+    /// The provider's issuer (`[oidc] issuer`, as the ID token's `iss`).
+    pub issuer: &'a str,
+    /// The provider's stable subject (`sub`).
+    pub subject: &'a str,
+    /// The decider people read, e.g. `alice@example.com (oidc)`.
+    pub name: &'a str,
+    pub role: Role,
+    /// Approver groups; see [`LoginKind::Sso`].
+    pub groups: Vec<String>,
+}
+
+/// Starts a single sign-on login of `user` lasting `ttl`.
+pub fn start_sso(gw: &Gateway, user: SsoUser<'_>, ttl: Duration) -> (HeaderValue, LoginSession) {
+    start_sso_with(&gw.config, user, ttl)
+}
+
+fn start_sso_with(
+    config: &Config,
+    user: SsoUser<'_>,
     ttl: Duration,
 ) -> (HeaderValue, LoginSession) {
-    let payload = sso_payload(subject, name, role, &groups);
+    let payload = sso_payload(&user);
     let kind = LoginKind::Sso {
-        subject: subject.to_owned(),
-        role,
-        groups,
+        issuer: user.issuer.to_owned(),
+        subject: user.subject.to_owned(),
+        role: user.role,
+        groups: user.groups,
     };
-    issue(&gw.config, &payload, ttl, name, kind)
+    issue(config, &payload, ttl, user.name, kind)
 }
 
 /// The first part of a single sign-on cookie:
-/// `oidc~role~subject~name~groups` (groups joined by newlines; a login made
-/// before groups were carried has no fifth field and no groups).
-fn sso_payload(subject: &str, name: &str, role: Role, groups: &[String]) -> String {
+/// `oidc~role~subject~name~groups~issuer` (groups joined by newlines).
+fn sso_payload(user: &SsoUser<'_>) -> String {
     format!(
-        "{SSO_MARK}{}~{}~{}~{}",
-        role.as_str(),
-        B64.encode(subject.as_bytes()),
-        B64.encode(name.as_bytes()),
-        B64.encode(groups.join("\n").as_bytes())
+        "{SSO_MARK}{}~{}~{}~{}~{}",
+        user.role.as_str(),
+        B64.encode(user.subject.as_bytes()),
+        B64.encode(user.name.as_bytes()),
+        B64.encode(user.groups.join("\n").as_bytes()),
+        B64.encode(user.issuer.as_bytes())
     )
 }
 
@@ -334,31 +364,38 @@ fn session_of(config: &Config, logins: &Logins, headers: &HeaderMap) -> Option<L
         Some(sso) => {
             // A single sign-on login: valid while [oidc] is configured (the
             // key covers its client secret).
-            config.oidc.as_ref()?;
+            let oidc = config.oidc.as_ref()?;
             let mut fields = sso.split('~');
-            let (role, subject, display) = (fields.next()?, fields.next()?, fields.next()?);
+            let (role, subject, display, groups, issuer) = (
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                // Absent from cookies made before votes were keyed on the
+                // issuer and subject: refused (sign in again), never given
+                // a guessed identity.
+                fields.next()?,
+            );
             let role = match role {
                 "viewer" => Role::Viewer,
                 "approver" => Role::Approver,
                 "admin" => Role::Admin,
                 _ => return None,
             };
-            let subject = decode(subject)?;
-            let groups = match fields.next() {
-                Some(groups) => decode(groups)?
-                    .split('\n')
-                    .filter(|g| !g.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                None => Vec::new(),
-            };
-            if fields.next().is_some() {
+            let issuer = decode(issuer)?;
+            if fields.next().is_some() || issuer != oidc.issuer {
                 return None;
             }
+            let groups = decode(groups)?
+                .split('\n')
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect();
             (
                 decode(display)?,
                 LoginKind::Sso {
-                    subject,
+                    issuer,
+                    subject: decode(subject)?,
                     role,
                     groups,
                 },

@@ -343,14 +343,14 @@ async fn finish(
     };
     tracing::info!(%subject, user = %name, role = role.as_str(), "single sign-on: signed in");
     let approver_groups = approver_groups(gw, &groups);
-    let (cookie, _session) = login::start_sso(
-        gw,
-        &subject,
-        &decider,
+    let user = login::SsoUser {
+        issuer: &config.issuer,
+        subject: &subject,
+        name: &decider,
         role,
-        approver_groups,
-        config.session_ttl,
-    );
+        groups: approver_groups,
+    };
+    let (cookie, _session) = login::start_sso(gw, user, config.session_ttl);
     let mut response = page::respond(StatusCode::OK, page::signed_in(&decider, role.as_str()));
     let h = response.headers_mut();
     h.append(header::SET_COOKIE, cookie);

@@ -12,8 +12,10 @@
 //!   for a `lease` covers nothing (see [`crate::grants`]). Ending a grant
 //!   (revoked, expired, policy) is a `DELETE … RETURNING`: the replica whose
 //!   statement removed the row records its end, once.
-//! - **Votes** are rows of `airlock_votes`, one per (hold, approver): the
-//!   primary key makes the same approver count once, and [`SharedPower::vote`]
+//! - **Votes** are rows of `airlock_votes`, one per (hold, voter): the
+//!   primary key makes the same voter count once (the approver's stable
+//!   identity, see [`crate::quorum::Decider`]; the display name is kept
+//!   beside it for people to read), and [`SharedPower::vote`]
 //!   takes the hold's row lock in `airlock_approvals` first, so votes on one
 //!   hold are counted one at a time across replicas and exactly one vote
 //!   completes the count.
@@ -96,6 +98,33 @@ CREATE TRIGGER airlock_escalations_notify AFTER INSERT ON airlock_escalations
     FOR EACH STATEMENT EXECUTE FUNCTION airlock_power_notify('votes');
 ";
 
+/// Votes keyed by the voter's stable identity (migration 6): a `voter`
+/// column becomes the key beside the hold. Votes stored before it (and any
+/// a replica of an older version still inserts without a voter, through the
+/// trigger) get [`LEGACY_VOTER`] + their name, and are matched by name as
+/// before until their hold ends.
+pub const VOTER_MIGRATION: &str = "
+ALTER TABLE airlock_votes ADD COLUMN voter text;
+UPDATE airlock_votes SET voter = 'name:' || approver;
+ALTER TABLE airlock_votes ALTER COLUMN voter SET NOT NULL;
+ALTER TABLE airlock_votes DROP CONSTRAINT airlock_votes_pkey;
+ALTER TABLE airlock_votes ADD PRIMARY KEY (pending_id, voter);
+CREATE FUNCTION airlock_votes_legacy_voter() RETURNS trigger AS $$
+BEGIN
+    IF NEW.voter IS NULL THEN
+        NEW.voter := 'name:' || NEW.approver;
+    END IF;
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER airlock_votes_legacy_voter BEFORE INSERT ON airlock_votes
+    FOR EACH ROW EXECUTE FUNCTION airlock_votes_legacy_voter();
+";
+
+/// The voter of a vote stored without one (before migration 6, or by a
+/// replica of an older version): such a vote is matched by display name.
+pub const LEGACY_VOTER: &str = "name:";
+
 const GRANT_COLUMNS: &str = "id, upstream, tool, rule, scope, agent, session, args_hash, \
     arguments, granted_by, pending_id, created_at, expires_at";
 
@@ -124,16 +153,38 @@ pub enum Counted {
     Closed,
 }
 
-/// Counts `approver` toward `needed` given the approvers so far.
-pub fn count(mut so_far: Vec<String>, approver: &str, needed: u32) -> (Counted, bool) {
-    if so_far.iter().any(|a| a == approver) {
-        return (Counted::Again(so_far), false);
+/// One vote as stored: who it counts as, and the name people read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ballot {
+    /// The approver's stable identity (`token:NAME`, `oidc:ISSUER#SUBJECT`),
+    /// or [`LEGACY_VOTER`] + name for a vote stored without one.
+    pub voter: String,
+    /// The display name (`alice`, `alice@example.com (oidc)`).
+    pub name: String,
+}
+
+impl Ballot {
+    /// Whether this vote was cast by `voter` (known as `name` now). A legacy
+    /// vote has no identity but its name, so the name decides, as it did.
+    pub fn is_by(&self, voter: &str, name: &str) -> bool {
+        self.voter == voter || (self.voter.starts_with(LEGACY_VOTER) && self.name == name)
     }
-    if so_far.len() >= needed as usize {
-        return (Counted::Complete(so_far), false);
+}
+
+/// Counts `voter` (known as `name`) toward `needed` given the votes so far;
+/// the answer lists display names. Distinct voters count separately even
+/// when their names are the same; one voter counts once under any name.
+pub fn count(so_far: Vec<Ballot>, voter: &str, name: &str, needed: u32) -> (Counted, bool) {
+    let again = so_far.iter().any(|b| b.is_by(voter, name));
+    let mut names: Vec<String> = so_far.into_iter().map(|b| b.name).collect();
+    if again {
+        return (Counted::Again(names), false);
     }
-    so_far.push(approver.to_owned());
-    (Counted::Vote(so_far), true)
+    if names.len() >= needed as usize {
+        return (Counted::Complete(names), false);
+    }
+    names.push(name.to_owned());
+    (Counted::Vote(names), true)
 }
 
 /// The shared database, for grants, votes, escalations and pins.
@@ -253,12 +304,14 @@ impl SharedPower {
 
     // --- votes and escalations ----------------------------------------------
 
-    /// Counts `approver`'s approval of hold `id` toward `needed`, one vote at
-    /// a time per hold across replicas (the hold's row lock).
+    /// Counts the approval of hold `id` by `voter` (known as `name`) toward
+    /// `needed`, one vote at a time per hold across replicas (the hold's row
+    /// lock).
     pub async fn vote(
         &self,
         id: Uuid,
-        approver: &str,
+        voter: &str,
+        name: &str,
         channel: &str,
         needed: u32,
     ) -> Result<Counted, StoreError> {
@@ -274,22 +327,26 @@ impl SharedPower {
         if open.is_none() {
             return Ok(Counted::Closed);
         }
-        let so_far: Vec<String> = tx
+        let so_far: Vec<Ballot> = tx
             .query(
-                "SELECT approver FROM airlock_votes WHERE pending_id = $1 ORDER BY at, approver",
+                "SELECT voter, approver FROM airlock_votes WHERE pending_id = $1 \
+                 ORDER BY at, voter",
                 &[&id],
             )
             .await
             .map_err(db)?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| Ballot {
+                voter: r.get(0),
+                name: r.get(1),
+            })
             .collect();
-        let (counted, insert) = count(so_far, approver, needed);
+        let (counted, insert) = count(so_far, voter, name, needed);
         if insert {
             tx.execute(
-                "INSERT INTO airlock_votes (pending_id, approver, channel, at) \
-                 VALUES ($1, $2, $3, now())",
-                &[&id, &approver, &channel],
+                "INSERT INTO airlock_votes (pending_id, voter, approver, channel, at) \
+                 VALUES ($1, $2, $3, $4, now())",
+                &[&id, &voter, &name, &channel],
             )
             .await
             .map_err(db)?;
@@ -298,20 +355,23 @@ impl SharedPower {
         Ok(counted)
     }
 
-    /// The approvers who voted on each of these holds, in order.
-    pub async fn votes(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<String>>, StoreError> {
+    /// The votes on each of these holds, in order.
+    pub async fn votes(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<Ballot>>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT pending_id, approver FROM airlock_votes WHERE pending_id = ANY($1) \
-                 ORDER BY at, approver",
+                "SELECT pending_id, voter, approver FROM airlock_votes WHERE pending_id = ANY($1) \
+                 ORDER BY at, voter",
                 &[&ids],
             )
             .await
             .map_err(db)?;
-        let mut out: HashMap<Uuid, Vec<String>> = HashMap::new();
+        let mut out: HashMap<Uuid, Vec<Ballot>> = HashMap::new();
         for row in rows {
-            out.entry(row.get(0)).or_default().push(row.get(1));
+            out.entry(row.get(0)).or_default().push(Ballot {
+                voter: row.get(1),
+                name: row.get(2),
+            });
         }
         Ok(out)
     }
@@ -633,24 +693,77 @@ async fn listen(
 mod tests {
     use super::*;
 
+    fn ballots(xs: &[(&str, &str)]) -> Vec<Ballot> {
+        xs.iter()
+            .map(|(voter, name)| Ballot {
+                voter: voter.to_string(),
+                name: name.to_string(),
+            })
+            .collect()
+    }
+
+    fn names(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
-    fn a_vote_counts_once_per_approver_and_not_past_the_quorum() {
-        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    fn a_vote_counts_once_per_voter_and_not_past_the_quorum() {
+        let (a, b) = (("token:alice", "alice"), ("token:bob", "bob"));
         assert_eq!(
-            count(v(&[]), "alice", 2),
-            (Counted::Vote(v(&["alice"])), true)
+            count(ballots(&[]), a.0, a.1, 2),
+            (Counted::Vote(names(&["alice"])), true)
         );
         assert_eq!(
-            count(v(&["alice"]), "alice", 2),
-            (Counted::Again(v(&["alice"])), false)
+            count(ballots(&[a]), a.0, a.1, 2),
+            (Counted::Again(names(&["alice"])), false)
         );
         assert_eq!(
-            count(v(&["alice"]), "bob", 2),
-            (Counted::Vote(v(&["alice", "bob"])), true)
+            count(ballots(&[a]), b.0, b.1, 2),
+            (Counted::Vote(names(&["alice", "bob"])), true)
         );
         assert_eq!(
-            count(v(&["alice", "bob"]), "carol", 2),
-            (Counted::Complete(v(&["alice", "bob"])), false)
+            count(ballots(&[a, b]), "token:carol", "carol", 2),
+            (Counted::Complete(names(&["alice", "bob"])), false)
+        );
+    }
+
+    #[test]
+    fn voters_are_told_apart_by_identity_not_by_display_name() {
+        let name = "alice@example.com (oidc)";
+        let first = ("oidc:https://idp#1", name);
+        // Another provider account under the same display name counts.
+        assert_eq!(
+            count(ballots(&[first]), "oidc:https://idp#2", name, 2),
+            (Counted::Vote(names(&[name, name])), true)
+        );
+        // The same account under a new display name does not.
+        assert_eq!(
+            count(
+                ballots(&[first]),
+                first.0,
+                "alice.new@example.com (oidc)",
+                2
+            ),
+            (Counted::Again(names(&[name])), false)
+        );
+        // A token approver named like an SSO user's email is someone else.
+        let sso = ("oidc:https://idp#1", "ops (oidc)");
+        assert_eq!(
+            count(ballots(&[("token:ops", "ops")]), sso.0, sso.1, 2),
+            (Counted::Vote(names(&["ops", "ops (oidc)"])), true)
+        );
+    }
+
+    #[test]
+    fn a_vote_stored_without_identity_is_matched_by_name() {
+        let legacy = ("name:alice", "alice");
+        assert_eq!(
+            count(ballots(&[legacy]), "token:alice", "alice", 2),
+            (Counted::Again(names(&["alice"])), false)
+        );
+        assert_eq!(
+            count(ballots(&[legacy]), "token:bob", "bob", 2),
+            (Counted::Vote(names(&["alice", "bob"])), true)
         );
     }
 }

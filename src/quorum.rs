@@ -7,7 +7,14 @@
 //! N distinct approvers is a *vote* (audit row `approval.vote`, event
 //! `pending.approval`) until the N-th distinct approver's vote, which becomes
 //! the approval in [`crate::hold::decide`] — whose compare-and-set in the
-//! approvals store keeps it exactly-once. Without `[store]`, votes and
+//! approvals store keeps it exactly-once.
+//!
+//! Votes count by the approver's stable identity ([`Decider::voter`]), not
+//! by the name people read: a token approver is its `[[approver]] name`
+//! (`token:NAME`), a single sign-on user the provider's issuer and subject
+//! (`oidc:ISSUER#SUBJECT`), whatever email or name the provider sends. Two
+//! provider accounts with one display name are two voters; one account
+//! renamed between sign-ins is one. Without `[store]`, votes and
 //! escalation marks live in memory; with `[store] url` they are rows in
 //! PostgreSQL shared by every replica ([`crate::power_store`]): votes on one
 //! hold are counted one at a time (the hold's row lock), an approver counts
@@ -30,7 +37,7 @@ use crate::audit::Record;
 use crate::gateway::Gateway;
 use crate::hold::{self, Choice, DecideError, PendingItem, Resolution};
 use crate::policy::Quorum;
-use crate::power_store::{Counted, SharedPower};
+use crate::power_store::{Ballot, Counted, SharedPower};
 use uuid::Uuid;
 
 /// Votes and escalations of open holds, by pending id: in memory, or in
@@ -49,10 +56,22 @@ pub struct Votes {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Vote {
+    /// The display name.
     pub approver: String,
+    /// The stable identity the vote counts as ([`Decider::voter`]).
+    pub voter: String,
     pub channel: String,
     #[serde(serialize_with = "rfc3339")]
     pub at: DateTime<Utc>,
+}
+
+impl Vote {
+    fn ballot(&self) -> Ballot {
+        Ballot {
+            voter: self.voter.clone(),
+            name: self.approver.clone(),
+        }
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -77,28 +96,31 @@ impl Votes {
         }
     }
 
-    /// Counts `approver`'s approval of hold `id` toward `needed`.
+    /// Counts the approval of hold `id` by `voter` (known as `name`)
+    /// toward `needed`.
     async fn count(
         &self,
         id: &str,
-        approver: &str,
+        voter: &str,
+        name: &str,
         channel: &str,
         needed: u32,
     ) -> Result<Counted, DecideError> {
         if let Some(store) = &self.shared {
             let uuid = Uuid::parse_str(id).map_err(|_| DecideError::NotFound(id.to_owned()))?;
             return store
-                .vote(uuid, approver, channel, needed)
+                .vote(uuid, voter, name, channel, needed)
                 .await
                 .map_err(|e| DecideError::Store(e.to_string()));
         }
         let mut votes = self.votes.lock().expect("votes lock");
         let list = votes.entry(id.to_owned()).or_default();
-        let names = list.iter().map(|v| v.approver.clone()).collect();
-        let (counted, insert) = crate::power_store::count(names, approver, needed);
+        let so_far = list.iter().map(Vote::ballot).collect();
+        let (counted, insert) = crate::power_store::count(so_far, voter, name, needed);
         if insert {
             list.push(Vote {
-                approver: approver.to_owned(),
+                approver: name.to_owned(),
+                voter: voter.to_owned(),
                 channel: channel.to_owned(),
                 at: Utc::now(),
             });
@@ -106,18 +128,15 @@ impl Votes {
         Ok(counted)
     }
 
-    /// The approvers of each of these holds so far.
-    async fn approvers(&self, ids: &[String]) -> HashMap<String, Vec<String>> {
+    /// The votes on each of these holds so far.
+    async fn ballots(&self, ids: &[String]) -> HashMap<String, Vec<Ballot>> {
         let Some(store) = &self.shared else {
             let votes = self.votes.lock().expect("votes lock");
             return ids
                 .iter()
                 .filter_map(|id| {
                     let list = votes.get(id)?;
-                    Some((
-                        id.clone(),
-                        list.iter().map(|v| v.approver.clone()).collect(),
-                    ))
+                    Some((id.clone(), list.iter().map(Vote::ballot).collect()))
                 })
                 .collect();
         };
@@ -177,6 +196,41 @@ impl Votes {
     }
 }
 
+/// Who decides: the name people read (audit rows, events, the dashboard,
+/// Slack), the stable identity votes count by, and the approver groups.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    pub name: String,
+    /// [`token_voter`] or [`sso_voter`]; None for someone not signed in (a
+    /// decision link's clicker, known only by the name they typed), who can
+    /// decide but never vote toward `approvers: N`.
+    pub voter: Option<String>,
+    pub groups: Vec<String>,
+}
+
+impl Decider {
+    /// The `[[approver]]` named `name`, with its configured groups.
+    pub fn token(gw: &Gateway, name: &str) -> Decider {
+        Decider {
+            name: name.to_owned(),
+            voter: Some(token_voter(name)),
+            groups: gw.config.approver_groups(name).to_vec(),
+        }
+    }
+}
+
+/// The voter identity of a token approver: its config name, namespaced so
+/// no single sign-on identity can equal it.
+pub fn token_voter(name: &str) -> String {
+    format!("token:{name}")
+}
+
+/// The voter identity of a single sign-on user: the provider (issuer) and
+/// its stable subject, never the display claims a user may be able to edit.
+pub fn sso_voter(issuer: &str, subject: &str) -> String {
+    format!("oidc:{issuer}#{subject}")
+}
+
 /// What a human decision came to.
 pub enum Decided {
     /// The hold ended (as [`hold::decide`] says).
@@ -208,6 +262,10 @@ pub enum QuorumError {
         needed: u32,
         have: usize,
     },
+    #[error(
+        "`{approver}` is not signed in; this call needs {needed} approvers signed in by name, so nothing was counted"
+    )]
+    NotSignedIn { approver: String, needed: u32 },
     #[error(transparent)]
     Decide(#[from] DecideError),
 }
@@ -244,36 +302,46 @@ pub fn may_decide(gw: &Gateway, id: &str, quorum: &Quorum, mine: &[String]) -> b
         || (gw.votes.is_escalated(id) && quorum.escalate_to.as_ref().is_some_and(allowed))
 }
 
-/// A human's decision about a held call, from any channel, by an approver
-/// whose groups are configured (`[[approver]] groups`); see [`decide_as`].
+/// A human's decision about a held call, from any channel, by the token
+/// approver named `approver` (`[[approver]]`, with its groups); see
+/// [`decide_as`].
 pub async fn decide(
     gw: &Gateway,
     id: &str,
     choice: Choice,
-    decider: Option<String>,
+    approver: &str,
     channel: &str,
     comment: Option<String>,
 ) -> Result<Decided, QuorumError> {
-    let groups = decider
-        .as_deref()
-        .map(|name| gw.config.approver_groups(name).to_vec())
-        .unwrap_or_default();
-    decide_as(gw, id, choice, decider, &groups, channel, comment).await
+    decide_as(
+        gw,
+        id,
+        choice,
+        Decider::token(gw, approver),
+        channel,
+        comment,
+    )
+    .await
 }
 
-/// A human's decision about a held call by an approver in `groups` (a
-/// single sign-on login's groups come from the identity provider): checks
-/// the groups, counts approvals toward the rule's quorum, and decides once it
+/// A human's decision about a held call by `who` (a single sign-on login's
+/// groups come from the identity provider): checks the groups, counts
+/// approvals by voter identity toward the rule's quorum, and decides once it
 /// is reached (or at once on a deny).
 pub async fn decide_as(
     gw: &Gateway,
     id: &str,
     choice: Choice,
-    decider: Option<String>,
-    groups: &[String],
+    who: Decider,
     channel: &str,
     comment: Option<String>,
 ) -> Result<Decided, QuorumError> {
+    let Decider {
+        name,
+        voter,
+        groups,
+    } = who;
+    let decider = Some(name.clone());
     let Some(item) = open_hold(gw, id).await else {
         // Not open: the store answers (decided elsewhere: 409, unknown: 404).
         return Ok(Decided::Final(
@@ -281,8 +349,7 @@ pub async fn decide_as(
         ));
     };
     let (quorum, rule) = requirement(gw, &item);
-    let name = decider.clone().unwrap_or_default();
-    if !may_decide(gw, id, &quorum, groups) {
+    if !may_decide(gw, id, &quorum, &groups) {
         let mut allowed = quorum.groups.clone();
         if let Some(to) = &quorum.escalate_to {
             allowed.push(format!(
@@ -317,7 +384,15 @@ pub async fn decide_as(
         ));
     }
     let needed = quorum.approvers;
-    let approvals = match gw.votes.count(id, &name, channel, needed).await? {
+    // Checked before anything else too (`needs_named_approvers`); here the
+    // policy in force decides, should it have changed in between.
+    let Some(voter) = voter else {
+        return Err(QuorumError::NotSignedIn {
+            approver: name,
+            needed,
+        });
+    };
+    let approvals = match gw.votes.count(id, &voter, &name, channel, needed).await? {
         Counted::Again(so_far) => {
             return Err(QuorumError::SameApprover {
                 approver: name,
@@ -434,24 +509,32 @@ async fn record_vote(
 
 /// Each open hold's requirement and progress, for the dashboard: how many
 /// approvals it needs and has, which groups may decide, whether it was
-/// escalated, and whether an approver in `groups` may decide it.
-pub async fn overview(gw: &Gateway, groups: &[String]) -> Value {
+/// escalated, whether `who` may decide it, and whether `who` (by voter
+/// identity, not name) already approved it.
+pub async fn overview(gw: &Gateway, who: &Decider) -> Value {
     let items = gw.holds.list();
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
-    let mut votes = gw.votes.approvers(&ids).await;
+    let mut votes = gw.votes.ballots(&ids).await;
     let mut out = serde_json::Map::new();
     for item in items {
         let (quorum, rule) = requirement(gw, &item);
+        let ballots = votes.remove(&item.id).unwrap_or_default();
+        let you_approved = who
+            .voter
+            .as_deref()
+            .is_some_and(|voter| ballots.iter().any(|b| b.is_by(voter, &who.name)));
+        let approvals: Vec<String> = ballots.into_iter().map(|b| b.name).collect();
         out.insert(
             item.id.clone(),
             json!({
                 "rule": rule,
                 "needed": quorum.approvers,
-                "approvals": votes.remove(&item.id).unwrap_or_default(),
+                "approvals": approvals,
+                "you_approved": you_approved,
                 "groups": quorum.groups,
                 "escalate_to": quorum.escalate_to,
                 "escalated": gw.votes.is_escalated(&item.id),
-                "may_decide": may_decide(gw, &item.id, &quorum, groups),
+                "may_decide": may_decide(gw, &item.id, &quorum, &who.groups),
             }),
         );
     }
@@ -521,5 +604,58 @@ pub async fn tick(gw: &Gateway) {
             json!({ "id": item.id, "tool": item.tool, "to": to, "members": members, "after_s": after.as_secs() }),
         );
         gw.notify_escalated(&item, to, after.as_secs());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory votes (no `[store]`) count by voter, not by name.
+    #[tokio::test]
+    async fn votes_in_memory_count_by_voter_identity() {
+        let votes = Votes::default();
+        let name = "alice@example.com (oidc)";
+        let count = |voter: &'static str, name: &'static str| {
+            votes.count("h1", voter, name, "dashboard", 2)
+        };
+        assert_eq!(
+            count("oidc:https://idp#1", name).await.unwrap(),
+            Counted::Vote(vec![name.into()])
+        );
+        assert_eq!(
+            count("oidc:https://idp#1", "renamed@example.com (oidc)")
+                .await
+                .unwrap(),
+            Counted::Again(vec![name.into()]),
+            "one account under a new name"
+        );
+        assert_eq!(
+            count("oidc:https://idp#2", name).await.unwrap(),
+            Counted::Vote(vec![name.into(), name.into()]),
+            "another account under the same name"
+        );
+        let stored = votes.ballots(&["h1".to_owned()]).await;
+        let kept: Vec<(&str, &str)> = stored["h1"]
+            .iter()
+            .map(|b| (b.voter.as_str(), b.name.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [("oidc:https://idp#1", name), ("oidc:https://idp#2", name)]
+        );
+    }
+
+    #[test]
+    fn token_and_sso_voters_live_in_separate_namespaces() {
+        assert_eq!(token_voter("alice@example.com"), "token:alice@example.com");
+        assert_eq!(
+            sso_voter("https://idp.example.com", "alice@example.com"),
+            "oidc:https://idp.example.com#alice@example.com"
+        );
+        assert_ne!(
+            token_voter("alice@example.com"),
+            sso_voter("https://idp.example.com", "alice@example.com")
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Grants, votes, escalation marks and tool pins shared by two "replicas"
 //! on one real PostgreSQL (`power_store`): a grant given through B covers a
 //! call on A once A's mirror hears of it, a revocation through A ends it on
-//! B; racing votes complete a quorum exactly once; an escalation is claimed
+//! B; racing votes complete a quorum exactly once and count by voter
+//! identity, not display name (votes stored without one, by an older
+//! version, by name as before); an escalation is claimed
 //! once; a changed definition is recorded once and an acceptance holds on
 //! both.
 //!
@@ -182,12 +184,15 @@ async fn racing_second_votes_through_a_and_b_complete_the_quorum_once() {
     for round in 0..10 {
         let id = hold(&a).await;
         assert_eq!(
-            store_a.vote(id, "alice", "api", 2).await.unwrap(),
+            store_a
+                .vote(id, "token:alice", "alice", "api", 2)
+                .await
+                .unwrap(),
             Counted::Vote(vec!["alice".into()])
         );
         let (x, y) = tokio::join!(
-            store_a.vote(id, "bob", "api", 2),
-            store_b.vote(id, "carol", "api", 2)
+            store_a.vote(id, "token:bob", "bob", "api", 2),
+            store_b.vote(id, "token:carol", "carol", "api", 2)
         );
         let mut outcomes = [x.unwrap(), y.unwrap()];
         outcomes.sort_by_key(|c| matches!(c, Counted::Complete(_)));
@@ -201,8 +206,8 @@ async fn racing_second_votes_through_a_and_b_complete_the_quorum_once() {
         // The same approver through both replicas at once counts once.
         let id = hold(&a).await;
         let (x, y) = tokio::join!(
-            store_a.vote(id, "alice", "api", 2),
-            store_b.vote(id, "alice", "slack", 2)
+            store_a.vote(id, "token:alice", "alice", "api", 2),
+            store_b.vote(id, "token:alice", "alice", "slack", 2)
         );
         let mut outcomes = [x.unwrap(), y.unwrap()];
         outcomes.sort_by_key(|c| matches!(c, Counted::Again(_)));
@@ -226,13 +231,172 @@ async fn racing_second_votes_through_a_and_b_complete_the_quorum_once() {
         .await
         .unwrap();
         assert_eq!(
-            store_b.vote(id, "bob", "api", 2).await.unwrap(),
+            store_b
+                .vote(id, "token:bob", "bob", "api", 2)
+                .await
+                .unwrap(),
             Counted::Closed
         );
     }
     let votes = store_b.votes(&[]).await.unwrap();
     assert!(votes.is_empty());
     store_a.forget_closed().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_count_by_voter_identity_not_by_display_name() {
+    let Some(pg) = PgCluster::start("power-voters") else {
+        return;
+    };
+    let ((a, store_a), (_b, store_b)) = (replica(&pg, "a").await, replica(&pg, "b").await);
+    let name = "alice@example.com (oidc)";
+    // Two provider accounts with one display name are two voters.
+    let id = hold(&a).await;
+    assert_eq!(
+        store_a
+            .vote(id, "oidc:https://idp#1", name, "dashboard", 2)
+            .await
+            .unwrap(),
+        Counted::Vote(vec![name.into()])
+    );
+    assert_eq!(
+        store_b
+            .vote(id, "oidc:https://idp#2", name, "dashboard", 2)
+            .await
+            .unwrap(),
+        Counted::Vote(vec![name.into(), name.into()])
+    );
+    // One account renamed between sign-ins is one voter.
+    let id = hold(&a).await;
+    store_a
+        .vote(id, "oidc:https://idp#1", name, "dashboard", 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store_b
+            .vote(
+                id,
+                "oidc:https://idp#1",
+                "alice.new@example.com (oidc)",
+                "api",
+                2
+            )
+            .await
+            .unwrap(),
+        Counted::Again(vec![name.into()])
+    );
+    // An SSO user whose email is a token approver's name is not that approver.
+    assert_eq!(
+        store_b
+            .vote(id, "token:alice@example.com", "alice@example.com", "api", 2)
+            .await
+            .unwrap(),
+        Counted::Vote(vec![name.into(), "alice@example.com".into()])
+    );
+    let stored = &store_a.votes(&[id]).await.unwrap()[&id];
+    let voters: Vec<&str> = stored.iter().map(|b| b.voter.as_str()).collect();
+    assert_eq!(voters, ["oidc:https://idp#1", "token:alice@example.com"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_stored_without_a_voter_counts_by_name_as_before() {
+    let Some(pg) = PgCluster::start("power-legacy-votes") else {
+        return;
+    };
+    let (a, store) = replica(&pg, "a").await;
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let id = hold(&a).await;
+    // What a replica of the previous version inserts (it knows no voter).
+    client
+        .execute(
+            "INSERT INTO airlock_votes (pending_id, approver, channel, at) VALUES ($1, 'alice', 'api', now())",
+            &[&id],
+        )
+        .await
+        .expect("a legacy insert is given a voter");
+    let voter: String = client
+        .query_one(
+            "SELECT voter FROM airlock_votes WHERE pending_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(voter, "name:alice");
+    assert_eq!(
+        store
+            .vote(id, "token:alice", "alice", "api", 2)
+            .await
+            .unwrap(),
+        Counted::Again(vec!["alice".into()]),
+        "the same name is the same approver for a vote stored without identity"
+    );
+    assert_eq!(
+        store.vote(id, "token:bob", "bob", "api", 2).await.unwrap(),
+        Counted::Vote(vec!["alice".into(), "bob".into()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_6_keeps_the_votes_of_a_version_5_database_counted_by_name() {
+    let Some(pg) = PgCluster::start("power-vote-upgrade") else {
+        return;
+    };
+    let (a, _) = replica(&pg, "a").await;
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    // Back to the version-5 shape of airlock_votes (key: hold and name),
+    // with a vote in it, as the previous version left it.
+    client
+        .batch_execute(
+            "DROP TRIGGER airlock_votes_legacy_voter ON airlock_votes;
+             DROP FUNCTION airlock_votes_legacy_voter();
+             ALTER TABLE airlock_votes DROP CONSTRAINT airlock_votes_pkey;
+             ALTER TABLE airlock_votes DROP COLUMN voter;
+             ALTER TABLE airlock_votes ADD PRIMARY KEY (pending_id, approver);
+             DELETE FROM airlock_schema WHERE version = 6;",
+        )
+        .await
+        .expect("back to version 5");
+    let id = hold(&a).await;
+    client
+        .execute(
+            "INSERT INTO airlock_votes (pending_id, approver, channel, at) VALUES ($1, 'alice', 'api', now())",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    // A replica of this version starts: migration 6 runs over the old rows.
+    let (_b, store) = replica(&pg, "b").await;
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM airlock_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions.last(), Some(&6));
+    assert_eq!(
+        store
+            .vote(id, "token:alice", "alice", "api", 2)
+            .await
+            .unwrap(),
+        Counted::Again(vec!["alice".into()])
+    );
+    assert_eq!(
+        store.vote(id, "token:bob", "bob", "api", 2).await.unwrap(),
+        Counted::Vote(vec!["alice".into(), "bob".into()])
+    );
+    let voters: Vec<String> = store.votes(&[id]).await.unwrap()[&id]
+        .iter()
+        .map(|b| b.voter.clone())
+        .collect();
+    assert_eq!(voters, ["name:alice", "token:bob"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

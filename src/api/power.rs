@@ -118,7 +118,8 @@ fn pin_error(e: PinError) -> ApiError {
 /// `GET /api/quorum`: each open hold's approvals needed and given, the
 /// groups that may decide it, and whether the caller may.
 pub(super) async fn quorum(State(gw): State<Gateway>, approver: Approver) -> Json<Value> {
-    Json(json!({ "quorum": crate::quorum::overview(&gw, &approver.groups).await }))
+    let who = approver.decider();
+    Json(json!({ "quorum": crate::quorum::overview(&gw, &who).await }))
 }
 
 pub(super) async fn list_grants(State(gw): State<Gateway>, _approver: Approver) -> Json<Value> {

@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, V3),
     (4, crate::budgets::SCHEMA),
     (5, crate::power_store::MIGRATION),
+    (6, crate::power_store::VOTER_MIGRATION),
 ];
 
 /// Adoptable approvals (a survivor takes them over instead of abandoning

@@ -39,16 +39,20 @@ fn sent(set_cookie: &HeaderValue) -> HeaderMap {
     h
 }
 
-fn sso_login(c: &Config, role: Role, ttl: Duration) -> (HeaderValue, LoginSession) {
-    let name = "alice@example.com (oidc)";
-    let groups = vec!["finance".to_owned(), "on call".to_owned()];
-    let payload = sso_payload("sub-1", name, role, &groups);
-    let kind = LoginKind::Sso {
-        subject: "sub-1".into(),
+const ISSUER: &str = "https://login.example.com";
+
+fn sso_user(subject: &str, role: Role) -> SsoUser<'_> {
+    SsoUser {
+        issuer: ISSUER,
+        subject,
+        name: "alice@example.com (oidc)",
         role,
-        groups,
-    };
-    issue(c, &payload, ttl, name, kind)
+        groups: vec!["finance".to_owned(), "on call".to_owned()],
+    }
+}
+
+fn sso_login(c: &Config, role: Role, ttl: Duration) -> (HeaderValue, LoginSession) {
+    start_sso_with(c, sso_user("sub-1", role), ttl)
 }
 
 #[test]
@@ -66,6 +70,7 @@ fn an_sso_login_carries_its_identity_and_role() {
     assert_eq!(
         s.kind,
         LoginKind::Sso {
+            issuer: ISSUER.into(),
             subject: "sub-1".into(),
             role: Role::Approver,
             groups: vec!["finance".into(), "on call".into()],
@@ -78,23 +83,69 @@ fn an_sso_login_carries_its_identity_and_role() {
 }
 
 #[test]
-fn an_sso_login_made_before_groups_were_carried_has_none() {
+fn an_sso_login_votes_as_its_issuer_and_subject_not_its_display_name() {
+    let c = config(&format!("{OPS}{}", oidc("SECRET_A")));
+    let (one, _) = sso_login(&c, Role::Approver, Duration::from_secs(60));
+    let (twin, _) = start_sso_with(&c, sso_user("sub-2", Role::Approver), LIFETIME);
+    let one = session_of(&c, &Logins::default(), &sent(&one)).expect("valid login");
+    let twin = session_of(&c, &Logins::default(), &sent(&twin)).expect("valid login");
+    assert_eq!(one.approver, twin.approver, "the same display name");
+    assert_eq!(one.voter(), "oidc:https://login.example.com#sub-1");
+    assert_eq!(twin.voter(), "oidc:https://login.example.com#sub-2");
+    let renamed = SsoUser {
+        name: "alice.new@example.com (oidc)",
+        ..sso_user("sub-1", Role::Approver)
+    };
+    let (renamed, _) = start_sso_with(&c, renamed, LIFETIME);
+    let renamed = session_of(&c, &Logins::default(), &sent(&renamed)).expect("valid login");
+    assert_eq!(renamed.voter(), one.voter(), "a new name is the same voter");
+    let (token, _) = issue(&c, &B64.encode("ops"), LIFETIME, "ops", LoginKind::Token);
+    let token = session_of(&c, &Logins::default(), &sent(&token)).expect("valid login");
+    assert_eq!(token.voter(), "token:ops");
+}
+
+#[test]
+fn an_sso_login_made_before_the_issuer_was_carried_is_refused() {
     let c = config(&format!("{OPS}{}", oidc("SECRET_A")));
     let name = "alice@example.com (oidc)";
-    let old = format!(
-        "{SSO_MARK}approver~{}~{}",
-        B64.encode("sub-1"),
-        B64.encode(name)
-    );
     let kind = LoginKind::Sso {
+        issuer: ISSUER.into(),
         subject: "sub-1".into(),
         role: Role::Approver,
         groups: Vec::new(),
     };
-    let (cookie, _) = issue(&c, &old, LIFETIME, name, kind);
-    let s = session_of(&c, &Logins::default(), &sent(&cookie)).expect("valid login");
-    assert!(s.groups(&c).is_empty());
-    assert_eq!(s.role(&c), Role::Approver);
+    // Validly signed cookies of the two older layouts (no groups; groups
+    // but no issuer): the user signs in again, nobody is guessed.
+    for old in [
+        format!(
+            "{SSO_MARK}approver~{}~{}",
+            B64.encode("sub-1"),
+            B64.encode(name)
+        ),
+        format!(
+            "{SSO_MARK}approver~{}~{}~{}",
+            B64.encode("sub-1"),
+            B64.encode(name),
+            B64.encode("finance")
+        ),
+    ] {
+        let (cookie, _) = issue(&c, &old, LIFETIME, name, kind.clone());
+        assert!(
+            session_of(&c, &Logins::default(), &sent(&cookie)).is_none(),
+            "{old}"
+        );
+    }
+}
+
+#[test]
+fn an_sso_login_of_another_issuer_is_refused() {
+    let c = config(&format!("{OPS}{}", oidc("SECRET_A")));
+    let other = SsoUser {
+        issuer: "https://other.example.com",
+        ..sso_user("sub-1", Role::Approver)
+    };
+    let (cookie, _) = start_sso_with(&c, other, LIFETIME);
+    assert!(session_of(&c, &Logins::default(), &sent(&cookie)).is_none());
 }
 
 #[test]

@@ -400,16 +400,19 @@ pub async fn decide(
             )],
         );
     }
-    let groups = login
-        .as_ref()
-        .map(|s| s.groups(&gw.config))
-        .unwrap_or_default();
+    let decider = crate::quorum::Decider {
+        name: decider,
+        voter: login.as_ref().map(|s| s.voter()),
+        groups: login
+            .as_ref()
+            .map(|s| s.groups(&gw.config))
+            .unwrap_or_default(),
+    };
     let decided = match crate::quorum::decide_as(
         &gw,
         id,
         verdict,
-        Some(decider),
-        &groups,
+        decider,
         CHANNEL,
         comment.map(str::to_owned),
     )

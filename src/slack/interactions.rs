@@ -157,8 +157,7 @@ async fn act(gw: &Gateway, slack: &Slack, payload: &Value) {
         ));
         return;
     }
-    let decided = match crate::quorum::decide(gw, id, verdict, Some(approver), "slack", None).await
-    {
+    let decided = match crate::quorum::decide(gw, id, verdict, &approver, "slack", None).await {
         Ok(crate::quorum::Decided::Vote { approvals, needed }) => {
             reply(ephemeral(&format!(
                 "Your approval counts: {} of {needed} approvals ({}). The call stays held until {needed} different approvers approve.",

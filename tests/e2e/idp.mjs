@@ -16,13 +16,21 @@ try {
   ({ default: Provider } = await import(pathToFileURL(path.join(ROOT, 'tests/node/node_modules/oidc-provider/lib/index.js')).href));
 }
 
-/** Test users: login name → claims (the `groups` claim drives Airlock's roles). */
+/**
+ * Test users: login name (the subject, `sub`) → claims (the `groups` claim
+ * drives Airlock's roles). Read at every sign-in, so a test may change them.
+ */
 export const USERS = {
   alice: { email: 'alice@example.com', name: 'Alice Approver', groups: ['airlock-approvers', 'staff'] },
   vic: { email: 'vic@example.com', name: 'Vic Viewer', groups: ['airlock-viewers'] },
   ada: { email: 'ada@example.com', name: 'Ada Admin', groups: ['airlock-viewers', 'airlock-admins'] },
   mallory: { email: 'mallory@example.com', name: 'Mallory Outsider', groups: ['contractors'] },
   carl: { email: 'carl@example.com', name: 'Carl Approver', groups: ['airlock-approvers'] },
+  // A second account that sends alice's email and name (another subject):
+  // a distinct voter under the same display name.
+  'alice-twin': { email: 'alice@example.com', name: 'Alice Approver', groups: ['airlock-approvers'] },
+  // Tests may change ren's email between sign-ins (claims are read at each sign-in).
+  ren: { email: 'ren@example.com', name: 'Ren Renamed', groups: ['airlock-approvers'] },
 };
 
 /**

@@ -21,7 +21,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, waitHealthy } from './lib.mjs';
-import { startIdp } from './idp.mjs';
+import { startIdp, USERS } from './idp.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const DOCS_IMG = path.join(ROOT, 'docs', 'img');
@@ -40,6 +40,8 @@ const POLICY = {
     'delete_*': { action: 'require_approval', reason: 'destructive', approval: { timeout: 120 } },
     // Only the provider's `staff` group decides these (alice is in it, carl is not).
     secret_tool: { action: 'require_approval', reason: 'staff only', approval: { timeout: 120, groups: ['staff'] } },
+    // The two-person rule: votes count by the provider's subject, not the email.
+    add: { action: 'require_approval', reason: 'two people', approval: { timeout: 120, approvers: 2 } },
   },
 };
 
@@ -174,9 +176,10 @@ async function pendingIds(gw, tool) {
   return (await r.json()).pending.filter((p) => p.tool === tool).map((p) => p.id);
 }
 
-async function waitPending(gw, tool) {
+/** The first held call of `tool` not in `seen` (calls an earlier failed test left held). */
+async function waitPending(gw, tool, seen = []) {
   for (let i = 0; i < 200; i++) {
-    const ids = await pendingIds(gw, tool);
+    const ids = (await pendingIds(gw, tool)).filter((id) => !seen.includes(id));
     if (ids.length) return ids[0];
     await sleep(100);
   }
@@ -316,6 +319,95 @@ test('approver groups come from the provider: only a `staff` member decides a st
   assert.equal(audit.entries[0].decider, 'alice@example.com (oidc)');
   assert.deepEqual(page.problems, []);
   await ctx.close();
+});
+
+/** Approves (or denies) held call `id` through the page's own login: status and body. */
+const decideInPage = (page, id, verb = 'approve') => page.evaluate(async ({ pid, v }) => {
+  const csrf = (await (await fetch('/api/me')).json()).csrf;
+  const r = await fetch(`/api/pending/${pid}/${v}`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json', 'X-Airlock-CSRF': csrf }, body: '{}',
+  });
+  return { status: r.status, body: await r.json() };
+}, { pid: id, v: verb });
+
+test('two provider accounts sending the same email are two voters under the two-person rule', async () => {
+  const seen = await pendingIds(main, 'add');
+  const held = pythonCall(main, 'add', { a: 2, b: 3 });
+  const id = await waitPending(main, 'add', seen);
+  const alice = await newPage();
+  await ssoLogin(alice.page, main, 'alice');
+  const card = alice.page.locator('#cards > li.card', { hasText: 'add' });
+  await card.locator('.card-quorum', { hasText: '0 of 2 approvals' }).waitFor({ timeout: 30000 });
+  await card.locator('button.btn-approve').click();
+  await card.locator('.card-quorum', { hasText: '1 of 2 approvals (alice@example.com (oidc))' }).waitFor({ timeout: 10000 });
+  // Another account (subject `alice-twin`) whose provider sends alice's email and name.
+  const twin = await newPage();
+  await ssoLogin(twin.page, main, 'alice-twin');
+  assert.equal(await twin.page.locator('#whoami').innerText(), 'Signed in as alice@example.com (oidc) (approver)');
+  const quorum = await twin.page.evaluate(async () => (await fetch('/api/quorum')).json());
+  assert.equal(quorum.quorum[id].you_approved, false, 'the twin has not voted, whatever its name');
+  const twinCard = twin.page.locator('#cards > li.card', { hasText: 'add' });
+  await twinCard.locator('.card-quorum', { hasText: '1 of 2 approvals' }).waitFor({ timeout: 10000 });
+  assert.equal(await twinCard.locator('button.btn-approve').innerText(), 'Approve');
+  const second = await decideInPage(twin.page, id);
+  assert.equal(second.status, 200, JSON.stringify(second.body));
+  assert.equal(second.body.decision, 'approved');
+  const step = await held;
+  assert.ok(step.ok && !step.result.isError, `the call was refused: ${JSON.stringify(step)}`);
+  // Both appear: the vote row and the approval naming both approvers.
+  const audit = await twin.page.evaluate(async (pid) => (await fetch(`/api/audit?pending_id=${pid}`)).json(), id);
+  const vote = audit.entries.find((e) => e.decision === 'approval.vote');
+  const approved = audit.entries.find((e) => e.decision === 'approved');
+  assert.equal(vote.decider, 'alice@example.com (oidc)');
+  assert.equal(approved.decider, 'alice@example.com (oidc)');
+  assert.equal(approved.comment, 'approved by alice@example.com (oidc), alice@example.com (oidc) (2 of 2)');
+  assert.deepEqual(alice.page.problems, []);
+  assert.deepEqual(twin.page.problems, []);
+  await alice.ctx.close();
+  await twin.ctx.close();
+});
+
+test('one provider account whose email changed between sign-ins counts once', async () => {
+  const seen = await pendingIds(main, 'add');
+  const held = pythonCall(main, 'add', { a: 4, b: 5 });
+  const id = await waitPending(main, 'add', seen);
+  const before = await newPage();
+  await ssoLogin(before.page, main, 'ren');
+  const first = await decideInPage(before.page, id);
+  assert.equal(first.status, 200, JSON.stringify(first.body));
+  assert.deepEqual([first.body.decision, first.body.approvals], ['vote', ['ren@example.com (oidc)']]);
+  await before.ctx.close();
+  // The provider now sends another email for the same subject.
+  const email = USERS.ren.email;
+  USERS.ren.email = 'ren.new@example.com';
+  try {
+    const after = await newPage();
+    await ssoLogin(after.page, main, 'ren');
+    assert.equal(await after.page.locator('#whoami').innerText(), 'Signed in as ren.new@example.com (oidc) (approver)');
+    // The dashboard knows this login already voted (by subject, not name).
+    const card = after.page.locator('#cards > li.card', { hasText: 'add' });
+    await card.locator('button.btn-approve', { hasText: 'You approved' }).waitFor({ timeout: 30000 });
+    assert.equal(await card.locator('button.btn-approve').isDisabled(), true);
+    const again = await decideInPage(after.page, id);
+    assert.equal(again.status, 409, JSON.stringify(again.body));
+    assert.equal(again.body.error.code, 'same_approver');
+    assert.match(again.body.error.message, /already approved this call; it needs 2 different approvers \(1 so far\)/);
+    assert.ok((await pendingIds(main, 'add')).includes(id), 'the call is still held');
+    assert.deepEqual(after.page.problems, []);
+    await after.ctx.close();
+  } finally {
+    USERS.ren.email = email;
+  }
+  // A different approver (the static token) completes it.
+  const r = await fetch(`${main.url}/api/pending/${id}/approve`, {
+    method: 'POST', headers: { Authorization: `Bearer ${OPS_TOKEN}`, 'Content-Type': 'application/json' }, body: '{}',
+  });
+  const body = await r.json();
+  assert.equal(r.status, 200, JSON.stringify(body));
+  assert.equal(body.decision, 'approved');
+  assert.equal(body.comment, 'approved by ren@example.com (oidc), ops (2 of 2)');
+  const step = await held;
+  assert.ok(step.ok && !step.result.isError, `the call was refused: ${JSON.stringify(step)}`);
 });
 
 test('an admin group maps to the admin role (highest of the user\'s groups)', async () => {

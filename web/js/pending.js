@@ -53,7 +53,7 @@ export function initPending(opts) {
 
 /**
  * Shows each card's approval requirement: `map` is id → {needed, approvals,
- * groups, escalate_to, escalated, may_decide} (GET /api/quorum).
+ * you_approved, groups, escalate_to, escalated, may_decide} (GET /api/quorum).
  */
 export function showQuorum(map) {
   for (const rec of recs.values()) {
@@ -76,6 +76,12 @@ export function showQuorum(map) {
     quorum.hidden = parts.length === 0;
     rec.el.dataset.approvals = String(approvals.length);
     rec.el.dataset.needed = String(needed);
+    // Counted by who signed in (provider account or token), not by name: a
+    // vote given earlier, maybe under another display name, shows here too.
+    if (q.you_approved === true && !rec.busy) {
+      rec.refs.approveBtn.disabled = true;
+      rec.refs.approveBtn.textContent = 'You approved';
+    }
     // Someone outside the rule's groups gets no buttons (the API answers 403 anyway).
     const may = q.may_decide !== false;
     if (decideBlock && decideBlock.classList.contains('card-decide')) decideBlock.hidden = !may;
