@@ -26,6 +26,7 @@
 
 pub mod shared;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -57,6 +58,12 @@ struct Task {
     ttl_ms: u64,
     /// When the task may be forgotten (set once it finishes).
     forget_after: Option<Instant>,
+    /// When its ttl runs out: a failed write to the shared store is retried
+    /// until then at most.
+    expires: Instant,
+    /// A write of its state to the shared store failed and is being retried
+    /// (one retry loop per task; it writes whatever state is newest).
+    persist_retrying: bool,
     /// The call as the upstream gets it (without the tasks extension): the
     /// base of a retry with the agent's input.
     request: Message,
@@ -83,15 +90,33 @@ impl Input {
 }
 
 /// Airlock's own tasks by id: those this replica runs, and with a shared
-/// store every replica's in the database.
+/// store every replica's in the database. Both behind `Arc`s: a failed
+/// write to the store is retried by a task of its own.
 #[derive(Default)]
 pub struct Tasks {
-    local: DashMap<String, Task>,
-    shared: Option<shared::TaskStore>,
+    local: Arc<DashMap<String, Task>>,
+    shared: Option<Arc<shared::TaskStore>>,
 }
+
+/// Backoff between retries of a task's state write: from the first to the
+/// longest pause, doubling.
+const PERSIST_RETRY_FIRST: Duration = Duration::from_millis(200);
+const PERSIST_RETRY_LONGEST: Duration = Duration::from_secs(5);
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Marks a task changed: its `updated_at` strictly increases (a change in
+/// the same millisecond as the last gets the next one), because the shared
+/// store keeps the state with the latest `updated_at` and refuses an older
+/// one (a late retry must not undo a newer state).
+fn touch(task: &mut Task) {
+    let at = Utc::now();
+    let last = chrono::DateTime::parse_from_rfc3339(&task.updated_at)
+        .map(|t| t.with_timezone(&Utc) + chrono::Duration::milliseconds(1))
+        .unwrap_or(at);
+    task.updated_at = at.max(last).to_rfc3339_opts(SecondsFormat::Millis, true);
 }
 
 /// Whether the request declared the tasks extension in its client capabilities.
@@ -136,8 +161,8 @@ impl Tasks {
     /// Tasks kept in memory and, with a shared store, in its database.
     pub fn new(pool: Option<deadpool_postgres::Pool>) -> Tasks {
         Tasks {
-            local: DashMap::new(),
-            shared: pool.map(shared::TaskStore::new),
+            local: Default::default(),
+            shared: pool.map(|pool| Arc::new(shared::TaskStore::new(pool))),
         }
     }
 
@@ -180,35 +205,25 @@ impl Tasks {
     }
 
     /// Writes a task's state to the shared store (after `finish` or
-    /// `mark_cancelled`), so every replica's `tasks/get` sees it.
+    /// `mark_cancelled`), so every replica's `tasks/get` sees it. A write
+    /// that fails (the database briefly away) is retried in the background,
+    /// with backoff, until it lands or the task's ttl runs out.
     pub async fn persist(&self, task_id: &str) {
         let Some(store) = &self.shared else {
             return;
         };
-        let Some((status, message, result, error, updated_at, finished)) =
-            self.local.get(task_id).map(|t| {
-                (
-                    t.status,
-                    t.status_message.clone(),
-                    t.result.clone(),
-                    t.error.clone(),
-                    t.updated_at.clone(),
-                    t.forget_after.is_some(),
-                )
-            })
-        else {
+        let Err(e) = write_state(store, &self.local, task_id).await else {
             return;
         };
-        let update = shared::TaskUpdate {
-            status,
-            status_message: &message,
-            result: result.as_ref(),
-            error: error.as_ref(),
-            updated_at: &updated_at,
-            forget_after_secs: finished.then(|| KEEP_FINISHED.as_secs_f64()),
-        };
-        if let Err(e) = store.update(task_id, &update).await {
-            tracing::warn!(task = %task_id, "task state not shared with other replicas: {e}");
+        let start_retrying = self.local.get_mut(task_id).is_some_and(|mut t| {
+            let idle = !t.persist_retrying;
+            t.persist_retrying = true;
+            idle
+        });
+        tracing::warn!(task = %task_id, "task state not shared with other replicas yet (retrying): {e}");
+        if start_retrying {
+            let (store, local) = (store.clone(), self.local.clone());
+            tokio::spawn(retry_persist(store, local, task_id.to_owned()));
         }
     }
 
@@ -230,6 +245,8 @@ impl Tasks {
             updated_at: now(),
             ttl_ms: (timeout + KEEP_FINISHED).as_millis() as u64,
             forget_after: None,
+            expires: Instant::now() + timeout + KEEP_FINISHED,
+            persist_retrying: false,
             request,
             input: None,
         };
@@ -292,6 +309,8 @@ impl Tasks {
             updated_at: at,
             ttl_ms,
             forget_after: None,
+            expires: Instant::now() + timeout + KEEP_FINISHED,
+            persist_retrying: false,
             request: without_extension(request),
             input: None,
         };
@@ -327,7 +346,7 @@ impl Tasks {
             result: None,
             error: None,
         });
-        task.updated_at = now();
+        touch(&mut task);
         match (parsed.result, parsed.error) {
             (Some(result), _) if is_input_required(&result) => {
                 // MRTR: the upstream asks the agent something; the task
@@ -387,14 +406,14 @@ impl Tasks {
             }
         }
         if !input.open().is_empty() {
-            task.updated_at = now();
+            touch(&mut task);
             return None;
         }
         let input = task.input.take()?;
         let retry = with_input(&task.request, input.answers, input.request_state);
         task.status = "working";
         task.status_message = "continuing with the agent's input".into();
-        task.updated_at = now();
+        touch(&mut task);
         Some(retry)
     }
 
@@ -408,7 +427,7 @@ impl Tasks {
         if let Some(mut task) = self.local.get_mut(task_id) {
             task.status = "cancelled";
             task.status_message = "cancelled by the agent".into();
-            task.updated_at = now();
+            touch(&mut task);
             task.forget_after = Some(Instant::now() + KEEP_FINISHED);
         }
     }
@@ -451,6 +470,77 @@ impl Tasks {
             v["inputRequests"] = Value::Object(input.open());
         }
         v
+    }
+}
+
+/// Writes task `task_id`'s state as this replica has it now; returns the
+/// `updated_at` written (`None`: no such task here any more).
+async fn write_state(
+    store: &shared::TaskStore,
+    local: &DashMap<String, Task>,
+    task_id: &str,
+) -> Result<Option<String>, crate::approvals::StoreError> {
+    let Some((status, message, result, error, updated_at, finished)) =
+        local.get(task_id).map(|t| {
+            (
+                t.status,
+                t.status_message.clone(),
+                t.result.clone(),
+                t.error.clone(),
+                t.updated_at.clone(),
+                t.forget_after.is_some(),
+            )
+        })
+    else {
+        return Ok(None);
+    };
+    let update = shared::TaskUpdate {
+        status,
+        status_message: &message,
+        result: result.as_ref(),
+        error: error.as_ref(),
+        updated_at: &updated_at,
+        forget_after_secs: finished.then(|| KEEP_FINISHED.as_secs_f64()),
+    };
+    store.update(task_id, &update).await?;
+    Ok(Some(updated_at))
+}
+
+/// Retries the write of a task's state until the newest state landed, the
+/// task is gone from this replica, or its ttl ran out. Each attempt writes
+/// the state as it is then; the store refuses anything older than what it
+/// has, so a slow attempt cannot undo a newer state.
+async fn retry_persist(
+    store: Arc<shared::TaskStore>,
+    local: Arc<DashMap<String, Task>>,
+    task_id: String,
+) {
+    let mut pause = PERSIST_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PERSIST_RETRY_LONGEST);
+        let written = match write_state(&store, &local, &task_id).await {
+            Ok(None) => return,
+            Ok(Some(written)) => Some(written),
+            Err(e) => {
+                tracing::debug!(task = %task_id, "task state still not shared: {e}");
+                None
+            }
+        };
+        // Done when the newest state is written; given up past the ttl.
+        let Some(mut task) = local.get_mut(&task_id) else {
+            return;
+        };
+        let landed = written.as_deref() == Some(task.updated_at.as_str());
+        if landed || Instant::now() >= task.expires {
+            task.persist_retrying = false;
+            if landed {
+                tracing::info!(task = %task_id, "task state shared with other replicas after a retry");
+            } else {
+                tracing::warn!(task = %task_id, "task state never shared with other replicas: its ttl ran out");
+            }
+            return;
+        }
     }
 }
 
