@@ -485,7 +485,7 @@ async fn write_state(
             (
                 t.status,
                 t.status_message.clone(),
-                t.result.clone(),
+                stored_result(&t),
                 t.error.clone(),
                 t.updated_at.clone(),
                 t.forget_after.is_some(),
@@ -541,6 +541,18 @@ async fn retry_persist(
             }
             return;
         }
+    }
+}
+
+/// What the store's `result` column holds: the final result, or while the
+/// task waits for input the questions still open (`{"inputRequests": …}`),
+/// so `tasks/get` through another replica shows them.
+fn stored_result(task: &Task) -> Option<Value> {
+    match &task.input {
+        Some(input) if task.status == "input_required" => {
+            Some(json!({ "inputRequests": input.open() }))
+        }
+        _ => task.result.clone(),
     }
 }
 
@@ -629,7 +641,10 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
                 .params::<Update>()
                 .map(|u| u.input_responses)
                 .unwrap_or_default();
-            if let Some(retry) = gw.tasks.answer_input(&task_id, responses) {
+            let retry = gw.tasks.answer_input(&task_id, responses);
+            // Other replicas' tasks/get show the questions still open.
+            gw.tasks.persist(&task_id).await;
+            if let Some(retry) = retry {
                 let ctx = CallContext {
                     upstream: ctx.upstream.clone(),
                     link: ctx.link.clone(),
@@ -709,8 +724,16 @@ fn view_of_row(row: &shared::TaskRow) -> Value {
         "pollIntervalMs": POLL_INTERVAL_MS,
         "_meta": { crate::era::META_SERVER_INFO: crate::era::airlock_server_info() },
     });
-    if let Some(result) = &row.result {
-        v["result"] = result.clone();
+    match &row.result {
+        // While it waits for input the column holds the open questions
+        // (`stored_result`), shown as the running replica shows them.
+        Some(stored) if row.status == "input_required" => {
+            if let Some(open) = stored.get("inputRequests") {
+                v["inputRequests"] = open.clone();
+            }
+        }
+        Some(result) => v["result"] = result.clone(),
+        None => {}
     }
     if let Some(error) = &row.error {
         v["error"] = error.clone();

@@ -125,3 +125,68 @@ def test_a_streamed_hold_of_a_dead_replica_is_still_abandoned(procs, pg):
     a.proc.stop(signal.SIGKILL)
     rows = wait_rows(b, item["id"], 2, timeout=LEASE + 10)
     assert rows[1][0] == "abandoned" and rows[1][2] == "lease", rows
+
+
+def wait_status(agent: Agent, task_id: str, status: str, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (view := agent.get(task_id))["status"] != status:
+        assert time.monotonic() < deadline, f"not {status} after {timeout}s: {view}"
+        time.sleep(0.05)
+    return view
+
+
+QUESTION = {"method": "elicitation/create",
+            "params": {"mode": "form", "message": "which shard?",
+                       "requestedSchema": {"type": "object", "properties": {"shard": {"type": "string"}}}}}
+
+
+def asking_upstream():
+    """`ask` answers `input_required` (one question, `q1`) until the retry answers it."""
+    import json
+
+    import rawmcp as rm
+
+    def respond(body: dict):
+        params = body.get("params") or {}
+        if body.get("method") != "tools/call":
+            result = {"resultType": "complete"}
+        elif "q1" in (params.get("inputResponses") or {}):
+            shard = params["inputResponses"]["q1"]["content"]["shard"]
+            result = {"resultType": "complete", "isError": False,
+                      "content": [{"type": "text", "text": f"asked, then ran on {shard}"}]}
+        else:
+            result = {"resultType": "input_required", "inputRequests": {"q1": QUESTION}, "requestState": "s1"}
+        return "application/json", [], json.dumps({"jsonrpc": "2.0", "id": body.get("id"), "result": result}).encode()
+
+    return rm.TinyUpstream(respond)
+
+
+def test_a_task_waiting_for_input_shows_its_questions_through_any_replica(procs, pg):
+    """tasks/get through B shows the `inputRequests` of a task A runs; the answer itself must
+    still reach A (docs/deploy.md, known limitations), and then B sees the task complete."""
+    upstream = asking_upstream()
+    policy = {"version": "1", "default": "allow", "rules": {"ask": {"action": "require_approval", "reason": "asks"}}}
+    try:
+        a = start_replica(procs, pg.url(), "a", policy, upstream_url=upstream.url)
+        b = start_replica(procs, pg.url(), "b", policy, upstream_url=upstream.url)
+        on_a, on_b = Agent(a), Agent(b)
+        created = on_a.call("ask", {"topic": "x"})
+        task_id = created["taskId"]
+        [item] = b.wait_pending(1)
+        assert b.decide(item["id"], "approve").status_code == 200
+        here = wait_status(on_a, task_id, "input_required")
+        there = wait_status(on_b, task_id, "input_required")
+        assert there["inputRequests"] == here["inputRequests"] == {"q1": QUESTION}, there
+        assert "result" not in there, there
+
+        answer = {"q1": {"action": "accept", "content": {"shard": "eu-1"}}}
+        elsewhere = on_b.request("tasks/update", {"taskId": task_id, "inputResponses": answer,
+                                                  "_meta": on_b.meta()}, task_id)
+        assert "another Airlock replica" in elsewhere.get("error", {}).get("message", ""), elsewhere
+        assert "result" in on_a.request("tasks/update", {"taskId": task_id, "inputResponses": answer,
+                                                         "_meta": on_a.meta()}, task_id)
+        done = wait_status(on_b, task_id, "completed")
+        assert done["result"]["content"][0]["text"] == "asked, then ran on eu-1", done
+        assert "inputRequests" not in done, done
+    finally:
+        upstream.close()
