@@ -741,29 +741,26 @@ pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution:
             .clone()
             .unwrap_or_else(|| resolution.describe())
     );
-    gw.tasks.end_orphaned(approval.id, &why).await;
+    if let Err(e) = gw.tasks.end_orphaned(approval.id, &why).await {
+        tracing::warn!(pending = %approval.id, "task of an orphaned hold not ended: {e}");
+    }
 }
 
 /// Whether the audit history has the outcome row of hold `id` (any
-/// replica's). A store that cannot be read counts as recorded: the caller
-/// must then not release anything.
-pub async fn outcome_recorded(gw: &Gateway, id: Uuid) -> bool {
+/// replica's). `Err`: the history could not be read (the caller must not
+/// release anything on a guess).
+pub async fn outcome_recorded(gw: &Gateway, id: Uuid) -> Result<bool, crate::audit::AuditError> {
     let filter = crate::audit::Filter {
         pending_id: Some(id.to_string()),
         ..Default::default()
     };
-    match gw.audit.query(filter, false).await {
-        Ok(rows) => rows.iter().any(|r| {
-            use Verdict::*;
-            [Approved, Denied, TimedOut, Cancelled, Shutdown, Abandoned]
-                .iter()
-                .any(|v| audit_decision(*v) == r.decision)
-        }),
-        Err(e) => {
-            tracing::warn!(pending = %id, "audit history not read: {e}");
-            true
-        }
-    }
+    let rows = gw.audit.query(filter, false).await?;
+    Ok(rows.iter().any(|r| {
+        use Verdict::*;
+        [Approved, Denied, TimedOut, Cancelled, Shutdown, Abandoned]
+            .iter()
+            .any(|v| audit_decision(*v) == r.decision)
+    }))
 }
 
 /// Carries on a task hold adopted from a dead replica: this replica now

@@ -34,6 +34,7 @@ use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::approvals::{StoreError, StoredApproval};
 use crate::era::ParamsPeek;
 use crate::gateway::{CallContext, Exchange, Gateway};
 use crate::hold;
@@ -96,6 +97,20 @@ impl Input {
 pub struct Tasks {
     local: Arc<DashMap<String, Task>>,
     shared: Option<Arc<shared::TaskStore>>,
+    /// Holds this replica adopted whose adoption failed on a store error:
+    /// tried again at the next sweep (this replica owns them now, so the
+    /// store would not hand them out again). A std mutex: never held
+    /// across an await.
+    adopt_again: std::sync::Mutex<Vec<StoredApproval>>,
+}
+
+/// Why an adopted hold could not be carried on or ended this time.
+#[derive(Debug, thiserror::Error)]
+enum AdoptError {
+    #[error("shared store: {0}")]
+    Store(#[from] StoreError),
+    #[error("audit history: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Backoff between retries of a task's state write: from the first to the
@@ -163,6 +178,7 @@ impl Tasks {
         Tasks {
             local: Default::default(),
             shared: pool.map(|pool| Arc::new(shared::TaskStore::new(pool))),
+            adopt_again: Default::default(),
         }
     }
 
@@ -255,18 +271,15 @@ impl Tasks {
 
     /// Ends the task of a hold nobody will run any more (abandoned, or
     /// resolved on a replica that died before running it), in the shared
-    /// store: the agent's next `tasks/get` reads why.
-    pub async fn end_orphaned(&self, pending_id: uuid::Uuid, why: &str) {
+    /// store: the agent's next `tasks/get` reads why. A task already
+    /// finished is left as it is.
+    pub async fn end_orphaned(&self, pending_id: uuid::Uuid, why: &str) -> Result<(), StoreError> {
         let Some(store) = &self.shared else {
-            return;
+            return Ok(());
         };
-        let row = match store.of_pending(pending_id).await {
-            Ok(Some(row)) if row.status == "working" => row,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(pending = %pending_id, "task of an orphaned hold not ended: {e}");
-                return;
-            }
+        let row = match store.of_pending(pending_id).await? {
+            Some(row) if row.status == "working" => row,
+            _ => return Ok(()),
         };
         let result = json!({
             "content": [{ "type": "text", "text": why }],
@@ -281,9 +294,22 @@ impl Tasks {
             updated_at: &now(),
             forget_after_secs: Some(KEEP_FINISHED.as_secs_f64()),
         };
-        if let Err(e) = store.update(&row.id, &update).await {
-            tracing::warn!(task = %row.id, "task of an orphaned hold not ended: {e}");
-        }
+        store.update(&row.id, &update).await?;
+        Ok(())
+    }
+
+    /// Keeps an adopted hold whose adoption failed on a store error, for
+    /// the next sweep.
+    fn adopt_later(&self, stored: StoredApproval) {
+        self.adopt_again
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stored);
+    }
+
+    /// The adopted holds left for this sweep by the last one.
+    fn left_to_adopt(&self) -> Vec<StoredApproval> {
+        std::mem::take(&mut *self.adopt_again.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Creates a `working` task for a held call; returns its id and the
@@ -745,60 +771,75 @@ fn view_of_row(row: &shared::TaskRow) -> Value {
 /// replica becomes their owner, waits for the decision and runs the call
 /// like the dead replica would have. Called every heartbeat with a shared
 /// store. A hold without a task (its replica died before answering the
-/// agent) is ended as abandoned.
+/// agent) is ended as abandoned. One whose adoption fails on a store error
+/// is tried again at the next sweep, until its approval's timeout.
 pub async fn adopt_orphans(gw: &Gateway) {
     let Some(store) = &gw.tasks.shared else {
         return;
     };
-    let adopted = match gw.approvals.adopt_dead().await {
-        Ok(adopted) => adopted,
-        Err(e) => {
-            tracing::warn!("dead replicas' tasks not adopted: {e}");
-            return;
-        }
-    };
-    for stored in adopted {
-        let approval = stored.approval;
-        if stored.resolution.is_some() && hold::outcome_recorded(gw, approval.id).await {
-            // The dead replica recorded the decision, so it may have run
-            // the call too: running it again could do it twice.
-            let why = format!(
-                "Airlock cannot tell whether this call to `{}` ran: the replica running it stopped after its decision was recorded.",
-                approval.tool
-            );
-            gw.tasks.end_orphaned(approval.id, &why).await;
-            if let Err(e) = gw.approvals.mark_recorded(approval.id).await {
-                tracing::warn!(pending = %approval.id, "adopted hold not marked recorded: {e}");
-            }
-            continue;
-        }
-        let row = match store.of_pending(approval.id).await {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::warn!(pending = %approval.id, "adopted hold's task not read: {e}");
-                None
-            }
-        };
-        let request = row
-            .as_ref()
-            .and_then(|r| Message::parse(bytes::Bytes::from(r.request.clone())).ok());
-        let (Some(row), Some(request)) = (row, request) else {
-            hold::abandon_adopted(gw, &approval).await;
-            continue;
-        };
-        let timeout = (approval.expires_at - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        gw.tasks.adopt(&row, request.clone(), timeout);
-        tracing::warn!(
-            pending = %approval.id,
-            task = %row.id,
-            tool = %approval.tool,
-            "adopted a task held by a replica that stopped heartbeating"
-        );
-        let headers = row.headers.as_ref().map(shared::header_map);
-        hold::carry_on(gw, approval, &row.id, request, headers, timeout);
+    let mut adopted = gw.tasks.left_to_adopt();
+    match gw.approvals.adopt_dead().await {
+        Ok(new) => adopted.extend(new),
+        Err(e) => tracing::warn!("dead replicas' tasks not adopted: {e}"),
     }
+    for stored in adopted {
+        let Err(e) = adopt_one(gw, store, &stored).await else {
+            continue;
+        };
+        let id = stored.approval.id;
+        if Utc::now() < stored.approval.expires_at {
+            tracing::warn!(pending = %id, "adopted hold not carried on yet (tried again at the next sweep): {e}");
+            gw.tasks.adopt_later(stored);
+        } else if stored.resolution.is_none() {
+            tracing::warn!(pending = %id, "adopted hold not carried on before its timeout: {e}");
+            hold::abandon_adopted(gw, &stored.approval).await;
+        } else {
+            // Decided and its time is up: its task's row goes with its ttl.
+            tracing::warn!(pending = %id, "adopted hold given up: {e}");
+        }
+    }
+}
+
+/// Carries on, or ends, one adopted hold; `Err` when a store could not be
+/// read or written (nothing was started: try again later).
+async fn adopt_one(
+    gw: &Gateway,
+    store: &shared::TaskStore,
+    stored: &StoredApproval,
+) -> Result<(), AdoptError> {
+    let approval = stored.approval.clone();
+    if stored.resolution.is_some() && hold::outcome_recorded(gw, approval.id).await? {
+        // The dead replica recorded the decision, so it may have run
+        // the call too: running it again could do it twice.
+        let why = format!(
+            "Airlock cannot tell whether this call to `{}` ran: the replica running it stopped after its decision was recorded.",
+            approval.tool
+        );
+        gw.tasks.end_orphaned(approval.id, &why).await?;
+        gw.approvals.mark_recorded(approval.id).await?;
+        return Ok(());
+    }
+    let row = store.of_pending(approval.id).await?;
+    let request = row
+        .as_ref()
+        .and_then(|r| Message::parse(bytes::Bytes::from(r.request.clone())).ok());
+    let (Some(row), Some(request)) = (row, request) else {
+        hold::abandon_adopted(gw, &approval).await;
+        return Ok(());
+    };
+    let timeout = (approval.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    gw.tasks.adopt(&row, request.clone(), timeout);
+    tracing::warn!(
+        pending = %approval.id,
+        task = %row.id,
+        tool = %approval.tool,
+        "adopted a task held by a replica that stopped heartbeating"
+    );
+    let headers = row.headers.as_ref().map(shared::header_map);
+    hold::carry_on(gw, approval, &row.id, request, headers, timeout);
+    Ok(())
 }
 
 /// The response that ends a reply (the last one on a stream).

@@ -190,3 +190,34 @@ def test_a_task_waiting_for_input_shows_its_questions_through_any_replica(procs,
         assert "inputRequests" not in done, done
     finally:
         upstream.close()
+
+
+def psql(pg, sql: str) -> str:
+    import subprocess
+
+    cmd = [str(pg.bin / "psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "airlock", "-d", "postgres",
+           "-At", "-c", sql]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_an_adoption_that_fails_on_a_store_error_is_tried_again_at_the_next_sweep(procs, pg):
+    """The survivor cannot read the dead replica's task (here: its table is renamed away for a
+    while, a query error like any other): the hold is neither abandoned nor lost; once the table
+    is back the next sweep adopts it, and the approved call completes the task."""
+    a = start_replica(procs, pg.url(), "a", heartbeat=HEARTBEAT, lease=LEASE)
+    b = start_replica(procs, pg.url(), "b", heartbeat=HEARTBEAT, lease=LEASE)
+    on_b = Agent(b)
+    task_id, item = held_task(Agent(a), b, {"id": "t-retry-adopt"})
+    psql(pg, "ALTER TABLE airlock_tasks RENAME TO airlock_tasks_away")
+    try:
+        a.proc.stop(signal.SIGKILL)
+        time.sleep(LEASE + 4 * HEARTBEAT + 1.0)  # B adopted the hold and failed to read its task
+        assert [p["id"] for p in b.pending()] == [item["id"]], "the hold was abandoned on a store error"
+    finally:
+        psql(pg, "ALTER TABLE airlock_tasks_away RENAME TO airlock_tasks")
+    time.sleep(4 * HEARTBEAT)
+    assert on_b.get(task_id)["status"] == "working"
+    assert b.decide(item["id"], "approve").status_code == 200
+    done = on_b.wait_done(task_id)
+    assert (done["status"], done["result"]["content"][0]["text"]) == ("completed", "deleted t-retry-adopt"), done
+    assert rows_of(b, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
