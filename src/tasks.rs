@@ -277,8 +277,14 @@ impl Tasks {
         let Some(store) = &self.shared else {
             return Ok(());
         };
-        let row = match store.of_pending(pending_id).await? {
-            Some(row) if row.status == "working" => row,
+        let Some(row) = store.of_pending(pending_id).await? else {
+            return Ok(());
+        };
+        let why = match row.status.as_str() {
+            "working" => why.to_owned(),
+            "input_required" => format!(
+                "{why} The upstream was waiting for the agent's input, which no replica can pass on to it now."
+            ),
             _ => return Ok(()),
         };
         let result = json!({
@@ -808,13 +814,24 @@ async fn adopt_one(
     stored: &StoredApproval,
 ) -> Result<(), AdoptError> {
     let approval = stored.approval.clone();
-    if stored.resolution.is_some() && hold::outcome_recorded(gw, approval.id).await? {
-        // The dead replica recorded the decision, so it may have run
-        // the call too: running it again could do it twice.
-        let why = format!(
-            "Airlock cannot tell whether this call to `{}` ran: the replica running it stopped after its decision was recorded.",
-            approval.tool
-        );
+    if let Some(resolution) = &stored.resolution
+        && hold::outcome_recorded(gw, approval.id).await?
+    {
+        // The dead replica recorded the decision, so it may have run the
+        // call too (it may even have died mid-call): running it again could
+        // do it twice. A refusal never runs it.
+        let why = if resolution.outcome == crate::approvals::Outcome::Allowed {
+            format!(
+                "Airlock cannot tell whether this call to `{}` ran: the replica running it stopped after its decision was recorded.",
+                approval.tool
+            )
+        } else {
+            format!(
+                "Airlock did not run this call to `{}`: {} (the replica holding it stopped before saying so).",
+                approval.tool,
+                resolution.describe()
+            )
+        };
         gw.tasks.end_orphaned(approval.id, &why).await?;
         gw.approvals.mark_recorded(approval.id).await?;
         return Ok(());

@@ -425,11 +425,15 @@ impl Store for PostgresStore {
     ) -> Result<Vec<StoredApproval>, StoreError> {
         let client = self.client().await?;
         // One statement: the owner is compared and set, so of several
-        // survivors sweeping at once each row goes to exactly one.
+        // survivors sweeping at once each row goes to exactly one. Recorded
+        // ones too while their task is unfinished (the owner died after the
+        // decision, maybe mid-call): the survivor ends that task.
         let adopt = format!(
             "UPDATE airlock_approvals SET owner = $1 \
-             WHERE adoptable AND owner <> $1 AND (state = 'pending' OR NOT recorded) AND {} \
-             RETURNING {COLUMNS}",
+             WHERE adoptable AND owner <> $1 AND (state = 'pending' OR NOT recorded \
+               OR id IN (SELECT pending_id FROM airlock_tasks \
+                         WHERE status IN ('working', 'input_required'))) \
+             AND {} RETURNING {COLUMNS}",
             dead_owners("$2")
         );
         let rows = client

@@ -97,8 +97,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes `replica` the owner of every adoptable approval
     /// ([`PendingApproval::adoptable`]) of a replica whose last heartbeat is
-    /// older than `lease`, open or resolved but unrecorded; each is adopted
-    /// once, by one caller (a compare-and-set on the owner). Adoptable
+    /// older than `lease`, open or resolved but unrecorded, or recorded with
+    /// its task still unfinished (a shared task store: the owner died after
+    /// the decision, maybe mid-call); each is adopted once, by one caller
+    /// (a compare-and-set on the owner). Adoptable
     /// approvals are never abandoned by [`Store::abandon_dead_replicas`].
     async fn adopt_dead_replicas(
         &self,

@@ -15,6 +15,7 @@ import signal
 import time
 
 from pgcluster import pg  # noqa: F401  (the fixture)
+from holdkit import HOLD_POLICY
 from replicakit import start_replica
 from test_tasks import Agent
 
@@ -220,4 +221,30 @@ def test_an_adoption_that_fails_on_a_store_error_is_tried_again_at_the_next_swee
     assert b.decide(item["id"], "approve").status_code == 200
     done = on_b.wait_done(task_id)
     assert (done["status"], done["result"]["content"][0]["text"]) == ("completed", "deleted t-retry-adopt"), done
+    assert rows_of(b, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
+
+
+def test_a_task_whose_replica_died_mid_call_ends_saying_it_cannot_tell_whether_the_call_ran(procs, pg):
+    """A recorded the approval, claimed the release and sent the call; it dies before the answer.
+    The survivor must not run the call again, nor leave the task `working` until its ttl: the task
+    completes with an error saying Airlock cannot tell whether the call ran; the history keeps its
+    one outcome row."""
+    policy = {**HOLD_POLICY, "rules": {**HOLD_POLICY["rules"], "slow": {"action": "require_approval"}}}
+    a = start_replica(procs, pg.url(), "a", policy, heartbeat=HEARTBEAT, lease=LEASE)
+    b = start_replica(procs, pg.url(), "b", policy, heartbeat=HEARTBEAT, lease=LEASE)
+    on_b = Agent(b)
+    created = Agent(a).call("slow", {"steps": 200, "delay_ms": 100})  # ~20 s upstream
+    [item] = b.wait_pending(1)
+    assert b.decide(item["id"], "approve").status_code == 200
+    wait_rows(b, item["id"], 2)
+    time.sleep(0.5)  # claimed and sent: the upstream is working on it
+    assert on_b.get(created["taskId"])["status"] == "working"
+    a.proc.stop(signal.SIGKILL)
+    done = on_b.wait_done(created["taskId"], timeout=LEASE + 10)
+    assert (done["status"], done["statusMessage"]) == ("completed", "refused"), done
+    assert done["result"]["isError"] is True, done
+    assert done["result"]["content"][0]["text"] == (
+        "Airlock cannot tell whether this call to `slow` ran: the replica running it stopped after its "
+        "decision was recorded."), done
+    time.sleep(LEASE)  # every survivor kept sweeping: still one outcome row
     assert rows_of(b, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
