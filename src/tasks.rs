@@ -806,6 +806,30 @@ pub async fn adopt_orphans(gw: &Gateway) {
     }
 }
 
+/// Ends the tasks an earlier run of this replica (same `[store] replica`
+/// name) left unfinished after recording their decision: no survivor
+/// adopts them, since this replica's lease is alive again. As an adopting
+/// survivor would, it says it cannot tell whether the call ran (or that a
+/// refused one did not); a failure is retried at the sweeps.
+pub async fn settle_leftover_tasks(gw: &Gateway) {
+    let Some(store) = &gw.tasks.shared else {
+        return;
+    };
+    let left = match gw.approvals.unfinished_tasks().await {
+        Ok(left) => left,
+        Err(e) => {
+            tracing::warn!("tasks left unfinished by an earlier run not read: {e}");
+            return;
+        }
+    };
+    for stored in left {
+        if let Err(e) = adopt_one(gw, store, &stored).await {
+            tracing::warn!(pending = %stored.approval.id, "task left by an earlier run not ended yet: {e}");
+            gw.tasks.adopt_later(stored);
+        }
+    }
+}
+
 /// Carries on, or ends, one adopted hold; `Err` when a store could not be
 /// read or written (nothing was started: try again later).
 async fn adopt_one(

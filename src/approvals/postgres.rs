@@ -467,6 +467,18 @@ impl Store for PostgresStore {
         resolved_rows(&rows)
     }
 
+    async fn unfinished_tasks_of(&self, replica: &str) -> Result<Vec<StoredApproval>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM airlock_approvals \
+             WHERE adoptable AND owner = $1 AND state = 'resolved' AND recorded \
+             AND id IN (SELECT pending_id FROM airlock_tasks \
+                        WHERE status IN ('working', 'input_required'))"
+        );
+        let rows = client.query(&sql, &[&replica]).await.map_err(db)?;
+        rows.iter().map(from_row).collect()
+    }
+
     async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement = client

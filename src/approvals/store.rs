@@ -118,6 +118,14 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError>;
 
+    /// The adoptable approvals `replica` recorded (and so may have released)
+    /// in an earlier run whose task is still unfinished: that run died
+    /// after the decision, maybe mid-call. Only a store that keeps tasks
+    /// (PostgreSQL) has any.
+    async fn unfinished_tasks_of(&self, _replica: &str) -> Result<Vec<StoredApproval>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// The owner has recorded this approval's resolution (its audit row is
     /// committed): the dead-replica sweep must not hand it over.
     async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError>;

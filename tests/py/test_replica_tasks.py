@@ -248,3 +248,45 @@ def test_a_task_whose_replica_died_mid_call_ends_saying_it_cannot_tell_whether_t
         "decision was recorded."), done
     time.sleep(LEASE)  # every survivor kept sweeping: still one outcome row
     assert rows_of(b, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
+
+
+SLOW_POLICY = {**HOLD_POLICY, "rules": {**HOLD_POLICY["rules"], "slow": {"action": "require_approval"}}}
+
+
+def test_a_replica_restarting_under_its_name_ends_the_task_it_died_running(procs, pg):
+    """Like the test above, but A comes back under the same name before anyone thinks it dead
+    (a long lease): no survivor adopts its holds, so A's new run ends the task it left running."""
+    a = start_replica(procs, pg.url(), "a", SLOW_POLICY, heartbeat=HEARTBEAT, lease=60)
+    b = start_replica(procs, pg.url(), "b", SLOW_POLICY, heartbeat=HEARTBEAT, lease=60)
+    on_b = Agent(b)
+    created = Agent(a).call("slow", {"steps": 200, "delay_ms": 100})
+    [item] = b.wait_pending(1)
+    assert b.decide(item["id"], "approve").status_code == 200
+    wait_rows(b, item["id"], 2)
+    time.sleep(0.5)
+    a.proc.stop(signal.SIGKILL)
+    start_replica(procs, pg.url(), "a", SLOW_POLICY, heartbeat=HEARTBEAT, lease=60)
+    done = on_b.wait_done(created["taskId"], timeout=10)
+    assert done["result"]["content"][0]["text"] == (
+        "Airlock cannot tell whether this call to `slow` ran: the replica running it stopped after its "
+        "decision was recorded."), done
+    assert rows_of(b, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
+
+
+def test_a_restart_does_not_contradict_a_streamed_call_it_released_before_dying(procs, pg):
+    """A recorded and released a streamed hold, then died before telling the store (the few
+    milliseconds between its outcome row and `mark_recorded`, made here by resetting the flag).
+    Its next run must not add an `abandoned … nothing was released` row: the call did run."""
+    from holdkit import HeldCall
+
+    a = start_replica(procs, pg.url(), "a", heartbeat=HEARTBEAT, lease=60)
+    call = HeldCall(a.mcp, "delete_record", {"id": "t-ran"})
+    call.start()
+    [item] = a.wait_pending(1)
+    assert a.decide(item["id"], "approve").status_code == 200
+    assert call.result(10)["content"][0]["text"] == "deleted t-ran"
+    assert psql(pg, f"UPDATE airlock_approvals SET recorded = false WHERE id = '{item['id']}'") == "UPDATE 1"
+    a.proc.stop(signal.SIGKILL)
+    again = start_replica(procs, pg.url(), "a", heartbeat=HEARTBEAT, lease=60)
+    assert psql(pg, f"SELECT recorded FROM airlock_approvals WHERE id = '{item['id']}'") == "t"
+    assert rows_of(again, item["id"]) == [("approval_requested", None, None), ("approved", "alice", "api")]
