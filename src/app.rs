@@ -293,6 +293,7 @@ async fn start_approvals(
 
 /// Every heartbeat: carries on the tasks of replicas that died.
 async fn adopt_orphaned_tasks(gw: Gateway) {
+    crate::tasks::settle_leftover_tasks(&gw).await;
     let mut tick = tokio::time::interval(gw.config.store.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

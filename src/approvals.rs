@@ -387,6 +387,17 @@ impl Approvals {
             .collect())
     }
 
+    /// The task holds this replica's name recorded in an earlier run whose
+    /// task never finished (see [`Store::unfinished_tasks_of`]): call once
+    /// at start; the caller ends their tasks.
+    pub async fn unfinished_tasks(&self) -> Result<Vec<StoredApproval>, StoreError> {
+        let shared = self.shared();
+        shared
+            .store
+            .unfinished_tasks_of(&shared.config.replica)
+            .await
+    }
+
     /// Claims the release of approval `id` for this replica (see
     /// [`Store::claim`]): `false` when another replica adopted it meanwhile.
     pub async fn claim(&self, id: Uuid) -> Result<bool, StoreError> {

@@ -729,8 +729,20 @@ async fn record_outcome(
 /// Records a hold of a dead replica that this replica's lease sweep
 /// abandoned or was handed (its owner cannot record it any more), or one an
 /// earlier run of this replica left behind.
+///
+/// The audit row says "nothing was released". That is true of a task hold
+/// (released only after the compare-and-set that marks it recorded, and
+/// these are unrecorded), so its row is written even after an outcome row
+/// of its owner's. A hold on a stream is released as soon as its outcome
+/// row is committed: if that row is there, the call may have run, and no
+/// second row contradicts it.
 pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution: &Resolution) {
-    if let Err(e) = record_outcome(gw, approval, resolution).await {
+    // An unreadable history: recorded as before (at worst a second row).
+    let maybe_released =
+        !approval.adoptable && outcome_recorded(gw, approval.id).await.unwrap_or(false);
+    if maybe_released {
+        tracing::warn!(pending = %approval.id, "a hold left unmarked by its replica was already recorded (and may have been released): not recorded again");
+    } else if let Err(e) = record_outcome(gw, approval, resolution).await {
         tracing::error!(pending = %approval.id, "could not record the abandoned hold: {e}");
     }
     let why = format!(
@@ -741,29 +753,26 @@ pub async fn record_orphan(gw: &Gateway, approval: &PendingApproval, resolution:
             .clone()
             .unwrap_or_else(|| resolution.describe())
     );
-    gw.tasks.end_orphaned(approval.id, &why).await;
+    if let Err(e) = gw.tasks.end_orphaned(approval.id, &why).await {
+        tracing::warn!(pending = %approval.id, "task of an orphaned hold not ended: {e}");
+    }
 }
 
 /// Whether the audit history has the outcome row of hold `id` (any
-/// replica's). A store that cannot be read counts as recorded: the caller
-/// must then not release anything.
-pub async fn outcome_recorded(gw: &Gateway, id: Uuid) -> bool {
+/// replica's). `Err`: the history could not be read (the caller must not
+/// release anything on a guess).
+pub async fn outcome_recorded(gw: &Gateway, id: Uuid) -> Result<bool, crate::audit::AuditError> {
     let filter = crate::audit::Filter {
         pending_id: Some(id.to_string()),
         ..Default::default()
     };
-    match gw.audit.query(filter, false).await {
-        Ok(rows) => rows.iter().any(|r| {
-            use Verdict::*;
-            [Approved, Denied, TimedOut, Cancelled, Shutdown, Abandoned]
-                .iter()
-                .any(|v| audit_decision(*v) == r.decision)
-        }),
-        Err(e) => {
-            tracing::warn!(pending = %id, "audit history not read: {e}");
-            true
-        }
-    }
+    let rows = gw.audit.query(filter, false).await?;
+    Ok(rows.iter().any(|r| {
+        use Verdict::*;
+        [Approved, Denied, TimedOut, Cancelled, Shutdown, Abandoned]
+            .iter()
+            .any(|v| audit_decision(*v) == r.decision)
+    }))
 }
 
 /// Carries on a task hold adopted from a dead replica: this replica now

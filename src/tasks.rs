@@ -26,6 +26,7 @@
 
 pub mod shared;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -33,6 +34,7 @@ use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::approvals::{StoreError, StoredApproval};
 use crate::era::ParamsPeek;
 use crate::gateway::{CallContext, Exchange, Gateway};
 use crate::hold;
@@ -57,6 +59,12 @@ struct Task {
     ttl_ms: u64,
     /// When the task may be forgotten (set once it finishes).
     forget_after: Option<Instant>,
+    /// When its ttl runs out: a failed write to the shared store is retried
+    /// until then at most.
+    expires: Instant,
+    /// A write of its state to the shared store failed and is being retried
+    /// (one retry loop per task; it writes whatever state is newest).
+    persist_retrying: bool,
     /// The call as the upstream gets it (without the tasks extension): the
     /// base of a retry with the agent's input.
     request: Message,
@@ -83,15 +91,47 @@ impl Input {
 }
 
 /// Airlock's own tasks by id: those this replica runs, and with a shared
-/// store every replica's in the database.
+/// store every replica's in the database. Both behind `Arc`s: a failed
+/// write to the store is retried by a task of its own.
 #[derive(Default)]
 pub struct Tasks {
-    local: DashMap<String, Task>,
-    shared: Option<shared::TaskStore>,
+    local: Arc<DashMap<String, Task>>,
+    shared: Option<Arc<shared::TaskStore>>,
+    /// Holds this replica adopted whose adoption failed on a store error:
+    /// tried again at the next sweep (this replica owns them now, so the
+    /// store would not hand them out again). A std mutex: never held
+    /// across an await.
+    adopt_again: std::sync::Mutex<Vec<StoredApproval>>,
 }
+
+/// Why an adopted hold could not be carried on or ended this time.
+#[derive(Debug, thiserror::Error)]
+enum AdoptError {
+    #[error("shared store: {0}")]
+    Store(#[from] StoreError),
+    #[error("audit history: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Backoff between retries of a task's state write: from the first to the
+/// longest pause, doubling.
+const PERSIST_RETRY_FIRST: Duration = Duration::from_millis(200);
+const PERSIST_RETRY_LONGEST: Duration = Duration::from_secs(5);
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Marks a task changed: its `updated_at` strictly increases (a change in
+/// the same millisecond as the last gets the next one), because the shared
+/// store keeps the state with the latest `updated_at` and refuses an older
+/// one (a late retry must not undo a newer state).
+fn touch(task: &mut Task) {
+    let at = Utc::now();
+    let last = chrono::DateTime::parse_from_rfc3339(&task.updated_at)
+        .map(|t| t.with_timezone(&Utc) + chrono::Duration::milliseconds(1))
+        .unwrap_or(at);
+    task.updated_at = at.max(last).to_rfc3339_opts(SecondsFormat::Millis, true);
 }
 
 /// Whether the request declared the tasks extension in its client capabilities.
@@ -136,8 +176,9 @@ impl Tasks {
     /// Tasks kept in memory and, with a shared store, in its database.
     pub fn new(pool: Option<deadpool_postgres::Pool>) -> Tasks {
         Tasks {
-            local: DashMap::new(),
-            shared: pool.map(shared::TaskStore::new),
+            local: Default::default(),
+            shared: pool.map(|pool| Arc::new(shared::TaskStore::new(pool))),
+            adopt_again: Default::default(),
         }
     }
 
@@ -180,35 +221,25 @@ impl Tasks {
     }
 
     /// Writes a task's state to the shared store (after `finish` or
-    /// `mark_cancelled`), so every replica's `tasks/get` sees it.
+    /// `mark_cancelled`), so every replica's `tasks/get` sees it. A write
+    /// that fails (the database briefly away) is retried in the background,
+    /// with backoff, until it lands or the task's ttl runs out.
     pub async fn persist(&self, task_id: &str) {
         let Some(store) = &self.shared else {
             return;
         };
-        let Some((status, message, result, error, updated_at, finished)) =
-            self.local.get(task_id).map(|t| {
-                (
-                    t.status,
-                    t.status_message.clone(),
-                    t.result.clone(),
-                    t.error.clone(),
-                    t.updated_at.clone(),
-                    t.forget_after.is_some(),
-                )
-            })
-        else {
+        let Err(e) = write_state(store, &self.local, task_id).await else {
             return;
         };
-        let update = shared::TaskUpdate {
-            status,
-            status_message: &message,
-            result: result.as_ref(),
-            error: error.as_ref(),
-            updated_at: &updated_at,
-            forget_after_secs: finished.then(|| KEEP_FINISHED.as_secs_f64()),
-        };
-        if let Err(e) = store.update(task_id, &update).await {
-            tracing::warn!(task = %task_id, "task state not shared with other replicas: {e}");
+        let start_retrying = self.local.get_mut(task_id).is_some_and(|mut t| {
+            let idle = !t.persist_retrying;
+            t.persist_retrying = true;
+            idle
+        });
+        tracing::warn!(task = %task_id, "task state not shared with other replicas yet (retrying): {e}");
+        if start_retrying {
+            let (store, local) = (store.clone(), self.local.clone());
+            tokio::spawn(retry_persist(store, local, task_id.to_owned()));
         }
     }
 
@@ -230,6 +261,8 @@ impl Tasks {
             updated_at: now(),
             ttl_ms: (timeout + KEEP_FINISHED).as_millis() as u64,
             forget_after: None,
+            expires: Instant::now() + timeout + KEEP_FINISHED,
+            persist_retrying: false,
             request,
             input: None,
         };
@@ -238,18 +271,21 @@ impl Tasks {
 
     /// Ends the task of a hold nobody will run any more (abandoned, or
     /// resolved on a replica that died before running it), in the shared
-    /// store: the agent's next `tasks/get` reads why.
-    pub async fn end_orphaned(&self, pending_id: uuid::Uuid, why: &str) {
+    /// store: the agent's next `tasks/get` reads why. A task already
+    /// finished is left as it is.
+    pub async fn end_orphaned(&self, pending_id: uuid::Uuid, why: &str) -> Result<(), StoreError> {
         let Some(store) = &self.shared else {
-            return;
+            return Ok(());
         };
-        let row = match store.of_pending(pending_id).await {
-            Ok(Some(row)) if row.status == "working" => row,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(pending = %pending_id, "task of an orphaned hold not ended: {e}");
-                return;
-            }
+        let Some(row) = store.of_pending(pending_id).await? else {
+            return Ok(());
+        };
+        let why = match row.status.as_str() {
+            "working" => why.to_owned(),
+            "input_required" => format!(
+                "{why} The upstream was waiting for the agent's input, which no replica can pass on to it now."
+            ),
+            _ => return Ok(()),
         };
         let result = json!({
             "content": [{ "type": "text", "text": why }],
@@ -264,9 +300,22 @@ impl Tasks {
             updated_at: &now(),
             forget_after_secs: Some(KEEP_FINISHED.as_secs_f64()),
         };
-        if let Err(e) = store.update(&row.id, &update).await {
-            tracing::warn!(task = %row.id, "task of an orphaned hold not ended: {e}");
-        }
+        store.update(&row.id, &update).await?;
+        Ok(())
+    }
+
+    /// Keeps an adopted hold whose adoption failed on a store error, for
+    /// the next sweep.
+    fn adopt_later(&self, stored: StoredApproval) {
+        self.adopt_again
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stored);
+    }
+
+    /// The adopted holds left for this sweep by the last one.
+    fn left_to_adopt(&self) -> Vec<StoredApproval> {
+        std::mem::take(&mut *self.adopt_again.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Creates a `working` task for a held call; returns its id and the
@@ -292,6 +341,8 @@ impl Tasks {
             updated_at: at,
             ttl_ms,
             forget_after: None,
+            expires: Instant::now() + timeout + KEEP_FINISHED,
+            persist_retrying: false,
             request: without_extension(request),
             input: None,
         };
@@ -327,7 +378,7 @@ impl Tasks {
             result: None,
             error: None,
         });
-        task.updated_at = now();
+        touch(&mut task);
         match (parsed.result, parsed.error) {
             (Some(result), _) if is_input_required(&result) => {
                 // MRTR: the upstream asks the agent something; the task
@@ -387,14 +438,14 @@ impl Tasks {
             }
         }
         if !input.open().is_empty() {
-            task.updated_at = now();
+            touch(&mut task);
             return None;
         }
         let input = task.input.take()?;
         let retry = with_input(&task.request, input.answers, input.request_state);
         task.status = "working";
         task.status_message = "continuing with the agent's input".into();
-        task.updated_at = now();
+        touch(&mut task);
         Some(retry)
     }
 
@@ -408,7 +459,7 @@ impl Tasks {
         if let Some(mut task) = self.local.get_mut(task_id) {
             task.status = "cancelled";
             task.status_message = "cancelled by the agent".into();
-            task.updated_at = now();
+            touch(&mut task);
             task.forget_after = Some(Instant::now() + KEEP_FINISHED);
         }
     }
@@ -451,6 +502,89 @@ impl Tasks {
             v["inputRequests"] = Value::Object(input.open());
         }
         v
+    }
+}
+
+/// Writes task `task_id`'s state as this replica has it now; returns the
+/// `updated_at` written (`None`: no such task here any more).
+async fn write_state(
+    store: &shared::TaskStore,
+    local: &DashMap<String, Task>,
+    task_id: &str,
+) -> Result<Option<String>, crate::approvals::StoreError> {
+    let Some((status, message, result, error, updated_at, finished)) =
+        local.get(task_id).map(|t| {
+            (
+                t.status,
+                t.status_message.clone(),
+                stored_result(&t),
+                t.error.clone(),
+                t.updated_at.clone(),
+                t.forget_after.is_some(),
+            )
+        })
+    else {
+        return Ok(None);
+    };
+    let update = shared::TaskUpdate {
+        status,
+        status_message: &message,
+        result: result.as_ref(),
+        error: error.as_ref(),
+        updated_at: &updated_at,
+        forget_after_secs: finished.then(|| KEEP_FINISHED.as_secs_f64()),
+    };
+    store.update(task_id, &update).await?;
+    Ok(Some(updated_at))
+}
+
+/// Retries the write of a task's state until the newest state landed, the
+/// task is gone from this replica, or its ttl ran out. Each attempt writes
+/// the state as it is then; the store refuses anything older than what it
+/// has, so a slow attempt cannot undo a newer state.
+async fn retry_persist(
+    store: Arc<shared::TaskStore>,
+    local: Arc<DashMap<String, Task>>,
+    task_id: String,
+) {
+    let mut pause = PERSIST_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PERSIST_RETRY_LONGEST);
+        let written = match write_state(&store, &local, &task_id).await {
+            Ok(None) => return,
+            Ok(Some(written)) => Some(written),
+            Err(e) => {
+                tracing::debug!(task = %task_id, "task state still not shared: {e}");
+                None
+            }
+        };
+        // Done when the newest state is written; given up past the ttl.
+        let Some(mut task) = local.get_mut(&task_id) else {
+            return;
+        };
+        let landed = written.as_deref() == Some(task.updated_at.as_str());
+        if landed || Instant::now() >= task.expires {
+            task.persist_retrying = false;
+            if landed {
+                tracing::info!(task = %task_id, "task state shared with other replicas after a retry");
+            } else {
+                tracing::warn!(task = %task_id, "task state never shared with other replicas: its ttl ran out");
+            }
+            return;
+        }
+    }
+}
+
+/// What the store's `result` column holds: the final result, or while the
+/// task waits for input the questions still open (`{"inputRequests": …}`),
+/// so `tasks/get` through another replica shows them.
+fn stored_result(task: &Task) -> Option<Value> {
+    match &task.input {
+        Some(input) if task.status == "input_required" => {
+            Some(json!({ "inputRequests": input.open() }))
+        }
+        _ => task.result.clone(),
     }
 }
 
@@ -539,7 +673,10 @@ pub async fn answer(gw: &Gateway, ctx: &CallContext, message: &Message) -> Optio
                 .params::<Update>()
                 .map(|u| u.input_responses)
                 .unwrap_or_default();
-            if let Some(retry) = gw.tasks.answer_input(&task_id, responses) {
+            let retry = gw.tasks.answer_input(&task_id, responses);
+            // Other replicas' tasks/get show the questions still open.
+            gw.tasks.persist(&task_id).await;
+            if let Some(retry) = retry {
                 let ctx = CallContext {
                     upstream: ctx.upstream.clone(),
                     link: ctx.link.clone(),
@@ -619,8 +756,16 @@ fn view_of_row(row: &shared::TaskRow) -> Value {
         "pollIntervalMs": POLL_INTERVAL_MS,
         "_meta": { crate::era::META_SERVER_INFO: crate::era::airlock_server_info() },
     });
-    if let Some(result) = &row.result {
-        v["result"] = result.clone();
+    match &row.result {
+        // While it waits for input the column holds the open questions
+        // (`stored_result`), shown as the running replica shows them.
+        Some(stored) if row.status == "input_required" => {
+            if let Some(open) = stored.get("inputRequests") {
+                v["inputRequests"] = open.clone();
+            }
+        }
+        Some(result) => v["result"] = result.clone(),
+        None => {}
     }
     if let Some(error) = &row.error {
         v["error"] = error.clone();
@@ -632,60 +777,110 @@ fn view_of_row(row: &shared::TaskRow) -> Value {
 /// replica becomes their owner, waits for the decision and runs the call
 /// like the dead replica would have. Called every heartbeat with a shared
 /// store. A hold without a task (its replica died before answering the
-/// agent) is ended as abandoned.
+/// agent) is ended as abandoned. One whose adoption fails on a store error
+/// is tried again at the next sweep, until its approval's timeout.
 pub async fn adopt_orphans(gw: &Gateway) {
     let Some(store) = &gw.tasks.shared else {
         return;
     };
-    let adopted = match gw.approvals.adopt_dead().await {
-        Ok(adopted) => adopted,
+    let mut adopted = gw.tasks.left_to_adopt();
+    match gw.approvals.adopt_dead().await {
+        Ok(new) => adopted.extend(new),
+        Err(e) => tracing::warn!("dead replicas' tasks not adopted: {e}"),
+    }
+    for stored in adopted {
+        let Err(e) = adopt_one(gw, store, &stored).await else {
+            continue;
+        };
+        let id = stored.approval.id;
+        if Utc::now() < stored.approval.expires_at {
+            tracing::warn!(pending = %id, "adopted hold not carried on yet (tried again at the next sweep): {e}");
+            gw.tasks.adopt_later(stored);
+        } else if stored.resolution.is_none() {
+            tracing::warn!(pending = %id, "adopted hold not carried on before its timeout: {e}");
+            hold::abandon_adopted(gw, &stored.approval).await;
+        } else {
+            // Decided and its time is up: its task's row goes with its ttl.
+            tracing::warn!(pending = %id, "adopted hold given up: {e}");
+        }
+    }
+}
+
+/// Ends the tasks an earlier run of this replica (same `[store] replica`
+/// name) left unfinished after recording their decision: no survivor
+/// adopts them, since this replica's lease is alive again. As an adopting
+/// survivor would, it says it cannot tell whether the call ran (or that a
+/// refused one did not); a failure is retried at the sweeps.
+pub async fn settle_leftover_tasks(gw: &Gateway) {
+    let Some(store) = &gw.tasks.shared else {
+        return;
+    };
+    let left = match gw.approvals.unfinished_tasks().await {
+        Ok(left) => left,
         Err(e) => {
-            tracing::warn!("dead replicas' tasks not adopted: {e}");
+            tracing::warn!("tasks left unfinished by an earlier run not read: {e}");
             return;
         }
     };
-    for stored in adopted {
-        let approval = stored.approval;
-        if stored.resolution.is_some() && hold::outcome_recorded(gw, approval.id).await {
-            // The dead replica recorded the decision, so it may have run
-            // the call too: running it again could do it twice.
-            let why = format!(
+    for stored in left {
+        if let Err(e) = adopt_one(gw, store, &stored).await {
+            tracing::warn!(pending = %stored.approval.id, "task left by an earlier run not ended yet: {e}");
+            gw.tasks.adopt_later(stored);
+        }
+    }
+}
+
+/// Carries on, or ends, one adopted hold; `Err` when a store could not be
+/// read or written (nothing was started: try again later).
+async fn adopt_one(
+    gw: &Gateway,
+    store: &shared::TaskStore,
+    stored: &StoredApproval,
+) -> Result<(), AdoptError> {
+    let approval = stored.approval.clone();
+    if let Some(resolution) = &stored.resolution
+        && hold::outcome_recorded(gw, approval.id).await?
+    {
+        // The dead replica recorded the decision, so it may have run the
+        // call too (it may even have died mid-call): running it again could
+        // do it twice. A refusal never runs it.
+        let why = if resolution.outcome == crate::approvals::Outcome::Allowed {
+            format!(
                 "Airlock cannot tell whether this call to `{}` ran: the replica running it stopped after its decision was recorded.",
                 approval.tool
-            );
-            gw.tasks.end_orphaned(approval.id, &why).await;
-            if let Err(e) = gw.approvals.mark_recorded(approval.id).await {
-                tracing::warn!(pending = %approval.id, "adopted hold not marked recorded: {e}");
-            }
-            continue;
-        }
-        let row = match store.of_pending(approval.id).await {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::warn!(pending = %approval.id, "adopted hold's task not read: {e}");
-                None
-            }
+            )
+        } else {
+            format!(
+                "Airlock did not run this call to `{}`: {} (the replica holding it stopped before saying so).",
+                approval.tool,
+                resolution.describe()
+            )
         };
-        let request = row
-            .as_ref()
-            .and_then(|r| Message::parse(bytes::Bytes::from(r.request.clone())).ok());
-        let (Some(row), Some(request)) = (row, request) else {
-            hold::abandon_adopted(gw, &approval).await;
-            continue;
-        };
-        let timeout = (approval.expires_at - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        gw.tasks.adopt(&row, request.clone(), timeout);
-        tracing::warn!(
-            pending = %approval.id,
-            task = %row.id,
-            tool = %approval.tool,
-            "adopted a task held by a replica that stopped heartbeating"
-        );
-        let headers = row.headers.as_ref().map(shared::header_map);
-        hold::carry_on(gw, approval, &row.id, request, headers, timeout);
+        gw.tasks.end_orphaned(approval.id, &why).await?;
+        gw.approvals.mark_recorded(approval.id).await?;
+        return Ok(());
     }
+    let row = store.of_pending(approval.id).await?;
+    let request = row
+        .as_ref()
+        .and_then(|r| Message::parse(bytes::Bytes::from(r.request.clone())).ok());
+    let (Some(row), Some(request)) = (row, request) else {
+        hold::abandon_adopted(gw, &approval).await;
+        return Ok(());
+    };
+    let timeout = (approval.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    gw.tasks.adopt(&row, request.clone(), timeout);
+    tracing::warn!(
+        pending = %approval.id,
+        task = %row.id,
+        tool = %approval.tool,
+        "adopted a task held by a replica that stopped heartbeating"
+    );
+    let headers = row.headers.as_ref().map(shared::header_map);
+    hold::carry_on(gw, approval, &row.id, request, headers, timeout);
+    Ok(())
 }
 
 /// The response that ends a reply (the last one on a stream).

@@ -426,11 +426,15 @@ impl Store for PostgresStore {
     ) -> Result<Vec<StoredApproval>, StoreError> {
         let client = self.client().await?;
         // One statement: the owner is compared and set, so of several
-        // survivors sweeping at once each row goes to exactly one.
+        // survivors sweeping at once each row goes to exactly one. Recorded
+        // ones too while their task is unfinished (the owner died after the
+        // decision, maybe mid-call): the survivor ends that task.
         let adopt = format!(
             "UPDATE airlock_approvals SET owner = $1 \
-             WHERE adoptable AND owner <> $1 AND (state = 'pending' OR NOT recorded) AND {} \
-             RETURNING {COLUMNS}",
+             WHERE adoptable AND owner <> $1 AND (state = 'pending' OR NOT recorded \
+               OR id IN (SELECT pending_id FROM airlock_tasks \
+                         WHERE status IN ('working', 'input_required'))) \
+             AND {} RETURNING {COLUMNS}",
             dead_owners("$2")
         );
         let rows = client
@@ -462,6 +466,18 @@ impl Store for PostgresStore {
             .map_err(db)?;
         rows.extend(client.query(&unrecorded, &[&replica]).await.map_err(db)?);
         resolved_rows(&rows)
+    }
+
+    async fn unfinished_tasks_of(&self, replica: &str) -> Result<Vec<StoredApproval>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM airlock_approvals \
+             WHERE adoptable AND owner = $1 AND state = 'resolved' AND recorded \
+             AND id IN (SELECT pending_id FROM airlock_tasks \
+                        WHERE status IN ('working', 'input_required'))"
+        );
+        let rows = client.query(&sql, &[&replica]).await.map_err(db)?;
+        rows.iter().map(from_row).collect()
     }
 
     async fn mark_recorded(&self, id: Uuid) -> Result<(), StoreError> {

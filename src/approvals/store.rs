@@ -97,8 +97,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes `replica` the owner of every adoptable approval
     /// ([`PendingApproval::adoptable`]) of a replica whose last heartbeat is
-    /// older than `lease`, open or resolved but unrecorded; each is adopted
-    /// once, by one caller (a compare-and-set on the owner). Adoptable
+    /// older than `lease`, open or resolved but unrecorded, or recorded with
+    /// its task still unfinished (a shared task store: the owner died after
+    /// the decision, maybe mid-call); each is adopted once, by one caller
+    /// (a compare-and-set on the owner). Adoptable
     /// approvals are never abandoned by [`Store::abandon_dead_replicas`].
     async fn adopt_dead_replicas(
         &self,
@@ -115,6 +117,14 @@ pub trait Store: Send + Sync + 'static {
         replica: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(PendingApproval, Resolution)>, StoreError>;
+
+    /// The adoptable approvals `replica` recorded (and so may have released)
+    /// in an earlier run whose task is still unfinished: that run died
+    /// after the decision, maybe mid-call. Only a store that keeps tasks
+    /// (PostgreSQL) has any.
+    async fn unfinished_tasks_of(&self, _replica: &str) -> Result<Vec<StoredApproval>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// The owner has recorded this approval's resolution (its audit row is
     /// committed): the dead-replica sweep must not hand it over.

@@ -53,8 +53,9 @@ pub struct TaskStore {
     pool: Pool,
 }
 
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+/// With its causes: tokio-postgres says only "db error" on its own.
+fn db(e: impl std::error::Error) -> StoreError {
+    StoreError(crate::pgtls::with_causes(&e))
 }
 
 const COLUMNS: &str = "id, pending_id, session_key, agent, upstream, request, headers, status, \
@@ -101,23 +102,26 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Writes a task's new state. A cancelled task stays cancelled (the
-    /// agent's `tasks/cancel` may have reached another replica first).
-    pub async fn update(&self, id: &str, u: &TaskUpdate<'_>) -> Result<(), StoreError> {
+    /// Writes a task's new state, unless the row has a newer one (a later
+    /// `updated_at`: a retried write must not undo a newer state). A
+    /// cancelled task stays cancelled (the agent's `tasks/cancel` may have
+    /// reached another replica first). `Ok(false)`: nothing changed.
+    pub async fn update(&self, id: &str, u: &TaskUpdate<'_>) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
                 "UPDATE airlock_tasks SET status = $2, status_message = $3, result = $4, \
                  error = $5, updated_at = $6, \
                  forget_after = now() + make_interval(secs => $7::float8) \
-                 WHERE id = $1 AND status <> 'cancelled'",
+                 WHERE id = $1 AND status <> 'cancelled' \
+                 AND updated_at::timestamptz < $6::text::timestamptz",
             )
             .await
             .map_err(db)?;
         let result = u.result.cloned();
         let error = u.error.cloned();
         // NULL interval: not finished, never forgotten.
-        client
+        let changed = client
             .execute(
                 &statement,
                 &[
@@ -132,7 +136,7 @@ impl TaskStore {
             )
             .await
             .map_err(db)?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {

@@ -94,32 +94,54 @@ impl PgCluster {
         // A port taken between free_port() and start is retried.
         for _ in 0..5 {
             cluster.port = free_port();
-            let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
-                cluster.port,
-                cluster.path("sock")
-            );
-            let ok = cluster.try_run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &cluster.path("data"),
-                    "-l",
-                    &cluster.path("log"),
-                    "-o",
-                    &options,
-                    "-w",
-                    "-t",
-                    "30",
-                    "start",
-                ],
-            );
-            if ok {
+            if cluster.pg_ctl_start() {
                 return Some(cluster);
             }
         }
         let log = std::fs::read_to_string(cluster.dir.join("log")).unwrap_or_default();
         panic!("PostgreSQL did not start:\n{log}");
+    }
+
+    fn pg_ctl_start(&self) -> bool {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.path("sock")
+        );
+        self.try_run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.path("data"),
+                "-l",
+                &self.path("log"),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        )
+    }
+
+    /// Stops the server (an outage): its clients' connections break and new
+    /// ones are refused until [`PgCluster::start_again`]. A fast shutdown,
+    /// not an immediate one: with `synchronous_commit=off` an immediate one
+    /// could lose the last commits, which no real outage of a durable
+    /// server does.
+    #[allow(dead_code)]
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.path("data"), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// Starts a stopped server again, on the same port.
+    #[allow(dead_code)]
+    pub fn start_again(&self) {
+        assert!(self.pg_ctl_start(), "PostgreSQL did not start again");
     }
 
     pub fn url(&self) -> String {

@@ -15,12 +15,14 @@ URL_ENV = "AIRLOCK_TEST_PG_URL"
 
 
 def start_replica(procs, url: str, name: str, policy: dict = HOLD_POLICY, *, heartbeat: float = 0.5,
-                  lease: float = 2.0, progress: float = 0.5, extra: str = "", env: dict | None = None) -> Gateway:
-    """Starts replica `name` on the PostgreSQL at `url` (passed through `url_env`). `extra` is
-    appended to the config (tables only: it follows `[approval]`)."""
+                  lease: float = 2.0, progress: float = 0.5, extra: str = "", env: dict | None = None,
+                  upstream_url: str | None = None) -> Gateway:
+    """Starts replica `name` on the PostgreSQL at `url` (passed through `url_env`), its upstream the
+    stdio test server or the HTTP one at `upstream_url`. `extra` is appended to the config (tables
+    only: it follows `[approval]`)."""
     tmp = procs.tmp_path
     n = gateway_number()
-    config = write_config(tmp, policy, progress=progress, name=f"replica-{name}-{n}")
+    config = write_config(tmp, policy, progress=progress, name=f"replica-{name}-{n}", url=upstream_url)
     config.write_text(config.read_text() + extra + "\n[store]\n"
                       f"url_env = \"{URL_ENV}\"\nreplica = {json.dumps(name)}\n"
                       f"heartbeat = {heartbeat}\nlease = {lease}\n")
