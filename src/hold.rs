@@ -32,7 +32,7 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
@@ -367,6 +367,8 @@ pub async fn hold_call(
     reason: Option<String>,
     approval: Approval,
 ) -> Result<Exchange, UpstreamError> {
+    // Kept until the decision: not as a slice of the connection's read buffer.
+    let message = message.detached();
     let request_id = message.id().cloned().unwrap_or_else(Id::null);
     let refuse = |text: String, decision: &'static str| {
         crate::gateway::log_outcome(ctx, decision, &tool, &rule, Some(&text));
@@ -527,7 +529,7 @@ pub async fn hold_call(
     // Only an HTTP upstream needs the agent's headers again.
     let headers = headers
         .filter(|_| matches!(ctx.link, crate::upstream::Link::Http(_)))
-        .cloned();
+        .map(detached_headers);
     let question = ask_user.then(|| {
         elicit::request_params(
             &tool,
@@ -598,6 +600,21 @@ pub async fn hold_call(
         },
         list_filter: None,
     })
+}
+
+/// A copy of `headers` in storage of its own, for a held call to keep.
+/// Values parsed by hyper are slices of the connection's read buffer (8 KiB
+/// or more): kept as they are, they would pin it for as long as the call is
+/// held, and the connection would allocate a second buffer for its next read.
+fn detached_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        // The value was valid once, so the copy is too; a shared one otherwise.
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
 }
 
 /// Closes the `approval_requested` row of a call that could not be held
@@ -1558,4 +1575,40 @@ pub async fn mark_abandoned(
         gw.metrics.count("abandoned");
     }
     Ok(open.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderName;
+    use bytes::Bytes;
+
+    #[test]
+    fn detached_headers_own_their_values() {
+        // Values as hyper parses them: slices of the connection's read buffer.
+        let buffer = Bytes::from(format!(
+            "application/json\r\nBearer secret\r\n{}",
+            " ".repeat(8000)
+        ));
+        let mut headers = HeaderMap::new();
+        let content_type = HeaderValue::from_maybe_shared(buffer.slice(0..16)).unwrap();
+        let mut token = HeaderValue::from_maybe_shared(buffer.slice(18..31)).unwrap();
+        token.set_sensitive(true);
+        headers.insert(axum::http::header::CONTENT_TYPE, content_type);
+        headers.insert(axum::http::header::AUTHORIZATION, token);
+        let custom = HeaderName::from_static("x-trace");
+        headers.append(custom.clone(), HeaderValue::from_static("a"));
+        headers.append(custom.clone(), HeaderValue::from_static("b"));
+
+        let copy = detached_headers(&headers);
+        assert_eq!(copy, headers);
+        let range = buffer.as_ptr_range();
+        assert!(
+            copy.values()
+                .all(|v| !range.contains(&v.as_bytes().as_ptr()))
+        );
+        assert!(copy[axum::http::header::AUTHORIZATION].is_sensitive());
+        let repeated: Vec<_> = copy.get_all(&custom).iter().collect();
+        assert_eq!(repeated, ["a", "b"]);
+    }
 }
