@@ -578,9 +578,6 @@ pub async fn hold_call(
         message,
         headers,
         approval: created,
-        tool,
-        rule,
-        reason,
         timeout: approval.timeout,
         progress_token,
         sink,
@@ -602,13 +599,19 @@ pub async fn hold_call(
     })
 }
 
-/// A copy of `headers` in storage of its own, for a held call to keep.
-/// Values parsed by hyper are slices of the connection's read buffer (8 KiB
-/// or more): kept as they are, they would pin it for as long as the call is
-/// held, and the connection would allocate a second buffer for its next read.
+/// The agent's headers a held call keeps for its release: those that go
+/// upstream, copied into storage of their own. Values parsed by hyper are
+/// slices of the connection's read buffer (8 KiB or more): kept as they are,
+/// they would pin it for as long as the call is held, and the connection
+/// would allocate a second buffer for its next read.
 fn detached_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
+    let kept = || {
+        headers
+            .iter()
+            .filter(|(name, _)| crate::upstream::http::forwardable(name))
+    };
+    let mut out = HeaderMap::with_capacity(kept().count());
+    for (name, value) in kept() {
         // The value was valid once, so the copy is too; a shared one otherwise.
         let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
@@ -830,9 +833,6 @@ pub fn carry_on(
         },
         message,
         headers,
-        tool: approval.tool.clone(),
-        rule: approval.rule.clone(),
-        reason: approval.reason.clone(),
         approval,
         timeout,
         progress_token: None,
@@ -951,11 +951,9 @@ struct Waiter {
     ctx: CallContext,
     message: Message,
     headers: Option<HeaderMap>,
-    /// The approval as the store keeps it (id, arguments hash, times).
+    /// The approval as the store keeps it (id, tool, rule, reason, arguments
+    /// hash, times): the hold keeps no second copy of them.
     approval: PendingApproval,
-    tool: String,
-    rule: String,
-    reason: Option<String>,
     timeout: Duration,
     progress_token: Option<String>,
     sink: Sink,
@@ -998,7 +996,7 @@ impl Waiter {
             self.gw.holds.remember_continuation(
                 &message,
                 &self.ctx.scope(),
-                &self.tool,
+                &self.approval.tool,
                 &self.approval.args_hash,
             );
         }
@@ -1171,7 +1169,7 @@ impl Waiter {
         let asker = UserAsked {
             pending_id: self.approval.id,
             upstream: &self.approval.upstream,
-            tool: &self.tool,
+            tool: &self.approval.tool,
             agent: &self.ctx.agent,
             approvers_decide: self.via.approvers,
         };
@@ -1192,13 +1190,13 @@ impl Waiter {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let text = format!(
             "Airlock refused this call to `{}`: the decision ({}) could not be recorded in the audit store ({error}), so nothing was released.",
-            self.tool,
+            self.approval.tool,
             resolution.describe()
         );
         let refusal = Refusal {
             decision: "audit_unavailable",
-            rule: self.rule.clone(),
-            reason: self.reason.clone().unwrap_or_default(),
+            rule: self.approval.rule.clone(),
+            reason: self.approval.reason.clone().unwrap_or_default(),
             text,
             retry_after: None,
         };
@@ -1272,9 +1270,9 @@ impl Waiter {
         }
         let refusal = refusal_of(
             &resolution,
-            &self.tool,
-            &self.rule,
-            self.reason.as_deref(),
+            &self.approval.tool,
+            &self.approval.rule,
+            self.approval.reason.as_deref(),
             self.timeout,
         );
         let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
@@ -1584,7 +1582,7 @@ mod tests {
     use bytes::Bytes;
 
     #[test]
-    fn detached_headers_own_their_values() {
+    fn detached_headers_own_their_values_and_keep_what_goes_upstream() {
         // Values as hyper parses them: slices of the connection's read buffer.
         let buffer = Bytes::from(format!(
             "application/json\r\nBearer secret\r\n{}",
@@ -1599,8 +1597,14 @@ mod tests {
         let custom = HeaderName::from_static("x-trace");
         headers.append(custom.clone(), HeaderValue::from_static("a"));
         headers.append(custom.clone(), HeaderValue::from_static("b"));
+        // Not forwarded upstream (nor is Content-Type), so not kept.
+        headers.insert(axum::http::header::COOKIE, HeaderValue::from_static("c=1"));
+        headers.insert(axum::http::header::HOST, HeaderValue::from_static("gw"));
 
         let copy = detached_headers(&headers);
+        for gone in ["content-type", "cookie", "host"] {
+            headers.remove(gone);
+        }
         assert_eq!(copy, headers);
         let range = buffer.as_ptr_range();
         assert!(
