@@ -32,7 +32,7 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
@@ -367,6 +367,8 @@ pub async fn hold_call(
     reason: Option<String>,
     approval: Approval,
 ) -> Result<Exchange, UpstreamError> {
+    // Kept until the decision: not as a slice of the connection's read buffer.
+    let message = message.detached();
     let request_id = message.id().cloned().unwrap_or_else(Id::null);
     let refuse = |text: String, decision: &'static str| {
         crate::gateway::log_outcome(ctx, decision, &tool, &rule, Some(&text));
@@ -527,7 +529,7 @@ pub async fn hold_call(
     // Only an HTTP upstream needs the agent's headers again.
     let headers = headers
         .filter(|_| matches!(ctx.link, crate::upstream::Link::Http(_)))
-        .cloned();
+        .map(detached_headers);
     let question = ask_user.then(|| {
         elicit::request_params(
             &tool,
@@ -576,9 +578,6 @@ pub async fn hold_call(
         message,
         headers,
         approval: created,
-        tool,
-        rule,
-        reason,
         timeout: approval.timeout,
         progress_token,
         sink,
@@ -598,6 +597,27 @@ pub async fn hold_call(
         },
         list_filter: None,
     })
+}
+
+/// The agent's headers a held call keeps for its release: those that go
+/// upstream, copied into storage of their own. Values parsed by hyper are
+/// slices of the connection's read buffer (8 KiB or more): kept as they are,
+/// they would pin it for as long as the call is held, and the connection
+/// would allocate a second buffer for its next read.
+fn detached_headers(headers: &HeaderMap) -> HeaderMap {
+    let kept = || {
+        headers
+            .iter()
+            .filter(|(name, _)| crate::upstream::http::forwardable(name))
+    };
+    let mut out = HeaderMap::with_capacity(kept().count());
+    for (name, value) in kept() {
+        // The value was valid once, so the copy is too; a shared one otherwise.
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
 }
 
 /// Closes the `approval_requested` row of a call that could not be held
@@ -822,9 +842,6 @@ pub fn carry_on(
         },
         message,
         headers,
-        tool: approval.tool.clone(),
-        rule: approval.rule.clone(),
-        reason: approval.reason.clone(),
         approval,
         timeout,
         progress_token: None,
@@ -943,11 +960,9 @@ struct Waiter {
     ctx: CallContext,
     message: Message,
     headers: Option<HeaderMap>,
-    /// The approval as the store keeps it (id, arguments hash, times).
+    /// The approval as the store keeps it (id, tool, rule, reason, arguments
+    /// hash, times): the hold keeps no second copy of them.
     approval: PendingApproval,
-    tool: String,
-    rule: String,
-    reason: Option<String>,
     timeout: Duration,
     progress_token: Option<String>,
     sink: Sink,
@@ -990,7 +1005,7 @@ impl Waiter {
             self.gw.holds.remember_continuation(
                 &message,
                 &self.ctx.scope(),
-                &self.tool,
+                &self.approval.tool,
                 &self.approval.args_hash,
             );
         }
@@ -1163,7 +1178,7 @@ impl Waiter {
         let asker = UserAsked {
             pending_id: self.approval.id,
             upstream: &self.approval.upstream,
-            tool: &self.tool,
+            tool: &self.approval.tool,
             agent: &self.ctx.agent,
             approvers_decide: self.via.approvers,
         };
@@ -1184,13 +1199,13 @@ impl Waiter {
         let request_id = self.message.id().cloned().unwrap_or_else(Id::null);
         let text = format!(
             "Airlock refused this call to `{}`: the decision ({}) could not be recorded in the audit store ({error}), so nothing was released.",
-            self.tool,
+            self.approval.tool,
             resolution.describe()
         );
         let refusal = Refusal {
             decision: "audit_unavailable",
-            rule: self.rule.clone(),
-            reason: self.reason.clone().unwrap_or_default(),
+            rule: self.approval.rule.clone(),
+            reason: self.approval.reason.clone().unwrap_or_default(),
             text,
             retry_after: None,
         };
@@ -1264,9 +1279,9 @@ impl Waiter {
         }
         let refusal = refusal_of(
             &resolution,
-            &self.tool,
-            &self.rule,
-            self.reason.as_deref(),
+            &self.approval.tool,
+            &self.approval.rule,
+            self.approval.reason.as_deref(),
             self.timeout,
         );
         let answer = gate::refusal_response(&request_id, &refusal, self.ctx.era);
@@ -1567,4 +1582,46 @@ pub async fn mark_abandoned(
         gw.metrics.count("abandoned");
     }
     Ok(open.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderName;
+    use bytes::Bytes;
+
+    #[test]
+    fn detached_headers_own_their_values_and_keep_what_goes_upstream() {
+        // Values as hyper parses them: slices of the connection's read buffer.
+        let buffer = Bytes::from(format!(
+            "application/json\r\nBearer secret\r\n{}",
+            " ".repeat(8000)
+        ));
+        let mut headers = HeaderMap::new();
+        let content_type = HeaderValue::from_maybe_shared(buffer.slice(0..16)).unwrap();
+        let mut token = HeaderValue::from_maybe_shared(buffer.slice(18..31)).unwrap();
+        token.set_sensitive(true);
+        headers.insert(axum::http::header::CONTENT_TYPE, content_type);
+        headers.insert(axum::http::header::AUTHORIZATION, token);
+        let custom = HeaderName::from_static("x-trace");
+        headers.append(custom.clone(), HeaderValue::from_static("a"));
+        headers.append(custom.clone(), HeaderValue::from_static("b"));
+        // Not forwarded upstream (nor is Content-Type), so not kept.
+        headers.insert(axum::http::header::COOKIE, HeaderValue::from_static("c=1"));
+        headers.insert(axum::http::header::HOST, HeaderValue::from_static("gw"));
+
+        let copy = detached_headers(&headers);
+        for gone in ["content-type", "cookie", "host"] {
+            headers.remove(gone);
+        }
+        assert_eq!(copy, headers);
+        let range = buffer.as_ptr_range();
+        assert!(
+            copy.values()
+                .all(|v| !range.contains(&v.as_bytes().as_ptr()))
+        );
+        assert!(copy[axum::http::header::AUTHORIZATION].is_sensitive());
+        let repeated: Vec<_> = copy.get_all(&custom).iter().collect();
+        assert_eq!(repeated, ["a", "b"]);
+    }
 }

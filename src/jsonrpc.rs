@@ -338,6 +338,15 @@ impl Message {
         &self.raw
     }
 
+    /// The same message in an allocation of its own. A body read off an
+    /// HTTP connection is a slice of that connection's read buffer (8 KiB or
+    /// more): a message kept for long (a held call) would pin the buffer, and
+    /// the connection would allocate a second one for its next read.
+    pub fn detached(mut self) -> Message {
+        self.raw = Bytes::copy_from_slice(&self.raw);
+        self
+    }
+
     pub fn text(&self) -> &str {
         // Checked to be UTF-8 in `parse`.
         std::str::from_utf8(&self.raw).unwrap_or_default()

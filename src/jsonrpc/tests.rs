@@ -505,3 +505,27 @@ fn strings_of_every_length_are_scanned_to_their_end() {
     let spelled = r#"{"jsonrpc":"2.0","id":1,"result":{"a":"\u0024serde_json::private::Number"}}"#;
     assert_eq!(parse(spelled).unwrap_err(), FrameError::ReservedKey);
 }
+
+#[test]
+fn a_detached_message_owns_its_bytes_and_reads_the_same() {
+    // A body as hyper hands it over: a slice of the connection's read buffer.
+    let text = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"a":1}}}"#;
+    let buffer = Bytes::from(format!(
+        "POST /mcp HTTP/1.1\r\n\r\n{text}{}",
+        " ".repeat(8000)
+    ));
+    let body = buffer.slice(22..22 + text.len());
+    let message = Message::parse(body.clone()).unwrap();
+    assert_eq!(message.raw().as_ptr(), body.as_ptr());
+    let detached = message.detached();
+    assert_ne!(detached.raw().as_ptr(), body.as_ptr());
+    assert_eq!(detached.text(), text);
+    assert_eq!(detached.id().unwrap().raw(), "7");
+    assert_eq!(detached.method(), Some("tools/call"));
+    let facts = detached.param_facts().unwrap().unwrap();
+    let arguments = facts.arguments.unwrap();
+    assert_eq!(
+        &detached.text()[arguments.start..arguments.end],
+        r#"{"a":1}"#
+    );
+}

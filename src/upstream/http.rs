@@ -654,7 +654,7 @@ fn returnable(name: &HeaderName) -> bool {
 /// Agent headers that are forwarded upstream: all but the connection-specific
 /// ones (the session id: the gateway maps it), cookies and origin (the
 /// gateway checked them) and the like; unknown `Mcp-Param-*` headers pass.
-fn forwardable(name: &HeaderName) -> bool {
+pub(crate) fn forwardable(name: &HeaderName) -> bool {
     let name = name.as_str();
     !(connection_specific(name)
         || matches!(
