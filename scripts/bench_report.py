@@ -184,6 +184,11 @@ def render(data, policy):
             rows.append(lat_row(f"{kind} through Airlock", lat[kind]["airlock"]))
             a = lat[kind]["added"]
             rows.append((f"**{kind} added**", "", f(a["mean_us"]), f(a["p50_us"]), f(a["p90_us"]), f(a["p99_us"]), f(a["p999_us"]), ""))
+            bare = lat.get("http_bare_proxy")
+            if kind == "http" and bare:
+                rows.append(lat_row("http through `bare_proxy` (the floor of one hop)", bare["proxy"]))
+                for label, a in (("bare_proxy added", bare["added"]), ("Airlock above bare_proxy", bare["airlock_above_bare"])):
+                    rows.append((f"**{label}**", "", f(a["mean_us"]), f(a["p50_us"]), f(a["p90_us"]), f(a["p99_us"]), f(a["p999_us"]), ""))
         parts += ["### Sequential latency (µs per allowed `tools/call`)", "",
                   table(["path", "calls", "mean", "p50", "p90", "p99", "p99.9", "max"], rows), ""]
     elif "error" in lat:
@@ -192,15 +197,15 @@ def render(data, policy):
     t = r.get("throughput", {})
     if "direct" in t:
         rows = []
-        for name, key in (("direct", "direct"), ("through Airlock", "airlock")):
-            for i, run in enumerate(t[key]["runs"]):
+        for name, key in (("direct", "direct"), ("through Airlock", "airlock"), ("through `bare_proxy`", "bare_proxy")):
+            for i, run in enumerate(t.get(key, {}).get("runs", [])):
                 c = run["cpu_percent"]
                 rows.append((f"{name} #{i+1}", f(run["calls_per_s"]), f(run["latency"].get("p50_us")), f(run["latency"].get("p99_us")),
-                             f(c["proxy"]) if key == "airlock" else "–", f(c["upstream"]), f(c["driver"]), f(run["errors"])))
+                             f(c["proxy"]) if key != "direct" else "–", f(c["upstream"]), f(c["driver"]), f(run["errors"])))
         parts += ["### Throughput, 64 concurrent clients (HTTP → HTTP echo)", "",
                   "CPU is % of one core over the measured window (from /proc/PID/stat); the machine has "
                   f"{m['cores']} cores, shared by the driver, Airlock and the upstream.", "",
-                  table(["run", "calls/s", "p50 µs", "p99 µs", "Airlock CPU %", "upstream CPU %", "driver CPU %", "errors"], rows), ""]
+                  table(["run", "calls/s", "p50 µs", "p99 µs", "proxy CPU %", "upstream CPU %", "driver CPU %", "errors"], rows), ""]
 
     au = r.get("audit", {})
     if "audit_on_disk" in au:
