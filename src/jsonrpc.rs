@@ -149,20 +149,27 @@ pub enum FrameError {
         "invalid params: `params` must be an object (MCP passes parameters by name, never by position), not {got}"
     )]
     ParamsNotObject { id: Option<Id>, got: &'static str },
-    /// serde_json (with `arbitrary_precision`, which keeps numbers exactly
-    /// as written) reads an object whose only key is this token as a
-    /// number: `{"amount":{"$serde_json::private::Number":"5"}}` would show
-    /// an approver and a condition `5` while the upstream gets an object.
-    #[error("invalid request: the key `{RESERVED_KEY}` is reserved")]
-    ReservedKey,
+    /// serde_json reads an object whose only key is one of its private
+    /// tokens as something else: with `arbitrary_precision` (numbers kept
+    /// exactly as written) `{"amount":{"$serde_json::private::Number":"5"}}`
+    /// is the number `5`, and with `raw_value`
+    /// `{"$serde_json::private::RawValue":"\"/etc\""}` is the JSON text in
+    /// the string. An approver and a condition would see one value while the
+    /// upstream gets an object.
+    #[error("invalid request: the key `{0}` is reserved")]
+    ReservedKey(&'static str),
     #[error(
         "parse error: a string holds a lone surrogate escape (\\uD800-\\uDFFF without its pair); JSON parsers disagree on such strings"
     )]
     LoneSurrogate,
 }
 
-/// The key serde_json uses internally for arbitrary-precision numbers.
-pub const RESERVED_KEY: &str = "$serde_json::private::Number";
+/// The keys serde_json reads as something other than an object's key:
+/// arbitrary-precision numbers and raw values (both features are on).
+pub const RESERVED_KEYS: [&str; 2] = [
+    "$serde_json::private::Number",
+    "$serde_json::private::RawValue",
+];
 
 impl FrameError {
     /// The JSON-RPC error code for this framing problem.
@@ -246,7 +253,7 @@ impl Message {
         }
         let scanned = scan::scan(text).map_err(|e| match e {
             ScanError::Syntax(why) => FrameError::NotJson(why),
-            ScanError::ReservedKey => FrameError::ReservedKey,
+            ScanError::ReservedKey(key) => FrameError::ReservedKey(key),
             ScanError::LoneSurrogate => FrameError::LoneSurrogate,
         })?;
         let at = |span: Span| &text[span.start..span.end];

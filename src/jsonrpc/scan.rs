@@ -171,16 +171,29 @@ pub struct Scanned {
 pub enum ScanError {
     /// Not JSON, or an envelope serde would not read.
     Syntax(String),
-    /// A string decodes to serde_json's private number key.
-    ReservedKey,
+    /// A string decodes to one of serde_json's private tokens.
+    ReservedKey(&'static str),
     /// A string holds a `\uD800`–`\uDFFF` escape without its pair.
     LoneSurrogate,
 }
 
 type R<T> = Result<T, ScanError>;
 
-/// The key serde_json (with `arbitrary_precision`) reads as a number.
-const RESERVED: &[u8] = super::RESERVED_KEY.as_bytes();
+/// The keys serde_json reads as a number or as raw JSON text.
+const RESERVED: [&str; 2] = super::RESERVED_KEYS;
+
+/// Which reserved key `decoded` is, if any.
+fn reserved(decoded: &[u8]) -> Option<&'static str> {
+    RESERVED.into_iter().find(|key| key.as_bytes() == decoded)
+}
+
+/// Escapes only lengthen a string: only a raw text this long can decode to
+/// a reserved key.
+fn may_decode_to_reserved(raw_len: usize) -> bool {
+    let shortest = RESERVED.iter().map(|k| k.len()).min().unwrap_or(0);
+    let longest = RESERVED.iter().map(|k| k.len()).max().unwrap_or(0);
+    (shortest..=longest * 6).contains(&raw_len)
+}
 
 /// serde_json's default recursion limit, kept for `arguments` (where the
 /// repeated-key walk used serde_json and so refused deeper nesting).
@@ -750,17 +763,21 @@ impl<'a> Scanner<'a> {
                     }
                     let reserved = match &decoded {
                         None if escaped => {
-                            // Escapes only lengthen a string: only a raw text
-                            // this long can decode to the reserved key.
-                            (RESERVED.len()..=RESERVED.len() * 6).contains(&(end - start))
-                                && serde_json::from_str::<String>(&self.text[start - 1..=end])
-                                    .is_ok_and(|d| d.as_bytes() == RESERVED)
+                            if may_decode_to_reserved(end - start) {
+                                serde_json::from_str::<String>(&self.text[start - 1..=end])
+                                    .ok()
+                                    .and_then(|d| reserved(d.as_bytes()))
+                            } else {
+                                None
+                            }
                         }
-                        None => &self.b[start..end] == RESERVED,
-                        Some(d) => d.as_bytes() == RESERVED,
+                        None => reserved(&self.b[start..end]),
+                        Some(d) => reserved(d.as_bytes()),
                     };
-                    if reserved && self.string_issue.is_none() {
-                        self.string_issue = Some(ScanError::ReservedKey);
+                    if let Some(key) = reserved
+                        && self.string_issue.is_none()
+                    {
+                        self.string_issue = Some(ScanError::ReservedKey(key));
                     }
                     return Ok(Str {
                         span: Span { start, end },

@@ -196,10 +196,45 @@ fn serde_jsons_number_token_is_refused_in_any_spelling() {
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"amount":{"\u0024serde_json::private::Number":"5"}}}}"#,
         r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":["$serde_json::private::Number"]}}"#,
     ] {
-        assert_eq!(parse(body).unwrap_err(), FrameError::ReservedKey, "{body}");
+        let err = parse(body).unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::ReservedKey("$serde_json::private::Number"),
+            "{body}"
+        );
+        assert!(err.to_string().contains("$serde_json::private::Number"));
     }
     // A `$` elsewhere, escapes elsewhere and real big numbers are fine.
     let ok = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"$ref":"a\u0024b","n":123456789012345678901234567890,"q":"say \"hi\""}}}"#;
+    assert!(parse(ok).is_ok());
+}
+
+#[test]
+fn serde_jsons_raw_value_token_is_refused_in_any_spelling() {
+    // With raw_value, serde_json reads {"<token>":"<json text>"} as the JSON
+    // in the string: a condition would see "/etc/passwd" (or `2026`, from
+    // "2026-07-28", with an error) where the upstream gets an object.
+    // Found by the line_framing_stateless fuzz target.
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","arguments":{"path":{"$serde_json::private::RawValue":"\"/etc/passwd\""}}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"$serde_json::private::RawValue":"2026-07-28"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"\u0024serde_json::private::Raw\u0056alue":1}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"a":"$serde_json::private::RawValue"}}"#,
+    ] {
+        let err = parse(body).unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::ReservedKey("$serde_json::private::RawValue"),
+            "{body}"
+        );
+        assert_eq!(err.code(), code::INVALID_REQUEST);
+    }
+    // What the fuzz target compared: serde_json really reads it otherwise.
+    let value: Result<serde_json::Value, _> =
+        serde_json::from_str(r#"{"$serde_json::private::RawValue":"\"x\""}"#);
+    assert_eq!(value.unwrap(), serde_json::json!("x"));
+    // Near misses pass.
+    let ok = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"$serde_json::private::RawValu":1,"x":"$serde_json::private::"}}"#;
     assert!(parse(ok).is_ok());
 }
 
@@ -503,7 +538,10 @@ fn strings_of_every_length_are_scanned_to_their_end() {
     }
     // A skipped value that spells the reserved key with escapes is found too.
     let spelled = r#"{"jsonrpc":"2.0","id":1,"result":{"a":"\u0024serde_json::private::Number"}}"#;
-    assert_eq!(parse(spelled).unwrap_err(), FrameError::ReservedKey);
+    assert_eq!(
+        parse(spelled).unwrap_err(),
+        FrameError::ReservedKey("$serde_json::private::Number")
+    );
 }
 
 #[test]
