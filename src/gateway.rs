@@ -672,7 +672,7 @@ impl Gateway {
         match message.method() {
             Some("tools/call") => self.forward_call(ctx, message, headers).await,
             Some("tasks/get" | "tasks/cancel" | "tasks/update") => {
-                match crate::tasks::answer(self, ctx, &message).await {
+                match Box::pin(crate::tasks::answer(self, ctx, &message)).await {
                     Some(answer) => Ok(answer),
                     None => Ok(Exchange::plain(
                         self.upstream_request(&ctx.link, message, headers).await?,
@@ -795,9 +795,12 @@ impl Gateway {
             let (state, tool) = (state.to_owned(), tool.to_owned());
             let arguments = arguments.map(str::to_owned);
             drop(peek);
-            return crate::hold::elicit_retry(
+            // Boxed, like every path that is not an allowed call: the call's
+            // future is moved by value a few times per request, and an inline
+            // hold or retry state would make it kilobytes larger for all calls.
+            return Box::pin(crate::hold::elicit_retry(
                 self, ctx, message, headers, &state, &tool, arguments,
-            )
+            ))
             .await;
         }
         let policy = ctx.upstream.policy();
@@ -833,7 +836,7 @@ impl Gateway {
             }
         };
         let decision = match judged {
-            Ok(admitted) => self.spend_shared(ctx, tool, admitted).await,
+            Ok(admitted) => Box::pin(self.spend_shared(ctx, tool, admitted)).await,
             Err(decided) => decided,
         };
         let mut note = None;
@@ -956,7 +959,7 @@ impl Gateway {
                 .await;
                 let tool = tool.to_owned();
                 drop(peek);
-                Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
+                Ok(Box::pin(self.hidden_answer(ctx, &message, &tool, headers)).await)
             }
             CallDecision::Refuse(refusal) => {
                 self.record_outcome(
@@ -978,7 +981,7 @@ impl Gateway {
                     .await;
                 let tool = tool.to_owned();
                 drop(peek);
-                Ok(self.hidden_answer(ctx, &message, &tool, headers).await)
+                Ok(Box::pin(self.hidden_answer(ctx, &message, &tool, headers)).await)
             }
             CallDecision::NeedsApproval { rule, .. }
                 if peek.request_state.as_deref().is_some_and(|state| {
@@ -1018,9 +1021,9 @@ impl Gateway {
                 let tool = tool.to_owned();
                 let arguments = arguments.map(str::to_owned);
                 drop(peek);
-                crate::hold::hold_call(
+                Box::pin(crate::hold::hold_call(
                     self, ctx, message, headers, tool, arguments, rule, reason, approval,
-                )
+                ))
                 .await
             }
         }
