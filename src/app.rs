@@ -466,7 +466,6 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(gw.shutdown.clone());
     tokio::spawn(gw.clone().reap_idle_sessions());
     tokio::spawn(crate::power::maintain_grants(gw.clone()));
-    tokio::spawn(crate::memory::release_freed_memory(gw.shutdown.clone()));
     if gw.config.oidc.is_some() {
         tokio::spawn(crate::oidc::check_provider(gw.clone()));
     }

@@ -439,6 +439,8 @@ fn write_loop(
         let mut closed = false;
         let mut probe = false;
         let first = if retry.is_empty() && healthy {
+            // About to wait: give back what the last batches freed (rate-limited).
+            crate::memory::collect_when_idle();
             match rx.blocking_recv() {
                 Some(command) => Some(command),
                 None => return,

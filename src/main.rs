@@ -11,7 +11,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = airlock::cli::Cli::parse();
     airlock::app::init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // What `Runtime::new()` builds, plus: an idle worker hands freed memory
+    // back (src/memory.rs).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(airlock::memory::collect_when_idle)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             airlock::app::complain(format_args!("airlock: cannot start the async runtime: {e}"));
