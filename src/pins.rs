@@ -634,10 +634,12 @@ mod tests {
 
     #[test]
     fn pins_survive_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("airlock-pins-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("a.db.pins.json");
-        let _ = std::fs::remove_file(&path);
+        // Deleted with everything in it when `dir` drops at the end of the test.
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-pins-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("a.db.pins.json");
         let pins = Pins::open(path.clone()).unwrap();
         pins.observe("up", &[tool("one")]);
         pins.observe("up", &[tool("two")]);

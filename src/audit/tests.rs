@@ -1,7 +1,12 @@
 use super::*;
 
-fn temp_db() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("airlock-audit-test-{}.db", uuid::Uuid::new_v4()))
+/// A directory of the test's own, deleted with everything in it (the db, -wal, -shm)
+/// when the returned value is dropped: keep it bound until the test ends.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("airlock-audit-test-")
+        .tempdir()
+        .unwrap()
 }
 
 fn allowed(tool: &str, args: &str) -> Record {
@@ -15,7 +20,8 @@ fn allowed(tool: &str, args: &str) -> Record {
 
 #[tokio::test]
 async fn rows_are_chained_redacted_and_verifiable() {
-    let path = temp_db();
+    let dir = scratch();
+    let path = dir.path().join("audit.db");
     let audit = Audit::open(&path, Redactor::new(&["password"], false).unwrap()).unwrap();
     for i in 0..10 {
         audit
@@ -51,7 +57,8 @@ async fn rows_are_chained_redacted_and_verifiable() {
 
 #[tokio::test]
 async fn editing_a_row_breaks_the_chain_at_that_row() {
-    let path = temp_db();
+    let dir = scratch();
+    let path = dir.path().join("audit.db");
     let audit = Audit::open(&path, Redactor::none()).unwrap();
     for _ in 0..5 {
         audit.record(allowed("echo", "{}")).await;
@@ -70,7 +77,8 @@ async fn editing_a_row_breaks_the_chain_at_that_row() {
 
 #[tokio::test]
 async fn filters_and_cursor_pagination() {
-    let path = temp_db();
+    let dir = scratch();
+    let path = dir.path().join("audit.db");
     let audit = Audit::open(&path, Redactor::none()).unwrap();
     for i in 0..7 {
         audit
@@ -92,7 +100,8 @@ async fn filters_and_cursor_pagination() {
 
 #[tokio::test]
 async fn exports_round_trip() {
-    let path = temp_db();
+    let dir = scratch();
+    let path = dir.path().join("audit.db");
     let audit = Audit::open(&path, Redactor::none()).unwrap();
     audit
         .record(allowed("echo", r#"{"text":"a,\"b\"\nc"}"#))
@@ -137,7 +146,8 @@ fn csv_cells_that_a_spreadsheet_would_run_are_quoted_as_text() {
 
 #[tokio::test]
 async fn csv_export_neutralises_formulas_and_jsonl_stays_exact() {
-    let path = temp_db();
+    let dir = scratch();
+    let path = dir.path().join("audit.db");
     let audit = Audit::open(&path, Redactor::none()).unwrap();
     audit
         .record(Record {

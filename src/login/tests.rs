@@ -204,7 +204,12 @@ fn a_logged_out_sso_cookie_is_refused() {
 #[test]
 fn expired_logouts_are_purged_from_the_store_and_live_ones_kept() {
     use crate::audit::{AuditBackend, Sqlite};
-    let path = std::env::temp_dir().join(format!("airlock-logouts-{}.db", uuid::Uuid::new_v4()));
+    // Deleted, with the store's -wal and -shm, when `dir` drops at the end of the test.
+    let dir = tempfile::Builder::new()
+        .prefix("airlock-logouts-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("logouts.db");
     let mut db = Sqlite::open(&path).unwrap();
     db.set_meta("logout:old", "1000").unwrap();
     db.set_meta("logout:live", "3000").unwrap();
@@ -217,5 +222,4 @@ fn expired_logouts_are_purged_from_the_store_and_live_ones_kept() {
     assert_eq!(db.meta("logout:live").unwrap().as_deref(), Some("3000"));
     assert_eq!(db.meta("slack_key").unwrap().as_deref(), Some("unrelated"));
     assert_eq!(live_logouts(&mut db, 2000).unwrap().len(), 1, "idempotent");
-    let _ = std::fs::remove_file(&path);
 }

@@ -61,6 +61,7 @@ after(async () => {
   await browser?.close();
   await stopProcess(gw.proc);
   gw.log?.end();
+  if (gw.dir) fs.rmSync(gw.dir, { recursive: true, force: true });
 });
 
 /** A connected SDK client whose elicitation handler is `answer(request, extra)`. */

@@ -89,6 +89,7 @@ after(async () => {
   await browser?.close();
   for (const p of [gw.proc, gw.server]) await stopProcess(p);
   gw.log?.end();
+  if (gw.dir) fs.rmSync(gw.dir, { recursive: true, force: true });
 });
 
 async function api(method, p, body, token = tokens.admin) {

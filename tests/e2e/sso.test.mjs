@@ -109,6 +109,7 @@ after(async () => {
       await exited;
     }
     gw.log.end();
+    fs.rmSync(gw.dir, { recursive: true, force: true });
   }
   await idp?.close();
   await idpUserinfo?.close();

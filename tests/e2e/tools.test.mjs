@@ -70,6 +70,7 @@ after(async () => {
   await browser?.close();
   await stopProcess(gw.proc);
   gw.log?.end();
+  if (gw.dir) fs.rmSync(gw.dir, { recursive: true, force: true });
 });
 
 async function newPage(role, viewport = { width: 1280, height: 800 }, scheme = 'light') {

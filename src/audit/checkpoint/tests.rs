@@ -1,19 +1,24 @@
 use super::*;
 use crate::audit::{Audit, Record, Redactor, Sqlite, row_hash, verify};
 
-fn temp_db() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "airlock-checkpoint-test-{}.db",
-        uuid::Uuid::new_v4()
-    ))
+/// A directory of the test's own, deleted with everything in it (the store, its
+/// -wal and -shm, keys, checkpoints, symlinks) when the returned value is dropped:
+/// keep it bound until the test ends.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("airlock-checkpoint-test-")
+        .tempdir()
+        .unwrap()
 }
 
 fn signer() -> Signer {
     Signer::from_seed(&[7u8; 32])
 }
 
-async fn store_with_rows(n: usize) -> (PathBuf, Audit) {
-    let path = temp_db();
+/// A store of `n` rows in a scratch directory, which the caller keeps until it is done.
+async fn store_with_rows(n: usize) -> (tempfile::TempDir, PathBuf, Audit) {
+    let dir = scratch();
+    let path = dir.path().join("audit.db");
     let audit = Audit::open(&path, Redactor::none()).unwrap();
     for i in 0..n {
         audit
@@ -26,7 +31,7 @@ async fn store_with_rows(n: usize) -> (PathBuf, Audit) {
             .await;
     }
     audit.flush().await;
-    (path, audit)
+    (dir, path, audit)
 }
 
 /// Signs the current head of the store, as the gateway does.
@@ -135,7 +140,8 @@ fn keys_are_read_as_hex_or_base64() {
 #[test]
 fn a_key_is_generated_once_private_and_then_reused() {
     use std::os::unix::fs::PermissionsExt;
-    let audit = temp_db();
+    let dir = scratch();
+    let audit = dir.path().join("audit.db");
     let (first, source) = load_signer(None, None, &audit, true).unwrap();
     let key_path = default_key_path(&audit);
     assert_eq!(source, KeySource::Generated(key_path.clone()));
@@ -150,7 +156,7 @@ fn a_key_is_generated_once_private_and_then_reused() {
         (from_env.public_key(), source),
         (signer().public_key(), KeySource::Env)
     );
-    let missing = load_signer(None, None, &temp_db(), false).unwrap_err();
+    let missing = load_signer(None, None, &dir.path().join("other.db"), false).unwrap_err();
     assert!(
         matches!(missing, CheckpointError::NoKey { .. }),
         "{missing}"
@@ -159,7 +165,7 @@ fn a_key_is_generated_once_private_and_then_reused() {
 
 #[tokio::test]
 async fn an_untouched_store_matches_its_checkpoints() {
-    let (path, audit) = store_with_rows(3).await;
+    let (_dir, path, audit) = store_with_rows(3).await;
     let s = signer();
     let early = checkpoint_line(&path, &s);
     for _ in 0..2 {
@@ -181,7 +187,7 @@ async fn an_untouched_store_matches_its_checkpoints() {
 
 #[tokio::test]
 async fn removing_the_last_rows_is_caught_by_an_earlier_checkpoint() {
-    let (path, _audit) = store_with_rows(5).await;
+    let (_dir, path, _audit) = store_with_rows(5).await;
     let s = signer();
     let text = checkpoint_line(&path, &s);
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -205,7 +211,7 @@ async fn removing_the_last_rows_is_caught_by_an_earlier_checkpoint() {
 
 #[tokio::test]
 async fn rewriting_and_rehashing_the_chain_is_caught() {
-    let (path, _audit) = store_with_rows(4).await;
+    let (_dir, path, _audit) = store_with_rows(4).await;
     let s = signer();
     let text = checkpoint_line(&path, &s);
     rewrite_and_rehash(&path, "UPDATE audit SET tool = 'innocent' WHERE seq = 2");
@@ -223,7 +229,7 @@ async fn rewriting_and_rehashing_the_chain_is_caught() {
 
 #[tokio::test]
 async fn a_forged_or_garbled_line_is_named() {
-    let (path, _audit) = store_with_rows(2).await;
+    let (_dir, path, _audit) = store_with_rows(2).await;
     let good = signer();
     let forger = Signer::from_seed(&[9u8; 32]);
     let text = format!(
@@ -247,7 +253,7 @@ async fn a_forged_or_garbled_line_is_named() {
 
 #[tokio::test]
 async fn the_publisher_signs_only_when_the_head_moved() {
-    let (path, audit) = store_with_rows(2).await;
+    let (_dir, path, audit) = store_with_rows(2).await;
     let file = checkpoints_path(&path);
     let publisher = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
     assert_eq!(publisher.checkpoint().await.map(|c| c.seq), Some(2));
@@ -307,7 +313,7 @@ fn signing_and_verifying_refuse_an_ambiguous_or_invalid_head() {
 
 #[tokio::test]
 async fn a_checkpoint_line_with_an_invalid_seq_is_named_not_a_panic() {
-    let (path, _audit) = store_with_rows(1).await;
+    let (_dir, path, _audit) = store_with_rows(1).await;
     let line = format!(
         r#"{{"seq":{},"hash":"{}","time":"2026-11-25T10:00:00.000Z","public_key":"{}","signature":"{}"}}"#,
         i64::MIN,
@@ -333,10 +339,12 @@ fn write_key(path: &Path, mode: u32) {
 
 #[test]
 fn a_key_file_others_may_read_is_refused_with_the_fix() {
-    let key = temp_db().with_extension("key");
+    let dir = scratch();
+    let key = dir.path().join("signing.key");
+    let audit = dir.path().join("audit.db");
     for mode in [0o640, 0o604, 0o660, 0o610] {
         write_key(&key, mode);
-        let refused = load_signer(None, Some(&key), &temp_db(), false).unwrap_err();
+        let refused = load_signer(None, Some(&key), &audit, false).unwrap_err();
         assert!(
             matches!(refused, CheckpointError::KeyTooOpen { .. }),
             "{mode:o}: {refused}"
@@ -348,18 +356,20 @@ fn a_key_file_others_may_read_is_refused_with_the_fix() {
         );
     }
     write_key(&key, 0o400);
-    let (accepted, source) = load_signer(None, Some(&key), &temp_db(), false).unwrap();
+    let (accepted, source) = load_signer(None, Some(&key), &audit, false).unwrap();
     assert_eq!(accepted.public_key(), signer().public_key());
     assert_eq!(source, KeySource::File(key));
 }
 
 #[test]
 fn a_key_file_behind_a_symlink_is_refused() {
-    let key = temp_db().with_extension("key");
+    let dir = scratch();
+    let key = dir.path().join("signing.key");
+    let audit = dir.path().join("audit.db");
     write_key(&key, 0o600);
-    let link = temp_db().with_extension("link");
+    let link = dir.path().join("signing.link");
     std::os::unix::fs::symlink(&key, &link).unwrap();
-    let refused = load_signer(None, Some(&link), &temp_db(), false).unwrap_err();
+    let refused = load_signer(None, Some(&link), &audit, false).unwrap_err();
     assert!(
         matches!(refused, CheckpointError::KeyIsSymlink { .. }),
         "{refused}"
@@ -369,14 +379,16 @@ fn a_key_file_behind_a_symlink_is_refused() {
 
 #[test]
 fn a_key_file_owned_by_another_user_is_refused() {
-    let key = temp_db().with_extension("key");
+    let dir = scratch();
+    let key = dir.path().join("signing.key");
+    let audit = dir.path().join("audit.db");
     write_key(&key, 0o600);
     if !nix::unistd::geteuid().is_root() {
         // Only root can give a file away; as anyone else the check is not reachable here.
         return;
     }
     std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
-    let refused = load_signer(None, Some(&key), &temp_db(), false).unwrap_err();
+    let refused = load_signer(None, Some(&key), &audit, false).unwrap_err();
     assert!(
         matches!(refused, CheckpointError::KeyNotOwned { owner: 65534, .. }),
         "{refused}"
@@ -385,7 +397,8 @@ fn a_key_file_owned_by_another_user_is_refused() {
 
 #[test]
 fn a_planted_default_key_is_checked_not_silently_loaded() {
-    let audit = temp_db();
+    let dir = scratch();
+    let audit = dir.path().join("audit.db");
     let key = default_key_path(&audit);
     write_key(&key, 0o644);
     let refused = load_signer(None, None, &audit, true).unwrap_err();
@@ -400,7 +413,7 @@ fn a_planted_default_key_is_checked_not_silently_loaded() {
         "{refused}"
     );
     std::fs::remove_file(&key).unwrap();
-    let elsewhere = temp_db();
+    let elsewhere = dir.path().join("elsewhere.key");
     write_key(&elsewhere, 0o600);
     std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
     let refused = generate_key(&key).unwrap_err();
@@ -416,7 +429,7 @@ fn line_count(file: &Path) -> usize {
 
 #[tokio::test]
 async fn the_publisher_refuses_to_sign_a_rewritten_history() {
-    let (path, audit) = store_with_rows(4).await;
+    let (_dir, path, audit) = store_with_rows(4).await;
     let file = checkpoints_path(&path);
     let publisher = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
     assert_eq!(publisher.checkpoint().await.map(|c| c.seq), Some(4));
@@ -437,7 +450,7 @@ async fn the_publisher_refuses_to_sign_a_rewritten_history() {
 #[tokio::test]
 async fn the_publisher_refuses_after_rows_were_removed_or_a_later_row_changed() {
     // Rows removed from the end, then new ones written past the signed seq.
-    let (path, audit) = store_with_rows(4).await;
+    let (_dir, path, audit) = store_with_rows(4).await;
     let publisher = publish::Publisher::new(audit.clone(), signer(), checkpoints_path(&path), None);
     publisher.checkpoint().await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -448,7 +461,7 @@ async fn the_publisher_refuses_after_rows_were_removed_or_a_later_row_changed() 
     assert_eq!(audit.checkpoint_refusals(), 2);
 
     // A row after the signed one changed (not re-hashed): the chain to the new head is broken.
-    let (path, audit) = store_with_rows(2).await;
+    let (_dir, path, audit) = store_with_rows(2).await;
     let publisher = publish::Publisher::new(audit.clone(), signer(), checkpoints_path(&path), None);
     publisher.checkpoint().await.unwrap();
     add_rows(&audit, 2).await;
@@ -462,7 +475,7 @@ async fn the_publisher_refuses_after_rows_were_removed_or_a_later_row_changed() 
 
 #[tokio::test]
 async fn a_rewrite_between_runs_is_caught_at_the_first_checkpoint_after_restart() {
-    let (path, audit) = store_with_rows(3).await;
+    let (_dir, path, audit) = store_with_rows(3).await;
     let file = checkpoints_path(&path);
     let publisher = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
     publisher.checkpoint().await.unwrap();
@@ -477,15 +490,15 @@ async fn a_rewrite_between_runs_is_caught_at_the_first_checkpoint_after_restart(
 
 #[tokio::test]
 async fn a_failed_append_is_retried_at_the_next_checkpoint() {
-    let (path, audit) = store_with_rows(2).await;
-    let dir = temp_db();
-    let file = dir.join("airlock.db.checkpoints");
+    let (dir, path, audit) = store_with_rows(2).await;
+    let later = dir.path().join("later");
+    let file = later.join("airlock.db.checkpoints");
     let publisher = publish::Publisher::new(audit.clone(), signer(), file.clone(), None);
     assert!(
         publisher.checkpoint().await.is_none(),
         "the directory is missing"
     );
-    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir(&later).unwrap();
     assert_eq!(publisher.checkpoint().await.map(|c| c.seq), Some(2));
     assert_eq!(line_count(&file), 1);
     let mut db = Sqlite::open_existing(&path).unwrap();
