@@ -46,8 +46,8 @@ fn python() -> Option<PathBuf> {
 struct Target {
     name: String,
     client: Client,
-    /// Where an HTTP client connects, just before its warm-up (uvicorn closes
-    /// a keep-alive connection after 5 s idle; starting node takes longer).
+    /// Where an HTTP client connects, once every server has started (uvicorn
+    /// closes a keep-alive connection after 5 s idle; starting node takes longer).
     connect: Option<(SocketAddr, &'static str)>,
     /// `echo`'s argument object for call `n` (the Python SDK server takes
     /// `text`, server-everything `message`).
@@ -240,16 +240,28 @@ pub async fn sdk(o: &Opts) -> io::Result<Value> {
     eprintln!(
         "[bench] sdk: sequential allowed tools/call to the SDK servers, direct vs through Airlock"
     );
-    let warmup = o.seq_warmup.min(300) as u64;
     for t in targets.iter_mut() {
         if let Some((addr, path)) = t.connect {
             t.client = Client::Http(Mcp::connect(addr, path).await?);
         }
-        for n in 1..=warmup {
-            t.call(n)
-                .await
-                .map_err(|e| bad(format!("{}: {e}", t.name)))?;
+    }
+    // Warm up in the same interleaved blocks as the measurement, so that no
+    // keep-alive connection (the client's, or Airlock's to the upstream)
+    // idles for longer than one round: one target after another, 300 calls
+    // each, left the first idle for over 5 s on a slow day, and uvicorn
+    // closed it.
+    let warmup = o.seq_warmup.min(300) as u64;
+    let mut n = 0u64;
+    while n < warmup {
+        let upto = (n + block as u64).min(warmup);
+        for t in targets.iter_mut() {
+            for k in n + 1..=upto {
+                t.call(k)
+                    .await
+                    .map_err(|e| bad(format!("{} (warm-up): {e}", t.name)))?;
+            }
         }
+        n = upto;
     }
     let mut before = Vec::new();
     for (_, addr) in &gateways {
