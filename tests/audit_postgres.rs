@@ -322,6 +322,11 @@ async fn a_writer_behind_a_held_chain_lock_fails_closed_then_recovers() {
     );
     assert!(refused.to_string().contains("lock"), "{refused}");
     assert!(!audit.is_healthy());
+    // The writer probes a failing store every second. The probe must need
+    // the chain lock as an append does: a plain write would succeed here
+    // and report the store healthy while every append still fails.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(!audit.is_healthy(), "a probe ignored the held chain lock");
     frozen.batch_execute("ROLLBACK").await.unwrap();
     audit
         .commit(row("a", 2))

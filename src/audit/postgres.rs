@@ -420,8 +420,26 @@ impl AuditBackend for Postgres {
         })
     }
 
+    /// Proves what an append needs: the chain's lock (within the same
+    /// `lock_timeout`) and a write. A store that accepts writes while
+    /// another replica is frozen holding the lock is not healthy for us:
+    /// our next append would fail the same way.
     fn probe(&mut self) -> Result<(), AuditError> {
-        self.set_meta("health_probe", &chrono::Utc::now().to_rfc3339())
+        let now = chrono::Utc::now().to_rfc3339();
+        self.block(async |client| {
+            let tx = client.transaction().await.map_err(sql)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+                .await
+                .map_err(sql)?;
+            tx.execute(
+                "INSERT INTO airlock_audit_meta (key, value) VALUES ('health_probe', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&now],
+            )
+            .await
+            .map_err(sql)?;
+            tx.commit().await.map_err(sql)
+        })
     }
 
     fn query(&mut self, filter: &Filter, newest_first: bool) -> Result<Vec<Entry>, AuditError> {
