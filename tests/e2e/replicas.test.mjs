@@ -64,7 +64,17 @@ class PgCluster {
     return spawnSync(cmd, argv, { encoding: 'utf8' });
   }
 
+  /** Starts the cluster; if it cannot, removes its directory before failing. */
   async start() {
+    try {
+      return await this.startOrThrow();
+    } catch (e) {
+      this.stop();
+      throw e;
+    }
+  }
+
+  async startOrThrow() {
     const data = path.join(this.dir, 'data');
     const init = this.run('initdb', '-D', data, '-U', 'airlock', '--auth=trust', '-E', 'UTF8', '--no-sync');
     assert.equal(init.status, 0, `initdb failed: ${init.stderr}`);
@@ -74,7 +84,8 @@ class PgCluster {
       const started = this.run('pg_ctl', '-D', data, '-l', path.join(this.dir, 'log'), '-o', opts, '-w', '-t', '30', 'start');
       if (started.status === 0) return this;
     }
-    throw new Error(`PostgreSQL did not start: ${fs.readFileSync(path.join(this.dir, 'log'), 'utf8')}`);
+    const log = path.join(this.dir, 'log');
+    throw new Error(`PostgreSQL did not start: ${fs.existsSync(log) ? fs.readFileSync(log, 'utf8') : '(no log)'}`);
   }
 
   get url() { return `postgres://airlock@127.0.0.1:${this.port}/postgres`; }
