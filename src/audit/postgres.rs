@@ -144,6 +144,19 @@ async fn open_client(target: &Target) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// A transaction holding the advisory lock `lock` until it ends (commit or
+/// rollback release it), waiting at most the connection's `lock_timeout`.
+async fn locked_transaction(
+    client: &mut Client,
+    lock: i64,
+) -> Result<tokio_postgres::Transaction<'_>, AuditError> {
+    let tx = client.transaction().await.map_err(sql)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await
+        .map_err(sql)?;
+    Ok(tx)
+}
+
 fn sql(e: tokio_postgres::Error) -> AuditError {
     // tokio-postgres errors never carry the connection string.
     AuditError::Unavailable(match e.as_db_error() {
@@ -238,10 +251,7 @@ impl Postgres {
 
     fn migrate(&mut self) -> Result<(), AuditError> {
         self.block(async |client| {
-            let tx = client.transaction().await.map_err(sql)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await
-                .map_err(sql)?;
+            let tx = locked_transaction(client, MIGRATION_LOCK).await?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS airlock_audit_schema (
                     version    integer PRIMARY KEY,
@@ -353,10 +363,7 @@ impl AuditBackend for Postgres {
         seal: &mut dyn FnMut(usize, i64, &str) -> Sealed,
     ) -> Result<Vec<Entry>, AuditError> {
         self.block(async |client| {
-            let tx = client.transaction().await.map_err(sql)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-                .await
-                .map_err(sql)?;
+            let tx = locked_transaction(client, AUDIT_LOCK).await?;
             let (mut seq, mut prev): (i64, String) = match tx
                 .query_opt(
                     "SELECT seq, hash FROM airlock_audit ORDER BY seq DESC LIMIT 1",
@@ -427,10 +434,7 @@ impl AuditBackend for Postgres {
     fn probe(&mut self) -> Result<(), AuditError> {
         let now = chrono::Utc::now().to_rfc3339();
         self.block(async |client| {
-            let tx = client.transaction().await.map_err(sql)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-                .await
-                .map_err(sql)?;
+            let tx = locked_transaction(client, AUDIT_LOCK).await?;
             tx.execute(
                 "INSERT INTO airlock_audit_meta (key, value) VALUES ('health_probe', $1) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
