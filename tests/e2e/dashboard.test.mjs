@@ -42,7 +42,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, ROOT, CHROMIUM, EVERYTHING, chromium, sleep, freePort, waitHealthy, readRpc, McpClient } from './lib.mjs';
+import { HERE, ROOT, EVERYTHING, sleep, freePort, waitHealthy, readRpc, McpClient, launchBrowser } from './lib.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const POLICY = path.join(HERE, 'policy.json');
@@ -225,11 +225,7 @@ before(async () => {
     gw.canRestart = !!(process.env.AIRLOCK_STOP_CMD && process.env.AIRLOCK_START_CMD);
     await waitHealthy(gw.url);
   }
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { HERE, ROOT, CHROMIUM, chromium, freePort, serveGateway, stopProcess } from './lib.mjs';
+import { HERE, ROOT, freePort, serveGateway, stopProcess, launchBrowser } from './lib.mjs';
 
 const SDK = path.join(ROOT, 'tests/node/node_modules/@modelcontextprotocol/sdk/dist/esm');
 const { Client } = await import(pathToFileURL(path.join(SDK, 'client/index.js')).href);
@@ -54,7 +54,7 @@ before(async () => {
   ].join('\n'));
   const port = await freePort();
   await serveGateway(gw, config, port, { T_APPROVER: TOKEN });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  browser = await launchBrowser();
 });
 
 after(async () => {

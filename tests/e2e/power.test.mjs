@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, McpClient, serveGateway, stopProcess } from './lib.mjs';
+import { HERE, ROOT, sleep, freePort, McpClient, serveGateway, stopProcess, launchBrowser } from './lib.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const DOCS_IMG = path.join(ROOT, 'docs', 'img');
@@ -82,7 +82,7 @@ before(async () => {
   ].join('\n'));
   const port = await freePort();
   await serveGateway(gw, config, port, { T_ADMIN: tokens.admin, T_APPROVER: tokens.approver, T_OTHER: tokens.other });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  browser = await launchBrowser();
 });
 
 after(async () => {

@@ -28,7 +28,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, CHROMIUM, EVERYTHING, chromium, sleep, freePort, waitHealthy, McpClient } from './lib.mjs';
+import { HERE, EVERYTHING, sleep, freePort, waitHealthy, McpClient, launchBrowser } from './lib.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const BIN = process.env.AIRLOCK_BIN;
@@ -153,11 +153,7 @@ before(async () => {
   pg = await new PgCluster().start();
   await startReplica('a');
   await startReplica('b');
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {

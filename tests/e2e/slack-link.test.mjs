@@ -29,7 +29,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, CHROMIUM, EVERYTHING, chromium, sleep, freePort, waitHealthy, McpClient } from './lib.mjs';
+import { HERE, EVERYTHING, sleep, freePort, waitHealthy, McpClient, launchBrowser } from './lib.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const BIN = process.env.AIRLOCK_BIN;
@@ -152,11 +152,7 @@ before(async () => {
   });
   gw.proc.stdout.pipe(gw.log, { end: false });
   gw.proc.stderr.pipe(gw.log, { end: false });
-  const launched = chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const launched = launchBrowser();
   await waitHealthy(gw.base, { ms: 15000, proc: gw.proc, log: path.join(ARTIFACTS, 'slack-gateway.log') });
   browser = await launched;
 });

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, waitHealthy } from './lib.mjs';
+import { HERE, ROOT, sleep, freePort, waitHealthy, launchBrowser } from './lib.mjs';
 import { startIdp, USERS } from './idp.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
@@ -97,7 +97,7 @@ before(async () => {
   main = await startGateway('main', p1, 3600);
   short = await startGateway('short', p2, SHORT_TTL, idpUserinfo);
   wrongSecret = await startGateway('wrong-secret', p3, 3600, idp, 'not-the-client-secret');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  browser = await launchBrowser();
 });
 
 after(async () => {
@@ -141,9 +141,16 @@ async function signInAtProvider(page, user) {
   await page.locator('input[name="login"]').fill(user);
   await page.locator('input[name="password"]').fill('any-password');
   await page.locator('button[type="submit"]', { hasText: 'Sign-in' }).click();
+  // The provider answers with its consent page or straight back to the
+  // gateway; wait for one of the two. (A URL test cannot tell: the login page
+  // and the consent page are both /interaction/<uid>, so it passed on the
+  // login page before the form's navigation and the consent went unclicked.)
   const consent = page.locator('button[type="submit"]', { hasText: 'Continue' });
-  await page.waitForURL((u) => (atProvider(u.href) ? /interaction/.test(u.pathname) && !/login/.test(u.pathname) : true), { waitUntil: 'domcontentloaded' });
-  if (atProvider(page.url()) && await consent.count()) await consent.click();
+  const backHome = page.waitForURL((u) => !atProvider(u.href), { waitUntil: 'commit', timeout: 20000 }).then(() => false);
+  const asked = consent.waitFor({ state: 'visible', timeout: 20000 }).then(() => true);
+  backHome.catch(() => {});
+  asked.catch(() => {});
+  if (await Promise.race([backHome, asked])) await consent.click();
 }
 
 /** Signs `user` in from the dashboard's login page; resolves once the dashboard shows. */

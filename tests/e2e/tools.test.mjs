@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, ROOT, CHROMIUM, chromium, sleep, freePort, McpClient, serveGateway, stopProcess } from './lib.mjs';
+import { HERE, ROOT, sleep, freePort, McpClient, serveGateway, stopProcess, launchBrowser } from './lib.mjs';
 
 const ARTIFACTS = process.env.AIRLOCK_E2E_ARTIFACTS || path.join(HERE, 'artifacts');
 const DOCS_IMG = path.join(ROOT, 'docs', 'img');
@@ -63,7 +63,7 @@ before(async () => {
   const port = await freePort();
   gw.log = fs.createWriteStream(path.join(ARTIFACTS, 'tools-gateway.log'));
   await serveGateway(gw, config, port, { T_ADMIN: tokens.admin, T_APPROVER: tokens.approver, T_VIEWER: tokens.viewer });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  browser = await launchBrowser();
 });
 
 after(async () => {
