@@ -120,10 +120,11 @@ impl HttpUpstream {
 /// One agent session's view of the upstream.
 pub struct HttpSession {
     upstream: Arc<HttpUpstream>,
-    /// The upstream's `Mcp-Session-Id`, learnt from the `initialize` response.
-    session_id: Mutex<Option<String>>,
+    /// The upstream's `Mcp-Session-Id`, learnt from the `initialize` response;
+    /// kept as a header value so each call clones a shared buffer, no copy.
+    session_id: Mutex<Option<HeaderValue>>,
     /// The negotiated version, for agents that send no headers (stdio agents).
-    protocol_version: Mutex<Option<String>>,
+    protocol_version: Mutex<Option<HeaderValue>>,
 }
 
 impl HttpSession {
@@ -146,16 +147,13 @@ impl HttpSession {
                 }
                 if !out.contains_key(era::PROTOCOL_VERSION_HEADER)
                     && let Some(v) = self.protocol_version.lock().expect("lock").clone()
-                    && let Ok(v) = HeaderValue::try_from(v)
                 {
                     out.insert(era::PROTOCOL_VERSION_HEADER, v);
                 }
             }
         }
-        if let Some(id) = self.session_id.lock().expect("lock").clone()
-            && let Ok(v) = HeaderValue::try_from(id)
-        {
-            out.insert(SESSION_HEADER, v);
+        if let Some(id) = self.session_id.lock().expect("lock").clone() {
+            out.insert(SESSION_HEADER, id);
         }
         for (name, value) in &self.upstream.headers {
             out.insert(name.clone(), value.clone());
@@ -167,9 +165,10 @@ impl HttpSession {
     fn learn_session<B>(&self, message: &Message, response: &axum::http::Response<B>) {
         if message.method() == Some("initialize")
             && let Some(id) = response.headers().get(SESSION_HEADER)
-            && let Ok(id) = id.to_str()
+            // Visible ASCII only, as the spec requires of a session id.
+            && id.to_str().is_ok()
         {
-            *self.session_id.lock().expect("lock") = Some(id.to_owned());
+            *self.session_id.lock().expect("lock") = Some(id.clone());
         }
     }
 
@@ -251,7 +250,9 @@ impl HttpSession {
             #[serde(rename = "protocolVersion")]
             protocol_version: Option<String>,
         }
-        if let Some(v) = answer.result::<R>().and_then(|r| r.protocol_version) {
+        if let Some(v) = answer.result::<R>().and_then(|r| r.protocol_version)
+            && let Ok(v) = HeaderValue::try_from(v)
+        {
             *self.protocol_version.lock().expect("lock") = Some(v);
         }
     }
@@ -283,9 +284,7 @@ impl HttpSession {
             return;
         };
         let mut headers = self.upstream.headers.clone();
-        if let Ok(v) = HeaderValue::try_from(id) {
-            headers.insert(SESSION_HEADER, v);
-        }
+        headers.insert(SESSION_HEADER, id);
         let _ = self
             .upstream
             .client
