@@ -489,7 +489,13 @@ async fn serve(args: ServeArgs, stdio: bool) -> anyhow::Result<ExitCode> {
 
     if stdio {
         let upstream = gw.upstreams[0].clone();
-        crate::stdio_agent::run(gw.clone(), upstream).await?;
+        // On a worker thread, not in `block_on`'s thread: each request the
+        // agent reads is then spawned onto the worker that read it, instead
+        // of being handed from the main thread to a worker (a futex wake and
+        // a thread hop per message).
+        tokio::spawn(crate::stdio_agent::run(gw.clone(), upstream))
+            .await
+            .map_err(|e| anyhow::anyhow!("the stdio agent stopped: {e}"))??;
         gw.shutdown.cancel();
     } else {
         gw.shutdown.cancelled().await;

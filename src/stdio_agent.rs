@@ -336,14 +336,13 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 
 /// The only place bytes reach the agent's stdin (our stdout). One message,
 /// one line: an upstream's answer (an HTTP upstream may pretty-print) goes
-/// through [`line::to_line`] so the agent never reads it as several messages.
+/// through [`crate::jsonrpc::line::to_terminated_line`] so the agent never reads it as several
+/// messages, and reaches stdout in one write.
 async fn write_stdout(mut rx: mpsc::Receiver<Bytes>) {
     let mut stdout = tokio::io::stdout();
     while let Some(message) = rx.recv().await {
-        let line = crate::jsonrpc::line::to_line(&message);
-        let ok = stdout.write_all(&line).await.is_ok()
-            && stdout.write_all(b"\n").await.is_ok()
-            && stdout.flush().await.is_ok();
+        let line = crate::jsonrpc::line::to_terminated_line(&message);
+        let ok = stdout.write_all(&line).await.is_ok() && stdout.flush().await.is_ok();
         if !ok {
             break;
         }

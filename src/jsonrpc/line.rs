@@ -38,6 +38,20 @@ pub fn to_line(raw: &Bytes) -> Bytes {
     }
 }
 
+/// What a line-framed peer is sent for one message: [`to_line`] and its
+/// terminating `\n`, in one buffer, so the message goes out in one write.
+/// Two writes (the line, then the `\n`) wake the peer's line reader twice,
+/// the first time for half a line: a second pipe read and scheduler round
+/// trip per message on the peer's side, and a second blocking-pool hand-off
+/// per message on ours for tokio's stdout.
+pub fn to_terminated_line(raw: &Bytes) -> Vec<u8> {
+    let line = to_line(raw);
+    let mut out = Vec::with_capacity(line.len() + 1);
+    out.extend_from_slice(&line);
+    out.push(b'\n');
+    out
+}
+
 /// True when `bytes` holds no sequence any common line reader splits on.
 pub fn is_one_line(bytes: &[u8]) -> bool {
     next_separator(bytes, 0).is_none()
@@ -99,6 +113,21 @@ mod tests {
 
     fn line(s: &str) -> String {
         String::from_utf8(to_line(&Bytes::copy_from_slice(s.as_bytes())).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_terminated_line_is_the_line_and_one_newline() {
+        for raw in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#[..],
+            b"{\"jsonrpc\":\"2.0\",\r\n\"id\":1,\n\"method\":\"ping\"}",
+            b"",
+        ] {
+            let raw = Bytes::copy_from_slice(raw);
+            let out = to_terminated_line(&raw);
+            assert_eq!(out.last(), Some(&b'\n'));
+            assert_eq!(&out[..out.len() - 1], &to_line(&raw)[..]);
+            assert!(is_one_line(&out[..out.len() - 1]));
+        }
     }
 
     #[test]

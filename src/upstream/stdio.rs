@@ -599,15 +599,14 @@ impl Drop for RouteGuard {
 }
 
 /// The only place bytes reach the child's stdin. Invariant: one message, one
-/// line — each message goes through [`line::to_line`], so a line break the
-/// gateway read as JSON whitespace can never split it into two messages for
-/// the child (see `jsonrpc::line`).
+/// line — each message goes through [`line::to_terminated_line`], so a line
+/// break the gateway read as JSON whitespace can never split it into two
+/// messages for the child (see `jsonrpc::line`), and the message and its
+/// newline go out in one write.
 async fn write_lines(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(message) = rx.recv().await {
-        let line = line::to_line(&message);
-        let ok = stdin.write_all(&line).await.is_ok()
-            && stdin.write_all(b"\n").await.is_ok()
-            && stdin.flush().await.is_ok();
+        let line = line::to_terminated_line(&message);
+        let ok = stdin.write_all(&line).await.is_ok() && stdin.flush().await.is_ok();
         if !ok {
             break;
         }

@@ -3,7 +3,8 @@
 //!
 //! For any bytes the gateway accepts as a message (`Message::parse`, the same
 //! call the HTTP and stdio agents make), the bytes written to a stdio peer
-//! (`jsonrpc::line::to_line`, the one writer of both stdio sides) must be one
+//! (`jsonrpc::line::to_terminated_line`, the one writer of both stdio sides:
+//! the line and its `\n`) must be one
 //! line for every common line reader — LF, CR, CRLF, and everything Python's
 //! `str.splitlines` splits on — and that line must read back as the same
 //! message: same kind, method and id, the same tool name and arguments as the
@@ -17,7 +18,7 @@
 //! docs/reliability.md).
 
 use airlock::era::{self, CallPeek};
-use airlock::jsonrpc::line::{is_one_line, to_line};
+use airlock::jsonrpc::line::{is_one_line, to_terminated_line};
 use airlock::jsonrpc::{Id, Message};
 use bytes::Bytes;
 use serde_json::Value;
@@ -33,7 +34,11 @@ pub fn check(data: &[u8], shared_child: bool) {
     } else {
         accepted.clone()
     };
-    let line = to_line(sent.raw());
+    let written = to_terminated_line(sent.raw());
+    let Some((b'\n', line)) = written.split_last() else {
+        panic!("a written message does not end with its newline: {written:?}");
+    };
+    let line = Bytes::copy_from_slice(line);
     let text = std::str::from_utf8(&line).expect("UTF-8 in, UTF-8 out");
     let pieces = text
         .split(|c| {
