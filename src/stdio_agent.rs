@@ -19,6 +19,8 @@ use crate::gateway::{CallContext, Exchange, Gateway, UpstreamRuntime};
 use crate::jsonrpc::{self, Id, Kind, Message, code};
 use crate::upstream::{Link, ReplyBody, UpstreamError};
 
+mod fds;
+
 /// Runs until stdin closes (or shutdown), then ends the upstream.
 pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(256);
@@ -35,7 +37,7 @@ pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<
     };
     let agent = Arc::new(agent);
     tokio::spawn(announce_reloads(Arc::downgrade(&agent), reloads));
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut stdin = tokio::io::BufReader::new(fds::stdin());
     let limit = gw.config.max_body_bytes;
     loop {
         let line = tokio::select! {
@@ -61,6 +63,7 @@ pub async fn run(gw: Gateway, upstream: Arc<UpstreamRuntime>) -> anyhow::Result<
             }
         }
     }
+    stdin.into_inner().restore();
     tracing::info!("stdin closed; ending the upstream");
     crate::hold::agent_gone(&gw, &agent.session_key).await;
     let link = agent.link.lock().expect("link lock").take();
@@ -339,7 +342,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 /// through [`crate::jsonrpc::line::to_terminated_line`] so the agent never reads it as several
 /// messages, and reaches stdout in one write.
 async fn write_stdout(mut rx: mpsc::Receiver<Bytes>) {
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = fds::stdout();
     while let Some(message) = rx.recv().await {
         let line = crate::jsonrpc::line::to_terminated_line(&message);
         let ok = stdout.write_all(&line).await.is_ok() && stdout.flush().await.is_ok();
@@ -347,4 +350,5 @@ async fn write_stdout(mut rx: mpsc::Receiver<Bytes>) {
             break;
         }
     }
+    stdout.restore();
 }

@@ -1,0 +1,142 @@
+"""How `airlock stdio` drives its stdin and stdout (src/stdio_agent/fds.rs).
+
+Pipes (Python's `subprocess`) and UNIX socket pairs (Node's `child_process`,
+so Claude Desktop) are read and written on the runtime's event loop, which
+needs O_NONBLOCK on Airlock's end. That flag lives on the open file
+description, so these tests hold Airlock's ends themselves (as a wrapper
+shell would) and check: the flag is set while Airlock runs, and cleared once
+it is done; and when stderr is the same pipe as stdout (`2>&1`), stdout is
+left blocking so log writes never fail with EAGAIN, and every answer and log
+line still arrives whole."""
+import fcntl
+import json
+import os
+import queue
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from harness import airlock_stdio_cmd
+from rawmcp import call_body, init_body, marked_testserver
+
+POLICY = {"version": "1", "default": "allow", "rules": {"delete_record": {"action": "deny", "reason": "kept"}}}
+
+
+def nonblocking(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+
+
+class Ends:
+    """Airlock's stdin/stdout/stderr, and the test's ends of them."""
+
+    def __init__(self, kind: str):
+        if kind == "pipe":
+            self.their_in, self.our_in = os.pipe()
+            self.our_out, self.their_out = os.pipe()
+        else:
+            a, b = socket.socketpair()
+            c, d = socket.socketpair()
+            self.socks = (a, b, c, d)
+            self.their_in, self.our_in = a.fileno(), b.fileno()
+            self.our_out, self.their_out = c.fileno(), d.fileno()
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self.our_out, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                self.lines.put(line)
+
+    def send(self, message: dict):
+        os.write(self.our_in, json.dumps(message).encode() + b"\n")
+
+    def answer(self, req_id, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line.startswith(b"{"):
+                message = json.loads(line)
+                if message.get("id") == req_id and "method" not in message:
+                    return message
+        raise AssertionError(f"no answer to {req_id} within {timeout}s")
+
+    def end_input(self):
+        if hasattr(self, "socks"):
+            self.socks[1].shutdown(socket.SHUT_WR)
+        else:
+            os.close(self.our_in)
+
+
+def start(tmp_path, ends: Ends, stderr) -> subprocess.Popen:
+    cmd = airlock_stdio_cmd(tmp_path, POLICY, marked_testserver(tmp_path / "marker"))
+    return subprocess.Popen(cmd, stdin=ends.their_in, stdout=ends.their_out, stderr=stderr, close_fds=True)
+
+
+def exchange(ends: Ends):
+    ends.send(init_body(1))
+    assert "result" in ends.answer(1)
+    ends.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    for i in range(2, 40):
+        ends.send(call_body(i, "echo", {"text": f"n{i}"}))
+        assert ends.answer(i)["result"]["content"][0]["text"] == f"n{i}"
+    ends.send(call_body(99, "delete_record", {"id": "x"}))
+    assert ends.answer(99)["result"]["isError"] is True
+
+
+@pytest.mark.parametrize("kind", ["pipe", "socketpair"])
+def test_pipes_and_sockets_run_nonblocking_and_are_put_back_blocking(tmp_path, kind):
+    ends = Ends(kind)
+    assert not nonblocking(ends.their_in) and not nonblocking(ends.their_out)
+    with open(tmp_path / "stderr.log", "wb") as log:
+        proc = start(tmp_path, ends, log)
+        try:
+            exchange(ends)
+            # Airlock's end, which this test shares: on the event loop now.
+            assert nonblocking(ends.their_in), "stdin is not driven by the event loop"
+            assert nonblocking(ends.their_out), "stdout is not driven by the event loop"
+            ends.end_input()
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # Whoever still shares these ends gets them back as they were.
+    assert not nonblocking(ends.their_in), "stdin left non-blocking after Airlock exited"
+    assert not nonblocking(ends.their_out), "stdout left non-blocking after Airlock exited"
+
+
+def test_stdout_shared_with_stderr_stays_blocking_and_loses_nothing(tmp_path):
+    ends = Ends("pipe")
+    proc = start(tmp_path, ends, ends.their_out)  # 2>&1
+    try:
+        exchange(ends)
+        assert nonblocking(ends.their_in)
+        assert not nonblocking(ends.their_out), "stdout is stderr too: it must stay blocking"
+        ends.end_input()
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.2)
+    rest = []
+    while not ends.lines.empty():
+        rest.append(ends.lines.get())
+    # Log lines and answers share the pipe; each arrived as a line of its own.
+    assert any(b"stdin closed" in line for line in rest), rest[-5:]
+    for line in rest:
+        if line.startswith(b"{"):
+            json.loads(line)
