@@ -5,9 +5,10 @@ so Claude Desktop) are read and written on the runtime's event loop, which
 needs O_NONBLOCK on Airlock's end. That flag lives on the open file
 description, so these tests hold Airlock's ends themselves (as a wrapper
 shell would) and check: the flag is set while Airlock runs, and cleared once
-it is done; and when stderr is the same pipe as stdout (`2>&1`), stdout is
-left blocking so log writes never fail with EAGAIN, and every answer and log
-line still arrives whole."""
+it is done (and left set if it was set before); and when another standard
+descriptor is the same pipe or socket (`2>&1`, or one socket for stdin and
+stdout as socat gives), that one is left blocking so no blocking write meets
+EAGAIN, and every answer and log line still arrives whole."""
 import fcntl
 import json
 import os
@@ -33,7 +34,12 @@ class Ends:
     """Airlock's stdin/stdout/stderr, and the test's ends of them."""
 
     def __init__(self, kind: str):
-        if kind == "pipe":
+        if kind == "one socket":
+            a, b = socket.socketpair()
+            self.socks = (a, b)
+            self.their_in = self.their_out = a.fileno()
+            self.our_in = self.our_out = b.fileno()
+        elif kind == "pipe":
             self.their_in, self.our_in = os.pipe()
             self.our_out, self.their_out = os.pipe()
         else:
@@ -80,6 +86,15 @@ class Ends:
             self.socks[1].shutdown(socket.SHUT_WR)
         else:
             os.close(self.our_in)
+
+
+def wait_until(pred, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def start(tmp_path, ends: Ends, stderr) -> subprocess.Popen:
@@ -131,12 +146,49 @@ def test_stdout_shared_with_stderr_stays_blocking_and_loses_nothing(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(0.2)
-    rest = []
-    while not ends.lines.empty():
-        rest.append(ends.lines.get())
     # Log lines and answers share the pipe; each arrived as a line of its own.
-    assert any(b"stdin closed" in line for line in rest), rest[-5:]
-    for line in rest:
+    lines = []
+    assert wait_until(lambda: lines.extend(drain(ends)) or any(not line.startswith(b"{") for line in lines)), lines[-5:]
+    for line in lines:
         if line.startswith(b"{"):
             json.loads(line)
+
+
+def test_one_socket_for_stdin_and_stdout_stays_blocking(tmp_path):
+    """socat's EXEC and systemd's socket activation hand one socket as both
+    stdin and stdout: driving one direction non-blocking would hand the other
+    (on the blocking pool) EAGAIN, so both stay as they were."""
+    ends = Ends("one socket")
+    with open(tmp_path / "stderr.log", "wb") as log:
+        proc = start(tmp_path, ends, log)
+        try:
+            exchange(ends)
+            assert not nonblocking(ends.their_in), "a socket shared by stdin and stdout was made non-blocking"
+            ends.end_input()
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_an_end_that_was_nonblocking_is_left_so(tmp_path):
+    ends = Ends("pipe")
+    os.set_blocking(ends.their_in, False)
+    with open(tmp_path / "stderr.log", "wb") as log:
+        proc = start(tmp_path, ends, log)
+        try:
+            exchange(ends)
+            ends.end_input()
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert nonblocking(ends.their_in), "Airlock cleared a flag it did not set"
+    assert not nonblocking(ends.their_out)
+
+
+def drain(ends: Ends) -> list[bytes]:
+    out = []
+    while not ends.lines.empty():
+        out.append(ends.lines.get())
+    return out
