@@ -34,24 +34,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
-/// The agent's stdin.
-pub enum Stdin {
-    Pipe(pipe::Receiver, Restore),
+/// One of the agent's standard streams: on the event loop (a pipe end or a
+/// socket, with whether to put it back in blocking mode), or tokio's
+/// blocking-pool stream `B`.
+pub enum End<P, B> {
+    Pipe(P, Restore),
     Socket(UnixStream, Restore),
-    Blocking(tokio::io::Stdin),
+    Blocking(B),
 }
 
+/// The agent's stdin.
+pub type Stdin = End<pipe::Receiver, tokio::io::Stdin>;
 /// The agent's stdout.
-pub enum Stdout {
-    Pipe(pipe::Sender, Restore),
-    Socket(UnixStream, Restore),
-    Blocking(tokio::io::Stdout),
-}
+pub type Stdout = End<pipe::Sender, tokio::io::Stdout>;
 
 /// Whether the descriptor was blocking before Airlock drove it (and so is
 /// put back that way).
 #[derive(Clone, Copy)]
 pub struct Restore(bool);
+
+/// tokio's two pipe ends, which share these two calls but no trait.
+pub trait PipeEnd: Sized {
+    fn from_fd(fd: OwnedFd) -> io::Result<Self>;
+    fn into_blocking(self) -> io::Result<OwnedFd>;
+}
+
+impl PipeEnd for pipe::Receiver {
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        pipe::Receiver::from_owned_fd(fd)
+    }
+    fn into_blocking(self) -> io::Result<OwnedFd> {
+        self.into_blocking_fd()
+    }
+}
+
+impl PipeEnd for pipe::Sender {
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        pipe::Sender::from_owned_fd(fd)
+    }
+    fn into_blocking(self) -> io::Result<OwnedFd> {
+        self.into_blocking_fd()
+    }
+}
 
 /// What a descriptor is, as far as choosing how to drive it goes.
 #[derive(PartialEq)]
@@ -110,125 +134,109 @@ fn socket(fd: OwnedFd) -> io::Result<UnixStream> {
     UnixStream::from_std(std)
 }
 
-/// Must be called inside the runtime.
-pub fn stdin() -> Stdin {
-    let driven = || -> io::Result<Option<Stdin>> {
-        let (out, err) = (io::stdout(), io::stderr());
-        let Some(p) = drivable(io::stdin().as_fd(), [out.as_fd(), err.as_fd()])? else {
+/// `target` on the event loop if it can be, else `blocking()`.
+fn open<P: PipeEnd, B>(
+    name: &str,
+    target: BorrowedFd<'_>,
+    others: [BorrowedFd<'_>; 2],
+    blocking: fn() -> B,
+) -> End<P, B> {
+    let driven = || -> io::Result<Option<End<P, B>>> {
+        let Some(p) = drivable(target, others)? else {
             return Ok(None);
         };
         Ok(Some(match p.kind {
-            Kind::Pipe => Stdin::Pipe(pipe::Receiver::from_owned_fd(p.fd)?, p.restore),
-            _ => Stdin::Socket(socket(p.fd)?, p.restore),
+            Kind::Pipe => End::Pipe(P::from_fd(p.fd)?, p.restore),
+            _ => End::Socket(socket(p.fd)?, p.restore),
         }))
     };
     match driven() {
-        Ok(Some(stdin)) => stdin,
-        Ok(None) => Stdin::Blocking(tokio::io::stdin()),
+        Ok(Some(end)) => end,
+        Ok(None) => End::Blocking(blocking()),
         Err(e) => {
-            tracing::debug!("stdin stays on the blocking pool: {e}");
-            Stdin::Blocking(tokio::io::stdin())
+            tracing::debug!("{name} stays on the blocking pool: {e}");
+            End::Blocking(blocking())
         }
     }
+}
+
+/// Must be called inside the runtime.
+pub fn stdin() -> Stdin {
+    let (input, out, err) = (io::stdin(), io::stdout(), io::stderr());
+    open(
+        "stdin",
+        input.as_fd(),
+        [out.as_fd(), err.as_fd()],
+        tokio::io::stdin,
+    )
 }
 
 /// Must be called inside the runtime.
 pub fn stdout() -> Stdout {
-    let driven = || -> io::Result<Option<Stdout>> {
-        let (input, err) = (io::stdin(), io::stderr());
-        let Some(p) = drivable(io::stdout().as_fd(), [input.as_fd(), err.as_fd()])? else {
-            return Ok(None);
-        };
-        Ok(Some(match p.kind {
-            Kind::Pipe => Stdout::Pipe(pipe::Sender::from_owned_fd(p.fd)?, p.restore),
-            _ => Stdout::Socket(socket(p.fd)?, p.restore),
-        }))
-    };
-    match driven() {
-        Ok(Some(stdout)) => stdout,
-        Ok(None) => Stdout::Blocking(tokio::io::stdout()),
-        Err(e) => {
-            tracing::debug!("stdout stays on the blocking pool: {e}");
-            Stdout::Blocking(tokio::io::stdout())
-        }
-    }
+    let (input, out, err) = (io::stdin(), io::stdout(), io::stderr());
+    open(
+        "stdout",
+        out.as_fd(),
+        [input.as_fd(), err.as_fd()],
+        tokio::io::stdout,
+    )
 }
 
-/// Puts a socket end back in blocking mode (dropping the duplicate).
-fn socket_blocking(s: UnixStream) -> io::Result<()> {
-    s.into_std()?.set_nonblocking(false)
-}
-
-impl Stdin {
+impl<P: PipeEnd, B> End<P, B> {
     /// Puts the descriptor back in blocking mode for whoever shares it, if it
     /// was blocking when Airlock started.
     pub fn restore(self) {
         let restored = match self {
-            Stdin::Pipe(p, Restore(true)) => p.into_blocking_fd().map(drop),
-            Stdin::Socket(s, Restore(true)) => socket_blocking(s),
+            End::Pipe(p, Restore(true)) => p.into_blocking().map(drop),
+            End::Socket(s, Restore(true)) => s.into_std().and_then(|s| s.set_nonblocking(false)),
             _ => Ok(()),
         };
         if let Err(e) = restored {
-            tracing::debug!("could not put stdin back in blocking mode: {e}");
+            tracing::debug!("could not put a standard stream back in blocking mode: {e}");
         }
     }
 }
 
-impl Stdout {
-    /// Puts the descriptor back in blocking mode for whoever shares it, if it
-    /// was blocking when Airlock started.
-    pub fn restore(self) {
-        let restored = match self {
-            Stdout::Pipe(p, Restore(true)) => p.into_blocking_fd().map(drop),
-            Stdout::Socket(s, Restore(true)) => socket_blocking(s),
-            _ => Ok(()),
-        };
-        if let Err(e) = restored {
-            tracing::debug!("could not put stdout back in blocking mode: {e}");
-        }
-    }
-}
-
-impl AsyncRead for Stdin {
+impl<P: AsyncRead + Unpin, B: AsyncRead + Unpin> AsyncRead for End<P, B> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stdin::Pipe(p, _) => Pin::new(p).poll_read(cx, buf),
-            Stdin::Socket(s, _) => Pin::new(s).poll_read(cx, buf),
-            Stdin::Blocking(b) => Pin::new(b).poll_read(cx, buf),
+            End::Pipe(p, _) => Pin::new(p).poll_read(cx, buf),
+            End::Socket(s, _) => Pin::new(s).poll_read(cx, buf),
+            End::Blocking(b) => Pin::new(b).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Stdout {
+impl<P: AsyncWrite + Unpin, B: AsyncWrite + Unpin> AsyncWrite for End<P, B> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stdout::Pipe(p, _) => Pin::new(p).poll_write(cx, buf),
-            Stdout::Socket(s, _) => Pin::new(s).poll_write(cx, buf),
-            Stdout::Blocking(b) => Pin::new(b).poll_write(cx, buf),
+            End::Pipe(p, _) => Pin::new(p).poll_write(cx, buf),
+            End::Socket(s, _) => Pin::new(s).poll_write(cx, buf),
+            End::Blocking(b) => Pin::new(b).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stdout::Pipe(p, _) => Pin::new(p).poll_flush(cx),
-            Stdout::Socket(s, _) => Pin::new(s).poll_flush(cx),
-            Stdout::Blocking(b) => Pin::new(b).poll_flush(cx),
+            End::Pipe(p, _) => Pin::new(p).poll_flush(cx),
+            End::Socket(s, _) => Pin::new(s).poll_flush(cx),
+            End::Blocking(b) => Pin::new(b).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stdout::Pipe(p, _) => Pin::new(p).poll_shutdown(cx),
-            Stdout::Socket(s, _) => Pin::new(s).poll_shutdown(cx),
-            Stdout::Blocking(b) => Pin::new(b).poll_shutdown(cx),
+            End::Pipe(p, _) => Pin::new(p).poll_shutdown(cx),
+            End::Socket(s, _) => Pin::new(s).poll_shutdown(cx),
+            End::Blocking(b) => Pin::new(b).poll_shutdown(cx),
         }
     }
 }

@@ -97,9 +97,21 @@ def wait_until(pred, timeout: float = 5.0):
     return False
 
 
-def start(tmp_path, ends: Ends, stderr) -> subprocess.Popen:
+def run_agent(tmp_path, ends: Ends, stderr=None, while_running=lambda: None):
+    """Runs `airlock stdio` on `ends` (stderr to a file unless given), makes
+    the exchange, calls `while_running()`, ends its input and expects exit 0."""
     cmd = airlock_stdio_cmd(tmp_path, POLICY, marked_testserver(tmp_path / "marker"))
-    return subprocess.Popen(cmd, stdin=ends.their_in, stdout=ends.their_out, stderr=stderr, close_fds=True)
+    with open(tmp_path / "stderr.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=ends.their_in, stdout=ends.their_out,
+                                stderr=log if stderr is None else stderr, close_fds=True)
+        try:
+            exchange(ends)
+            while_running()
+            ends.end_input()
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def exchange(ends: Ends):
@@ -117,18 +129,13 @@ def exchange(ends: Ends):
 def test_pipes_and_sockets_run_nonblocking_and_are_put_back_blocking(tmp_path, kind):
     ends = Ends(kind)
     assert not nonblocking(ends.their_in) and not nonblocking(ends.their_out)
-    with open(tmp_path / "stderr.log", "wb") as log:
-        proc = start(tmp_path, ends, log)
-        try:
-            exchange(ends)
-            # Airlock's end, which this test shares: on the event loop now.
-            assert nonblocking(ends.their_in), "stdin is not driven by the event loop"
-            assert nonblocking(ends.their_out), "stdout is not driven by the event loop"
-            ends.end_input()
-            assert proc.wait(timeout=15) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+
+    def driven():
+        # Airlock's end, which this test shares: on the event loop now.
+        assert nonblocking(ends.their_in), "stdin is not driven by the event loop"
+        assert nonblocking(ends.their_out), "stdout is not driven by the event loop"
+
+    run_agent(tmp_path, ends, while_running=driven)
     # Whoever still shares these ends gets them back as they were.
     assert not nonblocking(ends.their_in), "stdin left non-blocking after Airlock exited"
     assert not nonblocking(ends.their_out), "stdout left non-blocking after Airlock exited"
@@ -136,16 +143,12 @@ def test_pipes_and_sockets_run_nonblocking_and_are_put_back_blocking(tmp_path, k
 
 def test_stdout_shared_with_stderr_stays_blocking_and_loses_nothing(tmp_path):
     ends = Ends("pipe")
-    proc = start(tmp_path, ends, ends.their_out)  # 2>&1
-    try:
-        exchange(ends)
+
+    def checked():
         assert nonblocking(ends.their_in)
         assert not nonblocking(ends.their_out), "stdout is stderr too: it must stay blocking"
-        ends.end_input()
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    run_agent(tmp_path, ends, stderr=ends.their_out, while_running=checked)  # 2>&1
     # Log lines and answers share the pipe; each arrived as a line of its own.
     lines = []
     assert wait_until(lambda: lines.extend(drain(ends)) or any(not line.startswith(b"{") for line in lines)), lines[-5:]
@@ -159,30 +162,17 @@ def test_one_socket_for_stdin_and_stdout_stays_blocking(tmp_path):
     stdin and stdout: driving one direction non-blocking would hand the other
     (on the blocking pool) EAGAIN, so both stay as they were."""
     ends = Ends("one socket")
-    with open(tmp_path / "stderr.log", "wb") as log:
-        proc = start(tmp_path, ends, log)
-        try:
-            exchange(ends)
-            assert not nonblocking(ends.their_in), "a socket shared by stdin and stdout was made non-blocking"
-            ends.end_input()
-            assert proc.wait(timeout=15) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+
+    def checked():
+        assert not nonblocking(ends.their_in), "a socket shared by stdin and stdout was made non-blocking"
+
+    run_agent(tmp_path, ends, while_running=checked)
 
 
 def test_an_end_that_was_nonblocking_is_left_so(tmp_path):
     ends = Ends("pipe")
     os.set_blocking(ends.their_in, False)
-    with open(tmp_path / "stderr.log", "wb") as log:
-        proc = start(tmp_path, ends, log)
-        try:
-            exchange(ends)
-            ends.end_input()
-            assert proc.wait(timeout=15) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    run_agent(tmp_path, ends)
     assert nonblocking(ends.their_in), "Airlock cleared a flag it did not set"
     assert not nonblocking(ends.their_out)
 
