@@ -65,6 +65,9 @@ use crate::metrics::LISTENER;
 
 mod body;
 mod descriptors;
+mod inline_wake;
+
+use inline_wake::InlineWakes;
 
 pub use body::is_body_timeout;
 
@@ -124,7 +127,8 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 failures.recovered();
                 let connection = Connection::new(stream, permit, router.clone(), limits);
-                connections.spawn(connection.serve(peer, shutdown.clone()));
+                let served = Box::pin(connection.serve(peer, shutdown.clone()));
+                connections.spawn(InlineWakes::new(served));
             }
             Err(e) => {
                 drop(permit);
