@@ -28,6 +28,10 @@
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS…) back off from 10 ms up to
 //!   1 s and retry; the loop never ends on them, and they are logged once
 //!   per episode, not once per retry.
+//! - **A connection's wakes of itself** (hyper's body channel, when the
+//!   handler takes the request body) are handled inside the connection's
+//!   own poll rather than as a yield that wakes the other worker thread
+//!   ([`inline_wake`]).
 //! - **`TCP_NODELAY`** on every accepted socket: the last small write of an
 //!   event stream must not wait for the client's delayed ACK (~40 ms).
 //!   **`SO_KEEPALIVE`** too (probes after 60 s of silence): a client that
