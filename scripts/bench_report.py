@@ -80,6 +80,7 @@ def summary_rows(r, policy):
         need = min(20000, 0.8 * d)
         rows.append(("Throughput, 64 clients (calls/s)", f(d), f(a), f"{t['ratio']*100:.0f} % of direct",
                      f"≥ {f(round(need))} (min of 20,000 and 80 % of direct)", yes(a >= need)))
+    rows += issue12_rows(r)
     peers = r.get("peers", {})
     for name, ratio in (peers.get("ratios") or {}).items():
         rows.append((f"Peer: {name}, 64 clients, HTTP → stdio", "", f(get(peers, 'airlock', 'throughput', 'calls_per_s')),
@@ -148,6 +149,46 @@ def summary_rows(r, policy):
         allowed = get(ld, "outcomes", "allowed", "latency", "p99_us")
         rows.append((f"Load, {label}: p99 allowed / held (approved)", "", f"{f(ms(allowed), 2)} / {f(ms(held), 1)} ms",
                      f"approvers poll every {ld['approver']['poll_ms']} ms", "reported", ""))
+    return rows
+
+
+def issue12_rows(r):
+    """Issue 12's targets, each beside the floor of one hop (`bare_proxy`)
+    measured in the same run where there is one."""
+    rows = []
+    py = get(r, "sdk", "python_http")
+    if py and "added" in py:
+        rows.append(("Issue 12: added p50, Python SDK `MCPServer` upstream over HTTP (event-stream answers)",
+                     f"{f(py['direct']['p50_us'])} µs", f"{f(py['airlock']['p50_us'])} µs",
+                     f"{py['added']['p50_us']:+,.1f} µs", "≤ 150 µs", yes(py["added"]["p50_us"] <= 150)))
+    http, bare = get(r, "latency", "http"), get(r, "latency", "http_bare_proxy")
+    if http and bare:
+        rows.append(("Issue 12: added p50, Rust echo upstream over HTTP (JSON answers)",
+                     f"{f(http['direct']['p50_us'])} µs", f"{f(http['airlock']['p50_us'])} µs",
+                     f"{http['added']['p50_us']:+,.1f} µs (`bare_proxy` {bare['added']['p50_us']:+,.1f} µs; "
+                     f"Airlock above it {bare['airlock_above_bare']['p50_us']:+,.1f} µs)",
+                     "≤ 50 µs", yes(http["added"]["p50_us"] <= 50)))
+    sdk = r.get("sdk", {})
+    conns = {k: v["upstream_connections_opened"] for k, v in sdk.items()
+             if isinstance(v, dict) and v.get("upstream_connections_opened") is not None}
+    if conns:
+        rows.append(("Issue 12: new upstream connections after warm-up, sequential client", "",
+                     f(sum(conns.values())), ", ".join(f"{k} {f(v)}" for k, v in conns.items()), "0",
+                     yes(sum(conns.values()) == 0)))
+    t = r.get("throughput")
+    if t and "direct" in t and "airlock" in t:
+        note = f"{t['ratio'] * 100:.0f} % of direct"
+        if t.get("bare_proxy_ratio") is not None:
+            note += f" (`bare_proxy` {t['bare_proxy_ratio'] * 100:.0f} %)"
+        rows.append(("Issue 12: allowed calls/s, 64 clients, Rust echo upstream, Airlock ÷ direct",
+                     f(t["direct"]["calls_per_s"]), f(t["airlock"]["calls_per_s"]), note, "≥ 50 %",
+                     yes(t["ratio"] >= 0.5)))
+    parses = [v["body_parses_per_call"] for v in sdk.values()
+              if isinstance(v, dict) and v.get("body_parses_per_call") is not None]
+    if parses:
+        rows.append(("Issue 12: body parses per allowed call (`airlock_body_parses_total`)", "",
+                     " / ".join(f"{p:g}" for p in parses), "SDK upstreams over HTTP", "1",
+                     yes(all(p == 1 for p in parses))))
     return rows
 
 
@@ -243,15 +284,18 @@ def render(data, policy):
                 continue
             d, a, add = v["direct"], v["airlock"], v["added"]
             conns = v.get("upstream_connections_opened")
+            parses = v.get("body_parses_per_call")
             rows.append((labels.get(key, key), f(d.get("n")), f(d.get("p50_us")), f(a.get("p50_us")), f(add.get("p50_us")),
-                         f(d.get("p99_us")), f(a.get("p99_us")), f(add.get("p99_us")), "–" if conns is None else f(conns)))
+                         f(d.get("p99_us")), f(a.get("p99_us")), f(add.get("p99_us")), "–" if conns is None else f(conns),
+                         "–" if parses is None else f"{parses:g}"))
         run = sdk.get("run") or {}
         parts += ["### Official SDK servers as upstreams (sequential, µs per allowed `tools/call`)", "",
                   "Direct and through Airlock interleaved in blocks of 100 calls, one keep-alive client per path"
                   + (f"; measured by `{run['command']}` on {run['date']} (commit `{run.get('commit')}`)" if run else "")
-                  + ". The last column is `airlock_upstream_connections_opened_total` over the measured calls.", "",
+                  + ". The last two columns come from Airlock's `/metrics` over the measured calls: "
+                  "`airlock_upstream_connections_opened_total` and `airlock_body_parses_total` per call.", "",
                   table(["upstream", "calls", "direct p50", "Airlock p50", "added p50", "direct p99", "Airlock p99", "added p99",
-                         "new upstream connections"], rows), ""]
+                         "new upstream connections", "body parses per call"], rows), ""]
     elif "error" in sdk:
         parts += [f"SDK servers: error: {sdk['error']}", ""]
 

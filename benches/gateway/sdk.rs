@@ -6,7 +6,8 @@
 //! direct vs through Airlock, interleaved in rounds in one run; for the HTTP
 //! upstreams also the upstream connections Airlock opened while measuring
 //! (`airlock_upstream_connections_opened_total`: 0 when every connection is
-//! reused).
+//! reused) and the JSON reads of the agent's messages per call
+//! (`airlock_body_parses_total`: 1 when each message is parsed once).
 //!
 //! Environment: `BENCH_SDK_PYTHON` (a Python with `mcp` 2.x; default
 //! `~/.cache/airlock-venv/bin/python`), `node` on `PATH` with
@@ -116,17 +117,30 @@ async fn sdk_call(m: &mut Mcp, id: u64, args: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// `airlock_upstream_connections_opened_total` of an Airlock instance.
-async fn connections_opened(addr: SocketAddr) -> io::Result<u64> {
+/// The counters of an Airlock instance this scenario reports.
+#[derive(Clone, Copy)]
+struct Counters {
+    /// `airlock_upstream_connections_opened_total`
+    connections_opened: u64,
+    /// `airlock_body_parses_total`
+    body_parses: u64,
+}
+
+/// Reads [`Counters`] from an Airlock instance's `/metrics`.
+async fn counters(addr: SocketAddr) -> io::Result<Counters> {
     let mut http = Http::connect(addr).await?;
     let (_, body) = http.request("GET", "/metrics", &[], b"").await?;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("airlock_upstream_connections_opened_total{upstream=\"echo\"} ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| bad("no airlock_upstream_connections_opened_total in /metrics"))
+    let text = String::from_utf8_lossy(&body);
+    let read = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| bad(format!("no {prefix}in /metrics")))
+    };
+    Ok(Counters {
+        connections_opened: read("airlock_upstream_connections_opened_total{upstream=\"echo\"} ")?,
+        body_parses: read("airlock_body_parses_total ")?,
+    })
 }
 
 /// Starts an HTTP SDK server and an Airlock in front of it.
@@ -265,7 +279,7 @@ pub async fn sdk(o: &Opts) -> io::Result<Value> {
     }
     let mut before = Vec::new();
     for (_, addr) in &gateways {
-        before.push(connections_opened(*addr).await?);
+        before.push(counters(*addr).await?);
     }
     let mut samples = vec![Vec::with_capacity(rounds * block); targets.len()];
     let deadline = Instant::now() + TIME_LIMIT;
@@ -285,9 +299,16 @@ pub async fn sdk(o: &Opts) -> io::Result<Value> {
             }
         }
     }
-    let mut opened = serde_json::Map::new();
+    let mut moved = std::collections::HashMap::new();
     for ((name, addr), b) in gateways.iter().zip(before) {
-        opened.insert((*name).into(), json!(connections_opened(*addr).await? - b));
+        let after = counters(*addr).await?;
+        moved.insert(
+            (*name).to_owned(),
+            Counters {
+                connections_opened: after.connections_opened - b.connections_opened,
+                body_parses: after.body_parses - b.body_parses,
+            },
+        );
     }
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     for t in targets {
@@ -300,8 +321,11 @@ pub async fn sdk(o: &Opts) -> io::Result<Value> {
         let (names, s) = pair;
         let upstream = names[0].split(' ').next().unwrap_or("?").to_owned();
         let mut v = json!({ "direct": s[0], "airlock": s[1], "added": added(&s[1], &s[0]) });
-        if let Some(c) = opened.get(&upstream) {
-            v["upstream_connections_opened"] = c.clone();
+        if let Some(c) = moved.get(&upstream) {
+            v["upstream_connections_opened"] = json!(c.connections_opened);
+            // Every measured call through this instance is one agent message.
+            let calls = s[1]["n"].as_u64().unwrap_or(0).max(1);
+            v["body_parses_per_call"] = json!(c.body_parses as f64 / calls as f64);
         }
         out.insert(upstream, v);
     }
