@@ -15,7 +15,11 @@
 //!
 //! Bounded on both sides: at most [`MAX_POLLS`] polls per task poll, and
 //! none once tokio's cooperative budget is spent, so a future that keeps
-//! waking itself still yields to the scheduler as before.
+//! waking itself still yields to the scheduler, only later. (tokio's own
+//! `yield_now` and budget exhaustion defer their wakes until the task's poll
+//! has ended, so they reach the scheduler as before; hyper's fairness yield
+//! after 16 rounds of its loop is an immediate self-wake, so it now comes
+//! after up to 4 × 16 rounds.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,19 +61,23 @@ impl Wake for Shared {
     fn wake_by_ref(self: &Arc<Self>) {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
-            match state {
-                // The poll that runs will see it and poll again.
-                POLLING => match self.state.compare_exchange_weak(
-                    POLLING,
+            // The poll that runs will see it and poll again. Written back
+            // even when already WOKEN: the release of a read-modify-write is
+            // what makes this waker's news visible to that next poll (which
+            // acquires when it swaps in POLLING), as tokio's own
+            // `transition_to_notified_by_ref` does.
+            let marked = match state {
+                POLLING | WOKEN => self.state.compare_exchange_weak(
+                    state,
                     WOKEN,
                     Ordering::AcqRel,
                     Ordering::Acquire,
-                ) {
-                    Ok(_) => return,
-                    Err(now) => state = now,
-                },
-                WOKEN => return,
+                ),
                 _ => return self.task.wake(),
+            };
+            match marked {
+                Ok(_) => return,
+                Err(now) => state = now,
             }
         }
     }
@@ -98,9 +106,9 @@ impl<F: Future + Unpin> Future for InlineWakes<F> {
         this.shared.task.register(cx.waker());
         let mut inner_cx = Context::from_waker(&this.waker);
         for _ in 0..MAX_POLLS {
-            this.shared.state.store(POLLING, Ordering::SeqCst);
+            this.shared.state.swap(POLLING, Ordering::AcqRel);
             if let Poll::Ready(output) = Pin::new(&mut this.inner).poll(&mut inner_cx) {
-                this.shared.state.store(IDLE, Ordering::SeqCst);
+                this.shared.state.store(IDLE, Ordering::Release);
                 return Poll::Ready(output);
             }
             let woken = this
@@ -116,7 +124,9 @@ impl<F: Future + Unpin> Future for InlineWakes<F> {
             }
         }
         // Woken during the last poll allowed: the scheduler takes it from here.
-        this.shared.state.store(IDLE, Ordering::SeqCst);
+        // (hyper's own fairness yield, a self-wake after 16 rounds of its
+        // loop, lands here at the latest.)
+        this.shared.state.store(IDLE, Ordering::Release);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -201,6 +211,82 @@ mod tests {
         tx.send(7).unwrap();
         assert_eq!(task.0.load(Ordering::SeqCst), 1);
         assert_eq!(poll_once(&mut future, &task), Poll::Ready(Ok(7)));
+    }
+
+    /// A wake from another thread that lands while the inner future is
+    /// being polled (made certain with barriers) is answered by polling
+    /// again at once, not lost and not sent to the task.
+    #[test]
+    fn a_wake_from_another_thread_during_the_poll_polls_again() {
+        use std::sync::Barrier;
+        use std::sync::atomic::AtomicBool;
+
+        /// First poll: registers, reads the flag (unset), lets the other
+        /// thread set it and wake, waits until it has, and is Pending.
+        struct WaitsInside {
+            flag: Arc<AtomicBool>,
+            waker: Arc<futures::task::AtomicWaker>,
+            barrier: Arc<Barrier>,
+            polls: usize,
+        }
+        impl Future for WaitsInside {
+            type Output = ();
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                self.polls += 1;
+                self.waker.register(cx.waker());
+                if self.flag.load(Ordering::SeqCst) {
+                    return Poll::Ready(());
+                }
+                if self.polls == 1 {
+                    self.barrier.wait(); // the other thread may set and wake
+                    self.barrier.wait(); // it has
+                }
+                Poll::Pending
+            }
+        }
+
+        let flag = Arc::new(AtomicBool::new(false));
+        let inner_waker = Arc::new(futures::task::AtomicWaker::new());
+        let barrier = Arc::new(Barrier::new(2));
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let mut future = InlineWakes::new(WaitsInside {
+            flag: flag.clone(),
+            waker: inner_waker.clone(),
+            barrier: barrier.clone(),
+            polls: 0,
+        });
+        let setter = std::thread::spawn(move || {
+            barrier.wait();
+            flag.store(true, Ordering::SeqCst);
+            inner_waker.wake();
+            barrier.wait();
+        });
+        assert!(poll_once(&mut future, &task).is_ready());
+        setter.join().unwrap();
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+    }
+
+    /// Once tokio's cooperative budget is spent, a self-wake goes to the
+    /// scheduler after the first poll instead of polling again.
+    #[tokio::test]
+    async fn no_poll_again_once_the_budget_is_spent() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        for _ in 0..1_000 {
+            tx.send(()).unwrap();
+        }
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = polls.clone();
+        let inner = std::future::poll_fn(move |cx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // Takes items until the budget stops it (128 per task poll).
+            while let Poll::Ready(Some(())) = rx.poll_recv(cx) {}
+            cx.waker().wake_by_ref();
+            Poll::<()>::Pending
+        });
+        let mut future = InlineWakes::new(Box::pin(inner));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await;
+        assert!(polled.is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
     }
 
     /// Wakes from another thread racing the poll are never lost: either the
