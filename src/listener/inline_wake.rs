@@ -175,30 +175,32 @@ mod tests {
         Pin::new(future).poll(&mut Context::from_waker(&waker))
     }
 
-    #[test]
-    fn a_wake_during_the_poll_polls_again_without_the_task_waker() {
+    /// One poll of a [`SelfWaking`] future that wakes itself `wakes` times:
+    /// what it gave, how often the inner future was polled, and how often
+    /// the task's waker was woken.
+    fn poll_self_waking(wakes: usize) -> (Poll<()>, usize, usize) {
         let polls = Arc::new(AtomicUsize::new(0));
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let mut future = InlineWakes::new(SelfWaking {
-            wakes: 2,
+            wakes,
             polls: polls.clone(),
         });
-        assert!(poll_once(&mut future, &task).is_ready());
-        assert_eq!(polls.load(Ordering::SeqCst), 3);
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        let polled = poll_once(&mut future, &task);
+        (
+            polled,
+            polls.load(Ordering::SeqCst),
+            task.0.load(Ordering::SeqCst),
+        )
+    }
+
+    #[test]
+    fn a_wake_during_the_poll_polls_again_without_the_task_waker() {
+        assert_eq!(poll_self_waking(2), (Poll::Ready(()), 3, 0));
     }
 
     #[test]
     fn a_future_that_keeps_waking_itself_goes_back_to_the_scheduler() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let mut future = InlineWakes::new(SelfWaking {
-            wakes: 100,
-            polls: polls.clone(),
-        });
-        assert!(poll_once(&mut future, &task).is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), MAX_POLLS);
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll_self_waking(100), (Poll::Pending, MAX_POLLS, 1));
     }
 
     #[test]
